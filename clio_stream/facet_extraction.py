@@ -1,0 +1,95 @@
+"""Stage: ask the LLM every facet question about every conversation (Clio's first privacy layer)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+from clio_stream.facets import Facet
+from clio_stream.llm.base import AskStats, LLMBackend, Prompt, ask, sampling_for
+from clio_stream.parsing import parse_facet_answer, parse_int_in_range
+from clio_stream.prompts import FACET_CONVERSATION, FACET_TEXT, NUMERIC_SUFFIX
+from clio_stream.data import render_conversation
+from clio_stream.types import Conversation, ConversationFacets, FacetValue
+
+log = logging.getLogger(__name__)
+
+
+def facet_prompt(facet: Facet, conversation_text: str) -> Prompt:
+    """The prompt for one facet of one conversation (or generic text)."""
+    template = FACET_TEXT if facet.get_facet_prompt is not None else FACET_CONVERSATION
+    question = facet.question + (NUMERIC_SUFFIX if facet.numeric else "")
+    choices = tuple(str(v) for v in range(facet.numeric[0], facet.numeric[1] + 1)) if facet.numeric else None
+    return Prompt(template, {"conversation": conversation_text, "question": question, "prefill": facet.prefill},
+                  choices=choices)
+
+
+def material_for(facet: Facet, conv: Conversation, raw: Any = None) -> str:
+    """What the model reads for this facet: the rendered conversation, or the facet's own rendering."""
+    if facet.get_facet_prompt is not None:
+        return facet.get_facet_prompt(facet, raw if raw is not None else conv)
+    return render_conversation(conv)
+
+
+def build_prompts(
+    conversations: Sequence[Conversation], facets: Sequence[Facet], raw_items: Sequence[Any] | None = None
+) -> list[Prompt]:
+    """Conversation-major order: a conversation's facet prompts sit next to each other and share its prefix."""
+    prompts: list[Prompt] = []
+    rendered_cache: dict[int, str] = {}
+    for ci, conv in enumerate(conversations):
+        raw = raw_items[ci] if raw_items is not None else None
+        for facet in facets:
+            if facet.get_facet_prompt is None:
+                text = rendered_cache.get(ci)
+                if text is None:
+                    text = rendered_cache[ci] = render_conversation(conv)
+            else:
+                text = material_for(facet, conv, raw)
+            prompts.append(facet_prompt(facet, text))
+    return prompts
+
+
+def parse_facet(facet: Facet, text: str | None) -> FacetValue | None:
+    """A parsed value for ``facet``, or None when the answer is unusable."""
+    if facet.numeric is not None:
+        lo, hi = facet.numeric
+        number = parse_int_in_range(text, lo, hi)
+        return None if number is None else FacetValue(facet=facet.name, value=str(number), numeric=number)
+    value = parse_facet_answer(text, facet.prefill)
+    if value is None or (facet.prefill and value.strip() == facet.prefill.strip()):
+        return None
+    return FacetValue(facet=facet.name, value=value)
+
+
+def extract_facets(
+    conversations: Sequence[Conversation],
+    facets: Sequence[Facet],
+    llm: LLMBackend,
+    *,
+    sampling: dict[str, Any],
+    retries: int,
+    seed: int,
+    batch_size: int,
+    raw_items: Sequence[Any] | None = None,
+    stats: AskStats | None = None,
+) -> list[ConversationFacets]:
+    """Every facet of every conversation; unusable answers become explicit missing values."""
+    prompts = build_prompts(conversations, facets, raw_items)
+    nf = len(facets)
+    # All facet templates share a token cap, so one sampling dict serves the batch.
+    args = sampling_for(FACET_CONVERSATION, sampling)
+
+    def parse(text: str | None, i: int) -> FacetValue | None:
+        return parse_facet(facets[i % nf], text)
+
+    answers = ask(llm, prompts, parse, args, retries=retries, seed=seed, batch_size=batch_size,
+                  desc="facets", stats=stats)
+    out: list[ConversationFacets] = []
+    for ci, conv in enumerate(conversations):
+        values = {}
+        for fi, facet in enumerate(facets):
+            v = answers[ci * nf + fi]
+            values[facet.name] = v if v is not None else FacetValue(facet=facet.name, value=None)
+        out.append(ConversationFacets(conversation_id=conv.id, values=values))
+    return out

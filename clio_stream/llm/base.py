@@ -1,0 +1,136 @@
+"""The one interface every LLM back-end implements, and the retry loop around it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Protocol, Sequence, TypeVar, runtime_checkable
+
+from clio_stream.prompts import PromptTemplate
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A template plus the values for its placeholders (user turn and prefill alike).
+
+    ``choices``, when set, constrains the answer to exactly one of these strings
+    (vLLM structured outputs), so ratings and picks always parse, even from a
+    tiny model.
+    """
+
+    template: PromptTemplate
+    values: Mapping[str, str]
+    choices: tuple[str, ...] | None = None
+
+
+@runtime_checkable
+class LLMBackend(Protocol):
+    """Batch text generation with chat templates and a prefilled assistant turn.
+
+    ``generate`` returns, for each prompt, only the continuation after the prefill,
+    or None when the request failed (too long, server error after retries).
+    """
+
+    model_name: str
+
+    def generate(
+        self, prompts: Sequence[Prompt], sampling: Mapping[str, Any], *, seed: int | None = None, desc: str | None = None
+    ) -> list[str | None]: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class AskStats:
+    """Counts of what happened to the prompts of one ``ask`` call, for the run's stats."""
+
+    prompts: int = 0
+    generations: int = 0
+    retried: int = 0
+    unparseable: int = 0
+    by_template: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def add(self, other: "AskStats") -> None:
+        self.prompts += other.prompts
+        self.generations += other.generations
+        self.retried += other.retried
+        self.unparseable += other.unparseable
+        for name, counts in other.by_template.items():
+            mine = self.by_template.setdefault(name, {"prompts": 0, "unparseable": 0})
+            for k, v in counts.items():
+                mine[k] = mine.get(k, 0) + v
+
+
+def ask(
+    llm: LLMBackend,
+    prompts: Sequence[Prompt],
+    parse: Callable[[str | None, int], T | None],
+    sampling: Mapping[str, Any],
+    *,
+    retries: int,
+    seed: int,
+    batch_size: int = 1000,
+    desc: str | None = None,
+    stats: AskStats | None = None,
+) -> list[T | None]:
+    """Generate for every prompt, parse, and re-ask the ones that did not parse.
+
+    ``parse(text, index)`` gets the continuation and the prompt's index. Re-asks use
+    a different seed so a sampled model can answer differently; after ``retries``
+    the answer stays None and is counted as unparseable.
+    """
+    results: list[T | None] = [None] * len(prompts)
+    pending = list(range(len(prompts)))
+    local = AskStats(prompts=len(prompts))
+    last_texts: dict[int, str | None] = {}
+    for attempt in range(retries + 1):
+        if not pending:
+            break
+        if attempt:
+            local.retried += len(pending)
+            log.info("%s: re-asking %d unparseable answers (attempt %d)", desc or "llm", len(pending), attempt + 1)
+        still: list[int] = []
+        for start in range(0, len(pending), batch_size):
+            chunk = pending[start : start + batch_size]
+            texts = llm.generate(
+                [prompts[i] for i in chunk], sampling, seed=seed + 7919 * attempt, desc=desc if attempt == 0 else None
+            )
+            local.generations += len(chunk)
+            for i, text in zip(chunk, texts):
+                last_texts[i] = text
+                value = parse(text, i)
+                if value is None:
+                    still.append(i)
+                else:
+                    results[i] = value
+        pending = still
+    local.unparseable = len(pending)
+    for p in prompts:
+        counts = local.by_template.setdefault(p.template.name, {"prompts": 0, "unparseable": 0})
+        counts["prompts"] += 1
+    for i in pending:
+        local.by_template[prompts[i].template.name]["unparseable"] += 1
+    if pending:
+        log.warning("%s: %d of %d answers stayed unparseable", desc or "llm", len(pending), len(prompts))
+        # Model output can quote user data: only at debug level, and only a few.
+        for i in pending[:3]:
+            log.debug("unparseable %s answer: %r", prompts[i].template.name, (last_texts.get(i) or "")[:200])
+    if stats is not None:
+        stats.add(local)
+    return results
+
+
+def sampling_for(template: PromptTemplate, base: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's sampling settings with the template's stop strings and token cap."""
+    out = dict(base)
+    if template.max_tokens is not None:
+        out["max_tokens"] = min(int(out.get("max_tokens", template.max_tokens)), template.max_tokens)
+    stops = list(out.get("stop") or [])
+    out["stop"] = stops + [s for s in template.stop if s not in stops]
+    return out

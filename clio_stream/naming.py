@@ -1,0 +1,170 @@
+"""Stage: name and summarise clusters (base clusters from their members, parents from their children).
+
+Each cluster gets several sampled names and summaries; the one kept is the
+sample whose embedding lies closest to the mean of all samples (the most
+representative), which damps the noise of any single sample. Base clusters are
+shown their members next to the nearest non-members, so the name says what
+sets the cluster apart (the Clio paper's contrastive naming).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from clio_stream.clustering import most_central, nearest_outside
+from clio_stream.embedding import EmbeddingBackend
+from clio_stream.facets import Facet
+from clio_stream.llm.base import AskStats, LLMBackend, Prompt, ask, sampling_for
+from clio_stream.parsing import MAX_NAME_CHARS, parse_tagged
+from clio_stream.prompts import CLUSTER_NAME, CLUSTER_SUMMARY, PARENT_NAME, PARENT_SUMMARY, PromptTemplate
+
+log = logging.getLogger(__name__)
+
+
+def _bullets(texts: Sequence[str]) -> str:
+    return "\n".join(f"- {t}" for t in texts) if texts else "- (none)"
+
+
+def _dedup(texts: Sequence[str]) -> list[str]:
+    seen: set[str] = set()
+    out = []
+    for t in texts:
+        if t.lower() not in seen:
+            seen.add(t.lower())
+            out.append(t)
+    return out
+
+
+def _parse_name(text: str | None, i: int) -> str | None:
+    name = parse_tagged(text, "name", max_chars=MAX_NAME_CHARS)
+    return None if name is None or len(name) < 3 else name.rstrip(".")
+
+
+def _parse_summary(text: str | None, i: int) -> str | None:
+    summary = parse_tagged(text, "summary", max_chars=800)
+    return None if summary is None or len(summary) < 10 else summary
+
+
+def most_representative(candidates: Sequence[str], embedder: EmbeddingBackend) -> str:
+    """The candidate nearest the mean of all candidates' embeddings."""
+    if len(candidates) == 1:
+        return candidates[0]
+    return candidates[most_central(embedder.encode(list(candidates)))]
+
+
+def describe(
+    owners_values: Sequence[tuple[int, Mapping[str, str]]],
+    n_groups: int,
+    summary_t: PromptTemplate,
+    name_t: PromptTemplate,
+    llm: LLMBackend,
+    embedder: EmbeddingBackend,
+    *,
+    settings: Any,
+    seed: int,
+    desc: str,
+    stats: AskStats | None,
+) -> list[tuple[str | None, str | None]]:
+    """Ask for a summary and a name per sample; return the representative ``(summary, name)`` per group."""
+    prompts = [Prompt(t, values) for _, values in owners_values for t in (summary_t, name_t)]
+    owners = [g for g, _ in owners_values for _ in (0, 1)]
+
+    def parse(text: str | None, i: int) -> str | None:
+        return (_parse_summary if i % 2 == 0 else _parse_name)(text, i)
+
+    answers = ask(llm, prompts, parse, sampling_for(name_t, settings.llm_sampling_args) | {
+        "max_tokens": max(summary_t.max_tokens or 0, name_t.max_tokens or 0),
+        "stop": list(summary_t.stop) + [s for s in name_t.stop if s not in summary_t.stop]},
+        retries=settings.llm_max_retries, seed=seed, batch_size=settings.llm_batch_size, desc=desc, stats=stats)
+    summaries: dict[int, list[str]] = {g: [] for g in range(n_groups)}
+    names: dict[int, list[str]] = {g: [] for g in range(n_groups)}
+    for i, (g, a) in enumerate(zip(owners, answers)):
+        if a is not None:
+            (summaries if i % 2 == 0 else names)[g].append(a)
+    return [
+        (most_representative(summaries[g], embedder) if summaries[g] else None,
+         most_representative(names[g], embedder) if names[g] else None)
+        for g in range(n_groups)
+    ]
+
+
+def fallback_name(values: Sequence[str]) -> str:
+    """When every naming sample failed: the most common member value, shortened."""
+    common = Counter(values).most_common(1)[0][0] if values else "Unnamed cluster"
+    return common if len(common) <= 80 else common[:77].rstrip() + "..."
+
+
+def name_clusters(
+    facet: Facet,
+    texts: Sequence[str],
+    x: np.ndarray,
+    labels: np.ndarray,
+    centres: np.ndarray,
+    llm: LLMBackend,
+    embedder: EmbeddingBackend,
+    *,
+    settings: Any,
+    stats: AskStats | None = None,
+) -> list[tuple[str, str]]:
+    """``(summary, name)`` for each cluster id ``0..len(centres)-1``."""
+    rng = random.Random(settings.seed)
+    samples: list[tuple[int, dict[str, str]]] = []
+    for c in range(len(centres)):
+        members = np.flatnonzero(labels == c)
+        inside = _dedup([texts[i] for i in members])
+        near = nearest_outside(x, labels, centres[c], c, settings.max_points_to_sample_outside_cluster * 3)
+        lowered = {s.lower() for s in inside}
+        outside = [t for t in _dedup([texts[i] for i in near]) if t.lower() not in lowered]
+        outside = outside[: settings.max_points_to_sample_outside_cluster]
+        for _ in range(settings.n_name_description_samples_per_cluster):
+            sample = rng.sample(inside, min(len(inside), settings.max_points_to_sample_inside_cluster))
+            samples.append((c, {"inside": _bullets(sample), "outside": _bullets(outside),
+                                "criteria": facet.summary_criteria or ""}))
+    described = describe(samples, len(centres), CLUSTER_SUMMARY, CLUSTER_NAME, llm, embedder, settings=settings,
+                         seed=settings.seed + 101, desc=f"name {facet.name} clusters", stats=stats)
+    out = []
+    for c, (summary, name) in enumerate(described):
+        member_texts = [texts[i] for i in np.flatnonzero(labels == c)]
+        if name is None:
+            log.warning("%s cluster %d: no usable name from the LLM; using a member value", facet.name, c)
+            name = fallback_name(member_texts)
+        if summary is None:
+            summary = f"Conversations such as: {fallback_name(member_texts)}"
+        out.append((summary, name))
+    return out
+
+
+def rename_parents(
+    facet: Facet,
+    children_of: Sequence[Sequence[tuple[str, str, int]]],
+    fallback: Sequence[str],
+    llm: LLMBackend,
+    embedder: EmbeddingBackend,
+    *,
+    settings: Any,
+    seed: int,
+    stats: AskStats | None = None,
+) -> list[tuple[str, str]]:
+    """Name each parent from its children ``(name, summary, size)``; the largest children are shown first."""
+    rng = random.Random(seed)
+    samples: list[tuple[int, dict[str, str]]] = []
+    for p, children in enumerate(children_of):
+        shown = sorted(children, key=lambda c: -c[2])[: settings.max_children_for_renaming]
+        for _ in range(settings.n_rename_samples):
+            order = shown[:]
+            rng.shuffle(order)
+            samples.append((p, {"children": "\n".join(f"- {n}: {s}" for n, s, _ in order),
+                                "criteria": facet.summary_criteria or ""}))
+    described = describe(samples, len(children_of), PARENT_SUMMARY, PARENT_NAME, llm, embedder, settings=settings,
+                         seed=seed, desc=f"rename {facet.name} parents", stats=stats)
+    out = []
+    for p, (summary, name) in enumerate(described):
+        if summary is None:
+            summary = "Includes: " + "; ".join(n for n, _, _ in children_of[p][:5])
+        out.append((summary, name or fallback[p]))
+    return out

@@ -1,0 +1,267 @@
+"""``run_clio``: the batch Clio pipeline, one plain function per stage.
+
+prepare -> truncate -> facets -> embeddings -> base clusters + names ->
+hierarchy -> privacy (minimums, optional audit) -> site. Each expensive stage
+is checkpointed under ``output_dir/checkpoints`` by a hash of what it depends
+on, so a rerun resumes, and a changed setting recomputes only what it affects.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from clio_stream.checkpoint import Checkpoints, atomic_write_bytes, stable_hash
+from clio_stream.clustering import kmeans
+from clio_stream.data import conversation_content_key, prepare_conversations, truncate_conversation
+from clio_stream.embedding import Embedder
+from clio_stream.facet_extraction import extract_facets
+from clio_stream.facets import Facet, main_facets
+from clio_stream.hierarchy import build_hierarchy, slug
+from clio_stream.llm.base import AskStats, LLMBackend
+from clio_stream.naming import name_clusters
+from clio_stream.privacy import annotate, audit
+from clio_stream.settings import ClioSettings
+from clio_stream.types import ClioResult, ClusterNode, Conversation, ConversationFacets, FacetHierarchy
+
+log = logging.getLogger(__name__)
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str, bar: tqdm | None) -> Iterator[None]:
+        t0 = time.perf_counter()
+        if bar is not None:
+            bar.set_description(f"clio: {name}")
+        log.info("stage %s: start", name)
+        yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+        log.info("stage %s: done in %.1f s", name, self.seconds[name])
+        if bar is not None:
+            bar.update(1)
+
+
+def _as_embedder(embedding_model: Any, settings: ClioSettings) -> Embedder:
+    if embedding_model is None:
+        return Embedder(settings.embedding_model, device=settings.embedding_device,
+                        batch_size=settings.embed_batch_size, show_progress=settings.show_progress)
+    if isinstance(embedding_model, Embedder):
+        return embedding_model
+    if isinstance(embedding_model, str):
+        return Embedder(embedding_model, device=settings.embedding_device, batch_size=settings.embed_batch_size,
+                        show_progress=settings.show_progress)
+    if hasattr(embedding_model, "get_sentence_embedding_dimension"):  # a SentenceTransformer, as the seed took
+        return Embedder.from_model(embedding_model, batch_size=settings.embed_batch_size,
+                                   show_progress=settings.show_progress)
+    if all(hasattr(embedding_model, a) for a in ("encode", "model_name", "dim")):  # any EmbeddingBackend
+        return embedding_model
+    raise TypeError(f"embedding_model must be a name, an Embedder or a SentenceTransformer, got {type(embedding_model)}")
+
+
+def _as_llm(llm: Any, settings: ClioSettings) -> LLMBackend:
+    if llm is None:
+        from clio_stream.llm import make_llm
+
+        return make_llm(settings)
+    if hasattr(llm, "count_tokens") and hasattr(llm, "generate"):
+        return llm
+    if hasattr(llm, "get_tokenizer") and hasattr(llm, "generate"):  # a vllm.LLM, as the seed took
+        from clio_stream.llm.vllm_local import VLLMLocal
+
+        return VLLMLocal.from_engine(llm, show_progress=settings.show_progress, tokenizer_args=settings.tokenizer_args)
+    raise TypeError(f"llm must be an LLM back-end or a vllm.LLM, got {type(llm).__name__}")
+
+
+def _base_leaves(
+    facet: Facet,
+    conversations: Sequence[Conversation],
+    facet_values: Sequence[ConversationFacets],
+    vectors: np.ndarray,
+    rows: list[int],
+    llm: LLMBackend,
+    embedder: Embedder,
+    settings: ClioSettings,
+    stats: AskStats,
+) -> list[ClusterNode]:
+    """Base k-means clusters of one facet's value embeddings, each named by the LLM."""
+    texts = [facet_values[r].values[facet.name].value or "" for r in rows]
+    k = max(1, min(len(rows), settings.n_base_clusters(len(rows))))
+    labels, centres = kmeans(vectors, k, seed=settings.seed, args=settings.kmeans_args)
+    names = name_clusters(facet, texts, vectors, labels, centres, llm, embedder, settings=settings, stats=stats)
+    leaves = []
+    fslug = slug(facet.name)
+    for c, (summary, name) in enumerate(names):
+        members = [conversations[rows[i]].id for i in np.flatnonzero(labels == c)]
+        if members:
+            leaves.append(ClusterNode(id=f"{fslug}-l0-{c}", facet=facet.name, name=name, summary=summary, level=0,
+                                      conversation_ids=members))
+    return leaves
+
+
+def run_clio(
+    facets: Sequence[Facet] | None = None,
+    llm: Any = None,
+    embedding_model: Any = None,
+    data: Sequence[Any] | None = None,
+    output_dir: str | Path | None = "clio-output",
+    html_root: str | None = None,
+    *,
+    settings: ClioSettings | None = None,
+    write_site: bool = True,
+    **overrides: Any,
+) -> ClioResult:
+    """Run Clio over ``data`` and, when ``output_dir`` is given, write checkpoints and the static site.
+
+    ``llm`` is an LLM back-end (or a ``vllm.LLM``), ``embedding_model`` a name, an
+    ``Embedder`` or a ``SentenceTransformer``; either left out is built from the
+    settings. ``settings`` and keyword ``overrides`` (snake_case or the seed's
+    camelCase names) are combined, overrides winning.
+    """
+    if data is None:
+        raise ValueError("run_clio needs data: a list of conversations (see clio_stream.get_example_data)")
+    settings = (settings or ClioSettings()).with_overrides(**overrides)
+    if html_root is not None:
+        settings = settings.with_overrides(html_root=html_root)
+    facets = list(facets or main_facets)
+    if len({f.name for f in facets}) != len(facets):
+        raise ValueError("facet names must be unique")
+    out = Path(output_dir) if output_dir is not None else None
+    ckpt = Checkpoints(out / "checkpoints" if out is not None else None)
+    timer = _Timer()
+    ask_stats = AskStats()
+    bar = tqdm(total=6, disable=not settings.show_progress, desc="clio", unit="stage")
+
+    generic = any(f.get_facet_prompt is not None for f in facets)
+    raw_records = list(data)
+    with timer.stage("prepare", bar):
+        if generic:
+            # Generic data: any item; the facet's own prompt function renders it.
+            records = [r if isinstance(r, (dict, list, Conversation)) else
+                       {"id": f"item-{i}", "conversation": [{"role": "user", "content": str(r)}]}
+                       for i, r in enumerate(settings.conversation_getter(x) for x in raw_records)]
+        else:
+            records = [settings.conversation_getter(x) for x in raw_records]
+        conversations, load_stats = prepare_conversations(
+            records, keep=settings.conversation_filter, dedup=settings.dedup, dedup_key=settings.dedup_key)
+        if not conversations:
+            raise ValueError("no conversations left after skipping empty ones and filtering")
+        llm_backend = _as_llm(llm, settings)
+        embedder = _as_embedder(embedding_model, settings)
+        truncated = []
+        for conv in conversations:
+            conv2, was = truncate_conversation(conv, settings.max_conversation_tokens, llm_backend.count_tokens)
+            truncated.append(conv2)
+            load_stats.truncated += int(was)
+        id_to_raw = {}
+        if generic:
+            for i, r in enumerate(records):
+                cid = r.get("id", f"conv-{i}") if isinstance(r, dict) else f"conv-{i}"
+                id_to_raw[str(cid)] = raw_records[i]
+        raw_items = [id_to_raw.get(c.id, c) for c in truncated] if generic else None
+
+    conv_key = stable_hash([(c.id, conversation_content_key(c)) for c in truncated])
+    facet_key = {
+        "conversations": conv_key,
+        "facets": [f.to_dict() for f in facets],
+        "llm": getattr(llm_backend, "model_name", "?"),
+        **settings.fingerprint("llm_sampling_args", "llm_max_retries", "seed", "max_conversation_tokens"),
+    }
+    with timer.stage("facets", bar):
+        facet_values: list[ConversationFacets] = ckpt.cached("facets", facet_key, lambda: extract_facets(
+            truncated, facets, llm_backend, sampling=settings.llm_sampling_args, retries=settings.llm_max_retries,
+            seed=settings.seed, batch_size=settings.llm_batch_size, raw_items=raw_items, stats=ask_stats))
+
+    tree_facets = [f for f in facets if f.has_hierarchy]
+    with timer.stage("embeddings", bar):
+        embed_key = {"facets": facet_key, "model": embedder.model_name}
+
+        def embed_all() -> dict[str, tuple[list[int], np.ndarray]]:
+            result = {}
+            for f in tree_facets:
+                rows = [i for i, fv in enumerate(facet_values) if fv.values[f.name].value]
+                vecs = embedder.encode([facet_values[i].values[f.name].value for i in rows], desc=f"embed {f.name}")
+                result[f.name] = (rows, vecs)
+            return result
+
+        embedded = ckpt.cached("embeddings", embed_key, embed_all)
+
+    hierarchies: dict[str, FacetHierarchy] = {}
+    base_keys: dict[str, dict] = {}
+    leaves_of: dict[str, list[ClusterNode]] = {}
+    with timer.stage("base clusters", bar):
+        for f in tree_facets:
+            rows, vecs = embedded[f.name]
+            if not rows:
+                log.warning("facet %s: no usable values; no clusters", f.name)
+                continue
+            base_keys[f.name] = {"embed": embed_key, "facet": f.name, "criteria": f.summary_criteria,
+                                 "embedder": embedder.model_name, **settings.fingerprint(
+                "n_base_clusters", "kmeans_args", "seed", "max_points_to_sample_inside_cluster",
+                "max_points_to_sample_outside_cluster", "n_name_description_samples_per_cluster",
+                "llm_sampling_args", "llm_max_retries")}
+            leaves_of[f.name] = ckpt.cached(f"base-{slug(f.name)}", base_keys[f.name], lambda f=f, rows=rows, vecs=vecs:
+                                            _base_leaves(f, truncated, facet_values, vecs, rows, llm_backend, embedder,
+                                                         settings, ask_stats))
+
+    with timer.stage("hierarchy", bar):
+        for f in tree_facets:
+            if f.name not in leaves_of:
+                continue
+            key = {"base": base_keys[f.name], **settings.fingerprint(
+                "min_top_level_size", "n_neighbourhoods", "n_samples_outside_neighbourhood",
+                "n_names_per_neighbourhood", "n_categorize_samples", "max_categorize_candidates",
+                "max_children_for_renaming", "n_rename_samples", "max_hierarchy_levels")}
+            hierarchies[f.name] = ckpt.cached(
+                f"hierarchy-{slug(f.name)}", key,
+                lambda f=f: build_hierarchy(f, [leaf.model_copy(deep=True) for leaf in leaves_of[f.name]], llm_backend,
+                                            embedder, settings=settings, stats=ask_stats))
+
+    with timer.stage("privacy", bar):
+        audit_scores: dict[str, dict[str, int | None]] = {}
+        for name, h in hierarchies.items():
+            annotate(h, truncated, facet_values, facets, min_conversations=settings.min_cluster_conversations,
+                     min_users=settings.min_cluster_users, user_hash_key=settings.user_id_hash_key)
+            if settings.audit_cluster_names:
+                audit_scores[name] = audit(h, llm_backend, settings=settings, stats=ask_stats)
+
+    originals = {c.id: c for c in conversations}
+    result = ClioResult(
+        facets=[f.to_dict() for f in facets],
+        conversations=[originals[c.id] for c in truncated],
+        facet_values=facet_values,
+        hierarchies=hierarchies,
+        settings=settings.public_dict(),
+        stats={
+            "load": {k: v for k, v in vars(load_stats).items() if k != "duplicate_of"},
+            "llm": vars(ask_stats),
+            "seconds": timer.seconds,
+            "checkpoint_hits": ckpt.hits,
+            "unparseable_facet_values": {f.name: sum(1 for fv in facet_values if fv.values[f.name].value is None)
+                                         for f in facets},
+            "audit": audit_scores,
+        },
+    )
+    with timer.stage("site", bar):
+        if out is not None:
+            atomic_write_bytes(out / "result.json", result.model_dump_json().encode())
+            if write_site:
+                from clio_stream.site.writer import write_site as _write_site
+
+                _write_site(result, out / "site", chunk_size=settings.site_chunk_size, html_root=settings.html_root,
+                            show_conversations=settings.show_conversations)
+    bar.close()
+    result.stats["seconds"] = timer.seconds
+    return result
+
+
+# Seed-compatible alias.
+runClio = run_clio

@@ -1,0 +1,115 @@
+"""Clio's privacy layers at publish time, plus per-cluster statistics they depend on.
+
+- Layer 1 lives in the facet prompts (no identifying details).
+- Layer 2: clusters with too few conversations or distinct users are hidden.
+- Layer 3: names and summaries are written without private details (prompts).
+- Layer 4: an optional LLM auditor rates each cluster 1-5; low scores are withheld.
+Hidden clusters are marked here; the site writer and the API never emit them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from typing import Any, Sequence
+
+from clio_stream.facets import Facet
+from clio_stream.llm.base import AskStats, LLMBackend, Prompt, ask, sampling_for
+from clio_stream.parsing import parse_int_in_range
+from clio_stream.prompts import AUDIT_CLUSTER
+from clio_stream.types import ClusterNode, Conversation, ConversationFacets, FacetHierarchy, NumericStats
+
+log = logging.getLogger(__name__)
+
+
+def keyed_user_hash(user_id: str, key: str) -> str:
+    """HMAC of a user id: distinct users can be counted without storing who they are."""
+    return hmac.new(key.encode(), user_id.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def user_key_of(conv: Conversation, key: str) -> str:
+    """A conversation without a user id counts as its own user (the cautious choice)."""
+    return keyed_user_hash(conv.user_id if conv.user_id is not None else f"conversation:{conv.id}", key)
+
+
+def numeric_stats(facet: Facet, values: Sequence[int | None]) -> NumericStats:
+    lo, hi = facet.numeric  # type: ignore[misc]
+    hist = [0] * (hi - lo + 1)
+    present = [v for v in values if v is not None]
+    for v in present:
+        hist[v - lo] += 1
+    mean = sum(present) / len(present) if present else None
+    return NumericStats(facet=facet.name, count=len(present), mean=mean, min_value=lo, histogram=hist)
+
+
+def annotate(
+    hierarchy: FacetHierarchy,
+    conversations: Sequence[Conversation],
+    facet_values: Sequence[ConversationFacets],
+    facets: Sequence[Facet],
+    *,
+    min_conversations: int,
+    min_users: int,
+    user_hash_key: str,
+) -> None:
+    """Fill distinct users and numeric stats of every node; hide nodes below the minimums."""
+    users = {c.id: user_key_of(c, user_hash_key) for c in conversations}
+    values = {fv.conversation_id: fv.values for fv in facet_values}
+    numeric = [f for f in facets if f.numeric is not None]
+    for node in hierarchy.nodes.values():
+        node.distinct_users = len({users[cid] for cid in node.conversation_ids if cid in users})
+        node.numeric = {
+            f.name: numeric_stats(f, [values.get(cid, {}).get(f.name).numeric if values.get(cid, {}).get(f.name) else None
+                                      for cid in node.conversation_ids])
+            for f in numeric
+        }
+        if node.size < min_conversations:
+            node.hidden, node.hidden_reason = True, f"fewer than {min_conversations} conversations"
+        elif node.distinct_users < min_users:
+            node.hidden, node.hidden_reason = True, f"fewer than {min_users} distinct users"
+    hide_subtrees(hierarchy)
+
+
+def hide_subtrees(hierarchy: FacetHierarchy) -> None:
+    """A withheld parent withholds everything under it."""
+
+    def hide_down(node: ClusterNode) -> None:
+        for cid in node.children:
+            child = hierarchy.nodes[cid]
+            if not child.hidden:
+                child.hidden, child.hidden_reason = True, "parent withheld"
+            hide_down(child)
+
+    for node in list(hierarchy.nodes.values()):
+        if node.hidden:
+            hide_down(node)
+
+
+def audit(
+    hierarchy: FacetHierarchy,
+    llm: LLMBackend,
+    *,
+    settings: Any,
+    stats: AskStats | None = None,
+) -> dict[str, int | None]:
+    """Ask the LLM to rate each visible cluster's privacy; withhold those below ``audit_min_score``.
+
+    An unparseable rating withholds the cluster too: when unsure, publish less.
+    """
+    visible = [n for n in hierarchy.nodes.values() if not n.hidden]
+    prompts = [Prompt(AUDIT_CLUSTER, {"name": n.name, "summary": n.summary}, choices=("1", "2", "3", "4", "5"))
+               for n in visible]
+    scores = ask(llm, prompts, lambda t, i: parse_int_in_range(t, 1, 5),
+                 sampling_for(AUDIT_CLUSTER, {**settings.llm_sampling_args, "temperature": 0.0}),
+                 retries=settings.llm_max_retries, seed=settings.seed + 4242, batch_size=settings.llm_batch_size,
+                 desc=f"audit {hierarchy.facet}", stats=stats)
+    out: dict[str, int | None] = {}
+    for node, score in zip(visible, scores):
+        out[node.id] = score
+        if score is None or score < settings.audit_min_score:
+            node.hidden, node.hidden_reason = True, f"privacy audit score {score}"
+    hide_subtrees(hierarchy)
+    withheld = sum(1 for s in out.values() if s is None or s < settings.audit_min_score)
+    log.info("audit %s: %d of %d clusters withheld", hierarchy.facet, withheld, len(out))
+    return out

@@ -1,0 +1,245 @@
+"""One typed settings object for the whole system.
+
+Values come from (highest priority first): keyword arguments, environment
+variables ``CLIO_*`` (nested with ``__``), a TOML file (``CLIO_CONFIG`` or
+``./clio-stream.toml``), then the defaults below. Every knob of the seed's
+``OpenClioConfig`` is here under a snake_case name with the seed's meaning;
+``SEED_ALIASES`` maps the seed's camelCase names for callers porting code.
+
+Callables (dedup key, conversation getter, cluster-count functions, filters)
+may be given as Python objects or, in env/TOML, as ``"package.module.function"``
+import strings.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import Field, ImportString, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def default_n_base_clusters(n: int) -> int:
+    """The seed's rule: about ten conversations per base cluster."""
+    return max(1, n // 10)
+
+
+def default_n_neighbourhoods(n: int) -> int:
+    """Clio's appendix: neighbourhoods of about 40 clusters each."""
+    return max(1, n // 40)
+
+
+def default_names_per_neighbourhood(n: int) -> int:
+    """Propose about half as many parents as there are children."""
+    return max(1, n // 2)
+
+
+def default_dedup_key(conversation: Any) -> str:
+    """Two conversations are duplicates when their turns are identical."""
+    from clio_stream.data import conversation_content_key
+
+    return conversation_content_key(conversation)
+
+
+def default_conversation_getter(record: Any) -> Any:
+    """Records are conversations already; override to unwrap your own records."""
+    return record
+
+
+def default_conversation_filter(conversation: Any) -> bool:
+    """Keep every conversation."""
+    return True
+
+
+def default_conversation_to_json(conversation: Any) -> Any:
+    """How a conversation is written to the site when raw conversations are shown."""
+    return [m.model_dump() if hasattr(m, "model_dump") else m for m in conversation.messages]
+
+
+def _toml_path() -> Path | None:
+    path = os.environ.get("CLIO_CONFIG")
+    if path:
+        return Path(path)
+    local = Path("clio-stream.toml")
+    return local if local.exists() else None
+
+
+class ClioSettings(BaseSettings):
+    """Every setting of clio-stream. See docs/configuration.md for a tour."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CLIO_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+        arbitrary_types_allowed=True,
+    )
+
+    # --- general (seed: seed, llmBatchSize, embedBatchSize) ---
+    seed: int = 27
+    llm_batch_size: int = Field(1000, ge=1, description="Prompts handed to the LLM per call.")
+    embed_batch_size: int = Field(256, ge=1, description="Texts per embedding call.")
+
+    # --- input (seed: dedupData, dedupKeyFunc, getConversationFunc, maxConversationTokens, ...) ---
+    dedup: bool = True
+    dedup_key: ImportString[Callable[[Any], str]] = default_dedup_key
+    conversation_getter: ImportString[Callable[[Any], Any]] = default_conversation_getter
+    conversation_filter: ImportString[Callable[[Any], bool]] = default_conversation_filter
+    conversation_to_json: ImportString[Callable[[Any], Any]] = default_conversation_to_json
+    max_conversation_tokens: int = Field(
+        1500, ge=64, description="Longer conversations are cut at a turn boundary before prompting."
+    )
+    tokenizer_args: dict[str, Any] = Field(default_factory=dict, description="Extra kwargs for apply_chat_template.")
+
+    # --- base clusters (seed: nBaseClustersFunc, maxPointsToSample*, nNameDescriptionSamplesPerCluster) ---
+    n_base_clusters: ImportString[Callable[[int], int]] = default_n_base_clusters
+    max_points_to_sample_inside_cluster: int = Field(10, ge=1)
+    max_points_to_sample_outside_cluster: int = Field(10, ge=0)
+    n_name_description_samples_per_cluster: int = Field(3, ge=1)
+    kmeans_args: dict[str, Any] = Field(default_factory=lambda: {"n_init": 3, "max_iter": 300})
+
+    # --- hierarchy (seed: minTopLevelSize, nAverageClustersPerNeighborhood, nSamplesOutsideNeighborhood, ...) ---
+    min_top_level_size: int = Field(5, ge=1)
+    n_neighbourhoods: ImportString[Callable[[int], int]] = default_n_neighbourhoods
+    n_samples_outside_neighbourhood: int = Field(5, ge=0)
+    n_names_per_neighbourhood: ImportString[Callable[[int], int]] = default_names_per_neighbourhood
+    n_categorize_samples: int = Field(3, ge=1)
+    max_categorize_candidates: int = Field(
+        12, ge=2, description="Parent names shown when assigning one child (the nearest by embedding)."
+    )
+    max_children_for_renaming: int = Field(10, ge=1)
+    n_rename_samples: int = Field(3, ge=1)
+    max_hierarchy_levels: int = Field(6, ge=1, description="Safety stop for the level loop.")
+
+    # --- LLM ---
+    llm_backend: str = Field("vllm", description="'vllm' (in-process engine) or 'openai' (an OpenAI-compatible server).")
+    llm_model: str = Field("smollm2-135m-instruct", description="Name, local folder or Hugging Face id.")
+    llm_base_url: str | None = Field(None, description="For llm_backend='openai', e.g. http://127.0.0.1:8000/v1.")
+    llm_api_key: str = "EMPTY"
+    llm_max_model_len: int = 4096
+    llm_dtype: str = "bfloat16"
+    llm_kv_cache_gib: float = Field(1.0, gt=0, description="KV cache memory for the in-process engine.")
+    llm_engine_args: dict[str, Any] = Field(default_factory=dict, description="Extra kwargs for vllm.LLM(...).")
+    llm_sampling_args: dict[str, Any] = Field(
+        default_factory=lambda: {"temperature": 0.6, "top_p": 0.95, "max_tokens": 160, "repetition_penalty": 1.1},
+        description="Passed to vllm.SamplingParams / the OpenAI request (seed: llmExtraInferenceArgs).",
+    )
+    llm_max_retries: int = Field(2, ge=0, description="Re-asks for answers that do not parse.")
+    llm_max_concurrency: int = Field(64, ge=1, description="Requests in flight for the OpenAI back-end.")
+    llm_request_timeout_s: float = 120.0
+
+    # --- embeddings ---
+    embedding_model: str = Field("all-mpnet-base-v2", description="Name or folder of a sentence-transformers model.")
+    embedding_device: str = "cpu"
+
+    # --- privacy ---
+    min_cluster_conversations: int = Field(3, ge=1, description="Clusters with fewer conversations are never shown.")
+    min_cluster_users: int = Field(2, ge=1, description="Clusters with fewer distinct users are never shown.")
+    user_id_hash_key: str = Field(
+        "change-me", description="Key for the keyed hash of user ids; set a secret in production."
+    )
+    audit_cluster_names: bool = Field(False, description="Ask the LLM to rate each cluster's privacy (1-5).")
+    audit_min_score: int = Field(3, ge=1, le=5, description="Clusters rated below this are withheld.")
+    show_conversations: bool = Field(True, description="Write raw conversations into the site / API answers.")
+
+    # --- site ---
+    site_chunk_size: int = Field(100, ge=1, description="Conversations per data chunk file (seed: htmlMaxSizePerFile).")
+    html_root: str = ""
+    web_host: str = "127.0.0.1"
+    web_port: int = 8421
+
+    # --- runtime ---
+    cache_dir: Path = Field(default_factory=lambda: Path(os.environ.get("CLIO_CACHE_DIR", "~/.cache/clio-stream")).expanduser())
+    show_progress: bool = True
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml = _toml_path()
+        if toml is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+        return tuple(sources)
+
+    @field_validator("html_root")
+    @classmethod
+    def _strip_root(cls, v: str) -> str:
+        return v.rstrip("/")
+
+    def with_overrides(self, **overrides: Any) -> "ClioSettings":
+        """A validated copy with ``overrides`` applied on top (seed camelCase names accepted).
+
+        The seed silently dropped overrides when a config object was passed too; here
+        both apply, and an unknown name is an error rather than a silent no-op.
+        """
+        if not overrides:
+            return self
+        translated = {SEED_ALIASES.get(k, k): v for k, v in overrides.items()}
+        unknown = sorted(k for k in translated if k not in type(self).model_fields)
+        if unknown:
+            raise TypeError(f"unknown setting(s): {', '.join(unknown)}")
+        data = {k: getattr(self, k) for k in type(self).model_fields}
+        data.update(translated)
+        return type(self).model_validate(data)
+
+    def fingerprint(self, *names: str) -> dict[str, Any]:
+        """The named settings as a JSON-safe dict, for checkpoint keys."""
+        out: dict[str, Any] = {}
+        for name in names:
+            value = getattr(self, name)
+            if callable(value):
+                value = f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', repr(value))}"
+            elif isinstance(value, Path):
+                value = str(value)
+            out[name] = value
+        return out
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings safe to publish with results (no secrets, callables by name)."""
+        secret = {"user_id_hash_key", "llm_api_key"}
+        return self.fingerprint(*(n for n in type(self).model_fields if n not in secret))
+
+
+SEED_ALIASES: dict[str, str] = {
+    "llmBatchSize": "llm_batch_size",
+    "embedBatchSize": "embed_batch_size",
+    "dedupData": "dedup",
+    "dedupKeyFunc": "dedup_key",
+    "getConversationFunc": "conversation_getter",
+    "conversationFilter": "conversation_filter",
+    "conversationToJsonFunc": "conversation_to_json",
+    "maxConversationTokens": "max_conversation_tokens",
+    "tokenizerArgs": "tokenizer_args",
+    "nBaseClustersFunc": "n_base_clusters",
+    "maxPointsToSampleInsideCluster": "max_points_to_sample_inside_cluster",
+    "maxPointsToSampleOutsideCluster": "max_points_to_sample_outside_cluster",
+    "nNameDescriptionSamplesPerCluster": "n_name_description_samples_per_cluster",
+    "kmeansArgs": "kmeans_args",
+    "minTopLevelSize": "min_top_level_size",
+    "nAverageClustersPerNeighborhood": "n_neighbourhoods",
+    "nSamplesOutsideNeighborhood": "n_samples_outside_neighbourhood",
+    "nDesiredHigherLevelNamesPerClusterFunc": "n_names_per_neighbourhood",
+    "nCategorizeSamples": "n_categorize_samples",
+    "maxChildrenForRenaming": "max_children_for_renaming",
+    "nRenameSamples": "n_rename_samples",
+    "llmExtraInferenceArgs": "llm_sampling_args",
+    "htmlMaxSizePerFile": "site_chunk_size",
+    "htmlRoot": "html_root",
+    "webPort": "web_port",
+}
+
+# The seed's config class name, for code that constructs it directly.
+OpenClioConfig = ClioSettings

@@ -1,0 +1,679 @@
+"""Qdrant persistence for facets, conversation status and small shared state documents.
+
+Three collections, named ``{prefix}_facets``, ``{prefix}_conversations`` and
+``{prefix}_state``:
+
+* facets: one point per (conversation, facet) with the facet value's embedding
+  (cosine) and its payload (value, numeric, user hash, timestamp, cluster id and
+  version, similarity, outlier flag, content hash);
+* conversations: one vectorless point per conversation (status ``pending`` /
+  ``processed``, user hash, timestamp, content hash, and the raw conversation
+  only when the store was told it may keep it);
+* state: vectorless points holding JSON documents (the current clustering
+  version, the online k-means state per facet and version) and lease locks.
+
+Point ids are uuid5 of a fixed namespace and the natural key, so replaying a
+Kafka range overwrites the same points instead of adding duplicates.
+
+Every Qdrant failure surfaces as :class:`StoreError`; the transient kind
+(server down, timeout, overload) as its subclass :class:`StoreUnavailable`, so
+callers can back off and retry rather than crash or skip data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from qdrant_client import QdrantClient, models
+
+log = logging.getLogger(__name__)
+
+# Fixed forever: changing it would orphan every stored point.
+NAMESPACE = uuid.UUID("6f1c2a52-3b4e-5d8a-9c71-0e2f4b6a8d13")
+_SEP = "\x1f"
+ConversationStatus = Literal["pending", "processed"]
+
+_FACET_INDEXES: dict[str, models.PayloadSchemaType] = {
+    "conversation_id": models.PayloadSchemaType.KEYWORD,
+    "facet": models.PayloadSchemaType.KEYWORD,
+    "cluster_id": models.PayloadSchemaType.INTEGER,
+    "cluster_version": models.PayloadSchemaType.INTEGER,
+    "user_hash": models.PayloadSchemaType.KEYWORD,
+    "content_hash": models.PayloadSchemaType.KEYWORD,
+    "timestamp": models.PayloadSchemaType.FLOAT,
+}
+_CONVERSATION_INDEXES: dict[str, models.PayloadSchemaType] = {
+    "conversation_id": models.PayloadSchemaType.KEYWORD,
+    "status": models.PayloadSchemaType.KEYWORD,
+    "user_hash": models.PayloadSchemaType.KEYWORD,
+    "content_hash": models.PayloadSchemaType.KEYWORD,
+    "timestamp": models.PayloadSchemaType.FLOAT,
+}
+_STATE_INDEXES: dict[str, models.PayloadSchemaType] = {
+    "kind": models.PayloadSchemaType.KEYWORD,
+    "key": models.PayloadSchemaType.KEYWORD,
+}
+
+
+class StoreError(RuntimeError):
+    """Qdrant refused or failed an operation."""
+
+
+class StoreUnavailable(StoreError):
+    """Qdrant is unreachable, timing out or overloaded: back off and retry."""
+
+
+# --------------------------------------------------------------------------- ids
+
+
+def facet_point_id(conversation_id: str, facet: str) -> str:
+    """Deterministic id of one (conversation, facet) point."""
+    return str(uuid.uuid5(NAMESPACE, f"{conversation_id}{_SEP}{facet}"))
+
+
+def conversation_point_id(conversation_id: str) -> str:
+    """Deterministic id of a conversation's status point."""
+    return str(uuid.uuid5(NAMESPACE, f"conversation{_SEP}{conversation_id}"))
+
+
+def state_point_id(key: str) -> str:
+    """Deterministic id of a state document."""
+    return str(uuid.uuid5(NAMESPACE, f"state{_SEP}{key}"))
+
+
+def lock_point_id(name: str) -> str:
+    """Deterministic id of a lock document."""
+    return str(uuid.uuid5(NAMESPACE, f"lock{_SEP}{name}"))
+
+
+def centroid_state_key(facet: str, version: int) -> str:
+    """State key of the online k-means state of ``facet`` at clustering ``version``."""
+    return f"centroids/{facet}/v{int(version)}"
+
+
+def current_version_key(facet: str) -> str:
+    """State key of the pointer to ``facet``'s current clustering version."""
+    return f"current_version/{facet}"
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass
+class FacetPoint:
+    """One facet value of one conversation, with its embedding (a dataclass: no per-float validation)."""
+
+    conversation_id: str
+    facet: str
+    vector: np.ndarray | Sequence[float]
+    value: str | None = None
+    numeric: int | None = None
+    user_hash: str | None = None
+    timestamp: float | None = None
+    cluster_id: int | None = None
+    cluster_version: int | None = None
+    similarity: float | None = None
+    outlier: bool = False
+    content_hash: str | None = None
+
+    @property
+    def id(self) -> str:
+        return facet_point_id(self.conversation_id, self.facet)
+
+    def payload(self) -> dict[str, Any]:
+        """The JSON payload stored with the vector."""
+        return {
+            "conversation_id": self.conversation_id,
+            "facet": self.facet,
+            "value": self.value,
+            "numeric": None if self.numeric is None else int(self.numeric),
+            "user_hash": self.user_hash,
+            "timestamp": None if self.timestamp is None else float(self.timestamp),
+            "cluster_id": None if self.cluster_id is None else int(self.cluster_id),
+            "cluster_version": None if self.cluster_version is None else int(self.cluster_version),
+            "similarity": None if self.similarity is None else float(self.similarity),
+            "outlier": bool(self.outlier),
+            "content_hash": self.content_hash,
+        }
+
+
+@dataclass
+class ConversationRecord:
+    """Processing status of one conversation; ``raw`` is kept only if the store allows it."""
+
+    conversation_id: str
+    status: ConversationStatus = "pending"
+    user_hash: str | None = None
+    timestamp: float | None = None
+    content_hash: str | None = None
+    raw: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def payload(self, keep_raw: bool) -> dict[str, Any]:
+        """The JSON payload; drops ``raw`` unless ``keep_raw``."""
+        out = {
+            **self.extra,
+            "conversation_id": self.conversation_id,
+            "status": self.status,
+            "user_hash": self.user_hash,
+            "timestamp": None if self.timestamp is None else float(self.timestamp),
+            "content_hash": self.content_hash,
+            "updated_at": time.time(),
+        }
+        if keep_raw and self.raw is not None:
+            out["raw"] = self.raw
+        return out
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """True for failures worth retrying later (connection, timeout, overload)."""
+    try:
+        import grpc
+    except ImportError:  # pragma: no cover - grpcio ships with qdrant-client
+        grpc = None  # type: ignore[assignment]
+    from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+    if grpc is not None and isinstance(exc, grpc.RpcError):
+        code = exc.code() if callable(getattr(exc, "code", None)) else None
+        return code in {
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            grpc.StatusCode.ABORTED,
+            grpc.StatusCode.CANCELLED,
+            grpc.StatusCode.INTERNAL,
+            grpc.StatusCode.UNKNOWN,
+        }
+    if isinstance(exc, ResponseHandlingException):
+        return True  # the HTTP request itself failed: refused, reset, timed out
+    if isinstance(exc, UnexpectedResponse):
+        return exc.status_code is None or exc.status_code >= 500 or exc.status_code == 429
+    try:
+        import httpx
+
+        if isinstance(exc, httpx.TransportError):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    return isinstance(exc, (ConnectionError, TimeoutError))
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class QdrantStore:
+    """The project's only door to Qdrant (server over gRPC, or embedded for tests)."""
+
+    def __init__(
+        self,
+        location: str = ":memory:",
+        *,
+        prefix: str = "clio",
+        grpc_port: int | None = None,
+        prefer_grpc: bool = True,
+        timeout_s: float = 30.0,
+        api_key: str | None = None,
+        keep_raw: bool = False,
+        client: QdrantClient | None = None,
+    ) -> None:
+        """``location``: a server URL (``http://host:6333``), ``":memory:"`` or a folder (embedded).
+
+        ``keep_raw`` decides whether raw conversations may be written at all.
+        """
+        self.location = location
+        self.prefix = prefix
+        self.keep_raw = keep_raw
+        self.embedded = not location.startswith(("http://", "https://"))
+        self.facets = f"{prefix}_facets"
+        self.conversations = f"{prefix}_conversations"
+        self.state = f"{prefix}_state"
+        self._dim: int | None = None
+        if client is not None:
+            self.client = client
+        elif location == ":memory:":
+            self.client = QdrantClient(location=":memory:")
+        elif self.embedded:
+            self.client = QdrantClient(path=location)
+        else:
+            kwargs: dict[str, Any] = {}
+            if grpc_port is not None:
+                kwargs["grpc_port"] = int(grpc_port)
+            # check_compatibility=False: no extra round trip (and warning) at construction;
+            # health() is the place to find out whether the server answers.
+            self.client = QdrantClient(
+                url=location,
+                prefer_grpc=prefer_grpc,
+                timeout=int(timeout_s),
+                api_key=api_key,
+                check_compatibility=False,
+                **kwargs,
+            )
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> QdrantStore:
+        """Build from a settings object (``qdrant_url``, ``qdrant_prefix``, ... with defaults)."""
+        return cls(
+            getattr(settings, "qdrant_url", ":memory:") or ":memory:",
+            prefix=getattr(settings, "qdrant_prefix", "clio"),
+            grpc_port=getattr(settings, "qdrant_grpc_port", None),
+            prefer_grpc=getattr(settings, "qdrant_prefer_grpc", True),
+            timeout_s=getattr(settings, "qdrant_timeout_s", 30.0),
+            api_key=getattr(settings, "qdrant_api_key", None),
+            keep_raw=getattr(settings, "store_raw_conversations", getattr(settings, "show_conversations", False)),
+        )
+
+    def close(self) -> None:
+        """Close the client's connections (and release an embedded store's folder lock)."""
+        try:
+            self.client.close()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            log.debug("closing the Qdrant client failed", exc_info=True)
+
+    def __enter__(self) -> QdrantStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _guard(self, op: str) -> Iterator[None]:
+        """Translate client exceptions into StoreUnavailable / StoreError (programming errors pass)."""
+        try:
+            yield
+        except StoreError:
+            raise
+        except (TypeError, AttributeError, NameError, AssertionError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - qdrant-client raises many unrelated types
+            if _is_transient(exc):
+                raise StoreUnavailable(f"qdrant {op} failed: {_short(exc)}") from exc
+            raise StoreError(f"qdrant {op} failed: {_short(exc)}") from exc
+
+    # ------------------------------------------------------------------ schema
+
+    def health(self) -> bool:
+        """True when Qdrant answers a cheap request."""
+        try:
+            with self._guard("health"):
+                self.client.get_collections()
+            return True
+        except StoreError as exc:
+            log.warning("qdrant health check failed: %s", exc)
+            return False
+
+    def ensure_collections(self, dim: int) -> None:
+        """Create the three collections and their payload indexes if missing (idempotent, race-safe)."""
+        self._create(self.facets, models.VectorParams(size=int(dim), distance=models.Distance.COSINE))
+        self._create(self.conversations, {})
+        self._create(self.state, {})
+        with self._guard("get_collection"):
+            info = self.client.get_collection(self.facets)
+        vectors = info.config.params.vectors
+        size = getattr(vectors, "size", None)
+        if size is not None and int(size) != int(dim):
+            raise StoreError(f"{self.facets} holds {size}-d vectors but the embedder makes {dim}-d ones")
+        self._dim = int(dim)
+        if self.embedded:
+            return  # the embedded engine ignores payload indexes (and warns about each)
+        for name, schema in ((self.facets, _FACET_INDEXES), (self.conversations, _CONVERSATION_INDEXES),
+                             (self.state, _STATE_INDEXES)):
+            for key, kind in schema.items():
+                with self._guard("create_payload_index"):
+                    self.client.create_payload_index(name, key, field_schema=kind, wait=True)
+
+    def _create(self, name: str, vectors: models.VectorParams | dict[str, Any]) -> None:
+        with self._guard("collection_exists"):
+            if self.client.collection_exists(name):
+                return
+        try:
+            with self._guard("create_collection"):
+                self.client.create_collection(name, vectors_config=vectors)
+            log.info("created Qdrant collection %s", name)
+        except StoreUnavailable:
+            raise
+        except StoreError:
+            # Another replica may have created it between our check and our create.
+            with self._guard("collection_exists"):
+                if not self.client.collection_exists(name):
+                    raise
+
+    # ------------------------------------------------------------------ facets
+
+    def upsert_facets(self, points: Sequence[FacetPoint], *, batch: int = 256, wait: bool = True) -> int:
+        """Write facet points; a replay of the same (conversation, facet) overwrites. Returns the count."""
+        for start in range(0, len(points), batch):
+            chunk = points[start : start + batch]
+            vectors = np.asarray([np.asarray(p.vector, dtype=np.float32) for p in chunk], dtype=np.float32)
+            if self._dim is not None and vectors.shape[1] != self._dim:
+                raise ValueError(f"vectors are {vectors.shape[1]}-d, the collection {self._dim}-d")
+            with self._guard("upsert facets"):
+                self.client.upsert(
+                    self.facets,
+                    points=models.Batch(
+                        ids=[p.id for p in chunk],
+                        vectors=vectors.tolist(),
+                        payloads=[p.payload() for p in chunk],
+                    ),
+                    wait=wait,
+                )
+        return len(points)
+
+    def scroll_vectors(
+        self, facet: str, batch: int = 1000
+    ) -> Iterator[tuple[list[str], np.ndarray, list[dict[str, Any]]]]:
+        """All points of ``facet`` in batches of (ids, float32 vectors, payloads), for re-clustering."""
+        flt = _match_filter(facet=facet)
+        offset: Any = None
+        while True:
+            with self._guard("scroll vectors"):
+                records, offset = self.client.scroll(
+                    self.facets, scroll_filter=flt, limit=batch, offset=offset,
+                    with_payload=True, with_vectors=True,
+                )
+            if records:
+                ids = [str(r.id) for r in records]
+                vectors = np.asarray([r.vector for r in records], dtype=np.float32)
+                yield ids, vectors, [dict(r.payload or {}) for r in records]
+            if offset is None:
+                return
+
+    def cluster_members(
+        self,
+        facet: str,
+        cluster_id: int,
+        limit: int = 100,
+        offset_cursor: Any = None,
+        *,
+        version: int | None = None,
+        with_vectors: bool = False,
+    ) -> tuple[list[dict[str, Any]], Any]:
+        """One page of a cluster's points (payload plus ``id``) and the cursor of the next page (None at the end)."""
+        flt = _match_filter(facet=facet, cluster_id=int(cluster_id), cluster_version=version)
+        with self._guard("scroll members"):
+            records, nxt = self.client.scroll(
+                self.facets, scroll_filter=flt, limit=int(limit), offset=offset_cursor,
+                with_payload=True, with_vectors=with_vectors,
+            )
+        out = []
+        for r in records:
+            item = {"id": str(r.id), **(r.payload or {})}
+            if with_vectors:
+                item["vector"] = r.vector
+            out.append(item)
+        return out, nxt
+
+    def count(
+        self,
+        facet: str | None = None,
+        cluster_id: int | None = None,
+        *,
+        version: int | None = None,
+        user_hash: str | None = None,
+    ) -> int:
+        """Exact number of facet points matching the given fields (all when none given)."""
+        flt = _match_filter(facet=facet, cluster_id=cluster_id, cluster_version=version, user_hash=user_hash)
+        with self._guard("count"):
+            return int(self.client.count(self.facets, count_filter=flt, exact=True).count)
+
+    def set_labels(
+        self,
+        facet: str,
+        labels: Mapping[str, int],
+        version: int,
+        *,
+        similarities: Mapping[str, float] | None = None,
+        outliers: Mapping[str, bool] | None = None,
+        ops_per_request: int = 500,
+    ) -> int:
+        """Write cluster ids (and optionally similarity / outlier) of ``facet``'s points under ``version``.
+
+        Points are selected by id *and* facet through a filter, so an id deleted
+        in the meantime (a user's deletion) is skipped instead of failing the
+        whole batch. Without per-point extras, points of one cluster share one
+        operation. Returns the number of ids given.
+        """
+        ops: list[models.SetPayloadOperation] = []
+        if similarities is None and outliers is None:
+            by_cluster: dict[int, list[str]] = defaultdict(list)
+            for pid, cid in labels.items():
+                by_cluster[int(cid)].append(str(pid))
+            for cid, ids in by_cluster.items():
+                for start in range(0, len(ids), 1000):
+                    ops.append(self._set_payload_op(
+                        facet, ids[start : start + 1000],
+                        {"cluster_id": cid, "cluster_version": int(version)},
+                    ))
+        else:
+            for pid, cid in labels.items():
+                payload: dict[str, Any] = {"cluster_id": int(cid), "cluster_version": int(version)}
+                if similarities is not None and pid in similarities:
+                    payload["similarity"] = float(similarities[pid])
+                if outliers is not None and pid in outliers:
+                    payload["outlier"] = bool(outliers[pid])
+                ops.append(self._set_payload_op(facet, [str(pid)], payload))
+        for start in range(0, len(ops), ops_per_request):
+            with self._guard("set labels"):
+                self.client.batch_update_points(self.facets, ops[start : start + ops_per_request], wait=True)
+        return len(labels)
+
+    @staticmethod
+    def _set_payload_op(facet: str, ids: list[str], payload: dict[str, Any]) -> models.SetPayloadOperation:
+        flt = models.Filter(must=[models.HasIdCondition(has_id=ids), _eq("facet", facet)])
+        return models.SetPayloadOperation(set_payload=models.SetPayload(payload=payload, filter=flt))
+
+    # ------------------------------------------------------------------ conversations
+
+    def mark_conversations(self, records: Sequence[ConversationRecord], *, wait: bool = True) -> int:
+        """Write conversation status points (whole payload; raw text only if ``keep_raw``)."""
+        if not records:
+            return 0
+        points = [
+            models.PointStruct(id=conversation_point_id(r.conversation_id), vector={},
+                               payload=r.payload(self.keep_raw))
+            for r in records
+        ]
+        with self._guard("upsert conversations"):
+            self.client.upsert(self.conversations, points=points, wait=wait)
+        return len(points)
+
+    def get_conversation(self, conversation_id: str) -> dict[str, Any] | None:
+        """Status payload plus ``facets`` ({facet: payload with id}); None if nothing is stored."""
+        with self._guard("retrieve conversation"):
+            found = self.client.retrieve(self.conversations, [conversation_point_id(conversation_id)],
+                                         with_payload=True)
+        facets = self._facets_of(conversation_id)
+        if not found and not facets:
+            return None
+        doc: dict[str, Any] = dict(found[0].payload or {}) if found else {
+            "conversation_id": conversation_id, "status": None,
+        }
+        doc["facets"] = facets
+        return doc
+
+    def _facets_of(self, conversation_id: str) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        offset: Any = None
+        while True:
+            with self._guard("scroll conversation facets"):
+                records, offset = self.client.scroll(
+                    self.facets, scroll_filter=_match_filter(conversation_id=conversation_id),
+                    limit=256, offset=offset, with_payload=True, with_vectors=False,
+                )
+            for r in records:
+                payload = dict(r.payload or {})
+                out[str(payload.get("facet"))] = {"id": str(r.id), **payload}
+            if offset is None:
+                return out
+
+    def find_by_content_hash(self, content_hash: str) -> dict[str, dict[str, Any]] | None:
+        """Facet values ({facet: {"value", "numeric"}}) of a *processed* conversation with this content.
+
+        Lets a consumer reuse the LLM's answers for an identical conversation
+        instead of asking again. None when no processed conversation matches.
+        """
+        flt = _match_filter(content_hash=content_hash, status="processed")
+        with self._guard("scroll content hash"):
+            records, _ = self.client.scroll(self.conversations, scroll_filter=flt, limit=1, with_payload=True)
+        if not records:
+            return None
+        cid = str((records[0].payload or {}).get("conversation_id"))
+        facets = self._facets_of(cid)
+        if not facets:
+            return None
+        return {name: {"value": p.get("value"), "numeric": p.get("numeric")} for name, p in facets.items()}
+
+    def delete_user(self, user_hash: str) -> dict[str, int]:
+        """Delete every facet and conversation point of one user; returns how many of each went."""
+        flt = _match_filter(user_hash=user_hash)
+        removed: dict[str, int] = {}
+        for name in (self.facets, self.conversations):
+            with self._guard("delete user"):
+                n = int(self.client.count(name, count_filter=flt, exact=True).count)
+                self.client.delete(name, points_selector=models.FilterSelector(filter=flt), wait=True)
+            removed[name] = n
+        log.info("deleted user %s…: %s", user_hash[:8], removed)
+        return removed
+
+    # ------------------------------------------------------------------ state documents
+
+    def get_state(self, key: str) -> dict[str, Any] | None:
+        """The JSON document stored under ``key``, or None."""
+        with self._guard("get state"):
+            found = self.client.retrieve(self.state, [state_point_id(key)], with_payload=True)
+        if not found:
+            return None
+        raw = (found[0].payload or {}).get("doc_json")
+        return None if raw is None else json.loads(raw)
+
+    def put_state(self, key: str, doc: Mapping[str, Any]) -> None:
+        """Store ``doc`` under ``key`` (last writer wins; guard concurrent writers with a lock).
+
+        Kept as a JSON string so Qdrant's payload typing cannot alter it.
+        """
+        payload = {"kind": "state", "key": key, "doc_json": json.dumps(doc, separators=(",", ":")),
+                   "updated_at": time.time()}
+        with self._guard("put state"):
+            self.client.upsert(self.state, points=[models.PointStruct(id=state_point_id(key), vector={},
+                                                                       payload=payload)], wait=True)
+
+    def delete_state(self, key: str) -> None:
+        """Remove the document under ``key`` (no error if absent)."""
+        with self._guard("delete state"):
+            self.client.delete(self.state, points_selector=models.PointIdsList(points=[state_point_id(key)]),
+                               wait=True)
+
+    def put_centroids(self, facet: str, version: int, state_doc: Mapping[str, Any]) -> None:
+        """Store an online k-means state (``OnlineKMeans.to_state()``) for ``facet`` and ``version``."""
+        self.put_state(centroid_state_key(facet, version), state_doc)
+
+    def get_centroids(self, facet: str, version: int | None = None) -> dict[str, Any] | None:
+        """The stored online k-means state of ``facet`` at ``version`` (default: the current one)."""
+        if version is None:
+            version = self.current_version(facet)
+            if version is None:
+                return None
+        return self.get_state(centroid_state_key(facet, version))
+
+    def set_current_version(self, facet: str, version: int) -> None:
+        """Point readers at clustering ``version`` of ``facet`` (write its centroids first)."""
+        self.put_state(current_version_key(facet), {"facet": facet, "version": int(version),
+                                                    "published_at": time.time()})
+
+    def current_version(self, facet: str) -> int | None:
+        """The clustering version readers should use for ``facet``, or None before the first."""
+        doc = self.get_state(current_version_key(facet))
+        return None if doc is None else int(doc["version"])
+
+    # ------------------------------------------------------------------ locks
+
+    def try_lock(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Take (or renew) the lease ``name`` for ``ttl_s`` seconds; True if ``owner`` holds it now.
+
+        The write is a conditional upsert: it applies only if the lock point is
+        absent, already ``owner``'s, or expired, and Qdrant applies a shard's
+        updates one at a time, so on a single node two contenders cannot both
+        win. A read-back of a fresh token confirms the outcome.
+
+        Limits, by design of a lease without fencing:
+        * expiry compares wall clocks of different hosts: keep them in sync and
+          ``ttl_s`` far above the skew;
+        * a holder that stalls past ``ttl_s`` (GC pause, network partition) may
+          overlap with the next holder, and nothing stops its late writes, so
+          protected work must be idempotent (delta batches carry ids for this);
+        * with replication and a write consistency below ``all`` a failover may
+          lose a lock write;
+        * the embedded mode serves one process only, so there it guards threads at best.
+        """
+        now = time.time()
+        token = uuid.uuid4().hex
+        pid = lock_point_id(name)
+        payload = {"kind": "lock", "key": name, "owner": owner, "token": token,
+                   "acquired_at": now, "expires_at": now + float(ttl_s)}
+        cond = models.Filter(should=[
+            _eq("owner", owner),
+            models.FieldCondition(key="expires_at", range=models.Range(lt=now)),
+        ])
+        with self._guard("lock"):
+            self.client.upsert(self.state, points=[models.PointStruct(id=pid, vector={}, payload=payload)],
+                               update_filter=cond, wait=True)
+            found = self.client.retrieve(self.state, [pid], with_payload=True)
+        held = bool(found) and (found[0].payload or {}).get("token") == token
+        log.debug("lock %s for %s: %s", name, owner, "acquired" if held else "busy")
+        return held
+
+    def release_lock(self, name: str, owner: str) -> bool:
+        """Drop the lease if ``owner`` holds it (conditional delete); True if it was ``owner``'s."""
+        pid = lock_point_id(name)
+        with self._guard("unlock"):
+            found = self.client.retrieve(self.state, [pid], with_payload=True)
+            mine = bool(found) and (found[0].payload or {}).get("owner") == owner
+            flt = models.Filter(must=[models.HasIdCondition(has_id=[pid]), _eq("owner", owner)])
+            self.client.delete(self.state, points_selector=models.FilterSelector(filter=flt), wait=True)
+        return mine
+
+    def lock_holder(self, name: str) -> dict[str, Any] | None:
+        """The current lease document (owner, expires_at) if unexpired, else None."""
+        with self._guard("lock holder"):
+            found = self.client.retrieve(self.state, [lock_point_id(name)], with_payload=True)
+        if not found:
+            return None
+        doc = dict(found[0].payload or {})
+        return doc if float(doc.get("expires_at", 0.0)) > time.time() else None
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _eq(key: str, value: Any) -> models.FieldCondition:
+    return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+
+
+def _match_filter(**fields: Any) -> models.Filter | None:
+    """AND of equality conditions for the fields that are not None."""
+    must = [_eq(k, v) for k, v in fields.items() if v is not None]
+    return models.Filter(must=must) if must else None
+
+
+def _short(exc: BaseException) -> str:
+    """One line for logs: gRPC errors print several lines, their ``details()`` is the useful part."""
+    details = getattr(exc, "details", None)
+    if callable(details):
+        try:
+            code = exc.code()  # type: ignore[attr-defined]
+            return f"{type(exc).__name__}: {getattr(code, 'name', code)}: {details()}"[:300]
+        except Exception:  # noqa: BLE001 - fall back to str()
+            pass
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]

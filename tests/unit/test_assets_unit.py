@@ -1,0 +1,153 @@
+"""Unit tests for clio_stream.assets that never download or load a model."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from clio_stream import assets
+
+
+@pytest.fixture
+def tmp_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "cache"
+    monkeypatch.setenv("CLIO_CACHE_DIR", str(root))
+
+    def no_download(*args: object, **kwargs: object) -> Path:
+        raise AssertionError("unit tests must not download anything")
+
+    monkeypatch.setattr(assets, "_download", no_download)
+    return root
+
+
+def test_cache_dir_env_override(tmp_cache: Path) -> None:
+    assert assets.cache_dir() == tmp_cache.resolve()
+    assert tmp_cache.is_dir()
+
+
+def test_cache_dir_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("CLIO_CACHE_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert assets.cache_dir() == (tmp_path / ".cache" / "clio-stream").resolve()
+
+
+def test_resolve_model_passes_existing_paths_through(tmp_cache: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    assert assets.resolve_model(str(folder), "llm") == str(folder)
+    assert assets.resolve_model(str(folder), "embedding") == str(folder)
+
+
+def test_resolve_model_passes_unknown_ids_through(tmp_cache: Path) -> None:
+    assert assets.resolve_model("Qwen/Qwen2.5-7B-Instruct", "llm") == "Qwen/Qwen2.5-7B-Instruct"
+    assert assets.resolve_model("BAAI/bge-small-en-v1.5", "embedding") == "BAAI/bge-small-en-v1.5"
+
+
+def test_resolve_model_rejects_wrong_kind(tmp_cache: Path) -> None:
+    with pytest.raises(ValueError):
+        assets.resolve_model("all-mpnet-base-v2", "llm")
+    with pytest.raises(ValueError):
+        assets.resolve_model("SmolLM2-135M-Instruct", "embedding")
+    with pytest.raises(ValueError):
+        assets.resolve_model("x", "vision")  # type: ignore[arg-type]
+
+
+def _fake_prepared(cache: Path, dirname: str, source: str) -> Path:
+    folder = cache / "models" / dirname
+    folder.mkdir(parents=True)
+    (folder / ".clio-prepared.json").write_text(json.dumps({"format": assets._FORMAT, "source": source}))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "dirname", "source"),
+    [
+        ("all-MiniLM-L6-v2", "embedding", assets.MINILM_DIRNAME, assets.MINILM_WHEEL.spec),
+        ("sentence-transformers/all-MiniLM-L6-v2", "embedding", assets.MINILM_DIRNAME, assets.MINILM_WHEEL.spec),
+        ("all-mpnet-base-v2", "embedding", assets.MPNET_DIRNAME, ",".join(w.spec for w in assets.MPNET_WHEELS)),
+        ("sentence-transformers/all-mpnet-base-v2", "embedding", assets.MPNET_DIRNAME,
+         ",".join(w.spec for w in assets.MPNET_WHEELS)),
+        ("SmolLM2-135M-Instruct", "llm", assets.SMOLLM2_DIRNAME, assets.SMOLLM2_WHEEL.spec),
+        ("smollm2-135m-instruct", "llm", assets.SMOLLM2_DIRNAME, assets.SMOLLM2_WHEEL.spec),
+    ],
+)
+def test_resolve_model_maps_short_names_to_prepared_folders(
+    tmp_cache: Path, name: str, kind: assets.ModelKind, dirname: str, source: str
+) -> None:
+    folder = _fake_prepared(tmp_cache, dirname, source)
+    assert assets.resolve_model(name, kind) == str(folder.resolve())
+
+
+def test_prepare_dir_is_idempotent_and_replaces_incomplete_folders(tmp_cache: Path) -> None:
+    target = assets._models_dir() / "thing"
+    target.mkdir()
+    (target / "half-written").write_text("junk")  # no marker: must be rebuilt
+    calls = []
+
+    def build(scratch: Path) -> Path:
+        calls.append(scratch)
+        out = scratch / "out"
+        out.mkdir()
+        (out / "weights.bin").write_text("ok")
+        return out
+
+    assert assets._prepare_dir("thing", target, "src==1", build) == target
+    assert assets._prepare_dir("thing", target, "src==1", build) == target
+    assert len(calls) == 1
+    assert sorted(p.name for p in target.iterdir()) == [".clio-prepared.json", "weights.bin"]
+    # A different source (a new pin) triggers a rebuild.
+    assets._prepare_dir("thing", target, "src==2", build)
+    assert len(calls) == 2
+    # Scratch space and renamed-aside copies are cleaned up.
+    assert list((tmp_cache / "tmp").iterdir()) == []
+    assert sorted(p.name for p in target.parent.iterdir()) == ["thing"]
+
+
+def test_prepare_dir_failure_leaves_nothing_behind(tmp_cache: Path) -> None:
+    target = assets._models_dir() / "broken"
+
+    def build(scratch: Path) -> Path:
+        (scratch / "partial").write_text("x")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        assets._prepare_dir("broken", target, "src==1", build)
+    assert not target.exists()
+    assert list((tmp_cache / "tmp").iterdir()) == []
+
+
+def test_prepare_dir_lock_builds_once_under_concurrency(tmp_cache: Path) -> None:
+    target = assets._models_dir() / "raced"
+    calls = []
+    started = threading.Event()
+
+    def build(scratch: Path) -> Path:
+        calls.append(1)
+        started.set()
+        threading.Event().wait(0.3)  # hold the lock while the other thread arrives
+        out = scratch / "out"
+        out.mkdir()
+        return out
+
+    results: list[Path] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(assets._prepare_dir("raced", target, "s", build)))
+        for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert results == [target, target]
+    assert len(calls) == 1
+
+
+def test_sharegpt_is_skipped_when_present(tmp_cache: Path) -> None:
+    data = tmp_cache / "data"
+    data.mkdir(parents=True)
+    (data / assets.SHAREGPT_NAME).write_text("[]")
+    (data / f".{assets.SHAREGPT_NAME}.source").write_text(assets.SHAREGPT_WHEEL.spec + "\n")
+    assert assets.sharegpt_json_path() == data / assets.SHAREGPT_NAME
