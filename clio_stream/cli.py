@@ -86,6 +86,86 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _facets(names: str | None) -> list:
+    """The main facets, or the comma-separated subset named on the command line."""
+    from clio_stream.facets import main_facets
+
+    if not names:
+        return list(main_facets)
+    by_name = {f.name.lower(): f for f in main_facets}
+    wanted = [n.strip().lower() for n in names.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in by_name]
+    if unknown:
+        raise ValueError(f"unknown facet(s) {unknown}: choose from {[f.name for f in main_facets]}")
+    return [by_name[n] for n in wanted]
+
+
+def _streaming_settings(args: argparse.Namespace):
+    """Model settings from ``_settings`` plus the streaming flags given."""
+    overrides = {}
+    for flag, name in (("kafka_bootstrap", "kafka_bootstrap"), ("topic", "topic"), ("qdrant_url", "qdrant_url")):
+        value = getattr(args, flag, None)
+        if value:
+            overrides[name] = value
+    return _settings(args).with_overrides(**overrides)
+
+
+def cmd_consume(args: argparse.Namespace) -> int:
+    """Run one worker of the consumer group until SIGTERM / SIGINT."""
+    import signal
+    import threading
+
+    from consumers.worker import ConsumerWorker
+
+    settings = _streaming_settings(args)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s: finishing the batch in hand, then leaving the group", signal.Signals(signum).name)
+        stop.set()
+        signal.signal(signum, signal.SIG_DFL)  # a second signal stops at once
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    worker = ConsumerWorker(settings, facets=_facets(args.facets))
+    worker.run(stop)
+    return 0
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    """Send a file's conversations to the topic, key = conversation id."""
+    from clio_stream.data import load_file
+    from clio_stream.kafka_io import ensure_topics, make_producer
+    from consumers.producing import produce, to_messages
+
+    settings = _streaming_settings(args)
+    records = load_file(args.file)
+    if args.limit:
+        records = records[: args.limit]
+    ensure_topics(settings.kafka_bootstrap, {settings.topic: settings.topic_partitions})
+    producer = make_producer(settings.kafka_bootstrap)
+    skipped: list[str] = []
+    try:
+        sent = produce(producer, settings.topic, to_messages(records, Path(args.file).stem, skipped),
+                       total=len(records), progress=settings.show_progress)
+    finally:
+        producer.close()
+    log.info("sent %d conversations to %s (%d records skipped)", sent, settings.topic, len(skipped))
+    return 0
+
+
+def cmd_bootstrap_clusters(args: argparse.Namespace) -> int:
+    """Cluster the stored facet vectors once and publish them as the next clustering version."""
+    from clio_stream.store import QdrantStore
+    from consumers.bootstrap import bootstrap_clustering
+
+    settings = _streaming_settings(args)
+    with QdrantStore.from_settings(settings) as store:
+        version = bootstrap_clustering(store, _facets(args.facets), settings)
+    log.info("published clustering version %d", version)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clio-stream", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -121,6 +201,29 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--port", type=int, default=int(os.environ.get("CLIO_WEB_PORT", "8421")))
     model_args(sp)
     sp.set_defaults(func=cmd_demo)
+
+    def stream_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--kafka-bootstrap", help="Kafka bootstrap servers (default: settings, 127.0.0.1:9092)")
+        sp.add_argument("--topic", help="conversation topic (default: settings, clio.conversations)")
+        sp.add_argument("--qdrant-url", help="Qdrant URL (default: settings, http://127.0.0.1:6333)")
+
+    sp = sub.add_parser("consume", help="run one streaming worker of the consumer group (until SIGTERM)")
+    sp.add_argument("--facets", help="comma-separated subset of the main facets (default: all)")
+    stream_args(sp)
+    model_args(sp)
+    sp.set_defaults(func=cmd_consume)
+
+    sp = sub.add_parser("produce", help="send a JSONL / JSON / Parquet file of conversations to the topic")
+    sp.add_argument("file")
+    sp.add_argument("--limit", type=int, default=0, help="only the first N records")
+    stream_args(sp)
+    sp.set_defaults(func=cmd_produce)
+
+    sp = sub.add_parser("bootstrap-clusters",
+                        help="k-means the stored facet vectors once and publish them as the next version")
+    sp.add_argument("--facets", help="comma-separated subset of the main facets (default: all)")
+    stream_args(sp)
+    sp.set_defaults(func=cmd_bootstrap_clusters)
     return p
 
 

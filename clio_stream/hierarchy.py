@@ -29,7 +29,7 @@ from clio_stream.clustering import kmeans, most_central
 from clio_stream.embedding import EmbeddingBackend as Embedder
 from clio_stream.facets import Facet
 from clio_stream.llm.base import AskStats, LLMBackend, Prompt, ask, sampling_for
-from clio_stream.naming import rename_parents
+from clio_stream.naming import looks_identifying, rename_parents
 from clio_stream.parsing import parse_choice, parse_numbered_list
 from clio_stream.prompts import ASSIGN_TO_PARENT, DEDUPLICATE_PARENTS, PROPOSE_PARENTS
 from clio_stream.types import ClusterNode, FacetHierarchy
@@ -100,7 +100,7 @@ def _level_up(
     seen: set[str] = set()
     for items in proposals_per_group:
         for item in items or []:
-            if item.lower() not in seen:
+            if item.lower() not in seen and not looks_identifying(item):
                 seen.add(item.lower())
                 proposals.append(item)
 
@@ -161,9 +161,11 @@ def _level_up(
 
     # 5. rename each parent from the children it received
     children_of = [[current[ci] for ci in range(n) if assignment[ci] == k] for k in parent_keys]
+    targets = np.stack([e[[ci for ci in range(n) if assignment[ci] == k]].mean(axis=0) for k in parent_keys])
+    targets /= np.maximum(np.linalg.norm(targets, axis=1, keepdims=True), 1e-12)
     named = rename_parents(facet, [[(c.name, c.summary, c.size) for c in ch] for ch in children_of],
                            [fallback_names[k] for k in parent_keys], llm, embedder, settings=settings,
-                           seed=seed + 3, stats=stats)
+                           seed=seed + 3, stats=stats, targets=targets)
     parents = []
     fslug = slug(facet.name)
     for p, (children, (summary, name)) in enumerate(zip(children_of, named)):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections import Counter
+import re
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -20,7 +20,7 @@ from clio_stream.clustering import most_central, nearest_outside
 from clio_stream.embedding import EmbeddingBackend
 from clio_stream.facets import Facet
 from clio_stream.llm.base import AskStats, LLMBackend, Prompt, ask, sampling_for
-from clio_stream.parsing import MAX_NAME_CHARS, parse_tagged
+from clio_stream.parsing import MAX_NAME_CHARS, first_sentences, parse_tagged
 from clio_stream.prompts import CLUSTER_NAME, CLUSTER_SUMMARY, PARENT_NAME, PARENT_SUMMARY, PromptTemplate
 
 log = logging.getLogger(__name__)
@@ -40,21 +40,52 @@ def _dedup(texts: Sequence[str]) -> list[str]:
     return out
 
 
+# Things a published name must never contain, whatever the model wrote: e-mail
+# addresses, links, long digit runs (phone or account numbers), handles.
+_IDENTIFYING = re.compile(r"@|https?://|www\.|\d[\d\s().-]{5,}\d|\b\w+_\w+_\w+\b")
+
+
+def looks_identifying(text: str) -> bool:
+    return bool(_IDENTIFYING.search(text))
+
+
 def _parse_name(text: str | None, i: int) -> str | None:
     name = parse_tagged(text, "name", max_chars=MAX_NAME_CHARS)
-    return None if name is None or len(name) < 3 else name.rstrip(".")
+    if name is None or len(name) < 3 or len(name.split()) > 16 or looks_identifying(name):
+        return None
+    return name.rstrip(".")
 
 
 def _parse_summary(text: str | None, i: int) -> str | None:
-    summary = parse_tagged(text, "summary", max_chars=800)
-    return None if summary is None or len(summary) < 10 else summary
+    summary = parse_tagged(text, "summary", max_chars=1200)
+    summary = first_sentences(summary, 2) if summary else None
+    if summary is None or len(summary) < 10 or looks_identifying(summary):
+        return None
+    return summary
 
 
-def most_representative(candidates: Sequence[str], embedder: EmbeddingBackend) -> str:
-    """The candidate nearest the mean of all candidates' embeddings."""
-    if len(candidates) == 1:
-        return candidates[0]
-    return candidates[most_central(embedder.encode(list(candidates)))]
+def best_candidate(candidates: Sequence[str], embedder: EmbeddingBackend, target: np.ndarray | None,
+                   min_similarity: float) -> str | None:
+    """The candidate that best fits ``target`` (the cluster's centre), or the most central one.
+
+    With a target, a candidate must reach ``min_similarity`` (cosine) to be kept:
+    a name unrelated to what is in the cluster is worse than the fallback.
+    """
+    if not candidates:
+        return None
+    vecs = embedder.encode(list(candidates))
+    if target is None:
+        return candidates[most_central(vecs)]
+    sims = vecs @ target
+    best = int(np.argmax(sims))
+    return candidates[best] if sims[best] >= min_similarity else None
+
+
+def strip_prefill(value: str, prefill: str) -> str:
+    """A facet value without its boilerplate opening, capitalised, to serve as a name."""
+    if prefill and value.lower().startswith(prefill.lower()):
+        value = value[len(prefill):].strip()
+    return value[:1].upper() + value[1:] if value else value
 
 
 def describe(
@@ -69,8 +100,13 @@ def describe(
     seed: int,
     desc: str,
     stats: AskStats | None,
+    targets: np.ndarray | None = None,
 ) -> list[tuple[str | None, str | None]]:
-    """Ask for a summary and a name per sample; return the representative ``(summary, name)`` per group."""
+    """Ask for a summary and a name per sample; return the best-fitting ``(summary, name)`` per group.
+
+    ``targets`` (one unit vector per group, in the embedder's space) picks the
+    samples closest to what the group holds and rejects unrelated ones.
+    """
     prompts = [Prompt(t, values) for _, values in owners_values for t in (summary_t, name_t)]
     owners = [g for g, _ in owners_values for _ in (0, 1)]
 
@@ -86,16 +122,19 @@ def describe(
     for i, (g, a) in enumerate(zip(owners, answers)):
         if a is not None:
             (summaries if i % 2 == 0 else names)[g].append(a)
-    return [
-        (most_representative(summaries[g], embedder) if summaries[g] else None,
-         most_representative(names[g], embedder) if names[g] else None)
-        for g in range(n_groups)
-    ]
+    min_sim = getattr(settings, "name_min_similarity", 0.2)
+    out = []
+    for g in range(n_groups):
+        target = None if targets is None else targets[g]
+        out.append((best_candidate(summaries[g], embedder, target, min_sim),
+                    best_candidate(names[g], embedder, target, min_sim)))
+    return out
 
 
-def fallback_name(values: Sequence[str]) -> str:
-    """When every naming sample failed: the most common member value, shortened."""
-    common = Counter(values).most_common(1)[0][0] if values else "Unnamed cluster"
+def fallback_name(values: Sequence[str], prefill: str = "") -> str:
+    """When no sampled name fits: the most typical member value (first = closest to the centre), shortened."""
+    common = strip_prefill(values[0], prefill) if values else "Unnamed cluster"
+    common = common.rstrip(".")
     return common if len(common) <= 80 else common[:77].rstrip() + "..."
 
 
@@ -126,15 +165,16 @@ def name_clusters(
             samples.append((c, {"inside": _bullets(sample), "outside": _bullets(outside),
                                 "criteria": facet.summary_criteria or ""}))
     described = describe(samples, len(centres), CLUSTER_SUMMARY, CLUSTER_NAME, llm, embedder, settings=settings,
-                         seed=settings.seed + 101, desc=f"name {facet.name} clusters", stats=stats)
+                         seed=settings.seed + 101, desc=f"name {facet.name} clusters", stats=stats, targets=centres)
     out = []
     for c, (summary, name) in enumerate(described):
-        member_texts = [texts[i] for i in np.flatnonzero(labels == c)]
+        members = np.flatnonzero(labels == c)
+        typical = [texts[i] for i in members[np.argsort(-(x[members] @ centres[c]))]]
         if name is None:
-            log.warning("%s cluster %d: no usable name from the LLM; using a member value", facet.name, c)
-            name = fallback_name(member_texts)
+            log.info("%s cluster %d: no sampled name fits; using its most typical value", facet.name, c)
+            name = fallback_name(typical, facet.prefill)
         if summary is None:
-            summary = f"Conversations such as: {fallback_name(member_texts)}"
+            summary = "Conversations such as: " + "; ".join(_dedup(typical)[:3])
         out.append((summary, name))
     return out
 
@@ -149,8 +189,12 @@ def rename_parents(
     settings: Any,
     seed: int,
     stats: AskStats | None = None,
+    targets: np.ndarray | None = None,
 ) -> list[tuple[str, str]]:
-    """Name each parent from its children ``(name, summary, size)``; the largest children are shown first."""
+    """Name each parent from its children ``(name, summary, size)``; the largest children are shown first.
+
+    ``targets``: the mean embedding of each parent's children, to pick the best-fitting sample.
+    """
     rng = random.Random(seed)
     samples: list[tuple[int, dict[str, str]]] = []
     for p, children in enumerate(children_of):
@@ -161,7 +205,7 @@ def rename_parents(
             samples.append((p, {"children": "\n".join(f"- {n}: {s}" for n, s, _ in order),
                                 "criteria": facet.summary_criteria or ""}))
     described = describe(samples, len(children_of), PARENT_SUMMARY, PARENT_NAME, llm, embedder, settings=settings,
-                         seed=seed, desc=f"rename {facet.name} parents", stats=stats)
+                         seed=seed, desc=f"rename {facet.name} parents", stats=stats, targets=targets)
     out = []
     for p, (summary, name) in enumerate(described):
         if summary is None:

@@ -24,6 +24,7 @@ def clean_text(text: str) -> str:
     text = _TAG.sub(" ", text)
     text = _WS.sub(" ", text).strip()
     text = text.strip("*_`\"'\u201c\u201d\u2018\u2019 ")
+    text = re.sub(r"^(?:[-*\u2022]|\d+[.)])\s+", "", text)  # a list marker the model added
     return text
 
 
@@ -88,6 +89,12 @@ def parse_int_in_range(text: str | None, lo: int, hi: int) -> int | None:
         return None
     value = int(match.group(0))
     return value if lo <= value <= hi else None
+
+
+def first_sentences(text: str, n: int = 2) -> str:
+    """At most ``n`` sentences: small models ramble on after a good first sentence."""
+    parts = re.split(r"(?<=[.!?])\s+", text.strip())
+    return " ".join(parts[:n])
 
 
 def parse_summary_and_name(continuation: str | None) -> tuple[str, str] | None:

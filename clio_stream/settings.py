@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from pydantic import Field, ImportString, field_validator
+from pydantic import Field, ImportString, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -103,6 +103,11 @@ class ClioSettings(BaseSettings):
     max_points_to_sample_inside_cluster: int = Field(10, ge=1)
     max_points_to_sample_outside_cluster: int = Field(10, ge=0)
     n_name_description_samples_per_cluster: int = Field(3, ge=1)
+    name_min_similarity: float = Field(
+        0.2, ge=-1, le=1,
+        description="A sampled cluster name must be at least this similar (cosine) to the cluster's centre; "
+        "otherwise the cluster's most typical value names it.",
+    )
     kmeans_args: dict[str, Any] = Field(default_factory=lambda: {"n_init": 3, "max_iter": 300})
 
     # --- hierarchy (seed: minTopLevelSize, nAverageClustersPerNeighborhood, nSamplesOutsideNeighborhood, ...) ---
@@ -158,6 +163,57 @@ class ClioSettings(BaseSettings):
     # --- runtime ---
     cache_dir: Path = Field(default_factory=lambda: Path(os.environ.get("CLIO_CACHE_DIR", "~/.cache/clio-stream")).expanduser())
     show_progress: bool = True
+
+    # --- api ---
+    # The HTTP API and dashboard (api/). Keys: "role:KEY" pairs, comma-separated; roles viewer < analyst < admin.
+    publish_dir: Path | None = Field(
+        None, description="Published clustering versions (versions/<v>/, pointer file 'current'); "
+        "default <cache_dir>/published.")
+    api_keys: SecretStr | None = Field(
+        None, description="API keys with roles, e.g. 'viewer:KEY1,analyst:KEY2,admin:KEY3' (env CLIO_API_KEYS). "
+        "Only their SHA-256 is kept in memory.")
+    api_allow_anonymous: bool = Field(
+        False, description="Without keys the API refuses to start; True lets it start and treats everyone as viewer.")
+    api_cors_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed by CORS (JSON list in env); empty = closed.")
+    api_max_body_bytes: int = Field(8 << 20, ge=1024, description="Larger request bodies are refused with 413.")
+    api_max_page_size: int = Field(500, ge=1, description="Largest page of cluster members; bigger limits are clamped.")
+    api_max_batch: int = Field(1000, ge=1, description="Most conversations in one POST /v1/conversations:batch.")
+    api_session_ttl_s: float = Field(12 * 3600.0, gt=0, description="Lifetime of a dashboard cookie session.")
+    api_produce_timeout_s: float = Field(10.0, gt=0, description="Wait for Kafka's ack before answering 503.")
+    api_status_cache_s: float = Field(2.0, ge=0, description="GET /v1/status reuses its answer this long.")
+    api_worker_stale_s: float = Field(300.0, gt=0, description="Worker metrics older than this are ignored.")
+    api_dashboard_poll_s: float = Field(5.0, gt=0, description="How often the dashboard polls status and updates.")
+
+    # --- streaming ---
+    # Kafka: the conversation topic (contract: key = conversation id, value = msgpack map), its
+    # dead-letter topic, and the topic on which workers share centroid deltas.
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers (comma-separated).")
+    topic: str = Field("clio.conversations", description="Topic of incoming conversations.")
+    dlq_topic: str = Field("clio.conversations.dlq", description="Dead-letter topic for undecodable records.")
+    deltas_topic: str = Field("clio.centroid-deltas", description="Centroid deltas every worker reads and applies.")
+    deltas_partitions: int = Field(1, ge=1, description="Partitions of the deltas topic when it is created.")
+    consumer_group: str = Field("clio-consumers", description="Consumer group of the streaming workers.")
+    topic_partitions: int = Field(6, ge=1, description="Partitions of the conversation and DLQ topics when created.")
+    max_poll_records: int = Field(64, ge=1, description="Records per worker batch (one batched LLM call each).")
+    poll_timeout_ms: int = Field(1000, ge=1, description="How long one poll waits for records.")
+    max_message_bytes: int = Field(1 << 20, ge=1024, description="Larger record values are dead-lettered undecoded.")
+    worker_id: str | None = Field(None, description="Name of this worker in metrics; default host-pid.")
+    metrics_every_batches: int = Field(10, ge=1, description="Write the worker's metrics to the store this often.")
+    backoff_initial_s: float = Field(0.5, gt=0, description="First wait after a failed batch (Qdrant or LLM down).")
+    backoff_max_s: float = Field(15.0, gt=0, description="Longest wait between retries of a failed batch.")
+    # Qdrant (read by clio_stream.store.QdrantStore.from_settings).
+    qdrant_url: str = Field("http://127.0.0.1:6333", description="Qdrant server URL, ':memory:' or a folder.")
+    qdrant_prefix: str = Field("clio", description="Prefix of the collection names.")
+    qdrant_grpc_port: int | None = Field(None, description="gRPC port when not the default 6334.")
+    qdrant_prefer_grpc: bool = True
+    qdrant_timeout_s: float = Field(30.0, gt=0)
+    qdrant_api_key: str | None = None
+    store_raw_conversations: bool = Field(
+        True,
+        description="Keep raw conversation text in Qdrant (handy for the demo). Turn OFF in production: "
+        "the facets are the privacy-preserving product, raw text is not.",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -59,3 +59,11 @@ def test_choice_by_number_or_name():
     assert parse_choice("I think cook food fits", cands) == 2
     assert parse_choice("9", cands) is None
     assert parse_choice("nothing", cands) is None
+
+
+def test_list_markers_and_long_summaries_are_trimmed():
+    from clio_stream.parsing import clean_text, first_sentences
+
+    assert clean_text("- A friendly name") == "A friendly name"
+    assert clean_text("2. Second") == "Second"
+    assert first_sentences("One. Two! Three? Four.", 2) == "One. Two!"

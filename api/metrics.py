@@ -1,0 +1,44 @@
+"""Prometheus metrics of one API app, in a registry of its own.
+
+A registry per app (not the process-global default) keeps several apps in one
+process (tests, an embedding service) from clashing over metric names.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class ApiMetrics:
+    """Counters and histograms the middleware and routes update; ``render`` is the /metrics body."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "clio_api_requests", "HTTP requests answered, by route template and status.",
+            ["method", "route", "status"], registry=self.registry)
+        self.latency = Histogram(
+            "clio_api_request_duration_seconds", "Time to answer a request, by route template.",
+            ["method", "route"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.in_flight = Gauge("clio_api_requests_in_flight", "Requests being answered now.", registry=self.registry)
+        self.accepted = Counter(
+            "clio_api_conversations_accepted", "Conversations produced to Kafka.", registry=self.registry)
+        self.rejected = Counter(
+            "clio_api_conversations_rejected", "Conversations refused by validation, by reason code.",
+            ["code"], registry=self.registry)
+        self.auth_failures = Counter(
+            "clio_api_auth_failures", "Refused requests: 401 (no or bad credentials) and 403 (role too low).",
+            ["status"], registry=self.registry)
+        self.published_loads = Counter(
+            "clio_api_published_loads", "Published versions loaded into the API.", registry=self.registry)
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,104 @@
+"""Batch pipeline benchmark: run_clio on N real conversations from ../shared/data.
+
+Reports, from one run on one engine:
+- wall time per pipeline stage;
+- LLM prompts/s inside the facet stage against a raw ``vllm.LLM.generate`` over
+  the very same prompt strings (ratio = pipeline / raw; 1.0 means no overhead);
+- the cost of all facets of a conversation against one facet (facet prompts of one
+  conversation share its prefix, so vLLM's prefix cache should make the ratio
+  well below the number of facets).
+
+    .venv/bin/python -m benchmarks.batch --n 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=60, help="conversations (distinct MT-Bench + arena prompts)")
+    ap.add_argument("--embedding-model", default="all-MiniLM-L6-v2")
+    ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    args = ap.parse_args()
+
+    from benchmarks.common import quiet_logs, report
+
+    quiet_logs()
+    from clio_stream.data import load_shared_dataset, prepare_conversations, render_conversation
+    from clio_stream.embedding import Embedder
+    from clio_stream.facet_extraction import build_prompts, facet_prompt
+    from clio_stream.facets import main_facets
+    from clio_stream.llm import make_llm
+    from clio_stream.llm.base import sampling_for
+    from clio_stream.pipeline import run_clio
+    from clio_stream.prompts import FACET_CONVERSATION
+    from clio_stream.settings import ClioSettings
+
+    records = load_shared_dataset("mt_bench", args.data_root) + load_shared_dataset("arena_hard", args.data_root)
+    convs, _ = prepare_conversations(records)
+    convs = convs[: args.n]
+    data = [{"id": c.id, "conversation": [m.model_dump() for m in c.messages]} for c in convs]
+    settings = ClioSettings(show_progress=False)
+    t0 = time.perf_counter()
+    llm = make_llm(settings)
+    engine_start = time.perf_counter() - t0
+    embedder = Embedder(args.embedding_model)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        result = run_clio(main_facets, llm, embedder, data, output_dir=tmp, settings=settings)
+        total = time.perf_counter() - t0
+    sec = result.stats["seconds"]
+    facet_prompts = len(convs) * len(main_facets)
+    facet_gens = result.stats["llm"]["by_template"].get("facet", {}).get("prompts", facet_prompts)
+
+    # Raw engine over the same first-attempt facet prompt strings, same sampling.
+    from clio_stream.data import truncate_conversation
+
+    truncated = [truncate_conversation(c, settings.max_conversation_tokens, llm.count_tokens)[0] for c in convs]
+    prompts = build_prompts(truncated, main_facets)
+    texts = [llm.prompt_text(p) for p in prompts]
+    sampling = sampling_for(FACET_CONVERSATION, settings.llm_sampling_args)
+    t0 = time.perf_counter()
+    llm.generate_raw(texts, sampling)
+    raw = time.perf_counter() - t0
+
+    # All facets vs one facet over fresh conversation text (defeats earlier cache hits by a salt).
+    def timed(facets, salt):
+        ps = [facet_prompt(f, f"[{salt}]\n" + render_conversation(c)) for c in truncated for f in facets]
+        t = time.perf_counter()
+        llm.generate(ps, sampling)
+        return time.perf_counter() - t
+
+    one = timed(main_facets[:1], "one")
+    allf = timed(main_facets, "all")
+    rows = [
+        ("conversations", len(convs), ""),
+        ("engine start", engine_start, "s"),
+        *[(f"stage: {k}", v, "s") for k, v in sec.items()],
+        ("run_clio total", total, "s"),
+        ("facet prompts (first attempt)", facet_prompts, ""),
+        ("pipeline facet prompts/s", facet_prompts / sec["facets"], "prompts/s (incl. retries' time)"),
+        ("raw generate prompts/s", len(texts) / raw, "prompts/s"),
+        ("ratio pipeline / raw", (facet_prompts / sec["facets"]) / (len(texts) / raw), ""),
+        ("one facet per conversation", one, "s"),
+        (f"all {len(main_facets)} facets per conversation", allf, "s"),
+        ("cost ratio all / one", allf / one, f"(no prefix sharing would be ~{len(main_facets)}x)"),
+        ("unparseable facet values", sum(result.stats["unparseable_facet_values"].values()), f"of {facet_prompts}"),
+        ("llm generations (all stages)", result.stats["llm"]["generations"], ""),
+    ]
+    report("batch", rows, {"stats": result.stats, "facet_generations": facet_gens})
+    llm.close()
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    main()

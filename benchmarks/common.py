@@ -1,0 +1,40 @@
+"""Shared helpers for benchmarks: a results table printed to stdout and written as JSON."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def report(name: str, rows: list[tuple[str, Any, str]], extra: dict[str, Any] | None = None) -> Path:
+    """Print ``(metric, value, unit)`` rows as a table and write them with ``extra`` to results/NAME.json."""
+    width = max(len(r[0]) for r in rows)
+    print(f"\n== {name} ==")
+    for metric, value, unit in rows:
+        shown = f"{value:,.3f}" if isinstance(value, float) else str(value)
+        print(f"{metric:<{width}}  {shown:>14}  {unit}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"benchmark": name, "machine": machine(),
+                                "rows": [{"metric": m, "value": v, "unit": u} for m, v, u in rows],
+                                **(extra or {})}, indent=2, default=str))
+    print(f"(written to {path})")
+    return path
+
+
+def quiet_logs() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("vllm", "httpx", "sentence_transformers", "kafka"):
+        logging.getLogger(name).setLevel(logging.WARNING)

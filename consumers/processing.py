@@ -1,0 +1,376 @@
+"""The streaming core: one polled batch of records in, everything to write out.
+
+``process_batch`` decodes the records, reuses the facet values of conversations
+already processed with identical content, asks the LLM every facet question of
+the rest in ONE batched call (a conversation's prompts adjacent, so vLLM's
+prefix cache computes its text once), embeds the values of hierarchy facets in
+one call, assigns them to the current online k-means clusters and gathers the
+centroid deltas. It returns what the caller must write; it writes nothing and
+never touches Kafka, so it runs in unit tests with fakes and an in-memory store.
+
+The only I/O it does is reading: the store's content-hash lookup and the LLM
+and embedder calls. A failing LLM raises :class:`LLMUnavailable` and a failing
+store :class:`clio_stream.store.StoreUnavailable`; the caller backs off and
+retries the batch. Bad records never raise: they come back as dead letters.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from clio_stream.data import truncate_conversation
+from clio_stream.facet_extraction import extract_facets
+from clio_stream.facets import Facet
+from clio_stream.llm.base import AskStats, LLMBackend, Prompt
+from clio_stream.online import Assignment, CentroidDeltas, DeltaAccumulator, OnlineKMeans, make_batch_id
+from clio_stream.privacy import user_key_of
+from clio_stream.settings import ClioSettings
+from clio_stream.store import ConversationRecord, ConversationStatus, FacetPoint
+from clio_stream.types import FacetValue
+from consumers.decoding import DeadLetter, DecodedBatch, DecodedConversation, RecordLike, decode_records, offset_ranges
+
+log = logging.getLogger(__name__)
+
+
+class LLMUnavailable(RuntimeError):
+    """The LLM back-end failed or answered nothing at all: retry the batch later, do not commit."""
+
+
+class EmbedderLike(Protocol):
+    """What the core needs from an embedding model (``clio_stream.embedding.Embedder`` fits)."""
+
+    dim: int
+
+    def encode(self, texts: Sequence[str], *, desc: str | None = None) -> np.ndarray: ...
+
+
+class StoreReader(Protocol):
+    """The one store call the core makes (``QdrantStore`` fits)."""
+
+    def find_by_content_hash(self, content_hash: str) -> dict[str, dict[str, Any]] | None: ...
+
+
+@dataclass
+class BatchOutcome:
+    """Everything one batch produced, for the caller to write in order, then commit ``offsets``."""
+
+    facet_points: list[FacetPoint]
+    conversations: list[ConversationRecord]
+    dead_letters: list[DeadLetter]
+    deltas: list[CentroidDeltas]
+    offsets: dict[tuple[str, int], tuple[int, int]]  # (topic, partition) -> (first, last) offset
+    duplicates: int = 0
+    reused_by_hash: int = 0
+    llm_calls: int = 0
+    llm_prompts: int = 0
+    unparseable: int = 0
+    assigned: dict[str, int] = field(default_factory=dict)  # facet -> vectors assigned to a cluster
+    outliers: dict[str, int] = field(default_factory=dict)  # facet -> of those, outliers
+    seconds: float = 0.0
+
+    @property
+    def processed(self) -> int:
+        """Conversations stored by this batch (duplicates and dead letters excluded)."""
+        return len(self.conversations)
+
+
+class _CountingLLM:
+    """Counts generate calls, and turns a dead back-end into :class:`LLMUnavailable`.
+
+    A back-end answers None for a request it could not serve; when every answer
+    of a call is None the server (or engine) is down, and storing those missing
+    values would lose the conversations, so the batch must be retried instead.
+    """
+
+    def __init__(self, inner: LLMBackend) -> None:
+        self.inner = inner
+        self.model_name = getattr(inner, "model_name", "llm")
+        self.calls = 0
+        self.prompts = 0
+
+    def generate(self, prompts: Sequence[Prompt], sampling: Mapping[str, Any], *, seed: int | None = None,
+                 desc: str | None = None) -> list[str | None]:
+        self.calls += 1
+        self.prompts += len(prompts)
+        try:
+            out = self.inner.generate(prompts, sampling, seed=seed, desc=desc)
+        except Exception as exc:  # noqa: BLE001 - any back-end failure means: retry later
+            raise LLMUnavailable(f"LLM generate failed: {type(exc).__name__}: {exc}"[:300]) from exc
+        if prompts and all(text is None for text in out):
+            raise LLMUnavailable(f"LLM answered none of {len(prompts)} prompts")
+        return out
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
+
+    def close(self) -> None:  # the caller owns the back-end
+        return None
+
+
+# --------------------------------------------------------------------------- records
+
+
+def conversation_record(item: DecodedConversation, settings: ClioSettings,
+                        status: ConversationStatus) -> ConversationRecord:
+    """The status point of one conversation; raw text only when the settings allow it."""
+    conv = item.conversation
+    raw = None
+    if settings.store_raw_conversations:
+        raw = [{"role": m.role, "content": m.content} for m in conv.messages]
+    rec = item.record
+    return ConversationRecord(
+        conversation_id=conv.id,
+        status=status,
+        user_hash=user_key_of(conv, settings.user_id_hash_key),
+        timestamp=conv.timestamp,
+        content_hash=item.content_hash,
+        raw=raw,
+        extra={"source": {"topic": rec.topic, "partition": int(rec.partition), "offset": int(rec.offset)}},
+    )
+
+
+def pending_records(decoded: DecodedBatch, settings: ClioSettings) -> list[ConversationRecord]:
+    """Status ``pending`` for every valid conversation of a polled batch (written before processing)."""
+    return [conversation_record(item, settings, "pending") for item in decoded.conversations]
+
+
+# --------------------------------------------------------------------------- facet values
+
+
+def _reusable(found: Mapping[str, Mapping[str, Any]] | None, facets: Sequence[Facet]) -> dict[str, FacetValue] | None:
+    """Stored values usable as they are: every facet present with a value."""
+    if not found:
+        return None
+    out: dict[str, FacetValue] = {}
+    for f in facets:
+        stored = found.get(f.name)
+        if not stored or stored.get("value") is None:
+            return None
+        numeric = stored.get("numeric")
+        out[f.name] = FacetValue(facet=f.name, value=str(stored["value"]),
+                                 numeric=None if numeric is None else int(numeric))
+    return out
+
+
+def facet_values(
+    items: Sequence[DecodedConversation],
+    facets: Sequence[Facet],
+    llm: _CountingLLM,
+    store: StoreReader,
+    settings: ClioSettings,
+    stats: AskStats,
+) -> tuple[dict[str, dict[str, FacetValue]], int]:
+    """Facet values by content hash, and how many conversations needed no LLM call.
+
+    Identical conversations (in the store, or earlier in this batch) share one
+    answer: the LLM is asked once per distinct content.
+    """
+    by_hash: dict[str, dict[str, FacetValue]] = {}
+    to_ask: list[DecodedConversation] = []
+    asked: set[str] = set()
+    for item in items:
+        h = item.content_hash
+        if h in by_hash or h in asked:
+            continue
+        reuse = _reusable(store.find_by_content_hash(h), facets) if settings.dedup else None
+        if reuse is not None:
+            by_hash[h] = reuse
+        else:
+            to_ask.append(item)
+            asked.add(h)
+    if to_ask:
+        truncated = [truncate_conversation(i.conversation, settings.max_conversation_tokens, llm.count_tokens)[0]
+                     for i in to_ask]
+        # batch_size covers the whole batch: one generate call (plus re-asks of unparseable answers).
+        results = extract_facets(
+            truncated, facets, llm, sampling=settings.llm_sampling_args, retries=settings.llm_max_retries,
+            seed=settings.seed, batch_size=max(settings.llm_batch_size, len(to_ask) * len(facets)), stats=stats,
+        )
+        for item, cf in zip(to_ask, results):
+            by_hash[item.content_hash] = cf.values
+    return by_hash, len(items) - len(to_ask)
+
+
+def embed_values(texts: Sequence[str], embedder: EmbedderLike) -> dict[str, np.ndarray]:
+    """One ``encode`` call for the distinct texts; text -> unit vector."""
+    unique = list(dict.fromkeys(t for t in texts if t))
+    if not unique:
+        return {}
+    mat = np.asarray(embedder.encode(unique), dtype=np.float32)
+    return {t: mat[i] for i, t in enumerate(unique)}
+
+
+# --------------------------------------------------------------------------- clusters
+
+
+def _delta_batch_id(record: RecordLike, ranges: Mapping[tuple[str, int], tuple[int, int]], version: int,
+                    facet: str) -> str:
+    first, last = ranges[(record.topic, record.partition)]
+    return f"{make_batch_id(record.topic, record.partition, first, last, version)}/{facet}"
+
+
+def assign_facet(
+    facet: Facet,
+    rows: Sequence[int],
+    vectors: np.ndarray,
+    records: Sequence[RecordLike],
+    model: OnlineKMeans,
+    ranges: Mapping[tuple[str, int], tuple[int, int]],
+) -> tuple[dict[int, Assignment], list[CentroidDeltas]]:
+    """Assign ``vectors`` (one per row) with ``model``; deltas per partition so a redelivered range repeats its id.
+
+    The model itself does not move: its centroids change only when the deltas
+    come back from the shared topic, the same way on every replica.
+    """
+    batch = model.assign_many(vectors)
+    by_partition: dict[tuple[str, int], list[int]] = defaultdict(list)
+    for k, row in enumerate(rows):
+        by_partition[(records[row].topic, records[row].partition)].append(k)
+    deltas: list[CentroidDeltas] = []
+    for ks in by_partition.values():
+        idx = np.asarray(ks, dtype=np.int64)
+        acc = DeltaAccumulator.for_model(model)
+        acc.facet = facet.name
+        acc.add(batch.labels[idx], vectors[idx], batch.outliers[idx])
+        d = acc.flush(_delta_batch_id(records[rows[ks[0]]], ranges, model.version, facet.name))
+        if d is not None:
+            deltas.append(d)
+    return {row: batch[k] for k, row in enumerate(rows)}, deltas
+
+
+# --------------------------------------------------------------------------- the batch
+
+
+def process_batch(
+    records: Sequence[RecordLike],
+    *,
+    facets: Sequence[Facet],
+    llm: LLMBackend,
+    embedder: EmbedderLike,
+    store: StoreReader,
+    models: Mapping[str, OnlineKMeans],
+    settings: ClioSettings,
+    decoded: DecodedBatch | None = None,
+) -> BatchOutcome:
+    """Turn polled records into facet points, status records, dead letters and centroid deltas.
+
+    ``models`` maps a hierarchy facet's name to its current online k-means; a
+    facet without one (no clustering published yet) is stored unassigned
+    (``cluster_id`` None). ``decoded`` may pass the result of ``decode_records``
+    when the caller already decoded the batch (to mark it pending).
+    """
+    t0 = time.perf_counter()
+    facets = list(facets)
+    decoded = decoded if decoded is not None else decode_records(records, max_bytes=settings.max_message_bytes)
+    items = decoded.conversations
+    ranges = offset_ranges(records)
+    counting = _CountingLLM(llm)
+    stats = AskStats()
+    values, reused = facet_values(items, facets, counting, store, settings, stats)
+
+    tree = [f for f in facets if f.has_hierarchy]
+    value_of = {(row, f.name): values[item.content_hash].get(f.name) for row, item in enumerate(items) for f in facets}
+    tree_names = {f.name for f in tree}
+    text_vectors = embed_values(
+        [fv.value for (_, name), fv in value_of.items() if name in tree_names and fv is not None and fv.value],
+        embedder)
+    dim = int(embedder.dim)
+
+    item_records = [item.record for item in items]
+    assignments: dict[tuple[int, str], Assignment] = {}
+    versions: dict[str, int] = {}
+    deltas: list[CentroidDeltas] = []
+    assigned: dict[str, int] = {}
+    outliers: dict[str, int] = {}
+    for f in tree:
+        model = models.get(f.name)
+        if model is None:
+            continue
+        if model.dim != dim:
+            log.warning("facet %s: clustering v%d is %d-d but the embedder makes %d-d vectors; storing unassigned",
+                        f.name, model.version, model.dim, dim)
+            continue
+        rows = [r for r in range(len(items)) if (fv := value_of[(r, f.name)]) is not None and fv.value]
+        if not rows:
+            continue
+        mat = np.stack([text_vectors[value_of[(r, f.name)].value] for r in rows])  # type: ignore[union-attr]
+        found, facet_deltas = assign_facet(f, rows, mat, item_records, model, ranges)
+        for row, a in found.items():
+            assignments[(row, f.name)] = a
+        versions[f.name] = model.version
+        deltas.extend(facet_deltas)
+        assigned[f.name] = len(found)
+        outliers[f.name] = sum(1 for a in found.values() if a.is_outlier)
+
+    zero = np.zeros(dim, dtype=np.float32)  # "not embedded": facets without a hierarchy, missing values
+    points: list[FacetPoint] = []
+    conversations: list[ConversationRecord] = []
+    for row, item in enumerate(items):
+        record = conversation_record(item, settings, "processed")
+        conversations.append(record)
+        for f in facets:
+            fv = value_of[(row, f.name)] or FacetValue(facet=f.name, value=None)
+            vec = text_vectors.get(fv.value) if (f.has_hierarchy and fv.value) else None
+            a = assignments.get((row, f.name))
+            points.append(FacetPoint(
+                conversation_id=item.conversation.id,
+                facet=f.name,
+                vector=zero if vec is None else vec,
+                value=fv.value,
+                numeric=fv.numeric,
+                user_hash=record.user_hash,
+                timestamp=item.conversation.timestamp,
+                cluster_id=None if a is None else a.cluster,
+                cluster_version=None if a is None else versions[f.name],
+                similarity=None if a is None else a.similarity,
+                outlier=False if a is None else a.is_outlier,
+                content_hash=item.content_hash,
+            ))
+    outcome = BatchOutcome(
+        facet_points=points,
+        conversations=conversations,
+        dead_letters=list(decoded.dead_letters),
+        deltas=deltas,
+        offsets=ranges,
+        duplicates=decoded.duplicates,
+        reused_by_hash=reused,
+        llm_calls=counting.calls,
+        llm_prompts=counting.prompts,
+        unparseable=stats.unparseable,
+        assigned=assigned,
+        outliers=outliers,
+        seconds=time.perf_counter() - t0,
+    )
+    log.info("batch: %d records -> %d conversations (%d reused by hash, %d duplicates), %d dead letters, "
+             "%d LLM calls, %.2f s", len(records), outcome.processed, reused, decoded.duplicates,
+             len(outcome.dead_letters), counting.calls, outcome.seconds)
+    return outcome
+
+
+def merge_outcomes(parts: Sequence[BatchOutcome], records: Sequence[RecordLike],
+                   extra_dead: Sequence[DeadLetter] = ()) -> BatchOutcome:
+    """One outcome from several sub-batches of ``records`` (the record-by-record fallback)."""
+    out = BatchOutcome([], [], list(extra_dead), [], offset_ranges(records))
+    for p in parts:
+        out.facet_points.extend(p.facet_points)
+        out.conversations.extend(p.conversations)
+        out.dead_letters.extend(p.dead_letters)
+        out.deltas.extend(p.deltas)
+        out.duplicates += p.duplicates
+        out.reused_by_hash += p.reused_by_hash
+        out.llm_calls += p.llm_calls
+        out.llm_prompts += p.llm_prompts
+        out.unparseable += p.unparseable
+        out.seconds += p.seconds
+        for name, n in p.assigned.items():
+            out.assigned[name] = out.assigned.get(name, 0) + n
+        for name, n in p.outliers.items():
+            out.outliers[name] = out.outliers.get(name, 0) + n
+    return out

@@ -1,0 +1,349 @@
+"""``ConsumerWorker``: one member of the consumer group, from poll to commit.
+
+One batch, in this order (at-least-once, and a replay is harmless):
+
+1. sync the shared centroids (version pointers in Qdrant, deltas from Kafka);
+2. poll up to ``max_poll_records`` records;
+3. mark the batch's valid conversations ``pending`` in Qdrant;
+4. ``process_batch`` (decode, reuse by content hash, one LLM call, embed, assign);
+5. upsert the facet points, mark the conversations ``processed``;
+6. send the dead letters and flush;
+7. publish the centroid deltas and flush;
+8. commit the offsets.
+
+A crash anywhere before 8 redelivers the batch, which overwrites the same point
+ids (uuid5 of conversation and facet) and repeats the same delta batch ids, so
+nothing is stored twice. If Qdrant, the LLM or Kafka fails, the worker seeks
+back to the batch's first offsets, reports ``degraded`` and retries with
+exponential back-off; it never crashes its loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.producer.future import FutureRecordMetadata
+from kafka.structs import OffsetAndMetadata
+
+from clio_stream.facets import Facet, main_facets
+from clio_stream.kafka_io import DeadLetterWriter, consumer_lag, ensure_topics, make_consumer, make_producer
+from clio_stream.llm.base import LLMBackend
+from clio_stream.settings import ClioSettings
+from clio_stream.store import QdrantStore, StoreError
+from consumers.centroids import SharedCentroids
+from consumers.decoding import DeadLetter, RecordLike, decode_records, offset_ranges
+from consumers.deltas_io import DeltaReader, publish_deltas
+from consumers.metrics import WorkerMetrics
+from consumers.processing import (
+    BatchOutcome,
+    EmbedderLike,
+    LLMUnavailable,
+    merge_outcomes,
+    pending_records,
+    process_batch,
+)
+
+log = logging.getLogger(__name__)
+
+# Failures of a dependency: the batch is retried later, never dead-lettered.
+RETRYABLE = (StoreError, LLMUnavailable, KafkaError)
+# How long a starting worker waits to have read the deltas topic before taking partitions.
+STARTUP_DELTAS_WAIT_S = 10.0
+
+
+class DeliveryFailed(KafkaError):
+    """A produced record (dead letter or delta) was not acknowledged."""
+
+
+def backoff_delay(failures: int, initial_s: float, max_s: float, jitter: float = 0.1) -> float:
+    """Exponential back-off after ``failures`` consecutive failures (1 = first), capped, with a little jitter."""
+    base = min(max_s, initial_s * (2 ** max(0, failures - 1)))
+    return base * (1.0 + random.uniform(-jitter, jitter))
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+
+
+def _check_delivered(futures: Sequence[FutureRecordMetadata], what: str) -> None:
+    for fut in futures:
+        if not fut.is_done or fut.failed():
+            raise DeliveryFailed(f"{what} not acknowledged: {fut.exception!r}")
+
+
+class ConsumerWorker:
+    """Consume conversations, store their facets, share centroid updates; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: ClioSettings | None = None,
+        facets: Sequence[Facet] = main_facets,
+        llm: LLMBackend | None = None,
+        embedder: EmbedderLike | None = None,
+        store: QdrantStore | None = None,
+    ) -> None:
+        """LLM, embedder and store default to ones built from ``settings`` (and closed by ``close``)."""
+        self.settings = settings or ClioSettings()
+        self.facets = list(facets)
+        if len({f.name for f in self.facets}) != len(self.facets):
+            raise ValueError("facet names must be unique")
+        self.worker_id = self.settings.worker_id or _default_worker_id()
+        self._llm, self._embedder, self._store = llm, embedder, store
+        self._owns_llm, self._owns_store = llm is None, store is None
+        self._consumer: KafkaConsumer | None = None
+        self._producer: KafkaProducer | None = None
+        self._dlq: DeadLetterWriter | None = None
+        self._deltas: DeltaReader | None = None
+        self.centroids: SharedCentroids | None = None
+        self.metrics = WorkerMetrics(self.worker_id)
+        self.health = "starting"
+        self.health_reason: str | None = None
+        self._failures = 0
+        self._stop = threading.Event()
+        self._started = False
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Build what is missing, create topics and collections, load centroids, join the group.
+
+        Idempotent: after a failed start (Qdrant down) the next call continues
+        where this one stopped. The group consumer comes last, so the worker
+        only takes partitions once it can process them.
+        """
+        if self._started:
+            return
+        s = self.settings
+        if self._llm is None:
+            from clio_stream.llm import make_llm
+
+            self._llm = make_llm(s)
+        if self._embedder is None:
+            from clio_stream.embedding import make_embedder
+
+            self._embedder = make_embedder(s)
+        if self._store is None:
+            self._store = QdrantStore.from_settings(s)
+        if self._producer is None:
+            ensure_topics(s.kafka_bootstrap, {s.topic: s.topic_partitions, s.dlq_topic: s.topic_partitions,
+                                              s.deltas_topic: s.deltas_partitions})
+            self._producer = make_producer(s.kafka_bootstrap, client_id=f"clio-{self.worker_id}")
+            self._dlq = DeadLetterWriter(self._producer, s.dlq_topic)
+        self._store.ensure_collections(int(self._embedder.dim))
+        if self._deltas is None:
+            self._deltas = DeltaReader(s.kafka_bootstrap, s.deltas_topic, client_id=f"clio-deltas-{self.worker_id}")
+        if self.centroids is None:
+            self.centroids = SharedCentroids([f.name for f in self.facets if f.has_hierarchy], int(self._embedder.dim))
+        self._sync_centroids(strict=True)
+        if not self._deltas.caught_up.wait(STARTUP_DELTAS_WAIT_S):
+            log.warning("centroid deltas not read to the end after %.0f s; continuing", STARTUP_DELTAS_WAIT_S)
+        self._sync_centroids(strict=True)
+        self._consumer = make_consumer(s.kafka_bootstrap, s.consumer_group, [s.topic],
+                                       max_poll_records=s.max_poll_records, client_id=f"clio-{self.worker_id}")
+        self._started = True
+        self._set_health("ok")
+        log.info("worker %s consuming %s as group %s", self.worker_id, s.topic, s.consumer_group)
+
+    def run(self, stop_event: threading.Event) -> None:
+        """Process batches until ``stop_event`` is set, then finish the batch in hand and leave the group."""
+        self._stop = stop_event
+        try:
+            while not stop_event.is_set():
+                try:
+                    self.run_once(self.settings.poll_timeout_ms)
+                except Exception as exc:  # noqa: BLE001 - the loop must survive anything
+                    log.exception("unexpected error in the worker loop")
+                    self._fail(f"{type(exc).__name__}: {exc}")
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Leave the group (no commit: the batch in hand, if any, was not finished), flush, close."""
+        if self._closed:
+            return
+        self._closed = True
+        self._set_health("stopped")
+        for name, closer in (("consumer", lambda: self._consumer and self._consumer.close(autocommit=False)),
+                             ("deltas reader", lambda: self._deltas and self._deltas.close()),
+                             ("producer", lambda: self._producer and self._producer.close(timeout=10))):
+            try:
+                closer()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                log.warning("closing the %s failed", name, exc_info=True)
+        self._write_metrics()
+        if self._owns_store and self._store is not None:
+            self._store.close()
+        if self._owns_llm and self._llm is not None:
+            self._llm.close()
+        log.info("worker %s stopped: %s", self.worker_id, self.metrics_snapshot())
+
+    # ------------------------------------------------------------------ one batch
+
+    def run_once(self, timeout_ms: int | None = None) -> int:
+        """Poll and handle one batch; returns the number of conversations stored (0 on failure or no data)."""
+        if not self._started:
+            try:
+                self.start()
+            except (*RETRYABLE, OSError, TimeoutError) as exc:
+                self._fail(f"start: {type(exc).__name__}: {exc}")
+                return 0
+        assert self._consumer is not None
+        self._sync_centroids()
+        polled = self._consumer.poll(timeout_ms=self.settings.poll_timeout_ms if timeout_ms is None else timeout_ms,
+                                     max_records=self.settings.max_poll_records)
+        records = sorted((r for rs in polled.values() for r in rs), key=lambda r: (r.topic, r.partition, r.offset))
+        self.metrics.set_lag(self._lag())
+        if not records:
+            return 0
+        t0 = time.perf_counter()
+        try:
+            outcome = self._process(records)
+            self._write(outcome)
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the batch must be redelivered
+            if not isinstance(exc, RETRYABLE):
+                log.exception("batch of %d records failed", len(records))
+            self._rewind(records)
+            self._fail(f"{type(exc).__name__}: {exc}")
+            return 0
+        self._commit(outcome)
+        self._recovered()
+        self.metrics.record_batch(outcome, len(records), time.perf_counter() - t0)
+        if self.centroids is not None:
+            self.metrics.set_clusters(self.centroids.outlier_rates(), self.centroids.versions())
+        if self.metrics.batches % self.settings.metrics_every_batches == 0:
+            self._write_metrics()
+        return outcome.processed
+
+    def _process(self, records: Sequence[RecordLike]) -> BatchOutcome:
+        """Mark pending, then process; a record that breaks the core (a bug, not an outage) is dead-lettered."""
+        assert self._store is not None and self._llm is not None and self._embedder is not None
+        s = self.settings
+        decoded = decode_records(records, max_bytes=s.max_message_bytes)
+        self._store.mark_conversations(pending_records(decoded, s))
+        models = self.centroids.models if self.centroids is not None else {}
+        kwargs: dict[str, Any] = dict(facets=self.facets, llm=self._llm, embedder=self._embedder, store=self._store,
+                                      models=models, settings=s)
+        try:
+            return process_batch(records, decoded=decoded, **kwargs)
+        except RETRYABLE:
+            raise
+        except Exception:  # noqa: BLE001 - isolate the poison record instead of blocking the partition
+            log.exception("batch processing failed; retrying record by record")
+        parts: list[BatchOutcome] = []
+        dead: list[DeadLetter] = []
+        for rec in records:
+            try:
+                parts.append(process_batch([rec], **kwargs))
+            except RETRYABLE:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                dead.append(DeadLetter(rec, f"processing failed: {type(exc).__name__}: {exc}"[:500],
+                                       "processing_failed"))
+        return merge_outcomes(parts, records, dead)
+
+    def _write(self, outcome: BatchOutcome) -> None:
+        """Everything durable before the commit: Qdrant first, then the DLQ, then the deltas."""
+        assert self._store is not None and self._dlq is not None and self._deltas is not None
+        self._store.upsert_facets(outcome.facet_points)
+        self._store.mark_conversations(outcome.conversations)
+        if outcome.dead_letters:
+            futures = [self._dlq.send(key=d.record.key, value=d.record.value, reason=d.reason,
+                                      topic=d.record.topic, partition=d.record.partition, offset=d.record.offset)
+                       for d in outcome.dead_letters]
+            self._dlq.flush(timeout=30)
+            _check_delivered(futures, "dead letter")
+        if outcome.deltas:
+            futures = publish_deltas(self._producer, self.settings.deltas_topic, outcome.deltas)  # type: ignore[arg-type]
+            self._producer.flush(timeout=30)  # type: ignore[union-attr]
+            _check_delivered(futures, "centroid delta")
+
+    def _commit(self, outcome: BatchOutcome) -> None:
+        """Commit past the batch; a failure here only means a harmless redelivery later."""
+        assert self._consumer is not None
+        offsets = {TopicPartition(t, p): OffsetAndMetadata(last + 1, "", -1)
+                   for (t, p), (_, last) in outcome.offsets.items()}
+        try:
+            self._consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            # A rebalance took the partitions: the new owner redelivers, and the writes are idempotent.
+            self.metrics.add(commit_failures=1)
+            log.warning("commit failed (%s); the batch will be redelivered and overwrite itself", exc)
+
+    def _rewind(self, records: Sequence[RecordLike]) -> None:
+        """Seek back to the batch's first offsets on the partitions still ours, so it is polled again."""
+        if self._consumer is None:
+            return
+        owned = self._consumer.assignment()
+        for (topic, partition), (first, _) in offset_ranges(records).items():
+            tp = TopicPartition(topic, partition)
+            if tp in owned:
+                self._consumer.seek(tp, first)
+
+    # ------------------------------------------------------------------ shared state
+
+    def _sync_centroids(self, strict: bool = False) -> None:
+        """Load moved version pointers, then apply every new delta; failures only delay this (unless strict)."""
+        if self.centroids is None or self._deltas is None or self._store is None:
+            return
+        try:
+            if self.centroids.refresh(self._store):
+                self._deltas.rewind()  # deltas of the new version may predate our noticing it
+        except StoreError as exc:
+            if strict:
+                raise
+            log.debug("centroid version check skipped: %s", exc)
+        applied = self.centroids.apply(self._deltas.drain())
+        if applied:
+            self.metrics.add(deltas_applied=applied)
+
+    # ------------------------------------------------------------------ health and metrics
+
+    def _set_health(self, health: str, reason: str | None = None) -> None:
+        self.health, self.health_reason = health, reason
+        self.metrics.set_health(health, reason)
+
+    def _fail(self, reason: str) -> None:
+        """Report degraded and wait before the retry (interrupted by the stop event)."""
+        self._failures += 1
+        self.metrics.add(failed_batches=1)
+        self._set_health("degraded", reason[:300])
+        delay = backoff_delay(self._failures, self.settings.backoff_initial_s, self.settings.backoff_max_s)
+        log.warning("worker degraded (%s); retrying in %.1f s", reason[:300], delay)
+        self._stop.wait(delay)
+
+    def _recovered(self) -> None:
+        if self._failures:
+            log.info("worker recovered after %d failed attempts", self._failures)
+        self._failures = 0
+        if self.health != "ok":
+            self._set_health("ok")
+
+    def _lag(self) -> int | None:
+        try:
+            return consumer_lag(self._consumer) if self._consumer is not None else None
+        except Exception:  # noqa: BLE001 - a metric must not break the loop
+            return None
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """The worker's counters (processed, dead-lettered, reused, LLM calls, lag, health, ...)."""
+        return self.metrics.snapshot()
+
+    def _write_metrics(self) -> None:
+        """Store the snapshot as state document ``worker:<id>`` for the API; skipped while Qdrant is down."""
+        if self._store is None:
+            return
+        try:
+            self._store.put_state(f"worker:{self.worker_id}", self.metrics_snapshot())
+        except Exception as exc:  # noqa: BLE001 - metrics are best effort
+            log.debug("writing worker metrics failed: %s", exc)
