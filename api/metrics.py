@@ -33,8 +33,13 @@ class ApiMetrics:
         self.auth_failures = Counter(
             "clio_api_auth_failures", "Refused requests: 401 (no or bad credentials) and 403 (role too low).",
             ["status"], registry=self.registry)
+        self.accepted_total = 0  # the same number as ``accepted``, readable without registry internals
         self.published_loads = Counter(
             "clio_api_published_loads", "Published versions loaded into the API.", registry=self.registry)
+
+    def count_accepted(self, n: int = 1) -> None:
+        self.accepted.inc(n)
+        self.accepted_total += n
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()

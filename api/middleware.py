@@ -6,6 +6,7 @@ and the latter adds a task and a stream copy per request.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -35,13 +36,16 @@ class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
         self.app = app
         self.metrics = metrics
+        # A random per-process prefix and a counter: unique like uuid4, without a urandom call per request.
+        self._prefix = uuid.uuid4().hex[:12]
+        self._counter = itertools.count(1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         incoming = Headers(scope=scope).get("x-request-id", "")
-        rid = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+        rid = incoming if _REQUEST_ID_RE.match(incoming) else f"{self._prefix}-{next(self._counter):x}"
         scope.setdefault("state", {})["request_id"] = rid
         status = 500
         started = time.perf_counter()

@@ -28,7 +28,7 @@ from clio_stream.types import ClusterNode, FacetHierarchy
 log = logging.getLogger(__name__)
 
 _LEAF_ID_RE = re.compile(r"-l0-(\d+)$")
-_VIEW_KEY = "api.view"
+VIEW_KEY = "api.view"
 _view_lock = threading.Lock()
 
 
@@ -54,7 +54,7 @@ class FacetView:
     def visible_children(self, node: ClusterNode) -> list[ClusterNode]:
         return [self.hierarchy.nodes[c] for c in node.children if c in self.visible]
 
-    def other_count(self, node: ClusterNode) -> int:
+    def withheld_count(self, node: ClusterNode) -> int:
         hidden = [self.hierarchy.nodes[c] for c in node.children if c in self.hierarchy.nodes and c not in self.visible]
         return len({cid for n in hidden for cid in n.conversation_ids})
 
@@ -127,14 +127,14 @@ class VersionView:
 
 def view_of(published: PublishedVersion, publish_dir: Any) -> VersionView:
     """The view of ``published``, built on first use and then cached with it."""
-    cached = published.cache.get(_VIEW_KEY)
+    cached = published.cache.get(VIEW_KEY)
     if cached is not None:
         return cached
     with _view_lock:
-        cached = published.cache.get(_VIEW_KEY)
+        cached = published.cache.get(VIEW_KEY)
         if cached is None:
             cached = build_view(published, publish_dir)
-            published.cache[_VIEW_KEY] = cached
+            published.cache[VIEW_KEY] = cached
     return cached
 
 
@@ -243,7 +243,7 @@ def summary(fv: FacetView, node: ClusterNode) -> dict[str, Any]:
         "numeric": {k: s.model_dump(exclude={"facet"}) for k, s in node.numeric.items()},
         "trend": getattr(node, "trend", None),
         "n_children": len(fv.visible_children(node)),
-        "other_count": fv.other_count(node),
+        "other_count": fv.withheld_count(node),
     }
 
 

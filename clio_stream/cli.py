@@ -166,6 +166,38 @@ def cmd_bootstrap_clusters(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_up(args: argparse.Namespace) -> int:
+    """The whole embedded stack in the foreground until Ctrl-C / SIGTERM."""
+    import signal
+    import threading
+
+    from clio_stream.stack import Stack
+
+    settings = _settings(args)
+    if args.enforce_eager:
+        settings = settings.with_overrides(llm_engine_args={**settings.llm_engine_args, "enforce_eager": True})
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stack = Stack(settings, consumers=args.consumers, example_data=not args.no_example_data, n_examples=args.n,
+                  recluster_interval_s=args.recluster_interval)
+    try:
+        stack.start()
+        lines = ["", "clio-stream is up.", f"  dashboard:  {stack.urls.get('dashboard')}",
+                 f"  API docs:   {stack.urls.get('api_docs')}  (Authorization: Bearer <key>)",
+                 f"  Kafka:      {stack.settings.kafka_bootstrap}  topic {stack.settings.topic}",
+                 f"  Qdrant:     {stack.settings.qdrant_url}", f"  vLLM:       {stack.urls.get('llm')}"]
+        if stack.admin_key:
+            lines.append(f"  keys:       viewer {stack.viewer_key}   admin {stack.admin_key}")
+        lines.append("The dashboard fills in after the first re-clustering (about 30 conversations in). Ctrl-C stops.")
+        for line in lines:
+            log.info("%s", line)
+        stop.wait()
+    finally:
+        stack.stop()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clio-stream", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -192,6 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--host", default=os.environ.get("CLIO_WEB_HOST", "127.0.0.1"))
     sp.add_argument("--port", type=int, default=int(os.environ.get("CLIO_WEB_PORT", "8421")))
     sp.set_defaults(func=cmd_serve)
+
+    sp = sub.add_parser("up", help="run the whole embedded stack (broker, Qdrant, vLLM, consumers, API, scheduler)")
+    sp.add_argument("--no-example-data", action="store_true", help="start empty instead of streaming examples")
+    sp.add_argument("--n", type=int, default=200, help="example conversations to stream")
+    sp.add_argument("--consumers", type=int, default=1, help="consumer processes in the group")
+    sp.add_argument("--recluster-interval", type=float, default=900.0, help="seconds between scheduled runs")
+    sp.add_argument("--enforce-eager", action="store_true", help="skip vLLM's compilation (faster start on CPU)")
+    model_args(sp)
+    sp.set_defaults(func=cmd_up)
 
     sp = sub.add_parser("demo", help="batch Clio on the example data, then serve the site")
     sp.add_argument("--n", type=int, default=200, help="number of example conversations")

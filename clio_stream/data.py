@@ -218,6 +218,31 @@ def load_file(path: str | Path) -> list[Any]:
     raise DataError(f"{p}: unsupported file type {suffix!r} (use .jsonl, .json or .parquet)")
 
 
+def _read_json_list_tolerant(path: Path) -> list[Any]:
+    """The complete items of a JSON list, stopping at a truncated tail.
+
+    The packaged ShareGPT file is cut off inside its last record; a plain
+    ``json.load`` rejects the whole file, so items are decoded one by one.
+    """
+    text = Path(path).read_text(encoding="utf-8")
+    decoder = json.JSONDecoder()
+    pos = text.index("[") + 1
+    items: list[Any] = []
+    n = len(text)
+    while pos < n:
+        while pos < n and text[pos] in " \t\r\n,":
+            pos += 1
+        if pos >= n or text[pos] == "]":
+            break
+        try:
+            item, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            log.info("%s: ignoring a truncated record after %d complete ones", path, len(items))
+            break
+        items.append(item)
+    return items
+
+
 def get_example_data(n: int = 300, *, seed: int = 0, min_turns: int = 2) -> list[dict[str, Any]]:
     """Real public conversations for trying clio-stream out.
 
@@ -231,8 +256,7 @@ def get_example_data(n: int = 300, *, seed: int = 0, min_turns: int = 2) -> list
 
     from clio_stream.assets import sharegpt_json_path
 
-    with open(sharegpt_json_path(), encoding="utf-8") as f:
-        raw = json.load(f)
+    raw = _read_json_list_tolerant(sharegpt_json_path())
     rng = random.Random(seed)
     order = list(range(len(raw)))
     rng.shuffle(order)

@@ -62,6 +62,19 @@ def parse_facet(facet: Facet, text: str | None) -> FacetValue | None:
     return FacetValue(facet=facet.name, value=value)
 
 
+def waves(n_conversations: int, n_facets: int, group: int) -> list[tuple[int, int]]:
+    """Conversation ranges ``[lo, hi)`` to send together.
+
+    When all facets of a conversation are scheduled in the same engine step, each
+    computes the shared prefix itself. Sending the first facet of a group of
+    conversations, then the others, lets facets 2..n reuse the cached prefix; the
+    group is sized so its prefixes fit in the KV cache at once.
+    """
+    if group <= 0 or n_facets <= 1:
+        return [(0, n_conversations)] if n_conversations else []
+    return [(lo, min(lo + group, n_conversations)) for lo in range(0, n_conversations, group)]
+
+
 def extract_facets(
     conversations: Sequence[Conversation],
     facets: Sequence[Facet],
@@ -73,8 +86,13 @@ def extract_facets(
     batch_size: int,
     raw_items: Sequence[Any] | None = None,
     stats: AskStats | None = None,
+    prefix_group: int = 0,
 ) -> list[ConversationFacets]:
-    """Every facet of every conversation; unusable answers become explicit missing values."""
+    """Every facet of every conversation; unusable answers become explicit missing values.
+
+    ``prefix_group`` > 0 sends conversations in groups of that size, each in two
+    waves (see ``waves``); 0 sends everything at once.
+    """
     prompts = build_prompts(conversations, facets, raw_items)
     nf = len(facets)
     # All facet templates share a token cap, so one sampling dict serves the batch.
@@ -83,8 +101,21 @@ def extract_facets(
     def parse(text: str | None, i: int) -> FacetValue | None:
         return parse_facet(facets[i % nf], text)
 
-    answers = ask(llm, prompts, parse, args, retries=retries, seed=seed, batch_size=batch_size,
-                  desc="facets", stats=stats)
+    answers: list[FacetValue | None] = [None] * len(prompts)
+    for lo, hi in waves(len(conversations), nf, prefix_group):
+        # Wave 1 prefills each conversation once (first facet); wave 2 asks the other
+        # facets while those prefixes are still in vLLM's prefix cache.
+        span = range(lo * nf, hi * nf)
+        parts = ([i for i in span if i % nf == 0], [i for i in span if i % nf != 0]) if prefix_group > 0 \
+            else (list(span),)
+        for idx in parts:
+            if not idx:
+                continue
+            got = ask(llm, [prompts[i] for i in idx], lambda t, j, idx=idx: parse(t, idx[j]), args,
+                      retries=retries, seed=seed, batch_size=batch_size,
+                      desc="facets" if lo == 0 and idx[0] % nf == 0 else None, stats=stats)
+            for i, v in zip(idx, got):
+                answers[i] = v
     out: list[ConversationFacets] = []
     for ci, conv in enumerate(conversations):
         values = {}

@@ -178,7 +178,8 @@ def run_clio(
     with timer.stage("facets", bar):
         facet_values: list[ConversationFacets] = ckpt.cached("facets", facet_key, lambda: extract_facets(
             truncated, facets, llm_backend, sampling=settings.llm_sampling_args, retries=settings.llm_max_retries,
-            seed=settings.seed, batch_size=settings.llm_batch_size, raw_items=raw_items, stats=ask_stats))
+            seed=settings.seed, batch_size=settings.llm_batch_size, raw_items=raw_items, stats=ask_stats,
+            prefix_group=settings.facet_prefix_group))
 
     tree_facets = [f for f in facets if f.has_hierarchy]
     with timer.stage("embeddings", bar):

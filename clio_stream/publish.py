@@ -268,6 +268,23 @@ def read_lineage(publish_dir: str | Path, version: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in dict(doc or {}).items()}
 
 
+def current_if_loaded(publish_dir: str | Path) -> PublishedVersion | None:
+    """The cached current version if the pointer has not changed since it was loaded, else None.
+
+    Only a ``stat``: lets async callers skip a thread hop on the hot path and
+    call ``load_current`` (which may read files) off the event loop otherwise.
+    """
+    root = Path(publish_dir).expanduser().absolute()
+    hit = _cache.get(root)
+    if hit is None:
+        return None
+    try:
+        st = (root / POINTER_FILE).stat()
+    except FileNotFoundError:
+        return None
+    return hit[1] if hit[0] == (st.st_ino, st.st_mtime_ns) else None
+
+
 def load_version(publish_dir: str | Path, version: str) -> PublishedVersion | None:
     """A specific published version (uncached), or None if it is not there."""
     return _load_version(Path(publish_dir).expanduser().absolute(), check_version(version))

@@ -96,6 +96,11 @@ class ClioSettings(BaseSettings):
     max_conversation_tokens: int = Field(
         1500, ge=64, description="Longer conversations are cut at a turn boundary before prompting."
     )
+    facet_prefix_group: int = Field(
+        0, ge=0,
+        description="Conversations per facet wave: their first facet is asked first, the others then reuse the "
+        "cached conversation prefix. 0 sends all prompts at once.",
+    )
     tokenizer_args: dict[str, Any] = Field(default_factory=dict, description="Extra kwargs for apply_chat_template.")
 
     # --- base clusters (seed: nBaseClustersFunc, maxPointsToSample*, nNameDescriptionSamplesPerCluster) ---
@@ -130,7 +135,7 @@ class ClioSettings(BaseSettings):
     llm_api_key: str = "EMPTY"
     llm_max_model_len: int = 4096
     llm_dtype: str = "bfloat16"
-    llm_kv_cache_gib: float = Field(1.0, gt=0, description="KV cache memory for the in-process engine.")
+    llm_kv_cache_gib: float = Field(2.0, gt=0, description="KV cache memory for the in-process engine.")
     llm_engine_args: dict[str, Any] = Field(default_factory=dict, description="Extra kwargs for vllm.LLM(...).")
     llm_sampling_args: dict[str, Any] = Field(
         default_factory=lambda: {"temperature": 0.6, "top_p": 0.95, "max_tokens": 160, "repetition_penalty": 1.1},

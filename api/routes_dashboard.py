@@ -1,0 +1,116 @@
+"""The dashboard: the current version's static site, served behind a viewer key.
+
+A browser cannot send ``Authorization`` headers from ``fetch`` calls the page
+did not write, so the key is handed over once as ``/?key=KEY``: the server
+checks it, sets an HttpOnly, SameSite=Strict session cookie and redirects to
+the same URL without the key (the ``#`` view state survives the redirect).
+The cookie is accepted for GET requests only, so it cannot be used to change
+anything even if a request were forged.
+
+The served page gets ``<meta name="clio-api">``, which switches on its live
+status panel and its polling for new versions, and a Content-Security-Policy
+that allows exactly the page's own inline script (by hash) and same-origin fetches.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import logging
+import re
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials
+
+from api.auth import SESSION_COOKIE, Principal
+from api.deps import ApiContext, Ctx, authenticate, bearer_scheme
+from clio_stream.publish import PublishedVersion, load_current
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(include_in_schema=False)
+
+_SCRIPT_RE = re.compile(r"<script>(.*?)</script>", re.DOTALL)
+_HTML_KEY = "api.dashboard_html"
+_MEDIA = {".gz": "application/gzip", ".json": "application/json"}
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
+
+
+def _notice(title: str, text: str, status: int) -> HTMLResponse:
+    body = (f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<body style='font-family:system-ui;padding:2em'><h1>{html.escape(title)}</h1>"
+            f"<p>{html.escape(text)}</p></body>")
+    return HTMLResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+def _viewer(request: Request, ctx: ApiContext, credentials: HTTPAuthorizationCredentials | None) -> Principal | None:
+    principal = authenticate(request, credentials)
+    if principal is None:
+        ctx.metrics.auth_failures.labels("401").inc()
+    return principal
+
+
+def _page(published: PublishedVersion, ctx: ApiContext) -> tuple[str, str]:
+    """The served index.html (with the API meta tag) and its CSP, built once per version."""
+    cached = published.cache.get(_HTML_KEY)
+    if cached is not None:
+        return cached
+    page = (published.site_dir / "index.html").read_text(encoding="utf-8")
+    poll_ms = int(ctx.settings.api_dashboard_poll_s * 1000)
+    meta = f'<meta name="clio-api" content="/v1" data-poll-ms="{poll_ms}">'
+    page = page.replace("<head>", "<head>\n" + meta, 1)
+    hashes = " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(s.encode("utf-8")).digest()).decode() + "'"
+        for s in _SCRIPT_RE.findall(page))
+    csp = (f"default-src 'none'; script-src {hashes}; style-src 'unsafe-inline'; img-src 'self' data:; "
+           "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    published.cache[_HTML_KEY] = (page, csp)
+    return page, csp
+
+
+@router.get("/")
+def dashboard(
+    request: Request,
+    ctx: Ctx,
+    credentials: Credentials,
+    key: Annotated[str | None, Query(max_length=512)] = None,
+) -> Response:
+    if key is not None:
+        principal = ctx.keyring.lookup(key)
+        if principal is None:
+            ctx.metrics.auth_failures.labels("401").inc()
+            return _notice("Invalid key", "That key is not valid for this dashboard.", 401)
+        token = ctx.sessions.create(principal)
+        rest = request.url.remove_query_params("key")
+        target = rest.path + (f"?{rest.query}" if rest.query else "")
+        response = RedirectResponse(target, status_code=303)
+        response.set_cookie(SESSION_COOKIE, token, max_age=int(ctx.settings.api_session_ttl_s), path="/",
+                            httponly=True, samesite="strict", secure=request.url.scheme == "https")
+        return response
+    if _viewer(request, ctx, credentials) is None:
+        return _notice("Key required", "Open this page once as /?key=YOUR_KEY (a viewer key or better).", 401)
+    published = load_current(ctx.publish_dir)
+    if published is None:
+        return _notice("Nothing published yet", "No clustering version has been published; try again later.", 503)
+    page, csp = _page(published, ctx)
+    return HTMLResponse(page, headers={"Cache-Control": "no-cache", "Content-Security-Policy": csp,
+                                       "X-Frame-Options": "DENY"})
+
+
+@router.get("/data/{path:path}")
+def data_file(request: Request, ctx: Ctx, credentials: Credentials, path: str) -> Response:
+    if _viewer(request, ctx, credentials) is None:
+        return Response(status_code=401, headers={"WWW-Authenticate": "Bearer"})
+    published = load_current(ctx.publish_dir)
+    if published is None:
+        return Response(status_code=404)
+    base = (published.site_dir / "data").resolve()
+    target = (base / path).resolve()
+    if not target.is_relative_to(base) or not target.is_file():
+        return Response(status_code=404)
+    return FileResponse(target, media_type=_MEDIA.get(Path(path).suffix, "application/octet-stream"),
+                        headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,193 @@
+"""API latency under a steady open-loop load: GET /v1/conversations/{id} and the tree route.
+
+Setup: a real Qdrant server holding N synthetic conversations (one facet point
+with a small random vector and one status point each, upserted directly: this
+measures the API, not the pipeline), a published version whose tree maps its
+leaves to those clusters, and the API in its own process (uvicorn). The load
+comes from ``benchmarks/loadgen.py`` in another process, at ``--rate`` requests/s
+for ``--duration`` seconds per route; latency counts from each request's due
+time (no coordinated omission).
+
+    .venv/bin/python -m benchmarks.api_latency            # 100,000 points, 500 req/s, 20 s per route
+    .venv/bin/python -m benchmarks.api_latency --n 10000 --duration 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+FACET = "Request"
+DIM = 8
+VIEWER, ANALYST = "bench-viewer-" + "v" * 24, "bench-analyst-" + "a" * 24
+log = logging.getLogger("benchmarks.api_latency")
+
+
+def synthetic_result(n: int, leaves: int, parents: int) -> Any:
+    """A ClioResult with a two-level tree over ``n`` conversation ids (leaf c <- ids with i % leaves == c)."""
+    from clio_stream.types import ClioResult, ClusterNode, FacetHierarchy
+
+    nodes: dict[str, ClusterNode] = {}
+    members = {c: [f"conv-{i:07d}" for i in range(c, n, leaves)] for c in range(leaves)}
+    for p in range(parents):
+        kids = [c for c in range(leaves) if c % parents == p]
+        pid = f"request-l1-{p}"
+        nodes[pid] = ClusterNode(id=pid, facet=FACET, name=f"Parent topic {p}", summary=f"Requests of family {p}.",
+                                 level=1, children=[f"request-l0-{c}" for c in kids],
+                                 conversation_ids=[cid for c in kids for cid in members[c]], distinct_users=len(kids) * 10)
+        for c in kids:
+            nodes[f"request-l0-{c}"] = ClusterNode(
+                id=f"request-l0-{c}", facet=FACET, name=f"Topic {c}", summary=f"Users asked about topic {c}.",
+                level=0, parent_id=pid, conversation_ids=members[c], distinct_users=10)
+    facets = [{"name": FACET, "question": "What is the user's overall request?", "summary_criteria": "x",
+               "numeric": None}]
+    hierarchy = FacetHierarchy(facet=FACET, nodes=nodes, root_ids=[f"request-l1-{p}" for p in range(parents)])
+    return ClioResult(facets=facets, conversations=[], facet_values=[], hierarchies={FACET: hierarchy},
+                      stats={"cluster_versions": {FACET: 1}})
+
+
+def fill_store(store: Any, n: int, leaves: int, batch: int = 2000) -> float:
+    """Upsert ``n`` facet points and ``n`` conversation points; returns seconds taken."""
+    from clio_stream.store import ConversationRecord, FacetPoint
+
+    rng = np.random.default_rng(0)
+    started = time.perf_counter()
+    for lo in range(0, n, batch):
+        hi = min(n, lo + batch)
+        vectors = rng.normal(size=(hi - lo, DIM)).astype(np.float32)
+        points = [FacetPoint(conversation_id=f"conv-{i:07d}", facet=FACET, vector=vectors[i - lo],
+                             value=f"The user asked about topic {i % leaves}.", user_hash=f"u{i % 5000}",
+                             timestamp=1.7e9 + i, cluster_id=i % leaves, cluster_version=1, similarity=0.8)
+                  for i in range(lo, hi)]
+        store.upsert_facets(points, batch=batch, wait=hi == n)
+        records = [ConversationRecord(conversation_id=f"conv-{i:07d}", status="processed", user_hash=f"u{i % 5000}",
+                                      timestamp=1.7e9 + i) for i in range(lo, hi)]
+        store.mark_conversations(records, wait=hi == n)
+        if (hi // batch) % 10 == 0:
+            log.warning("stored %d / %d", hi, n)
+    return time.perf_counter() - started
+
+
+def wait_http(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer within {timeout}s")
+        time.sleep(0.2)
+
+
+def drive(url: str, ids_file: Path | None, key: str, rate: float, duration: float) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "benchmarks.loadgen", "--url", url, "--rate", str(rate),
+           "--duration", str(duration), "--header", f"Authorization: Bearer {key}"]
+    if ids_file is not None:
+        cmd += ["--ids", str(ids_file)]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True, timeout=duration * 4 + 60)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=100_000, help="stored conversations")
+    ap.add_argument("--leaves", type=int, default=200)
+    ap.add_argument("--parents", type=int, default=20)
+    ap.add_argument("--rate", type=float, default=500.0)
+    ap.add_argument("--duration", type=float, default=20.0)
+    args = ap.parse_args()
+
+    from benchmarks.common import quiet_logs, report
+
+    quiet_logs()
+    logging.getLogger("benchmarks.api_latency").setLevel(logging.WARNING)
+    from clio_stream.publish import publish_version
+    from clio_stream.services.processes import free_port, start_qdrant
+    from clio_stream.settings import ClioSettings
+    from clio_stream.store import QdrantStore
+
+    with tempfile.TemporaryDirectory(prefix="clio-api-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        http_port, grpc_port, api_port = free_port(), free_port(), free_port()
+        qdrant = start_qdrant(http_port=http_port, grpc_port=grpc_port, storage_dir=tmp / "qdrant",
+                              log_dir=tmp / "logs", die_with_parent=True)
+        api = None
+        try:
+            settings = ClioSettings(qdrant_url=f"http://127.0.0.1:{http_port}", qdrant_grpc_port=grpc_port,
+                                    qdrant_prefix="bench", publish_dir=tmp / "published", site_chunk_size=1000,
+                                    show_progress=False)
+            store = QdrantStore.from_settings(settings)
+            store.ensure_collections(DIM)
+            fill_s = fill_store(store, args.n, args.leaves)
+            store.close()
+            t0 = time.perf_counter()
+            publish_version(synthetic_result(args.n, args.leaves, args.parents), settings.publish_dir, "bench-1",
+                            settings=settings)
+            publish_s = time.perf_counter() - t0
+            ids_file = tmp / "ids.txt"
+            ids_file.write_text("\n".join(f"conv-{i:07d}" for i in range(args.n)))
+
+            env = {**os.environ, "CLIO_API_KEYS": f"viewer:{VIEWER},analyst:{ANALYST}",
+                   "CLIO_QDRANT_URL": settings.qdrant_url, "CLIO_QDRANT_GRPC_PORT": str(grpc_port),
+                   "CLIO_QDRANT_PREFIX": "bench", "CLIO_PUBLISH_DIR": str(settings.publish_dir),
+                   "CLIO_WEB_HOST": "127.0.0.1", "CLIO_WEB_PORT": str(api_port)}
+            api = subprocess.Popen([sys.executable, "-m", "api.app"], cwd=ROOT, env=env,
+                                   stdout=open(tmp / "logs" / "api.log", "w"), stderr=subprocess.STDOUT)
+            base = f"http://127.0.0.1:{api_port}"
+            wait_http(f"{base}/healthz", 30)
+            tree_url = f"{base}/v1/facets/{FACET}/tree"
+            conv_url = base + "/v1/conversations/{id}"
+            # Warm-up: load the version, open the gRPC channel, fill caches.
+            drive(tree_url, None, VIEWER, 50, 2)
+            drive(conv_url, ids_file, ANALYST, 50, 2)
+            results = {
+                "GET /v1/conversations/{id}": drive(conv_url, ids_file, ANALYST, args.rate, args.duration),
+                f"GET /v1/facets/{FACET}/tree": drive(tree_url, None, VIEWER, args.rate, args.duration),
+            }
+            tree_bytes = len(urllib.request.urlopen(urllib.request.Request(
+                tree_url, headers={"Authorization": f"Bearer {VIEWER}"})).read())
+        finally:
+            if api is not None:
+                api.terminate()
+                try:
+                    api.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    api.kill()
+            qdrant.stop()
+
+    rows: list[tuple[str, Any, str]] = [("stored conversations", args.n, "points"),
+                                        ("store fill", fill_s, "s"), ("publish", publish_s, "s")]
+    for route, r in results.items():
+        rows += [
+            (f"{route} offered", r["offered_rate"], "req/s"),
+            (f"{route} achieved", r["achieved_rate"], "req/s"),
+            (f"{route} ok", r["ok"], f"of {r['requests']}"),
+            (f"{route} p50", r["p50_ms"], "ms"),
+            (f"{route} p90", r["p90_ms"], "ms"),
+            (f"{route} p99", r["p99_ms"], "ms"),
+            (f"{route} max", r["max_ms"], "ms"),
+        ]
+    target_met = all(r["p99_ms"] <= 20.0 and r["ok"] == r["requests"] for r in results.values())
+    rows.append(("p99 <= 20 ms on both routes", "yes" if target_met else "NO", ""))
+    report("api_latency", rows, {"results": results, "tree_response_bytes": tree_bytes,
+                                 "leaves": args.leaves, "parents": args.parents, "target_p99_ms": 20.0,
+                                 "target_met": target_met})
+
+
+if __name__ == "__main__":
+    main()

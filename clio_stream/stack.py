@@ -1,0 +1,216 @@
+"""``clio-stream up``: the whole embedded stack in one foreground command.
+
+Started in dependency order and stopped in reverse: the Kafka-protocol broker
+(Tansu, in memory), a Qdrant server (data kept under the cache dir), vLLM's
+OpenAI-compatible server, N consumer processes of one group, the HTTP API with
+the dashboard, and the re-clustering scheduler; optionally the example
+conversations are streamed in. Each part is a separate process or thread, the
+way it runs at scale (see deploy/), only on one machine and on loopback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from clio_stream.settings import ClioSettings
+
+log = logging.getLogger(__name__)
+
+
+def _host_port(address: str, default_port: int) -> tuple[str, int]:
+    if "://" not in address:
+        address = "tcp://" + address
+    u = urlparse(address)
+    return u.hostname or "127.0.0.1", u.port or default_port
+
+
+@dataclass
+class Stack:
+    settings: ClioSettings
+    consumers: int = 1
+    example_data: bool = True
+    n_examples: int = 200
+    recluster_interval_s: float = 900.0
+    run_dir: Path = field(default_factory=lambda: Path(os.environ.get("CLIO_CACHE_DIR", "~/.cache/clio-stream")).expanduser() / "run")
+    processes: list[Any] = field(default_factory=list)
+    threads: list[Any] = field(default_factory=list)
+    viewer_key: str | None = None
+    admin_key: str | None = None
+    urls: dict[str, str] = field(default_factory=dict)
+
+    # -- start ---------------------------------------------------------------
+    def start(self) -> "Stack":
+        from clio_stream.kafka_io import ensure_topics
+        from clio_stream.services.processes import port_in_use, start_broker, start_qdrant
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        logs = self.run_dir / "logs"
+        s = self.settings
+
+        host, port = _host_port(s.kafka_bootstrap, 9092)
+        if port_in_use(host, port):
+            log.info("a broker already listens on %s:%d; using it", host, port)
+        else:
+            self.processes.append(start_broker(host, port, log_dir=logs))
+            log.info("broker (Tansu, in memory) on %s:%d", host, port)
+        ensure_topics(s.kafka_bootstrap, {s.topic: s.topic_partitions, s.dlq_topic: s.topic_partitions,
+                                          s.deltas_topic: s.deltas_partitions})
+
+        qhost, qport = _host_port(s.qdrant_url, 6333)
+        if port_in_use(qhost, qport):
+            log.info("a Qdrant server already listens on %s:%d; using it", qhost, qport)
+        else:
+            self.processes.append(start_qdrant(qhost, qport, s.qdrant_grpc_port or qport + 1,
+                                               storage_dir=Path(s.cache_dir) / "qdrant", log_dir=logs))
+            log.info("Qdrant on %s:%d (data in %s)", qhost, qport, Path(s.cache_dir) / "qdrant")
+
+        if s.llm_backend != "openai" or not s.llm_base_url:
+            from clio_stream.assets import resolve_model
+            from clio_stream.services.processes import free_port, start_vllm_server
+
+            model = resolve_model(s.llm_model, "llm")
+            vport = free_port()
+            log.info("starting vLLM's OpenAI server for %s (about a minute on a CPU)", model)
+            extra = ["--enforce-eager"] if s.llm_engine_args.get("enforce_eager") else []
+            self.processes.append(start_vllm_server(model, "127.0.0.1", vport, log_dir=logs,
+                                                    max_model_len=s.llm_max_model_len,
+                                                    kv_cache_gib=s.llm_kv_cache_gib, extra_args=extra))
+            s = self.settings = s.with_overrides(llm_backend="openai", llm_base_url=f"http://127.0.0.1:{vport}/v1",
+                                                 llm_model=model)
+        self.urls["llm"] = s.llm_base_url or ""
+
+        if s.api_keys is None and not s.api_allow_anonymous:
+            self.viewer_key, analyst, self.admin_key = (secrets.token_urlsafe(18) for _ in range(3))
+            s = self.settings = s.with_overrides(
+                api_keys=f"viewer:{self.viewer_key},analyst:{analyst},admin:{self.admin_key}")
+            log.info("generated API keys for this run (set CLIO_API_KEYS to choose your own)")
+
+        self._start_consumers(logs)
+        self._start_api()
+        self._start_scheduler()
+        if self.example_data:
+            self._stream_examples()
+        return self
+
+    def _child_env(self) -> dict[str, str]:
+        s = self.settings
+        env = dict(os.environ)
+        env.update({"CLIO_KAFKA_BOOTSTRAP": s.kafka_bootstrap, "CLIO_QDRANT_URL": s.qdrant_url,
+                    "CLIO_LLM_BACKEND": "openai", "CLIO_LLM_BASE_URL": s.llm_base_url or "",
+                    "CLIO_LLM_MODEL": s.llm_model, "CLIO_EMBEDDING_MODEL": s.embedding_model,
+                    "CLIO_SHOW_PROGRESS": "false", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+                    "HF_HUB_OFFLINE": "1"})
+        env.pop("CLIO_API_KEYS", None)  # workers never need the keys
+        return env
+
+    def _start_consumers(self, logs: Path) -> None:
+        from clio_stream.services.processes import ManagedProcess
+
+        for i in range(self.consumers):
+            env = {**self._child_env(), "CLIO_WORKER_ID": f"consumer-{i}"}
+            p = ManagedProcess(f"consumer-{i}", [sys.executable, "-m", "clio_stream.cli", "consume"],
+                               log_path=logs / f"consumer-{i}.log", env=env, ready_timeout=5)
+            self.processes.append(p.start())
+            log.info("consumer %d started (log: %s)", i, p.log_path)
+
+    def _start_api(self) -> None:
+        import uvicorn
+
+        from api.app import create_app
+
+        s = self.settings
+        app = create_app(s)
+        config = uvicorn.Config(app, host=s.web_host, port=s.web_port, log_level="warning")
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, name="api", daemon=True)
+        thread.start()
+        deadline = time.time() + 30
+        while not server.started and time.time() < deadline:
+            time.sleep(0.1)
+        if not server.started:
+            raise RuntimeError(f"the API did not start on {s.web_host}:{s.web_port} (port in use?)")
+        self.threads.append(server)
+        base = f"http://{s.web_host}:{s.web_port}"
+        self.urls["dashboard"] = f"{base}/" + (f"?key={self.viewer_key}" if self.viewer_key else "")
+        self.urls["api_docs"] = f"{base}/docs"
+
+    def _start_scheduler(self) -> None:
+        from clio_stream.embedding import make_embedder
+        from clio_stream.facets import main_facets
+        from clio_stream.llm import make_llm
+        from clio_stream.publish import resolve_publish_dir
+        from clio_stream.recluster import recluster_once
+        from clio_stream.scheduler import ReclusterScheduler, Snapshot, Triggers
+        from clio_stream.store import QdrantStore
+
+        s = self.settings
+        store = QdrantStore.from_settings(s)
+        llm = make_llm(s)
+        holder: dict[str, Any] = {}
+        publish_dir = resolve_publish_dir(s)
+
+        def snapshot() -> Snapshot:
+            last = store.get_state("recluster:last") or {}
+            request = store.get_state("recluster_request") or {}
+            facet = next(f.name for f in main_facets if f.has_hierarchy)
+            return Snapshot(now=time.time(), last_run_at=last.get("finished_at"),
+                            points_at_last_run=int((last.get("points") or {}).get(facet, 0)),
+                            points_now=store.count(facet=facet), requested_at=request.get("requested_at"))
+
+        def run(reason: str) -> None:
+            if "embedder" not in holder:
+                holder["embedder"] = make_embedder(s)
+            report = recluster_once(store, llm, holder["embedder"], main_facets, s, publish_dir=publish_dir)
+            if report:
+                log.info("published clustering version %d (%s)", report.version, reason)
+
+        sched = ReclusterScheduler(snapshot, run, Triggers(interval_s=self.recluster_interval_s),
+                                   on_state=lambda doc: store.put_state("scheduler", doc))
+        sched.start()
+        self.threads.append(sched)
+
+    def _stream_examples(self) -> None:
+        from clio_stream.data import get_example_data
+        from clio_stream.kafka_io import make_producer
+        from consumers.producing import produce, to_messages
+
+        s = self.settings
+        records = get_example_data(self.n_examples)
+
+        def send() -> None:
+            producer = make_producer(s.kafka_bootstrap)
+            try:
+                n = produce(producer, s.topic, to_messages(records, "example", []), total=len(records),
+                            progress=False)
+                log.info("streamed %d example conversations into %s", n, s.topic)
+            finally:
+                producer.close()
+
+        t = threading.Thread(target=send, name="example-producer", daemon=True)
+        t.start()
+
+    # -- stop ----------------------------------------------------------------
+    def stop(self) -> None:
+        for t in reversed(self.threads):
+            try:
+                if hasattr(t, "should_exit"):
+                    t.should_exit = True
+                elif hasattr(t, "stop"):
+                    t.stop()
+            except Exception:  # noqa: BLE001 - best effort on the way out
+                log.debug("stopping %r raised", t, exc_info=True)
+        for p in reversed(self.processes):
+            try:
+                p.stop()
+            except Exception:  # noqa: BLE001
+                log.debug("stopping %r raised", p, exc_info=True)
+        log.info("stack stopped")

@@ -1,0 +1,160 @@
+"""The dashboard served by the API (uvicorn in a thread) in headless Chromium.
+
+Proves: the one-time ``?key=`` login becomes a cookie and leaves the URL, the
+tree and the live status panel load, a newly published version replaces the
+page's data by itself while the URL hash (open nodes) stays, the search box
+finds visible clusters only, and the page runs under its Content-Security-Policy.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from api.app import create_app
+from clio_stream.publish import publish_version
+from clio_stream.services.processes import free_port
+from clio_stream.settings import ClioSettings
+from clio_stream.store import QdrantStore
+from tests.fixtures_site import HIDDEN_NAME, REQUEST, make_site_fixture
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+VIEWER_KEY = "dash-viewer-" + "v" * 20
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install chromium)"),
+]
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright python package is not installed")
+uvicorn = pytest.importorskip("uvicorn")
+expect = sync_api.expect
+
+
+@dataclass
+class Served:
+    url: str
+    settings: ClioSettings
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    settings = ClioSettings(
+        publish_dir=tmp_path_factory.mktemp("published"), site_chunk_size=4, api_dashboard_poll_s=0.5,
+        api_keys=f"viewer:{VIEWER_KEY},admin:dash-admin-{'d' * 20}", api_status_cache_s=0,
+    )
+    publish_version(make_site_fixture().result, settings.publish_dir, "v1", settings=settings)
+    store = QdrantStore(":memory:")
+    store.ensure_collections(4)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, store=store), host="127.0.0.1", port=port,
+                                           log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, name="dashboard-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield Served(url=f"http://127.0.0.1:{port}", settings=settings)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        store.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    p = context.new_page()
+    errors: list[str] = []
+    p.on("pageerror", lambda exc: errors.append(str(exc)))
+    p.on("console", lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None)
+    p.set_default_timeout(15_000)
+    yield p
+    context.close()
+    assert not errors, f"JavaScript or CSP errors: {errors}"
+
+
+def _tid(testid: str) -> str:
+    return f'[data-testid="{testid}"]'
+
+
+def _login(page: Any, served: Served) -> None:
+    page.goto(f"{served.url}/?key={VIEWER_KEY}")
+    page.wait_for_selector("body[data-state=ready]")
+    assert "key=" not in page.url
+
+
+def test_key_login_tree_live_panel_and_self_refresh(served: Served, page: Any) -> None:
+    _login(page, served)
+    expect(page.locator("#tree > li.node")).to_have_count(3)
+    expect(page.locator(_tid("live-status"))).to_be_visible()
+    expect(page.locator(_tid("live-version"))).to_have_text("v1")
+    expect(page.locator(_tid("live-status"))).to_contain_text("store ok")
+
+    page.click(_tid("node-toggle-request-r0"))
+    page.click(_tid("node-toggle-request-r0-m0"))
+    expect(page.locator(_tid("node-request-r0-m0-l0"))).to_be_visible()
+    hash_before = page.evaluate("location.hash")
+    assert "open=" in hash_before
+    renders_before = page.evaluate("window.clioSite.renders")
+
+    changed = make_site_fixture().result.model_copy(deep=True)
+    changed.hierarchies[REQUEST].nodes["request-r0"].name = "Software engineering"
+    changed.hierarchies[REQUEST].nodes["request-r0-m0-l0"].name = "Resolving Python import errors"
+    publish_version(changed, served.settings.publish_dir, "v2", settings=served.settings)
+
+    # No reload by the test: the page's own polling notices the new version.
+    expect(page.locator(_tid("node-name-request-r0"))).to_have_text("Software engineering")
+    expect(page.locator(_tid("node-name-request-r0-m0-l0"))).to_have_text("Resolving Python import errors")
+    expect(page.locator(_tid("live-version"))).to_have_text("v2")
+    assert page.evaluate("location.hash") == hash_before
+    assert page.evaluate("window.clioSite.renders") > renders_before
+    for nid in ("request-r0", "request-r0-m0"):
+        expect(page.locator(_tid(f"node-{nid}"))).to_have_attribute("aria-expanded", "true")
+    assert "key=" not in page.url
+
+
+def test_search_finds_visible_clusters_only(served: Served, page: Any) -> None:
+    _login(page, served)
+    page.fill(_tid("cluster-search"), "pandas")
+    hit = page.locator(_tid("search-result-request-r0-m0-l1"))
+    expect(hit).to_have_text("Debugging pandas dataframes")
+    hit.click()
+    node = page.locator(_tid("node-request-r0-m0-l1"))
+    expect(node).to_be_visible()
+    expect(page.locator(_tid("node-request-r0-m0"))).to_have_attribute("aria-expanded", "true")
+    assert "request-r0-m0" in page.evaluate("window.clioSite.state.open")
+    page.fill(_tid("cluster-search"), HIDDEN_NAME.split()[0])
+    expect(page.locator(_tid("search-empty"))).to_be_visible()
+    page.fill(_tid("cluster-search"), "travel")
+    expect(page.locator(".search-hit")).to_have_count(1)  # "Travel planning"; its withheld leaf is nowhere
+
+
+def test_dashboard_needs_a_key(served: Served, page: Any) -> None:
+    response = page.goto(f"{served.url}/")
+    assert response is not None and response.status == 401
+    expect(page.locator("h1")).to_have_text("Key required")
+    response = page.goto(f"{served.url}/?key=wrong-key-wrong-key")
+    assert response is not None and response.status == 401
+    assert page.evaluate("document.cookie") == ""  # HttpOnly: never visible to scripts
+    data = page.request.get(f"{served.url}/data/version.json")
+    assert data.status == 401
