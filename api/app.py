@@ -24,7 +24,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic.json_schema import models_json_schema
 
 from api import routes_admin, routes_clusters, routes_conversations, routes_dashboard, routes_status
-from api.auth import KeyRing, Role, SessionStore
+from api.auth import KeyRing, Role
 from api.deps import ApiContext, require
 from api.metrics import ApiMetrics
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware, request_id_of
@@ -55,7 +55,6 @@ def create_app(settings: ClioSettings | None = None, *, store: QdrantStore | Non
         settings=settings,
         store=store if store is not None else QdrantStore.from_settings(settings),
         keyring=keyring,
-        sessions=SessionStore(settings.api_session_ttl_s),
         metrics=metrics,
         publish_dir=resolve_publish_dir(settings),
         producer=producer,
@@ -145,13 +144,22 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 def main() -> None:
-    """Serve on ``web_host:web_port`` with uvicorn (one process; keys from the environment)."""
+    """Serve on ``web_host:web_port`` with uvicorn; settings (keys included) come from the environment/TOML.
+
+    With ``api_workers`` > 1 every worker process builds its own app from the
+    same settings (sessions are signed cookies, so they work on any worker).
+    """
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = ClioSettings()
-    app = create_app(settings)
-    uvicorn.run(app, host=settings.web_host, port=settings.web_port, log_level="info", access_log=False)
+    KeyRing.from_settings(settings)  # refuse to start without keys before forking workers
+    common: dict[str, Any] = {"host": settings.web_host, "port": settings.web_port, "log_level": "info",
+                              "access_log": False}
+    if settings.api_workers > 1:
+        uvicorn.run("api.app:create_app", factory=True, workers=settings.api_workers, **common)
+    else:
+        uvicorn.run(create_app(settings), **common)
 
 
 if __name__ == "__main__":

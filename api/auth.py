@@ -5,20 +5,24 @@ Only the SHA-256 of each key is kept; a presented key is hashed and compared
 with every stored hash through ``hmac.compare_digest``, without stopping at the
 first match, so timing says nothing about which (or whether a) key matched.
 Keys are never logged: log lines name a key by its role and a short hash prefix.
+
+Dashboard sessions are stateless signed cookies, so they work across uvicorn
+workers and replicas: ``label.expiry.signature`` where the signature is an
+HMAC keyed by a second one-way hash of the key that issued it. The role comes
+from the server's key list, never from the cookie, so a cookie can only ever
+carry its own key's role, and removing a key ends its sessions.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import logging
-import secrets
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +57,22 @@ class Principal:
         return self.role >= needed
 
 
+class KeyEntry(NamedTuple):
+    """What is kept of one configured key: its hash, its role, and the secret its sessions are signed with."""
+
+    digest: bytes
+    role: Role
+    session_secret: bytes
+
+
 def hash_key(key: str) -> bytes:
     """SHA-256 of a key: what is kept in memory instead of the key."""
     return hashlib.sha256(key.encode("utf-8")).digest()
+
+
+def session_secret(key: str) -> bytes:
+    """A second, independent one-way hash of a key: signs the sessions this key opens."""
+    return hashlib.sha256(b"clio-stream session\x00" + key.encode("utf-8")).digest()
 
 
 def key_label(role: Role, digest: bytes) -> str:
@@ -63,14 +80,14 @@ def key_label(role: Role, digest: bytes) -> str:
     return f"{role.name}:{digest.hex()[:8]}"
 
 
-def parse_api_keys(spec: str | None) -> list[tuple[bytes, Role]]:
-    """Parse ``"viewer:KEY,analyst:KEY,..."`` into (hash, role) pairs.
+def parse_api_keys(spec: str | None) -> list[KeyEntry]:
+    """Parse ``"viewer:KEY,analyst:KEY,..."`` into (hash, role, session secret) entries.
 
     Errors name the position and role, never the key. A key may contain ``:``
     (only the first one separates the role); duplicate keys are an error since
     one key cannot have two roles.
     """
-    entries: list[tuple[bytes, Role]] = []
+    entries: list[KeyEntry] = []
     if not spec or not spec.strip():
         return entries
     seen: set[bytes] = set()
@@ -92,14 +109,14 @@ def parse_api_keys(spec: str | None) -> list[tuple[bytes, Role]]:
         if len(key) < MIN_KEY_CHARS:
             log.warning("API key %s is shorter than %d characters; use long random keys",
                         key_label(role, digest), MIN_KEY_CHARS)
-        entries.append((digest, role))
+        entries.append(KeyEntry(digest, role, session_secret(key)))
     return entries
 
 
 class KeyRing:
     """The configured keys (as hashes) and whether key-less callers are let in as viewers."""
 
-    def __init__(self, entries: list[tuple[bytes, Role]], *, allow_anonymous: bool = False) -> None:
+    def __init__(self, entries: list[KeyEntry], *, allow_anonymous: bool = False) -> None:
         self._entries = list(entries)
         self.allow_anonymous = allow_anonymous
 
@@ -125,9 +142,9 @@ class KeyRing:
         """The principal of ``key``, or None; compares against every stored hash (no early exit)."""
         digest = hash_key(key)
         found: Role | None = None
-        for stored, role in self._entries:
-            if hmac.compare_digest(stored, digest):
-                found = role
+        for entry in self._entries:
+            if hmac.compare_digest(entry.digest, digest):
+                found = entry.role
         if found is None:
             return None
         return Principal(role=found, key_id=key_label(found, digest), via="bearer")
@@ -136,38 +153,31 @@ class KeyRing:
         """The principal of a caller without a key, when that is allowed."""
         return Principal(role=Role.viewer, key_id="anonymous", via="anonymous") if self.allow_anonymous else None
 
+    def issue_session(self, principal: Principal, ttl_s: float, now: float | None = None) -> str:
+        """A signed cookie value for ``principal`` (a key-holder), valid for ``ttl_s`` seconds."""
+        expiry = int((time.time() if now is None else now) + ttl_s)
+        for entry in self._entries:
+            if key_label(entry.role, entry.digest) == principal.key_id:
+                return f"{principal.key_id}.{expiry}.{_sign(entry.session_secret, principal.key_id, expiry)}"
+        raise ValueError("sessions are only issued to configured keys")
 
-class SessionStore:
-    """Dashboard cookie sessions, in memory: token -> principal, with a lifetime and a size bound.
+    def session_principal(self, token: str, now: float | None = None) -> Principal | None:
+        """The principal of a valid, unexpired cookie (role from the key list), else None."""
+        try:
+            label, expiry_text, signature = token.split(".")
+            expiry = int(expiry_text)
+        except ValueError:
+            return None
+        if expiry < (time.time() if now is None else now):
+            return None
+        found: Principal | None = None
+        for entry in self._entries:  # every entry is checked: timing says nothing about which matched
+            if hmac.compare_digest(_sign(entry.session_secret, label, expiry).encode(), signature.encode()) \
+                    and key_label(entry.role, entry.digest) == label:
+                found = Principal(role=entry.role, key_id=label, via="cookie")
+        return found
 
-    Kept per process: behind several API replicas, route a browser to one
-    replica (or it logs in again with ``?key=``). Tokens are stored hashed.
-    """
 
-    def __init__(self, ttl_s: float, max_sessions: int = 10_000) -> None:
-        self.ttl_s = float(ttl_s)
-        self.max_sessions = int(max_sessions)
-        self._sessions: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def create(self, principal: Principal) -> str:
-        """A new random token for ``principal`` (the oldest session goes when full)."""
-        token = secrets.token_urlsafe(32)
-        cookie_principal = Principal(role=principal.role, key_id=principal.key_id, via="cookie")
-        with self._lock:
-            self._sessions[hash_key(token)] = (cookie_principal, time.monotonic() + self.ttl_s)
-            while len(self._sessions) > self.max_sessions:
-                self._sessions.popitem(last=False)
-        return token
-
-    def get(self, token: str) -> Principal | None:
-        """The principal of a live session, or None (unknown or expired)."""
-        digest = hash_key(token)
-        with self._lock:
-            hit = self._sessions.get(digest)
-            if hit is None:
-                return None
-            if hit[1] < time.monotonic():
-                del self._sessions[digest]
-                return None
-            return hit[0]
+def _sign(secret: bytes, label: str, expiry: int) -> str:
+    mac = hmac.new(secret, f"{label}.{expiry}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).decode().rstrip("=")

@@ -14,7 +14,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api.auth import SESSION_COOKIE, KeyRing, Principal, Role, SessionStore
+from api.auth import SESSION_COOKIE, KeyRing, Principal, Role
 from api.metrics import ApiMetrics
 from api.views import VIEW_KEY, VersionView, view_of
 from clio_stream.publish import current_if_loaded, load_current
@@ -80,7 +80,6 @@ class ApiContext:
     settings: ClioSettings
     store: QdrantStore
     keyring: KeyRing
-    sessions: SessionStore
     metrics: ApiMetrics
     publish_dir: Path
     producer: Any = None
@@ -169,7 +168,7 @@ def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | N
         return principal
     token = request.cookies.get(SESSION_COOKIE)
     if token and request.method in ("GET", "HEAD"):
-        principal = ctx.sessions.get(token)
+        principal = ctx.keyring.session_principal(token)
         if principal is not None:
             return principal
     return ctx.keyring.anonymous()

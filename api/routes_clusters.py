@@ -130,6 +130,13 @@ async def members(
     limit: Annotated[int, Query(ge=1, description="Page size; clamped to the server's maximum.")] = 100,
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> MembersOut:
+    """Members of the visible leaves under the cluster, live from the store where a leaf maps to one.
+
+    Conversations withheld in any facet of the published version are skipped,
+    so a page may be shorter than ``limit``; stop when ``next_cursor`` is null.
+    Conversations assigned online since the version was published are listed
+    by this facet's value only, never with another facet's (possibly withheld) cluster.
+    """
     fv, node, _ = _cluster(view, facet, cluster_id)
     limit = min(limit, ctx.settings.api_max_page_size)
     leaf_index, offset = 0, None

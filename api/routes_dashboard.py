@@ -2,7 +2,8 @@
 
 A browser cannot send ``Authorization`` headers from ``fetch`` calls the page
 did not write, so the key is handed over once as ``/?key=KEY``: the server
-checks it, sets an HttpOnly, SameSite=Strict session cookie and redirects to
+checks it, sets an HttpOnly, SameSite=Strict session cookie (signed, stateless:
+see api.auth) and redirects to
 the same URL without the key (the ``#`` view state survives the redirect).
 The cookie is accepted for GET requests only, so it cannot be used to change
 anything even if a request were forged.
@@ -84,7 +85,7 @@ def dashboard(
         if principal is None:
             ctx.metrics.auth_failures.labels("401").inc()
             return _notice("Invalid key", "That key is not valid for this dashboard.", 401)
-        token = ctx.sessions.create(principal)
+        token = ctx.keyring.issue_session(principal, ctx.settings.api_session_ttl_s)
         rest = request.url.remove_query_params("key")
         target = rest.path + (f"?{rest.query}" if rest.query else "")
         response = RedirectResponse(target, status_code=303)

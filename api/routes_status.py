@@ -27,12 +27,14 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["status"])
 
 WORKER_PREFIX = "worker:"
-SCHEDULER_KEY = "scheduler"
+SCHEDULER_KEY = "scheduler"  # written by clio_stream.scheduler (last_run_at, next_run_at)
+LAST_RUN_KEY = "recluster:last"  # written by clio_stream.recluster (finished_at)
 _HEALTHY = {"ok", "healthy", "running"}
+_NEUTRAL = {"starting", "stopped"}
 
 
 @router.get("/healthz", response_model=HealthOut, summary="The process is up (no key needed)")
-def healthz() -> HealthOut:
+async def healthz() -> HealthOut:
     return HealthOut(status="ok")
 
 
@@ -81,7 +83,8 @@ def build_status(ctx: ApiContext) -> StatusOut:
             out.cluster_versions[name] = _quiet(lambda n=name: ctx.store.current_version(n))
     _add_workers(ctx, out)
     scheduler = _quiet(lambda: ctx.store.get_state(SCHEDULER_KEY)) or {}
-    last = _number(scheduler, "last_run_at", "last_recluster_at", "last_finished_at")
+    last_run = _quiet(lambda: ctx.store.get_state(LAST_RUN_KEY)) or {}
+    last = _number(scheduler, "last_run_at", "last_recluster_at") or _number(last_run, "finished_at")
     out.last_recluster_at = last if last is not None else out.last_recluster_at
     out.next_recluster_at = _number(scheduler, "next_run_at", "next_recluster_at")
     request = _quiet(lambda: ctx.store.get_state(RECLUSTER_REQUEST_KEY)) or {}
@@ -141,8 +144,8 @@ def _add_workers(ctx: ApiContext, out: StatusOut) -> None:
         dead = _number(doc, "dead_lettered")
         if dead is not None:
             dlq = (dlq or 0) + int(dead)
-        state = str(doc.get("llm_health") or doc.get("health") or "")
-        if state:
+        state = str(doc.get("llm_health") or doc.get("health") or "").lower()
+        if state and state not in _NEUTRAL:
             health.append(state)
         out.workers.append(WorkerOut(
             id=str(doc.get("worker_id") or key[len(WORKER_PREFIX):]),
@@ -154,4 +157,4 @@ def _add_workers(ctx: ApiContext, out: StatusOut) -> None:
         ))
     out.ingest_rate_per_s, out.consumer_lag, out.dlq_count = rate, lag, dlq
     if health:
-        out.llm_health = "ok" if all(h.lower() in _HEALTHY for h in health) else "degraded"
+        out.llm_health = "ok" if all(h in _HEALTHY for h in health) else "degraded"

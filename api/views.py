@@ -145,6 +145,9 @@ def build_view(published: PublishedVersion, publish_dir: Any = None) -> VersionV
     explicit_clusters = {str(k): int(v) for k, v in dict(stats.get("store_clusters") or {}).items()}
     explicit_versions = {str(k): (None if v is None else int(v))
                          for k, v in dict(stats.get("cluster_versions") or {}).items()}
+    common = stats.get("version")  # the re-clustering job labels every facet with one version number
+    if isinstance(common, int) and not isinstance(common, bool):
+        explicit_versions = {name: explicit_versions.get(name, common) for name in result.hierarchies}
     withheld: dict[str, set[str]] = {}
     facet_views: dict[str, FacetView] = {}
     for name, hierarchy in result.hierarchies.items():

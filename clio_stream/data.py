@@ -277,6 +277,11 @@ def get_example_data(n: int = 300, *, seed: int = 0, min_turns: int = 2) -> list
     return out
 
 
+def _jsonl_lines(path: Path) -> list[str]:
+    """Lines split on newline only: ``str.splitlines`` also splits on U+2028 inside JSON strings."""
+    return [line for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+
+
 def load_shared_dataset(name: str, root: str | Path = "../shared/data", n: int | None = None) -> list[dict[str, Any]]:
     """Records of the labelled data sets under ``../shared/data`` as conversation maps with a ``label``."""
     import csv
@@ -284,7 +289,7 @@ def load_shared_dataset(name: str, root: str | Path = "../shared/data", n: int |
     base = Path(root)
     out: list[dict[str, Any]] = []
     if name == "mt_bench":
-        for line in (base / "mt_bench/conversations.jsonl").read_text().splitlines():
+        for line in _jsonl_lines(base / "mt_bench/conversations.jsonl"):
             r = json.loads(line)
             out.append({"id": r["chat_id"], "conversation": r["messages"], "timestamp": r.get("created_at"),
                         "label": r["chat_id"].split("_", 1)[0]})
@@ -294,7 +299,7 @@ def load_shared_dataset(name: str, root: str | Path = "../shared/data", n: int |
                 out.append({"id": f"b77-{i}", "conversation": [{"role": "user", "content": row["text"]}],
                             "label": row["category"]})
     elif name == "arena_hard":
-        for line in (base / "arena_hard/questions.jsonl").read_text().splitlines():
+        for line in _jsonl_lines(base / "arena_hard/questions.jsonl"):
             r = json.loads(line)
             out.append({"id": r["uid"], "conversation": [{"role": "user", "content": r["prompt"]}],
                         "label": r.get("subcategory")})

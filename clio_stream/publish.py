@@ -17,9 +17,10 @@ Contract with the store (how the API joins live Qdrant points to the tree):
 a level-0 node stands for the online cluster ``cluster_id`` of its facet under
 clustering version ``cluster_version``. ``result.stats["store_clusters"]``
 ({node id: int}) and ``result.stats["cluster_versions"]`` ({facet: int}) say so
-explicitly; without them a leaf id ending in ``-l0-<int>`` (the batch
-pipeline's naming) is taken as that cluster, and the store's current version
-of the facet is used.
+explicitly (``result.stats["version"]``, an int, stands for every facet's
+clustering version, as the re-clustering job writes it); without them a leaf id
+ending in ``-l0-<int>`` (the pipelines' naming) is taken as that cluster, and
+the store's current version of the facet is used.
 """
 
 from __future__ import annotations
@@ -227,6 +228,7 @@ def _read_json(path: Path) -> Any:
 
 _cache_lock = threading.Lock()
 _cache: dict[Path, tuple[tuple[int, int], PublishedVersion]] = {}
+_paths: dict[str | Path, tuple[Path, str]] = {}  # publish_dir as given -> (resolved root, pointer path)
 
 
 def load_current(publish_dir: str | Path) -> PublishedVersion | None:
@@ -274,12 +276,15 @@ def current_if_loaded(publish_dir: str | Path) -> PublishedVersion | None:
     Only a ``stat``: lets async callers skip a thread hop on the hot path and
     call ``load_current`` (which may read files) off the event loop otherwise.
     """
-    root = Path(publish_dir).expanduser().absolute()
-    hit = _cache.get(root)
+    paths = _paths.get(publish_dir)
+    if paths is None:
+        root = Path(publish_dir).expanduser().absolute()
+        paths = _paths[publish_dir] = (root, str(root / POINTER_FILE))
+    hit = _cache.get(paths[0])
     if hit is None:
         return None
     try:
-        st = (root / POINTER_FILE).stat()
+        st = os.stat(paths[1])
     except FileNotFoundError:
         return None
     return hit[1] if hit[0] == (st.st_ino, st.st_mtime_ns) else None

@@ -189,6 +189,9 @@ class ClioSettings(BaseSettings):
     api_status_cache_s: float = Field(2.0, ge=0, description="GET /v1/status reuses its answer this long.")
     api_worker_stale_s: float = Field(300.0, gt=0, description="Worker metrics older than this are ignored.")
     api_dashboard_poll_s: float = Field(5.0, gt=0, description="How often the dashboard polls status and updates.")
+    api_workers: int = Field(
+        1, ge=1, description="uvicorn worker processes for `python -m api.app`; each keeps its own /metrics "
+        "and its own list of just-posted (pending) ids.")
 
     # --- streaming ---
     # Kafka: the conversation topic (contract: key = conversation id, value = msgpack map), its
@@ -270,7 +273,7 @@ class ClioSettings(BaseSettings):
 
     def public_dict(self) -> dict[str, Any]:
         """Settings safe to publish with results (no secrets, callables by name)."""
-        secret = {"user_id_hash_key", "llm_api_key"}
+        secret = {"user_id_hash_key", "llm_api_key", "qdrant_api_key", "api_keys"}
         return self.fingerprint(*(n for n in type(self).model_fields if n not in secret))
 
 

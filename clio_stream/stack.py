@@ -40,7 +40,8 @@ class Stack:
     example_data: bool = True
     n_examples: int = 200
     recluster_interval_s: float = 900.0
-    run_dir: Path = field(default_factory=lambda: Path(os.environ.get("CLIO_CACHE_DIR", "~/.cache/clio-stream")).expanduser() / "run")
+    first_cluster_at: int = 30  # points before the first clustering (the dashboard is empty until then)
+    run_dir: Path | None = None  # logs; default <cache_dir>/run
     processes: list[Any] = field(default_factory=list)
     threads: list[Any] = field(default_factory=list)
     viewer_key: str | None = None
@@ -52,9 +53,10 @@ class Stack:
         from clio_stream.kafka_io import ensure_topics
         from clio_stream.services.processes import port_in_use, start_broker, start_qdrant
 
+        s = self.settings
+        self.run_dir = self.run_dir or Path(s.cache_dir) / "run"
         self.run_dir.mkdir(parents=True, exist_ok=True)
         logs = self.run_dir / "logs"
-        s = self.settings
 
         host, port = _host_port(s.kafka_bootstrap, 9092)
         if port_in_use(host, port):
@@ -173,7 +175,8 @@ class Stack:
             if report:
                 log.info("published clustering version %d (%s)", report.version, reason)
 
-        sched = ReclusterScheduler(snapshot, run, Triggers(interval_s=self.recluster_interval_s),
+        sched = ReclusterScheduler(snapshot, run, Triggers(interval_s=self.recluster_interval_s,
+                                                                   min_points=self.first_cluster_at),
                                    on_state=lambda doc: store.put_state("scheduler", doc))
         sched.start()
         self.threads.append(sched)

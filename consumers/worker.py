@@ -115,15 +115,12 @@ class ConsumerWorker:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> None:
-        """Build what is missing, create topics and collections, load centroids, join the group.
+    def build(self) -> None:
+        """Construct the LLM, embedder and store the caller did not pass (no connection needed yet).
 
-        Idempotent: after a failed start (Qdrant down) the next call continues
-        where this one stopped. The group consumer comes last, so the worker
-        only takes partitions once it can process them.
+        Separate from ``start`` so a configuration error (unknown model, missing
+        URL) stops the process at once instead of being retried as an outage.
         """
-        if self._started:
-            return
         s = self.settings
         if self._llm is None:
             from clio_stream.llm import make_llm
@@ -135,6 +132,19 @@ class ConsumerWorker:
             self._embedder = make_embedder(s)
         if self._store is None:
             self._store = QdrantStore.from_settings(s)
+
+    def start(self) -> None:
+        """Build what is missing, create topics and collections, load centroids, join the group.
+
+        Idempotent: after a failed start (Qdrant down) the next call continues
+        where this one stopped. The group consumer comes last, so the worker
+        only takes partitions once it can process them.
+        """
+        if self._started:
+            return
+        s = self.settings
+        self.build()
+        assert self._store is not None and self._embedder is not None
         if self._producer is None:
             ensure_topics(s.kafka_bootstrap, {s.topic: s.topic_partitions, s.dlq_topic: s.topic_partitions,
                                               s.deltas_topic: s.deltas_partitions})
@@ -159,6 +169,7 @@ class ConsumerWorker:
         """Process batches until ``stop_event`` is set, then finish the batch in hand and leave the group."""
         self._stop = stop_event
         try:
+            self.build()  # configuration errors raise here, before the loop
             while not stop_event.is_set():
                 try:
                     self.run_once(self.settings.poll_timeout_ms)

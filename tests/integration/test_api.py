@@ -31,7 +31,7 @@ from clio_stream.messages import decode_message
 from clio_stream.privacy import keyed_user_hash
 from clio_stream.publish import list_versions, publish_version, read_pointer
 from clio_stream.settings import ClioSettings
-from clio_stream.store import ConversationRecord, FacetPoint, QdrantStore, StoreUnavailable
+from clio_stream.store import ConversationRecord, FacetPoint, QdrantStore
 from clio_stream.types import ClioResult
 from tests.fixtures_site import (
     CONCERNING,
@@ -171,6 +171,32 @@ def test_publish_layout_pointer_and_pruning(env: Env, tmp_path: Path) -> None:
         publish_version(env.result, other, f"p{i}", keep=2, settings=env.settings)
     assert list_versions(other) == ["p2", "p3"] and read_pointer(other) == "p3"
     assert not list((other / "versions").glob(".tmp-*"))
+
+
+def test_view_follows_the_recluster_job_conventions(tmp_path: Path) -> None:
+    """Leaf ids '<facet>-l0-<n>' map to online cluster n; stats['version'] is every facet's clustering version."""
+    from api.views import build_view
+    from clio_stream.publish import PublishedVersion
+    from clio_stream.types import ClusterNode, FacetHierarchy
+
+    nodes = {
+        "request-l1-0": ClusterNode(id="request-l1-0", facet=REQUEST, name="Parent", summary="", level=1,
+                                    children=["request-l0-4", "request-l0-7"], conversation_ids=["a", "b", "c"]),
+        "request-l0-4": ClusterNode(id="request-l0-4", facet=REQUEST, name="Four", summary="", level=0,
+                                    parent_id="request-l1-0", conversation_ids=["a", "b"]),
+        "request-l0-7": ClusterNode(id="request-l0-7", facet=REQUEST, name="Seven", summary="", level=0,
+                                    parent_id="request-l1-0", conversation_ids=["c"], hidden=True),
+    }
+    result = ClioResult(facets=[{"name": REQUEST, "question": "?"}], conversations=[], facet_values=[],
+                        hierarchies={REQUEST: FacetHierarchy(facet=REQUEST, nodes=nodes, root_ids=["request-l1-0"])},
+                        stats={"version": 3})
+    view = build_view(PublishedVersion("3", tmp_path, result, {}, None))
+    fv = view.facet_views[REQUEST]
+    assert fv.cluster_version == 3 and fv.store_cluster == {"request-l0-4": 4, "request-l0-7": 7}
+    assert fv.leaf_for(4, 3) == "request-l0-4" and fv.leaf_for(4, 2) is None and fv.leaf_for(None, 3) is None
+    assert fv.node("request-l0-7") is None and fv.leaf_for(7, 3) == "request-l0-7"  # known, but withheld
+    assert view.withheld == {"c": {REQUEST}}
+    assert json.loads(fv.tree_json)["roots"][0]["other_count"] == 1
 
 
 # ----------------------------------------------------------------------------- auth matrix

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import threading
 import time
@@ -311,9 +310,11 @@ def test_kill9_mid_stream_then_restart_stores_each_conversation_once(
         proc.start()
         wait_for(lambda: safe_count(store) >= 3, 300, "the first batch", every=0.2)
         log.info("(b) first batch stored %.1f s after the worker process started", time.monotonic() - t0)
-        done_before = processed_count(store)
         proc.kill9()
-        log.info("(b) killed the worker with SIGKILL after %d of %d conversations", done_before, len(convs))
+        done_before = processed_count(store)
+        in_flight = int(store.client.count(store.conversations, exact=True).count) - done_before
+        log.info("(b) killed the worker with SIGKILL after %d of %d conversations (%d marked pending, in flight)",
+                 done_before, len(convs), in_flight)
         assert done_before < len(convs), "the stream finished before the kill: nothing was tested"
         proc.start()
         wait_for(lambda: safe_count(store) == len(convs), 600, "every conversation after the restart")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import logging
@@ -10,7 +11,7 @@ import re
 import pytest
 
 from api import auth
-from api.auth import KeyRing, Principal, Role, SessionStore, hash_key, key_label, parse_api_keys
+from api.auth import KeyRing, Principal, Role, hash_key, key_label, parse_api_keys, session_secret
 from clio_stream.settings import ClioSettings
 
 VIEWER, ANALYST, ADMIN = "v" * 20 + "-view", "a" * 20 + "-anal", "d" * 20 + "-admn"
@@ -28,16 +29,18 @@ def test_roles_are_ordered_and_parsed_case_insensitively() -> None:
 
 def test_parse_keeps_only_hashes_with_roles() -> None:
     entries = parse_api_keys(SPEC)
-    assert entries == [(hashlib.sha256(VIEWER.encode()).digest(), Role.viewer),
-                       (hashlib.sha256(ANALYST.encode()).digest(), Role.analyst),
-                       (hashlib.sha256(ADMIN.encode()).digest(), Role.admin)]
-    assert all(len(digest) == 32 for digest, _ in entries)
+    assert [(e.digest, e.role) for e in entries] == [(hashlib.sha256(VIEWER.encode()).digest(), Role.viewer),
+                                                     (hashlib.sha256(ANALYST.encode()).digest(), Role.analyst),
+                                                     (hashlib.sha256(ADMIN.encode()).digest(), Role.admin)]
+    assert [e.session_secret for e in entries] == [session_secret(k) for k in (VIEWER, ANALYST, ADMIN)]
+    assert all(len(e.digest) == len(e.session_secret) == 32 and e.digest != e.session_secret for e in entries)
+    assert not any(k.encode() in repr(entries).encode() for k in (VIEWER, ANALYST, ADMIN))
     assert parse_api_keys(None) == [] and parse_api_keys("  ") == [] and parse_api_keys("a" * 0) == []
 
 
 def test_key_may_contain_colons_and_blank_items_are_skipped() -> None:
     entries = parse_api_keys(",viewer:abc:def:0123456789abcdef,,")
-    assert entries == [(hash_key("abc:def:0123456789abcdef"), Role.viewer)]
+    assert [(e.digest, e.role) for e in entries] == [(hash_key("abc:def:0123456789abcdef"), Role.viewer)]
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -109,18 +112,34 @@ def test_keys_from_the_environment_are_secret(monkeypatch: pytest.MonkeyPatch) -
     assert KeyRing.from_settings(settings).lookup(ANALYST).role is Role.analyst  # type: ignore[union-attr]
 
 
-def test_sessions_expire_and_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    now = [1000.0]
-    monkeypatch.setattr(auth.time, "monotonic", lambda: now[0])
-    store = SessionStore(ttl_s=60, max_sessions=2)
-    admin = Principal(role=Role.admin, key_id="admin:1234abcd", via="bearer")
-    token = store.create(admin)
-    got = store.get(token)
-    assert got is not None and got.role is Role.admin and got.via == "cookie"
-    assert store.get(token + "x") is None
-    now[0] += 61
-    assert store.get(token) is None  # expired
-    first = store.create(admin)
-    store.create(admin)
-    store.create(admin)  # over the bound: the oldest goes
-    assert store.get(first) is None
+def test_sessions_are_signed_expire_and_carry_the_key_role() -> None:
+    ring = KeyRing(parse_api_keys(SPEC))
+    analyst = ring.lookup(ANALYST)
+    assert analyst is not None
+    token = ring.issue_session(analyst, ttl_s=60, now=1000.0)
+    assert ANALYST not in token and token.startswith(analyst.key_id + ".1060.")
+    got = ring.session_principal(token, now=1059.0)
+    assert got is not None and got.role is Role.analyst and got.via == "cookie" and got.key_id == analyst.key_id
+    assert ring.session_principal(token, now=1061.0) is None  # expired
+    # Stateless: another process with the same keys accepts it; one without that key does not.
+    assert KeyRing(parse_api_keys(SPEC)).session_principal(token, now=1000.0) is not None
+    assert KeyRing(parse_api_keys(f"viewer:{VIEWER}")).session_principal(token, now=1000.0) is None
+
+
+def test_session_cookies_cannot_be_forged_or_escalated() -> None:
+    ring = KeyRing(parse_api_keys(SPEC))
+    viewer = ring.lookup(VIEWER)
+    assert viewer is not None
+    label, expiry, signature = ring.issue_session(viewer, ttl_s=60, now=0.0).split(".")
+    admin_label = key_label(Role.admin, hash_key(ADMIN))
+    for forged in (f"{admin_label}.{expiry}.{signature}",  # another key's label, the viewer's signature
+                   f"{label}.{int(expiry) + 10**6}.{signature}",  # a later expiry
+                   f"{label}.{expiry}.{signature[:-2]}AA",  # a tampered signature
+                   f"{label}.{expiry}", "", "...", "a.b.c"):
+        assert ring.session_principal(forged, now=1.0) is None, forged
+    # Knowing the viewer key gives only the viewer's session secret: signing the admin label with it fails.
+    mac = hmac.new(session_secret(VIEWER), f"{admin_label}.{expiry}".encode(), hashlib.sha256).digest()
+    forged = f"{admin_label}.{expiry}.{base64.urlsafe_b64encode(mac).decode().rstrip('=')}"
+    assert ring.session_principal(forged, now=1.0) is None
+    with pytest.raises(ValueError):
+        ring.issue_session(Principal(role=Role.admin, key_id="anonymous", via="anonymous"), ttl_s=60)

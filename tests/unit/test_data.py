@@ -108,3 +108,9 @@ def test_truncated_json_list_keeps_complete_items(tmp_path):
     assert _read_json_list_tolerant(p) == [{"a": 1}, {"b": [1, 2]}]
     p.write_text('[{"a": 1}]')
     assert _read_json_list_tolerant(p) == [{"a": 1}]
+
+
+def test_all_shared_datasets_load_completely():
+    assert len(load_shared_dataset("arena_hard", "../shared/data")) == 750
+    assert len(load_shared_dataset("mt_bench", "../shared/data")) == 1000
+    assert len(load_shared_dataset("banking77", "../shared/data")) == 3080

@@ -1,0 +1,185 @@
+"""Streaming benchmark: one consumer worker against the real broker, Qdrant server, vLLM engine and embedder.
+
+Measured side by side in one run (ratios matter more than absolute numbers on
+a noisy machine):
+1. conversations/s through the whole worker (decode -> facets -> embed -> upsert
+   -> assign -> commit) against raw ``vllm.LLM.generate`` over the same facet
+   prompts (target ratio >= 0.9: the worker adds little beyond the LLM);
+2. the non-LLM path (a replay of the LLM's recorded answers, everything else
+   real) against the embedding model's own raw throughput on the same texts
+   (target ratio >= 0.9);
+3. online assignment vectors/s at k=1000, d=768 (numpy, river's update rule
+   kept) against river's own KMeans;
+4. the consumer process's peak RSS (the vLLM engine runs in its own process).
+
+    .venv/bin/python -m benchmarks.stream --n 48
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ReplayLLM:
+    """Answers each prompt with what the real engine answered for it earlier (no model time)."""
+
+    def __init__(self, inner: Any, answers: dict[str, str | None]) -> None:
+        self.inner = inner
+        self.answers = answers
+        self.model_name = inner.model_name
+
+    def generate(self, prompts: Sequence[Any], sampling: Mapping[str, Any], *, seed=None, desc=None):
+        return [self.answers.get(self.inner.prompt_text(p)) for p in prompts]
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
+
+    def close(self) -> None:
+        pass
+
+
+class RecordingLLM(ReplayLLM):
+    def generate(self, prompts, sampling, *, seed=None, desc=None):
+        out = self.inner.generate(prompts, sampling, seed=seed, desc=desc)
+        for p, t in zip(prompts, out):
+            self.answers[self.inner.prompt_text(p)] = t
+        return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=48)
+    ap.add_argument("--embedding-model", default="all-MiniLM-L6-v2")
+    ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    args = ap.parse_args()
+
+    from benchmarks.common import quiet_logs, report
+
+    quiet_logs()
+    import numpy as np
+
+    from clio_stream.data import load_shared_dataset, prepare_conversations, truncate_conversation
+    from clio_stream.embedding import Embedder
+    from clio_stream.facet_extraction import build_prompts
+    from clio_stream.facets import main_facets
+    from clio_stream.kafka_io import ensure_topics, make_producer
+    from clio_stream.llm import make_llm
+    from clio_stream.llm.base import sampling_for
+    from clio_stream.messages import encode_message
+    from clio_stream.online import OnlineKMeans
+    from clio_stream.prompts import FACET_CONVERSATION
+    from clio_stream.services.processes import free_port, start_broker, start_qdrant
+    from clio_stream.settings import ClioSettings
+    from clio_stream.store import QdrantStore
+    from consumers.worker import ConsumerWorker
+
+    records = load_shared_dataset("banking77", args.data_root, n=args.n * 3)
+    convs, _ = prepare_conversations(records)
+    convs = convs[: args.n]
+    tmp = Path(tempfile.mkdtemp(prefix="clio-bench-"))
+    kport, qport, gport = free_port(), free_port(), free_port()
+    broker = start_broker(port=kport, log_dir=tmp)
+    qdrant = start_qdrant(http_port=qport, grpc_port=gport, storage_dir=tmp / "q", log_dir=tmp)
+    rows: list[tuple[str, Any, str]] = []
+    try:
+        base = dict(kafka_bootstrap=f"127.0.0.1:{kport}", qdrant_url=f"http://127.0.0.1:{qport}",
+                    qdrant_grpc_port=gport, embedding_model=args.embedding_model, show_progress=False,
+                    max_poll_records=args.n)
+        settings = ClioSettings(**base, topic="bench.a", consumer_group="bench-a", deltas_topic="bench.a.deltas")
+        ensure_topics(settings.kafka_bootstrap, {"bench.a": 1, "bench.b": 1})
+        producer = make_producer(settings.kafka_bootstrap)
+        for topic in ("bench.a", "bench.b"):
+            for c in convs:
+                producer.send(topic, key=c.id.encode(), value=encode_message(
+                    {"id": c.id, "user_id": "u", "conversation": [m.model_dump() for m in c.messages]}))
+        producer.flush()
+
+        engine = make_llm(settings)
+        embedder = Embedder(args.embedding_model)
+        recorder = RecordingLLM(engine, {})
+
+        def drain(worker: ConsumerWorker, n: int) -> float:
+            worker.start()
+            t0 = time.perf_counter()
+            done = 0
+            while done < n:
+                done += worker.run_once(5000)
+            return time.perf_counter() - t0
+
+        # 1. the whole worker, real LLM
+        w1 = ConsumerWorker(settings, main_facets, llm=recorder, embedder=embedder,
+                            store=QdrantStore.from_settings(settings))
+        whole = drain(w1, len(convs))
+        w1.close()
+        trunc = [truncate_conversation(c, settings.max_conversation_tokens, engine.count_tokens)[0] for c in convs]
+        texts = [engine.prompt_text(p) for p in build_prompts(trunc, main_facets)]
+        t0 = time.perf_counter()
+        engine.generate_raw(texts, sampling_for(FACET_CONVERSATION, settings.llm_sampling_args))
+        raw_llm = time.perf_counter() - t0
+
+        # 2. the non-LLM path: replayed answers, everything else real, fresh topic and store prefix
+        s2 = settings.with_overrides(topic="bench.b", consumer_group="bench-b", deltas_topic="bench.b.deltas",
+                                     qdrant_prefix="benchb")
+        w2 = ConsumerWorker(s2, main_facets, llm=ReplayLLM(engine, recorder.answers), embedder=embedder,
+                            store=QdrantStore.from_settings(s2))
+        non_llm = drain(w2, len(convs))
+        store2 = QdrantStore.from_settings(s2)
+        emb_texts = []
+        for c in convs:
+            got = store2.get_conversation(c.id) or {}
+            for f in ("Request", "Task"):
+                v = ((got.get("facets") or {}).get(f) or {}).get("value")
+                if v:
+                    emb_texts.append(v)
+        w2.close()
+        t0 = time.perf_counter()
+        embedder.encode(emb_texts)
+        raw_embed = time.perf_counter() - t0
+
+        # 3. online assignment at k=1000, d=768
+        rng = np.random.default_rng(0)
+        cents = rng.standard_normal((1000, 768)).astype(np.float32)
+        model = OnlineKMeans(cents)
+        x = rng.standard_normal((20000, 768)).astype(np.float32)
+        t0 = time.perf_counter()
+        model.learn_many(x)
+        online = len(x) / (time.perf_counter() - t0)
+        from river import cluster
+
+        km = OnlineKMeans(cents[:50]).to_river()
+        xs = [dict(enumerate(v)) for v in x[:200, :768]]
+        t0 = time.perf_counter()
+        for v in xs:
+            km.learn_one(v)
+        river_rate = len(xs) / (time.perf_counter() - t0)
+
+        rows = [
+            ("conversations", len(convs), f"x {len(main_facets)} facets"),
+            ("worker, real LLM", len(convs) / whole, "conversations/s"),
+            ("raw vLLM generate, same prompts", len(convs) / raw_llm, "conversations/s"),
+            ("ratio worker / raw LLM", raw_llm / whole, "target >= 0.9"),
+            ("worker, replayed LLM (non-LLM path)", len(convs) / non_llm, "conversations/s"),
+            ("raw embedding of the same values", len(convs) / raw_embed, "conversations/s"),
+            ("ratio non-LLM path / raw embedding", raw_embed / non_llm, "target >= 0.9"),
+            ("online assignment k=1000 d=768 (numpy)", online, "vectors/s"),
+            ("river KMeans.learn_one k=50 d=768", river_rate, "vectors/s"),
+            ("consumer peak RSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "MiB"),
+        ]
+        report("stream", rows)
+        engine.close()
+    finally:
+        broker.stop()
+        qdrant.stop()
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    main()

@@ -1,0 +1,54 @@
+"""README command 1's main job, end to end: `clio-stream up` streams example data into a live dashboard.
+
+Everything is real and on loopback: Tansu broker, Qdrant server, vLLM's OpenAI
+server, a consumer process, the API with the dashboard, the scheduler.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from clio_stream.services.processes import free_port
+from clio_stream.settings import ClioSettings
+from clio_stream.stack import Stack
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_up_streams_examples_into_a_published_dashboard(tmp_path):
+    web = free_port()
+    qport = free_port()
+    settings = ClioSettings(
+        cache_dir=tmp_path, kafka_bootstrap=f"127.0.0.1:{free_port()}", qdrant_url=f"http://127.0.0.1:{qport}",
+        qdrant_grpc_port=free_port(), web_port=web, embedding_model="all-MiniLM-L6-v2", show_progress=False,
+        n_name_description_samples_per_cluster=1, n_rename_samples=1, n_categorize_samples=1,
+        min_cluster_users=1, min_cluster_conversations=1, max_conversation_tokens=400, max_poll_records=16,
+        llm_engine_args={"enforce_eager": True})
+    stack = Stack(settings, consumers=1, n_examples=16, first_cluster_at=12, recluster_interval_s=3600)
+    try:
+        stack.start()
+        base = f"http://127.0.0.1:{web}"
+        admin = {"Authorization": f"Bearer {stack.admin_key}"}
+        deadline = time.time() + 900
+        status = {}
+        while time.time() < deadline:
+            status = httpx.get(f"{base}/v1/status", headers=admin, timeout=10).json()
+            if status.get("clustering_version"):
+                break
+            time.sleep(5)
+        assert status.get("clustering_version"), f"no clustering was published: {status}"
+        tree = httpx.get(f"{base}/v1/facets/Request/tree", headers=admin, timeout=10)
+        assert tree.status_code == 200 and tree.json()
+        # The dashboard link printed by `up` logs the viewer in and serves the site.
+        page = httpx.get(stack.urls["dashboard"], follow_redirects=True, timeout=10)
+        assert page.status_code == 200 and "<html" in page.text.lower()
+        from clio_stream.data import get_example_data
+
+        first = get_example_data(16)[0]["id"]
+        conv = httpx.get(f"{base}/v1/conversations/{first}", headers=admin, timeout=10)
+        assert conv.status_code == 200 and conv.json()["status"] in ("processed", "pending"), conv.text
+    finally:
+        stack.stop()
