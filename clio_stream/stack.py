@@ -82,7 +82,7 @@ class Stack:
             model = resolve_model(s.llm_model, "llm")
             vport = free_port()
             log.info("starting vLLM's OpenAI server for %s (about a minute on a CPU)", model)
-            extra = ["--enforce-eager"] if s.llm_engine_args.get("enforce_eager") else []
+            extra: list[str] = []
             self.processes.append(start_vllm_server(model, "127.0.0.1", vport, log_dir=logs,
                                                     max_model_len=s.llm_max_model_len,
                                                     kv_cache_gib=s.llm_kv_cache_gib, extra_args=extra))
@@ -104,14 +104,12 @@ class Stack:
         return self
 
     def _child_env(self) -> dict[str, str]:
-        s = self.settings
+        """The parent's environment plus every plain setting, so children see the same configuration."""
         env = dict(os.environ)
-        env.update({"CLIO_KAFKA_BOOTSTRAP": s.kafka_bootstrap, "CLIO_QDRANT_URL": s.qdrant_url,
-                    "CLIO_LLM_BACKEND": "openai", "CLIO_LLM_BASE_URL": s.llm_base_url or "",
-                    "CLIO_LLM_MODEL": s.llm_model, "CLIO_EMBEDDING_MODEL": s.embedding_model,
-                    "CLIO_SHOW_PROGRESS": "false", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-                    "HF_HUB_OFFLINE": "1"})
         env.pop("CLIO_API_KEYS", None)  # workers never need the keys
+        env.update(self.settings.to_env())
+        env.update({"CLIO_SHOW_PROGRESS": "false", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+                    "HF_HUB_OFFLINE": "1"})
         return env
 
     def _start_consumers(self, logs: Path) -> None:
@@ -146,38 +144,11 @@ class Stack:
         self.urls["api_docs"] = f"{base}/docs"
 
     def _start_scheduler(self) -> None:
-        from clio_stream.embedding import make_embedder
-        from clio_stream.facets import main_facets
-        from clio_stream.llm import make_llm
-        from clio_stream.publish import resolve_publish_dir
-        from clio_stream.recluster import recluster_once
-        from clio_stream.scheduler import ReclusterScheduler, Snapshot, Triggers
-        from clio_stream.store import QdrantStore
+        from clio_stream.recluster_service import ReclusterService
+        from clio_stream.scheduler import Triggers
 
-        s = self.settings
-        store = QdrantStore.from_settings(s)
-        llm = make_llm(s)
-        holder: dict[str, Any] = {}
-        publish_dir = resolve_publish_dir(s)
-
-        def snapshot() -> Snapshot:
-            last = store.get_state("recluster:last") or {}
-            request = store.get_state("recluster_request") or {}
-            facet = next(f.name for f in main_facets if f.has_hierarchy)
-            return Snapshot(now=time.time(), last_run_at=last.get("finished_at"),
-                            points_at_last_run=int((last.get("points") or {}).get(facet, 0)),
-                            points_now=store.count(facet=facet), requested_at=request.get("requested_at"))
-
-        def run(reason: str) -> None:
-            if "embedder" not in holder:
-                holder["embedder"] = make_embedder(s)
-            report = recluster_once(store, llm, holder["embedder"], main_facets, s, publish_dir=publish_dir)
-            if report:
-                log.info("published clustering version %d (%s)", report.version, reason)
-
-        sched = ReclusterScheduler(snapshot, run, Triggers(interval_s=self.recluster_interval_s,
-                                                                   min_points=self.first_cluster_at),
-                                   on_state=lambda doc: store.put_state("scheduler", doc))
+        service = ReclusterService(self.settings)  # same snapshot/run as `clio-stream scheduler`
+        sched = service.scheduler(Triggers(interval_s=self.recluster_interval_s, min_points=self.first_cluster_at))
         sched.start()
         self.threads.append(sched)
 

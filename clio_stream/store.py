@@ -68,6 +68,10 @@ class StoreError(RuntimeError):
     """Qdrant refused or failed an operation."""
 
 
+class CollectionMissing(StoreError):
+    """The collections are not created yet (no worker has started): reads see an empty store."""
+
+
 class StoreUnavailable(StoreError):
     """Qdrant is unreachable, timing out or overloaded: back off and retry."""
 
@@ -299,6 +303,8 @@ class QdrantStore:
         except Exception as exc:  # noqa: BLE001 - qdrant-client raises many unrelated types
             if _is_transient(exc):
                 raise StoreUnavailable(f"qdrant {op} failed: {_short(exc)}") from exc
+            if "doesn't exist" in str(exc) or "Not found: Collection" in str(exc):
+                raise CollectionMissing(f"qdrant {op}: {_short(exc)}") from exc
             raise StoreError(f"qdrant {op} failed: {_short(exc)}") from exc
 
     # ------------------------------------------------------------------ schema
@@ -424,8 +430,11 @@ class QdrantStore:
     ) -> int:
         """Exact number of facet points matching the given fields (all when none given)."""
         flt = _match_filter(facet=facet, cluster_id=cluster_id, cluster_version=version, user_hash=user_hash)
-        with self._guard("count"):
-            return int(self.client.count(self.facets, count_filter=flt, exact=True).count)
+        try:
+            with self._guard("count"):
+                return int(self.client.count(self.facets, count_filter=flt, exact=True).count)
+        except CollectionMissing:
+            return 0
 
     def set_labels(
         self,
@@ -550,8 +559,11 @@ class QdrantStore:
 
     def get_state(self, key: str) -> dict[str, Any] | None:
         """The JSON document stored under ``key``, or None."""
-        with self._guard("get state"):
-            found = self.client.retrieve(self.state, [state_point_id(key)], with_payload=True)
+        try:
+            with self._guard("get state"):
+                found = self.client.retrieve(self.state, [state_point_id(key)], with_payload=True)
+        except CollectionMissing:
+            return None
         if not found:
             return None
         raw = (found[0].payload or {}).get("doc_json")

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# README command 1: set everything up (cached after the first run), then run the main job on the
-# embedded defaults and serve the dashboard. Extra arguments go to `clio-stream demo`.
+# README command 1: set everything up (cached after the first run), then run the whole embedded stack
+# (broker, Qdrant, vLLM, consumers, API + dashboard, re-clustering scheduler) streaming the example
+# conversations, and print the dashboard link. Extra arguments go to `clio-stream up`
+# (e.g. --n 500, --consumers 2, --no-example-data). For the one-shot batch pipeline instead:
+# .venv/bin/clio-stream demo.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
 export TRANSFORMERS_OFFLINE="${TRANSFORMERS_OFFLINE:-1}"
 bash "$ROOT/scripts/setup.sh"
-exec "$ROOT/.venv/bin/clio-stream" demo "$@"
+exec "$ROOT/.venv/bin/clio-stream" up "$@"

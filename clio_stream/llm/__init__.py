@@ -39,6 +39,7 @@ def make_llm(settings: ClioSettings) -> LLMBackend:
             api_key=settings.llm_api_key,
             max_concurrency=settings.llm_max_concurrency,
             timeout_s=settings.llm_request_timeout_s,
+            send_seed=settings.llm_send_seed,
         )
     raise ValueError(f"unknown llm_backend {settings.llm_backend!r}: use 'vllm' or 'openai'")
 

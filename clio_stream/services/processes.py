@@ -402,7 +402,8 @@ def start_vllm_server(
     except Exception:  # pragma: no cover - depends on the vllm build
         on_cpu = True
     if on_cpu:
-        argv += ["--kv-cache-memory-bytes", str(int(kv_cache_gib * (1 << 30)))]
+        # Eager mode: ~50 s faster start for ~3 % less throughput (measured with SmolLM2 on 2 cores).
+        argv += ["--kv-cache-memory-bytes", str(int(kv_cache_gib * (1 << 30))), "--enforce-eager"]
     argv += list(extra_args)
     mp = ManagedProcess(
         "vllm",

@@ -275,3 +275,11 @@ def test_unreachable_server_raises_store_unavailable() -> None:
             http.count()
     finally:
         http.close()
+
+
+def test_reads_before_collections_exist_see_an_empty_store(qdrant_server, unique_name):
+    from clio_stream.store import QdrantStore
+
+    store = QdrantStore(qdrant_server.url, grpc_port=qdrant_server.grpc_port, prefix=unique_name("fresh").replace("-", "_"))
+    assert store.get_state("anything") is None
+    assert store.count(facet="Request") == 0

@@ -46,3 +46,15 @@ def test_validation():
 def test_public_dict_has_no_secrets():
     d = ClioSettings(user_id_hash_key="s3cret").public_dict()
     assert "user_id_hash_key" not in d and "s3cret" not in str(d)
+
+
+def test_to_env_round_trips_plain_settings(monkeypatch):
+    s = ClioSettings(qdrant_grpc_port=7001, llm_sampling_args={"temperature": 0.1}, dedup=False,
+                     user_id_hash_key="k", api_keys="admin:x")
+    env = s.to_env()
+    assert "CLIO_API_KEYS" not in env and "CLIO_DEDUP_KEY" not in env  # secrets for the API and callables stay out
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    back = ClioSettings()
+    assert back.qdrant_grpc_port == 7001 and back.llm_sampling_args == {"temperature": 0.1}
+    assert back.dedup is False and back.user_id_hash_key == "k"

@@ -1,0 +1,124 @@
+"""Re-clustering as a service: the snapshot/run logic shared by every way of running it.
+
+``clio-stream up`` (a thread in the stack), ``clio-stream scheduler`` (a
+long-running process) and ``clio-stream recluster`` (one run, e.g. a
+Kubernetes CronJob) all go through ``ReclusterService``:
+
+* ``snapshot()`` reads what the scheduler's triggers need from the store
+  (points of the first hierarchy facet now and at the last run, the last run's
+  finish time, an admin's pending request);
+* ``run(reason)`` runs ``recluster_once`` with the settings' LLM and a lazily
+  built embedder, under the store's cluster-wide lock;
+* ``scheduler(triggers)`` builds the ``ReclusterScheduler`` thread that ties
+  the two together and writes its state where ``GET /v1/status`` reads it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from clio_stream.settings import ClioSettings
+
+log = logging.getLogger(__name__)
+
+SCHEDULER_STATE_KEY = "scheduler"  # read by api.routes_status
+LAST_RUN_KEY = "recluster:last"  # written by clio_stream.recluster
+REQUEST_KEY = "recluster_request"  # written by the admin API
+
+
+def effective_settings(settings: ClioSettings) -> ClioSettings:
+    """The settings with the OpenAI-compatible back-end chosen whenever a server URL is configured.
+
+    A re-clustering process never starts its own vLLM engine when a server is
+    there to ask: ``CLIO_LLM_BASE_URL`` alone is enough.
+    """
+    if settings.llm_base_url and settings.llm_backend != "openai":
+        return settings.with_overrides(llm_backend="openai")
+    return settings
+
+
+class ReclusterService:
+    """Store, LLM and (lazily) embedder for re-clustering, with the scheduler's snapshot."""
+
+    def __init__(self, settings: ClioSettings, *, facets: Sequence[Any] | None = None, store: Any = None,
+                 llm: Any = None, embedder: Any = None, publish_dir: Path | None = None) -> None:
+        from clio_stream.facets import main_facets
+        from clio_stream.publish import resolve_publish_dir
+
+        self.settings = settings
+        self.facets = list(facets) if facets else list(main_facets)
+        tree = [f for f in self.facets if f.has_hierarchy]
+        # The trigger counts points of the first facet with a hierarchy (every one of them is written per
+        # conversation, so any of them measures new data).
+        self.trigger_facet = (tree or [f for f in main_facets if f.has_hierarchy])[0].name
+        self._owns_store = store is None
+        if store is None:
+            from clio_stream.store import QdrantStore
+
+            store = QdrantStore.from_settings(settings)
+        self.store = store
+        self._owns_llm = llm is None
+        if llm is None:
+            from clio_stream.llm import make_llm
+
+            llm = make_llm(settings)
+        self.llm = llm
+        self._embedder = embedder
+        self.publish_dir = Path(publish_dir) if publish_dir is not None else resolve_publish_dir(settings)
+
+    @property
+    def embedder(self) -> Any:
+        """Built on first use: loading a sentence-transformers model costs seconds and memory."""
+        if self._embedder is None:
+            from clio_stream.embedding import make_embedder
+
+            self._embedder = make_embedder(self.settings)
+        return self._embedder
+
+    def snapshot(self) -> Any:
+        """What ``scheduler.due`` decides on, read from the store."""
+        from clio_stream.scheduler import Snapshot
+
+        last = self.store.get_state(LAST_RUN_KEY) or {}
+        request = self.store.get_state(REQUEST_KEY) or {}
+        return Snapshot(now=time.time(), last_run_at=last.get("finished_at"),
+                        points_at_last_run=int((last.get("points") or {}).get(self.trigger_facet, 0)),
+                        points_now=self.store.count(facet=self.trigger_facet),
+                        requested_at=request.get("requested_at"))
+
+    def run(self, reason: str = "manual") -> Any:
+        """One ``recluster_once``; its report, or None when skipped (lock held elsewhere, nothing stored)."""
+        from clio_stream.recluster import recluster_once
+
+        report = recluster_once(self.store, self.llm, self.embedder, self.facets, self.settings,
+                                publish_dir=self.publish_dir)
+        if report:
+            log.info("published clustering version %d (%s)", report.version, reason)
+        return report
+
+    def write_state(self, doc: dict) -> None:
+        self.store.put_state(SCHEDULER_STATE_KEY, doc)
+
+    def scheduler(self, triggers: Any, *, poll_s: float = 5.0) -> Any:
+        """A ``ReclusterScheduler`` (not started) over this service's snapshot and run."""
+        from clio_stream.scheduler import ReclusterScheduler
+
+        return ReclusterScheduler(self.snapshot, self.run, triggers, poll_s=poll_s, on_state=self.write_state)
+
+    def close(self) -> None:
+        """Close what this service built itself."""
+        for owned, thing in ((self._owns_llm, self.llm), (self._owns_store, self.store)):
+            if owned and thing is not None and hasattr(thing, "close"):
+                try:
+                    thing.close()
+                except Exception:  # noqa: BLE001 - closing is best effort
+                    log.debug("closing %r raised", thing, exc_info=True)
+
+    def __enter__(self) -> "ReclusterService":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
