@@ -485,7 +485,7 @@ def recluster_facet(
         built = build_hierarchy(facet, leaves, llm, embedder, settings=settings, stats=tree_stats)
         h, parents_reused = adopt_parent_ids(built, old, ids, centroid_of, thresholds, known)
         parents_renamed = sum(1 for n in h.nodes.values() if n.level > 0) - parents_reused  # LLM names kept
-        mode = "rebuilt"
+        mode = "built" if old is None else "rebuilt"
 
     lineage: dict[str, str] = {}
     if old is not None:

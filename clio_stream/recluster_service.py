@@ -68,6 +68,7 @@ class ReclusterService:
         self.llm = llm
         self._embedder = embedder
         self.publish_dir = Path(publish_dir) if publish_dir is not None else resolve_publish_dir(settings)
+        self._collections_seen = False
 
     @property
     def embedder(self) -> Any:
@@ -78,10 +79,23 @@ class ReclusterService:
             self._embedder = make_embedder(self.settings)
         return self._embedder
 
+    def collections_exist(self) -> bool:
+        """Whether a worker has created the store's collections yet (before that there is nothing to do).
+
+        Raises when Qdrant cannot be asked: an outage is an error, not an empty store.
+        """
+        if not self._collections_seen:
+            client = self.store.client
+            self._collections_seen = all(client.collection_exists(name) for name in (self.store.facets,
+                                                                                     self.store.state))
+        return self._collections_seen
+
     def snapshot(self) -> Any:
         """What ``scheduler.due`` decides on, read from the store."""
         from clio_stream.scheduler import Snapshot
 
+        if not self.collections_exist():
+            return Snapshot(now=time.time(), last_run_at=None, points_at_last_run=0, points_now=0)
         last = self.store.get_state(LAST_RUN_KEY) or {}
         request = self.store.get_state(REQUEST_KEY) or {}
         return Snapshot(now=time.time(), last_run_at=last.get("finished_at"),
@@ -93,6 +107,9 @@ class ReclusterService:
         """One ``recluster_once``; its report, or None when skipped (lock held elsewhere, nothing stored)."""
         from clio_stream.recluster import recluster_once
 
+        if not self.collections_exist():
+            log.info("re-clustering skipped: no collections yet (no worker has started)")
+            return None
         report = recluster_once(self.store, self.llm, self.embedder, self.facets, self.settings,
                                 publish_dir=self.publish_dir)
         if report:

@@ -211,16 +211,17 @@ def test_kustomization_lists_every_manifest_and_the_secret() -> None:
 
 
 def test_core_resources_validate_against_the_kubernetes_schemas() -> None:
-    kv = pytest.importorskip("kubernetes_validate")
-    from kubernetes_validate.utils import SchemaNotFoundError
+    pytest.importorskip("kubernetes_validate")
+    import jsonschema
+    from kubernetes_validate.utils import SchemaNotFoundError, validate
 
     skipped = set()
     for path, doc in manifests():
         try:
-            kv.validate(doc, "1.30", strict=True)
+            validate(doc, "1.30", strict=True)
         except SchemaNotFoundError:
             skipped.add(doc["kind"])
-        except kv.ValidationError as exc:  # pragma: no cover - the message is the point
+        except jsonschema.ValidationError as exc:  # pragma: no cover - the message is the point
             pytest.fail(f"{path.name}: {doc['kind']} {doc['metadata']['name']}: {exc.message} at {list(exc.path)}")
     assert skipped <= CRD_KINDS, f"no schema for {skipped - CRD_KINDS}"
 
@@ -915,3 +916,22 @@ def test_recluster_service_snapshot_and_run(tmp_path: Path) -> None:
     assert store.get_state("scheduler") == {"runs": 1}
     service.close()  # the store and LLM were passed in: left open
     assert store.count(facet=service.trigger_facet) == 40
+
+
+def test_recluster_service_before_any_worker_started(tmp_path: Path) -> None:
+    """No collections yet (no worker has run): nothing is due and a run is a no-op, not an error."""
+    from clio_stream.recluster_service import ReclusterService
+    from clio_stream.scheduler import Triggers, due
+    from clio_stream.store import QdrantStore
+
+    from .fakes import HashEmbedder, ScriptedLLM, sensible_script
+
+    store = QdrantStore(":memory:")
+    settings = ClioSettings(show_progress=False)
+    service = ReclusterService(settings, store=store, llm=ScriptedLLM(sensible_script), embedder=HashEmbedder(),
+                               publish_dir=tmp_path / "published")
+    snap = service.snapshot()
+    assert snap.points_now == 0 and due(snap, Triggers()) is None
+    assert service.run("manual") is None
+    store.ensure_collections(HashEmbedder.dim)
+    assert service.collections_exist() and service.snapshot().points_now == 0

@@ -14,13 +14,15 @@ from .fakes import HashEmbedder, ScriptedLLM, sensible_script
 TOPICS = ["cooking", "python", "travel", "poetry", "taxes", "gardening"]
 
 
-def fill(store, emb, n=60, start=0):
+def fill(store, emb, n=60, start=0, variety=None):
+    """``n`` conversations over TOPICS; ``variety`` distinct wordings per topic (default: 3, tied to the topic)."""
     points = []
     for i in range(start, start + n):
         topic = TOPICS[i % len(TOPICS)]
+        variant = i % 3 if variety is None else (i // len(TOPICS)) % variety
         for f in main_facets:
-            value = {"Request": f"The user's overall request for the assistant is to {topic} help {i % 3}",
-                     "Task": f"The task is to {topic} task", "Language": "English", "Concerning": "1"}[f.name]
+            value = {"Request": f"The user's overall request for the assistant is to {topic} help {variant}",
+                     "Task": f"The task is to {topic} task" + ("" if variety is None else f" {variant}"), "Language": "English", "Concerning": "1"}[f.name]
             vec = emb.encode([value])[0] if f.has_hierarchy else np.zeros(emb.dim, dtype=np.float32)
             points.append(FacetPoint(conversation_id=f"c{i}", facet=f.name, vector=vec, value=value,
                                      numeric=1 + i % 5 if f.numeric else None, user_hash=f"u{i % 15}"))
@@ -80,3 +82,149 @@ def test_lock_held_elsewhere_skips(setup):
 def test_nothing_stored_is_a_no_op(setup):
     store, emb, settings, pub = setup
     assert recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets, settings, publish_dir=pub) is None
+
+
+# --------------------------------------------------------------------------- living clusters
+
+
+def leaves_of(pub, facet="Request"):
+    return {n.id: n for n in load_current(pub).result.hierarchies[facet].leaves()}
+
+
+def naming_prompts(report):
+    return sum(info["naming_prompts"] for info in report.facets.values())
+
+
+def assert_lineage_sound(pub, old_ids):
+    """Every old id is still there or resolves through lineage (as the API resolves it) to a current node."""
+    from api.views import build_view
+
+    current = load_current(pub)
+    view = build_view(current, pub)
+    for facet, h in current.result.hierarchies.items():
+        for key, succ in current.lineage.items():
+            if key.startswith(facet.lower()):
+                assert key not in h.nodes and succ in h.nodes
+        for oid in old_ids.get(facet, ()):
+            found = view.resolve(facet, oid)
+            assert found is not None, oid
+            assert (found[1] is None) == (oid in h.nodes)
+
+
+def assert_store_mapping(store, pub, version):
+    """Leaf ids are stable, so the published leaf -> online cluster mapping must match the stored labels."""
+    result = load_current(pub).result
+    mapping = result.stats["store_clusters"]
+    for facet, h in result.hierarchies.items():
+        for leaf in h.leaves():
+            page, _ = store.cluster_members(facet, mapping[leaf.id], limit=10_000, version=version)
+            assert sorted(p["conversation_id"] for p in page) == sorted(leaf.conversation_ids)
+
+
+def test_same_data_twice_reuses_every_cluster_without_the_llm(setup):
+    store, emb, settings, pub = setup
+    fill(store, emb, n=120, variety=5)
+    llm = ScriptedLLM(sensible_script)
+    first = recluster_once(store, llm, emb, main_facets, settings, publish_dir=pub)
+    before = {f: {n.id: (n.name, n.summary, n.parent_id) for n in h.nodes.values()}
+              for f, h in load_current(pub).result.hierarchies.items()}
+    assert first.id_survival is None and first.leaves_renamed == first.clusters["Request"] + first.clusters["Task"]
+    calls = len(llm.calls)
+    second = recluster_once(store, llm, emb, main_facets, settings, publish_dir=pub)
+    assert naming_prompts(second) == 0 and second.leaves_renamed == 0
+    assert second.llm_prompts == 0 and len(llm.calls) == calls
+    assert second.id_survival == 1.0 and second.lineage == 0
+    assert second.leaves_reused == first.leaves_renamed
+    after = {f: {n.id: (n.name, n.summary, n.parent_id) for n in h.nodes.values()}
+             for f, h in load_current(pub).result.hierarchies.items()}
+    assert after == before  # ids, names and links all kept
+    assert all(info["mode"] == "patched" for info in second.facets.values())
+    assert_store_mapping(store, pub, 2)
+
+
+def test_five_percent_more_data_keeps_ids_and_costs_few_prompts(setup):
+    store, emb, settings, pub = setup
+    fill(store, emb, n=120, variety=5)
+    llm = ScriptedLLM(sensible_script)
+    first = recluster_once(store, llm, emb, main_facets, settings, publish_dir=pub)
+    old = {f: set(h.nodes) for f, h in load_current(pub).result.hierarchies.items()}
+    fill(store, emb, n=6, start=120, variety=5)
+    second = recluster_once(store, llm, emb, main_facets, settings, publish_dir=pub)
+    assert second.id_survival >= 0.9
+    assert second.llm_prompts <= 0.2 * first.llm_prompts
+    assert store.get_state("recluster:last")["id_survival"] == second.id_survival
+    assert_lineage_sound(pub, old)
+    assert_store_mapping(store, pub, 2)
+
+
+def test_a_new_topic_gets_a_new_id_and_old_ids_still_resolve(setup):
+    store, emb, settings, pub = setup
+    fill(store, emb, n=60, variety=5)
+    llm = ScriptedLLM(sensible_script)
+    recluster_once(store, llm, emb, main_facets, settings, publish_dir=pub)
+    old_leaves = leaves_of(pub)
+    old = {f: set(h.nodes) for f, h in load_current(pub).result.hierarchies.items()}
+    points = []
+    for i in range(60, 72):
+        for f in main_facets:
+            value = {"Request": f"Astronomy questions about comets {i % 3}", "Task": f"Astronomy task {i % 3}",
+                     "Language": "English", "Concerning": "1"}[f.name]
+            vec = emb.encode([value])[0] if f.has_hierarchy else np.zeros(emb.dim, dtype=np.float32)
+            points.append(FacetPoint(conversation_id=f"c{i}", facet=f.name, vector=vec, value=value,
+                                     numeric=1 if f.numeric else None, user_hash=f"u{i % 15}"))
+    store.upsert_facets(points)
+    report = recluster_once(store, llm, emb, main_facets, settings, publish_dir=pub)
+    new_leaves = leaves_of(pub)
+    born = set(new_leaves) - set(old_leaves)
+    assert born, "the new topic should make a cluster of its own"
+    astro = {f"c{i}" for i in range(60, 72)}
+    assert any(astro <= set(new_leaves[b].conversation_ids) for b in born)
+    counter = store.get_state("idcounter:Request")["next"]["0"]
+    assert all(int(b.rsplit("-", 1)[1]) >= len(old_leaves) for b in born) and counter > max(
+        int(i.rsplit("-", 1)[1]) for i in new_leaves)
+    assert report.leaves_renamed < len(new_leaves)  # only what changed was named
+    assert_lineage_sound(pub, old)
+    assert_store_mapping(store, pub, 2)
+
+
+def test_rebuilt_hierarchy_adopts_old_parent_ids(setup):
+    from clio_stream.matching import MatchThresholds
+
+    store, emb, settings, pub = setup
+    fill(store, emb, n=120, variety=5)
+    llm = ScriptedLLM(sensible_script)
+    recluster_once(store, llm, emb, main_facets, settings, publish_dir=pub)
+    old = {f: set(h.nodes) for f, h in load_current(pub).result.hierarchies.items()}
+    second = recluster_once(store, llm, emb, main_facets, settings, publish_dir=pub,
+                            thresholds=MatchThresholds(rebuild_fraction=0.0, keep_cosine=1.01))  # force: rename, rebuild
+    assert second.facets["Request"]["leaves_renamed"] == second.clusters["Request"]
+    assert second.id_survival == 1.0
+    h = load_current(pub).result.hierarchies["Request"]
+    parents = {n for n in h.nodes if h.nodes[n].level > 0}
+    assert parents & old["Request"], "rebuilt parents should take over old parent ids by member overlap"
+    assert all(n.parent_id is None or n.parent_id in h.nodes for n in h.nodes.values())
+    assert all(c in h.nodes and h.nodes[c].parent_id == p for p in parents for c in h.nodes[p].children)
+    assert_lineage_sound(pub, old)
+
+
+def test_warm_start_keeps_centroids_and_seeds_new_topics():
+    from clio_stream.recluster import warm_start_centroids
+
+    rng = np.random.default_rng(0)
+    axes = np.eye(8, dtype=np.float32)
+    x = np.concatenate([axes[i] + 0.05 * rng.standard_normal((20, 8)).astype(np.float32) for i in range(4)])
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    init = axes[:3]
+    grown = warm_start_centroids(x, init, np.array([5, 9, 7]), 4, seed=1)
+    assert np.allclose(grown[:3], init) and grown[3] @ axes[3] > 0.9  # the uncovered blob gets the new seed
+    shrunk = warm_start_centroids(x, init, np.array([5, 9, 7]), 2, seed=1)
+    assert np.allclose(shrunk, axes[1:3])  # the two most populated, in their order
+    assert warm_start_centroids(x, None, None, 3, seed=1) is None
+
+
+def test_id_allocator_never_reuses_numbers():
+    from clio_stream.recluster import IdAllocator
+
+    ids = IdAllocator.restore("request", {"next": {"0": 4}}, ["request-l0-9", "request-l1-2", "task-l0-50", "x"])
+    assert ids.new(0) == "request-l0-10" and ids.new(1) == "request-l1-3" and ids.new(2) == "request-l2-0"
+    assert IdAllocator.restore("request", ids.state()).new(0) == "request-l0-11"
