@@ -18,7 +18,7 @@ def _setup_logging(verbose: bool) -> None:
     level = os.environ.get("CLIO_LOG_LEVEL", "DEBUG" if verbose else "INFO")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     # vLLM and httpx are chatty at INFO; keep their warnings.
-    for noisy in ("httpx", "vllm", "urllib3", "kafka", "sentence_transformers"):
+    for noisy in ("httpx", "httpx2", "httpcore", "openai", "vllm", "urllib3", "kafka", "sentence_transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -23,17 +23,6 @@ class EmbeddingBackend(Protocol):
     model_name: str
     dim: int
 
-    @classmethod
-    def from_model(cls, model: Any, *, batch_size: int = 256, show_progress: bool = False) -> "Embedder":
-        """Wrap a ``SentenceTransformer`` the caller already loaded."""
-        self = cls.__new__(cls)
-        self._model = model
-        self.model_name = str(getattr(getattr(model, "model_card_data", None), "base_model", None) or "custom")
-        self.batch_size = batch_size
-        self.show_progress = show_progress
-        self.dim = _dimension(model)
-        return self
-
     def encode(self, texts: Sequence[str], *, desc: str | None = None) -> np.ndarray: ...
 
 

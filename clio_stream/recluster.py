@@ -42,7 +42,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -60,6 +60,8 @@ from clio_stream.store import QdrantStore
 from clio_stream.types import ClioResult, ClusterNode, Conversation, ConversationFacets, FacetHierarchy, FacetValue, Message
 
 log = logging.getLogger(__name__)
+
+Centroid = Callable[[Iterable[str]], np.ndarray]  # members -> unit mean vector of their stored values
 
 LOCK_NAME = "clustering"  # shared with consumers.bootstrap: one clustering job at a time
 LOCK_TTL_S = 3600.0
@@ -277,7 +279,7 @@ def adopt_parent_ids(
     h: FacetHierarchy,
     old: FacetHierarchy | None,
     ids: IdAllocator,
-    centroid_of: Any,
+    centroid_of: Centroid,
     thresholds: MatchThresholds,
     known: set[str],
 ) -> tuple[FacetHierarchy, int]:
@@ -323,7 +325,7 @@ def adopt_parent_ids(
     return FacetHierarchy(facet=h.facet, nodes=nodes, root_ids=[rid(r) for r in h.root_ids]), len(restored)  # type: ignore[misc]
 
 
-def parent_lineage(old: FacetHierarchy, new: FacetHierarchy, centroid_of: Any) -> dict[str, str]:
+def parent_lineage(old: FacetHierarchy, new: FacetHierarchy, centroid_of: Centroid) -> dict[str, str]:
     """Old parent id -> successor, for every old parent not in ``new``: the node of its level holding most of its members.
 
     When its level no longer exists, the successor is among the new top level.
@@ -348,11 +350,32 @@ def parent_lineage(old: FacetHierarchy, new: FacetHierarchy, centroid_of: Any) -
     return out
 
 
+def lineage_upwards(old: FacetHierarchy, new: FacetHierarchy, lineage: Mapping[str, str]) -> dict[str, str]:
+    """``lineage`` completed for old nodes that found no successor (all their members gone): the nearest old
+    ancestor that survives, or that ancestor's successor. An old link then lands on the broader topic."""
+    out = dict(lineage)
+    for oid, o in old.nodes.items():
+        if oid in new.nodes or oid in out:
+            continue
+        seen = {oid}
+        up = o.parent_id
+        while up is not None and up in old.nodes and up not in seen:
+            seen.add(up)
+            if up in new.nodes:
+                out[oid] = up
+                break
+            if up in out:
+                out[oid] = out[up]
+                break
+            up = old.nodes[up].parent_id
+    return out
+
+
 def _rename_changed_parents(
     facet: Facet,
     h: FacetHierarchy,
     old: FacetHierarchy,
-    centroid_of: Any,
+    centroid_of: Centroid,
     thresholds: MatchThresholds,
     known: set[str],
     llm: LLMBackend,
@@ -401,6 +424,7 @@ class FacetRun:
     lineage: dict[str, str]
     ids: IdAllocator
     info: dict[str, Any]
+    llm: AskStats  # prompts of this facet's naming and hierarchy
 
 
 def recluster_facet(
@@ -493,6 +517,7 @@ def recluster_facet(
             if oid not in h.nodes and c in leaf_id:
                 lineage[str(oid)] = leaf_id[int(c)]  # type: ignore[call-overload]
         lineage.update(parent_lineage(old, h, centroid_of))
+        lineage = lineage_upwards(old, h, lineage)
     survived = sum(1 for oid in old_leaves if oid in h.nodes)
     info = {
         "mode": mode,
@@ -510,13 +535,16 @@ def recluster_facet(
         "hierarchy_prompts": tree_stats.prompts,
         "seconds_leaves": round(t_leaves, 3),
         "seconds_hierarchy": round(time.perf_counter() - t0 - t_leaves, 3),
-        "_stats": [naming_stats, tree_stats],
     }
     log.info("%s: %d leaves (%d reused, %d named), hierarchy %s (%d parents renamed), id survival %s",
              facet.name, len(leaves), len(reused), len(to_name), mode, parents_renamed,
              f"{info['id_survival']:.2f}" if info["id_survival"] is not None else "n/a")
+    used = AskStats()
+    used.add(naming_stats)
+    used.add(tree_stats)
     return FacetRun(hierarchy=h, labels=labels, centres=centres,
-                    store_clusters={leaf_id[c]: int(c) for c in new_members}, lineage=lineage, ids=ids, info=info)
+                    store_clusters={leaf_id[c]: int(c) for c in new_members}, lineage=lineage, ids=ids, info=info,
+                    llm=used)
 
 
 def _previous(publish_dir: Path) -> tuple[dict[str, FacetHierarchy], set[str]]:
@@ -592,8 +620,7 @@ def recluster_once(
             init = _warm_start(store, f.name, s.vectors, n_leaves(settings, len(s.point_ids)), settings.seed)
             run = recluster_facet(f, s, old, ids, init,
                                   llm, embedder, settings, thresholds)
-            for part in run.info.pop("_stats"):
-                stats.add(part)
+            stats.add(run.llm)
             h = run.hierarchy
             annotate(h, conversations, facet_values, facets, min_conversations=settings.min_cluster_conversations,
                      min_users=settings.min_cluster_users, user_hash_key=settings.user_id_hash_key)

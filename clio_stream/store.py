@@ -574,6 +574,15 @@ class QdrantStore:
 
         Kept as a JSON string so Qdrant's payload typing cannot alter it.
         """
+        try:
+            self._put_state(key, doc)
+        except CollectionMissing:
+            # State is written before any worker created the collections (a scheduler
+            # starting first): the state collection needs no vectors, so make it now.
+            self._create(self.state, {})
+            self._put_state(key, doc)
+
+    def _put_state(self, key: str, doc: Mapping[str, Any]) -> None:
         payload = {"kind": "state", "key": key, "doc_json": json.dumps(doc, separators=(",", ":")),
                    "updated_at": time.time()}
         with self._guard("put state"):

@@ -283,3 +283,12 @@ def test_reads_before_collections_exist_see_an_empty_store(qdrant_server, unique
     store = QdrantStore(qdrant_server.url, grpc_port=qdrant_server.grpc_port, prefix=unique_name("fresh").replace("-", "_"))
     assert store.get_state("anything") is None
     assert store.count(facet="Request") == 0
+
+
+def test_state_can_be_written_before_the_other_collections(qdrant_server, unique_name):
+    from clio_stream.store import QdrantStore
+
+    store = QdrantStore(qdrant_server.url, grpc_port=qdrant_server.grpc_port,
+                        prefix=unique_name("early").replace("-", "_"))
+    store.put_state("scheduler", {"runs": 0})
+    assert store.get_state("scheduler") == {"runs": 0}

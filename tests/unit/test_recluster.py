@@ -187,6 +187,27 @@ def test_a_new_topic_gets_a_new_id_and_old_ids_still_resolve(setup):
     assert_store_mapping(store, pub, 2)
 
 
+def test_vanished_clusters_get_successors_through_lineage(setup):
+    """Two topics deleted: their clusters go, the hierarchy is rebuilt, and every old id still resolves."""
+    from qdrant_client import models
+
+    from clio_stream.store import facet_point_id
+
+    store, emb, settings, pub = setup
+    fill(store, emb, n=120, variety=5)
+    llm = ScriptedLLM(sensible_script)
+    recluster_once(store, llm, emb, main_facets, settings, publish_dir=pub)
+    old = {f: set(h.nodes) for f, h in load_current(pub).result.hierarchies.items()}
+    gone = [f"c{i}" for i in range(120) if i % 6 in (3, 4)]
+    store.client.delete(store.facets, points_selector=models.PointIdsList(
+        points=[facet_point_id(c, f.name) for c in gone for f in main_facets]))
+    report = recluster_once(store, llm, emb, main_facets, settings, publish_dir=pub)
+    assert report.lineage > 0 and report.id_survival < 1.0
+    assert report.facets["Request"]["events"]["matched"] == report.clusters["Request"]  # every new leaf is an old one
+    assert_lineage_sound(pub, old)
+    assert_store_mapping(store, pub, 2)
+
+
 def test_rebuilt_hierarchy_adopts_old_parent_ids(setup):
     from clio_stream.matching import MatchThresholds
 
