@@ -83,7 +83,7 @@ def make_consumer(
     """A group consumer tuned for fast joins and manual commits.
 
     ``topics`` may be empty to ``assign()`` partitions manually later.
-    ``max_poll_interval_ms`` stays generous (5 min) because a batch may wait on
+    ``max_poll_interval_ms`` stays generous (30 min) because a batch may wait on
     the LLM; heartbeats run in a background thread, so slow batches do not lose
     the assignment (verified with 2 s of work between polls).
     """
@@ -94,7 +94,7 @@ def make_consumer(
         "auto_offset_reset": "earliest",
         "session_timeout_ms": 6000,
         "heartbeat_interval_ms": 1000,
-        "max_poll_interval_ms": 300_000,
+        "max_poll_interval_ms": 1_800_000,
         "max_poll_records": max_poll_records,
         "request_timeout_ms": 30_000,
     }

@@ -190,12 +190,11 @@ def match_clusters(
     """
     old_keys = list(old_members)
     new_keys = list(new_members)
-    dim = None
     out = Matching()
     if not old_keys and not new_keys:
         return out
-    old_c = _rows(old_centroids, old_keys, dim)
-    new_c = _rows(new_centroids, new_keys, dim)
+    old_c = _rows(old_centroids, old_keys, None)
+    new_c = _rows(new_centroids, new_keys, None)
     cos = cosine_matrix(old_c, new_c)
     known = set().union(*(set(m) for m in old_members.values())) if old_keys else set()
     old_sets = [set(old_members[k]) for k in old_keys]

@@ -207,7 +207,7 @@ class ClioSettings(BaseSettings):
     deltas_partitions: int = Field(1, ge=1, description="Partitions of the deltas topic when it is created.")
     consumer_group: str = Field("clio-consumers", description="Consumer group of the streaming workers.")
     topic_partitions: int = Field(6, ge=1, description="Partitions of the conversation and DLQ topics when created.")
-    max_poll_records: int = Field(64, ge=1, description="Records per worker batch (one batched LLM call each).")
+    max_poll_records: int = Field(16, ge=1, description="Records per worker batch (one batched LLM call each).")
     poll_timeout_ms: int = Field(1000, ge=1, description="How long one poll waits for records.")
     max_message_bytes: int = Field(1 << 20, ge=1024, description="Larger record values are dead-lettered undecoded.")
     worker_id: str | None = Field(None, description="Name of this worker in metrics; default host-pid.")

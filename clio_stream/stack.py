@@ -62,7 +62,7 @@ class Stack:
         if port_in_use(host, port):
             log.info("a broker already listens on %s:%d; using it", host, port)
         else:
-            self.processes.append(start_broker(host, port, log_dir=logs))
+            self.processes.append(start_broker(host, port, log_dir=logs, die_with_parent=True))
             log.info("broker (Tansu, in memory) on %s:%d", host, port)
         ensure_topics(s.kafka_bootstrap, {s.topic: s.topic_partitions, s.dlq_topic: s.topic_partitions,
                                           s.deltas_topic: s.deltas_partitions})
@@ -72,7 +72,8 @@ class Stack:
             log.info("a Qdrant server already listens on %s:%d; using it", qhost, qport)
         else:
             self.processes.append(start_qdrant(qhost, qport, s.qdrant_grpc_port or qport + 1,
-                                               storage_dir=Path(s.cache_dir) / "qdrant", log_dir=logs))
+                                               storage_dir=Path(s.cache_dir) / "qdrant", log_dir=logs,
+                                               die_with_parent=True))
             log.info("Qdrant on %s:%d (data in %s)", qhost, qport, Path(s.cache_dir) / "qdrant")
 
         if s.llm_backend != "openai" or not s.llm_base_url:
@@ -85,7 +86,8 @@ class Stack:
             extra: list[str] = []
             self.processes.append(start_vllm_server(model, "127.0.0.1", vport, log_dir=logs,
                                                     max_model_len=s.llm_max_model_len,
-                                                    kv_cache_gib=s.llm_kv_cache_gib, extra_args=extra))
+                                                    kv_cache_gib=s.llm_kv_cache_gib, extra_args=extra,
+                                                    die_with_parent=True))
             s = self.settings = s.with_overrides(llm_backend="openai", llm_base_url=f"http://127.0.0.1:{vport}/v1",
                                                  llm_model=model)
         self.urls["llm"] = s.llm_base_url or ""
@@ -118,7 +120,8 @@ class Stack:
         for i in range(self.consumers):
             env = {**self._child_env(), "CLIO_WORKER_ID": f"consumer-{i}"}
             p = ManagedProcess(f"consumer-{i}", [sys.executable, "-m", "clio_stream.cli", "consume"],
-                               log_path=logs / f"consumer-{i}.log", env=env, ready_timeout=5)
+                               log_path=logs / f"consumer-{i}.log", env=env, ready_timeout=5,
+                               die_with_parent=True)  # `up` killed with -9 takes its children along
             self.processes.append(p.start())
             log.info("consumer %d started (log: %s)", i, p.log_path)
 
