@@ -153,6 +153,16 @@ class ClioSettings(BaseSettings):
     embedding_model: str = Field("all-mpnet-base-v2", description="Name or folder of a sentence-transformers model.")
     embedding_device: str = "cpu"
 
+    # --- living clusters (re-clustering keeps ids and names of what did not change) ---
+    match_min_similarity: float = Field(0.5, ge=0, le=1, description="Old and new clusters scoring below this "
+                                        "(weight x centroid cosine + (1 - weight) x member Jaccard) do not match.")
+    match_weight: float = Field(0.4, ge=0, le=1, description="Weight of centroid cosine against member overlap.")
+    keep_name_jaccard: float = Field(0.8, ge=0, le=1, description="A matched cluster with at least this member "
+                                     "overlap (and keep_name_cosine) keeps its name without an LLM call.")
+    keep_name_cosine: float = Field(0.95, ge=-1, le=1, description="Centroid cosine needed to keep a name.")
+    hierarchy_rebuild_fraction: float = Field(0.3, ge=0, le=1, description="Rebuild the upper levels when more "
+                                              "than this share of leaves is new or gone; otherwise patch them.")
+
     # --- privacy ---
     min_cluster_conversations: int = Field(3, ge=1, description="Clusters with fewer conversations are never shown.")
     min_cluster_users: int = Field(2, ge=1, description="Clusters with fewer distinct users are never shown.")
