@@ -51,7 +51,9 @@ def looks_identifying(text: str) -> bool:
 
 def _parse_name(text: str | None, i: int) -> str | None:
     name = parse_tagged(text, "name", max_chars=MAX_NAME_CHARS)
-    if name is None or len(name) < 3 or len(name.split()) > 16 or looks_identifying(name):
+    if name is None or len(name) < 3 or not 2 <= len(name.split()) <= 16 or looks_identifying(name):
+        return None
+    if "#" in name or any(ord(ch) > 0xFFFF for ch in name):  # hashtags and emoji: not a cluster name
         return None
     return name.rstrip(".")
 

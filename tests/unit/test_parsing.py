@@ -67,3 +67,12 @@ def test_list_markers_and_long_summaries_are_trimmed():
     assert clean_text("- A friendly name") == "A friendly name"
     assert clean_text("2. Second") == "Second"
     assert first_sentences("One. Two! Three? Four.", 2) == "One. Two!"
+
+
+def test_cluster_name_filter():
+    from clio_stream.naming import _parse_name
+
+    assert _parse_name("Plan a wedding budget</name>", 0) == "Plan a wedding budget"
+    assert _parse_name("Plan</name>", 0) is None  # one word
+    assert _parse_name("Chatbots 🌟 #AI helpers</name>", 0) is None
+    assert _parse_name("Email me at a@b.com</name>", 0) is None
