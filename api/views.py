@@ -237,13 +237,7 @@ def _all_lineage(published: PublishedVersion, publish_dir: Any) -> dict[str, str
 def summary(fv: FacetView, node: ClusterNode) -> dict[str, Any]:
     """The public fields of a visible node (no member ids, no hidden children)."""
     return {
-        "id": node.id,
-        "name": node.name,
-        "summary": node.summary,
-        "level": node.level,
-        "size": node.size,
-        "distinct_users": node.distinct_users,
-        "numeric": {k: s.model_dump(exclude={"facet"}) for k, s in node.numeric.items()},
+        **node.public_fields(),
         "trend": getattr(node, "trend", None),
         "n_children": len(fv.visible_children(node)),
         "other_count": fv.withheld_count(node),

@@ -89,6 +89,18 @@ class ClusterNode(BaseModel):
     def size(self) -> int:
         return len(self.conversation_ids)
 
+    def public_fields(self) -> dict:
+        """What may be shown about a visible node anywhere (site, API): no member ids, no hidden flags."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "summary": self.summary,
+            "level": self.level,
+            "size": self.size,
+            "distinct_users": self.distinct_users,
+            "numeric": {k: s.model_dump(exclude={"facet"}) for k, s in self.numeric.items()},
+        }
+
 
 class FacetHierarchy(BaseModel):
     """The tree of one facet: every node by id, and the ids of the roots."""

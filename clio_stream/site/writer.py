@@ -299,15 +299,7 @@ class _SiteBuilder:
 
 
 def _node_summary(node: ClusterNode) -> dict[str, Any]:
-    return {
-        "id": node.id,
-        "name": node.name,
-        "summary": node.summary,
-        "level": node.level,
-        "size": node.size,
-        "distinct_users": node.distinct_users,
-        "numeric": {k: s.model_dump(exclude={"facet"}) for k, s in node.numeric.items()},
-    }
+    return node.public_fields()
 
 
 def _count_conversations(nodes: Iterable[ClusterNode]) -> int:
