@@ -24,9 +24,7 @@ from clio_stream.settings import ClioSettings
 from clio_stream.store import QdrantStore
 from tests.fixtures_site import HIDDEN_NAME, REQUEST, make_site_fixture
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+from tests.chromium import CHROMIUM, launch
 VIEWER_KEY = "dash-viewer-" + "v" * 20
 
 pytestmark = [
@@ -73,7 +71,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        b = launch(pw)
         try:
             yield b
         finally:

@@ -12,9 +12,7 @@ import pytest
 from clio_stream.site import start_site_server_in_thread, write_site
 from tests.fixtures_site import CONCERNING, HIDDEN_NAME, LANGUAGE, REQUEST, SECRET_TOKEN, make_site_fixture
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+from tests.chromium import CHROMIUM, launch
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
 
 pytestmark = [
@@ -41,7 +39,7 @@ def site_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, s
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        b = launch(pw)
         try:
             yield b
         finally:

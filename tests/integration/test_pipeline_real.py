@@ -12,10 +12,10 @@ from clio_stream.data import load_shared_dataset, prepare_conversations
 from clio_stream.facets import main_facets
 from clio_stream.pipeline import run_clio
 from clio_stream.settings import ClioSettings
+from tests.chromium import CHROMIUM, launch
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-CHROMIUM = Path("/usr/bin/chromium")
 
 
 def four_base_clusters(n: int) -> int:
@@ -85,9 +85,7 @@ def test_real_site_in_chromium(real_run):
     shots.mkdir(parents=True, exist_ok=True)
     try:
         with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run"])
+            browser = launch(pw)
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(url)
             page.wait_for_selector("body[data-state=ready]")
