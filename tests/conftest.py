@@ -85,3 +85,15 @@ def unique_name() -> Callable[[str], str]:
         return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
     return make
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--long``: the full reliability suite (thousands of conversations, many kills) instead of its short form."""
+    parser.addoption("--long", action="store_true", default=False,
+                     help="run the full fault/abuse suite in tests/reliability (default: the short form)")
+
+
+@pytest.fixture(scope="session")
+def long_run(request: pytest.FixtureRequest) -> bool:
+    """True under ``--long``; reliability tests scale their sizes with it."""
+    return bool(request.config.getoption("--long"))

