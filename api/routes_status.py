@@ -16,17 +16,17 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
-from qdrant_client import models
 
 from api.deps import ApiContext, Ctx, Store, Viewer
 from api.routes_admin import RECLUSTER_REQUEST_KEY
 from api.schemas import HealthOut, StatusOut, WorkerOut
+from clio_stream.store import WORKER_STATE_PREFIX
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["status"])
 
-WORKER_PREFIX = "worker:"
+WORKER_PREFIX = WORKER_STATE_PREFIX
 SCHEDULER_KEY = "scheduler"  # written by clio_stream.scheduler (last_run_at, next_run_at)
 LAST_RUN_KEY = "recluster:last"  # written by clio_stream.recluster (finished_at)
 _HEALTHY = {"ok", "healthy", "running"}
@@ -108,27 +108,12 @@ def _number(doc: dict[str, Any], *keys: str) -> float | None:
     return None
 
 
-def worker_keys(ctx: ApiContext) -> list[str]:
-    """Keys of the ``worker:*`` state documents (the store has no prefix listing: scroll keys only)."""
-    keys: list[str] = []
-    offset: Any = None
-    flt = models.Filter(must=[models.FieldCondition(key="kind", match=models.MatchValue(value="state"))])
-    for _ in range(100):
-        records, offset = ctx.store.client.scroll(ctx.store.state, scroll_filter=flt, limit=256, offset=offset,
-                                                  with_payload=["key"], with_vectors=False)
-        keys.extend(k for r in records if isinstance(k := (r.payload or {}).get("key"), str) and k.startswith(WORKER_PREFIX))
-        if offset is None:
-            break
-    return keys
-
-
 def _add_workers(ctx: ApiContext, out: StatusOut) -> None:
-    keys = _quiet(lambda: worker_keys(ctx)) or []
+    docs = _quiet(lambda: ctx.store.states(WORKER_PREFIX)) or {}
     now = time.time()
     rate = lag = dlq = None
     health: list[str] = []
-    for key in sorted(keys):
-        doc = _quiet(lambda k=key: ctx.store.get_state(k))
+    for key, doc in sorted(docs.items()):
         if not isinstance(doc, dict):
             continue
         updated = _number(doc, "updated_at")

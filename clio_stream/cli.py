@@ -234,7 +234,8 @@ def _recluster_settings(args: argparse.Namespace):
 def _triggers(args: argparse.Namespace):
     from clio_stream.scheduler import Triggers
 
-    return Triggers(interval_s=args.interval, new_fraction=args.new_fraction, min_points=args.min_points)
+    return Triggers.from_settings(_recluster_settings(args), interval_s=args.interval,
+                                  new_fraction=args.new_fraction, min_points=args.min_points)
 
 
 def cmd_recluster(args: argparse.Namespace) -> int:
@@ -270,7 +271,8 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
     settings = _recluster_settings(args)
     with ReclusterService(settings, facets=_facets(args.facets)) as service:
-        sched = service.scheduler(_triggers(args), poll_s=args.poll)
+        triggers = _triggers(args)
+        sched = service.scheduler(triggers, poll_s=args.poll)
 
         def on_signal(signum: int, _frame: object) -> None:
             log.info("received %s: stopping after the run in hand", signal.Signals(signum).name)
@@ -279,8 +281,9 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        log.info("re-clustering scheduler: every %.0f s, on %.0f%% new points, or on request (facet %s)",
-                 args.interval, 100 * args.new_fraction, service.trigger_facet)
+        log.info("re-clustering scheduler: every %.0f s, on %.0f%% new points, on drift or %.0f%% outliers, "
+                 "or on request (facet %s)", triggers.interval_s, 100 * triggers.new_fraction,
+                 100 * triggers.outlier_rate, service.trigger_facet)
         sched.run()  # this thread's loop, in the foreground
     return 0
 
@@ -316,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-example-data", action="store_true", help="start empty instead of streaming examples")
     sp.add_argument("--n", type=int, default=200, help="example conversations to stream")
     sp.add_argument("--consumers", type=int, default=1, help="consumer processes in the group")
-    sp.add_argument("--recluster-interval", type=float, default=900.0, help="seconds between scheduled runs")
+    sp.add_argument("--recluster-interval", type=float, default=None,
+                    help="seconds between scheduled runs (default: settings recluster_interval_s, 900)")
     model_args(sp)
     sp.set_defaults(func=cmd_up)
 
@@ -359,10 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_api)
 
     def trigger_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--interval", type=float, default=900.0, help="seconds between scheduled runs")
-        sp.add_argument("--new-fraction", type=float, default=0.10,
-                        help="re-cluster when new points reach this fraction of those at the last run")
-        sp.add_argument("--min-points", type=int, default=30, help="no clustering before this many points")
+        sp.add_argument("--interval", type=float, default=None,
+                        help="seconds between scheduled runs (default: settings recluster_interval_s, 900)")
+        sp.add_argument("--new-fraction", type=float, default=None,
+                        help="re-cluster when new points reach this fraction of those at the last run "
+                             "(default: settings recluster_new_fraction, 0.10)")
+        sp.add_argument("--min-points", type=int, default=None,
+                        help="no clustering before this many points (default: settings recluster_min_points, 30)")
         sp.add_argument("--facets", help="comma-separated subset of the main facets (default: all)")
 
     sp = sub.add_parser("recluster", help="re-cluster the stored points once and publish a new version")

@@ -6,7 +6,8 @@ Kubernetes CronJob) all go through ``ReclusterService``:
 
 * ``snapshot()`` reads what the scheduler's triggers need from the store
   (points of the first hierarchy facet now and at the last run, the last run's
-  finish time, an admin's pending request);
+  finish time, an admin's pending request, and from the workers' metrics
+  documents their outlier rates and ADWIN drift detections);
 * ``run(reason)`` runs ``recluster_once`` with the settings' LLM and a lazily
   built embedder, under the store's cluster-wide lock;
 * ``scheduler(triggers)`` builds the ``ReclusterScheduler`` thread that ties
@@ -20,7 +21,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from clio_stream.drift import drift_since
 from clio_stream.settings import ClioSettings
+from clio_stream.store import WORKER_STATE_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +101,14 @@ class ReclusterService:
             return Snapshot(now=time.time(), last_run_at=None, points_at_last_run=0, points_now=0)
         last = self.store.get_state(LAST_RUN_KEY) or {}
         request = self.store.get_state(REQUEST_KEY) or {}
+        workers = list(self.store.states(WORKER_STATE_PREFIX, max_age_s=self.settings.api_worker_stale_s).values())
+        rates = [float(r) for w in workers if isinstance(r := (w.get("outlier_rate") or {}).get(self.trigger_facet),
+                                                           (int, float))]
         return Snapshot(now=time.time(), last_run_at=last.get("finished_at"),
                         points_at_last_run=int((last.get("points") or {}).get(self.trigger_facet, 0)),
                         points_now=self.store.count(facet=self.trigger_facet),
+                        outlier_rate=max(rates) if rates else None,
+                        drift_detected=drift_since(workers, self.trigger_facet, last.get("finished_at")),
                         requested_at=request.get("requested_at"))
 
     def run(self, reason: str = "manual") -> Any:

@@ -24,6 +24,14 @@ class Triggers:
     min_points: int = 30  # nothing is clustered before this many points exist
     outlier_rate: float = 0.25  # workers' recent outlier rate that counts as drift
 
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> Triggers:
+        """The settings' ``recluster_*`` values; ``overrides`` that are None are ignored (unset CLI flags)."""
+        values = {"interval_s": settings.recluster_interval_s, "new_fraction": settings.recluster_new_fraction,
+                  "min_points": settings.recluster_min_points, "outlier_rate": settings.recluster_outlier_rate}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
 
 @dataclass(frozen=True)
 class Snapshot:

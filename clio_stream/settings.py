@@ -163,6 +163,27 @@ class ClioSettings(BaseSettings):
     hierarchy_rebuild_fraction: float = Field(0.3, ge=0, le=1, description="Rebuild the upper levels when more "
                                               "than this share of leaves is new or gone; otherwise patch them.")
 
+    # When to re-cluster (clio_stream.scheduler.Triggers.from_settings; CLI flags override).
+    recluster_interval_s: float = Field(900.0, gt=0, description="Re-cluster at least this often while new data "
+                                        "arrives (wall-clock schedule).")
+    recluster_new_fraction: float = Field(0.10, gt=0, description="Re-cluster when the points stored since the last "
+                                          "run reach this share of the points then.")
+    recluster_min_points: int = Field(30, ge=1, description="Nothing is clustered before this many points exist.")
+    recluster_outlier_rate: float = Field(0.25, gt=0, le=1, description="Re-cluster when a worker's recent outlier "
+                                          "rate reaches this.")
+    drift_delta: float = Field(0.002, gt=0, lt=1, description="Confidence parameter of the ADWIN detector each "
+                               "worker runs on assignment distances (smaller = fewer, surer detections).")
+    drift_min_increase: float = Field(0.02, ge=0, description="A detected change counts as drift only when the "
+                                      "mean assignment distance rose by at least this much.")
+
+    # Trends: per-cluster counts per time window, and clusters flagged as emerging.
+    trend_window_s: float = Field(3600.0, gt=0, description="Width of one trend window (by conversation time).")
+    trend_windows: int = Field(24, ge=1, le=1000, description="Number of most recent windows kept per cluster.")
+    emerging_min_growth: float = Field(0.5, ge=0, description="Growth since the previous version (new members / "
+                                       "old size) needed to be flagged emerging.")
+    emerging_top: int = Field(5, ge=0, description="At most this many fastest-growing clusters per facet are "
+                              "flagged emerging.")
+
     # --- privacy ---
     min_cluster_conversations: int = Field(3, ge=1, description="Clusters with fewer conversations are never shown.")
     min_cluster_users: int = Field(2, ge=1, description="Clusters with fewer distinct users are never shown.")
@@ -221,7 +242,10 @@ class ClioSettings(BaseSettings):
     poll_timeout_ms: int = Field(1000, ge=1, description="How long one poll waits for records.")
     max_message_bytes: int = Field(1 << 20, ge=1024, description="Larger record values are dead-lettered undecoded.")
     worker_id: str | None = Field(None, description="Name of this worker in metrics; default host-pid.")
-    metrics_every_batches: int = Field(10, ge=1, description="Write the worker's metrics to the store this often.")
+    metrics_every_batches: int = Field(10, ge=1, description="Write the worker's metrics to the store after this "
+                                       "many batches (and at least every metrics_interval_s).")
+    metrics_interval_s: float = Field(15.0, gt=0, description="Longest time between two writes of a worker's "
+                                      "metrics (health, lag, drift) to the store, busy or idle.")
     backoff_initial_s: float = Field(0.5, gt=0, description="First wait after a failed batch (Qdrant or LLM down).")
     backoff_max_s: float = Field(15.0, gt=0, description="Longest wait between retries of a failed batch.")
     # Qdrant (read by clio_stream.store.QdrantStore.from_settings).

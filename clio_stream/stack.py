@@ -39,7 +39,7 @@ class Stack:
     consumers: int = 1
     example_data: bool = True
     n_examples: int = 200
-    recluster_interval_s: float = 900.0
+    recluster_interval_s: float | None = None  # default: settings.recluster_interval_s
     first_cluster_at: int = 30  # points before the first clustering (the dashboard is empty until then)
     run_dir: Path | None = None  # logs; default <cache_dir>/run
     processes: list[Any] = field(default_factory=list)
@@ -151,7 +151,8 @@ class Stack:
         from clio_stream.scheduler import Triggers
 
         service = ReclusterService(self.settings)  # same snapshot/run as `clio-stream scheduler`
-        sched = service.scheduler(Triggers(interval_s=self.recluster_interval_s, min_points=self.first_cluster_at))
+        sched = service.scheduler(Triggers.from_settings(self.settings, interval_s=self.recluster_interval_s,
+                                                         min_points=self.first_cluster_at))
         sched.start()
         self.threads.append(sched)
 

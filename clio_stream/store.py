@@ -79,6 +79,9 @@ class StoreUnavailable(StoreError):
 # --------------------------------------------------------------------------- ids
 
 
+WORKER_STATE_PREFIX = "worker:"  # consumers.worker stores its metrics under worker:<id>
+
+
 def facet_point_id(conversation_id: str, facet: str) -> str:
     """Deterministic id of one (conversation, facet) point."""
     return str(uuid.uuid5(NAMESPACE, f"{conversation_id}{_SEP}{facet}"))
@@ -588,6 +591,36 @@ class QdrantStore:
         with self._guard("put state"):
             self.client.upsert(self.state, points=[models.PointStruct(id=state_point_id(key), vector={},
                                                                        payload=payload)], wait=True)
+
+    def states(self, prefix: str, *, max_age_s: float | None = None) -> dict[str, dict[str, Any]]:
+        """Every state document whose key starts with ``prefix`` (e.g. ``worker:``), by key.
+
+        ``max_age_s`` drops documents not rewritten for that long (a worker that stopped).
+        Qdrant has no prefix index for keys, so this scrolls the (small) state collection once.
+        """
+        flt = models.Filter(must=[models.FieldCondition(key="kind", match=models.MatchValue(value="state"))])
+        out: dict[str, dict[str, Any]] = {}
+        offset: Any = None
+        now = time.time()
+        try:
+            with self._guard("list states"):
+                while True:
+                    records, offset = self.client.scroll(self.state, scroll_filter=flt, limit=256, offset=offset,
+                                                         with_payload=["key", "doc_json", "updated_at"],
+                                                         with_vectors=False)
+                    for r in records:
+                        p = r.payload or {}
+                        key, raw, updated = p.get("key"), p.get("doc_json"), p.get("updated_at")
+                        if not (isinstance(key, str) and key.startswith(prefix) and isinstance(raw, str)):
+                            continue
+                        if max_age_s is not None and isinstance(updated, (int, float)) and now - updated > max_age_s:
+                            continue
+                        out[key] = json.loads(raw)
+                    if offset is None:
+                        break
+        except CollectionMissing:
+            return {}
+        return out
 
     def delete_state(self, key: str) -> None:
         """Remove the document under ``key`` (no error if absent)."""

@@ -37,6 +37,7 @@ class WorkerMetrics:
     last_batch_records: int = 0
     outlier_rate: dict[str, float] = field(default_factory=dict)
     cluster_versions: dict[str, int] = field(default_factory=dict)
+    drift: dict[str, dict[str, Any]] = field(default_factory=dict)  # clio_stream.drift.DriftMonitor.snapshot()
     consumer_lag: int | None = None
     health: str = "starting"
     health_reason: str | None = None
@@ -64,6 +65,10 @@ class WorkerMetrics:
             self.outlier_rate = {k: float(v) for k, v in outlier_rate.items()}
             self.cluster_versions = {k: int(v) for k, v in versions.items()}
 
+    def set_drift(self, drift: Mapping[str, dict[str, Any]]) -> None:
+        with self._lock:
+            self.drift = {k: dict(v) for k, v in drift.items()}
+
     def set_health(self, health: str, reason: str | None = None) -> None:
         with self._lock:
             self.health = health
@@ -85,6 +90,7 @@ class WorkerMetrics:
             doc = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
             doc["outlier_rate"] = dict(self.outlier_rate)
             doc["cluster_versions"] = dict(self.cluster_versions)
+            doc["drift"] = {k: dict(v) for k, v in self.drift.items()}
         doc["conversations_per_s"] = doc["processed"] / doc["busy_seconds"] if doc["busy_seconds"] > 0 else None
         doc["updated_at"] = time.time()
         return doc

@@ -35,6 +35,7 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata
 
+from clio_stream.drift import DriftMonitor
 from clio_stream.facets import Facet, main_facets
 from clio_stream.kafka_io import DeadLetterWriter, consumer_lag, ensure_topics, make_consumer, make_producer
 from clio_stream.llm.base import LLMBackend
@@ -106,6 +107,8 @@ class ConsumerWorker:
         self._deltas: DeltaReader | None = None
         self.centroids: SharedCentroids | None = None
         self.metrics = WorkerMetrics(self.worker_id)
+        self.drift = DriftMonitor(delta=self.settings.drift_delta, min_increase=self.settings.drift_min_increase)
+        self._metrics_written_at = 0.0
         self.health = "starting"
         self.health_reason: str | None = None
         self._failures = 0
@@ -216,6 +219,7 @@ class ConsumerWorker:
         records = sorted((r for rs in polled.values() for r in rs), key=lambda r: (r.topic, r.partition, r.offset))
         self.metrics.set_lag(self._lag())
         if not records:
+            self._maybe_write_metrics()
             return 0
         t0 = time.perf_counter()
         try:
@@ -226,15 +230,27 @@ class ConsumerWorker:
                 log.exception("batch of %d records failed", len(records))
             self._rewind(records)
             self._fail(f"{type(exc).__name__}: {exc}")
+            self._maybe_write_metrics()
             return 0
         self._commit(outcome)
         self._recovered()
         self.metrics.record_batch(outcome, len(records), time.perf_counter() - t0)
         if self.centroids is not None:
             self.metrics.set_clusters(self.centroids.outlier_rates(), self.centroids.versions())
-        if self.metrics.batches % self.settings.metrics_every_batches == 0:
-            self._write_metrics()
+        self._watch_drift(outcome)
+        self._maybe_write_metrics(force=self.metrics.batches % self.settings.metrics_every_batches == 0)
         return outcome.processed
+
+    def _watch_drift(self, outcome: BatchOutcome) -> None:
+        """Feed each assigned point's distance to its facet's ADWIN (see clio_stream.drift)."""
+        by_facet: dict[tuple[str, int | None], list[float]] = {}
+        for p in outcome.facet_points:
+            if p.similarity is not None:
+                by_facet.setdefault((p.facet, p.cluster_version), []).append(1.0 - float(p.similarity))
+        for (facet, version), distances in by_facet.items():
+            if self.drift.update(facet, version, distances):
+                log.info("drift detected on %s: mean assignment distance rose", facet)
+        self.metrics.set_drift(self.drift.snapshot())
 
     def _process(self, records: Sequence[RecordLike]) -> BatchOutcome:
         """Mark pending, then process; a record that breaks the core (a bug, not an outage) is dead-lettered."""
@@ -350,10 +366,16 @@ class ConsumerWorker:
         """The worker's counters (processed, dead-lettered, reused, LLM calls, lag, health, ...)."""
         return self.metrics.snapshot()
 
+    def _maybe_write_metrics(self, force: bool = False) -> None:
+        """Write the metrics doc every ``metrics_interval_s`` (and when forced), so readers see fresh health."""
+        if force or time.monotonic() - self._metrics_written_at >= self.settings.metrics_interval_s:
+            self._write_metrics()
+
     def _write_metrics(self) -> None:
         """Store the snapshot as state document ``worker:<id>`` for the API; skipped while Qdrant is down."""
         if self._store is None:
             return
+        self._metrics_written_at = time.monotonic()
         try:
             self._store.put_state(f"worker:{self.worker_id}", self.metrics_snapshot())
         except Exception as exc:  # noqa: BLE001 - metrics are best effort

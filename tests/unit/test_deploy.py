@@ -736,7 +736,9 @@ def test_api_scheduler_and_recluster_parse() -> None:
     assert (a.if_due, a.interval, a.min_points, a.facets, a.llm_base_url, a.qdrant_url) == (
         True, 60.0, 5, "Request", "http://vllm:8000/v1", "http://q:6333")
     a = p.parse_args(["scheduler", "--poll", "2", "--new-fraction", "0.2"])
-    assert (a.func, a.poll, a.new_fraction, a.interval, a.min_points) == (cli.cmd_scheduler, 2.0, 0.2, 900.0, 30)
+    assert (a.func, a.poll, a.new_fraction, a.interval, a.min_points) == (cli.cmd_scheduler, 2.0, 0.2, None, None)
+    t = cli._triggers(a)  # unset flags fall back to the settings
+    assert (t.new_fraction, t.interval_s, t.min_points) == (0.2, 900.0, 30)
     for bad in (["api", "--workers", "x"], ["recluster", "--interval"], ["scheduler", "--nope"]):
         with pytest.raises(SystemExit):
             p.parse_args(bad)
