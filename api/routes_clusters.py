@@ -25,7 +25,7 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.concurrency import run_in_threadpool
 
 from api.deps import Analyst, Ctx, View, Viewer
-from api.schemas import ClusterOut, ErrorOut, FacetOut, FacetsOut, MemberOut, MembersOut, TreeOut
+from api.schemas import ClusterOut, ErrorOut, FacetOut, FacetsOut, MemberOut, MembersOut, TreeOut, TrendsOut
 from api.views import FacetView, VersionView, summary
 from clio_stream.types import ClusterNode
 
@@ -80,6 +80,25 @@ def _cluster(view: VersionView, facet: str, cluster_id: str) -> tuple[FacetView,
 async def tree(principal: Viewer, view: View, facet: str) -> Response:
     fv = _facet(view, facet)
     return Response(content=fv.tree_json, media_type="application/json")
+
+
+@router.get("/{facet}/trends", response_model=TrendsOut, responses=_NOT_FOUND,
+            summary="Emerging and fastest-growing clusters of a facet")
+def trends(principal: Viewer, view: View, facet: str,
+           limit: Annotated[int, Query(ge=1, le=100)] = 10) -> dict[str, Any]:
+    fv = _facet(view, facet)
+    shown = [n for n in fv.hierarchy.nodes.values() if n.id in fv.visible and n.trend is not None]
+    growing = sorted((n for n in shown if n.trend.growth is not None),  # type: ignore[union-attr]
+                     key=lambda n: (-n.trend.growth, -n.size, n.id))  # type: ignore[union-attr]
+    first = next((n.trend for n in shown), None)
+    return {
+        "facet": facet,
+        "version": view.version,
+        "window_s": None if first is None else first.window_s,
+        "start": None if first is None else first.start,
+        "emerging": [summary(fv, n) for n in growing if n.trend.emerging],  # type: ignore[union-attr]
+        "growing": [summary(fv, n) for n in growing[:limit]],
+    }
 
 
 @router.get("/{facet}/clusters/{cluster_id}", response_model=ClusterOut, responses=_NOT_FOUND,

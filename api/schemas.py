@@ -89,6 +89,17 @@ class NumericOut(BaseModel):
     histogram: list[int]
 
 
+class TrendOut(BaseModel):
+    """Counts per time window (``window_s`` wide from ``start``) and growth since the previous version."""
+
+    window_s: float
+    start: float | None = None
+    counts: list[int] = Field(default_factory=list)
+    new_members: int = 0
+    growth: float | None = Field(None, description="New members / members already there; None in a first version.")
+    emerging: bool = False
+
+
 class PathItem(BaseModel):
     id: str
     name: str
@@ -104,7 +115,7 @@ class ClusterSummary(BaseModel):
     size: int
     distinct_users: int
     numeric: dict[str, NumericOut] = Field(default_factory=dict)
-    trend: Any = None
+    trend: TrendOut | None = None
     n_children: int = 0
     other_count: int = Field(0, description="Conversations in withheld children, as one aggregate.")
 
@@ -120,6 +131,16 @@ class TreeOut(BaseModel):
     depth: int
     other_count: int = Field(description="Conversations in withheld top-level clusters, as one aggregate.")
     roots: list[TreeNode]
+
+
+class TrendsOut(BaseModel):
+    facet: str
+    version: str
+    window_s: float | None = Field(None, description="Width of one trend window in seconds.")
+    start: float | None = Field(None, description="Start of the first window (Unix time).")
+    emerging: list[ClusterSummary] = Field(description="Clusters flagged emerging, fastest growth first.")
+    growing: list[ClusterSummary] = Field(description="Visible clusters with the largest growth since the "
+                                          "previous version (up to `limit`), emerging or not.")
 
 
 class ClusterOut(ClusterSummary):

@@ -238,7 +238,6 @@ def summary(fv: FacetView, node: ClusterNode) -> dict[str, Any]:
     """The public fields of a visible node (no member ids, no hidden children)."""
     return {
         **node.public_fields(),
-        "trend": getattr(node, "trend", None),
         "n_children": len(fv.visible_children(node)),
         "other_count": fv.withheld_count(node),
     }

@@ -27,6 +27,7 @@ from clio_stream.hierarchy import build_hierarchy, slug
 from clio_stream.llm.base import AskStats, LLMBackend
 from clio_stream.naming import name_clusters
 from clio_stream.privacy import annotate, audit
+from clio_stream.trends import annotate_trends
 from clio_stream.settings import ClioSettings
 from clio_stream.types import ClioResult, ClusterNode, Conversation, ConversationFacets, FacetHierarchy
 
@@ -233,6 +234,9 @@ def run_clio(
                      min_users=settings.min_cluster_users, user_hash_key=settings.user_id_hash_key)
             if settings.audit_cluster_names:
                 audit_scores[name] = audit(h, llm_backend, settings=settings, stats=ask_stats)
+            annotate_trends(h, {c.id: c.timestamp for c in truncated}, None, window_s=settings.trend_window_s,
+                            windows=settings.trend_windows, min_growth=settings.emerging_min_growth,
+                            top=settings.emerging_top)
 
     originals = {c.id: c for c in conversations}
     result = ClioResult(

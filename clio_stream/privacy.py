@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+from collections.abc import Mapping
 from typing import Any, Sequence
 
 from clio_stream.facets import Facet
@@ -92,24 +93,40 @@ def audit(
     *,
     settings: Any,
     stats: AskStats | None = None,
+    known: Mapping[tuple[str, str], int] | None = None,
 ) -> dict[str, int | None]:
     """Ask the LLM to rate each visible cluster's privacy; withhold those below ``audit_min_score``.
 
-    An unparseable rating withholds the cluster too: when unsure, publish less.
+    An unparseable rating withholds the cluster too: when unsure, publish less. ``known`` holds ratings
+    of earlier versions by exact (name, summary): the rating is of the text, asked at temperature 0, so a
+    cluster that kept its name and summary is not asked again (re-clustering pays only for what changed).
     """
+    known = known or {}
     visible = [n for n in hierarchy.nodes.values() if not n.hidden]
+    to_ask = [n for n in visible if (n.name, n.summary) not in known]
     prompts = [Prompt(AUDIT_CLUSTER, {"name": n.name, "summary": n.summary}, choices=("1", "2", "3", "4", "5"))
-               for n in visible]
-    scores = ask(llm, prompts, lambda t, i: parse_int_in_range(t, 1, 5),
-                 sampling_for(AUDIT_CLUSTER, {**settings.llm_sampling_args, "temperature": 0.0}),
-                 retries=settings.llm_max_retries, seed=settings.seed + 4242, batch_size=settings.llm_batch_size,
-                 desc=f"audit {hierarchy.facet}", stats=stats)
+               for n in to_ask]
+    asked = ask(llm, prompts, lambda t, i: parse_int_in_range(t, 1, 5),
+                sampling_for(AUDIT_CLUSTER, {**settings.llm_sampling_args, "temperature": 0.0}),
+                retries=settings.llm_max_retries, seed=settings.seed + 4242, batch_size=settings.llm_batch_size,
+                desc=f"audit {hierarchy.facet}", stats=stats) if prompts else []
+    score_of = {n.id: s for n, s in zip(to_ask, asked)}
     out: dict[str, int | None] = {}
-    for node, score in zip(visible, scores):
+    for node in visible:
+        score = score_of[node.id] if node.id in score_of else known[(node.name, node.summary)]
+        node.audit_score = score
         out[node.id] = score
         if score is None or score < settings.audit_min_score:
             node.hidden, node.hidden_reason = True, f"privacy audit score {score}"
     hide_subtrees(hierarchy)
     withheld = sum(1 for s in out.values() if s is None or s < settings.audit_min_score)
-    log.info("audit %s: %d of %d clusters withheld", hierarchy.facet, withheld, len(out))
+    log.info("audit %s: %d of %d clusters withheld (%d ratings reused)", hierarchy.facet, withheld, len(out),
+             len(visible) - len(to_ask))
     return out
+
+
+def known_audits(hierarchy: FacetHierarchy | None) -> dict[tuple[str, str], int]:
+    """Ratings recorded in a previous version's hierarchy, by (name, summary), for ``audit(known=...)``."""
+    if hierarchy is None:
+        return {}
+    return {(n.name, n.summary): n.audit_score for n in hierarchy.nodes.values() if n.audit_score is not None}

@@ -54,9 +54,10 @@ from clio_stream.llm.base import AskStats, LLMBackend
 from clio_stream.matching import MatchThresholds, Matching, changed, match_clusters, member_centroids, successor
 from clio_stream.naming import name_clusters, rename_parents
 from clio_stream.online import OnlineKMeans, normalise_rows
-from clio_stream.privacy import annotate, audit
+from clio_stream.privacy import annotate, audit, known_audits
 from clio_stream.settings import ClioSettings
 from clio_stream.store import QdrantStore
+from clio_stream.trends import annotate_trends
 from clio_stream.types import ClioResult, ClusterNode, Conversation, ConversationFacets, FacetHierarchy, FacetValue, Message
 
 log = logging.getLogger(__name__)
@@ -625,7 +626,11 @@ def recluster_once(
             annotate(h, conversations, facet_values, facets, min_conversations=settings.min_cluster_conversations,
                      min_users=settings.min_cluster_users, user_hash_key=settings.user_id_hash_key)
             if settings.audit_cluster_names:
-                audit(h, llm, settings=settings, stats=stats)
+                audit(h, llm, settings=settings, stats=stats, known=known_audits(old))
+            annotate_trends(h, {cid: per_conv[cid]["timestamp"] for cid in conv_ids},
+                            None if old is None else {c for n in old.leaves() for c in n.conversation_ids},
+                            window_s=settings.trend_window_s, windows=settings.trend_windows,
+                            min_growth=settings.emerging_min_growth, top=settings.emerging_top)
             runs[f.name] = run
             models[f.name] = OnlineKMeans.from_batch(s.vectors, run.labels, centroids=run.centres, version=version,
                                                      facet=f.name)

@@ -65,6 +65,22 @@ class NumericStats(BaseModel):
     histogram: list[int]
 
 
+class Trend(BaseModel):
+    """How a cluster moves over time (clio_stream.trends): counts per time window and growth since the last version.
+
+    ``counts[i]`` counts members whose conversation time falls in ``[start + i*window_s, start + (i+1)*window_s)``;
+    ``growth`` is members new since the previous version over members that were already there (None in a
+    first version); ``emerging`` marks the fastest growers.
+    """
+
+    window_s: float
+    start: float | None = None
+    counts: list[int] = Field(default_factory=list)
+    new_members: int = 0
+    growth: float | None = None
+    emerging: bool = False
+
+
 class ClusterNode(BaseModel):
     """One node of a facet's hierarchy. Leaves are the base k-means clusters.
 
@@ -84,6 +100,8 @@ class ClusterNode(BaseModel):
     numeric: dict[str, NumericStats] = Field(default_factory=dict)
     hidden: bool = False  # below privacy minimums or withheld by the auditor
     hidden_reason: str | None = None
+    trend: Trend | None = None
+    audit_score: int | None = None  # the privacy auditor's 1-5 rating of this name and summary (not public)
 
     @property
     def size(self) -> int:
@@ -99,6 +117,7 @@ class ClusterNode(BaseModel):
             "size": self.size,
             "distinct_users": self.distinct_users,
             "numeric": {k: s.model_dump(exclude={"facet"}) for k, s in self.numeric.items()},
+            "trend": None if self.trend is None else self.trend.model_dump(),
         }
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from clio_stream.trends import annotate_trends
 from clio_stream.types import (
     ClioResult,
     ClusterNode,
@@ -69,6 +70,10 @@ def _stats(values: list[int]) -> NumericStats:
         hist[v - 1] += 1
     return NumericStats(facet=CONCERNING, count=len(values), mean=sum(values) / len(values) if values else None,
                         min_value=1, histogram=hist)
+
+
+def conversations_of(nodes: dict[str, ClusterNode], node_id: str) -> list[str]:
+    return list(nodes[node_id].conversation_ids)
 
 
 def make_site_fixture(seed: int = 0) -> SiteFixture:
@@ -161,9 +166,15 @@ def make_site_fixture(seed: int = 0) -> SiteFixture:
         {"name": CONCERNING, "question": "How concerning is this conversation, from 1 to 5?",
          "prefill": "", "summary_criteria": None, "numeric": [1, 5]},
     ]
+    hierarchy = FacetHierarchy(facet=REQUEST, nodes=nodes, root_ids=root_ids)
+    # Trends as a second version would have them: the withheld cluster is made only of new conversations
+    # (the fastest grower of all), so the API and the site must not rank or show it.
+    newest = {*hidden_members, *conversations_of(nodes, "request-r1-m0-l0")}
+    annotate_trends(hierarchy, {c.id: c.timestamp for c in conversations},
+                    {c.id for c in conversations} - newest, window_s=8 * 3600, windows=8, min_growth=0.5, top=3)
     result = ClioResult(
         facets=facets, conversations=conversations, facet_values=facet_values,
-        hierarchies={REQUEST: FacetHierarchy(facet=REQUEST, nodes=nodes, root_ids=root_ids)},
+        hierarchies={REQUEST: hierarchy},
         settings={"llm_model": "fixture", "user_id_hash_key": "do-not-publish"},
         stats={"conversations": len(conversations), "skipped": 0},
     )

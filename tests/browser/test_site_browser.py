@@ -234,3 +234,22 @@ def test_cluster_link_in_conversation_opens_its_path(site_url: tuple[Path, str],
     link.click()
     expect(page.locator(_tid("conversation-conv-0042"))).to_have_class(__import__("re").compile("selected"))
     assert page.evaluate("window.clioSite.state.open") == ["request-r2", "request-r2-m0", "request-r2-m0-l0"]
+
+
+def test_trends_sparkline_emerging_badge_and_growth_sort(site_url: tuple[Path, str], page: Any) -> None:
+    """The fixture's leaf request-r1-m0-l0 is all new since the previous version: flagged, and r1 sorts first."""
+    _, url = site_url
+    _open(page, url + "#open=request-r1,request-r1-m0")
+    badge = page.locator(_tid("emerging-request-r1-m0-l0"))
+    expect(badge).to_be_visible()
+    expect(badge).to_contain_text("emerging +500%")
+    expect(page.locator(_tid("emerging-request-r0"))).to_have_count(0)
+    spark = page.locator(f'{_tid("trend-request-r1")} .spark > span')
+    assert spark.count() == 8  # one bar per window
+    expect(page.locator(_tid("trend-request-r1"))).to_contain_text("+5 new since last version")
+    page.select_option(_tid("sort-select"), "growth")
+    page.wait_for_function("window.clioSite.state.sort === 'growth'")
+    _wait_ready(page)
+    assert _root_order(page) == ["request-r1", "request-r2", "request-r0"]  # growth 0.38, 0.18, 0 (size: 18, 20, 22)
+    assert "sort=growth" in page.url
+    _shot(page, "07-trends-emerging")

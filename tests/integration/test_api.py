@@ -216,6 +216,7 @@ ROUTES: list[tuple[str, str, Any, str | None, int]] = [
     ("GET", "/v1/facets", None, "viewer", 200),
     ("GET", f"/v1/facets/{REQUEST}/tree", None, "viewer", 200),
     ("GET", f"/v1/facets/{REQUEST}/clusters/request-r0", None, "viewer", 200),
+    ("GET", f"/v1/facets/{REQUEST}/trends", None, "viewer", 200),
     ("GET", f"/v1/facets/{REQUEST}/clusters/request-r0/conversations?limit=3", None, "analyst", 200),
     ("GET", "/v1/conversations/conv-0001", None, "analyst", 200),
     ("POST", "/v1/conversations", VALID, "admin", 202),
@@ -299,6 +300,22 @@ def test_tree_and_cluster_details(env: Env) -> None:
     assert c.get(f"/v1/facets/{CONCERNING}/tree", headers=_auth("viewer")).status_code == 404
 
 
+def test_trends_rank_new_growth_and_skip_withheld_clusters(env: Env) -> None:
+    """The fixture's leaf request-r1-m0-l0 is all new; the withheld leaf is too but must never be ranked."""
+    c = env.client
+    t = c.get(f"/v1/facets/{REQUEST}/trends", headers=_auth("viewer")).json()
+    assert t["version"] == "v2" and t["window_s"] == 8 * 3600
+    emerging = [n["id"] for n in t["emerging"]]
+    assert emerging[0] == "request-r1-m0-l0" and HIDDEN_NODE_ID not in emerging
+    assert all(n["trend"]["emerging"] for n in t["emerging"])
+    growth = [n["trend"]["growth"] for n in t["growing"]]
+    assert growth == sorted(growth, reverse=True)
+    tree = c.get(f"/v1/facets/{REQUEST}/tree", headers=_auth("viewer")).json()
+    root = tree["roots"][0]
+    assert len(root["trend"]["counts"]) == 8 and sum(root["trend"]["counts"]) <= root["size"]
+    assert c.get(f"/v1/facets/{REQUEST}/trends", params={"limit": 0}, headers=_auth("viewer")).status_code == 422
+
+
 def test_old_id_answers_with_its_successor(env: Env) -> None:
     c = env.client
     r = c.get(f"/v1/facets/{REQUEST}/clusters/ancient-1", headers=_auth("viewer"))  # ancient-1 -> old-2 -> request-r0-m0
@@ -365,6 +382,8 @@ def test_hidden_cluster_never_appears_in_any_answer(env: Env) -> None:
         cluster_ids.append(node["id"])
         stack.extend(node["children"])
     assert HIDDEN_NODE_ID not in cluster_ids and len(cluster_ids) == 21
+    trends = get(f"/v1/facets/{REQUEST}/trends", params={"limit": 100}).json()
+    assert trends["emerging"] and HIDDEN_NODE_ID not in {n["id"] for n in trends["growing"]}
     for cid in [*cluster_ids, HIDDEN_NODE_ID, "old-hidden"]:
         get(f"/v1/facets/{REQUEST}/clusters/{cid}")
         cursor = None
