@@ -193,6 +193,9 @@ def consumer_lag(consumer: KafkaConsumer) -> int:
     return sum(v for v in partition_lags(consumer).values() if v)
 
 
+MAX_DEAD_LETTER_VALUE = 256 * 1024  # bytes of an oversized record kept in its dead letter
+
+
 def encode_dead_letter(
     *,
     key: bytes | None,
@@ -202,20 +205,26 @@ def encode_dead_letter(
     partition: int,
     offset: int,
     when: float | None = None,
+    max_value_bytes: int = MAX_DEAD_LETTER_VALUE,
 ) -> bytes:
-    """The DLQ record value: a msgpack map with the original bytes and where they came from."""
-    return msgpack.packb(
-        {
-            "key": key,
-            "value": value,
-            "reason": reason,
-            "topic": topic,
-            "partition": partition,
-            "offset": offset,
-            "time": time.time() if when is None else when,
-        },
-        use_bin_type=True,
-    )
+    """The DLQ record value: a msgpack map with the original bytes and where they came from.
+
+    A value over ``max_value_bytes`` keeps only its first bytes (``value_size``
+    says how long it was): an oversized record must not make its dead letter
+    too large to produce, or the batch would be retried forever (a poison pill).
+    """
+    doc: dict[str, Any] = {
+        "key": key,
+        "value": value,
+        "reason": reason,
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "time": time.time() if when is None else when,
+    }
+    if value is not None and len(value) > max_value_bytes:
+        doc["value"], doc["value_size"] = bytes(value[:max_value_bytes]), len(value)
+    return msgpack.packb(doc, use_bin_type=True)
 
 
 def decode_dead_letter(value: bytes) -> dict[str, Any]:

@@ -583,7 +583,10 @@ def recluster_once(
     from clio_stream.publish import publish_version
 
     owner = owner or f"recluster-{socket.gethostname()}-{os.getpid()}"
-    if not store.try_lock(LOCK_NAME, owner, LOCK_TTL_S):
+    # A renewed lease: a run may take longer than the TTL, and a run that was killed blocks the next one
+    # only until the TTL runs out (not an hour).
+    lease = store.lease(LOCK_NAME, owner, float(getattr(settings, "recluster_lock_ttl_s", LOCK_TTL_S)))
+    if lease is None:
         log.info("re-clustering skipped: %s holds the lock", store.lock_holder(LOCK_NAME))
         return None
     t0 = time.perf_counter()
@@ -648,6 +651,7 @@ def recluster_once(
         report.lineage = len(lineage)
 
         # 1-2. id counters, then centroids and labels of the new version
+        lease.check()  # lost it while clustering: another run owns the writes now
         for f in tree:
             store.put_state(ID_COUNTER_KEY.format(facet=f.name), runs[f.name].ids.state())
         for f in tree:
@@ -666,6 +670,7 @@ def recluster_once(
                             stats={"llm": vars(stats), "points": report.points, "version": version,
                                    "store_clusters": {k: v for r in runs.values() for k, v in r.store_clusters.items()},
                                    "living": report.facets})
+        lease.check()
         report.published = publish_version(result, publish_dir, str(version), lineage=lineage, settings=settings)
         # 4. consumers switch last
         for f in tree:
@@ -682,4 +687,4 @@ def recluster_once(
                  report.leaves_renamed, "n/a" if report.id_survival is None else f"{report.id_survival:.2f}")
         return report
     finally:
-        store.release_lock(LOCK_NAME, owner)
+        lease.release()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -74,6 +75,10 @@ class CollectionMissing(StoreError):
 
 class StoreUnavailable(StoreError):
     """Qdrant is unreachable, timing out or overloaded: back off and retry."""
+
+
+class LockLost(StoreError):
+    """A lease ran out or was taken over while its holder still worked: stop before writing anything more."""
 
 
 # --------------------------------------------------------------------------- ids
@@ -697,6 +702,16 @@ class QdrantStore:
             self.client.delete(self.state, points_selector=models.FilterSelector(filter=flt), wait=True)
         return mine
 
+    def lease(self, name: str, owner: str, ttl_s: float) -> Lease | None:
+        """Take the lock ``name`` and keep renewing it in the background; None if someone else holds it.
+
+        With renewal, ``ttl_s`` no longer has to outlast the longest job: it only bounds how long a holder
+        that died (SIGKILL, lost host) blocks the next one. Release it with ``Lease.release()``.
+        """
+        if not self.try_lock(name, owner, ttl_s):
+            return None
+        return Lease(self, name, owner, ttl_s).start()
+
     def lock_holder(self, name: str) -> dict[str, Any] | None:
         """The current lease document (owner, expires_at) if unexpired, else None."""
         with self._guard("lock holder"):
@@ -705,6 +720,59 @@ class QdrantStore:
             return None
         doc = dict(found[0].payload or {})
         return doc if float(doc.get("expires_at", 0.0)) > time.time() else None
+
+
+class Lease:
+    """A held store lock, renewed every third of its TTL by a daemon thread until ``release``.
+
+    If a renewal finds the lock taken (it expired while Qdrant was unreachable, or the clocks disagree),
+    the lease is marked lost and ``check()`` raises :class:`LockLost`, so the holder stops before its next
+    write instead of racing the new holder. A renewal that fails because Qdrant is down is retried until the
+    lease would have expired.
+    """
+
+    def __init__(self, store: QdrantStore, name: str, owner: str, ttl_s: float) -> None:
+        self.store, self.name, self.owner, self.ttl_s = store, name, owner, float(ttl_s)
+        self.expires_at = time.time() + self.ttl_s
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew_loop, name=f"lease-{name}", daemon=True)
+
+    def start(self) -> Lease:
+        self._thread.start()
+        return self
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.ttl_s / 3.0):
+            try:
+                renewed = self.store.try_lock(self.name, self.owner, self.ttl_s)
+            except StoreError as exc:
+                if time.time() >= self.expires_at:
+                    self.lost = f"not renewed before it expired ({exc})"
+                    log.error("lock %s of %s lost: %s", self.name, self.owner, self.lost)
+                    return
+                log.warning("renewing lock %s failed (%s); retrying", self.name, exc)
+                continue
+            if not renewed:
+                self.lost = f"taken over by {(self.store.lock_holder(self.name) or {}).get('owner')}"
+                log.error("lock %s of %s lost: %s", self.name, self.owner, self.lost)
+                return
+            self.expires_at = time.time() + self.ttl_s
+
+    def check(self) -> None:
+        """Raise :class:`LockLost` when the lease can no longer be trusted (call before each write phase)."""
+        if self.lost is not None:
+            raise LockLost(f"lock {self.name!r} of {self.owner}: {self.lost}")
+        if time.time() >= self.expires_at:
+            raise LockLost(f"lock {self.name!r} of {self.owner}: expired (renewals failed)")
+
+    def release(self) -> bool:
+        """Stop renewing and drop the lock if still ours; True if it was."""
+        self._stop.set()
+        self._thread.join(timeout=30)
+        if self.lost is not None:
+            return False
+        return self.store.release_lock(self.name, self.owner)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -84,9 +84,11 @@ class BatchOutcome:
 class _CountingLLM:
     """Counts generate calls, and turns a dead back-end into :class:`LLMUnavailable`.
 
-    A back-end answers None for a request it could not serve; when every answer
-    of a call is None the server (or engine) is down, and storing those missing
-    values would lose the conversations, so the batch must be retried instead.
+    A failed request (``RequestsFailed`` from a server back-end, or any other
+    exception) and a call whose every answer is None both mean the back-end is
+    down or failing: storing those missing values would lose the conversations,
+    so the batch must be retried instead. A None among real answers (a prompt
+    too long for the in-process engine) is data, not an outage.
     """
 
     def __init__(self, inner: LLMBackend) -> None:

@@ -326,6 +326,7 @@ class ConsumerWorker:
         try:
             if self.centroids.refresh(self._store):
                 self._deltas.rewind()  # deltas of the new version may predate our noticing it
+                self.metrics.set_clusters(self.centroids.outlier_rates(), self.centroids.versions())
         except StoreError as exc:
             if strict:
                 raise

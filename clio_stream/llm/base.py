@@ -67,6 +67,20 @@ class AskStats:
                 mine[k] = mine.get(k, 0) + v
 
 
+class RequestsFailed(RuntimeError):
+    """Some requests of one ``generate`` call got no answer: the server failed them even after its retries.
+
+    Not the same as an answer that does not parse: a streaming worker must retry the whole batch later
+    (storing a missing value would lose data), while a batch run may re-ask just those prompts.
+    ``answers`` holds what did come back, None where a request failed.
+    """
+
+    def __init__(self, failed: int, answers: list[str | None]) -> None:
+        super().__init__(f"{failed} of {len(answers)} LLM requests failed")
+        self.failed = failed
+        self.answers = answers
+
+
 def ask(
     llm: LLMBackend,
     prompts: Sequence[Prompt],
@@ -98,9 +112,12 @@ def ask(
         still: list[int] = []
         for start in range(0, len(pending), batch_size):
             chunk = pending[start : start + batch_size]
-            texts = llm.generate(
-                [prompts[i] for i in chunk], sampling, seed=seed + 7919 * attempt, desc=desc if attempt == 0 else None
-            )
+            try:
+                texts = llm.generate([prompts[i] for i in chunk], sampling, seed=seed + 7919 * attempt,
+                                     desc=desc if attempt == 0 else None)
+            except RequestsFailed as exc:  # a batch run tolerates gaps: re-ask those prompts like unparseable ones
+                log.warning("%s: %s", desc or "llm", exc)
+                texts = exc.answers
             local.generations += len(chunk)
             for i, text in zip(chunk, texts):
                 last_texts[i] = text

@@ -14,11 +14,12 @@ import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from clio_stream.llm.base import Prompt
+from clio_stream.llm.base import Prompt, RequestsFailed
 from clio_stream.templating import cached_replacements
 
 log = logging.getLogger(__name__)
 
+_FAILED: Any = object()  # marks a request that failed after the client's retries
 _PASSTHROUGH = {"temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty", "frequency_penalty", "n"}
 
 
@@ -82,7 +83,7 @@ class OpenAICompatible:
                 )
             except Exception as exc:
                 log.warning("LLM request failed after retries: %s", type(exc).__name__)
-                return None
+                return _FAILED
         text = resp.choices[0].message.content or ""
         if prefill and text.startswith(prefill):
             text = text[len(prefill) :]
@@ -101,13 +102,18 @@ class OpenAICompatible:
                 self._one(client, sem, p, args if seed is None or not self.send_seed else {**args, "seed": seed + i})
                 for i, p in enumerate(prompts)
             ]
-            return list(await asyncio.gather(*jobs))
+            answers = list(await asyncio.gather(*jobs))
         finally:
             await client.close()
+        failed = sum(1 for a in answers if a is _FAILED)
+        if failed:
+            raise RequestsFailed(failed, [None if a is _FAILED else a for a in answers])
+        return answers
 
     def generate(
         self, prompts: Sequence[Prompt], sampling: Mapping[str, Any], *, seed: int | None = None, desc: str | None = None
     ) -> list[str | None]:
+        """Answers in prompt order; raises ``RequestsFailed`` (with the answers that came) if any request failed."""
         args = dict(sampling)
         coro_factory = lambda: self._all(prompts, args, seed)  # noqa: E731
         try:
@@ -115,10 +121,19 @@ class OpenAICompatible:
         except RuntimeError:
             return asyncio.run(coro_factory())
         # Called from inside an event loop (e.g. a web handler): run on a private thread.
-        box: list[list[str | None]] = []
-        thread = threading.Thread(target=lambda: box.append(asyncio.run(coro_factory())))
+        box: list[Any] = []
+
+        def run() -> None:
+            try:
+                box.append(asyncio.run(coro_factory()))
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                box.append(exc)
+
+        thread = threading.Thread(target=run)
         thread.start()
         thread.join()
+        if isinstance(box[0], BaseException):
+            raise box[0]
         return box[0]
 
     def health(self) -> bool:

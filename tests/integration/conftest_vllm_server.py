@@ -43,7 +43,7 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer
     port = free_port()
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
             "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "4096", "--dtype", "bfloat16",
-            "--seed", "0", "--kv-cache-memory-bytes", str(KV_CACHE_BYTES), "--disable-log-stats",
+            "--seed", "0", "--kv-cache-memory-bytes", str(KV_CACHE_BYTES), "--enforce-eager", "--disable-log-stats",
             "--disable-uvicorn-access-log", "--uvicorn-log-level", "warning"]
     proc = ManagedProcess(
         "vllm-server", argv,

@@ -13,187 +13,38 @@ import logging
 import sys
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
-from qdrant_client import models as qm
 
-from clio_stream.data import load_shared_dataset
-from clio_stream.facets import CONCERNING, REQUEST
-from clio_stream.kafka_io import decode_dead_letter, ensure_topics, make_producer
+from clio_stream.kafka_io import decode_dead_letter, ensure_topics
 from clio_stream.messages import encode_message
-from clio_stream.services.processes import ManagedProcess, free_port, start_qdrant
-from clio_stream.settings import ClioSettings
-from clio_stream.store import QdrantStore
+from clio_stream.services.processes import ManagedProcess
 from consumers.bootstrap import bootstrap_clustering
 from consumers.worker import ConsumerWorker
 from tests.integration.conftest_vllm_server import vllm_server  # noqa: F401 - session fixture
+from tests.streaming_helpers import (  # noqa: F401 - own_qdrant is a fixture
+    FACETS,
+    REPO,
+    LockedEmbedder,
+    banking,
+    check_stored_once,
+    committed,
+    own_qdrant,
+    processed_count,
+    read_topic,
+    reader_store,
+    safe_count,
+    send,
+    send_conversations,
+    start_thread,
+    stop_thread,
+    streaming_settings,
+    valued,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 log = logging.getLogger(__name__)
-
-FACETS = [REQUEST, CONCERNING]
-DATA = Path(__file__).parents[2].parent / "shared" / "data"
-REPO = Path(__file__).parents[2]
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def banking(n: int, skip: int, tag: str) -> list[dict[str, Any]]:
-    """``n`` real banking77 requests from distinct intents where possible (``skip`` rounds through them)."""
-    rows = load_shared_dataset("banking77", DATA)
-    by_label: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        by_label.setdefault(r["label"], []).append(r)
-    order = [group[i] for i in range(10) for group in by_label.values() if i < len(group)]
-    picked = order[skip : skip + n]
-    return [{"id": f"{tag}-{r['id']}", "user_id": f"user-{i % 5}", "conversation": r["conversation"]}
-            for i, r in enumerate(picked)]
-
-
-def send(bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes]]) -> None:
-    producer = make_producer(bootstrap, max_request_size=4 << 20)
-    try:
-        futures = [producer.send(topic, key=k, value=v) for k, v in items]
-        producer.flush(30)
-        assert not [f for f in futures if f.failed()], "the broker refused a test record"
-    finally:
-        producer.close()
-
-
-def send_conversations(bootstrap: str, topic: str, convs: list[dict[str, Any]]) -> None:
-    send(bootstrap, topic, [(c["id"].encode(), encode_message(c)) for c in convs])
-
-
-def streaming_settings(kafka: Any, qdrant_url: str, grpc_port: int, unique_name: Callable[[str], str],
-                       **overrides: Any) -> ClioSettings:
-    topic = unique_name("conv")
-    values: dict[str, Any] = dict(
-        kafka_bootstrap=kafka.bootstrap, topic=topic, dlq_topic=f"{topic}.dlq", deltas_topic=f"{topic}.deltas",
-        consumer_group=unique_name("group"), topic_partitions=3, max_poll_records=16, poll_timeout_ms=1000,
-        qdrant_url=qdrant_url, qdrant_grpc_port=grpc_port, qdrant_prefix=unique_name("t").replace("-", "_"),
-        user_id_hash_key="test-key", show_progress=False, llm_max_retries=1, max_message_bytes=64 * 1024,
-        backoff_initial_s=0.5, backoff_max_s=4.0, metrics_every_batches=1,
-    )
-    values.update(overrides)
-    return ClioSettings(**values)
-
-
-def reader_store(s: ClioSettings) -> QdrantStore:
-    return QdrantStore(s.qdrant_url, prefix=s.qdrant_prefix, grpc_port=s.qdrant_grpc_port, keep_raw=True)
-
-
-def processed_count(store: QdrantStore) -> int:
-    flt = qm.Filter(must=[qm.FieldCondition(key="status", match=qm.MatchValue(value="processed"))])
-    return int(store.client.count(store.conversations, count_filter=flt, exact=True).count)
-
-
-def stored_pairs(store: QdrantStore) -> Counter:
-    """(conversation id, facet) -> number of facet points (must be 1 each)."""
-    pairs: Counter = Counter()
-    offset = None
-    while True:
-        recs, offset = store.client.scroll(store.facets, limit=500, offset=offset, with_payload=True)
-        pairs.update((r.payload["conversation_id"], r.payload["facet"]) for r in recs)
-        if offset is None:
-            return pairs
-
-
-def valued(store: QdrantStore, facet: str) -> set[str]:
-    """Conversations whose ``facet`` got a usable answer."""
-    out: set[str] = set()
-    offset = None
-    flt = qm.Filter(must=[qm.FieldCondition(key="facet", match=qm.MatchValue(value=facet))])
-    while True:
-        recs, offset = store.client.scroll(store.facets, scroll_filter=flt, limit=500, offset=offset,
-                                           with_payload=True)
-        out.update(r.payload["conversation_id"] for r in recs if r.payload.get("value"))
-        if offset is None:
-            return out
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str, every: float = 0.5) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
-
-
-def safe_count(store: QdrantStore) -> int:
-    try:
-        return processed_count(store)
-    except Exception:  # noqa: BLE001 - Qdrant may be down on purpose
-        return -1
-
-
-def committed(bootstrap: str, group: str, topic: str) -> int:
-    """Sum of the group's committed offsets on ``topic`` (= records committed, offsets start at 0).
-
-    Asked through a consumer's OffsetFetch without joining the group: kafka-python 2.3.3's admin
-    ``list_consumer_group_offsets`` cannot decode Tansu's answer.
-    """
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        return sum(consumer.committed(TopicPartition(topic, p)) or 0 for p in parts)
-    finally:
-        consumer.close(autocommit=False)
-
-
-def read_topic(bootstrap: str, topic: str, expect: int, timeout: float = 30.0) -> list[Any]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        out: list[Any] = []
-        deadline = time.monotonic() + timeout
-        while len(out) < expect and time.monotonic() < deadline:
-            for recs in consumer.poll(timeout_ms=500).values():
-                out.extend(recs)
-        return out
-    finally:
-        consumer.close()
-
-
-def check_stored_once(store: QdrantStore, convs: list[dict[str, Any]]) -> None:
-    pairs = stored_pairs(store)
-    want = {(c["id"], f.name) for c in convs for f in FACETS}
-    assert set(pairs) == want, f"missing {sorted(want - set(pairs))[:5]}, extra {sorted(set(pairs) - want)[:5]}"
-    assert all(n == 1 for n in pairs.values())
-    assert sum(pairs.values()) == len(convs) * len(FACETS)
-    assert processed_count(store) == len(convs)
-
-
-class LockedEmbedder:
-    """Serialises ``encode`` so two worker threads can share one model."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner, self.dim, self.model_name = inner, inner.dim, inner.model_name
-        self._lock = threading.Lock()
-
-    def encode(self, texts: Any, *, desc: str | None = None) -> Any:
-        with self._lock:
-            return self.inner.encode(texts, desc=desc)
-
-
-def start_thread(worker: ConsumerWorker) -> tuple[threading.Thread, threading.Event]:
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), name=f"worker-{worker.worker_id}", daemon=True)
-    thread.start()
-    return thread, stop
-
-
-def stop_thread(thread: threading.Thread, stop: threading.Event) -> None:
-    stop.set()
-    thread.join(120)
-    assert not thread.is_alive(), "worker did not stop"
 
 
 # --------------------------------------------------------------------------- (a)
@@ -369,18 +220,6 @@ def test_two_workers_and_a_rebalance_store_each_conversation_once(
 
 
 # --------------------------------------------------------------------------- (d)
-
-
-@pytest.fixture
-def own_qdrant(tmp_path: Path) -> Iterator[tuple[str, int, ManagedProcess]]:
-    """A Qdrant of this test's own, to stop and start (persistent storage survives the restart)."""
-    http_port, grpc_port = free_port(), free_port()
-    proc = start_qdrant(http_port=http_port, grpc_port=grpc_port, storage_dir=tmp_path / "qdrant",
-                        log_dir=tmp_path / "logs", die_with_parent=True)
-    try:
-        yield f"http://127.0.0.1:{http_port}", grpc_port, proc
-    finally:
-        proc.stop()
 
 
 def test_qdrant_outage_degrades_then_resumes_without_loss(

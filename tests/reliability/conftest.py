@@ -2,8 +2,8 @@
 
 Run it alone with ``pytest -m reliability`` (short form) or ``pytest tests/reliability --long`` (full form).
 Each test records what it measured through ``reliability_report``; at the end of the session the figures are
-written to ``benchmarks/results/reliability-<short|long>.json`` and printed as a table, so the closing note
-can quote a full run.
+merged into ``benchmarks/results/reliability-<short|long>.json`` (by test name, each with the time it was
+recorded) and printed as a table, so the closing note can quote a full run.
 """
 
 from __future__ import annotations
@@ -42,15 +42,21 @@ def reliability_report(request: pytest.FixtureRequest) -> Callable[..., None]:
 
 @pytest.fixture(scope="session", autouse=True)
 def _write_reliability_report(long_run: bool) -> Iterator[None]:
-    started = time.time()
     yield
     if not _FIGURES:
         return
     mode = "long" if long_run else "short"
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out = RESULTS_DIR / f"reliability-{mode}.json"
-    out.write_text(json.dumps({"mode": mode, "started_at": started, "seconds": round(time.time() - started, 1),
-                               "tests": _FIGURES}, indent=2, sort_keys=True))
+    # Merge: a session that ran only some tests updates theirs and keeps the other tests' last figures.
+    try:
+        previous = json.loads(out.read_text()).get("tests", {}) if out.exists() else {}
+    except (OSError, ValueError):
+        previous = {}
+    finished = time.time()
+    runs = {name: {**figures, "recorded_at": round(finished)} for name, figures in _FIGURES.items()}
+    out.write_text(json.dumps({"mode": mode, "updated_at": round(finished), "tests": {**previous, **runs}},
+                              indent=2, sort_keys=True))
     lines = [f"reliability figures ({mode}) -> {out}"]
     for test, figures in sorted(_FIGURES.items()):
         lines.append(f"  {test}")

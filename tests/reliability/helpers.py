@@ -1,0 +1,108 @@
+"""What the fault tests share: cheap conversations, an LLM description for the figures, a killable TCP proxy.
+
+The conversations are real banking77 requests; ``pooled_conversations`` repeats a pool of distinct texts
+under fresh ids, so the worker's reuse of facet values by content hash keeps a CPU-sized LLM out of the way
+of a long stream (only the distinct texts cost LLM calls) while every conversation is still a separate record,
+a separate status point and separate facet points.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import Any
+
+from tests.streaming_helpers import banking
+
+log = logging.getLogger(__name__)
+
+
+def pooled_conversations(n: int, distinct: int, tag: str, skip: int = 200) -> list[dict[str, Any]]:
+    """``n`` conversations over ``distinct`` different texts; the first ``distinct`` are all different."""
+    pool = banking(distinct, skip, f"{tag}-pool")
+    assert len(pool) == distinct, f"banking77 has fewer than {distinct} texts after {skip}"
+    return [{"id": f"{tag}-{i:05d}", "user_id": f"user-{i % 7}", "conversation": pool[i % distinct]["conversation"]}
+            for i in range(n)]
+
+
+def llm_description(base_url: str) -> str:
+    """What answered the facet questions, for the figures."""
+    where = "shared server (CLIO_TEST_VLLM_URL)" if os.environ.get("CLIO_TEST_VLLM_URL") else "session server"
+    return f"vLLM OpenAI server, SmolLM2-135M-Instruct, CPU, {where} at {base_url}"
+
+
+class TcpProxy:
+    """A loopback TCP forwarder to ``target`` that can be taken down and brought back on the same port.
+
+    Stands in for an LLM server outage when the tests share a server they must not stop: while down, the
+    port refuses connections and every open connection is cut, which is what a client of a dead server sees.
+    """
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = int(probe.getsockname()[1])
+        self._listener: socket.socket | None = None
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    def start(self) -> TcpProxy:
+        """Listen (again) on the proxy's port."""
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(128)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), name="tcp-proxy", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        """Refuse new connections and reset the open ones."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+        with self._lock:
+            conns, self._conns = list(self._conns), set()
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # closed by stop()
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._conns.update((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+            with self._lock:
+                self._conns.discard(src)
+                self._conns.discard(dst)
