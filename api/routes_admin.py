@@ -10,7 +10,7 @@ from fastapi import APIRouter, Body, Path
 
 from api.deps import Admin, Ctx, Store
 from api.schemas import DeletedOut, ErrorOut, ReclusterIn, ReclusterOut
-from clio_stream.privacy import keyed_user_hash
+from clio_stream.deletion import delete_user as delete_user_everywhere
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +41,13 @@ def delete_user(
     store: Store,
     user_id: Annotated[str, Path(min_length=1, max_length=256, description="The user id as sent with conversations.")],
 ) -> DeletedOut:
-    """Deletes facet and conversation points by the keyed hash of ``user_id``.
+    """Deletes facet and conversation points by the keyed hash of ``user_id``, and the user's conversations
+    from every published version (clio_stream.deletion), then asks for a re-clustering to rename clusters.
 
     Answers 200 with the counts even when nothing matched (so it cannot be used
-    to probe quietly: an admin sees the same shape either way). Published
-    versions keep aggregate counts until the next re-clustering rebuilds them.
+    to probe quietly: an admin sees the same shape either way).
     """
-    user_hash = keyed_user_hash(user_id, ctx.settings.user_id_hash_key)
-    removed = store.delete_user(user_hash)
-    log.info("user data deleted by %s: %s", principal.key_id, removed)
-    return DeletedOut(facet_points=removed.get(store.facets, 0), conversations=removed.get(store.conversations, 0))
+    report = delete_user_everywhere(user_id, ctx.settings, store=store, publish_dir=ctx.publish_dir)
+    log.info("user data deleted by %s: %d facet points, %d conversations, %d published version(s) scrubbed",
+             principal.key_id, report.facet_points, report.conversations, len(report.versions_scrubbed))
+    return DeletedOut(facet_points=report.facet_points, conversations=report.conversations)

@@ -16,8 +16,10 @@ that allows exactly the page's own inline script (by hash) and same-origin fetch
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import html
+import json
 import logging
 import re
 from pathlib import Path
@@ -27,7 +29,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 
-from api.auth import SESSION_COOKIE, Principal
+from api.auth import SESSION_COOKIE, Principal, Role
 from api.deps import ApiContext, Ctx, authenticate, bearer_scheme
 from clio_stream.publish import PublishedVersion, load_current
 
@@ -102,16 +104,44 @@ def dashboard(
                                        "X-Frame-Options": "DENY"})
 
 
+def _without_messages(published: PublishedVersion, target: Path) -> bytes:
+    """A conversation chunk with raw messages removed (what a viewer may see), built once per file and version.
+
+    The site carries messages when ``show_conversations`` is on, for analysts; a
+    viewer sees aggregates and facet values only, as in the API.
+    """
+    key = f"api.viewer_chunk:{target}"
+    cached = published.cache.get(key)
+    if cached is None:
+        doc = json.loads(gzip.decompress(target.read_bytes()))
+        for record in doc.get("conversations", []) if isinstance(doc, dict) else []:
+            if isinstance(record, dict):
+                record.pop("messages", None)
+                record.pop("timestamp", None)
+        cached = gzip.compress(json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode(), mtime=0)
+        published.cache[key] = cached
+    return cached
+
+
 @router.get("/data/{path:path}")
 def data_file(request: Request, ctx: Ctx, credentials: Credentials, path: str) -> Response:
-    if _viewer(request, ctx, credentials) is None:
+    principal = _viewer(request, ctx, credentials)
+    if principal is None:
         return Response(status_code=401, headers={"WWW-Authenticate": "Bearer"})
     published = load_current(ctx.publish_dir)
     if published is None:
         return Response(status_code=404)
     base = (published.site_dir / "data").resolve()
-    target = (base / path).resolve()
-    if not target.is_relative_to(base) or not target.is_file():
+    try:
+        target = (base / path).resolve()
+        if not target.is_relative_to(base) or not target.is_file():
+            return Response(status_code=404)
+    except (ValueError, OSError):  # a NUL byte or an over-long name: no such file, not a server error
         return Response(status_code=404)
+    conversations = base / "conversations"
+    if not principal.allows(Role.analyst) and target.parent == conversations and target.name.endswith(".json.gz") \
+            and target.name != "index.json.gz":
+        return Response(_without_messages(published, target), media_type=_MEDIA[".gz"],
+                        headers={"Cache-Control": "no-cache"})
     return FileResponse(target, media_type=_MEDIA.get(Path(path).suffix, "application/octet-stream"),
                         headers={"Cache-Control": "no-cache"})

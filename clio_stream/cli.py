@@ -288,6 +288,25 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_delete_user(args: argparse.Namespace) -> int:
+    """Delete one user's data from Qdrant, every published version, and the given batch output folders."""
+    import json
+
+    from clio_stream.deletion import delete_user
+    from clio_stream.store import QdrantStore
+
+    settings = _streaming_settings(args)
+    dirs = [Path(d) for d in args.batch_dir or []]
+    if args.no_store:
+        report = delete_user(args.user_id, settings, store=None, batch_dirs=dirs)
+    else:
+        with QdrantStore.from_settings(settings) as store:
+            report = delete_user(args.user_id, settings, store=store, batch_dirs=dirs,
+                                 request_recluster=not args.no_recluster)
+    sys.stdout.write(json.dumps(report.as_dict(), indent=2) + "\n")  # counts only, never the user's data
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clio-stream", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -386,6 +405,16 @@ def build_parser() -> argparse.ArgumentParser:
     stream_args(sp)
     model_args(sp)
     sp.set_defaults(func=cmd_scheduler)
+
+    sp = sub.add_parser("delete-user", help="delete one user's data: Qdrant points, published versions, caches")
+    sp.add_argument("user_id", help="the user id as sent with the conversations")
+    sp.add_argument("--batch-dir", action="append",
+                    help="also scrub this run_clio output folder (result.json, site/, checkpoints/); repeatable")
+    sp.add_argument("--no-store", action="store_true", help="skip Qdrant (a batch-only installation)")
+    sp.add_argument("--no-recluster", action="store_true",
+                    help="do not ask the scheduler to re-cluster (cluster names may still reflect the user)")
+    stream_args(sp)
+    sp.set_defaults(func=cmd_delete_user)
     return p
 
 

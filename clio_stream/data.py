@@ -64,7 +64,10 @@ def parse_timestamp(value: Any) -> float | None:
     if isinstance(value, bool):
         raise ValueError("a timestamp cannot be a boolean")
     if isinstance(value, (int, float)):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an int beyond float range: a malformed record, not a crash
+            raise ValueError(f"timestamp {str(value)[:20]}... is out of range") from None
     if isinstance(value, str):
         text = value.strip().replace("Z", "+00:00")
         return datetime.fromisoformat(text).timestamp()
@@ -190,32 +193,47 @@ def render_conversation(conv: Conversation) -> str:
     return "\n".join(f"<{m.role}>\n{m.content.strip()}\n</{m.role}>" for m in conv.messages)
 
 
+def _parse_json(text: str, where: str) -> Any:
+    """``json.loads`` whose every failure (syntax, nesting too deep for the parser) is a ``DataError``."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where} is not JSON ({exc.msg})") from exc
+    except RecursionError:
+        raise DataError(f"{where} is nested too deeply") from None
+
+
+def _read_parquet(p: Path) -> list[Any]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(p).to_pylist()
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{p}: not a readable Parquet file ({str(exc)[:120]})") from exc
+
+
 def load_file(path: str | Path) -> list[Any]:
-    """Records from a JSONL, JSON (a list) or Parquet file."""
+    """Records from a JSONL, JSON (a list) or Parquet file; unreadable content raises ``DataError``."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"no such file: {p}")
     suffix = p.suffix.lower()
-    if suffix in {".jsonl", ".ndjson"}:
-        records = []
-        with p.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise DataError(f"{p}: line {n} is not JSON ({exc.msg})") from exc
-        return records
+    if suffix == ".parquet":
+        return _read_parquet(p)
+    if suffix not in {".jsonl", ".ndjson", ".json"}:
+        raise DataError(f"{p}: unsupported file type {suffix!r} (use .jsonl, .json or .parquet)")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{p}: not UTF-8 text (byte {exc.start})") from exc
     if suffix == ".json":
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = _parse_json(text, str(p))
         if not isinstance(data, list):
             raise DataError(f"{p}: expected a JSON list of conversations")
         return data
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(p).to_pylist()
-    raise DataError(f"{p}: unsupported file type {suffix!r} (use .jsonl, .json or .parquet)")
+    # Split on newlines only: str.splitlines would also split on U+2028 inside JSON strings.
+    return [_parse_json(line, f"{p}: line {n}") for n, line in enumerate(text.split("\n"), 1) if line.strip()]
 
 
 def _read_json_list_tolerant(path: Path) -> list[Any]:

@@ -254,7 +254,7 @@ def load_current(publish_dir: str | Path) -> PublishedVersion | None:
         version = read_pointer(root)
         if version is None:
             return hit[1] if hit else None
-        if hit is not None and hit[1].version == version:
+        if hit is not None and hit[1].version == version and hit[1].cache.get(_RESULT_STAMP) == _result_stamp(hit[1].path):
             _cache[root] = (stamp, hit[1])
             return hit[1]
         loaded = _load_version(root, version)
@@ -295,8 +295,21 @@ def load_version(publish_dir: str | Path, version: str) -> PublishedVersion | No
     return _load_version(Path(publish_dir).expanduser().absolute(), check_version(version))
 
 
+_RESULT_STAMP = "publish.result_stamp"
+
+
+def _result_stamp(path: Path) -> tuple[int, int] | None:
+    """Identity of a version's result.json: only a user deletion (clio_stream.deletion) replaces it in place."""
+    try:
+        st = (path / RESULT_FILE).stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
 def _load_version(root: Path, version: str) -> PublishedVersion | None:
     path = root / VERSIONS_DIR / version
+    stamp = _result_stamp(path)
     try:
         raw = (path / RESULT_FILE).read_bytes()
     except FileNotFoundError:
@@ -307,6 +320,8 @@ def _load_version(root: Path, version: str) -> PublishedVersion | None:
     lineage = _read_json(path / LINEAGE_FILE) or {}
     meta = _read_json(path / META_FILE) or {}
     log.info("loaded published version %s in %.2fs", version, time.monotonic() - started)
-    return PublishedVersion(version=version, path=path, result=result,
-                            lineage={str(k): str(v) for k, v in dict(lineage).items()},
-                            published_at=meta.get("published_at"))
+    loaded = PublishedVersion(version=version, path=path, result=result,
+                              lineage={str(k): str(v) for k, v in dict(lineage).items()},
+                              published_at=meta.get("published_at"))
+    loaded.cache[_RESULT_STAMP] = stamp
+    return loaded

@@ -249,6 +249,8 @@ class ClioSettings(BaseSettings):
                                        "many batches (and at least every metrics_interval_s).")
     metrics_interval_s: float = Field(15.0, gt=0, description="Longest time between two writes of a worker's "
                                       "metrics (health, lag, drift) to the store, busy or idle.")
+    broker_unreachable_s: float = Field(10.0, gt=0, description="A worker reports degraded health after this "
+                                        "long without a reachable Kafka group coordinator.")
     backoff_initial_s: float = Field(0.5, gt=0, description="First wait after a failed batch (Qdrant or LLM down).")
     backoff_max_s: float = Field(15.0, gt=0, description="Longest wait between retries of a failed batch.")
     # Qdrant (read by clio_stream.store.QdrantStore.from_settings).

@@ -109,6 +109,7 @@ class ConsumerWorker:
         self.metrics = WorkerMetrics(self.worker_id)
         self.drift = DriftMonitor(delta=self.settings.drift_delta, min_increase=self.settings.drift_min_increase)
         self._metrics_written_at = 0.0
+        self._broker_lost_at: float | None = None
         self.health = "starting"
         self.health_reason: str | None = None
         self._failures = 0
@@ -219,8 +220,10 @@ class ConsumerWorker:
         records = sorted((r for rs in polled.values() for r in rs), key=lambda r: (r.topic, r.partition, r.offset))
         self.metrics.set_lag(self._lag())
         if not records:
+            self._watch_broker()
             self._maybe_write_metrics()
             return 0
+        self._broker_lost_at = None
         t0 = time.perf_counter()
         try:
             outcome = self._process(records)
@@ -240,6 +243,28 @@ class ConsumerWorker:
         self._watch_drift(outcome)
         self._maybe_write_metrics(force=self.metrics.batches % self.settings.metrics_every_batches == 0)
         return outcome.processed
+
+    def _watch_broker(self) -> None:
+        """An empty poll looks the same whether the topic is idle or the broker is gone: ask the group client.
+
+        kafka-python reconnects by itself; this only makes the outage visible as ``degraded`` health (after
+        ``broker_unreachable_s`` without a group coordinator) and clears it once the coordinator is back.
+        """
+        try:
+            lost = bool(self._consumer._coordinator.coordinator_unknown())  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 - a private API of kafka-python: never let it break the loop
+            return
+        now = time.monotonic()
+        if not lost:
+            if self._broker_lost_at is not None and self.health == "degraded":
+                log.info("broker reachable again")
+                self._set_health("ok")
+            self._broker_lost_at = None
+        elif self._broker_lost_at is None:
+            self._broker_lost_at = now
+        elif now - self._broker_lost_at >= self.settings.broker_unreachable_s and self.health == "ok":
+            log.warning("no Kafka group coordinator for %.0f s: broker unreachable", now - self._broker_lost_at)
+            self._set_health("degraded", "Kafka broker unreachable")
 
     def _watch_drift(self, outcome: BatchOutcome) -> None:
         """Feed each assigned point's distance to its facet's ADWIN (see clio_stream.drift)."""

@@ -13,6 +13,7 @@ import functools
 import logging
 import socket
 import threading
+import urllib.parse
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,8 @@ class _SiteHandler(SimpleHTTPRequestHandler):
         return False
 
     def translate_path(self, path: str) -> str:
+        if "\x00" in urllib.parse.unquote(path):  # os.stat would raise on it and drop the connection: 404 instead
+            return str(Path(self.directory) / ".clio-not-found")
         root = self.html_root if "://" not in self.html_root else ""
         if root:
             bare = path.split("?", 1)[0].split("#", 1)[0]

@@ -166,8 +166,9 @@ def test_broker_restart_keeps_committed_work_and_resumes(
 ) -> None:
     broker, proc = own_broker
     first_n, then_n = (60, 120) if long_run else (12, 24)
-    down_s = 20.0 if long_run else 5.0
-    s = streaming_settings(broker, qdrant_server.url, qdrant_server.grpc_port, unique_name, max_poll_records=4)
+    down_s = 20.0 if long_run else 10.0
+    s = streaming_settings(broker, qdrant_server.url, qdrant_server.grpc_port, unique_name, max_poll_records=4,
+                           broker_unreachable_s=2.0)
     convs = pooled_conversations(first_n + then_n, first_n, unique_name("brk"))
     first, then = convs[:first_n], convs[first_n:]
     worker = thread_worker(s, vllm_server.base_url, embedder)
@@ -209,6 +210,7 @@ def test_broker_restart_keeps_committed_work_and_resumes(
         )
         assert reprocessed == [], f"committed conversations were processed again: {reprocessed[:5]}"
         assert missing_numeric(store, [c["id"] for c in convs]) == []
+        assert "degraded" in seen_down  # the idle worker noticed the broker was gone (no group coordinator)
     finally:
         stop.set()
         thread.join(60)
