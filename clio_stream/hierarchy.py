@@ -29,7 +29,8 @@ from clio_stream.clustering import kmeans, most_central
 from clio_stream.embedding import EmbeddingBackend as Embedder
 from clio_stream.facets import Facet
 from clio_stream.llm.base import AskStats, LLMBackend, Prompt, ask, sampling_for
-from clio_stream.naming import looks_identifying, rename_parents
+from clio_stream.naming import SMALL_CLUSTERS, looks_identifying, rename_parents
+from clio_stream.privacy import describable
 from clio_stream.parsing import parse_choice, parse_numbered_list
 from clio_stream.prompts import ASSIGN_TO_PARENT, DEDUPLICATE_PARENTS, PROPOSE_PARENTS
 from clio_stream.types import ClusterNode, FacetHierarchy
@@ -67,6 +68,52 @@ def merge_similar(names: list[str], vecs: np.ndarray, target: int, seed: int) ->
     return out
 
 
+def assign_to_candidates(
+    children: Sequence[ClusterNode],
+    e: np.ndarray,
+    candidates: Sequence[str],
+    cand_vecs: np.ndarray,
+    llm: LLMBackend,
+    settings: Any,
+    *,
+    rng: random.Random,
+    seed: int,
+    stats: AskStats | None = None,
+    desc: str | None = None,
+) -> list[int]:
+    """Index into ``candidates`` of each child's parent: the majority of several shuffled LLM picks.
+
+    Each child (``e``: its name-and-summary embedding) is shown its nearest
+    ``max_categorize_candidates`` candidates in a new random order per sample, so
+    a small model's bias for the first option does not decide; a child with no
+    usable pick goes to the nearest candidate by embedding. A function of its own
+    so the quality benchmark scores this very step against known categories.
+    """
+    sims = e @ cand_vecs.T
+    m = min(len(candidates), settings.max_categorize_candidates)
+    prompts, owners, shown = [], [], []
+    for ci, child in enumerate(children):
+        nearest = list(np.argsort(-sims[ci])[:m])
+        for _ in range(settings.n_categorize_samples):
+            order = nearest[:]
+            rng.shuffle(order)
+            listing = "\n".join(f"{k + 1}. {candidates[j]}" for k, j in enumerate(order))
+            prompts.append(Prompt(ASSIGN_TO_PARENT, {"name": child.name, "summary": child.summary,
+                                                     "candidates": listing},
+                                  choices=tuple(str(k + 1) for k in range(len(order)))))
+            owners.append(ci)
+            shown.append(order)
+    choices = ask(llm, prompts, lambda t, i: (lambda k: None if k is None else int(shown[i][k]))(
+                      parse_choice(t, [candidates[j] for j in shown[i]])),
+                  sampling_for(ASSIGN_TO_PARENT, settings.llm_sampling_args), retries=settings.llm_max_retries,
+                  seed=seed, batch_size=settings.llm_batch_size, desc=desc, stats=stats)
+    votes: dict[int, Counter] = {ci: Counter() for ci in range(len(children))}
+    for ci, choice in zip(owners, choices):
+        if choice is not None:
+            votes[ci][choice] += 1
+    return [votes[ci].most_common(1)[0][0] if votes[ci] else int(np.argmax(sims[ci])) for ci in range(len(children))]
+
+
 def _level_up(
     facet: Facet,
     current: list[ClusterNode],
@@ -89,8 +136,11 @@ def _level_up(
                             settings.kmeans_args)
     prompts = []
     for g in groups:
-        lines = "\n".join(f"{k + 1}. {current[i].name}: {current[i].summary}" for k, i in enumerate(g))
-        want = max(1, settings.n_names_per_neighbourhood(len(g)))
+        shown = [i for i in g if not current[i].hidden]  # withheld clusters never feed a parent's name
+        if not shown:
+            continue
+        lines = "\n".join(f"{k + 1}. {current[i].name}: {current[i].summary}" for k, i in enumerate(shown))
+        want = max(1, settings.n_names_per_neighbourhood(len(shown)))
         prompts.append(Prompt(PROPOSE_PARENTS, {"clusters": lines, "n": str(want), "criteria": criteria}))
     proposals_per_group = ask(llm, prompts, lambda t, i: parse_numbered_list(t) or None,
                               sampling_for(PROPOSE_PARENTS, settings.llm_sampling_args),
@@ -119,31 +169,8 @@ def _level_up(
 
     # 4. assign children to candidates
     if len(candidates) >= 2:
-        cand_vecs = embedder.encode(candidates)
-        sims = e @ cand_vecs.T
-        m = min(len(candidates), settings.max_categorize_candidates)
-        prompts, owners, shown = [], [], []
-        for ci, child in enumerate(current):
-            nearest = list(np.argsort(-sims[ci])[:m])
-            for _ in range(settings.n_categorize_samples):
-                order = nearest[:]
-                rng.shuffle(order)
-                listing = "\n".join(f"{k + 1}. {candidates[j]}" for k, j in enumerate(order))
-                prompts.append(Prompt(ASSIGN_TO_PARENT, {"name": child.name, "summary": child.summary,
-                                                         "candidates": listing},
-                                      choices=tuple(str(k + 1) for k in range(len(order)))))
-                owners.append(ci)
-                shown.append(order)
-        choices = ask(llm, prompts, lambda t, i: (lambda k: None if k is None else int(shown[i][k]))(
-                          parse_choice(t, [candidates[j] for j in shown[i]])),
-                      sampling_for(ASSIGN_TO_PARENT, settings.llm_sampling_args), retries=settings.llm_max_retries,
-                      seed=seed + 2, batch_size=settings.llm_batch_size, desc=f"{facet.name} L{level + 1} assign",
-                      stats=stats)
-        votes: dict[int, Counter] = {ci: Counter() for ci in range(n)}
-        for ci, choice in zip(owners, choices):
-            if choice is not None:
-                votes[ci][choice] += 1
-        assignment = [votes[ci].most_common(1)[0][0] if votes[ci] else int(np.argmax(sims[ci])) for ci in range(n)]
+        assignment = assign_to_candidates(current, e, candidates, embedder.encode(candidates), llm, settings,
+                                          rng=rng, seed=seed + 2, stats=stats, desc=f"{facet.name} L{level + 1} assign")
         parent_keys = sorted(set(assignment))
     else:
         assignment, parent_keys = [], []
@@ -155,7 +182,8 @@ def _level_up(
         labels, _ = kmeans(e, target, seed=seed, args=settings.kmeans_args)
         assignment = [int(v) for v in labels]
         parent_keys = sorted(set(assignment))
-        fallback_names = {k: current[int(np.flatnonzero(labels == k)[0])].name for k in parent_keys}
+        fallback_names = {k: next((current[i].name for i in np.flatnonzero(labels == k) if not current[i].hidden),
+                                  SMALL_CLUSTERS) for k in parent_keys}
     else:
         fallback_names = {k: candidates[k] for k in parent_keys}
 
@@ -163,7 +191,7 @@ def _level_up(
     children_of = [[current[ci] for ci in range(n) if assignment[ci] == k] for k in parent_keys]
     targets = np.stack([e[[ci for ci in range(n) if assignment[ci] == k]].mean(axis=0) for k in parent_keys])
     targets /= np.maximum(np.linalg.norm(targets, axis=1, keepdims=True), 1e-12)
-    named = rename_parents(facet, [[(c.name, c.summary, c.size) for c in ch] for ch in children_of],
+    named = rename_parents(facet, [[(c.name, c.summary, c.size) for c in describable(ch)] for ch in children_of],
                            [fallback_names[k] for k in parent_keys], llm, embedder, settings=settings,
                            seed=seed + 3, stats=stats, targets=targets)
     parents = []

@@ -181,6 +181,10 @@ def name_clusters(
     return out
 
 
+SMALL_CLUSTERS = "Smaller clusters"  # name of a group whose children are all withheld
+SMALL_CLUSTERS_SUMMARY = "Clusters too small to describe individually."
+
+
 def rename_parents(
     facet: Facet,
     children_of: Sequence[Sequence[tuple[str, str, int]]],
@@ -196,6 +200,8 @@ def rename_parents(
     """Name each parent from its children ``(name, summary, size)``; the largest children are shown first.
 
     ``targets``: the mean embedding of each parent's children, to pick the best-fitting sample.
+    Callers pass only describable children (``privacy.describable``); a parent with none gets a generic
+    summary and its ``fallback`` name without an LLM call.
     """
     rng = random.Random(seed)
     samples: list[tuple[int, dict[str, str]]] = []
@@ -210,6 +216,9 @@ def rename_parents(
                          seed=seed, desc=f"rename {facet.name} parents", stats=stats, targets=targets)
     out = []
     for p, (summary, name) in enumerate(described):
+        if not children_of[p]:  # every child withheld (privacy): nothing may be described
+            out.append((SMALL_CLUSTERS_SUMMARY, fallback[p]))
+            continue
         if summary is None:
             summary = "Includes: " + "; ".join(n for n, _, _ in children_of[p][:5])
         out.append((summary, name or fallback[p]))

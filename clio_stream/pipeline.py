@@ -26,7 +26,7 @@ from clio_stream.facets import Facet, main_facets
 from clio_stream.hierarchy import build_hierarchy, slug
 from clio_stream.llm.base import AskStats, LLMBackend
 from clio_stream.naming import name_clusters
-from clio_stream.privacy import annotate, audit
+from clio_stream.privacy import annotate, audit, mark_below_minimums, user_key_of
 from clio_stream.trends import annotate_trends
 from clio_stream.settings import ClioSettings
 from clio_stream.types import ClioResult, ClusterNode, Conversation, ConversationFacets, FacetHierarchy
@@ -215,16 +215,18 @@ def run_clio(
                                                          settings, ask_stats))
 
     with timer.stage("hierarchy", bar):
+        users_of = {c.id: user_key_of(c, settings.user_id_hash_key) for c in truncated}
         for f in tree_facets:
             if f.name not in leaves_of:
                 continue
             key = {"base": base_keys[f.name], **settings.fingerprint(
                 "min_top_level_size", "n_neighbourhoods", "n_samples_outside_neighbourhood",
                 "n_names_per_neighbourhood", "n_categorize_samples", "max_categorize_candidates",
-                "max_children_for_renaming", "n_rename_samples", "max_hierarchy_levels")}
+                "max_children_for_renaming", "n_rename_samples", "max_hierarchy_levels", "min_cluster_conversations",
+                "min_cluster_users", "user_id_hash_key")}
             hierarchies[f.name] = ckpt.cached(
                 f"hierarchy-{slug(f.name)}", key,
-                lambda f=f: build_hierarchy(f, [leaf.model_copy(deep=True) for leaf in leaves_of[f.name]], llm_backend,
+                lambda f=f: build_hierarchy(f, _private_leaves(leaves_of[f.name], users_of, settings), llm_backend,
                                             embedder, settings=settings, stats=ask_stats))
 
     with timer.stage("privacy", bar):
@@ -270,3 +272,11 @@ def run_clio(
 
 # Seed-compatible alias.
 runClio = run_clio
+
+
+def _private_leaves(leaves: list[ClusterNode], users_of: dict[str, str], settings: Any) -> list[ClusterNode]:
+    """Copies of the base clusters with those under the privacy minimums withheld before anything is named above."""
+    copies = [leaf.model_copy(deep=True) for leaf in leaves]
+    mark_below_minimums(copies, users_of, min_conversations=settings.min_cluster_conversations,
+                        min_users=settings.min_cluster_users)
+    return copies

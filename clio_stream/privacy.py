@@ -72,6 +72,36 @@ def annotate(
     hide_subtrees(hierarchy)
 
 
+def mark_below_minimums(
+    leaves: Sequence[ClusterNode],
+    users_of: Mapping[str, str],
+    *,
+    min_conversations: int,
+    min_users: int,
+) -> int:
+    """Withhold base clusters under the minimums *before* the levels above them are built and named.
+
+    Parent names are written from their children's names and summaries; a small cluster's name can carry one
+    person's details (that is what the minimums guard against), so a withheld child must never feed a
+    parent's name. ``hierarchy`` and the re-clusterer leave hidden children out of every naming prompt.
+    ``users_of``: conversation id -> keyed user hash. Returns how many leaves were withheld.
+    """
+    withheld = 0
+    for leaf in leaves:
+        users = {users_of[c] for c in leaf.conversation_ids if c in users_of}
+        if leaf.size < min_conversations:
+            leaf.hidden, leaf.hidden_reason = True, f"fewer than {min_conversations} conversations"
+        elif len(users) < min_users:
+            leaf.hidden, leaf.hidden_reason = True, f"fewer than {min_users} distinct users"
+        withheld += int(leaf.hidden)
+    return withheld
+
+
+def describable(children: Sequence[ClusterNode]) -> list[ClusterNode]:
+    """The children whose names may be shown to the LLM that names their parent (not withheld ones)."""
+    return [c for c in children if not c.hidden]
+
+
 def hide_subtrees(hierarchy: FacetHierarchy) -> None:
     """A withheld parent withholds everything under it."""
 

@@ -54,7 +54,7 @@ from clio_stream.llm.base import AskStats, LLMBackend
 from clio_stream.matching import MatchThresholds, Matching, changed, match_clusters, member_centroids, successor
 from clio_stream.naming import name_clusters, rename_parents
 from clio_stream.online import OnlineKMeans, normalise_rows
-from clio_stream.privacy import annotate, audit, known_audits
+from clio_stream.privacy import annotate, audit, describable, known_audits, mark_below_minimums, user_key_of
 from clio_stream.settings import ClioSettings
 from clio_stream.store import QdrantStore
 from clio_stream.trends import annotate_trends
@@ -402,7 +402,7 @@ def _rename_changed_parents(
         for ch in kids:
             e = embedder.encode([f"{c.name}. {c.summary}" for c in ch]).mean(axis=0)
             targets.append(e / max(float(np.linalg.norm(e)), 1e-12))
-        named = rename_parents(facet, [[(c.name, c.summary, c.size) for c in ch] for ch in kids],
+        named = rename_parents(facet, [[(c.name, c.summary, c.size) for c in describable(ch)] for ch in kids],
                                [p.name for p in todo], llm, embedder, settings=settings,
                                seed=settings.seed + 1000 * level + 3, stats=stats, targets=np.stack(targets))
         for p, (summary, name) in zip(todo, named):
@@ -438,8 +438,13 @@ def recluster_facet(
     embedder: EmbeddingBackend,
     settings: Any,
     thresholds: MatchThresholds,
+    users_of: Mapping[str, str] | None = None,
 ) -> FacetRun:
-    """Cluster, match to ``old``, name what is new or changed, and build or patch the hierarchy (no writes)."""
+    """Cluster, match to ``old``, name what is new or changed, and build or patch the hierarchy (no writes).
+
+    ``users_of`` (conversation id -> keyed user hash): leaves under the privacy minimums are withheld before
+    the upper levels are named, so their names never reach a parent's (see ``privacy.mark_below_minimums``).
+    """
     naming_stats, tree_stats = AskStats(), AskStats()
     t0 = time.perf_counter()
     x = s.vectors
@@ -486,6 +491,9 @@ def recluster_facet(
         summary, name = (reused[c].summary, reused[c].name) if c in reused else names[c]
         leaves.append(ClusterNode(id=leaf_id[c], facet=facet.name, name=name, summary=summary, level=0,
                                   conversation_ids=new_members[c]))
+    if users_of is not None:
+        mark_below_minimums(leaves, users_of, min_conversations=settings.min_cluster_conversations,
+                            min_users=settings.min_cluster_users)
     t_leaves = time.perf_counter() - t0
 
     # Upper levels: patch the previous hierarchy when little is new, else rebuild and adopt old ids.
@@ -612,6 +620,7 @@ def recluster_once(
                                numeric=per_conv[cid]["values"].get(f.name, (None, None))[1]) for f in facets})
             for cid in conv_ids]
 
+        users_of = {c.id: user_key_of(c, settings.user_id_hash_key) for c in conversations}
         runs: dict[str, FacetRun] = {}
         models: dict[str, OnlineKMeans] = {}
         survived = old_total = 0
@@ -622,8 +631,7 @@ def recluster_once(
             ids = IdAllocator.restore(prefix, store.get_state(ID_COUNTER_KEY.format(facet=f.name)),
                                       list(old.nodes if old else []) + sorted(old_lineage_ids))
             init = _warm_start(store, f.name, s.vectors, n_leaves(settings, len(s.point_ids)), settings.seed)
-            run = recluster_facet(f, s, old, ids, init,
-                                  llm, embedder, settings, thresholds)
+            run = recluster_facet(f, s, old, ids, init, llm, embedder, settings, thresholds, users_of=users_of)
             stats.add(run.llm)
             h = run.hierarchy
             annotate(h, conversations, facet_values, facets, min_conversations=settings.min_cluster_conversations,
