@@ -215,6 +215,7 @@ class ManagedProcess:
                 proc.kill()
                 proc.wait()
             log.info("%s stopped (code %s)", self.name, proc.returncode)
+        _kill_group(proc.pid)
         with _LIVE_LOCK:
             _LIVE.discard(self)
         return proc.returncode
@@ -226,6 +227,8 @@ class ManagedProcess:
             proc.kill()
             proc.wait()
             log.info("%s killed with SIGKILL", self.name)
+        if proc is not None:
+            _kill_group(proc.pid)  # its children too (a vLLM server's engine core), as a machine crash would
         with _LIVE_LOCK:
             _LIVE.discard(self)
 
@@ -415,3 +418,15 @@ def start_vllm_server(
         die_with_parent=die_with_parent,
     )
     return mp.start()
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL whatever is left of a process group we started (``start_new_session``: its pid is the group).
+
+    A vLLM server's engine core outlives a killed server process and keeps gigabytes of memory; nothing of a
+    stopped service may stay behind.
+    """
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
