@@ -19,6 +19,10 @@ import pytest
 
 from clio_stream.services.processes import ManagedProcess, free_port, start_broker, start_qdrant
 
+# One definition for the whole session: a fixture imported into several test modules is instantiated once per
+# module, which would start a vLLM server (gigabytes each) for every module that uses it.
+from tests.integration.conftest_vllm_server import vllm_server  # noqa: E402,F401 - session fixture
+
 # kafka-python logs every connection and group step at INFO; keep test logs readable.
 logging.getLogger("kafka").setLevel(logging.WARNING)
 

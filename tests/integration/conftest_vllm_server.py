@@ -3,7 +3,8 @@
 Tests that run workers in subprocesses or threads point them at it with
 ``--llm-base-url`` instead of starting an engine each (about a minute apiece on
 a 2-core CPU); it also exercises the OpenAI back-end path end to end.
-Import the fixture into a test module: ``from tests.integration.conftest_vllm_server import vllm_server``.
+``tests/conftest.py`` registers it once for the whole session: do not import it into test modules (each
+importing module would get, and start, a server of its own).
 Set ``CLIO_TEST_VLLM_URL`` (``http://host:port/v1``) to reuse a server you already run (development on a
 small machine: one engine for many test runs). Tests that stop or kill the server itself must skip then.
 """

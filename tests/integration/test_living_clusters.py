@@ -43,7 +43,6 @@ from clio_stream.llm import make_llm
 from clio_stream.publish import list_versions, load_version, read_pointer
 from clio_stream.recluster import recluster_once
 from consumers.worker import ConsumerWorker
-from tests.integration.conftest_vllm_server import vllm_server  # noqa: F401 - session fixture
 from tests.streaming_helpers import (
     DATA,
     LockedEmbedder,

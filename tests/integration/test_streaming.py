@@ -21,7 +21,6 @@ from clio_stream.messages import encode_message
 from clio_stream.services.processes import ManagedProcess
 from consumers.bootstrap import bootstrap_clustering
 from consumers.worker import ConsumerWorker
-from tests.integration.conftest_vllm_server import vllm_server  # noqa: F401 - session fixture
 from tests.streaming_helpers import (  # noqa: F401 - own_qdrant is a fixture
     FACETS,
     REPO,

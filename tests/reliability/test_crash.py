@@ -32,7 +32,6 @@ from clio_stream.recluster import LOCK_NAME
 from clio_stream.services.processes import ManagedProcess
 from clio_stream.settings import ClioSettings
 from clio_stream.store import ConversationRecord, FacetPoint, QdrantStore
-from tests.integration.conftest_vllm_server import vllm_server  # noqa: F401 - session fixture
 from tests.reliability.helpers import llm_description, pooled_conversations
 from tests.streaming_helpers import (
     FACETS,

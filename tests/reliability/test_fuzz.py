@@ -41,7 +41,6 @@ from clio_stream.settings import ClioSettings
 from clio_stream.store import QdrantStore
 from consumers.worker import ConsumerWorker
 from tests.integration.conftest import minilm  # noqa: F401 - session fixture
-from tests.integration.conftest_vllm_server import vllm_server  # noqa: F401 - session fixture
 from tests.integration.test_api import KEYS, SECRETS, Env, env  # noqa: F401 - module fixture (API over real servers)
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,6 @@ from clio_stream.llm import make_llm
 from clio_stream.services.processes import ManagedProcess, free_port, start_broker, start_vllm_server
 from clio_stream.settings import ClioSettings
 from consumers.worker import ConsumerWorker
-from tests.integration.conftest_vllm_server import vllm_server  # noqa: F401 - session fixture
 from tests.reliability.helpers import TcpProxy, llm_description, pooled_conversations
 from tests.streaming_helpers import (  # noqa: F401 - own_qdrant is a fixture
     FACETS,

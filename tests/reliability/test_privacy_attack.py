@@ -34,7 +34,6 @@ from clio_stream.publish import publish_version
 from clio_stream.settings import ClioSettings
 from clio_stream.store import QdrantStore
 from tests.integration.conftest import minilm  # noqa: F401 - session fixture
-from tests.integration.conftest_vllm_server import vllm_server  # noqa: F401 - session fixture
 from tests.reliability.test_security import site_violations
 from tests.unit.fakes import ScriptedLLM, sensible_script
 

@@ -33,7 +33,6 @@ from clio_stream.services.processes import ManagedProcess, free_port, http_probe
 from clio_stream.site.server import start_site_server_in_thread
 from clio_stream.store import QdrantStore
 from tests.fixtures_site import HIDDEN_NODE_ID, REQUEST, make_site_fixture
-from tests.integration.conftest_vllm_server import vllm_server  # noqa: F401 - session fixture
 from tests.integration.test_api import KEYS, ROUTES, SECRETS, Env, env  # noqa: F401 - module fixture
 
 log = logging.getLogger(__name__)
