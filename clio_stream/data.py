@@ -121,21 +121,56 @@ def conversation_content_key(conversation: Any) -> str:
     return hashlib.sha256(json.dumps(turns, ensure_ascii=False).encode()).hexdigest()
 
 
-def truncate_conversation(conv: Conversation, max_tokens: int, count_tokens: Callable[[str], int]) -> tuple[Conversation, bool]:
-    """Keep whole turns from the start while they fit in ``max_tokens``.
+# Tokens the rendering adds around each turn (its role tags and newlines).
+TURN_OVERHEAD_TOKENS = 8
+# Before tokenizing an oversize turn it is cut to this many UTF-8 bytes per token of budget: no tokenizer
+# here packs more into one token of ordinary text, and tokenizing megabytes to keep a few thousand tokens
+# would cost more than the prompt itself.
+MAX_BYTES_PER_TOKEN = 16
 
-    The first turn is always kept (cut by characters if it alone is too long),
-    so every conversation still says what the user asked.
+
+def cut_to_tokens(text: str, budget: int, count_tokens: Callable[[str], int]) -> str:
+    """The longest prefix of ``text`` that ``count_tokens`` puts at ``budget`` tokens or fewer.
+
+    A byte cap first, then a binary search over the prefix length with real counts (a prefix never has
+    more tokens than a longer one, give or take a merge at the cut, and the result is checked).
     """
+    if budget <= 0:
+        return ""
+    raw = text.encode("utf-8")
+    if len(raw) > budget * MAX_BYTES_PER_TOKEN:
+        text = raw[: budget * MAX_BYTES_PER_TOKEN].decode("utf-8", "ignore")
+    if count_tokens(text) <= budget:
+        return text
+    lo, hi = 0, len(text)  # text[:lo] fits, text[:hi + 1] does not
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if count_tokens(text[:mid]) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[:lo]
+
+
+def truncate_conversation(conv: Conversation, max_tokens: int, count_tokens: Callable[[str], int]) -> tuple[Conversation, bool]:
+    """Keep whole turns from the start while they fit in ``max_tokens`` (counted by the model's tokenizer).
+
+    The first turn is always kept, cut to the budget if it alone is too long, so every conversation still
+    says what the user asked. A conversation whose UTF-8 size already fits is returned without tokenizing
+    (a token is at least one byte), which is the common case and saves a round trip per turn when the
+    tokenizer is a server's.
+    """
+    overhead = TURN_OVERHEAD_TOKENS * len(conv.messages)
+    if sum(len(m.content.encode("utf-8")) for m in conv.messages) + overhead <= max_tokens:
+        return conv, False
     kept: list[Message] = []
     used = 0
     for m in conv.messages:
-        n = count_tokens(m.content) + 4
+        n = count_tokens(m.content) + TURN_OVERHEAD_TOKENS
         if used + n > max_tokens:
             if not kept:
-                # Rough cut of an oversize first turn: tokens average at least ~3 chars.
-                ratio = max_tokens / max(n, 1)
-                kept.append(Message(role=m.role, content=m.content[: max(1, int(len(m.content) * ratio * 0.95))]))
+                kept.append(Message(role=m.role,
+                                    content=cut_to_tokens(m.content, max_tokens - TURN_OVERHEAD_TOKENS, count_tokens)))
             break
         kept.append(m)
         used += n

@@ -14,6 +14,7 @@ Why these defaults (measured against Tansu 0.6 with kafka-python 2.3.3):
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -194,6 +195,19 @@ def consumer_lag(consumer: KafkaConsumer) -> int:
 
 
 MAX_DEAD_LETTER_VALUE = 256 * 1024  # bytes of an oversized record kept in its dead letter
+MAX_DEAD_LETTER_KEY = 1024  # bytes of an oversized key kept in its dead letter (and used as its Kafka key)
+MAX_DEAD_LETTER_REASON = 2000  # characters of the reason
+
+
+def dead_letter_key(key: bytes | None, max_key_bytes: int = MAX_DEAD_LETTER_KEY) -> bytes | None:
+    """The Kafka key of a dead letter: the original key, or its SHA-256 when it is too large to send.
+
+    The same oversized key always maps to the same digest, so its dead letters still share a partition;
+    the map inside keeps the key's first bytes and its size.
+    """
+    if key is None or len(key) <= max_key_bytes:
+        return key
+    return hashlib.sha256(key).digest()
 
 
 def encode_dead_letter(
@@ -206,17 +220,19 @@ def encode_dead_letter(
     offset: int,
     when: float | None = None,
     max_value_bytes: int = MAX_DEAD_LETTER_VALUE,
+    max_key_bytes: int = MAX_DEAD_LETTER_KEY,
 ) -> bytes:
     """The DLQ record value: a msgpack map with the original bytes and where they came from.
 
-    A value over ``max_value_bytes`` keeps only its first bytes (``value_size``
-    says how long it was): an oversized record must not make its dead letter
-    too large to produce, or the batch would be retried forever (a poison pill).
+    A key over ``max_key_bytes`` or a value over ``max_value_bytes`` keeps only its
+    first bytes (``key_size`` / ``value_size`` say how long it was), and the reason is
+    capped: an oversized record must not make its dead letter too large to produce,
+    or the batch would be retried forever (a poison pill).
     """
     doc: dict[str, Any] = {
         "key": key,
         "value": value,
-        "reason": reason,
+        "reason": reason[:MAX_DEAD_LETTER_REASON],
         "topic": topic,
         "partition": partition,
         "offset": offset,
@@ -224,6 +240,8 @@ def encode_dead_letter(
     }
     if value is not None and len(value) > max_value_bytes:
         doc["value"], doc["value_size"] = bytes(value[:max_value_bytes]), len(value)
+    if key is not None and len(key) > max_key_bytes:
+        doc["key"], doc["key_size"] = bytes(key[:max_key_bytes]), len(key)
     return msgpack.packb(doc, use_bin_type=True)
 
 
@@ -275,7 +293,7 @@ class DeadLetterWriter:
         )
         self.sent += 1
         log.debug("dead-lettering %s[%d]@%d: %s", topic, partition, offset, reason)
-        return self._producer.send(self.topic, key=key, value=payload)
+        return self._producer.send(self.topic, key=dead_letter_key(key), value=payload)
 
     def send_record(self, record: ConsumerRecord, reason: str) -> FutureRecordMetadata:
         """Dead-letter a consumed record as it arrived (raw bytes: no deserializers)."""

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 # Fixed forever: changing it would orphan every stored point.
 NAMESPACE = uuid.UUID("6f1c2a52-3b4e-5d8a-9c71-0e2f4b6a8d13")
 _SEP = "\x1f"
-ConversationStatus = Literal["pending", "processed"]
+ConversationStatus = Literal["pending", "processed", "dead_lettered"]
 
 _FACET_INDEXES: dict[str, models.PayloadSchemaType] = {
     "conversation_id": models.PayloadSchemaType.KEYWORD,
@@ -535,21 +535,25 @@ class QdrantStore:
                 return out
 
     def find_by_content_hash(self, content_hash: str) -> dict[str, dict[str, Any]] | None:
-        """Facet values ({facet: {"value", "numeric"}}) of a *processed* conversation with this content.
+        """Stored facet values ({facet: {"value", "numeric"}}) of a conversation with this content.
 
-        Lets a consumer reuse the LLM's answers for an identical conversation
-        instead of asking again. None when no processed conversation matches.
+        Lets a consumer reuse the LLM's answers for an identical conversation instead of asking again,
+        including the same conversation redelivered after a crash before its commit: facet points are
+        written only once a conversation's answers are complete, so they are the evidence, not the status
+        (a redelivered batch marks its conversations ``pending`` again before processing). The
+        conversation with the most stored facets wins; None when no point has this content hash.
         """
-        flt = _match_filter(content_hash=content_hash, status="processed")
         with self._guard("scroll content hash"):
-            records, _ = self.client.scroll(self.conversations, scroll_filter=flt, limit=1, with_payload=True)
-        if not records:
+            records, _ = self.client.scroll(self.facets, scroll_filter=_match_filter(content_hash=content_hash),
+                                            limit=64, with_payload=True, with_vectors=False)
+        by_conversation: dict[str, dict[str, dict[str, Any]]] = {}
+        for r in records:
+            payload = r.payload or {}
+            values = by_conversation.setdefault(str(payload.get("conversation_id")), {})
+            values[str(payload.get("facet"))] = {"value": payload.get("value"), "numeric": payload.get("numeric")}
+        if not by_conversation:
             return None
-        cid = str((records[0].payload or {}).get("conversation_id"))
-        facets = self._facets_of(cid)
-        if not facets:
-            return None
-        return {name: {"value": p.get("value"), "numeric": p.get("numeric")} for name, p in facets.items()}
+        return max(by_conversation.values(), key=len)
 
     def delete_user(self, user_hash: str) -> dict[str, int]:
         """Delete every facet and conversation point of one user; returns how many of each went."""

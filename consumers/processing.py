@@ -9,9 +9,12 @@ centroid deltas. It returns what the caller must write; it writes nothing and
 never touches Kafka, so it runs in unit tests with fakes and an in-memory store.
 
 The only I/O it does is reading: the store's content-hash lookup and the LLM
-and embedder calls. A failing LLM raises :class:`LLMUnavailable` and a failing
-store :class:`clio_stream.store.StoreUnavailable`; the caller backs off and
-retries the batch. Bad records never raise: they come back as dead letters.
+and embedder calls. Failures say whose fault they are: a failing LLM raises
+:class:`LLMUnavailable` and a failing store :class:`clio_stream.store.StoreError`
+(the caller backs off and retries the batch, never dead-letters it); an LLM that
+refuses a prompt for good raises :class:`RecordRejected` (the caller isolates the
+record and dead-letters it). Records that do not decode never raise: they come
+back as dead letters.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import numpy as np
 from clio_stream.data import truncate_conversation
 from clio_stream.facet_extraction import extract_facets
 from clio_stream.facets import Facet
-from clio_stream.llm.base import AskStats, LLMBackend, Prompt
+from clio_stream.llm.base import AskStats, LLMBackend, Prompt, PromptsRejected
 from clio_stream.online import Assignment, CentroidDeltas, DeltaAccumulator, OnlineKMeans, make_batch_id
 from clio_stream.privacy import user_key_of
 from clio_stream.settings import ClioSettings
@@ -41,6 +44,14 @@ log = logging.getLogger(__name__)
 
 class LLMUnavailable(RuntimeError):
     """The LLM back-end failed or answered nothing at all: retry the batch later, do not commit."""
+
+
+class RecordRejected(RuntimeError):
+    """The LLM refused a prompt of this batch for good (e.g. too long for the model): asking again cannot help.
+
+    Not retryable: the worker processes the batch record by record and dead-letters the record whose
+    prompt is refused, so one record never blocks its partition.
+    """
 
 
 class EmbedderLike(Protocol):
@@ -66,6 +77,7 @@ class BatchOutcome:
     dead_letters: list[DeadLetter]
     deltas: list[CentroidDeltas]
     offsets: dict[tuple[str, int], tuple[int, int]]  # (topic, partition) -> (first, last) offset
+    dead_lettered: list[ConversationRecord] = field(default_factory=list)  # marked pending, then dead-lettered
     duplicates: int = 0
     reused_by_hash: int = 0
     llm_calls: int = 0
@@ -82,13 +94,14 @@ class BatchOutcome:
 
 
 class _CountingLLM:
-    """Counts generate calls, and turns a dead back-end into :class:`LLMUnavailable`.
+    """Counts generate calls, and sorts the back-end's failures into outage and rejection.
 
-    A failed request (``RequestsFailed`` from a server back-end, or any other
-    exception) and a call whose every answer is None both mean the back-end is
-    down or failing: storing those missing values would lose the conversations,
-    so the batch must be retried instead. A None among real answers (a prompt
-    too long for the in-process engine) is data, not an outage.
+    ``PromptsRejected`` (a prompt refused for good) becomes :class:`RecordRejected`.
+    Any other failure (``RequestsFailed`` from a server back-end, a tokenizer
+    server that cannot be reached, any other exception) and a call whose every
+    answer is None mean the back-end is down or failing: storing those missing
+    values would lose the conversations, so they become :class:`LLMUnavailable`
+    and the batch is retried.
     """
 
     def __init__(self, inner: LLMBackend) -> None:
@@ -103,14 +116,19 @@ class _CountingLLM:
         self.prompts += len(prompts)
         try:
             out = self.inner.generate(prompts, sampling, seed=seed, desc=desc)
-        except Exception as exc:  # noqa: BLE001 - any back-end failure means: retry later
+        except PromptsRejected as exc:
+            raise RecordRejected(str(exc)) from exc
+        except Exception as exc:  # noqa: BLE001 - any other back-end failure means: retry later
             raise LLMUnavailable(f"LLM generate failed: {type(exc).__name__}: {exc}"[:300]) from exc
         if prompts and all(text is None for text in out):
             raise LLMUnavailable(f"LLM answered none of {len(prompts)} prompts")
         return out
 
     def count_tokens(self, text: str) -> int:
-        return self.inner.count_tokens(text)
+        try:
+            return self.inner.count_tokens(text)
+        except Exception as exc:  # noqa: BLE001 - e.g. the server's /tokenize is down: an outage, not bad data
+            raise LLMUnavailable(f"LLM tokenizer failed: {type(exc).__name__}: {exc}"[:300]) from exc
 
     def close(self) -> None:  # the caller owns the back-end
         return None
@@ -141,6 +159,17 @@ def conversation_record(item: DecodedConversation, settings: ClioSettings,
 def pending_records(decoded: DecodedBatch, settings: ClioSettings) -> list[ConversationRecord]:
     """Status ``pending`` for every valid conversation of a polled batch (written before processing)."""
     return [conversation_record(item, settings, "pending") for item in decoded.conversations]
+
+
+def dead_lettered_records(decoded: DecodedBatch, dead: Sequence[DeadLetter],
+                          settings: ClioSettings) -> list[ConversationRecord]:
+    """Status ``dead_lettered`` for the decoded conversations whose records went to the DLQ after all.
+
+    They were marked ``pending`` with the batch; without this they would stay pending for good.
+    """
+    gone = {(d.record.topic, d.record.partition, d.record.offset) for d in dead}
+    return [conversation_record(item, settings, "dead_lettered") for item in decoded.conversations
+            if (item.record.topic, item.record.partition, item.record.offset) in gone]
 
 
 # --------------------------------------------------------------------------- facet values
@@ -357,9 +386,10 @@ def process_batch(
 
 
 def merge_outcomes(parts: Sequence[BatchOutcome], records: Sequence[RecordLike],
-                   extra_dead: Sequence[DeadLetter] = ()) -> BatchOutcome:
+                   extra_dead: Sequence[DeadLetter] = (),
+                   dead_lettered: Sequence[ConversationRecord] = ()) -> BatchOutcome:
     """One outcome from several sub-batches of ``records`` (the record-by-record fallback)."""
-    out = BatchOutcome([], [], list(extra_dead), [], offset_ranges(records))
+    out = BatchOutcome([], [], list(extra_dead), [], offset_ranges(records), dead_lettered=list(dead_lettered))
     for p in parts:
         out.facet_points.extend(p.facet_points)
         out.conversations.extend(p.conversations)

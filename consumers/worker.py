@@ -48,7 +48,9 @@ from consumers.metrics import WorkerMetrics
 from consumers.processing import (
     BatchOutcome,
     EmbedderLike,
+    dead_lettered_records,
     LLMUnavailable,
+    RecordRejected,
     merge_outcomes,
     pending_records,
     process_batch,
@@ -290,6 +292,8 @@ class ConsumerWorker:
             return process_batch(records, decoded=decoded, **kwargs)
         except RETRYABLE:
             raise
+        except RecordRejected as exc:
+            log.warning("the LLM refused a prompt of this batch (%s); retrying record by record", exc)
         except Exception:  # noqa: BLE001 - isolate the poison record instead of blocking the partition
             log.exception("batch processing failed; retrying record by record")
         parts: list[BatchOutcome] = []
@@ -299,16 +303,18 @@ class ConsumerWorker:
                 parts.append(process_batch([rec], **kwargs))
             except RETRYABLE:
                 raise
+            except RecordRejected as exc:
+                dead.append(DeadLetter(rec, f"rejected by the LLM: {exc}"[:500], "llm_rejected"))
             except Exception as exc:  # noqa: BLE001
                 dead.append(DeadLetter(rec, f"processing failed: {type(exc).__name__}: {exc}"[:500],
                                        "processing_failed"))
-        return merge_outcomes(parts, records, dead)
+        return merge_outcomes(parts, records, dead, dead_lettered=dead_lettered_records(decoded, dead, s))
 
     def _write(self, outcome: BatchOutcome) -> None:
         """Everything durable before the commit: Qdrant first, then the DLQ, then the deltas."""
         assert self._store is not None and self._dlq is not None and self._deltas is not None
         self._store.upsert_facets(outcome.facet_points)
-        self._store.mark_conversations(outcome.conversations)
+        self._store.mark_conversations([*outcome.conversations, *outcome.dead_lettered])
         if outcome.dead_letters:
             futures = [self._dlq.send(key=d.record.key, value=d.record.value, reason=d.reason,
                                       topic=d.record.topic, partition=d.record.partition, offset=d.record.offset)

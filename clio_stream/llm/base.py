@@ -31,8 +31,12 @@ class Prompt:
 class LLMBackend(Protocol):
     """Batch text generation with chat templates and a prefilled assistant turn.
 
-    ``generate`` returns, for each prompt, only the continuation after the prefill,
-    or None when the request failed (too long, server error after retries).
+    ``generate`` returns, for each prompt, only the continuation after the prefill.
+    Failures are exceptions that say whose fault they are: :class:`RequestsFailed`
+    when the back-end could not answer (down, overloaded: ask again later) and
+    :class:`PromptsRejected` when it refused particular prompts for good (too long,
+    malformed: asking again cannot help). ``count_tokens`` counts with the model's
+    own tokenizer, or returns an upper bound when it cannot.
     """
 
     model_name: str
@@ -54,6 +58,7 @@ class AskStats:
     generations: int = 0
     retried: int = 0
     unparseable: int = 0
+    rejected: int = 0
     by_template: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def add(self, other: "AskStats") -> None:
@@ -61,6 +66,7 @@ class AskStats:
         self.generations += other.generations
         self.retried += other.retried
         self.unparseable += other.unparseable
+        self.rejected += other.rejected
         for name, counts in other.by_template.items():
             mine = self.by_template.setdefault(name, {"prompts": 0, "unparseable": 0})
             for k, v in counts.items():
@@ -81,6 +87,22 @@ class RequestsFailed(RuntimeError):
         self.answers = answers
 
 
+class PromptsRejected(RuntimeError):
+    """The back-end refused some prompts of one ``generate`` call for good (too long for the model, invalid).
+
+    Unlike :class:`RequestsFailed` this is about the prompts, not the back-end: the same prompt will be
+    refused again, so a streaming worker dead-letters the record it came from and moves on, and a batch
+    run leaves the value missing. ``rejected`` maps a prompt's index to the reason; ``answers`` holds the
+    other prompts' answers (None at the rejected indices).
+    """
+
+    def __init__(self, rejected: Mapping[int, str], answers: list[str | None]) -> None:
+        first = next(iter(rejected.values()), "")
+        super().__init__(f"{len(rejected)} of {len(answers)} prompts rejected by the LLM: {first}"[:500])
+        self.rejected = dict(rejected)
+        self.answers = answers
+
+
 def ask(
     llm: LLMBackend,
     prompts: Sequence[Prompt],
@@ -97,12 +119,15 @@ def ask(
 
     ``parse(text, index)`` gets the continuation and the prompt's index. Re-asks use
     a different seed so a sampled model can answer differently; after ``retries``
-    the answer stays None and is counted as unparseable.
+    the answer stays None and is counted as unparseable. A prompt the back-end
+    rejected (:class:`PromptsRejected`) is not asked again: it stays None and is
+    counted as rejected.
     """
     results: list[T | None] = [None] * len(prompts)
     pending = list(range(len(prompts)))
     local = AskStats(prompts=len(prompts))
     last_texts: dict[int, str | None] = {}
+    refused: set[int] = set()
     for attempt in range(retries + 1):
         if not pending:
             break
@@ -118,8 +143,14 @@ def ask(
             except RequestsFailed as exc:  # a batch run tolerates gaps: re-ask those prompts like unparseable ones
                 log.warning("%s: %s", desc or "llm", exc)
                 texts = exc.answers
+            except PromptsRejected as exc:  # asking again cannot help: leave those values missing
+                log.warning("%s: %s", desc or "llm", exc)
+                texts = exc.answers
+                refused.update(chunk[j] for j in exc.rejected)
             local.generations += len(chunk)
             for i, text in zip(chunk, texts):
+                if i in refused:
+                    continue
                 last_texts[i] = text
                 value = parse(text, i)
                 if value is None:
@@ -128,11 +159,15 @@ def ask(
                     results[i] = value
         pending = still
     local.unparseable = len(pending)
+    local.rejected = len(refused)
     for p in prompts:
         counts = local.by_template.setdefault(p.template.name, {"prompts": 0, "unparseable": 0})
         counts["prompts"] += 1
     for i in pending:
         local.by_template[prompts[i].template.name]["unparseable"] += 1
+    for i in refused:
+        counts = local.by_template[prompts[i].template.name]
+        counts["rejected"] = counts.get("rejected", 0) + 1
     if pending:
         log.warning("%s: %d of %d answers stayed unparseable", desc or "llm", len(pending), len(prompts))
         # Model output can quote user data: only at debug level, and only a few.

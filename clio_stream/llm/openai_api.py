@@ -9,17 +9,42 @@ servers that echo the prefill back have it stripped.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import re
 import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from clio_stream.llm.base import Prompt, RequestsFailed
+from clio_stream.llm.base import Prompt, PromptsRejected, RequestsFailed
 from clio_stream.templating import cached_replacements
 
 log = logging.getLogger(__name__)
 
 _FAILED: Any = object()  # marks a request that failed after the client's retries
+# A 4xx that is about this prompt (vLLM: "This model's maximum context length is ..."), not about the
+# request as a whole: only these are rejections. Any other 4xx (an unknown model, a bad sampling argument)
+# would refuse every prompt alike, so it is treated as a failure of the set-up and retried, never
+# dead-lettered.
+_TOO_LONG = re.compile(r"context length|too long|max_model_len|maximum model length|maximum.*tokens", re.IGNORECASE)
+
+
+class _Rejected:
+    """A request the server refused for good; ``reason`` is its message, shortened."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def rejection_reason(exc: BaseException) -> str | None:
+    """The server's reason when ``exc`` says this prompt can never be answered, else None (retry later)."""
+    status = getattr(exc, "status_code", None)
+    if not isinstance(status, int):
+        return None
+    message = str(getattr(exc, "message", None) or exc)
+    if status == 413 or (status in (400, 422) and _TOO_LONG.search(message)):
+        return f"HTTP {status}: {message}"[:300]
+    return None
 _PASSTHROUGH = {"temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty", "frequency_penalty", "n"}
 
 
@@ -48,6 +73,7 @@ class OpenAICompatible:
         # ("CPU Generator does not use offset"), taking every client down with it.
         self.send_seed = send_seed
         self._tokenizer = None
+        self._tokenize_supported = True
         path = tokenizer_path or model
         if Path(path).is_dir():
             from transformers import AutoTokenizer
@@ -55,9 +81,32 @@ class OpenAICompatible:
             self._tokenizer = AutoTokenizer.from_pretrained(path)
 
     def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` by the model's tokenizer: a local copy, else the server's ``/tokenize``.
+
+        A server without ``/tokenize`` (not vLLM) gets the UTF-8 byte count, an upper bound for byte-level
+        BPE and SentencePiece tokenizers alike (a token covers at least one byte): truncation then keeps
+        less text than it could, but never too much. A server that cannot be reached raises, so the caller
+        retries instead of guessing.
+        """
         if self._tokenizer is not None:
             return len(self._tokenizer.encode(text, add_special_tokens=False))
-        return max(1, len(text) // 4)  # rough, for remote models we cannot tokenise here
+        if not self._tokenize_supported:
+            return max(1, len(text.encode("utf-8")))
+        return self._server_count(text)
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one back-end per process; texts repeat across facets
+    def _server_count(self, text: str) -> int:
+        import httpx
+
+        url = re.sub(r"/v1/?$", "", self.base_url.rstrip("/")) + "/tokenize"
+        r = httpx.post(url, json={"model": self.model_name, "prompt": text, "add_special_tokens": False},
+                       headers={"Authorization": f"Bearer {self.api_key}"}, timeout=self.timeout_s)
+        if r.status_code in (404, 405):
+            log.warning("%s has no /tokenize: counting UTF-8 bytes as an upper bound for tokens", self.base_url)
+            self._tokenize_supported = False
+            return max(1, len(text.encode("utf-8")))
+        r.raise_for_status()
+        return int(r.json()["count"])
 
     def _messages(self, prompt: Prompt) -> tuple[list[dict[str, str]], str]:
         user = cached_replacements(prompt.template.user, prompt.values)
@@ -82,6 +131,10 @@ class OpenAICompatible:
                     model=self.model_name, messages=messages, extra_body=extra or None, **body
                 )
             except Exception as exc:
+                reason = rejection_reason(exc)
+                if reason is not None:
+                    log.warning("LLM request rejected: %s", reason)
+                    return _Rejected(reason)
                 log.warning("LLM request failed after retries: %s", type(exc).__name__)
                 return _FAILED
         text = resp.choices[0].message.content or ""
@@ -105,15 +158,19 @@ class OpenAICompatible:
             answers = list(await asyncio.gather(*jobs))
         finally:
             await client.close()
+        plain = [None if a is _FAILED or isinstance(a, _Rejected) else a for a in answers]
         failed = sum(1 for a in answers if a is _FAILED)
-        if failed:
-            raise RequestsFailed(failed, [None if a is _FAILED else a for a in answers])
-        return answers
+        if failed:  # the back-end is at fault: the whole call is retried, rejections are found again then
+            raise RequestsFailed(failed, plain)
+        rejected = {i: a.reason for i, a in enumerate(answers) if isinstance(a, _Rejected)}
+        if rejected:
+            raise PromptsRejected(rejected, plain)
+        return plain
 
     def generate(
         self, prompts: Sequence[Prompt], sampling: Mapping[str, Any], *, seed: int | None = None, desc: str | None = None
     ) -> list[str | None]:
-        """Answers in prompt order; raises ``RequestsFailed`` (with the answers that came) if any request failed."""
+        """Answers in prompt order; ``RequestsFailed`` if any request failed, else ``PromptsRejected`` if any was refused."""
         args = dict(sampling)
         coro_factory = lambda: self._all(prompts, args, seed)  # noqa: E731
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping, Sequence
 
-from clio_stream.llm.base import Prompt
+from clio_stream.llm.base import Prompt, PromptsRejected
 from clio_stream.prompts import PromptTemplate
 from clio_stream.templating import cached_replacements
 
@@ -121,34 +121,40 @@ class VLLMLocal:
     def generate(
         self, prompts: Sequence[Prompt], sampling: Mapping[str, Any], *, seed: int | None = None, desc: str | None = None
     ) -> list[str | None]:
+        """Answers in prompt order; raises ``PromptsRejected`` (with the other answers) for prompts that cannot fit."""
         if not prompts:
             return []
         args = dict(sampling)
         max_tokens = int(args.get("max_tokens", 256))
         texts: list[str] = []
         ok: list[int] = []
+        rejected: dict[int, str] = {}
         for i, prompt in enumerate(prompts):
             text = self.prompt_text(prompt)
-            # Prompts that cannot fit are answered None instead of failing the batch.
-            if len(self._tokenizer.encode(text, add_special_tokens=False)) + max_tokens > self.max_model_len:
-                log.warning("prompt %d of %s is too long for the model; skipped", i, prompt.template.name)
+            n = len(self._tokenizer.encode(text, add_special_tokens=False))
+            if n + max_tokens > self.max_model_len:
+                rejected[i] = (f"prompt too long for the model: {n} prompt tokens + {max_tokens} to generate > "
+                               f"max_model_len {self.max_model_len}")
                 continue
             texts.append(text)
             ok.append(i)
-        # One seed per request: identical prompts sampled several times (cluster
-        # naming) must be able to answer differently.
-        params = [
-            self._vllm.SamplingParams(
-                seed=None if seed is None or not self._per_request_seed else seed + i,
-                structured_outputs=self._choice(prompts[i].choices),
-                **args,
-            )
-            for i in ok
-        ]
-        outputs = self._llm.generate(texts, params, use_tqdm=bool(self.show_progress and desc))
         result: list[str | None] = [None] * len(prompts)
-        for i, out in zip(ok, outputs):
-            result[i] = out.outputs[0].text if out.outputs else None
+        if ok:
+            # One seed per request: identical prompts sampled several times (cluster
+            # naming) must be able to answer differently.
+            params = [
+                self._vllm.SamplingParams(
+                    seed=None if seed is None or not self._per_request_seed else seed + i,
+                    structured_outputs=self._choice(prompts[i].choices),
+                    **args,
+                )
+                for i in ok
+            ]
+            outputs = self._llm.generate(texts, params, use_tqdm=bool(self.show_progress and desc))
+            for i, out in zip(ok, outputs):
+                result[i] = out.outputs[0].text if out.outputs else None
+        if rejected:
+            raise PromptsRejected(rejected, result)
         return result
 
     def _choice(self, choices: tuple[str, ...] | None) -> Any:

@@ -132,21 +132,21 @@ def test_cluster_members_paginate_with_cursor(store: QdrantStore) -> None:
     assert len(members) == 5 and cursor is None and len(members[0]["vector"]) == DIM
 
 
-def test_find_by_content_hash_only_for_processed(store: QdrantStore) -> None:
+def test_find_by_content_hash_reads_the_stored_values(store: QdrantStore) -> None:
     store.upsert_facets([point("done", "request", value="debug code", content_hash="H1"),
                          FacetPoint("done", "concerning", vec(5), value="1", numeric=1, user_hash="u1",
-                                    content_hash="H1"),
-                         point("half", "request", content_hash="H2")])
+                                    content_hash="H1")])
     store.mark_conversations([
         ConversationRecord("done", "processed", user_hash="u1", timestamp=1.0, content_hash="H1"),
         ConversationRecord("half", "pending", user_hash="u1", timestamp=2.0, content_hash="H2"),
     ])
-    assert store.find_by_content_hash("H1") == {
-        "request": {"value": "debug code", "numeric": None},
-        "concerning": {"value": "1", "numeric": 1},
-    }
-    assert store.find_by_content_hash("H2") is None  # not processed yet
+    want = {"request": {"value": "debug code", "numeric": None}, "concerning": {"value": "1", "numeric": 1}}
+    assert store.find_by_content_hash("H1") == want
+    assert store.find_by_content_hash("H2") is None  # marked pending, no answers stored yet
     assert store.find_by_content_hash("nope") is None
+    # A redelivered batch marks the conversation pending again before processing: its answers still count.
+    store.mark_conversations([ConversationRecord("done", "pending", user_hash="u1", content_hash="H1")])
+    assert store.find_by_content_hash("H1") == want
 
 
 def test_conversation_status_and_raw_policy(store: QdrantStore) -> None:

@@ -58,7 +58,7 @@ def test_prepare_rejects_non_lists():
 def test_truncate_keeps_whole_turns():
     c = to_conversation(conv("one two three", "four five six", "seven eight nine"), 0)
     count = lambda s: len(s.split())  # noqa: E731
-    short, was = truncate_conversation(c, 15, count)
+    short, was = truncate_conversation(c, 25, count)  # 3 words + 8 overhead per turn: two turns fit
     assert was and len(short.messages) == 2 and short.messages[1].content == "four five six"
     same, was = truncate_conversation(c, 100, count)
     assert not was and same is c
