@@ -187,6 +187,21 @@ def read_topic(bootstrap: str, topic: str, expect: int, timeout: float = 30.0) -
         consumer.close()
 
 
+def point_tally(store: QdrantStore, convs: list[dict[str, Any]], facets: Sequence[Facet] = FACETS) -> dict[str, int]:
+    """What the store holds against what was sent, counted: the figures a results file may quote.
+
+    ``lost_points``: (conversation, facet) pairs sent but not stored; ``unexpected_points``: stored but never
+    sent; ``duplicated_points``: extra copies of a pair (point ids make these impossible unless the id scheme
+    breaks); ``not_processed``: conversations sent whose status is not ``processed``.
+    """
+    pairs = stored_pairs(store)
+    want = {(c["id"], f.name) for c in convs for f in facets}
+    statuses = {cid: p.get("status") for cid, p in conversation_payloads(store).items()}
+    return {"lost_points": len(want - set(pairs)), "unexpected_points": len(set(pairs) - want),
+            "duplicated_points": sum(n - 1 for n in pairs.values() if n > 1),
+            "not_processed": sum(1 for c in convs if statuses.get(c["id"]) != "processed")}
+
+
 def check_stored_once(store: QdrantStore, convs: list[dict[str, Any]], facets: Sequence[Facet] = FACETS) -> None:
     """Every conversation processed, with exactly one point per facet, and nothing else stored."""
     pairs = stored_pairs(store)
