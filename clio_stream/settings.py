@@ -253,6 +253,12 @@ class ClioSettings(BaseSettings):
                                         "long without a reachable Kafka group coordinator.")
     backoff_initial_s: float = Field(0.5, gt=0, description="First wait after a failed batch (Qdrant or LLM down).")
     backoff_max_s: float = Field(15.0, gt=0, description="Longest wait between retries of a failed batch.")
+    poison_after_failures: int = Field(
+        5, ge=1,
+        description="After this many failed tries of the same batch with the LLM answering its health check, the "
+        "worker tries the records one at a time and dead-letters a record that still fails on its own "
+        "(code llm_failed_repeatedly); while the LLM is down it keeps retrying and dead-letters nothing.",
+    )
     # Qdrant (read by clio_stream.store.QdrantStore.from_settings).
     qdrant_url: str = Field("http://127.0.0.1:6333", description="Qdrant server URL, ':memory:' or a folder.")
     qdrant_prefix: str = Field("clio", description="Prefix of the collection names.")

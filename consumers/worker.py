@@ -115,6 +115,7 @@ class ConsumerWorker:
         self.health = "starting"
         self.health_reason: str | None = None
         self._failures = 0
+        self._failing_batch: tuple[tuple[str, int, int], ...] | None = None  # start offsets of the failing batch
         self._stop = threading.Event()
         self._started = False
         self._closed = False
@@ -227,16 +228,20 @@ class ConsumerWorker:
             return 0
         self._broker_lost_at = None
         t0 = time.perf_counter()
+        start = tuple(sorted((t, p, first) for (t, p), (first, _) in offset_ranges(records).items()))
+        isolate = start == self._failing_batch and self._failures >= self.settings.poison_after_failures
         try:
-            outcome = self._process(records)
+            outcome = self._process(records, isolate=isolate)
             self._write(outcome)
         except Exception as exc:  # noqa: BLE001 - whatever failed, the batch must be redelivered
             if not isinstance(exc, RETRYABLE):
                 log.exception("batch of %d records failed", len(records))
             self._rewind(records)
+            self._failing_batch = start
             self._fail(f"{type(exc).__name__}: {exc}")
             self._maybe_write_metrics()
             return 0
+        self._failing_batch = None
         self._commit(outcome)
         self._recovered()
         self.metrics.record_batch(outcome, len(records), time.perf_counter() - t0)
@@ -279,8 +284,13 @@ class ConsumerWorker:
                 log.info("drift detected on %s: mean assignment distance rose", facet)
         self.metrics.set_drift(self.drift.snapshot())
 
-    def _process(self, records: Sequence[RecordLike]) -> BatchOutcome:
-        """Mark pending, then process; a record that breaks the core (a bug, not an outage) is dead-lettered."""
+    def _process(self, records: Sequence[RecordLike], *, isolate: bool = False) -> BatchOutcome:
+        """Mark pending, then process; a record that breaks the core (a bug, not an outage) is dead-lettered.
+
+        ``isolate`` (the same batch failed ``poison_after_failures`` times as an outage) skips the batch
+        attempt: each record is tried alone, and one whose LLM call fails while the LLM passes its health
+        check is dead-lettered, so a record that makes the server fail cannot hold its partition for good.
+        """
         assert self._store is not None and self._llm is not None and self._embedder is not None
         s = self.settings
         decoded = decode_records(records, max_bytes=s.max_message_bytes)
@@ -288,19 +298,28 @@ class ConsumerWorker:
         models = self.centroids.models if self.centroids is not None else {}
         kwargs: dict[str, Any] = dict(facets=self.facets, llm=self._llm, embedder=self._embedder, store=self._store,
                                       models=models, settings=s)
-        try:
-            return process_batch(records, decoded=decoded, **kwargs)
-        except RETRYABLE:
-            raise
-        except RecordRejected as exc:
-            log.warning("the LLM refused a prompt of this batch (%s); retrying record by record", exc)
-        except Exception:  # noqa: BLE001 - isolate the poison record instead of blocking the partition
-            log.exception("batch processing failed; retrying record by record")
+        if isolate:
+            log.warning("batch failed %d times; trying its %d records one at a time", self._failures, len(records))
+        else:
+            try:
+                return process_batch(records, decoded=decoded, **kwargs)
+            except RETRYABLE:
+                raise
+            except RecordRejected as exc:
+                log.warning("the LLM refused a prompt of this batch (%s); retrying record by record", exc)
+            except Exception:  # noqa: BLE001 - isolate the poison record instead of blocking the partition
+                log.exception("batch processing failed; retrying record by record")
         parts: list[BatchOutcome] = []
         dead: list[DeadLetter] = []
         for rec in records:
             try:
                 parts.append(process_batch([rec], **kwargs))
+            except LLMUnavailable as exc:
+                if not (isolate and self._llm_healthy()):
+                    raise
+                dead.append(DeadLetter(rec, f"the LLM failed on this record alone after {self._failures} tries of "
+                                            f"its batch, while answering its health check: {exc}"[:500],
+                                       "llm_failed_repeatedly"))
             except RETRYABLE:
                 raise
             except RecordRejected as exc:
@@ -309,6 +328,21 @@ class ConsumerWorker:
                 dead.append(DeadLetter(rec, f"processing failed: {type(exc).__name__}: {exc}"[:500],
                                        "processing_failed"))
         return merge_outcomes(parts, records, dead, dead_lettered=dead_lettered_records(decoded, dead, s))
+
+    def _llm_healthy(self) -> bool:
+        """The LLM answers its own health check (a server's model list; an in-process engine a one-token probe)."""
+        probe = getattr(self._llm, "health", None)  # optional on the LLMBackend protocol: servers have it
+        try:
+            if callable(probe):
+                return bool(probe())
+            from clio_stream.llm.base import Prompt
+            from clio_stream.prompts import AUDIT_CLUSTER
+
+            answer = self._llm.generate([Prompt(AUDIT_CLUSTER, {"name": "probe", "summary": "probe"})],  # type: ignore[union-attr]
+                                        {"max_tokens": 1})
+            return bool(answer and answer[0] is not None)
+        except Exception:  # noqa: BLE001 - any failure of the probe means: not healthy
+            return False
 
     def _write(self, outcome: BatchOutcome) -> None:
         """Everything durable before the commit: Qdrant first, then the DLQ, then the deltas."""

@@ -182,3 +182,62 @@ def test_dead_letter_of_a_huge_key_fits_the_producer_limit() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     pytest.main([__file__, "-q"])
+
+
+class FailsOnMarker:
+    """The real server, except that every request about a marked conversation fails as a server error would.
+
+    Stands in for an input that makes a server fail (a 500 for that prompt only) while it answers everything
+    else and its health check: the failure looks like an outage, but only ever for one record.
+    """
+
+    MARKER = "ZX-POISON-7"
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.model_name, self.failed = inner, inner.model_name, 0
+
+    def generate(self, prompts: Any, sampling: Any, *, seed: Any = None, desc: Any = None) -> list[str | None]:
+        from clio_stream.llm.base import RequestsFailed
+
+        if any(self.MARKER in str(p.values.get("conversation", "")) for p in prompts):
+            self.failed += 1
+            raise RequestsFailed(1, [None] * len(prompts))
+        return self.inner.generate(prompts, sampling, seed=seed, desc=desc)
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
+
+    def health(self) -> bool:
+        return self.inner.health()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_record_that_fails_alone_is_dead_lettered_after_bounded_tries(
+    kafka_broker: Any, qdrant_server: Any, vllm_server: Any, minilm: Any,  # noqa: F811
+    unique_name: Callable[[str], str], reliability_report: Callable[..., None],
+) -> None:
+    s = streaming_settings(kafka_broker, qdrant_server.url, qdrant_server.grpc_port, unique_name,
+                           topic_partitions=1, llm_backend="openai", llm_base_url=vllm_server.base_url,
+                           poison_after_failures=3, backoff_initial_s=0.2, backoff_max_s=1.0)
+    convs = [_good(0), _conv("marked", f"Please help {FailsOnMarker.MARKER} with my card"), _good(1), _good(2)]
+    send(s.kafka_bootstrap, s.topic, _records(convs))
+    llm = FailsOnMarker(make_llm(s))
+    worker = ConsumerWorker(s, facets=FACETS, llm=llm, embedder=minilm)
+    thread, stop = start_thread(worker)
+    deadline = time.monotonic() + 180
+    try:
+        while worker.metrics.processed + worker.metrics.dead_lettered < len(convs) and time.monotonic() < deadline:
+            assert thread.is_alive(), "the worker thread died"
+            time.sleep(0.5)
+    finally:
+        stop_thread(thread, stop)
+    snap = worker.metrics_snapshot()
+    dead = [decode_dead_letter(r.value) for r in read_topic(s.kafka_bootstrap, s.dlq_topic, expect=1, timeout=20)]
+    reliability_report(records=len(convs), processed=snap["processed"], dead_lettered=len(dead),
+                       failed_batches=snap["failed_batches"], poison_after_failures=s.poison_after_failures,
+                       reasons=[d["reason"][:80] for d in dead])
+    assert [bytes(d["key"]) for d in dead] == [b"marked"], dead
+    assert "failed on this record alone" in dead[0]["reason"]
+    assert snap["processed"] == 3 and snap["failed_batches"] == s.poison_after_failures, snap
