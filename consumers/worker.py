@@ -4,9 +4,10 @@ One batch, in this order (at-least-once, and a replay is harmless):
 
 1. sync the shared centroids (version pointers in Qdrant, deltas from Kafka);
 2. poll up to ``max_poll_records`` records;
-3. mark the batch's valid conversations ``pending`` in Qdrant;
+3. drop deleted users' conversations (the deny-list), mark the rest ``pending`` in Qdrant;
 4. ``process_batch`` (decode, reuse by content hash, one LLM call, embed, assign);
-5. upsert the facet points, mark the conversations ``processed``;
+5. drop deleted users' points again (the deny-list may have grown), upsert the facet points, mark the
+   conversations ``processed``;
 6. send the dead letters and flush;
 7. publish the centroid deltas and flush;
 8. commit the offsets.
@@ -35,6 +36,7 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata
 
+from clio_stream.denylist import DenyList
 from clio_stream.drift import DriftMonitor
 from clio_stream.facets import Facet, main_facets
 from clio_stream.kafka_io import DeadLetterWriter, consumer_lag, ensure_topics, make_consumer, make_producer
@@ -42,7 +44,8 @@ from clio_stream.llm.base import LLMBackend
 from clio_stream.settings import ClioSettings
 from clio_stream.store import QdrantStore, StoreError
 from consumers.centroids import SharedCentroids
-from consumers.decoding import DeadLetter, RecordLike, decode_records, offset_ranges
+from consumers.decoding import DeadLetter, DecodedBatch, RecordLike, decode_records, offset_ranges
+from consumers.denied import drop_denied_conversations, drop_denied_writes
 from consumers.deltas_io import DeltaReader, publish_deltas
 from consumers.metrics import WorkerMetrics
 from consumers.processing import (
@@ -106,6 +109,7 @@ class ConsumerWorker:
         self._dlq: DeadLetterWriter | None = None
         self._deltas: DeltaReader | None = None
         self.centroids: SharedCentroids | None = None
+        self.denylist: DenyList | None = None
         self.metrics = WorkerMetrics(self.worker_id)
         self.drift = DriftMonitor(delta=self.settings.drift_delta, min_increase=self.settings.drift_min_increase)
         self._metrics_written_at = 0.0
@@ -136,6 +140,8 @@ class ConsumerWorker:
             self._embedder = make_embedder(s)
         if self._store is None:
             self._store = QdrantStore.from_settings(s)
+        if self.denylist is None:
+            self.denylist = DenyList(self._store, s.user_id_hash_key, s.deletion_denylist_refresh_s)
 
     def start(self) -> None:
         """Build what is missing, create topics and collections, load centroids, join the group.
@@ -226,7 +232,7 @@ class ConsumerWorker:
         self._broker_lost_at = None
         t0 = time.perf_counter()
         try:
-            outcome = self._process(records)
+            outcome = self._without_denied(self._process(records))
             self._write(outcome)
         except Exception as exc:  # noqa: BLE001 - whatever failed, the batch must be redelivered
             if not isinstance(exc, RETRYABLE):
@@ -281,7 +287,7 @@ class ConsumerWorker:
         """Mark pending, then process; a record that breaks the core (a bug, not an outage) is dead-lettered."""
         assert self._store is not None and self._llm is not None and self._embedder is not None
         s = self.settings
-        decoded = decode_records(records, max_bytes=s.max_message_bytes)
+        decoded = self._without_denied_input(decode_records(records, max_bytes=s.max_message_bytes))
         self._store.mark_conversations(pending_records(decoded, s))
         models = self.centroids.models if self.centroids is not None else {}
         kwargs: dict[str, Any] = dict(facets=self.facets, llm=self._llm, embedder=self._embedder, store=self._store,
@@ -303,6 +309,25 @@ class ConsumerWorker:
                 dead.append(DeadLetter(rec, f"processing failed: {type(exc).__name__}: {exc}"[:500],
                                        "processing_failed"))
         return merge_outcomes(parts, records, dead)
+
+    def _without_denied_input(self, decoded: DecodedBatch) -> DecodedBatch:
+        """Deleted users' conversations out before anything is written or asked (consumers.denied)."""
+        assert self.denylist is not None
+        kept, dropped = drop_denied_conversations(decoded, self.denylist)
+        self._count_denied(dropped)
+        return kept
+
+    def _without_denied(self, outcome: BatchOutcome) -> BatchOutcome:
+        """Deleted users' points out right before the upsert; their offsets are still committed."""
+        assert self.denylist is not None
+        kept, dropped = drop_denied_writes(outcome, self.denylist)
+        self._count_denied(dropped)
+        return kept
+
+    def _count_denied(self, dropped: int) -> None:
+        if dropped:
+            self.metrics.add(denied_dropped=dropped)
+            log.info("dropped %d conversation(s) of deleted users; their offsets are committed", dropped)
 
     def _write(self, outcome: BatchOutcome) -> None:
         """Everything durable before the commit: Qdrant first, then the DLQ, then the deltas."""
