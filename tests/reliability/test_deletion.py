@@ -528,3 +528,41 @@ def test_records_of_a_deleted_user_are_not_written_back(kafka_broker: Any, qdran
     reliability_report(records_after_deletion=len(late), written_back=written_back, dropped=dropped)
     assert written_back == 0, f"{written_back} points of the deleted user written back"
     assert dropped == 2 and alice == 2  # alice-1 and alice-2
+
+
+def test_a_write_on_a_stale_deny_list_is_swept(kafka_broker: Any, qdrant_server: Any, tmp_path: Path,
+                                               unique_name: Callable[[str], str],
+                                               reliability_report: Callable[..., None]) -> None:
+    """A worker that has not reloaded its deny-list yet (the in-flight window) writes the user back; the
+    owner's pass, due ``deletion_sweep_delay_s`` after the request, deletes those points before closing it."""
+    s = streaming_settings(kafka_broker, qdrant_server.url, qdrant_server.grpc_port, unique_name,
+                           api_keys=",".join(f"{r}:{k}" for r, k in KEYS.items()), publish_dir=tmp_path / "published",
+                           deletion_denylist_refresh_s=3600.0, deletion_sweep_delay_s=3600.0)
+    doomed_hash = keyed_user_hash(DOOMED, s.user_id_hash_key)
+    convs = [{"id": f"inflight-{i}", "user_id": DOOMED if i % 2 else "alice",
+              "conversation": [{"role": "user", "content": f"baking bread, take {i}"}]} for i in range(4)]
+    worker = ConsumerWorker(s, facets=FACETS, llm=ScriptedLLM(sensible_script), embedder=HashEmbedder())
+    store = reader_store(s)
+    (tmp_path / "published").mkdir()
+    thread, stop = start_thread(worker)
+    try:
+        wait_for(lambda: worker.health == "ok", 120, "the worker to start")
+        send_conversations(s.kafka_bootstrap, s.topic, convs[:2])
+        wait_for(lambda: processed_count(store) == 2, 120, "the first two conversations stored")  # deny-list loaded
+        with TestClient(create_app(s, store=store), raise_server_exceptions=False) as client:
+            rid = client.delete(f"/v1/users/{DOOMED}", headers=ADMIN).json()["request_id"]
+        send_conversations(s.kafka_bootstrap, s.topic, convs[2:])
+        wait_for(lambda: committed(s.kafka_bootstrap, s.consumer_group, s.topic) == len(convs), 120,
+                 "every record committed")
+        written_back = _user_points(store, doomed_hash)
+    finally:
+        stop_thread(thread, stop)
+    early = process_deletions(store, s, s.publish_dir)  # before the delay: scrubbed, not closed
+    swept = process_deletions(store, s.with_overrides(deletion_sweep_delay_s=0), s.publish_dir)  # delay over
+    left, request = _user_points(store, doomed_hash), store.get_deletion(rid)
+    store.close()
+    reliability_report(written_back_before_sweep=written_back, left_after_sweep=left)
+    assert written_back > 0, "the stale worker dropped the record: this test would prove nothing"
+    assert early.scrubbed == [rid] and not early.finished
+    assert swept.finished == [rid] and request["status"] == "done" and request["user_hash"] is None
+    assert left == 0, f"{left} points written back before the deny-list reached the worker survived the sweep"
