@@ -442,9 +442,10 @@ def process_deletions(store: Any, settings: Any, publish_dir: Path, *, owner: st
     from clio_stream.recluster import LOCK_NAME
 
     out = DeletionPass()
+    now = time.time()
     pending = [DeletionRequest.model_validate(d) for d in store.deletions("pending")]
-    if not pending:
-        return out
+    if not any(r.scrubbed_at is None or r.due_at(settings) <= now for r in pending):
+        return out  # nothing to do before a sweep is due: leave the lock to re-clustering
     owner = owner or f"deletion-{socket.gethostname()}-{os.getpid()}"
     lease = store.lease(LOCK_NAME, owner, settings.recluster_lock_ttl_s)
     if lease is None:
@@ -452,15 +453,14 @@ def process_deletions(store: Any, settings: Any, publish_dir: Path, *, owner: st
         out.locked_out = True
         return out
     try:
-        _run_pass(store, settings, Path(publish_dir), pending, out)
+        _run_pass(store, settings, Path(publish_dir), pending, now, out)
     finally:
         lease.release()
     return out
 
 
-def _run_pass(store: Any, settings: Any, publish_dir: Path, pending: list[DeletionRequest],
+def _run_pass(store: Any, settings: Any, publish_dir: Path, pending: list[DeletionRequest], now: float,
               out: DeletionPass) -> None:
-    now = time.time()
     due = {r.request_id for r in pending if r.due_at(settings) <= now}
     # Scrub for new requests, and again for those about to close (a version published since by a job that
     # does not apply the deny-list, e.g. the first clustering, is caught before the request says done).
