@@ -547,7 +547,9 @@ def delete_user(
         if _writable(publish_dir):
             request = _carry_out(request, store, settings, publish_dir, report, wait=wait)
         else:
-            log.info("the publish directory is not writable here: the scheduler scrubs it")
+            # Not here (another host's volume) or mounted read-only: closing the request from here would
+            # skip the versions that are really published, so the directory's owner finishes it.
+            log.info("the publish directory is missing or read-only here: the scheduler finishes the request")
         report.request_id, report.status = request.request_id, request.status
         report.facet_points, report.conversations = request.facet_points, request.conversations
     for out_dir in batch_dirs:
@@ -560,7 +562,7 @@ def delete_user(
 
 
 def _writable(publish_dir: Path) -> bool:
-    """Whether this process may rewrite the publish directory (``access`` also sees a read-only mount)."""
+    """Whether this process holds the publish directory and may rewrite it (``access`` sees a read-only mount)."""
     return publish_dir.is_dir() and os.access(publish_dir, os.W_OK)
 
 
