@@ -301,22 +301,28 @@ def _mounted_read_only(pid: int, path: Path) -> bool:
     return False
 
 
-def _read_only_api(world: World, tmp_path: Path) -> tuple[ManagedProcess, str]:
-    """The real API (``clio-stream api``) as a process that sees the publish directory read-only, as compose
-    (``:ro``) and k8s (``readOnly: true``) mount it.
+def _read_only(world: World, tmp_path: Path, *args: str) -> tuple[list[str], dict[str, str]]:
+    """argv and env that run ``clio-stream ARGS`` seeing the publish directory read-only, as compose (``:ro``)
+    and k8s (``readOnly: true``) mount it for the API.
 
-    Root ignores file modes, so the API gets a private mount namespace (``unshare -m``) in which the folder
-    is bind-mounted onto itself read-only; every other process (this test, the scheduler) still writes it.
+    Root ignores file modes, so the process gets a private mount namespace (``unshare -m``) in which the
+    folder is bind-mounted onto itself read-only; every other process (this test, the scheduler) still writes it.
     """
     if shutil.which("unshare") is None or subprocess.run(["unshare", "-m", "true"]).returncode != 0:
-        pytest.skip("needs a mount namespace (unshare -m) to give the API a read-only publish directory")
-    port = free_port()
+        pytest.skip("needs a mount namespace (unshare -m) to give a process a read-only publish directory")
     (tmp_path / "empty.toml").write_text("")
     env = {**world.settings.to_env(), "CLIO_API_KEYS": ",".join(f"{r}:{k}" for r, k in KEYS.items()),
            "CLIO_CONFIG": str(tmp_path / "empty.toml"), "RO_DIR": str(world.publish_dir), "PY": sys.executable}
-    script = (f'mount --bind "$RO_DIR" "$RO_DIR" && mount -o remount,bind,ro "$RO_DIR" && '
-              f'exec "$PY" -m clio_stream.cli api --port {port}')
-    api = ManagedProcess("api-read-only", ["unshare", "-m", "sh", "-c", script], log_path=tmp_path / "api.log",
+    script = ('mount --bind "$RO_DIR" "$RO_DIR" && mount -o remount,bind,ro "$RO_DIR" && '
+              'exec "$PY" -m clio_stream.cli "$@"')
+    return ["unshare", "-m", "sh", "-c", script, "sh", *args], env
+
+
+def _read_only_api(world: World, tmp_path: Path) -> tuple[ManagedProcess, str]:
+    """The real API (``clio-stream api``) as a process that sees the publish directory read-only."""
+    port = free_port()
+    argv, env = _read_only(world, tmp_path, "api", "--port", str(port))
+    api = ManagedProcess("api-read-only", argv, log_path=tmp_path / "api.log",
                          env=env, cwd=REPO, die_with_parent=True, ready_timeout=120,
                          ready_probe=http_probe(f"http://127.0.0.1:{port}/healthz"))
     api.start()
@@ -373,6 +379,21 @@ def test_api_deletion_with_a_read_only_publish_dir(world: World, tmp_path: Path,
     reliability_report(api_status=202, pass_seconds=round(seconds, 2), versions_scrubbed=len(done["versions_scrubbed"]),
                        files_searched=len(files), traces_left=len(leaks))
     assert not leaks, leaks[:10]
+
+
+def test_cli_without_write_access_leaves_the_scrub_to_the_scheduler(world: World, tmp_path: Path) -> None:
+    """``delete-user`` where the publish directory is read-only: points gone, request pending, files untouched."""
+    published = _digest(world.publish_dir)
+    argv, env = _read_only(world, tmp_path, "delete-user", DOOMED)
+    proc = subprocess.run(argv, env={**os.environ, **env}, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["status"] == "pending" and report["facet_points"] == 2 * 3 and not report["versions_scrubbed"]
+    assert _digest(world.publish_dir) == published
+    done = process_deletions(world.store, world.settings.with_overrides(deletion_sweep_delay_s=0), world.publish_dir)
+    assert done.finished == [report["request_id"]] and sorted(done.report.versions_scrubbed) == ["v1", "v2"]
+    files = _texts_under(world.publish_dir)
+    assert not [t for text in files.values() for t in _traces(world) if t in text]
 
 
 def test_repeated_deletion_is_one_request(world: World, reliability_report: Callable[..., None]) -> None:
