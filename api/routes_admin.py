@@ -1,4 +1,4 @@
-"""Admin actions: ask for a re-clustering, delete a user's data."""
+"""Admin actions: ask for a re-clustering, request a user's deletion and follow it."""
 
 from __future__ import annotations
 
@@ -6,17 +6,16 @@ import logging
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Path
+from fastapi import APIRouter, Body, HTTPException, Path
 
 from api.deps import Admin, Ctx, Store
-from api.schemas import DeletedOut, ErrorOut, ReclusterIn, ReclusterOut
-from clio_stream.deletion import delete_user as delete_user_everywhere
+from api.schemas import DeletionOut, ErrorOut, ReclusterIn, ReclusterOut
+from clio_stream.deletion import get_deletion, request_deletion
+from clio_stream.recluster_service import REQUEST_KEY as RECLUSTER_REQUEST_KEY
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["admin"])
-
-RECLUSTER_REQUEST_KEY = "recluster_request"
 
 
 @router.post("/recluster", status_code=202, response_model=ReclusterOut,
@@ -33,21 +32,36 @@ def recluster(principal: Admin, store: Store, body: Annotated[ReclusterIn | None
     return ReclusterOut(requested_at=now, requested_by=principal.key_id)
 
 
-@router.delete("/users/{user_id:path}", response_model=DeletedOut, responses={503: {"model": ErrorOut}},
-               summary="Delete every stored point of one user (admin)")
+@router.delete("/users/{user_id:path}", status_code=202, response_model=DeletionOut,
+               responses={503: {"model": ErrorOut}}, summary="Delete one user's data (admin)")
 def delete_user(
     principal: Admin,
     ctx: Ctx,
     store: Store,
     user_id: Annotated[str, Path(min_length=1, max_length=256, description="The user id as sent with conversations.")],
-) -> DeletedOut:
-    """Deletes facet and conversation points by the keyed hash of ``user_id``, and the user's conversations
-    from every published version (clio_stream.deletion), then asks for a re-clustering to rename clusters.
+) -> DeletionOut:
+    """Puts the user on the deny-list, deletes their facet and conversation points at once, and records a
+    deletion request that the process owning the publish directory (the scheduler) carries out: it scrubs
+    every published version and closes the request (clio_stream.deletion). Never writes the publish
+    directory itself, which deployments mount read-only here.
 
-    Answers 200 with the counts even when nothing matched (so it cannot be used
-    to probe quietly: an admin sees the same shape either way).
+    202 with the request; a repeat answers the same request (same id). The answer has the same shape
+    whether or not anything matched, so it cannot be used to probe quietly.
     """
-    report = delete_user_everywhere(user_id, ctx.settings, store=store, publish_dir=ctx.publish_dir)
-    log.info("user data deleted by %s: %d facet points, %d conversations, %d published version(s) scrubbed",
-             principal.key_id, report.facet_points, report.conversations, len(report.versions_scrubbed))
-    return DeletedOut(facet_points=report.facet_points, conversations=report.conversations)
+    request = request_deletion(user_id, ctx.settings, store, requested_by=principal.key_id)
+    log.info("deletion %s requested by %s: %s", request.request_id, principal.key_id, request.status)
+    return DeletionOut(**request.public())
+
+
+@router.get("/deletions/{request_id}", response_model=DeletionOut, responses={404: {"model": ErrorOut}},
+            summary="Status of a user deletion request (admin)")
+def deletion_status(
+    principal: Admin,
+    store: Store,
+    request_id: Annotated[str, Path(min_length=1, max_length=64)],
+) -> DeletionOut:
+    """``pending`` until the scheduler has scrubbed the published versions and swept the store, then ``done``."""
+    request = get_deletion(store, request_id)
+    if request is None:
+        raise HTTPException(404, "no such deletion request")
+    return DeletionOut(**request.public())

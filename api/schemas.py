@@ -74,9 +74,18 @@ class ReclusterOut(BaseModel):
     status: Literal["requested"] = "requested"
 
 
-class DeletedOut(BaseModel):
-    facet_points: int
-    conversations: int
+class DeletionOut(BaseModel):
+    """A user deletion request (clio_stream.deletion.DeletionRequest without its token)."""
+
+    request_id: str
+    status: Literal["pending", "done"]
+    requested_at: float
+    requested_by: str
+    facet_points: int = Field(description="Facet points deleted so far.")
+    conversations: int = Field(description="Conversation points deleted so far.")
+    scrubbed_at: float | None = Field(None, description="When the published versions were last scrubbed.")
+    versions_scrubbed: list[str] = Field(default_factory=list, description="Published versions rewritten.")
+    done_at: float | None = None
 
 
 # --------------------------------------------------------------------------- clusters

@@ -239,13 +239,17 @@ def _triggers(args: argparse.Namespace):
 
 
 def cmd_recluster(args: argparse.Namespace) -> int:
-    """One re-clustering run: 0 when published or skipped (another run holds the lock, nothing to do), 1 on error."""
+    """One re-clustering run: 0 when published or skipped (another run holds the lock, nothing to do), 1 on error.
+
+    Pending user deletions are carried out first, due or not: this job owns the publish directory (k8s CronJob).
+    """
     from clio_stream.recluster_service import ReclusterService
     from clio_stream.scheduler import due
 
     settings = _recluster_settings(args)
     try:
         with ReclusterService(settings, facets=_facets(args.facets)) as service:
+            service.process_deletions()
             reason = "manual"
             if args.if_due:
                 reason = due(service.snapshot(), _triggers(args))
@@ -289,7 +293,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
 
 def cmd_delete_user(args: argparse.Namespace) -> int:
-    """Delete one user's data from Qdrant, every published version, and the given batch output folders."""
+    """Delete one user's data: Qdrant now, the published versions here when writable (else by the scheduler)."""
     import json
 
     from clio_stream.deletion import delete_user
@@ -301,8 +305,7 @@ def cmd_delete_user(args: argparse.Namespace) -> int:
         report = delete_user(args.user_id, settings, store=None, batch_dirs=dirs)
     else:
         with QdrantStore.from_settings(settings) as store:
-            report = delete_user(args.user_id, settings, store=store, batch_dirs=dirs,
-                                 request_recluster=not args.no_recluster)
+            report = delete_user(args.user_id, settings, store=store, batch_dirs=dirs, wait=not args.no_wait)
     sys.stdout.write(json.dumps(report.as_dict(), indent=2) + "\n")  # counts only, never the user's data
     return 0
 
@@ -411,8 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-dir", action="append",
                     help="also scrub this run_clio output folder (result.json, site/, checkpoints/); repeatable")
     sp.add_argument("--no-store", action="store_true", help="skip Qdrant (a batch-only installation)")
-    sp.add_argument("--no-recluster", action="store_true",
-                    help="do not ask the scheduler to re-cluster (cluster names may still reflect the user)")
+    sp.add_argument("--no-wait", action="store_true",
+                    help="record the request, delete the points and scrub once, but leave the final sweep "
+                         "(after deletion_sweep_delay_s) to the scheduler")
     stream_args(sp)
     sp.set_defaults(func=cmd_delete_user)
     return p

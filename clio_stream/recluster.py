@@ -588,6 +588,7 @@ def recluster_once(
 
     ``thresholds``: matching knobs (default: from ``settings`` where it defines them, else built-in defaults).
     """
+    from clio_stream.deletion import remove_denied
     from clio_stream.publish import publish_version
 
     owner = owner or f"recluster-{socket.gethostname()}-{os.getpid()}"
@@ -678,6 +679,7 @@ def recluster_once(
                             stats={"llm": vars(stats), "points": report.points, "version": version,
                                    "store_clusters": {k: v for r in runs.values() for k, v in r.store_clusters.items()},
                                    "living": report.facets})
+        remove_denied(result, store, settings)  # users deleted since the scroll (clio_stream.deletion)
         lease.check()
         report.published = publish_version(result, publish_dir, str(version), lineage=lineage, settings=settings)
         # 4. consumers switch last

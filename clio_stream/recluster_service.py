@@ -11,7 +11,10 @@ Kubernetes CronJob) all go through ``ReclusterService``:
 * ``run(reason)`` runs ``recluster_once`` with the settings' LLM and a lazily
   built embedder, under the store's cluster-wide lock;
 * ``scheduler(triggers)`` builds the ``ReclusterScheduler`` thread that ties
-  the two together and writes its state where ``GET /v1/status`` reads it.
+  the two together and writes its state where ``GET /v1/status`` reads it;
+* ``process_deletions()`` carries out pending user deletions: every poll of the
+  scheduler, and every run of the CronJob, since this process is the one that
+  owns the publish directory (clio_stream.deletion).
 """
 
 from __future__ import annotations
@@ -124,6 +127,12 @@ class ReclusterService:
             log.info("published clustering version %d (%s)", report.version, reason)
         return report
 
+    def process_deletions(self) -> Any:
+        """Carry out pending user deletions (this process owns the publish directory); see clio_stream.deletion."""
+        from clio_stream.deletion import process_deletions
+
+        return process_deletions(self.store, self.settings, self.publish_dir)
+
     def write_state(self, doc: dict) -> None:
         self.store.put_state(SCHEDULER_STATE_KEY, doc)
 
@@ -131,7 +140,8 @@ class ReclusterService:
         """A ``ReclusterScheduler`` (not started) over this service's snapshot and run."""
         from clio_stream.scheduler import ReclusterScheduler
 
-        return ReclusterScheduler(self.snapshot, self.run, triggers, poll_s=poll_s, on_state=self.write_state)
+        return ReclusterScheduler(self.snapshot, self.run, triggers, poll_s=poll_s, on_state=self.write_state,
+                                  chores=[self.process_deletions])
 
     def close(self) -> None:
         """Close what this service built itself."""

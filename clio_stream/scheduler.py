@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +70,15 @@ class ReclusterScheduler(threading.Thread):
     """Polls ``snapshot()`` every ``poll_s`` and calls ``run(reason)`` when ``due`` says so."""
 
     def __init__(self, snapshot: Callable[[], Snapshot], run: Callable[[str], Any], triggers: Triggers,
-                 *, poll_s: float = 5.0, on_state: Callable[[dict], None] | None = None) -> None:
+                 *, poll_s: float = 5.0, on_state: Callable[[dict], None] | None = None,
+                 chores: Sequence[Callable[[], Any]] = ()) -> None:
         super().__init__(name="recluster-scheduler", daemon=True)
         self.snapshot_fn = snapshot
         self.run_fn = run
         self.triggers = triggers
         self.poll_s = poll_s
         self.on_state = on_state
+        self.chores = list(chores)  # run every poll before the trigger check (user deletions)
         self.stop_event = threading.Event()
         self.last_reason: str | None = None
         self.last_error: str | None = None
@@ -84,6 +86,7 @@ class ReclusterScheduler(threading.Thread):
 
     def run(self) -> None:  # noqa: D102 - threading.Thread API
         while not self.stop_event.is_set():
+            self._run_chores()
             try:
                 snap = self.snapshot_fn()
                 reason = due(snap, self.triggers)
@@ -104,6 +107,13 @@ class ReclusterScheduler(threading.Thread):
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("re-clustering failed; will retry at the next trigger")
             self.stop_event.wait(self.poll_s)
+
+    def _run_chores(self) -> None:
+        for chore in self.chores:
+            try:
+                chore()
+            except Exception:  # noqa: BLE001 - a failed chore is retried at the next poll
+                log.exception("scheduler chore %r failed; will retry at the next poll", chore)
 
     def stop(self) -> None:
         self.stop_event.set()

@@ -107,6 +107,14 @@ def lock_point_id(name: str) -> str:
     return str(uuid.uuid5(NAMESPACE, f"lock{_SEP}{name}"))
 
 
+DELETION_KIND = "deletion"  # state-collection points holding user deletion requests (clio_stream.deletion)
+
+
+def deletion_point_id(request_id: str) -> str:
+    """Deterministic id of a deletion request document."""
+    return str(uuid.uuid5(NAMESPACE, f"{DELETION_KIND}{_SEP}{request_id}"))
+
+
 def centroid_state_key(facet: str, version: int) -> str:
     """State key of the online k-means state of ``facet`` at clustering ``version``."""
     return f"centroids/{facet}/v{int(version)}"
@@ -658,6 +666,71 @@ class QdrantStore:
         """The clustering version readers should use for ``facet``, or None before the first."""
         doc = self.get_state(current_version_key(facet))
         return None if doc is None else int(doc["version"])
+
+    # ------------------------------------------------------------------ deletion requests
+
+    def create_deletion(self, request_id: str, doc: Mapping[str, Any]) -> bool:
+        """Store a deletion request unless one with this id exists; True if this call created it.
+
+        A conditional upsert (like ``try_lock``): an existing point never matches the
+        filter, so a repeated request keeps the first one's document and status.
+        """
+        pid = deletion_point_id(request_id)
+        cond = models.Filter(must_not=[models.HasIdCondition(has_id=[pid])])
+        try:
+            self._put_deletion(request_id, doc, update_filter=cond)
+        except CollectionMissing:
+            self._create(self.state, {})
+            self._put_deletion(request_id, doc, update_filter=cond)
+        found = self.get_deletion(request_id)
+        return found is not None and found == dict(doc)
+
+    def put_deletion(self, request_id: str, doc: Mapping[str, Any]) -> None:
+        """Overwrite a deletion request (the process that carries it out records its progress)."""
+        self._put_deletion(request_id, doc)
+
+    def _put_deletion(self, request_id: str, doc: Mapping[str, Any],
+                      update_filter: models.Filter | None = None) -> None:
+        payload = {"kind": DELETION_KIND, "key": request_id, "status": doc.get("status"), "token": doc.get("token"),
+                   "doc_json": json.dumps(doc, separators=(",", ":")), "updated_at": time.time()}
+        with self._guard("put deletion"):
+            self.client.upsert(self.state, points=[models.PointStruct(id=deletion_point_id(request_id), vector={},
+                                                                       payload=payload)],
+                               update_filter=update_filter, wait=True)
+
+    def get_deletion(self, request_id: str) -> dict[str, Any] | None:
+        """The deletion request ``request_id``, or None."""
+        try:
+            with self._guard("get deletion"):
+                found = self.client.retrieve(self.state, [deletion_point_id(request_id)], with_payload=True)
+        except CollectionMissing:
+            return None
+        raw = (found[0].payload or {}).get("doc_json") if found else None
+        return None if raw is None else json.loads(raw)
+
+    def deletions(self, status: str | None = None) -> list[dict[str, Any]]:
+        """Every deletion request (with ``status``, only those), oldest first."""
+        return sorted((json.loads(p["doc_json"]) for p in self._deletion_payloads(status, ["doc_json"])),
+                      key=lambda d: float(d.get("requested_at") or 0.0))
+
+    def deny_tokens(self) -> set[str]:
+        """The deletion tokens of every request, pending or done: users whose data must not be written again."""
+        return {str(p["token"]) for p in self._deletion_payloads(None, ["token"]) if p.get("token")}
+
+    def _deletion_payloads(self, status: str | None, fields: list[str]) -> list[dict[str, Any]]:
+        flt = _match_filter(kind=DELETION_KIND, status=status)
+        out: list[dict[str, Any]] = []
+        offset: Any = None
+        try:
+            with self._guard("list deletions"):
+                while True:
+                    records, offset = self.client.scroll(self.state, scroll_filter=flt, limit=1024, offset=offset,
+                                                         with_payload=fields, with_vectors=False)
+                    out.extend(dict(r.payload or {}) for r in records)
+                    if offset is None:
+                        return out
+        except CollectionMissing:
+            return []
 
     # ------------------------------------------------------------------ locks
 

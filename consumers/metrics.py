@@ -30,6 +30,7 @@ class WorkerMetrics:
     batches: int = 0
     failed_batches: int = 0
     commit_failures: int = 0
+    denied_dropped: int = 0  # conversations of deleted users dropped before writing (offsets committed)
     deltas_published: int = 0
     deltas_applied: int = 0
     busy_seconds: float = 0.0

@@ -4,9 +4,10 @@ One batch, in this order (at-least-once, and a replay is harmless):
 
 1. sync the shared centroids (version pointers in Qdrant, deltas from Kafka);
 2. poll up to ``max_poll_records`` records;
-3. mark the batch's valid conversations ``pending`` in Qdrant;
+3. drop deleted users' conversations (the deny-list), mark the rest ``pending`` in Qdrant;
 4. ``process_batch`` (decode, reuse by content hash, one LLM call, embed, assign);
-5. upsert the facet points, mark the conversations ``processed``;
+5. drop deleted users' points again (the deny-list may have grown), upsert the facet points, mark the
+   conversations ``processed``;
 6. send the dead letters and flush;
 7. publish the centroid deltas and flush;
 8. commit the offsets.
@@ -35,6 +36,7 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata
 
+from clio_stream.denylist import DenyList
 from clio_stream.drift import DriftMonitor
 from clio_stream.facets import Facet, main_facets
 from clio_stream.kafka_io import DeadLetterWriter, consumer_lag, ensure_topics, make_consumer, make_producer
@@ -42,7 +44,8 @@ from clio_stream.llm.base import LLMBackend
 from clio_stream.settings import ClioSettings
 from clio_stream.store import QdrantStore, StoreError
 from consumers.centroids import SharedCentroids
-from consumers.decoding import DeadLetter, RecordLike, decode_records, offset_ranges
+from consumers.decoding import DeadLetter, DecodedBatch, RecordLike, decode_records, offset_ranges
+from consumers.denied import drop_denied_conversations, drop_denied_writes
 from consumers.deltas_io import DeltaReader, publish_deltas
 from consumers.metrics import WorkerMetrics
 from consumers.processing import (
@@ -108,6 +111,7 @@ class ConsumerWorker:
         self._dlq: DeadLetterWriter | None = None
         self._deltas: DeltaReader | None = None
         self.centroids: SharedCentroids | None = None
+        self.denylist: DenyList | None = None
         self.metrics = WorkerMetrics(self.worker_id)
         self.drift = DriftMonitor(delta=self.settings.drift_delta, min_increase=self.settings.drift_min_increase)
         self._metrics_written_at = 0.0
@@ -139,6 +143,8 @@ class ConsumerWorker:
             self._embedder = make_embedder(s)
         if self._store is None:
             self._store = QdrantStore.from_settings(s)
+        if self.denylist is None:
+            self.denylist = DenyList(self._store, s.user_id_hash_key, s.deletion_denylist_refresh_s)
 
     def start(self) -> None:
         """Build what is missing, create topics and collections, load centroids, join the group.
@@ -231,7 +237,7 @@ class ConsumerWorker:
         start = tuple(sorted((t, p, first) for (t, p), (first, _) in offset_ranges(records).items()))
         isolate = start == self._failing_batch and self._failures >= self.settings.poison_after_failures
         try:
-            outcome = self._process(records, isolate=isolate)
+            outcome = self._without_denied(self._process(records, isolate=isolate))
             self._write(outcome)
         except Exception as exc:  # noqa: BLE001 - whatever failed, the batch must be redelivered
             if not isinstance(exc, RETRYABLE):
@@ -293,7 +299,7 @@ class ConsumerWorker:
         """
         assert self._store is not None and self._llm is not None and self._embedder is not None
         s = self.settings
-        decoded = decode_records(records, max_bytes=s.max_message_bytes)
+        decoded = self._without_denied_input(decode_records(records, max_bytes=s.max_message_bytes))
         self._store.mark_conversations(pending_records(decoded, s))
         models = self.centroids.models if self.centroids is not None else {}
         kwargs: dict[str, Any] = dict(facets=self.facets, llm=self._llm, embedder=self._embedder, store=self._store,
@@ -343,6 +349,25 @@ class ConsumerWorker:
             return bool(answer and answer[0] is not None)
         except Exception:  # noqa: BLE001 - any failure of the probe means: not healthy
             return False
+
+    def _without_denied_input(self, decoded: DecodedBatch) -> DecodedBatch:
+        """Deleted users' conversations out before anything is written or asked (consumers.denied)."""
+        assert self.denylist is not None
+        kept, dropped = drop_denied_conversations(decoded, self.denylist)
+        self._count_denied(dropped)
+        return kept
+
+    def _without_denied(self, outcome: BatchOutcome) -> BatchOutcome:
+        """Deleted users' points out right before the upsert; their offsets are still committed."""
+        assert self.denylist is not None
+        kept, dropped = drop_denied_writes(outcome, self.denylist)
+        self._count_denied(dropped)
+        return kept
+
+    def _count_denied(self, dropped: int) -> None:
+        if dropped:
+            self.metrics.add(denied_dropped=dropped)
+            log.info("dropped %d conversation(s) of deleted users; their offsets are committed", dropped)
 
     def _write(self, outcome: BatchOutcome) -> None:
         """Everything durable before the commit: Qdrant first, then the DLQ, then the deltas."""

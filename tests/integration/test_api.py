@@ -222,7 +222,8 @@ ROUTES: list[tuple[str, str, Any, str | None, int]] = [
     ("POST", "/v1/conversations", VALID, "admin", 202),
     ("POST", "/v1/conversations:batch", {"conversations": [VALID]}, "admin", 202),
     ("POST", "/v1/recluster", {"reason": "matrix"}, "admin", 202),
-    ("DELETE", "/v1/users/nobody-at-all", None, "admin", 200),
+    ("DELETE", "/v1/users/nobody-at-all", None, "admin", 202),
+    ("GET", "/v1/deletions/no-such-request", None, "admin", 404),
 ]
 
 
@@ -579,13 +580,19 @@ def test_unexpected_errors_are_bare_500s_with_a_request_id(env: Env, monkeypatch
 
 
 def test_delete_user(env: Env) -> None:
+    """202 with a request that deletes the points at once; a repeat answers the same request."""
     c = env.client
     assert c.get("/v1/conversations/doomed-0001", headers=_auth("analyst")).status_code == 200
     r = c.delete(f"/v1/users/{DOOMED_USER}", headers=_auth("admin"))
-    assert r.status_code == 200 and r.json() == {"facet_points": 1, "conversations": 1}
+    assert r.status_code == 202
+    request = r.json()
+    assert request["status"] == "pending" and (request["facet_points"], request["conversations"]) == (1, 1)
+    assert "token" not in request and "user_hash" not in request
     assert c.get("/v1/conversations/doomed-0001", headers=_auth("analyst")).status_code == 404
-    assert c.delete(f"/v1/users/{DOOMED_USER}", headers=_auth("admin")).json() == {"facet_points": 0,
-                                                                                    "conversations": 0}
+    again = c.delete(f"/v1/users/{DOOMED_USER}", headers=_auth("admin"))
+    assert again.status_code == 202 and again.json()["request_id"] == request["request_id"]
+    status = c.get(f"/v1/deletions/{request['request_id']}", headers=_auth("admin"))
+    assert status.status_code == 200 and status.json()["status"] == "pending"
 
 
 def test_metrics_parse(env: Env) -> None:

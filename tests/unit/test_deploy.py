@@ -765,7 +765,11 @@ class _FakeService:
     def __init__(self, settings: ClioSettings, *, facets: Any = None, **_: Any) -> None:
         self.settings, self.facets, self.runs, self.closed = settings, facets, [], False
         self.trigger_facet = "Request"
+        self.deletion_passes = 0
         _FakeService.instances.append(self)
+
+    def process_deletions(self) -> None:
+        self.deletion_passes += 1
 
     def snapshot(self) -> Any:
         return self.snapshot_value
@@ -835,6 +839,7 @@ def test_recluster_exit_status(fake_service: type[_FakeService]) -> None:
     fake_service.snapshot_value = Snapshot(now=100.0, last_run_at=50.0, points_at_last_run=1000, points_now=1001)
     assert cli.main(["recluster", "--if-due", "--interval", "3600"]) == 0
     assert fake_service.instances[-1].runs == []
+    assert fake_service.instances[-1].deletion_passes == 1  # user deletions are carried out, due or not
     fake_service.snapshot_value = Snapshot(now=100.0, last_run_at=None, points_at_last_run=0, points_now=50)
     assert cli.main(["recluster", "--if-due", "--min-points", "30"]) == 0
     assert fake_service.instances[-1].runs == ["first clustering"]

@@ -33,3 +33,32 @@ def test_schedule():
     assert due(snap(points_now=101, now=1049.0), T) is None
     assert due(snap(points_now=101, now=1050.0), T) == "schedule"
     assert due(snap(now=5000.0), T) is None  # no new points: the schedule has nothing to do
+
+
+def test_chores_run_every_poll_and_a_failing_one_does_not_stop_the_loop():
+    """User deletions ride on the scheduler's loop (clio_stream.recluster_service): a failure is retried."""
+    import threading
+
+    from clio_stream.scheduler import ReclusterScheduler
+
+    calls: list[str] = []
+    enough = threading.Event()
+
+    def failing() -> None:
+        calls.append("failing")
+        raise RuntimeError("Qdrant went away")
+
+    def counting() -> None:
+        calls.append("counting")
+        if calls.count("counting") >= 3:
+            enough.set()
+
+    empty = Snapshot(now=0.0, last_run_at=None, points_at_last_run=0, points_now=0)
+    sched = ReclusterScheduler(lambda: empty, lambda reason: None, Triggers(), poll_s=0.01, chores=[failing, counting])
+    sched.start()
+    try:
+        assert enough.wait(10)
+    finally:
+        sched.stop()
+        sched.join(10)
+    assert calls[:4] == ["failing", "counting", "failing", "counting"]
