@@ -17,6 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from api.auth import SESSION_COOKIE, KeyRing, Principal, Role
 from api.metrics import ApiMetrics
 from api.views import VIEW_KEY, VersionView, view_of
+from clio_stream.kafka_connection import KafkaConnection
 from clio_stream.publish import current_if_loaded, load_current
 from clio_stream.settings import ClioSettings
 from clio_stream.store import QdrantStore
@@ -126,7 +127,7 @@ class ApiContext:
                     from clio_stream.kafka_io import make_producer
 
                     timeout_ms = int(self.settings.api_produce_timeout_s * 1000)
-                    self.producer = make_producer(self.settings.kafka_bootstrap, max_block_ms=timeout_ms)
+                    self.producer = make_producer(KafkaConnection.from_settings(self.settings), max_block_ms=timeout_ms)
                     self.owns_producer = True
         return self.producer
 

@@ -22,6 +22,8 @@ cores were during it, so the figures can be read honestly.
 from __future__ import annotations
 
 import argparse
+
+from clio_stream.kafka_connection import KafkaConnection
 import json
 import logging
 import os
@@ -154,7 +156,7 @@ def one_run(base: Any, k: int, records: list[dict[str, Any]], facets: str, n_fac
 
     tag = f"{k}-{uuid.uuid4().hex[:6]}"
     s = run_settings(base, tag)
-    ensure_topics(s.kafka_bootstrap, {s.topic: PARTITIONS, s.dlq_topic: PARTITIONS, s.deltas_topic: 1})
+    ensure_topics(KafkaConnection.from_settings(s), {s.topic: PARTITIONS, s.dlq_topic: PARTITIONS, s.deltas_topic: 1})
     store = QdrantStore.from_settings(s)
     started = time.monotonic()
     procs = start_consumers(s, k, facets, logs)
@@ -166,7 +168,7 @@ def one_run(base: Any, k: int, records: list[dict[str, Any]], facets: str, n_fac
         load = os.getloadavg()[0]
         cpu0, busy0 = sum(process_cpu_s(p.pid) for p in procs), cpu_times()
         t0 = time.monotonic()
-        producer = make_producer(s.kafka_bootstrap)
+        producer = make_producer(KafkaConnection.from_settings(s))
         try:
             produce(producer, s.topic, to_messages(for_run(records, tag), "mt_bench"), progress=False)
         finally:

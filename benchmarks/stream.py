@@ -18,6 +18,8 @@ a noisy machine):
 from __future__ import annotations
 
 import argparse
+
+from clio_stream.kafka_connection import KafkaConnection
 import resource
 import sys
 import tempfile
@@ -94,8 +96,8 @@ def main() -> None:
                     qdrant_grpc_port=gport, embedding_model=args.embedding_model, show_progress=False,
                     max_poll_records=args.n)
         settings = ClioSettings(**base, topic="bench.a", consumer_group="bench-a", deltas_topic="bench.a.deltas")
-        ensure_topics(settings.kafka_bootstrap, {"bench.a": 1, "bench.b": 1})
-        producer = make_producer(settings.kafka_bootstrap)
+        ensure_topics(KafkaConnection.from_settings(settings), {"bench.a": 1, "bench.b": 1})
+        producer = make_producer(KafkaConnection.from_settings(settings))
         for topic in ("bench.a", "bench.b"):
             for c in convs:
                 producer.send(topic, key=c.id.encode(), value=encode_message(

@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from clio_stream.kafka_connection import KafkaConnection
+
 log = logging.getLogger("clio_stream")
 
 
@@ -147,8 +149,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
     records = load_file(args.file)
     if args.limit:
         records = records[: args.limit]
-    ensure_topics(settings.kafka_bootstrap, {settings.topic: settings.topic_partitions})
-    producer = make_producer(settings.kafka_bootstrap)
+    ensure_topics(KafkaConnection.from_settings(settings), {settings.topic: settings.topic_partitions})
+    producer = make_producer(KafkaConnection.from_settings(settings))
     skipped: list[str] = []
     try:
         sent = produce(producer, settings.topic, to_messages(records, Path(args.file).stem, skipped),

@@ -18,10 +18,7 @@ from typing import Any
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from clio_stream.settings import SEED_ALIASES, ClioSettings, toml_path
-
-# Settings whose values are never printed (``config show`` says only whether they are set).
-SECRET_SETTINGS = frozenset({"user_id_hash_key", "llm_api_key", "qdrant_api_key", "api_keys"})
+from clio_stream.settings import SECRET_SETTINGS, SEED_ALIASES, ClioSettings, toml_path
 ENV_PREFIX = "CLIO_"
 
 

@@ -27,6 +27,8 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import TopicAlreadyExistsError
 from kafka.producer.future import FutureRecordMetadata
 
+from clio_stream.kafka_connection import KafkaConnection
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TOPIC = "clio.conversations"
@@ -45,7 +47,7 @@ def _to_bytes(v: bytes | str | None) -> bytes | None:
 
 
 def make_producer(
-    bootstrap: str | list[str], *, idempotent: bool = False, **overrides: Any
+    bootstrap: KafkaConnection | str | list[str], *, idempotent: bool = False, **overrides: Any
 ) -> KafkaProducer:
     """A producer for durable keyed writes: acks=all, in-order retries, small linger.
 
@@ -59,7 +61,7 @@ def make_producer(
     duplicate a record, which downstream handles by upserting by conversation id.
     """
     config: dict[str, Any] = {
-        "bootstrap_servers": bootstrap,
+        **KafkaConnection.of(bootstrap).client_config(),
         "acks": "all",
         "enable_idempotence": idempotent,
         "linger_ms": 5,
@@ -74,7 +76,7 @@ def make_producer(
 
 
 def make_consumer(
-    bootstrap: str | list[str],
+    bootstrap: KafkaConnection | str | list[str],
     group_id: str | None,
     topics: Iterable[str] | None = None,
     *,
@@ -89,7 +91,7 @@ def make_consumer(
     the assignment (verified with 2 s of work between polls).
     """
     config: dict[str, Any] = {
-        "bootstrap_servers": bootstrap,
+        **KafkaConnection.of(bootstrap).client_config(),
         "group_id": group_id,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
@@ -108,7 +110,7 @@ def make_consumer(
 
 
 def ensure_topics(
-    bootstrap: str | list[str],
+    bootstrap: KafkaConnection | str | list[str],
     topics: Mapping[str, int],
     *,
     replication_factor: int = 1,
@@ -125,9 +127,9 @@ def ensure_topics(
     2.3.3's ``KafkaAdminClient.list_topics``/``describe_topics`` crash decoding
     Tansu's authorized-operations bits (``ValueError: 14 is not a valid ACLOperation``).
     """
-    meta = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                         client_id="clio-admin-meta")
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="clio-admin")
+    connection = KafkaConnection.of(bootstrap).client_config()
+    meta = KafkaConsumer(**connection, group_id=None, enable_auto_commit=False, client_id="clio-admin-meta")
+    admin = KafkaAdminClient(**connection, client_id="clio-admin")
     try:
         existing = meta.topics()
         created: list[str] = []
@@ -265,7 +267,7 @@ class DeadLetterWriter:
 
     def __init__(
         self,
-        producer_or_bootstrap: KafkaProducer | str | list[str],
+        producer_or_bootstrap: KafkaProducer | KafkaConnection | str | list[str],
         topic: str = DEFAULT_DLQ_TOPIC,
     ) -> None:
         if isinstance(producer_or_bootstrap, KafkaProducer):

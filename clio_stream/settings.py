@@ -265,6 +265,16 @@ class ClioSettings(BaseSettings):
     # Kafka: the conversation topic (contract: key = conversation id, value = msgpack map), its
     # dead-letter topic, and the topic on which workers share centroid deltas.
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers (comma-separated).")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How every Kafka client connects: SASL_SSL for MSK (SASL/SCRAM) or Confluent Cloud.")
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism, with a SASL_* security protocol.")
+    kafka_sasl_username: str | None = Field(None, description="SASL user name (Confluent Cloud: the API key).")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (Confluent Cloud: the API secret).")
+    kafka_ssl_cafile: str | None = Field(None, description="CA bundle that signed the brokers' certificates (TLS).")
+    kafka_ssl_certfile: str | None = Field(None, description="Client certificate for mutual TLS (with its key).")
+    kafka_ssl_keyfile: str | None = Field(None, description="Private key of the client certificate.")
+    kafka_ssl_check_hostname: bool = Field(True, description="Check the brokers' certificate names (TLS).")
     topic: str = Field("clio.conversations", description="Topic of incoming conversations.")
     dlq_topic: str = Field("clio.conversations.dlq", description="Dead-letter topic for undecodable records.")
     deltas_topic: str = Field("clio.centroid-deltas", description="Centroid deltas every worker reads and applies.")
@@ -379,8 +389,11 @@ class ClioSettings(BaseSettings):
 
     def public_dict(self) -> dict[str, Any]:
         """Settings safe to publish with results (no secrets, callables by name)."""
-        secret = {"user_id_hash_key", "llm_api_key", "qdrant_api_key", "api_keys"}
-        return self.fingerprint(*(n for n in type(self).model_fields if n not in secret))
+        return self.fingerprint(*(n for n in type(self).model_fields if n not in SECRET_SETTINGS))
+
+
+# Settings whose values are never published, printed or logged.
+SECRET_SETTINGS = frozenset({"user_id_hash_key", "llm_api_key", "qdrant_api_key", "api_keys", "kafka_sasl_password"})
 
 
 SEED_ALIASES: dict[str, str] = {

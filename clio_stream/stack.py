@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from clio_stream.kafka_connection import KafkaConnection
 from clio_stream.settings import ClioSettings
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class Stack:
         else:
             self.processes.append(start_broker(host, port, log_dir=logs, die_with_parent=True))
             log.info("broker (Tansu, in memory) on %s:%d", host, port)
-        ensure_topics(s.kafka_bootstrap, {s.topic: s.topic_partitions, s.dlq_topic: s.topic_partitions,
+        ensure_topics(KafkaConnection.from_settings(s), {s.topic: s.topic_partitions, s.dlq_topic: s.topic_partitions,
                                           s.deltas_topic: s.deltas_partitions})
 
         qhost, qport = _host_port(s.qdrant_url, 6333)
@@ -165,7 +166,7 @@ class Stack:
         records = get_example_data(self.n_examples)
 
         def send() -> None:
-            producer = make_producer(s.kafka_bootstrap)
+            producer = make_producer(KafkaConnection.from_settings(s))
             try:
                 n = produce(producer, s.topic, to_messages(records, "example", []), total=len(records),
                             progress=False)

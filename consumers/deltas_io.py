@@ -20,6 +20,7 @@ import threading
 from kafka import KafkaProducer, TopicPartition
 from kafka.producer.future import FutureRecordMetadata
 
+from clio_stream.kafka_connection import KafkaConnection
 from clio_stream.kafka_io import make_consumer
 from clio_stream.online import CentroidDeltas
 
@@ -42,7 +43,7 @@ def publish_deltas(producer: KafkaProducer, topic: str, deltas: list[CentroidDel
 class DeltaReader:
     """Reads the deltas topic from the beginning on a background thread; ``drain()`` takes what arrived."""
 
-    def __init__(self, bootstrap: str, topic: str, *, client_id: str = "clio-deltas", poll_ms: int = 200) -> None:
+    def __init__(self, bootstrap: KafkaConnection | str, topic: str, *, client_id: str = "clio-deltas", poll_ms: int = 200) -> None:
         self.topic = topic
         self._poll_ms = poll_ms
         self._consumer = make_consumer(bootstrap, None, None, max_poll_records=1000, client_id=client_id,

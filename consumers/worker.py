@@ -39,6 +39,7 @@ from kafka.structs import OffsetAndMetadata
 from clio_stream.denylist import DenyList
 from clio_stream.drift import DriftMonitor
 from clio_stream.facets import Facet, main_facets
+from clio_stream.kafka_connection import KafkaConnection
 from clio_stream.kafka_io import DeadLetterWriter, consumer_lag, ensure_topics, make_consumer, make_producer
 from clio_stream.llm.base import LLMBackend
 from clio_stream.settings import ClioSettings
@@ -157,22 +158,23 @@ class ConsumerWorker:
             return
         s = self.settings
         self.build()
+        kafka = KafkaConnection.from_settings(s)
         assert self._store is not None and self._embedder is not None
         if self._producer is None:
-            ensure_topics(s.kafka_bootstrap, {s.topic: s.topic_partitions, s.dlq_topic: s.topic_partitions,
+            ensure_topics(kafka, {s.topic: s.topic_partitions, s.dlq_topic: s.topic_partitions,
                                               s.deltas_topic: s.deltas_partitions})
-            self._producer = make_producer(s.kafka_bootstrap, client_id=f"clio-{self.worker_id}")
+            self._producer = make_producer(kafka, client_id=f"clio-{self.worker_id}")
             self._dlq = DeadLetterWriter(self._producer, s.dlq_topic)
         self._store.ensure_collections(int(self._embedder.dim))
         if self._deltas is None:
-            self._deltas = DeltaReader(s.kafka_bootstrap, s.deltas_topic, client_id=f"clio-deltas-{self.worker_id}")
+            self._deltas = DeltaReader(kafka, s.deltas_topic, client_id=f"clio-deltas-{self.worker_id}")
         if self.centroids is None:
             self.centroids = SharedCentroids([f.name for f in self.facets if f.has_hierarchy], int(self._embedder.dim))
         self._sync_centroids(strict=True)
         if not self._deltas.caught_up.wait(STARTUP_DELTAS_WAIT_S):
             log.warning("centroid deltas not read to the end after %.0f s; continuing", STARTUP_DELTAS_WAIT_S)
         self._sync_centroids(strict=True)
-        self._consumer = make_consumer(s.kafka_bootstrap, s.consumer_group, [s.topic],
+        self._consumer = make_consumer(kafka, s.consumer_group, [s.topic],
                                        max_poll_records=s.max_poll_records, client_id=f"clio-{self.worker_id}")
         self._started = True
         self._set_health("ok")
