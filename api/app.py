@@ -157,6 +157,9 @@ def main() -> None:
     common: dict[str, Any] = {"host": settings.web_host, "port": settings.web_port, "log_level": "info",
                               "access_log": False}
     if settings.api_workers > 1:
+        from api.metrics import share_across_workers
+
+        share_across_workers()
         uvicorn.run("api.app:create_app", factory=True, workers=settings.api_workers, **common)
     else:
         uvicorn.run(create_app(settings), **common)

@@ -2,11 +2,31 @@
 
 A registry per app (not the process-global default) keeps several apps in one
 process (tests, an embedding service) from clashing over metric names.
+
+With several uvicorn workers (``api_workers`` > 1) ``clio-stream api`` sets
+``PROMETHEUS_MULTIPROC_DIR`` before the workers start, so prometheus_client keeps
+every worker's values in shared files and ``render`` sums them: a scrape that
+lands on any worker sees the whole API, not one process's share.
 """
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def share_across_workers() -> None:
+    """A fresh folder for prometheus_client's multiprocess mode; call before the uvicorn workers start."""
+    import logging
+    import tempfile
+
+    if not os.environ.get(MULTIPROC_ENV):
+        os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="clio-api-metrics-")
+        logging.getLogger(__name__).info("API workers share their metrics through %s", os.environ[MULTIPROC_ENV])
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -24,7 +44,8 @@ class ApiMetrics:
         self.latency = Histogram(
             "clio_api_request_duration_seconds", "Time to answer a request, by route template.",
             ["method", "route"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.in_flight = Gauge("clio_api_requests_in_flight", "Requests being answered now.", registry=self.registry)
+        self.in_flight = Gauge("clio_api_requests_in_flight", "Requests being answered now.", registry=self.registry,
+                               multiprocess_mode="livesum")
         self.accepted = Counter(
             "clio_api_conversations_accepted", "Conversations produced to Kafka.", registry=self.registry)
         self.rejected = Counter(
@@ -46,4 +67,8 @@ class ApiMetrics:
         self.latency.labels(method, route).observe(seconds)
 
     def render(self) -> bytes:
+        if os.environ.get(MULTIPROC_ENV):
+            merged = CollectorRegistry()
+            MultiProcessCollector(merged)
+            return generate_latest(merged)
         return generate_latest(self.registry)

@@ -10,14 +10,17 @@ store almost nothing.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.security import HTTPAuthorizationCredentials
 
-from api.deps import ApiContext, Ctx, Store, Viewer
+from api.auth import Role
+from api.deps import ApiContext, Ctx, Store, Viewer, bearer_scheme, require
 from api.routes_admin import RECLUSTER_REQUEST_KEY
 from api.schemas import HealthOut, StatusOut, WorkerOut
 from clio_stream.store import WORKER_STATE_PREFIX
@@ -47,9 +50,20 @@ async def readyz(store: Store, response: Response) -> HealthOut:
     return HealthOut(status="store unavailable")
 
 
-@router.get("/metrics", response_class=Response, summary="Prometheus metrics (viewer)",
-            responses={200: {"content": {"text/plain": {}}}})
-def metrics(principal: Viewer, ctx: Ctx) -> Response:
+async def metrics_reader(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> None:
+    """The scrape token (``metrics_token``) when one is set, else a viewer key, as for every other read."""
+    token = request.app.state.ctx.settings.metrics_token
+    if token is not None and credentials is not None and \
+            hmac.compare_digest(credentials.credentials.encode(), token.get_secret_value().encode()):
+        return
+    await require(Role.viewer)(request, credentials)
+
+
+@router.get("/metrics", response_class=Response, summary="Prometheus metrics (viewer, or the scrape token)",
+            responses={200: {"content": {"text/plain": {}}}}, dependencies=[Depends(metrics_reader)])
+def metrics(ctx: Ctx) -> Response:
     return Response(content=ctx.metrics.render(), media_type=ctx.metrics.content_type)
 
 

@@ -135,7 +135,14 @@ def cmd_consume(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     worker = ConsumerWorker(settings, facets=_facets(args.facets))
-    worker.run(stop)
+    from consumers.prometheus import serve_worker_metrics
+
+    server = serve_worker_metrics(settings, worker) if settings.metrics_port is not None else None
+    try:
+        worker.run(stop)
+    finally:
+        if server is not None:
+            server.stop()
     return 0
 
 
@@ -191,7 +198,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         lines = ["", "clio-stream is up.", f"  dashboard:  {stack.urls.get('dashboard')}",
                  f"  API docs:   {stack.urls.get('api_docs')}  (Authorization: Bearer <key>)",
                  f"  Kafka:      {stack.settings.kafka_bootstrap}  topic {stack.settings.topic}",
-                 f"  Qdrant:     {stack.settings.qdrant_url}", f"  vLLM:       {stack.urls.get('llm')}"]
+                 f"  Qdrant:     {stack.settings.qdrant_url}", f"  vLLM:       {stack.urls.get('llm')}",
+                 "  metrics:    " + "  ".join(u for k, u in stack.urls.items() if k.endswith("metrics"))]
         if stack.admin_key:
             lines.append(f"  keys:       viewer {stack.viewer_key}   admin {stack.admin_key}")
         lines.append("The dashboard fills in after the first re-clustering (about 30 conversations in). Ctrl-C stops.")
@@ -224,6 +232,9 @@ def cmd_api(args: argparse.Namespace) -> int:
               "timeout_graceful_shutdown": 20}
     log.info("API on http://%s:%d with %d worker(s)", settings.web_host, settings.web_port, settings.api_workers)
     if settings.api_workers > 1:
+        from api.metrics import share_across_workers
+
+        share_across_workers()
         uvicorn.run("api.app:create_app", factory=True, workers=settings.api_workers, **common)
     else:
         from api.app import create_app
@@ -292,10 +303,17 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        from clio_stream.scheduler_prometheus import serve_scheduler_metrics
+
+        server = serve_scheduler_metrics(settings, sched) if settings.metrics_port is not None else None
         log.info("re-clustering scheduler: every %.0f s, on %.0f%% new points, on drift or %.0f%% outliers, "
                  "or on request (facet %s)", triggers.interval_s, 100 * triggers.new_fraction,
                  100 * triggers.outlier_rate, service.trigger_facet)
-        sched.run()  # this thread's loop, in the foreground
+        try:
+            sched.run()  # this thread's loop, in the foreground
+        finally:
+            if server is not None:
+                server.stop()
     return 0
 
 

@@ -83,9 +83,14 @@ class ReclusterScheduler(threading.Thread):
         self.last_reason: str | None = None
         self.last_error: str | None = None
         self.runs = 0
+        self.failures = 0
+        self.last_run_seconds: float | None = None
+        self.last_version: int | None = None  # the version the last run published (its report's ``version``)
+        self.last_poll_at: float | None = None  # monotonic; liveness of this loop
 
     def run(self) -> None:  # noqa: D102 - threading.Thread API
         while not self.stop_event.is_set():
+            self.last_poll_at = time.monotonic()
             self._run_chores()
             try:
                 snap = self.snapshot_fn()
@@ -93,9 +98,14 @@ class ReclusterScheduler(threading.Thread):
                 if reason:
                     log.info("re-clustering: %s", reason)
                     self.last_reason = reason
-                    self.run_fn(reason)
+                    t0 = time.monotonic()
+                    report = self.run_fn(reason)
+                    self.last_run_seconds = time.monotonic() - t0
                     self.runs += 1
                     self.last_error = None
+                    version = getattr(report, "version", None)  # run_fn may return None (skipped) or a report
+                    if isinstance(version, int):
+                        self.last_version = version
                 if self.on_state:
                     snap = self.snapshot_fn() if reason else snap
                     last = snap.last_run_at
@@ -104,6 +114,7 @@ class ReclusterScheduler(threading.Thread):
                                    "next_run_at": None if last is None else last + self.triggers.interval_s,
                                    "updated_at": time.time()})
             except Exception as exc:  # noqa: BLE001 - the scheduler must outlive a failed run
+                self.failures += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("re-clustering failed; will retry at the next trigger")
             self.stop_event.wait(self.poll_s)

@@ -289,6 +289,14 @@ class ClioSettings(BaseSettings):
                                        "many batches (and at least every metrics_interval_s).")
     metrics_interval_s: float = Field(15.0, gt=0, description="Longest time between two writes of a worker's "
                                       "metrics (health, lag, drift) to the store, busy or idle.")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535,
+        description="Port of this process's /metrics, /livez and /readyz server (a consumer, the scheduler); "
+        "None: no server; 0: a free port (logged).")
+    metrics_host: str = Field("127.0.0.1", description="Interface of that server ('0.0.0.0' in a container).")
+    metrics_token: SecretStr | None = Field(
+        None, description="Bearer token that may read /metrics of every process (the API's too) without an API "
+        "key; unset: consumers and the scheduler serve /metrics openly on metrics_host, the API asks a viewer key.")
     broker_unreachable_s: float = Field(10.0, gt=0, description="A worker reports degraded health after this "
                                         "long without a reachable Kafka group coordinator.")
     backoff_initial_s: float = Field(0.5, gt=0, description="First wait after a failed batch (Qdrant or LLM down).")
@@ -393,7 +401,8 @@ class ClioSettings(BaseSettings):
 
 
 # Settings whose values are never published, printed or logged.
-SECRET_SETTINGS = frozenset({"user_id_hash_key", "llm_api_key", "qdrant_api_key", "api_keys", "kafka_sasl_password"})
+SECRET_SETTINGS = frozenset({"user_id_hash_key", "llm_api_key", "qdrant_api_key", "api_keys", "kafka_sasl_password",
+                             "metrics_token"})
 
 
 SEED_ALIASES: dict[str, str] = {

@@ -116,10 +116,12 @@ class Stack:
         return env
 
     def _start_consumers(self, logs: Path) -> None:
-        from clio_stream.services.processes import ManagedProcess
+        from clio_stream.services.processes import ManagedProcess, free_port
 
         for i in range(self.consumers):
-            env = {**self._child_env(), "CLIO_WORKER_ID": f"consumer-{i}"}
+            port = free_port()  # each consumer's /metrics, /livez, /readyz
+            env = {**self._child_env(), "CLIO_WORKER_ID": f"consumer-{i}", "CLIO_METRICS_PORT": str(port)}
+            self.urls[f"consumer-{i} metrics"] = f"http://{self.settings.metrics_host}:{port}/metrics"
             p = ManagedProcess(f"consumer-{i}", [sys.executable, "-m", "clio_stream.cli", "consume"],
                                log_path=logs / f"consumer-{i}.log", env=env, ready_timeout=5,
                                die_with_parent=True)  # `up` killed with -9 takes its children along
@@ -156,6 +158,11 @@ class Stack:
                                                          min_points=self.first_cluster_at))
         sched.start()
         self.threads.append(sched)
+        from clio_stream.scheduler_prometheus import serve_scheduler_metrics
+
+        server = serve_scheduler_metrics(self.settings, sched, port=self.settings.metrics_port or 0)
+        self.threads.append(server)
+        self.urls["scheduler metrics"] = f"{server.url}/metrics"
 
     def _stream_examples(self) -> None:
         from clio_stream.data import get_example_data

@@ -34,8 +34,12 @@ class WorkerMetrics:
     deltas_published: int = 0
     deltas_applied: int = 0
     busy_seconds: float = 0.0
+    llm_seconds: float = 0.0
+    embed_seconds: float = 0.0
+    store_write_seconds: float = 0.0
     last_batch_seconds: float | None = None
     last_batch_records: int = 0
+    dead_lettered_by_code: dict[str, int] = field(default_factory=dict)  # DeadLetter.code -> count
     outlier_rate: dict[str, float] = field(default_factory=dict)
     cluster_versions: dict[str, int] = field(default_factory=dict)
     drift: dict[str, dict[str, Any]] = field(default_factory=dict)  # clio_stream.drift.DriftMonitor.snapshot()
@@ -51,6 +55,8 @@ class WorkerMetrics:
             self.batches += 1
             self.processed += outcome.processed
             self.dead_lettered += len(outcome.dead_letters)
+            for d in outcome.dead_letters:
+                self.dead_lettered_by_code[d.code] = self.dead_lettered_by_code.get(d.code, 0) + 1
             self.reused_by_hash += outcome.reused_by_hash
             self.duplicates += outcome.duplicates
             self.llm_calls += outcome.llm_calls
@@ -58,6 +64,8 @@ class WorkerMetrics:
             self.unparseable += outcome.unparseable
             self.deltas_published += len(outcome.deltas)
             self.busy_seconds += seconds
+            self.llm_seconds += outcome.llm_seconds
+            self.embed_seconds += outcome.embed_seconds
             self.last_batch_seconds = seconds
             self.last_batch_records = records
 
@@ -81,6 +89,12 @@ class WorkerMetrics:
             for name, n in counts.items():
                 setattr(self, name, getattr(self, name) + n)
 
+    def add_seconds(self, **seconds: float) -> None:
+        """Add to named time totals (``store_write_seconds=0.02``)."""
+        with self._lock:
+            for name, v in seconds.items():
+                setattr(self, name, getattr(self, name) + float(v))
+
     def set_lag(self, lag: int | None) -> None:
         with self._lock:
             self.consumer_lag = lag
@@ -90,6 +104,7 @@ class WorkerMetrics:
         with self._lock:
             doc = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
             doc["outlier_rate"] = dict(self.outlier_rate)
+            doc["dead_lettered_by_code"] = dict(self.dead_lettered_by_code)
             doc["cluster_versions"] = dict(self.cluster_versions)
             doc["drift"] = {k: dict(v) for k, v in self.drift.items()}
         doc["conversations_per_s"] = doc["processed"] / doc["busy_seconds"] if doc["busy_seconds"] > 0 else None

@@ -86,6 +86,8 @@ class BatchOutcome:
     assigned: dict[str, int] = field(default_factory=dict)  # facet -> vectors assigned to a cluster
     outliers: dict[str, int] = field(default_factory=dict)  # facet -> of those, outliers
     seconds: float = 0.0
+    llm_seconds: float = 0.0  # of ``seconds``: facet values (content-hash reuse and the LLM call)
+    embed_seconds: float = 0.0  # of ``seconds``: embedding the values
 
     @property
     def processed(self) -> int:
@@ -305,13 +307,16 @@ def process_batch(
     counting = _CountingLLM(llm)
     stats = AskStats()
     values, reused = facet_values(items, facets, counting, store, settings, stats)
+    t_llm = time.perf_counter() - t0
 
     tree = [f for f in facets if f.has_hierarchy]
     value_of = {(row, f.name): values[item.content_hash].get(f.name) for row, item in enumerate(items) for f in facets}
     tree_names = {f.name for f in tree}
+    t1 = time.perf_counter()
     text_vectors = embed_values(
         [fv.value for (_, name), fv in value_of.items() if name in tree_names and fv is not None and fv.value],
         embedder)
+    t_embed = time.perf_counter() - t1
     dim = int(embedder.dim)
 
     item_records = [item.record for item in items]
@@ -378,6 +383,8 @@ def process_batch(
         assigned=assigned,
         outliers=outliers,
         seconds=time.perf_counter() - t0,
+        llm_seconds=t_llm,
+        embed_seconds=t_embed,
     )
     log.info("batch: %d records -> %d conversations (%d reused by hash, %d duplicates), %d dead letters, "
              "%d LLM calls, %.2f s", len(records), outcome.processed, reused, decoded.duplicates,
@@ -401,6 +408,8 @@ def merge_outcomes(parts: Sequence[BatchOutcome], records: Sequence[RecordLike],
         out.llm_prompts += p.llm_prompts
         out.unparseable += p.unparseable
         out.seconds += p.seconds
+        out.llm_seconds += p.llm_seconds
+        out.embed_seconds += p.embed_seconds
         for name, n in p.assigned.items():
             out.assigned[name] = out.assigned.get(name, 0) + n
         for name, n in p.outliers.items():

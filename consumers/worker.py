@@ -374,8 +374,10 @@ class ConsumerWorker:
     def _write(self, outcome: BatchOutcome) -> None:
         """Everything durable before the commit: Qdrant first, then the DLQ, then the deltas."""
         assert self._store is not None and self._dlq is not None and self._deltas is not None
+        t0 = time.perf_counter()
         self._store.upsert_facets(outcome.facet_points)
         self._store.mark_conversations([*outcome.conversations, *outcome.dead_lettered])
+        self.metrics.add_seconds(store_write_seconds=time.perf_counter() - t0)
         if outcome.dead_letters:
             futures = [self._dlq.send(key=d.record.key, value=d.record.value, reason=d.reason,
                                       topic=d.record.topic, partition=d.record.partition, offset=d.record.offset)

@@ -50,5 +50,30 @@ def test_up_streams_examples_into_a_published_dashboard(tmp_path):
         first = get_example_data(16)[0]["id"]
         conv = httpx.get(f"{base}/v1/conversations/{first}", headers=admin, timeout=10)
         assert conv.status_code == 200 and conv.json()["status"] in ("processed", "pending"), conv.text
+        check_every_part_is_scraped(stack, base, admin, status["version"])
     finally:
         stack.stop()
+
+
+def _samples(text: str) -> dict[str, float]:
+    """``name{labels}`` -> value of a Prometheus text exposition (comments skipped)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {f"{s.name}{{{','.join(f'{k}={v}' for k, v in sorted(s.labels.items()))}}}": s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def check_every_part_is_scraped(stack: Stack, base: str, admin: dict[str, str], version: int) -> None:
+    """A Prometheus scrape of `up` reaches the API, every consumer and the scheduler, with live figures."""
+    api = _samples(httpx.get(f"{base}/metrics", headers=admin, timeout=10).text)
+    assert any(k.startswith("clio_api_requests_total{") and v > 0 for k, v in api.items()), sorted(api)[:10]
+    consumers = [u for k, u in stack.urls.items() if k.startswith("consumer-") and k.endswith("metrics")]
+    assert len(consumers) == stack.consumers
+    for url in consumers:
+        got = _samples(httpx.get(url, timeout=10).text)
+        processed = sum(v for k, v in got.items() if k.startswith("clio_consumer_conversations_processed_total{"))
+        assert processed > 0, sorted(got)[:20]
+        assert got["clio_consumer_health{state=ok,worker=consumer-0}"] == 1.0
+        assert httpx.get(url.replace("/metrics", "/readyz"), timeout=10).status_code == 200
+    sched = _samples(httpx.get(stack.urls["scheduler metrics"], timeout=10).text)
+    assert sched["clio_recluster_runs_total{}"] >= 1 and sched["clio_recluster_published_version{}"] >= version
