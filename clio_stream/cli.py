@@ -479,7 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_scheduler)
 
     sp = sub.add_parser("config", help="look up the settings: effective values, or the generated reference")
-    config = sp.add_subparsers(dest="config_command", required=True, parser_class=_subparser_class())
+    sp.set_defaults(func=cmd_config_show, json=False)  # `clio-stream config` alone shows the values
+    config = sp.add_subparsers(dest="config_command", parser_class=_subparser_class())
     cp = config.add_parser("show", help="every setting's effective value and its source (secrets masked)")
     cp.add_argument("--json", action="store_true", help="as JSON ({name: {value, source}})")
     model_args(cp)

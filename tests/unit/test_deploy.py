@@ -206,7 +206,7 @@ def test_kustomization_lists_every_manifest_and_the_secret() -> None:
     gen = {g["name"]: g for g in k["secretGenerator"]}
     assert gen["clio-secrets"]["envs"] == ["secrets.env"]
     assert "secrets.env" in (K8S / ".gitignore").read_text().split()
-    assert set(secret_example()) == {"CLIO_API_KEYS", "CLIO_USER_ID_HASH_KEY"}
+    assert set(secret_example()) == {"CLIO_API_KEYS", "CLIO_USER_ID_HASH_KEY", "CLIO_METRICS_TOKEN"}
     assert [i["name"] for i in k["images"]] == [CLIO_IMAGE]
 
 
@@ -499,8 +499,9 @@ def test_compose_services_images_and_dependencies() -> None:
                 assert source in declared_volumes, f"{name}: volume {source} is not declared"
     for name in ("kafka", "qdrant", "vllm", "api"):
         assert services[name]["healthcheck"]["test"], name
-    for name in ("consumer", "scheduler"):  # no HTTP to check; the image's check is for the API
-        assert services[name]["healthcheck"] == {"disable": True}
+    for name in ("consumer", "scheduler"):  # their metrics server's liveness, on the port they are given
+        port = services[name]["environment"]["CLIO_METRICS_PORT"]
+        assert f"127.0.0.1:{port}/livez" in " ".join(services[name]["healthcheck"]["test"]), name
     # Persistent state
     assert any(v.endswith(":/qdrant/storage") for v in services["qdrant"]["volumes"])
     assert any(v.endswith(":/var/lib/kafka/data") for v in services["kafka"]["volumes"])

@@ -88,3 +88,33 @@ def test_the_scheduler_reports_runs_failures_and_the_published_version() -> None
     assert got[("clio_recluster_runs_total", ())] == 1 and got[("clio_recluster_failures_total", ())] >= 1
     assert got[("clio_recluster_published_version", ())] == 7
     assert not scheduler_health(sched, stale_after_s=60).live  # stopped
+
+
+def test_the_grafana_dashboard_only_uses_metrics_that_exist() -> None:
+    """Every clio_* name in deploy/grafana/clio-stream.json is one a process exports (a renamed metric fails)."""
+    import json
+    import re
+    from pathlib import Path
+
+    from api.metrics import ApiMetrics
+
+    dashboard = json.loads((Path(__file__).parents[2] / "deploy" / "grafana" / "clio-stream.json").read_text())
+    used = {m for p in dashboard["panels"] for t in p["targets"] for m in re.findall(r"clio_[a-z_]+", t["expr"])}
+    metrics = WorkerMetrics("w")
+    metrics.record_batch(_outcome(), records=6, seconds=1.0)  # a dead letter, so its by-reason sample exists
+    metrics.set_clusters({"Request": 0.1}, {"Request": 1})
+    metrics.set_drift({"Request": {"detections": 1}})
+    metrics.set_lag(0)
+    exported = set()
+    texts = [generate_latest(worker_registry(metrics)).decode(), ApiMetrics().render().decode()]
+    sched = ReclusterScheduler(lambda: None, lambda r: None, Triggers())  # type: ignore[arg-type, return-value]
+    sched.last_run_seconds, sched.last_version = 1.0, 1
+    texts.append(generate_latest(scheduler_registry(sched)).decode())
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            exported.add(family.name)
+            exported.update(s.name for s in family.samples)
+    api = ApiMetrics()
+    api.observe("GET", "/x", 200, 0.01)
+    exported.update(s.name for f in text_string_to_metric_families(api.render().decode()) for s in f.samples)
+    assert used - exported == set(), f"the dashboard uses metrics nobody exports: {sorted(used - exported)}"
