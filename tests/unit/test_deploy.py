@@ -873,6 +873,7 @@ def test_api_command_serves_with_uvicorn(monkeypatch: pytest.MonkeyPatch, tmp_pa
     monkeypatch.setattr(api.app, "create_app", lambda settings=None: ("app", settings))
     for key in ("CLIO_WEB_HOST", "CLIO_WEB_PORT", "CLIO_API_WORKERS"):
         monkeypatch.setenv(key, "")  # recorded, so what the command exports is undone after the test
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)  # set by --workers 3: undone after the test
     settings_from_env(monkeypatch, tmp_path, {"CLIO_API_KEYS": "viewer:" + "v" * 32})
     assert cli.main(["api", "--port", "9123"]) == 0
     app, kw = calls[-1]
@@ -882,6 +883,7 @@ def test_api_command_serves_with_uvicorn(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert app == "api.app:create_app" and kw["factory"] is True and kw["workers"] == 3 and kw["host"] == "0.0.0.0"
     import os
 
+    assert os.environ["PROMETHEUS_MULTIPROC_DIR"]  # the workers will share one metrics registry
     assert os.environ["CLIO_API_WORKERS"] == "3"  # the worker processes see the same overrides
     monkeypatch.delenv("CLIO_API_KEYS")
     n = len(calls)
