@@ -32,6 +32,7 @@ class WorkerMetrics:
     commit_failures: int = 0
     deltas_published: int = 0
     deltas_applied: int = 0
+    deltas_rejected: int = 0  # malformed or hostile records on the deltas topic (dead-lettered)
     busy_seconds: float = 0.0
     last_batch_seconds: float | None = None
     last_batch_records: int = 0
