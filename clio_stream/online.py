@@ -186,8 +186,10 @@ def _strict_int(value: Any, name: str, lo: int = 0, hi: int = _MAX_INT) -> int:
     """``value`` as an int in [lo, hi]; bools, floats and strings are refused (JSON gives real ints)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise DeltaRejected(f"{name} is not an integer: {value!r:.40}")
-    if not lo <= int(value) <= hi:
-        raise DeltaRejected(f"{name} {int(value)} outside [{lo}, {hi}]")
+    if int(value) < lo:
+        raise DeltaRejected(f"{name} {int(value)} below {lo}")
+    if int(value) > hi:
+        raise DeltaRejected(f"{name} {int(value)} above {hi}")
     return int(value)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -66,7 +67,7 @@ def hostile_values() -> list[tuple[str, bytes | None, str]]:
         ("old format with huge counts", with_(g, format="clio-centroid-deltas/1", counts=[10**15]), "format"),
         ("huge range", with_(g, first=0, last=10**15), "spans more"),
         ("offset outside its range", with_(g, first=0, last=50), "outside the range"),
-        ("negative cluster", with_(g, clusters=[-1]), "clusters -1 outside"),
+        ("negative cluster", with_(g, clusters=[-1]), "clusters -1 below 0"),
         ("cluster out of range", with_(g, clusters=[K]), "outside [0, 3)"),
         ("wrong dim", with_(g, dim=DIM * 2, vectors=vectors_field(normalise_rows(np.ones((1, DIM * 2))))),
          "dimension"),
@@ -157,7 +158,7 @@ class _DeadLetters:
 
 
 @pytest.fixture
-def store() -> QdrantStore:
+def store() -> Iterator[QdrantStore]:
     s = QdrantStore(":memory:", keep_raw=True)
     s.ensure_collections(DIM)
     yield s
