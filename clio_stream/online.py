@@ -23,8 +23,9 @@ compatibility and for the equivalence tests.
 the centre stays the exact running mean of its members, a point's pull shrinks
 as the cluster grows, and, because a mean is a sum divided by a count, the
 updates of many workers commute. That is what makes :class:`CentroidDeltas`
-possible: replicas never drift their own copies; they ship (sum, count) per
-cluster and any process merges them in any order, any number of times.
+possible: replicas never drift their own copies; they ship the vectors they
+assigned, keyed by source record, and any process merges them in any order,
+each record exactly once however often it is redelivered.
 
 Assignment
 ----------
@@ -60,7 +61,14 @@ Metric = Literal["cosine", "euclidean"]
 VectorLike = np.ndarray | Sequence[float] | Mapping[int, float]
 
 STATE_FORMAT = "clio-online-kmeans/1"
-DELTA_FORMAT = "clio-centroid-deltas/1"
+DELTA_FORMAT = "clio-centroid-deltas/2"
+# Bounds a delta must respect: a hostile one must not cost memory or mark far-away offsets applied.
+MAX_DELTA_RECORDS = 10_000
+MAX_DELTA_SPAN = 1_000_000  # offsets one delta may speak for (a polled range, dead letters included)
+MAX_DIM = 65_536
+NORM_TOLERANCE = 1e-3  # rows are unit embeddings as assigned
+DELTA_CHUNK_BYTES = 512 * 1024  # under Kafka's default 1 MiB message limit
+_MAX_INT = (1 << 63) - 1
 # Used when the warm-start data is too small to estimate a percentile: unrelated
 # sentence embeddings (mpnet, MiniLM) sit around cosine 0.0-0.2 from each other,
 # while members of a facet cluster sit at 0.4-0.8 from their centroid.
@@ -121,11 +129,6 @@ def group_sums(labels: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return clusters, sums, counts
 
 
-def make_batch_id(topic: str, partition: int, first_offset: int, last_offset: int, version: int) -> str:
-    """Delta batch id from the Kafka records it covers: a redelivered range gets the same id."""
-    return f"{topic}-{partition}-{first_offset}-{last_offset}-v{version}"
-
-
 def _encode_array(a: np.ndarray, dtype: str) -> dict[str, Any]:
     arr = np.ascontiguousarray(a, dtype=np.dtype(dtype).newbyteorder("<"))
     return {"dtype": dtype, "shape": list(arr.shape), "b64": base64.b64encode(arr.tobytes()).decode("ascii")}
@@ -175,126 +178,228 @@ class _RateWindow:
 # --------------------------------------------------------------------------- deltas
 
 
-@dataclass
-class CentroidDeltas:
-    """One worker's centroid updates since its last flush: per-cluster sum and count.
+class DeltaRejected(ValueError):
+    """A centroid delta that must never be applied (malformed or hostile); the message says why."""
 
-    For the mean rule a centroid is ``sum / count``, so batches from any number of
-    workers commute. ``batch_id`` (see :func:`make_batch_id`) makes re-applying a
-    redelivered batch a no-op; ``version`` ties the cluster indices to the
-    clustering they were assigned under (a batch for an old version is dropped).
+
+def _strict_int(value: Any, name: str, lo: int = 0, hi: int = _MAX_INT) -> int:
+    """``value`` as an int in [lo, hi]; bools, floats and strings are refused (JSON gives real ints)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise DeltaRejected(f"{name} is not an integer: {value!r:.40}")
+    if int(value) < lo:
+        raise DeltaRejected(f"{name} {int(value)} below {lo}")
+    if int(value) > hi:
+        raise DeltaRejected(f"{name} {int(value)} above {hi}")
+    return int(value)
+
+
+def _int_list(values: Any, name: str) -> np.ndarray:
+    if not isinstance(values, list):
+        raise DeltaRejected(f"{name} is not a list")
+    return np.array([_strict_int(v, name) for v in values], dtype=np.int64)
+
+
+def _bool_list(values: Any, name: str) -> np.ndarray:
+    if not isinstance(values, list) or not all(isinstance(v, bool) for v in values):
+        raise DeltaRejected(f"{name} is not a list of booleans")
+    return np.array(values, dtype=bool)
+
+
+def _strict_vectors(doc: Any, rows: int, dim: int) -> np.ndarray:
+    """The base64 float32 matrix of a delta, refusing any other dtype or shape (no silent casts)."""
+    if not isinstance(doc, Mapping) or doc.get("dtype") != "float32" or not isinstance(doc.get("b64"), str):
+        raise DeltaRejected("vectors are not a base64 float32 array")
+    if doc.get("shape") != [rows, dim]:
+        raise DeltaRejected(f"vectors have shape {doc.get('shape')!r:.40}, expected [{rows}, {dim}]")
+    try:
+        raw = base64.b64decode(doc["b64"], validate=True)
+    except ValueError as exc:
+        raise DeltaRejected(f"vectors are not valid base64: {exc}") from exc
+    if len(raw) != rows * dim * 4:
+        raise DeltaRejected(f"vectors hold {len(raw)} bytes, expected {rows * dim * 4}")
+    return np.frombuffer(raw, dtype="<f4").reshape(rows, dim).astype(np.float32)
+
+
+@dataclass(frozen=True, eq=False)
+class CentroidDeltas:
+    """The vectors one worker assigned from one run of source offsets, one unit vector per record.
+
+    The identity of a delta is its source records, not the batch that happened
+    to poll them: ``[first, last]`` is the offset range of ``topic``/``partition``
+    it speaks for (records in it without a row contributed nothing) and each row
+    names its record's offset. :meth:`OnlineKMeans.apply_deltas` adds the rows
+    whose offsets it has not applied yet for this facet and version, then marks
+    the whole range applied, so a redelivery over a different range (a sub- or
+    super-range after a failed commit or a rebalance) adds only what is new.
+    Per-record rows rather than per-cluster sums make that overlap subtractable.
+
+    Construction validates everything that does not depend on the receiving
+    model (:class:`DeltaRejected` otherwise): a delta object is never hostile.
+    Each record weighs exactly one, so there is no count to forge.
     """
 
-    batch_id: str
+    facet: str
     version: int
-    dim: int
+    topic: str
+    partition: int
+    first: int
+    last: int
+    offsets: np.ndarray  # int64 (m,), strictly increasing, inside [first, last]
     clusters: np.ndarray  # int64 (m,)
-    sums: np.ndarray  # float64 (m, dim)
-    counts: np.ndarray  # int64 (m,)
-    outliers: int = 0
-    facet: str | None = None
+    vectors: np.ndarray  # float32 (m, dim), unit length
+    outliers: np.ndarray  # bool (m,)
+
+    def __post_init__(self) -> None:
+        for name in ("facet", "topic"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value or len(value) > 256:
+                raise DeltaRejected(f"{name} is not a non-empty string")
+        _strict_int(self.version, "version")
+        _strict_int(self.partition, "partition", hi=1 << 31)
+        first, last = _strict_int(self.first, "first"), _strict_int(self.last, "last")
+        if not first <= last <= first + MAX_DELTA_SPAN:
+            raise DeltaRejected(f"offset range [{first}, {last}] is empty or spans more than {MAX_DELTA_SPAN}")
+        m = int(np.asarray(self.offsets).shape[0]) if np.ndim(self.offsets) == 1 else -1
+        if m < 1 or m > MAX_DELTA_RECORDS:
+            raise DeltaRejected(f"{m} records (need 1..{MAX_DELTA_RECORDS})")
+        if np.shape(self.clusters) != (m,) or np.shape(self.outliers) != (m,):
+            raise DeltaRejected(f"lengths differ: {m} offsets, clusters {np.shape(self.clusters)}, "
+                                f"outliers {np.shape(self.outliers)}")
+        if np.ndim(self.vectors) != 2 or np.shape(self.vectors)[0] != m or not 1 <= np.shape(self.vectors)[1] <= MAX_DIM:
+            raise DeltaRejected(f"vectors have shape {np.shape(self.vectors)}, expected ({m}, dim)")
+        offsets = np.asarray(self.offsets, dtype=np.int64)
+        if np.any(np.diff(offsets) <= 0):
+            raise DeltaRejected("offsets are not strictly increasing (a record counted twice?)")
+        if offsets[0] < first or offsets[-1] > last:
+            raise DeltaRejected(f"offsets {offsets[0]}..{offsets[-1]} outside the range [{first}, {last}]")
+        if np.any(np.asarray(self.clusters) < 0):
+            raise DeltaRejected("negative cluster index")
+        vectors = np.asarray(self.vectors, dtype=np.float32)
+        if not np.all(np.isfinite(vectors)):
+            raise DeltaRejected("vectors hold NaN or infinity")
+        norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
+        if np.any(np.abs(norms - 1.0) > NORM_TOLERANCE):
+            raise DeltaRejected(f"vectors are not unit length (norms {norms.min():.4g}..{norms.max():.4g})")
+
+    @classmethod
+    def for_records(cls, facet: str, version: int, topic: str, partition: int, first: int, last: int,
+                    offsets: np.ndarray, clusters: np.ndarray, vectors: np.ndarray,
+                    outliers: np.ndarray) -> list[CentroidDeltas]:
+        """Deltas of the assigned records of one polled range, split to stay under ``DELTA_CHUNK_BYTES``.
+
+        Rows are sorted by offset and normalised (as they were assigned). The
+        chunks' ranges tile ``[first, last]``, so the whole polled range is marked.
+        """
+        order = np.argsort(np.asarray(offsets, dtype=np.int64), kind="stable")
+        offsets = np.asarray(offsets, dtype=np.int64)[order]
+        vectors = normalise_rows(np.asarray(vectors, dtype=np.float32)[order])
+        clusters = np.asarray(clusters, dtype=np.int64)[order]
+        outliers = np.asarray(outliers, dtype=bool)[order]
+        row_bytes = vectors.shape[1] * 16 // 3 + 32  # base64 float32 row, offset, cluster, flag
+        per_chunk = max(1, min(MAX_DELTA_RECORDS, (DELTA_CHUNK_BYTES - 512) // row_bytes))
+        out: list[CentroidDeltas] = []
+        start = first
+        for i in range(0, offsets.size, per_chunk):
+            j = min(offsets.size, i + per_chunk)
+            end = last if j == offsets.size else int(offsets[j - 1])
+            out.append(cls(facet, int(version), topic, int(partition), int(start), int(end), offsets[i:j],
+                           clusters[i:j], vectors[i:j], outliers[i:j]))
+            start = end + 1
+        return out
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
 
     @property
     def n(self) -> int:
-        """Number of vectors the batch summarises."""
-        return int(self.counts.sum())
+        """Number of records the delta carries."""
+        return int(self.offsets.shape[0])
+
+    @property
+    def name(self) -> str:
+        """For logs: where the delta's records come from."""
+        return f"{self.facet}/v{self.version}/{self.topic}[{self.partition}]@{self.first}-{self.last}"
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form (float64 sums base64-encoded), to ship through Kafka or Qdrant."""
+        """JSON-safe form (vectors as base64 little-endian float32), to ship through Kafka."""
         return {
             "format": DELTA_FORMAT,
-            "batch_id": self.batch_id,
-            "version": int(self.version),
-            "dim": int(self.dim),
             "facet": self.facet,
+            "version": int(self.version),
+            "topic": self.topic,
+            "partition": int(self.partition),
+            "first": int(self.first),
+            "last": int(self.last),
+            "dim": self.dim,
+            "offsets": [int(o) for o in self.offsets],
             "clusters": [int(c) for c in self.clusters],
-            "counts": [int(c) for c in self.counts],
-            "sums": _encode_array(self.sums, "float64"),
-            "outliers": int(self.outliers),
+            "outliers": [bool(o) for o in self.outliers],
+            "vectors": _encode_array(self.vectors, "float32"),
         }
 
     @classmethod
-    def from_dict(cls, doc: Mapping[str, Any]) -> CentroidDeltas:
-        """Inverse of :meth:`to_dict`."""
-        if doc.get("format", DELTA_FORMAT) != DELTA_FORMAT:
-            raise ValueError(f"unknown delta format {doc.get('format')!r}")
-        dim = int(doc["dim"])
-        sums = _decode_array(doc["sums"], "float64").reshape(-1, dim)
+    def from_dict(cls, doc: Any) -> CentroidDeltas:
+        """Inverse of :meth:`to_dict`; anything else raises :class:`DeltaRejected` with the reason."""
+        if not isinstance(doc, Mapping):
+            raise DeltaRejected(f"not a JSON object but {type(doc).__name__}")
+        if doc.get("format") != DELTA_FORMAT:
+            raise DeltaRejected(f"unknown delta format {doc.get('format')!r:.60}")
+        missing = [k for k in ("facet", "version", "topic", "partition", "first", "last", "dim", "offsets",
+                               "clusters", "outliers", "vectors") if k not in doc]
+        if missing:
+            raise DeltaRejected(f"missing fields {missing}")
+        offsets = _int_list(doc["offsets"], "offsets")
+        dim = _strict_int(doc["dim"], "dim", lo=1, hi=MAX_DIM)
+        if offsets.size > MAX_DELTA_RECORDS:
+            raise DeltaRejected(f"{offsets.size} records (need 1..{MAX_DELTA_RECORDS})")
         return cls(
-            batch_id=str(doc["batch_id"]),
-            version=int(doc["version"]),
-            dim=dim,
-            clusters=np.asarray(doc["clusters"], dtype=np.int64),
-            sums=sums,
-            counts=np.asarray(doc["counts"], dtype=np.int64),
-            outliers=int(doc.get("outliers", 0)),
-            facet=doc.get("facet"),
+            facet=doc["facet"], version=doc["version"], topic=doc["topic"], partition=doc["partition"],
+            first=doc["first"], last=doc["last"], offsets=offsets,
+            clusters=_int_list(doc["clusters"], "clusters"), outliers=_bool_list(doc["outliers"], "outliers"),
+            vectors=_strict_vectors(doc["vectors"], offsets.size, dim),
         )
 
 
-class DeltaAccumulator:
-    """What one worker gathers between flushes, instead of moving its own centroids."""
+class OffsetRanges:
+    """Disjoint, sorted, inclusive offset ranges: which source offsets of one partition are applied.
 
-    def __init__(self, n_clusters: int, dim: int, version: int, facet: str | None = None) -> None:
-        self.n_clusters = int(n_clusters)
-        self.dim = int(dim)
-        self.version = int(version)
-        self.facet = facet
-        self._sums = np.zeros((self.n_clusters, self.dim), dtype=np.float64)
-        self._counts = np.zeros(self.n_clusters, dtype=np.int64)
-        self._outliers = 0
+    A partition processed in order gives adjacent polled ranges that merge, so
+    this stays a handful of ranges. Past ``max_ranges`` the oldest gap is closed
+    (its offsets count as applied): forgetting errs towards skipping, never
+    towards applying twice.
+    """
 
-    @classmethod
-    def for_model(cls, model: OnlineKMeans) -> DeltaAccumulator:
-        """An empty accumulator matching ``model``'s shape, version and facet."""
-        return cls(model.n_clusters, model.dim, model.version, model.facet)
+    def __init__(self, ranges: Iterable[Sequence[int]] = (), max_ranges: int = 1000) -> None:
+        self.max_ranges = max(1, int(max_ranges))
+        self._ranges: list[tuple[int, int]] = []
+        for lo, hi in ranges:
+            self.add(int(lo), int(hi))
 
-    @property
-    def n(self) -> int:
-        return int(self._counts.sum())
+    def contains(self, offsets: np.ndarray) -> np.ndarray:
+        """Boolean mask: which ``offsets`` lie inside an applied range."""
+        offsets = np.asarray(offsets, dtype=np.int64)
+        if not self._ranges:
+            return np.zeros(offsets.shape, dtype=bool)
+        starts = np.array([lo for lo, _ in self._ranges], dtype=np.int64)
+        ends = np.array([hi for _, hi in self._ranges], dtype=np.int64)
+        idx = np.searchsorted(starts, offsets, side="right") - 1
+        return (idx >= 0) & (offsets <= ends[np.maximum(idx, 0)])
 
-    def add(self, labels: np.ndarray, x: np.ndarray, outliers: np.ndarray | None = None) -> None:
-        """Add vectors ``x`` assigned to ``labels`` (vectors as they were assigned: unit length)."""
-        x = np.asarray(x, dtype=np.float32).reshape(-1, self.dim)
-        clusters, sums, counts = group_sums(np.asarray(labels), x)
-        if clusters.size and (clusters.min() < 0 or clusters.max() >= self.n_clusters):
-            raise ValueError("cluster index out of range")
-        self._sums[clusters] += sums
-        self._counts[clusters] += counts
-        if outliers is not None:
-            self._outliers += int(np.count_nonzero(outliers))
+    def add(self, first: int, last: int) -> None:
+        """Mark ``[first, last]`` applied, merging overlapping and adjacent ranges."""
+        merged: list[tuple[int, int]] = []
+        for lo, hi in sorted([*self._ranges, (int(first), int(last))]):
+            if merged and lo <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+            else:
+                merged.append((lo, hi))
+        while len(merged) > self.max_ranges:
+            merged[0:2] = [(merged[0][0], merged[1][1])]
+        self._ranges = merged
 
-    def add_one(self, label: int, x: np.ndarray, outlier: bool = False) -> None:
-        """Add one vector."""
-        self._sums[int(label)] += np.asarray(x, dtype=np.float64).reshape(self.dim)
-        self._counts[int(label)] += 1
-        self._outliers += int(bool(outlier))
-
-    def flush(self, batch_id: str) -> CentroidDeltas | None:
-        """The gathered deltas under ``batch_id`` (None when empty), then start afresh."""
-        touched = np.flatnonzero(self._counts)
-        if touched.size == 0:
-            return None
-        deltas = CentroidDeltas(
-            batch_id=batch_id,
-            version=self.version,
-            dim=self.dim,
-            clusters=touched.astype(np.int64),
-            sums=self._sums[touched].copy(),
-            counts=self._counts[touched].copy(),
-            outliers=self._outliers,
-            facet=self.facet,
-        )
-        self.reset()
-        return deltas
-
-    def reset(self, version: int | None = None) -> None:
-        """Drop what was gathered (e.g. after a new clustering version made it meaningless)."""
-        if version is not None:
-            self.version = int(version)
-        self._sums[:] = 0.0
-        self._counts[:] = 0
-        self._outliers = 0
+    def to_list(self) -> list[list[int]]:
+        return [[lo, hi] for lo, hi in self._ranges]
 
 
 # --------------------------------------------------------------------------- the model
@@ -304,7 +409,8 @@ class OnlineKMeans:
     """Nearest-centroid assignment plus incremental centroid updates, in numpy.
 
     State: ``centroids`` (k x d float32), ``counts`` (k), the clustering
-    ``version``, ``outlier_distance`` and the ids of applied delta batches.
+    ``version``, ``outlier_distance`` and, per source partition, the offset
+    ranges whose deltas are applied.
     """
 
     def __init__(
@@ -321,7 +427,7 @@ class OnlineKMeans:
         normalize_inputs: bool = True,
         batch_size: int = 256,
         rate_window: int = 1000,
-        max_applied_ids: int = 10_000,
+        max_applied_ranges: int = 1000,
     ) -> None:
         """``metric`` defaults to euclidean for river's rule (to match it) and cosine otherwise.
 
@@ -356,9 +462,9 @@ class OnlineKMeans:
         # Persisted totals: points learned into this state (directly or via deltas).
         self.learned = 0
         self.learned_outliers = 0
-        self.updates = 0  # delta batches applied
-        self.max_applied_ids = int(max_applied_ids)
-        self._applied: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.updates = 0  # deltas that added records
+        self.max_applied_ranges = int(max_applied_ranges)
+        self._applied: dict[tuple[str, int], OffsetRanges] = {}  # (topic, partition) -> applied source offsets
         # Runtime only: what this replica saw, for metrics.
         self._window = _RateWindow(rate_window)
         self.local_assigned = 0
@@ -586,29 +692,36 @@ class OnlineKMeans:
                 self._c[j] += np.float32(self.halflife) * (row - self._c[j])
             self._refresh_norms(np.array([j]))
             return
-        clusters, sums, n = group_sums(labels, x)
         if self.rule == "mean":
-            old = self._counts[clusters]
-            new = old + n
-            merged = (self._c[clusters].astype(np.float64) * old[:, None] + sums) / new[:, None]
-            self._c[clusters] = merged.astype(np.float32)
-            self._counts[clusters] = new
-        else:
-            # Closed form of applying c += h (x - c) to a cluster's points in order:
-            # c_m = (1-h)^m c_0 + sum_j h (1-h)^(m-j) x_j.
-            h = self.halflife
-            order = np.argsort(labels, kind="stable")
-            sorted_labels = labels[order]
-            starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
-            sizes = np.diff(np.r_[starts, labels.size])
-            rank = np.arange(labels.size) - np.repeat(starts, sizes)  # 0-based within cluster
-            remaining = np.repeat(sizes, sizes) - 1 - rank  # later points in the same cluster
-            weights = h * (1.0 - h) ** remaining
-            weighted = np.add.reduceat(x[order].astype(np.float64) * weights[:, None], starts, axis=0)
-            decay = (1.0 - h) ** sizes
-            moved = self._c[clusters].astype(np.float64) * decay[:, None] + weighted
-            self._c[clusters] = moved.astype(np.float32)
-            self._counts[clusters] += sizes
+            self._merge_sums(*group_sums(labels, x))
+            return
+        # Closed form of applying c += h (x - c) to a cluster's points in order:
+        # c_m = (1-h)^m c_0 + sum_j h (1-h)^(m-j) x_j.
+        h = self.halflife
+        order = np.argsort(labels, kind="stable")
+        sorted_labels = labels[order]
+        starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
+        clusters = sorted_labels[starts]
+        sizes = np.diff(np.r_[starts, labels.size])
+        rank = np.arange(labels.size) - np.repeat(starts, sizes)  # 0-based within cluster
+        remaining = np.repeat(sizes, sizes) - 1 - rank  # later points in the same cluster
+        weights = h * (1.0 - h) ** remaining
+        weighted = np.add.reduceat(x[order].astype(np.float64) * weights[:, None], starts, axis=0)
+        decay = (1.0 - h) ** sizes
+        moved = self._c[clusters].astype(np.float64) * decay[:, None] + weighted
+        self._c[clusters] = moved.astype(np.float32)
+        self._counts[clusters] += sizes
+        self._refresh_norms(clusters)
+
+    def _merge_sums(self, clusters: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> None:
+        """Fold per-cluster (sum, count) into the running means: the mean rule, in any order."""
+        if clusters.size == 0:
+            return
+        old = self._counts[clusters]
+        new = old + counts
+        merged = (self._c[clusters].astype(np.float64) * old[:, None] + sums) / new[:, None]
+        self._c[clusters] = merged.astype(np.float32)
+        self._counts[clusters] = new
         self._refresh_norms(clusters)
 
     # ------------------------------------------------------------------ river protocol
@@ -729,51 +842,48 @@ class OnlineKMeans:
 
     # ------------------------------------------------------------------ shared state
 
-    def has_applied(self, batch_id: str) -> bool:
-        """Whether a delta batch with this id is already merged (within the remembered window)."""
-        return batch_id in self._applied
+    def has_applied(self, topic: str, partition: int, offset: int) -> bool:
+        """Whether deltas covering this source record are merged (for this state's facet and version)."""
+        ranges = self._applied.get((topic, int(partition)))
+        return ranges is not None and bool(ranges.contains(np.array([offset]))[0])
 
-    def apply_deltas(self, deltas: CentroidDeltas) -> bool:
-        """Merge a worker's (sum, count) deltas; False if skipped (duplicate or stale version).
+    def check_deltas(self, deltas: CentroidDeltas) -> None:
+        """Raise :class:`DeltaRejected` unless ``deltas`` fits this state (facet, dimension, cluster indices)."""
+        if self.facet is not None and deltas.facet != self.facet:
+            raise DeltaRejected(f"delta for facet {deltas.facet!r} sent to the model of {self.facet!r}")
+        if deltas.dim != self.dim:
+            raise DeltaRejected(f"delta dimension {deltas.dim} != state dimension {self.dim}")
+        if int(deltas.clusters.max()) >= self.n_clusters:
+            raise DeltaRejected(f"cluster index {int(deltas.clusters.max())} outside [0, {self.n_clusters})")
 
-        Order-independent and idempotent for the remembered ids: ``max_applied_ids``
-        must exceed the number of batches that can be redelivered (Kafka only
-        redelivers what was not committed, so a few per partition).
+    def apply_deltas(self, deltas: CentroidDeltas) -> int:
+        """Merge the records of ``deltas`` not merged yet; returns how many (0: stale version or all repeated).
+
+        Exactly once per source record and order-independent: a record's
+        contribution counts the first time any delta covering its offset is
+        applied, whatever batch it travelled in. Raises :class:`DeltaRejected`
+        (state untouched) when the delta does not fit this state.
         """
         if self.rule != "mean":
             raise ValueError("deltas commute only under rule='mean'; river's halflife updates do not")
-        if deltas.batch_id in self._applied:
-            log.debug("delta batch %s already applied; skipping", deltas.batch_id)
-            return False
         if deltas.version != self.version:
-            log.info("dropping delta batch %s for version %d (state is at version %d)",
-                     deltas.batch_id, deltas.version, self.version)
-            return False
-        if deltas.dim != self.dim:
-            raise ValueError(f"delta dimension {deltas.dim} != state dimension {self.dim}")
-        clusters = np.asarray(deltas.clusters, dtype=np.int64)
-        if clusters.size and (clusters.min() < 0 or clusters.max() >= self.n_clusters):
-            raise ValueError("delta refers to a cluster index outside the state")
-        counts = np.asarray(deltas.counts, dtype=np.int64)
-        keep = counts > 0
-        clusters, counts, sums = clusters[keep], counts[keep], np.asarray(deltas.sums, np.float64)[keep]
-        if clusters.size:
-            old = self._counts[clusters]
-            new = old + counts
-            merged = (self._c[clusters].astype(np.float64) * old[:, None] + sums) / new[:, None]
-            self._c[clusters] = merged.astype(np.float32)
-            self._counts[clusters] = new
-            self._refresh_norms(clusters)
-        self.learned += int(counts.sum())
-        self.learned_outliers += int(deltas.outliers)
+            log.info("dropping delta %s: state is at version %d", deltas.name, self.version)
+            return 0
+        self.check_deltas(deltas)
+        key = (deltas.topic, deltas.partition)
+        applied = self._applied.setdefault(key, OffsetRanges(max_ranges=self.max_applied_ranges))
+        fresh = ~applied.contains(deltas.offsets)
+        applied.add(deltas.first, deltas.last)
+        n = int(np.count_nonzero(fresh))
+        if n < deltas.n:
+            log.debug("delta %s: %d of %d records already applied", deltas.name, deltas.n - n, deltas.n)
+        if n == 0:
+            return 0
+        self._merge_sums(*group_sums(deltas.clusters[fresh], deltas.vectors[fresh]))
+        self.learned += n
+        self.learned_outliers += int(np.count_nonzero(deltas.outliers[fresh]))
         self.updates += 1
-        self._remember(deltas.batch_id)
-        return True
-
-    def _remember(self, batch_id: str) -> None:
-        self._applied[batch_id] = None
-        while len(self._applied) > self.max_applied_ids:
-            self._applied.popitem(last=False)
+        return n
 
     def to_state(self, encoding: Literal["base64", "list"] = "base64") -> dict[str, Any]:
         """JSON-safe snapshot (centroids as base64 little-endian float32 by default)."""
@@ -794,8 +904,8 @@ class OnlineKMeans:
             "learned": self.learned,
             "learned_outliers": self.learned_outliers,
             "updates": self.updates,
-            "applied_ids": list(self._applied),
-            "max_applied_ids": self.max_applied_ids,
+            "applied": [{"topic": t, "partition": p, "ranges": r.to_list()} for (t, p), r in self._applied.items()],
+            "max_applied_ranges": self.max_applied_ranges,
             "saved_at": time.time(),
         }
 
@@ -815,15 +925,16 @@ class OnlineKMeans:
             version=int(doc.get("version", 0)),
             outlier_distance=float(doc["outlier_distance"]),
             facet=doc.get("facet"),
-            max_applied_ids=int(doc.get("max_applied_ids", 10_000)),
+            max_applied_ranges=int(doc.get("max_applied_ranges", 1000)),
             **kwargs,
         )
         model.outlier_source = str(doc.get("outlier_source", "manual"))
         model.learned = int(doc.get("learned", 0))
         model.learned_outliers = int(doc.get("learned_outliers", 0))
         model.updates = int(doc.get("updates", 0))
-        for batch_id in doc.get("applied_ids", []):
-            model._remember(str(batch_id))
+        for entry in doc.get("applied", []):
+            model._applied[(str(entry["topic"]), int(entry["partition"]))] = OffsetRanges(
+                entry["ranges"], max_ranges=model.max_applied_ranges)
         return model
 
     def __repr__(self) -> str:

@@ -1,9 +1,10 @@
 """The online k-means model of every hierarchy facet, kept the same on every worker.
 
-Replicas never move centroids on their own: each ships (sum, count) deltas of
-what it assigned, and every replica applies every delta (its own included)
-with ``OnlineKMeans.apply_deltas``, which is order-independent and skips a
-batch id it has seen. The clustering itself (centroids, version) comes from the
+Replicas never move centroids on their own: each ships deltas of what it
+assigned (one vector per source record), and every replica applies every delta
+(its own included) with ``OnlineKMeans.apply_deltas``, which is
+order-independent and adds each source record once. A delta that is malformed
+or does not fit the model is rejected with a reason and the rest still apply. The clustering itself (centroids, version) comes from the
 store: the batch job or ``bootstrap-clusters`` writes centroids, then flips the
 facet's version pointer; workers notice the flip and load the new version.
 """
@@ -12,9 +13,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from clio_stream.online import CentroidDeltas, OnlineKMeans
+from clio_stream.online import DeltaRejected, OnlineKMeans
+from consumers.deltas_io import ReceivedDelta
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,15 @@ class CentroidSource(Protocol):
     def current_version(self, facet: str) -> int | None: ...
 
     def get_centroids(self, facet: str, version: int | None = None) -> dict[str, Any] | None: ...
+
+
+@dataclass
+class DeltaReport:
+    """What one ``SharedCentroids.apply`` did with a drained list of deltas."""
+
+    applied: int = 0  # deltas that added at least one record
+    records: int = 0  # source records added
+    rejected: list[ReceivedDelta] = field(default_factory=list)  # each with its ``reason``
 
 
 class SharedCentroids:
@@ -61,18 +73,35 @@ class SharedCentroids:
             log.info("facet %s: loaded clustering v%d (k=%d)", name, version, model.n_clusters)
         return reloaded
 
-    def apply(self, deltas: Iterable[CentroidDeltas]) -> int:
-        """Merge deltas into the matching facet's model; returns how many batches were new."""
-        applied = 0
-        for d in deltas:
-            model = self.models.get(d.facet or "")
-            if model is None:
-                continue
-            try:
-                applied += int(model.apply_deltas(d))
-            except ValueError as exc:
-                log.warning("skipping delta batch %s: %s", d.batch_id, exc)
-        return applied
+    def apply(self, received: Iterable[ReceivedDelta]) -> DeltaReport:
+        """Merge each delta into its facet's model; a bad one is rejected (with its reason), never raised.
+
+        A delta for a known facet with no clustering loaded yet is skipped: it
+        is not hostile, and the reader replays the topic when a version loads.
+        """
+        report = DeltaReport()
+        for item in received:
+            reason = item.reason
+            d = item.deltas
+            if d is not None and reason is None:
+                if d.facet not in self.facets:
+                    reason = f"unknown facet {d.facet!r}"
+                elif (model := self.models.get(d.facet)) is not None:
+                    try:
+                        added = model.apply_deltas(d)
+                    except DeltaRejected as exc:
+                        reason = str(exc)
+                    except Exception as exc:  # noqa: BLE001 - one delta must never stop the others
+                        log.exception("applying centroid delta %s failed", d.name)
+                        reason = f"apply failed: {type(exc).__name__}: {exc}"[:200]
+                    else:
+                        report.applied += int(added > 0)
+                        report.records += added
+            if reason is not None:
+                rec = item.record
+                log.warning("rejecting centroid delta %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, reason)
+                report.rejected.append(ReceivedDelta(rec, d, reason))
+        return report
 
     def versions(self) -> dict[str, int]:
         return {name: m.version for name, m in self.models.items()}

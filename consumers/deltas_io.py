@@ -2,7 +2,10 @@
 
 Values are JSON (``CentroidDeltas.to_dict``), keyed by facet. The reader is a
 group-less consumer assigned every partition from the beginning, so every
-worker sees every delta; applying one twice is a no-op (batch ids). It polls
+worker sees every delta; a record already applied is skipped (its source
+partition and offset are in the delta). Every record is decoded and validated
+on its own: a malformed or hostile one comes out as a :class:`ReceivedDelta`
+with a reason (for the dead-letter topic) and never stops the rest. It polls
 on its own thread and hands decoded deltas over through a queue, so the batch
 loop never waits on the deltas topic (a fetch on an idle topic is held by the
 broker for ``fetch_max_wait_ms``). The topic should have a time-based
@@ -16,13 +19,15 @@ import json
 import logging
 import queue
 import threading
+from dataclasses import dataclass
 
 from kafka import KafkaProducer, TopicPartition
 from kafka.producer.future import FutureRecordMetadata
 
 from clio_stream.kafka_connection import KafkaConnection
 from clio_stream.kafka_io import make_consumer
-from clio_stream.online import CentroidDeltas
+from clio_stream.online import CentroidDeltas, DeltaRejected
+from consumers.decoding import Record, RecordLike
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +36,35 @@ def encode_deltas(d: CentroidDeltas) -> bytes:
     return json.dumps(d.to_dict(), separators=(",", ":")).encode("utf-8")
 
 
-def decode_deltas(value: bytes) -> CentroidDeltas:
-    return CentroidDeltas.from_dict(json.loads(value))
+def decode_deltas(value: bytes | None) -> CentroidDeltas:
+    """The delta in a record value; :class:`DeltaRejected` with the reason for anything else."""
+    if value is None:
+        raise DeltaRejected("empty record value")
+    try:
+        doc = json.loads(value)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise DeltaRejected(f"not JSON: {exc}"[:200]) from exc
+    return CentroidDeltas.from_dict(doc)
+
+
+@dataclass(frozen=True)
+class ReceivedDelta:
+    """One record of the deltas topic: its delta, or why it has none (``reason``)."""
+
+    record: Record  # raw bytes and coordinates, for the dead-letter topic
+    deltas: CentroidDeltas | None
+    reason: str | None = None
+
+
+def receive(rec: RecordLike) -> ReceivedDelta:
+    """Decode one deltas-topic record; never raises (a bug in decoding is a rejection, not a dead thread)."""
+    record = Record(rec.topic, int(rec.partition), int(rec.offset), rec.key, rec.value)
+    try:
+        return ReceivedDelta(record, decode_deltas(rec.value))
+    except DeltaRejected as exc:
+        return ReceivedDelta(record, None, str(exc))
+    except Exception as exc:  # noqa: BLE001 - hostile input must not reach the reader loop
+        return ReceivedDelta(record, None, f"undecodable: {type(exc).__name__}: {exc}"[:200])
 
 
 def publish_deltas(producer: KafkaProducer, topic: str, deltas: list[CentroidDeltas]) -> list[FutureRecordMetadata]:
@@ -55,7 +87,7 @@ class DeltaReader:
         self._tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         self._consumer.assign(self._tps)
         self._consumer.seek_to_beginning(*self._tps)
-        self._queue: queue.SimpleQueue[CentroidDeltas] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[ReceivedDelta] = queue.SimpleQueue()
         self._rewind = threading.Event()
         self._stop = threading.Event()
         self.caught_up = threading.Event()
@@ -73,11 +105,7 @@ class DeltaReader:
                 polled = self._consumer.poll(timeout_ms=self._poll_ms)
                 for records in polled.values():
                     for rec in records:
-                        try:
-                            self._queue.put(decode_deltas(rec.value))
-                        except (ValueError, KeyError, TypeError) as exc:
-                            log.warning("bad delta record at %s[%d]@%d: %s", rec.topic, rec.partition,
-                                        rec.offset, exc)
+                        self._queue.put(receive(rec))
                 if not polled and self._at_end():
                     self.caught_up.set()
             except Exception:  # noqa: BLE001 - keep reading; the broker may come back
@@ -91,9 +119,9 @@ class DeltaReader:
                 return False
         return True
 
-    def drain(self) -> list[CentroidDeltas]:
-        """Every delta read since the last call (never blocks)."""
-        out: list[CentroidDeltas] = []
+    def drain(self) -> list[ReceivedDelta]:
+        """Every record read since the last call (never blocks)."""
+        out: list[ReceivedDelta] = []
         while True:
             try:
                 out.append(self._queue.get_nowait())

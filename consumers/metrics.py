@@ -33,6 +33,7 @@ class WorkerMetrics:
     denied_dropped: int = 0  # conversations of deleted users dropped before writing (offsets committed)
     deltas_published: int = 0
     deltas_applied: int = 0
+    deltas_rejected: int = 0  # malformed or hostile records on the deltas topic (dead-lettered)
     busy_seconds: float = 0.0
     llm_seconds: float = 0.0
     embed_seconds: float = 0.0

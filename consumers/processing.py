@@ -32,7 +32,7 @@ from clio_stream.data import truncate_conversation
 from clio_stream.facet_extraction import extract_facets
 from clio_stream.facets import Facet
 from clio_stream.llm.base import AskStats, LLMBackend, Prompt, PromptsRejected
-from clio_stream.online import Assignment, CentroidDeltas, DeltaAccumulator, OnlineKMeans, make_batch_id
+from clio_stream.online import Assignment, CentroidDeltas, OnlineKMeans
 from clio_stream.privacy import user_key_of
 from clio_stream.settings import ClioSettings
 from clio_stream.store import ConversationRecord, ConversationStatus, FacetPoint
@@ -243,12 +243,6 @@ def embed_values(texts: Sequence[str], embedder: EmbedderLike) -> dict[str, np.n
 # --------------------------------------------------------------------------- clusters
 
 
-def _delta_batch_id(record: RecordLike, ranges: Mapping[tuple[str, int], tuple[int, int]], version: int,
-                    facet: str) -> str:
-    first, last = ranges[(record.topic, record.partition)]
-    return f"{make_batch_id(record.topic, record.partition, first, last, version)}/{facet}"
-
-
 def assign_facet(
     facet: Facet,
     rows: Sequence[int],
@@ -257,24 +251,24 @@ def assign_facet(
     model: OnlineKMeans,
     ranges: Mapping[tuple[str, int], tuple[int, int]],
 ) -> tuple[dict[int, Assignment], list[CentroidDeltas]]:
-    """Assign ``vectors`` (one per row) with ``model``; deltas per partition so a redelivered range repeats its id.
+    """Assign ``vectors`` (one per row) with ``model``; deltas per source partition, keyed by record offsets.
 
     The model itself does not move: its centroids change only when the deltas
-    come back from the shared topic, the same way on every replica.
+    come back from the shared topic, the same way on every replica. Each delta
+    speaks for the partition's whole polled range, so a record that gave no
+    value is known to have contributed nothing.
     """
     batch = model.assign_many(vectors)
     by_partition: dict[tuple[str, int], list[int]] = defaultdict(list)
     for k, row in enumerate(rows):
         by_partition[(records[row].topic, records[row].partition)].append(k)
     deltas: list[CentroidDeltas] = []
-    for ks in by_partition.values():
+    for (topic, partition), ks in by_partition.items():
         idx = np.asarray(ks, dtype=np.int64)
-        acc = DeltaAccumulator.for_model(model)
-        acc.facet = facet.name
-        acc.add(batch.labels[idx], vectors[idx], batch.outliers[idx])
-        d = acc.flush(_delta_batch_id(records[rows[ks[0]]], ranges, model.version, facet.name))
-        if d is not None:
-            deltas.append(d)
+        first, last = ranges[(topic, partition)]
+        offsets = np.array([records[rows[k]].offset for k in ks], dtype=np.int64)
+        deltas.extend(CentroidDeltas.for_records(facet.name, model.version, topic, partition, first, last, offsets,
+                                                 batch.labels[idx], vectors[idx], batch.outliers[idx]))
     return {row: batch[k] for k, row in enumerate(rows)}, deltas
 
 

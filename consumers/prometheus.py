@@ -35,6 +35,7 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "unparseable": ("llm_unparseable_total", "Facet answers that stayed unparseable after the re-asks."),
     "deltas_published": ("centroid_deltas_published_total", "Centroid deltas produced to the deltas topic."),
     "deltas_applied": ("centroid_deltas_applied_total", "Centroid deltas applied to this worker's clusters."),
+    "deltas_rejected": ("centroid_deltas_rejected_total", "Malformed or hostile centroid deltas rejected."),
     "busy_seconds": ("busy_seconds_total", "Time spent on batches, poll to commit."),
     "llm_seconds": ("llm_seconds_total", "Time spent getting facet values (reuse lookups and the LLM)."),
     "embed_seconds": ("embed_seconds_total", "Time spent embedding facet values."),

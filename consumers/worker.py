@@ -13,8 +13,9 @@ One batch, in this order (at-least-once, and a replay is harmless):
 8. commit the offsets.
 
 A crash anywhere before 8 redelivers the batch, which overwrites the same point
-ids (uuid5 of conversation and facet) and repeats the same delta batch ids, so
-nothing is stored twice. If Qdrant, the LLM or Kafka fails, the worker seeks
+ids (uuid5 of conversation and facet) and publishes deltas naming the same
+source offsets, which every replica adds once whatever range the redelivery
+polls, so nothing is stored or counted twice. If Qdrant, the LLM or Kafka fails, the worker seeks
 back to the batch's first offsets, reports ``degraded`` and retries with
 exponential back-off; it never crashes its loop.
 """
@@ -44,7 +45,7 @@ from clio_stream.kafka_io import DeadLetterWriter, consumer_lag, ensure_topics, 
 from clio_stream.llm.base import LLMBackend
 from clio_stream.settings import ClioSettings
 from clio_stream.store import QdrantStore, StoreError
-from consumers.centroids import SharedCentroids
+from consumers.centroids import DeltaReport, SharedCentroids
 from consumers.decoding import DeadLetter, DecodedBatch, RecordLike, decode_records, offset_ranges
 from consumers.denied import drop_denied_conversations, drop_denied_writes
 from consumers.deltas_io import DeltaReader, publish_deltas
@@ -121,6 +122,7 @@ class ConsumerWorker:
         self.health_reason: str | None = None
         self._failures = 0
         self._failing_batch: tuple[tuple[str, int, int], ...] | None = None  # start offsets of the failing batch
+        self._dead_lettered_deltas: set[tuple[int, int]] = set()  # (partition, offset) on the deltas topic
         self._stop = threading.Event()
         self._started = False
         self._closed = False
@@ -425,9 +427,33 @@ class ConsumerWorker:
             if strict:
                 raise
             log.debug("centroid version check skipped: %s", exc)
-        applied = self.centroids.apply(self._deltas.drain())
-        if applied:
-            self.metrics.add(deltas_applied=applied)
+        report = self.centroids.apply(self._deltas.drain())
+        if report.applied:
+            self.metrics.add(deltas_applied=report.applied)
+        if report.rejected:
+            self.metrics.add(deltas_rejected=len(report.rejected))
+            self._dead_letter_deltas(report)
+
+    def _dead_letter_deltas(self, report: DeltaReport) -> None:
+        """Send rejected deltas to the dead-letter topic, once per record per worker (a rewind replays them).
+
+        Best effort: a delta that could not be dead-lettered was still not applied.
+        """
+        if self._dlq is None:
+            return
+        try:
+            for item in report.rejected:
+                rec = item.record
+                if (rec.partition, rec.offset) in self._dead_lettered_deltas:
+                    continue
+                self._dlq.send(key=rec.key, value=rec.value, reason=f"centroid delta rejected: {item.reason}",
+                               topic=rec.topic, partition=rec.partition, offset=rec.offset)
+                if len(self._dead_lettered_deltas) >= 100_000:
+                    self._dead_lettered_deltas.clear()
+                self._dead_lettered_deltas.add((rec.partition, rec.offset))
+            self._dlq.flush(timeout=10)
+        except Exception as exc:  # noqa: BLE001 - never let a hostile delta break the loop
+            log.warning("dead-lettering rejected centroid deltas failed: %s", exc)
 
     # ------------------------------------------------------------------ health and metrics
 

@@ -873,7 +873,7 @@ def test_api_command_serves_with_uvicorn(monkeypatch: pytest.MonkeyPatch, tmp_pa
     monkeypatch.setattr(api.app, "create_app", lambda settings=None: ("app", settings))
     for key in ("CLIO_WEB_HOST", "CLIO_WEB_PORT", "CLIO_API_WORKERS"):
         monkeypatch.setenv(key, "")  # recorded, so what the command exports is undone after the test
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)  # set by --workers 3: undone after the test
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")  # recorded: what --workers 3 sets is undone after the test
     settings_from_env(monkeypatch, tmp_path, {"CLIO_API_KEYS": "viewer:" + "v" * 32})
     assert cli.main(["api", "--port", "9123"]) == 0
     app, kw = calls[-1]

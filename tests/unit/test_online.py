@@ -8,14 +8,15 @@ import pickle
 import numpy as np
 import pytest
 
+from clio_stream import online
 from clio_stream.online import (
     DEFAULT_OUTLIER_SIMILARITY,
     CentroidDeltas,
-    DeltaAccumulator,
+    DeltaRejected,
+    OffsetRanges,
     OnlineKMeans,
     bench,
     group_sums,
-    make_batch_id,
     normalise_rows,
 )
 
@@ -233,10 +234,8 @@ def test_state_round_trip_through_json(encoding: str) -> None:
     x, labels, _ = blobs(13, k=3, dim=8, per=30)
     model = OnlineKMeans.from_batch(x[:60], labels[:60], version=5, facet="request")
     model.learn_many(x[60:])
-    acc = DeltaAccumulator.for_model(model)
-    acc.add(model.predict_many(x[:10]), x[:10])
-    deltas = acc.flush("t-0-0-9-v5")
-    assert deltas is not None and model.apply_deltas(deltas)
+    (deltas,) = _deltas(model, x[:10], np.arange(10), partition=0)
+    assert model.apply_deltas(deltas) == 10
     doc = json.loads(json.dumps(model.to_state(encoding=encoding)))
     back = OnlineKMeans.from_state(doc)
     np.testing.assert_array_equal(back.centroids, model.centroids)
@@ -245,8 +244,8 @@ def test_state_round_trip_through_json(encoding: str) -> None:
     assert back.outlier_distance == model.outlier_distance
     assert back.outlier_source == model.outlier_source
     assert (back.learned, back.learned_outliers, back.updates) == (model.learned, model.learned_outliers, 1)
-    assert back.has_applied("t-0-0-9-v5")
-    assert not back.apply_deltas(deltas)
+    assert back.has_applied("t", 0, 9) and not back.has_applied("t", 0, 10) and not back.has_applied("t", 1, 0)
+    assert back.apply_deltas(deltas) == 0
     np.testing.assert_array_equal(back.predict_many(x), model.predict_many(x))
     with pytest.raises(ValueError, match="format"):
         OnlineKMeans.from_state({**doc, "format": "other"})
@@ -262,25 +261,25 @@ def test_state_of_river_rule_round_trips() -> None:
 # --------------------------------------------------------------------------- deltas
 
 
-def _worker_deltas(model: OnlineKMeans, x: np.ndarray, batch_id: str) -> CentroidDeltas:
-    acc = DeltaAccumulator.for_model(model)
+def _deltas(model: OnlineKMeans, x: np.ndarray, offsets: np.ndarray, *, partition: int,
+            first: int | None = None, last: int | None = None, labels: np.ndarray | None = None,
+            topic: str = "t") -> list[CentroidDeltas]:
+    """What a worker ships for records at ``offsets`` of one partition, assigned with ``model`` (or ``labels``)."""
     got = model.assign_many(x)
-    acc.add(got.labels, x, got.outliers)
-    deltas = acc.flush(batch_id)
-    assert deltas is not None
-    assert acc.flush("empty") is None  # flushed means reset
-    return deltas
+    offsets = np.asarray(offsets)
+    return CentroidDeltas.for_records(
+        model.facet or "request", model.version, topic, partition,
+        int(offsets.min()) if first is None else first, int(offsets.max()) if last is None else last,
+        offsets, got.labels if labels is None else labels, x, got.outliers)
 
 
 def test_delta_merge_is_order_independent_and_idempotent() -> None:
     x, labels, _ = blobs(15, k=4, dim=16, per=60)
     base = OnlineKMeans.from_batch(x[:80], labels[:80], version=2)
-    # Three workers assign against the same shared state and ship deltas.
+    # Three workers assign against the same shared state and ship deltas (one partition each).
     parts = np.array_split(x[80:], 3)
-    deltas = [
-        _worker_deltas(base.copy(), part, make_batch_id("conversations", i, i * 100, i * 100 + len(part) - 1, 2))
-        for i, part in enumerate(parts)
-    ]
+    deltas = [d for i, part in enumerate(parts)
+              for d in _deltas(base.copy(), part, i * 100 + np.arange(len(part)), partition=i)]
     # Through JSON, as they would travel.
     deltas = [CentroidDeltas.from_dict(json.loads(json.dumps(d.to_dict()))) for d in deltas]
     orders = [[0, 1, 2], [2, 0, 1], [1, 2, 0]]
@@ -288,11 +287,11 @@ def test_delta_merge_is_order_independent_and_idempotent() -> None:
     for order in orders:
         state = base.copy()
         for i in order:
-            assert state.apply_deltas(deltas[i])
-        # Redelivery: the same batches again change nothing.
+            assert state.apply_deltas(deltas[i]) == len(parts[i])
+        # Redelivery: the same deltas again change nothing.
         before = state.centroids.copy()
         for i in order:
-            assert not state.apply_deltas(deltas[i])
+            assert state.apply_deltas(deltas[i]) == 0
         np.testing.assert_array_equal(state.centroids, before)
         results.append(state)
     for other in results[1:]:
@@ -306,44 +305,89 @@ def test_delta_merge_is_order_independent_and_idempotent() -> None:
     assert results[0].updates == 3
 
 
+def test_redelivery_over_a_different_range_applies_each_record_once() -> None:
+    """[0..9] applied, then redeliveries [5..14], [3..6] and [0..14] (a failed commit, a rebalance):
+    the centroids equal a from-scratch replay of records 0..14, each once."""
+    x, labels, _ = blobs(21, k=4, dim=16, per=40)
+    base = OnlineKMeans.from_batch(x[:100], labels[:100], version=3, facet="request")
+    stream = x[100:115]
+    assigned = base.predict_many(stream)  # a record's assignment, the same in every delivery
+    state = base.copy()
+    deliveries = [(0, 9), (5, 14), (3, 6), (0, 14), (5, 14)]
+    added = []
+    for lo, hi in deliveries:
+        sel = np.arange(lo, hi + 1)
+        for d in _deltas(base, stream[sel], sel, partition=2, labels=assigned[sel]):
+            wire = CentroidDeltas.from_dict(json.loads(json.dumps(d.to_dict())))
+            added.append(state.apply_deltas(wire))
+    assert added == [10, 5, 0, 0, 0]
+    replay = OnlineKMeans.from_batch(np.concatenate([x[:100], stream]), np.concatenate([labels[:100], assigned]),
+                                     version=3, outlier_distance=base.outlier_distance)
+    np.testing.assert_array_equal(state.counts, replay.counts)
+    np.testing.assert_allclose(state.centroids, replay.centroids, atol=1e-6)
+    assert state.learned == 15 and all(state.has_applied("t", 2, o) for o in range(15))
+    # The same offsets of another partition or another topic are other records.
+    other = _deltas(base, stream[:2], np.arange(2), partition=3)[0]
+    assert state.apply_deltas(other) == 2
+
+
+def test_records_without_a_value_inside_the_range_are_covered() -> None:
+    """Offsets of a polled range that contributed nothing (no value, dead letter) are not counted later either."""
+    x, labels, _ = blobs(22, k=3, dim=8, per=20)
+    state = OnlineKMeans.from_batch(x, labels, version=1, facet="request")
+    (d,) = _deltas(state, x[:3], np.array([10, 12, 14]), partition=0, first=10, last=15)
+    assert state.apply_deltas(d) == 3
+    assert state.has_applied("t", 0, 11) and state.has_applied("t", 0, 15) and not state.has_applied("t", 0, 16)
+    (again,) = _deltas(state, x[3:6], np.array([11, 15, 16]), partition=0)
+    assert state.apply_deltas(again) == 1  # only offset 16 is new
+
+
+def test_large_deltas_are_split_into_chunks_that_tile_the_range(monkeypatch) -> None:
+    monkeypatch.setattr(online, "DELTA_CHUNK_BYTES", 1500)  # a few 16-d rows per message
+    x, labels, _ = blobs(23, k=3, dim=16, per=20)
+    model = OnlineKMeans.from_batch(x, labels, version=1, facet="request")
+    offsets = np.arange(100, 160, 2)
+    chunks = _deltas(model, x[:30], offsets, partition=1, first=95, last=170)
+    assert len(chunks) > 3 and sum(c.n for c in chunks) == 30
+    assert chunks[0].first == 95 and chunks[-1].last == 170
+    assert all(a.last + 1 == b.first for a, b in zip(chunks, chunks[1:]))
+    assert all(len(json.dumps(c.to_dict())) < 1500 for c in chunks)
+    state = model.copy()
+    assert sum(state.apply_deltas(c) for c in reversed(chunks)) == 30
+
+
 def test_stale_version_and_wrong_shapes_are_rejected() -> None:
     x, labels, _ = blobs(16, k=2, dim=8, per=20)
     old = OnlineKMeans.from_batch(x, labels, version=1)
-    deltas = _worker_deltas(old, x[:5], "t-0-0-4-v1")
+    (deltas,) = _deltas(old, x[:5], np.arange(5), partition=0)
     new = OnlineKMeans.from_batch(x, labels, version=2)
     before = new.centroids.copy()
-    assert not new.apply_deltas(deltas)
+    assert new.apply_deltas(deltas) == 0
     np.testing.assert_array_equal(new.centroids, before)
-    assert not new.has_applied(deltas.batch_id)
-    bad = CentroidDeltas("b", 2, 8, np.array([7]), np.zeros((1, 8)), np.array([1]))
-    with pytest.raises(ValueError, match="outside"):
+    assert not new.has_applied("t", 0, 0)  # a stale delta marks nothing
+    (bad,) = _deltas(new, x[:1], np.arange(1), partition=0, labels=np.array([7]))
+    with pytest.raises(DeltaRejected, match="outside"):
         new.apply_deltas(bad)
+    assert not new.has_applied("t", 0, 0)  # a rejected delta marks nothing either
+    small = OnlineKMeans.from_batch(x[:, :4], labels, version=2)
+    with pytest.raises(DeltaRejected, match="dimension"):
+        small.apply_deltas(_deltas(new, x[:1], np.arange(1), partition=0)[0])
+    named = OnlineKMeans.from_batch(x, labels, version=2, facet="other")
+    with pytest.raises(DeltaRejected, match="facet"):
+        named.apply_deltas(_deltas(new, x[:1], np.arange(1), partition=0)[0])
     river = OnlineKMeans(new.centroids, rule="river")
     with pytest.raises(ValueError, match="commute"):
         river.apply_deltas(deltas)
 
 
-def test_applied_ids_are_bounded() -> None:
-    model = OnlineKMeans(np.eye(2, 4, dtype=np.float32), max_applied_ids=3)
-    for i in range(5):
-        d = CentroidDeltas(f"b{i}", 0, 4, np.array([0]), np.eye(1, 4), np.array([1]))
-        assert model.apply_deltas(d)
-    assert [model.has_applied(f"b{i}") for i in range(5)] == [False, False, True, True, True]
-    assert len(model.to_state()["applied_ids"]) == 3
-
-
-def test_accumulator_counts_outliers_and_single_adds() -> None:
-    acc = DeltaAccumulator(3, 4, version=0, facet="f")
-    acc.add(np.array([0, 0, 2]), np.eye(3, 4, dtype=np.float32), np.array([False, True, False]))
-    acc.add_one(2, np.ones(4, np.float32), outlier=True)
-    assert acc.n == 4
-    d = acc.flush("x")
-    assert d is not None and d.facet == "f" and d.outliers == 2
-    np.testing.assert_array_equal(d.clusters, [0, 2])
-    np.testing.assert_array_equal(d.counts, [2, 2])
-    np.testing.assert_allclose(d.sums[1], [1, 1, 2, 1])
-    with pytest.raises(ValueError, match="range"):
-        acc.add(np.array([3]), np.ones((1, 4)))
+def test_offset_ranges_merge_and_stay_bounded_by_closing_old_gaps() -> None:
+    r = OffsetRanges(max_ranges=3)
+    for lo, hi in [(0, 9), (10, 19), (30, 39), (25, 27), (50, 50)]:
+        r.add(lo, hi)
+    # (0,19) merged; four ranges exceed 3, so the oldest gap 20..24 is closed: it reads as applied.
+    assert r.to_list() == [[0, 27], [30, 39], [50, 50]]
+    np.testing.assert_array_equal(r.contains(np.array([-1, 0, 22, 28, 35, 40, 50, 51])),
+                                  [False, True, True, False, True, False, True, False])
 
 
 def test_group_sums() -> None:

@@ -16,6 +16,7 @@ from clio_stream.store import QdrantStore, facet_point_id
 from consumers.bootstrap import bootstrap_clustering
 from consumers.centroids import SharedCentroids
 from consumers.decoding import Record, decode_records, offset_ranges
+from consumers.deltas_io import ReceivedDelta, encode_deltas, receive
 from consumers.processing import BatchOutcome, LLMUnavailable, process_batch
 from consumers.producing import record_to_message
 from consumers.worker import backoff_delay
@@ -179,11 +180,59 @@ def test_assigned_after_a_clustering_is_published(llm, store, settings) -> None:
     assert all(p.cluster_id in (0, 1) and p.cluster_version == 1 and p.similarity is not None for p in request)
     assert all(p.cluster_id is None for p in out.facet_points if p.facet == "Concerning")
     assert out.assigned == {"Request": 2}
-    # One delta batch per (partition, facet), named by the offsets it covers: a redelivery repeats the id.
-    assert [d.batch_id for d in out.deltas] == [f"{TOPIC}-3-40-41-v1/Request"]
+    # One delta per (partition, facet), naming the polled range and each record's offset.
+    (d,) = out.deltas
+    assert (d.facet, d.version, d.topic, d.partition, d.first, d.last) == ("Request", 1, TOPIC, 3, 40, 41)
+    assert d.offsets.tolist() == [40, 41]
     assert np.array_equal(model.counts, counts_before)  # the model moves only when deltas are applied
-    assert shared.apply(out.deltas) == 1 and shared.apply(out.deltas) == 0
+    assert shared.apply(through_topic(out.deltas)).records == 2
+    assert shared.apply(through_topic(out.deltas)).records == 0
     assert int(model.counts.sum()) == int(counts_before.sum()) + 2
+
+
+def test_a_redelivery_over_another_range_counts_each_record_once(llm, store, settings) -> None:
+    """Batch [0..9] applied, its commit lost, then a redelivery [5..14] polled by a worker whose centroids
+    already moved: the centroids equal a replay from scratch of the stored points, each record once."""
+    shared = clustered(llm, store, settings)
+    model = shared.models["Request"]
+    base_sums = model.centroids.astype(np.float64) * model.counts[:, None]
+    base_counts = model.counts.copy()
+    topics = ["cards", "loans", "savings", "cards", "loans"]
+    recs = records([encode_message(conv_msg(f"r{i}", f"{topics[i % 5]} question redelivered {i}"))
+                    for i in range(15)], partition=1)
+    first = run(recs[:10], llm, store, settings, models=shared.models)
+    write(first, store)
+    assert shared.apply(through_topic(first.deltas)).records == 10
+    again = run(recs[5:], llm, store, settings, models=shared.models)  # records 5..9 a second time
+    write(again, store)
+    assert shared.apply(through_topic(again.deltas)).records == 5
+    # From scratch: the bootstrap sums plus each record's first assignment (5..9 from the first delivery).
+    points = {p.conversation_id: p for p in [*again.facet_points, *first.facet_points] if p.facet == "Request"}
+    sums, counts = base_sums.copy(), base_counts.copy()
+    for p in points.values():
+        sums[p.cluster_id] += p.vector
+        counts[p.cluster_id] += 1
+    assert len(points) == 15
+    np.testing.assert_array_equal(model.counts, counts)
+    np.testing.assert_allclose(model.centroids, sums / counts[:, None], atol=1e-6)
+
+
+def through_topic(deltas: list) -> list[ReceivedDelta]:
+    """The deltas as a reader receives them from the deltas topic (encoded, then decoded and validated)."""
+    return [receive(Record("clio.centroid-deltas", 0, i, d.facet.encode(), encode_deltas(d)))
+            for i, d in enumerate(deltas)]
+
+
+def clustered(llm, store, settings) -> SharedCentroids:
+    """A published clustering of Request (two clusters) and the shared centroids loaded from it."""
+    topics = ["cards", "loans", "cards", "loans", "cards", "loans"]
+    first = run(records([encode_message(conv_msg(f"c{i}", f"{t} question {i}")) for i, t in enumerate(topics)],
+                        partition=0, start=1000), llm, store, settings)
+    write(first, store)
+    assert bootstrap_clustering(store, FACETS, settings) == 1
+    shared = SharedCentroids(["Request"], HashEmbedder.dim)
+    assert shared.refresh(store) == ["Request"]
+    return shared
 
 
 def test_raw_text_is_left_out_when_the_settings_say_so(llm, store, settings) -> None:
