@@ -28,7 +28,7 @@ from clio_stream.store import WORKER_STATE_PREFIX
 log = logging.getLogger(__name__)
 
 SCHEDULER_STATE_KEY = "scheduler"  # read by api.routes_status
-LAST_RUN_KEY = "recluster:last"  # written by clio_stream.recluster
+from clio_stream.versions import LAST_RUN_KEY  # noqa: E402 - written by the clustering write path
 REQUEST_KEY = "recluster_request"  # written by the admin API
 
 

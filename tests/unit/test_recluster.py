@@ -74,7 +74,7 @@ def test_second_run_is_a_new_version_warm_started(setup):
 def test_lock_held_elsewhere_skips(setup):
     store, emb, settings, pub = setup
     fill(store, emb, n=12)
-    assert store.try_lock(LOCK_NAME, "someone-else", 60)
+    assert store.acquire_lock(LOCK_NAME, "someone-else", 60)
     assert recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets, settings, publish_dir=pub) is None
     assert read_pointer(pub) is None
 
