@@ -27,10 +27,12 @@ Commit: 6. ``commit``: the fenced record ``COMMIT_KEY`` says N is complete.
 Apply (idempotent; a kill here is finished by whichever job takes the lock next,
 ``recover``, before it does anything else):
 
-7. ``store_pointers``: the per-facet version pointers (the workers switch);
-8. ``publish_pointer``: the site's ``current`` (the API and the dashboard switch);
-9. ``catch_up``: points stored since the scroll with no label of N (a worker
+7. ``store_pointers``: the per-facet version pointers (the workers switch and
+   label new points under N from their next batch);
+8. ``catch_up``: points stored since the scroll with no label of N (a worker
    still on N-1, or none) are assigned with N's centroids, so N misses no point;
+9. ``publish_pointer``: the site's ``current`` (the API and the dashboard switch,
+   to a version whose labels are complete);
 10. ``last_run``: the record the scheduler's triggers read;
 11. ``cleanup``: label fields of versions nobody serves any more, old site folders;
     then the commit record is marked applied.
@@ -70,7 +72,7 @@ STEP_CATCH_UP = "catch_up"
 STEP_LAST_RUN = "last_run"
 STEP_CLEANUP = "cleanup"
 WRITE_STEPS = (STEP_RESERVE, STEP_CENTROIDS, STEP_LABELS, STEP_STATES, STEP_SITE, STEP_COMMIT,
-               STEP_STORE_POINTERS, STEP_PUBLISH_POINTER, STEP_CATCH_UP, STEP_LAST_RUN, STEP_CLEANUP)
+               STEP_STORE_POINTERS, STEP_CATCH_UP, STEP_PUBLISH_POINTER, STEP_LAST_RUN, STEP_CLEANUP)
 COMMITTED_STEPS = WRITE_STEPS[WRITE_STEPS.index(STEP_COMMIT) + 1:]  # a fault from here on leaves N committed
 
 SiteWriter = Callable[[int], Path]  # version -> the version folder it wrote (not current yet)
@@ -188,12 +190,21 @@ def recover(store: QdrantStore, lease: Lease, publish_dir: Path | None) -> int |
 
 
 def apply_commit(store: QdrantStore, lease: Lease, commit: Commit, publish_dir: Path | None) -> None:
-    """Steps 7-11 for ``commit``; each is idempotent, so a job that died halfway is finished by the next."""
+    """Steps 7-11 for ``commit``; each is idempotent, so a job that died halfway is finished by the next.
+
+    Between steps 7 and 9 the API still serves N-1 while workers label new points under N only: those points
+    show in N-1's pages only after the switch (a catch-up's duration), never lost.
+    """
     n = commit.version
     for facet in commit.facets:
         _step(STEP_STORE_POINTERS, lease)
         if not store.set_current_version(facet, n):
             raise Superseded(f"facet {facet}: a newer version than {n} is current")
+    for facet in commit.facets:
+        _step(STEP_CATCH_UP, lease)
+        caught = catch_up(store, facet, n)
+        if caught:
+            log.info("facet %s: %d points stored since the scroll labelled under version %d", facet, caught, n)
     published = commit.site and publish_dir is not None
     if published:
         _step(STEP_PUBLISH_POINTER, lease)
@@ -201,11 +212,6 @@ def apply_commit(store: QdrantStore, lease: Lease, commit: Commit, publish_dir: 
             advance_pointer(publish_dir, n)  # type: ignore[arg-type]
         else:
             log.error("version %d is committed but its site folder is gone; the site stays where it is", n)
-    for facet in commit.facets:
-        _step(STEP_CATCH_UP, lease)
-        caught = catch_up(store, facet, n)
-        if caught:
-            log.info("facet %s: %d points stored since the scroll labelled under version %d", facet, caught, n)
     if commit.last_run is not None:
         _step(STEP_LAST_RUN, lease)
         _fenced(store, LAST_RUN_KEY, commit.last_run, n)
