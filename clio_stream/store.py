@@ -806,13 +806,14 @@ class QdrantStore:
         Conditional on the token, so a holding that expired and was taken over is never extended.
         """
         pid = lock_point_id(name)
-        expires = time.time() + float(ttl_s)
+        renewal = uuid.uuid4().hex  # read back to tell whether this renewal applied (floats may not round-trip)
         flt = models.Filter(must=[models.HasIdCondition(has_id=[pid]), _eq("token", token)])
         with self._guard("renew lock"):
-            self.client.set_payload(self.state, payload={"expires_at": expires}, points=flt, wait=True)
+            self.client.set_payload(self.state, payload={"expires_at": time.time() + float(ttl_s),
+                                                         "renewal": renewal}, points=flt, wait=True)
             found = self.client.retrieve(self.state, [pid], with_payload=True)
         doc = (found[0].payload or {}) if found else {}
-        return doc.get("token") == token and float(doc.get("expires_at", 0.0)) == expires
+        return doc.get("token") == token and doc.get("renewal") == renewal
 
     def check_lock(self, name: str, token: str) -> None:
         """Raise :class:`LockLost` unless the lease ``name`` is still held, unexpired, with ``token``."""
