@@ -28,9 +28,7 @@ lock, centroids and version-scoped labels, the site folder, a fenced commit, the
 from __future__ import annotations
 
 import logging
-import os
 import re
-import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -56,6 +54,7 @@ from clio_stream.versions import (
     FacetLabels,
     VersionWrite,
     clustering_lease,
+    job_owner,
     recover,
     reserve_version,
     write_version,
@@ -590,7 +589,7 @@ def recluster_once(
     """
     from clio_stream.publish import write_version_folder
 
-    owner = owner or f"recluster-{socket.gethostname()}-{os.getpid()}"
+    owner = owner or job_owner("recluster")
     lease = clustering_lease(store, owner, settings.recluster_lock_ttl_s)
     if lease is None:
         log.info("re-clustering skipped: another clustering job holds the lock")

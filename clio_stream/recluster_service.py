@@ -124,6 +124,17 @@ class ReclusterService:
             log.info("published clustering version %d (%s)", report.version, reason)
         return report
 
+    def recover(self) -> Any:
+        """Finish a version a killed job committed but did not apply (one read when there is none).
+
+        Polled by the scheduler, so readers do not wait for the next due run to see a committed version.
+        """
+        from clio_stream.versions import finish_pending, job_owner
+
+        if not self.collections_exist():
+            return None
+        return finish_pending(self.store, self.publish_dir, job_owner("recluster"), self.settings.recluster_lock_ttl_s)
+
     def write_state(self, doc: dict) -> None:
         self.store.put_state(SCHEDULER_STATE_KEY, doc)
 
@@ -131,7 +142,8 @@ class ReclusterService:
         """A ``ReclusterScheduler`` (not started) over this service's snapshot and run."""
         from clio_stream.scheduler import ReclusterScheduler
 
-        return ReclusterScheduler(self.snapshot, self.run, triggers, poll_s=poll_s, on_state=self.write_state)
+        return ReclusterScheduler(self.snapshot, self.run, triggers, poll_s=poll_s, on_state=self.write_state,
+                                  recover=self.recover)
 
     def close(self) -> None:
         """Close what this service built itself."""

@@ -41,6 +41,8 @@ Apply (idempotent; a kill here is finished by whichever job takes the lock next,
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -121,6 +123,11 @@ class Commit:
         return cls(**{k: doc[k] for k in cls.__dataclass_fields__ if k in doc})
 
 
+def job_owner(kind: str) -> str:
+    """The lease owner name of a clustering job of ``kind`` in this process (shown by ``lock_holder``)."""
+    return f"{kind}-{socket.gethostname()}-{os.getpid()}"
+
+
 def clustering_lease(store: QdrantStore, owner: str, ttl_s: float) -> Lease | None:
     """The clustering lock, renewed in the background; None when another job holds it."""
     lease = store.lease(CLUSTERING_LOCK, owner, ttl_s)
@@ -177,6 +184,18 @@ def write_version(store: QdrantStore, lease: Lease, w: VersionWrite, publish_dir
     log.info("committed clustering version %d (%s)", n, ", ".join(commit.facets))
     apply_commit(store, lease, commit, publish_dir)
     return commit
+
+
+def finish_pending(store: QdrantStore, publish_dir: Path | None, owner: str, ttl_s: float) -> int | None:
+    """``recover`` under a lease of its own, only when a commit is pending (else one read): for pollers."""
+    last = committed(store)
+    if last is None or last.applied:
+        return None
+    lease = clustering_lease(store, owner, ttl_s)
+    if lease is None:
+        return None
+    with lease:
+        return recover(store, lease, publish_dir)
 
 
 def recover(store: QdrantStore, lease: Lease, publish_dir: Path | None) -> int | None:

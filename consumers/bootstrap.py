@@ -12,8 +12,6 @@ names clusters and publishes).
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,8 +21,16 @@ from clio_stream.facets import Facet
 from clio_stream.online import OnlineKMeans, normalise_rows
 from clio_stream.settings import ClioSettings
 from clio_stream.store import QdrantStore
-from clio_stream.versions import CLUSTERING_LOCK, FacetLabels, VersionWrite, clustering_lease, recover, \
-    reserve_version, write_version
+from clio_stream.versions import (
+    CLUSTERING_LOCK,
+    FacetLabels,
+    VersionWrite,
+    clustering_lease,
+    job_owner,
+    recover,
+    reserve_version,
+    write_version,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +67,7 @@ def bootstrap_clustering(store: QdrantStore, facets: Sequence[Facet], settings: 
     tree = [f for f in facets if f.has_hierarchy]
     if not tree:
         raise ValueError("no facet with summary criteria: nothing to cluster")
-    owner = f"bootstrap-{socket.gethostname()}-{os.getpid()}"
-    lease = clustering_lease(store, owner, settings.recluster_lock_ttl_s)
+    lease = clustering_lease(store, job_owner("bootstrap"), settings.recluster_lock_ttl_s)
     if lease is None:
         raise RuntimeError(f"another clustering job holds the {CLUSTERING_LOCK!r} lock: "
                            f"{store.lock_holder(CLUSTERING_LOCK)}")

@@ -108,3 +108,22 @@ def _world(path):
     assert recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets, settings, publish_dir=pub).version == 1
     store.upsert_facets(points(emb, 60, 6, worker_models(store)))
     return store, emb, settings, pub
+
+
+def test_the_scheduler_service_finishes_a_committed_version_without_waiting_for_a_run(tmp_path):
+    """A job killed after its commit: the service's poll applies the version (the API switches) at once."""
+    from clio_stream.recluster_service import ReclusterService
+    from clio_stream.versions import STEP_PUBLISH_POINTER
+
+    world = _world(tmp_path)
+    store, emb, settings, pub = world
+    with armed(fail_at(STEP_PUBLISH_POINTER, 1, world)), pytest.raises(InjectedFault):
+        run(world)
+    assert served(store, pub, settings).api == "1" and not committed(store).applied
+    service = ReclusterService(settings, facets=main_facets, store=store, llm=ScriptedLLM(sensible_script),
+                               embedder=emb, publish_dir=pub)
+    assert service.recover() == 2
+    now = served(store, pub, settings)
+    assert now.store == {f: 2 for f in now.store} and now.published == now.api == "2"
+    assert_complete(now, store)
+    assert service.recover() is None and committed(store).applied  # nothing pending: one read, no lease
