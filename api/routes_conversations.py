@@ -79,6 +79,8 @@ def _conversation_out(ctx: ApiContext, view: VersionView | None, cid: str, doc: 
         if fv is not None:
             leaf_id = _leaf_of(fv, point)
             if leaf_id is not None:
+                if fv.cluster_version is not None:
+                    answer["cluster_version"] = fv.cluster_version  # the label shown is the served version's
                 node = fv.node(leaf_id)
                 if node is None:
                     withheld_in.add(name)  # assigned online to a withheld cluster

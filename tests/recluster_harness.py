@@ -109,6 +109,21 @@ def served(store: QdrantStore, publish_dir: Path, settings: ClioSettings) -> Ser
                   api=api_version, members=members)
 
 
+def conversation_leaf(store: QdrantStore, publish_dir: Path, settings: ClioSettings, cid: str,
+                      facet: str) -> tuple[str | None, int | None]:
+    """The leaf id and clustering version ``GET /v1/conversations/{cid}`` answers for ``facet``."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    app = create_app(settings.with_overrides(publish_dir=publish_dir), store=store)
+    with TestClient(app) as client:
+        r = client.get(f"/v1/conversations/{cid}", headers={"Authorization": f"Bearer {ANALYST_KEY}"})
+    assert r.status_code == 200, r.text
+    answer = r.json()["facets"][facet]
+    return answer.get("cluster_id"), answer.get("cluster_version")
+
+
 def stored_conversations(store: QdrantStore, facet: str) -> set[str]:
     """Conversations with an embedded value of ``facet`` in the store (what a version must list)."""
     out = set()

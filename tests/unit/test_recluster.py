@@ -331,23 +331,27 @@ def test_a_run_that_lost_its_lease_writes_nothing_over_the_next_holders_version(
 
 def test_the_served_version_pages_every_member_while_the_next_one_is_written(setup, monkeypatch):
     """Defect 8: labels of the next version are written before the API switches; the served version's
-    member pages must stay complete meanwhile."""
-    from tests.recluster_harness import assert_complete, served
+    member pages must stay complete meanwhile, and a conversation's answer keep its cluster."""
+    from tests.recluster_harness import assert_complete, conversation_leaf, served
 
     store, emb, settings, pub = second_version_world(setup)
     real = store.set_labels
     seen = []
 
+    leaf_of_c0 = next(n.id for n in load_current(pub).result.hierarchies["Request"].leaves()
+                      if "c0" in n.conversation_ids)
+
     def labels_then_look(facet, labels, version, **kw):
         out = real(facet, labels, version, **kw)
         if version == 2 and not seen:
-            seen.append(served(store, pub, settings))
+            seen.append((served(store, pub, settings), conversation_leaf(store, pub, settings, "c0", "Request")))
         return out
 
     monkeypatch.setattr(store, "set_labels", labels_then_look)
     assert recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets, settings, publish_dir=pub).version == 2
-    assert seen and seen[0].api == "1"
-    assert_complete(seen[0], store)
+    assert seen and seen[0][0].api == "1"
+    assert_complete(seen[0][0], store)
+    assert seen[0][1] == (leaf_of_c0, 1)  # a conversation's answer keeps its cluster in the served version
 
 
 def test_points_stored_between_the_scroll_and_the_switch_are_in_the_new_version(setup, monkeypatch):
