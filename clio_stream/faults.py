@@ -6,7 +6,9 @@ fault is armed, either
 * by the environment (a subprocess under test): ``CLIO_FAULT_AT=<step>`` raises
   :class:`InjectedFault` (a store error, like Qdrant failing there) and
   ``CLIO_FAULT_AT=<step>:exit`` ends the process at once with ``os._exit``
-  (no ``finally``, no lease release: a SIGKILL as far as the store can tell); or
+  (no ``finally``, no lease release: a SIGKILL as far as the store can tell);
+  ``<step>#<n>`` fires the ``n``-th time the step is reached (steps done once
+  per facet are reached several times); or
 * in-process by a test: ``with armed(hook): ...`` calls ``hook(step)`` at every
   step, and the hook raises whatever it wants.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -28,6 +31,7 @@ EXIT_CODE = 137  # what a shell reports for SIGKILL
 
 Hook = Callable[[str], None]
 _hooks: list[Hook] = []
+_reached: Counter[str] = Counter()  # per process: how often each step was reached
 
 
 class InjectedFault(StoreUnavailable):
@@ -42,7 +46,11 @@ def reach(step: str) -> None:
     if not armed_at:
         return
     where, _, kind = armed_at.partition(":")
-    if where != step:
+    name, _, nth = where.partition("#")
+    if name != step:
+        return
+    _reached[step] += 1
+    if _reached[step] != int(nth or 1):
         return
     if kind == EXIT_KIND:
         log.error("fault injection: exiting at step %s", step)

@@ -163,10 +163,9 @@ def write_version(store: QdrantStore, lease: Lease, w: VersionWrite, publish_dir
     for part in w.facets:
         _step(STEP_CENTROIDS, lease)
         store.put_centroids(part.facet, n, part.model.to_state())
-    _step(STEP_LABELS, lease)
-    store.index_labels(n)
     for part in w.facets:
         _step(STEP_LABELS, lease)
+        store.index_labels(n)  # idempotent: one index of the field for every facet's points
         sims = np.einsum("ij,ij->i", part.vectors, part.model.unit_centroids[part.labels])
         _write_labels(store, part.facet, n, part.model, part.point_ids, part.labels, sims)
     for key, doc in w.states.items():
