@@ -9,9 +9,11 @@ Layout of ``publish_dir``::
     versions/<version>/meta.json    {version, published_at, site_version}
 
 A version folder is built under a temporary name and renamed into place only
-when complete, and ``current`` is flipped only after that, so a reader that
-follows the pointer never sees a half-written version. Versions are immutable:
-publishing an existing version string is an error.
+when complete (``write_version_folder``), and ``current`` is flipped only after
+that, so a reader that follows the pointer never sees a half-written version.
+Versions are immutable: publishing an existing version string is an error. The
+clustering job writes the folder and flips the pointer as separate steps of its
+write path (clio_stream.versions), the pointer only forwards (``advance_pointer``).
 
 Contract with the store (how the API joins live Qdrant points to the tree):
 a level-0 node stands for the online cluster ``cluster_id`` of its facet under

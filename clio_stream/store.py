@@ -4,13 +4,17 @@ Three collections, named ``{prefix}_facets``, ``{prefix}_conversations`` and
 ``{prefix}_state``:
 
 * facets: one point per (conversation, facet) with the facet value's embedding
-  (cosine) and its payload (value, numeric, user hash, timestamp, cluster id and
-  version, similarity, outlier flag, content hash);
+  (cosine) and its payload (value, numeric, user hash, timestamp, its cluster under
+  each clustering version in that version's own field ``cluster_v<N>`` — readers
+  filter on the version they serve — plus the latest ``cluster_id`` / ``cluster_version``,
+  similarity, outlier flag, content hash);
 * conversations: one vectorless point per conversation (status ``pending`` /
   ``processed``, user hash, timestamp, content hash, and the raw conversation
   only when the store was told it may keep it);
 * state: vectorless points holding JSON documents (the current clustering
-  version, the online k-means state per facet and version) and lease locks.
+  version, the online k-means state per facet and version, the version counter)
+  and lease locks. Documents shared by clustering jobs are written fenced by the
+  writer's version number (``put_fenced``), locks are leases held with a token.
 
 Point ids are uuid5 of a fixed namespace and the natural key, so replaying a
 Kafka range overwrites the same points instead of adding duplicates.
