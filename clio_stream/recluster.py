@@ -50,7 +50,6 @@ from clio_stream.settings import ClioSettings
 from clio_stream.store import QdrantStore
 from clio_stream.trends import annotate_trends
 from clio_stream.versions import (
-    CLUSTERING_LOCK as LOCK_NAME,
     FacetLabels,
     VersionWrite,
     clustering_lease,

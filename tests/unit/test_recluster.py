@@ -5,7 +5,8 @@ import pytest
 
 from clio_stream.facets import main_facets
 from clio_stream.publish import load_current, read_pointer
-from clio_stream.recluster import LOCK_NAME, recluster_once
+from clio_stream.recluster import recluster_once
+from clio_stream.versions import CLUSTERING_LOCK
 from clio_stream.settings import ClioSettings
 from clio_stream.store import FacetPoint, QdrantStore
 
@@ -55,7 +56,7 @@ def test_recluster_publishes_a_complete_version(setup):
     # Stats come from the stored numeric facet.
     h = load_current(pub).result.hierarchies["Request"]
     assert all(n.numeric["Concerning"].count == n.size for n in h.nodes.values())
-    assert store.lock_holder(LOCK_NAME) is None
+    assert store.lock_holder(CLUSTERING_LOCK) is None
 
 
 def test_second_run_is_a_new_version_warm_started(setup):
@@ -74,7 +75,7 @@ def test_second_run_is_a_new_version_warm_started(setup):
 def test_lock_held_elsewhere_skips(setup):
     store, emb, settings, pub = setup
     fill(store, emb, n=12)
-    assert store.acquire_lock(LOCK_NAME, "someone-else", 60)
+    assert store.acquire_lock(CLUSTERING_LOCK, "someone-else", 60)
     assert recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets, settings, publish_dir=pub) is None
     assert read_pointer(pub) is None
 
@@ -311,7 +312,7 @@ def test_a_run_that_lost_its_lease_writes_nothing_over_the_next_holders_version(
     def stall_then_lose_the_lease(*args, **kwargs):
         if not stalled:  # A, clustering its first facet, stalls past its lease; B takes the lock meanwhile
             stalled.append(True)
-            store.client.delete(store.state, points_selector=models.PointIdsList(points=[lock_point_id(LOCK_NAME)]))
+            store.client.delete(store.state, points_selector=models.PointIdsList(points=[lock_point_id(CLUSTERING_LOCK)]))
             b_reports.append(recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets, settings,
                                             publish_dir=pub, owner="run-b"))
         return real(*args, **kwargs)

@@ -18,9 +18,16 @@ import pytest
 
 from clio_stream.faults import InjectedFault, armed
 from clio_stream.facets import main_facets
-from clio_stream.recluster import LOCK_NAME, recluster_once
+from clio_stream.recluster import recluster_once
 from clio_stream.store import QdrantStore
-from clio_stream.versions import COMMITTED_STEPS, STEP_CENTROIDS, STEP_RESERVE, WRITE_STEPS, committed
+from clio_stream.versions import (
+    CLUSTERING_LOCK,
+    COMMITTED_STEPS,
+    STEP_CENTROIDS,
+    STEP_RESERVE,
+    WRITE_STEPS,
+    committed,
+)
 from tests.recluster_harness import assert_complete, job_settings, points, served, worker_models
 
 from .fakes import HashEmbedder, ScriptedLLM, sensible_script
@@ -78,7 +85,7 @@ def test_a_store_error_at_any_step_keeps_a_good_version_served_and_the_next_run_
         store, emb, settings, pub = world
         with armed(fail_at(step, nth, world)), pytest.raises(InjectedFault):
             run(world)
-        assert store.lock_holder(LOCK_NAME) is None  # an error (not a kill) releases the lease
+        assert store.lock_holder(CLUSTERING_LOCK) is None  # an error (not a kill) releases the lease
         after = served(store, pub, settings)
         if step in COMMITTED_STEPS:
             assert committed(store).version == 2
@@ -95,7 +102,7 @@ def test_a_store_error_at_any_step_keeps_a_good_version_served_and_the_next_run_
         final = served(store, pub, settings)
         assert final.store == {f: expected for f in final.store} and final.published == final.api == str(expected)
         assert_complete(final, store)
-        assert committed(store).applied and store.lock_holder(LOCK_NAME) is None
+        assert committed(store).applied and store.lock_holder(CLUSTERING_LOCK) is None
 
 
 def _world(path):
