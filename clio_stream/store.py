@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 import time
 import uuid
@@ -742,7 +743,7 @@ class QdrantStore:
                                      _is_empty("fence")])
         return self._conditional_put(key, payload, cond, write_id)
 
-    def reserve_version(self, floor: int = 0, *, attempts: int = 20) -> int:
+    def reserve_version(self, floor: int = 0, *, attempts: int = 100) -> int:
         """A clustering version number no one got before, above ``floor`` (compare-and-set on a counter).
 
         Call it holding the clustering lock; the CAS still keeps two holders (a lease lost and retaken)
@@ -759,6 +760,7 @@ class QdrantStore:
             if self._conditional_put(VERSION_COUNTER_KEY, payload, models.Filter(must=[_eq("last", last)]),
                                      write_id):
                 return version
+            time.sleep(random.uniform(0.0, 0.02))  # lost a race: let the winner's write settle, unsynchronised
         raise StoreError(f"could not reserve a clustering version in {attempts} attempts (contention)")
 
     def _conditional_put(self, key: str, payload: dict[str, Any], cond: models.Filter, write_id: str) -> bool:
