@@ -30,6 +30,7 @@ from api.schemas import (
 )
 from api.views import VersionView
 from clio_stream.messages import InvalidMessage, decode_message
+from clio_stream.store import label_of
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,14 @@ async def get_conversation(principal: Analyst, ctx: Ctx, store: Store,
     return _conversation_out(ctx, view, conversation_id, doc)
 
 
+def _leaf_of(fv: Any, point: dict[str, Any]) -> str | None:
+    """The leaf of the served version a stored point belongs to: its label under that version, not the latest
+    one (a re-clustering writes the next version's labels before the API switches to it)."""
+    if fv.cluster_version is None:
+        return fv.leaf_for(point.get("cluster_id"), point.get("cluster_version"))
+    return fv.leaf_for(label_of(point, fv.cluster_version), fv.cluster_version)
+
+
 def _conversation_out(ctx: ApiContext, view: VersionView | None, cid: str, doc: dict[str, Any]) -> ConversationOut:
     facets_doc: dict[str, dict[str, Any]] = doc.get("facets") or {}
     status = doc.get("status") or ("processed" if facets_doc else "pending")
@@ -68,8 +77,10 @@ def _conversation_out(ctx: ApiContext, view: VersionView | None, cid: str, doc: 
                                   "cluster_version": point.get("cluster_version")}
         fv = view.facet_views.get(name) if view is not None else None
         if fv is not None:
-            leaf_id = fv.leaf_for(point.get("cluster_id"), point.get("cluster_version"))
+            leaf_id = _leaf_of(fv, point)
             if leaf_id is not None:
+                if fv.cluster_version is not None:
+                    answer["cluster_version"] = fv.cluster_version  # the label shown is the served version's
                 node = fv.node(leaf_id)
                 if node is None:
                     withheld_in.add(name)  # assigned online to a withheld cluster

@@ -433,13 +433,13 @@ class DeletionPass:
 def process_deletions(store: Any, settings: Any, publish_dir: Path, *, owner: str | None = None) -> DeletionPass:
     """Carry out the pending deletion requests: scrub the published versions, sweep, close.
 
-    Runs under the clustering lock (``recluster.LOCK_NAME``): a re-clustering that
+    Runs under the clustering lock (``versions.CLUSTERING_LOCK``): a re-clustering that
     scrolled a user's points before the request either published before this
     pass (and is scrubbed by it) or publishes after it with the deny-list applied
     (``remove_denied``). When the lock is held elsewhere the pass does nothing and
     says so; the next one retries.
     """
-    from clio_stream.recluster import LOCK_NAME
+    from clio_stream.versions import CLUSTERING_LOCK
 
     out = DeletionPass()
     now = time.time()
@@ -447,9 +447,9 @@ def process_deletions(store: Any, settings: Any, publish_dir: Path, *, owner: st
     if not any(r.scrubbed_at is None or r.due_at(settings) <= now for r in pending):
         return out  # nothing to do before a sweep is due: leave the lock to re-clustering
     owner = owner or f"deletion-{socket.gethostname()}-{os.getpid()}"
-    lease = store.lease(LOCK_NAME, owner, settings.recluster_lock_ttl_s)
+    lease = store.lease(CLUSTERING_LOCK, owner, settings.recluster_lock_ttl_s)
     if lease is None:
-        log.info("deletion pass deferred: %s holds the clustering lock", store.lock_holder(LOCK_NAME))
+        log.info("deletion pass deferred: %s holds the clustering lock", store.lock_holder(CLUSTERING_LOCK))
         out.locked_out = True
         return out
     try:

@@ -9,9 +9,11 @@ Layout of ``publish_dir``::
     versions/<version>/meta.json    {version, published_at, site_version}
 
 A version folder is built under a temporary name and renamed into place only
-when complete, and ``current`` is flipped only after that, so a reader that
-follows the pointer never sees a half-written version. Versions are immutable:
-publishing an existing version string is an error.
+when complete (``write_version_folder``), and ``current`` is flipped only after
+that, so a reader that follows the pointer never sees a half-written version.
+Versions are immutable: publishing an existing version string is an error. The
+clustering job writes the folder and flips the pointer as separate steps of its
+write path (clio_stream.versions), the pointer only forwards (``advance_pointer``).
 
 Contract with the store (how the API joins live Qdrant points to the tree):
 a level-0 node stands for the online cluster ``cluster_id`` of its facet under
@@ -43,6 +45,7 @@ from clio_stream.types import ClioResult
 log = logging.getLogger(__name__)
 
 POINTER_FILE = "current"
+POINTER_LOCK_FILE = ".current.lock"
 VERSIONS_DIR = "versions"
 RESULT_FILE = "result.json"
 LINEAGE_FILE = "lineage.json"
@@ -95,11 +98,31 @@ def publish_version(
     """Write ``result`` as ``version`` (result.json, site, lineage), make it current, prune old versions.
 
     Returns the version folder. ``keep`` counts versions kept, the new one
-    included; the current version is never pruned.
+    included; the current version is never pruned. (The clustering job writes
+    the folder and flips the pointer as separate steps: ``clio_stream.versions``.)
     """
-    check_version(version)
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
+    final = write_version_folder(result, publish_dir, version, lineage=lineage, settings=settings)
+    root = final.parent.parent
+    _write_pointer(root, version)
+    prune_versions(root, keep=keep)
+    return final
+
+
+def write_version_folder(
+    result: ClioResult,
+    publish_dir: str | Path,
+    version: str,
+    *,
+    lineage: dict[str, str] | None = None,
+    settings: Any,
+) -> Path:
+    """Build ``versions/<version>`` under a temporary name and rename it into place; the pointer is not touched.
+
+    Raises ``FileExistsError`` if the version exists (versions are immutable).
+    """
+    check_version(version)
     root = Path(publish_dir).expanduser().absolute()
     versions = root / VERSIONS_DIR
     versions.mkdir(parents=True, exist_ok=True)
@@ -127,10 +150,35 @@ def publish_version(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _fsync_dir(versions)
-    _write_pointer(root, version)
-    log.info("published version %s in %.2fs", version, time.monotonic() - started)
-    prune_versions(root, keep=keep)
+    log.info("wrote version folder %s in %.2fs", version, time.monotonic() - started)
     return final
+
+
+def is_complete(publish_dir: str | Path, version: str) -> bool:
+    """Whether ``versions/<version>`` is in place (folders appear only complete, by rename)."""
+    return (Path(publish_dir).expanduser() / VERSIONS_DIR / check_version(version) / META_FILE).is_file()
+
+
+def advance_pointer(publish_dir: str | Path, version: int) -> bool:
+    """Make the numbered clustering ``version`` current unless a higher number already is; True if current now.
+
+    The compare and the replace run under an ``flock`` of the publish folder, so two publishers (one of them
+    late, having lost its lease) cannot move the pointer backwards.
+    """
+    import fcntl
+
+    root = Path(publish_dir).expanduser().absolute()
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / POINTER_LOCK_FILE, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        current = read_pointer(root)
+        if current is not None and current.isdigit() and int(current) > int(version):
+            log.warning("not publishing version %d: version %s is already current", version, current)
+            return False
+        if current != str(version):
+            _write_pointer(root, str(version))
+            log.info("published version %d", version)
+    return True
 
 
 def _write_json(path: Path, doc: Any) -> None:

@@ -19,25 +19,16 @@ clusters *living* rather than rebuilt (clio_stream.matching):
 * every id that disappears gets a successor in the version's lineage, which
   the API follows for old links.
 
-Then apply the privacy rules and write in an order that keeps every reader on
-one complete version:
-
-1. the id counters, then centroids of the new version (consumers cannot see them yet);
-2. labels of the stored points (tagged with the new version);
-3. the published version folder (result.json + static site + lineage.json),
-   whose ``current`` pointer the API and the dashboard follow;
-4. the per-facet version pointers that the consumers follow — last.
-
-A crash anywhere before step 3 leaves the previous version current; the next
-run starts over (every write is idempotent; counters only skip numbers).
+Then apply the privacy rules and write the version through ``clio_stream.versions.write_version``,
+the write path it shares with ``bootstrap-clusters``: version number reserved under the clustering
+lock, centroids and version-scoped labels, the site folder, a fenced commit, then the pointers
+(see that module for the order and why a kill at any step leaves the last good version served).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
-import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -58,14 +49,21 @@ from clio_stream.privacy import annotate, audit, describable, known_audits, mark
 from clio_stream.settings import ClioSettings
 from clio_stream.store import QdrantStore
 from clio_stream.trends import annotate_trends
+from clio_stream.versions import (
+    FacetLabels,
+    VersionWrite,
+    clustering_lease,
+    job_owner,
+    recover,
+    reserve_version,
+    write_version,
+)
 from clio_stream.types import ClioResult, ClusterNode, Conversation, ConversationFacets, FacetHierarchy, FacetValue, Message
 
 log = logging.getLogger(__name__)
 
 Centroid = Callable[[Iterable[str]], np.ndarray]  # members -> unit mean vector of their stored values
 
-LOCK_NAME = "clustering"  # shared with consumers.bootstrap: one clustering job at a time
-LOCK_TTL_S = 3600.0
 ID_COUNTER_KEY = "idcounter:{facet}"  # store state: next free number per level, per facet
 
 
@@ -589,25 +587,23 @@ def recluster_once(
     ``thresholds``: matching knobs (default: from ``settings`` where it defines them, else built-in defaults).
     """
     from clio_stream.deletion import remove_denied
-    from clio_stream.publish import publish_version
+    from clio_stream.publish import write_version_folder
 
-    owner = owner or f"recluster-{socket.gethostname()}-{os.getpid()}"
-    # A renewed lease: a run may take longer than the TTL, and a run that was killed blocks the next one
-    # only until the TTL runs out (not an hour).
-    lease = store.lease(LOCK_NAME, owner, float(getattr(settings, "recluster_lock_ttl_s", LOCK_TTL_S)))
+    owner = owner or job_owner("recluster")
+    lease = clustering_lease(store, owner, settings.recluster_lock_ttl_s)
     if lease is None:
-        log.info("re-clustering skipped: %s holds the lock", store.lock_holder(LOCK_NAME))
+        log.info("re-clustering skipped: another clustering job holds the lock")
         return None
     t0 = time.perf_counter()
     thresholds = thresholds or MatchThresholds.from_settings(settings)
-    try:
+    with lease:
+        recover(store, lease, publish_dir)  # a job killed after its commit: finish it first
         stored, per_conv = load_stored(store, facets)
         if not any(len(s.point_ids) for s in stored.values()):
             log.info("re-clustering skipped: nothing stored yet")
             return None
         tree = [f for f in facets if f.has_hierarchy and len(stored.get(f.name, StoredFacet([], np.zeros((0, 0)), [], [])).point_ids)]
-        current = [store.current_version(f.name) for f in tree]
-        version = max((v for v in current if v is not None), default=0) + 1
+        version = reserve_version(store, lease, [f.name for f in tree], publish_dir)
         report = ReclusterReport(version=version)
         stats = AskStats()
         old_hierarchies, old_lineage_ids = _previous(publish_dir)
@@ -659,20 +655,8 @@ def recluster_once(
         lineage = {k: v for run in runs.values() for k, v in run.lineage.items()}
         report.lineage = len(lineage)
 
-        # 1-2. id counters, then centroids and labels of the new version
-        lease.check()  # lost it while clustering: another run owns the writes now
-        for f in tree:
-            store.put_state(ID_COUNTER_KEY.format(facet=f.name), runs[f.name].ids.state())
-        for f in tree:
-            model, labels = models[f.name], runs[f.name].labels
-            s = stored[f.name]
-            store.put_centroids(f.name, version, model.to_state())
-            sims = np.einsum("ij,ij->i", s.vectors, model.unit_centroids[labels])
-            store.set_labels(f.name, {pid: int(c) for pid, c in zip(s.point_ids, labels)}, version,
-                             similarities={pid: float(v) for pid, v in zip(s.point_ids, sims)},
-                             outliers={pid: bool(v < model.outlier_similarity) for pid, v in zip(s.point_ids, sims)})
-        # 3. the published version (API and dashboard switch here). Leaf ids are stable, not k-means
-        # indices, so the leaf -> online cluster mapping is explicit (publish.py's contract).
+        # Leaf ids are stable, not k-means indices, so the leaf -> online cluster mapping is explicit
+        # (publish.py's contract).
         result = ClioResult(facets=[f.to_dict() for f in facets], conversations=conversations,
                             facet_values=facet_values, hierarchies={n: r.hierarchy for n, r in runs.items()},
                             settings=settings.public_dict(),
@@ -680,21 +664,25 @@ def recluster_once(
                                    "store_clusters": {k: v for r in runs.values() for k, v in r.store_clusters.items()},
                                    "living": report.facets})
         remove_denied(result, store, settings)  # users deleted since the scroll (clio_stream.deletion)
-        lease.check()
-        report.published = publish_version(result, publish_dir, str(version), lineage=lineage, settings=settings)
-        # 4. consumers switch last
-        for f in tree:
-            store.set_current_version(f.name, version)
         report.llm_prompts = stats.prompts
         report.seconds = time.perf_counter() - t0
-        store.put_state("recluster:last", {"version": version, "finished_at": time.time(), "seconds": report.seconds,
-                                           "points": report.points, "clusters": report.clusters,
-                                           "llm_prompts": report.llm_prompts, "leaves_reused": report.leaves_reused,
-                                           "leaves_renamed": report.leaves_renamed, "id_survival": report.id_survival,
-                                           "lineage": report.lineage})
+
+        def site(n: int) -> Path:
+            report.published = write_version_folder(result, publish_dir, str(n), lineage=lineage, settings=settings)
+            return report.published
+
+        write_version(store, lease, VersionWrite(
+            version=version,
+            facets=[FacetLabels(f.name, models[f.name], stored[f.name].point_ids, stored[f.name].vectors,
+                                runs[f.name].labels) for f in tree],
+            states={ID_COUNTER_KEY.format(facet=f.name): runs[f.name].ids.state() for f in tree},
+            site=site,
+            last_run={"version": version, "finished_at": time.time(), "seconds": report.seconds,
+                      "points": report.points, "clusters": report.clusters, "llm_prompts": report.llm_prompts,
+                      "leaves_reused": report.leaves_reused, "leaves_renamed": report.leaves_renamed,
+                      "id_survival": report.id_survival, "lineage": report.lineage},
+        ), publish_dir)
         log.info("re-clustered as version %d in %.1f s: %s; %d LLM prompts, %d leaves reused, %d named, id survival %s",
                  version, report.seconds, report.clusters, report.llm_prompts, report.leaves_reused,
                  report.leaves_renamed, "n/a" if report.id_survival is None else f"{report.id_survival:.2f}")
         return report
-    finally:
-        lease.release()

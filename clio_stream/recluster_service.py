@@ -31,7 +31,7 @@ from clio_stream.store import WORKER_STATE_PREFIX
 log = logging.getLogger(__name__)
 
 SCHEDULER_STATE_KEY = "scheduler"  # read by api.routes_status
-LAST_RUN_KEY = "recluster:last"  # written by clio_stream.recluster
+from clio_stream.versions import LAST_RUN_KEY  # noqa: E402 - written by the clustering write path
 REQUEST_KEY = "recluster_request"  # written by the admin API
 
 
@@ -133,6 +133,17 @@ class ReclusterService:
 
         return process_deletions(self.store, self.settings, self.publish_dir)
 
+    def recover(self) -> Any:
+        """Finish a version a killed job committed but did not apply (one read when there is none).
+
+        Polled by the scheduler, so readers do not wait for the next due run to see a committed version.
+        """
+        from clio_stream.versions import finish_pending, job_owner
+
+        if not self.collections_exist():
+            return None
+        return finish_pending(self.store, self.publish_dir, job_owner("recluster"), self.settings.recluster_lock_ttl_s)
+
     def write_state(self, doc: dict) -> None:
         self.store.put_state(SCHEDULER_STATE_KEY, doc)
 
@@ -141,7 +152,7 @@ class ReclusterService:
         from clio_stream.scheduler import ReclusterScheduler
 
         return ReclusterScheduler(self.snapshot, self.run, triggers, poll_s=poll_s, on_state=self.write_state,
-                                  chores=[self.process_deletions])
+                                  chores=[self.process_deletions], recover=self.recover)
 
     def close(self) -> None:
         """Close what this service built itself."""

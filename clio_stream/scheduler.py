@@ -67,11 +67,14 @@ def due(s: Snapshot, t: Triggers) -> str | None:
 
 
 class ReclusterScheduler(threading.Thread):
-    """Polls ``snapshot()`` every ``poll_s`` and calls ``run(reason)`` when ``due`` says so."""
+    """Polls ``snapshot()`` every ``poll_s`` and calls ``run(reason)`` when ``due`` says so.
+
+    ``recover()``, if given, runs first on every poll (``ReclusterService.recover``).
+    """
 
     def __init__(self, snapshot: Callable[[], Snapshot], run: Callable[[str], Any], triggers: Triggers,
                  *, poll_s: float = 5.0, on_state: Callable[[dict], None] | None = None,
-                 chores: Sequence[Callable[[], Any]] = ()) -> None:
+                 chores: Sequence[Callable[[], Any]] = (), recover: Callable[[], Any] | None = None) -> None:
         super().__init__(name="recluster-scheduler", daemon=True)
         self.snapshot_fn = snapshot
         self.run_fn = run
@@ -79,6 +82,7 @@ class ReclusterScheduler(threading.Thread):
         self.poll_s = poll_s
         self.on_state = on_state
         self.chores = list(chores)  # run every poll before the trigger check (user deletions)
+        self.recover_fn = recover  # finishes a version a killed job committed, before any trigger is looked at
         self.stop_event = threading.Event()
         self.last_reason: str | None = None
         self.last_error: str | None = None
@@ -93,6 +97,8 @@ class ReclusterScheduler(threading.Thread):
             self.last_poll_at = time.monotonic()
             self._run_chores()
             try:
+                if self.recover_fn is not None:
+                    self.recover_fn()
                 snap = self.snapshot_fn()
                 reason = due(snap, self.triggers)
                 if reason:

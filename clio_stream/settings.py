@@ -191,9 +191,9 @@ class ClioSettings(BaseSettings):
     recluster_new_fraction: float = Field(0.10, gt=0, description="Re-cluster when the points stored since the last "
                                           "run reach this share of the points then.")
     recluster_min_points: int = Field(30, ge=1, description="Nothing is clustered before this many points exist.")
-    recluster_lock_ttl_s: float = Field(120.0, gt=0, description="Lease of the cluster-wide re-clustering lock; "
-                                        "the running job renews it every third of this, so a job that died "
-                                        "blocks the next one at most this long.")
+    recluster_lock_ttl_s: float = Field(120.0, gt=0, description="Lease of the cluster-wide clustering lock "
+                                        "(re-clustering and bootstrap-clusters); the running job renews it every "
+                                        "third of this, so a job that died blocks the next one at most this long.")
     recluster_outlier_rate: float = Field(0.25, gt=0, le=1, description="Re-cluster when a worker's recent outlier "
                                           "rate reaches this.")
     drift_delta: float = Field(0.002, gt=0, lt=1, description="Confidence parameter of the ADWIN detector each "

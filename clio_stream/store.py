@@ -4,13 +4,17 @@ Three collections, named ``{prefix}_facets``, ``{prefix}_conversations`` and
 ``{prefix}_state``:
 
 * facets: one point per (conversation, facet) with the facet value's embedding
-  (cosine) and its payload (value, numeric, user hash, timestamp, cluster id and
-  version, similarity, outlier flag, content hash);
+  (cosine) and its payload (value, numeric, user hash, timestamp, its cluster under
+  each clustering version in that version's own field ``cluster_v<N>`` — readers
+  filter on the version they serve — plus the latest ``cluster_id`` / ``cluster_version``,
+  similarity, outlier flag, content hash);
 * conversations: one vectorless point per conversation (status ``pending`` /
   ``processed``, user hash, timestamp, content hash, and the raw conversation
   only when the store was told it may keep it);
 * state: vectorless points holding JSON documents (the current clustering
-  version, the online k-means state per facet and version) and lease locks.
+  version, the online k-means state per facet and version, the version counter)
+  and lease locks. Documents shared by clustering jobs are written fenced by the
+  writer's version number (``put_fenced``), locks are leases held with a token.
 
 Point ids are uuid5 of a fixed namespace and the natural key, so replaying a
 Kafka range overwrites the same points instead of adding duplicates.
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 import time
 import uuid
@@ -125,6 +130,24 @@ def current_version_key(facet: str) -> str:
     return f"current_version/{facet}"
 
 
+VERSION_COUNTER_KEY = "clustering:last_reserved"  # compare-and-set counter: a version number is never handed out twice
+
+
+def label_field(version: int) -> str:
+    """Payload field holding a point's cluster under clustering ``version``.
+
+    One field per version, so writing version N's labels leaves N-1's readable: readers filter on the version
+    they serve, and nothing they page through changes under them until they switch.
+    """
+    return f"cluster_v{int(version)}"
+
+
+def label_of(payload: Mapping[str, Any], version: int) -> int | None:
+    """A point's cluster under ``version`` (None when it has no label of that version)."""
+    value = payload.get(label_field(version))
+    return None if value is None else int(value)
+
+
 # --------------------------------------------------------------------------- records
 
 
@@ -150,8 +173,8 @@ class FacetPoint:
         return facet_point_id(self.conversation_id, self.facet)
 
     def payload(self) -> dict[str, Any]:
-        """The JSON payload stored with the vector."""
-        return {
+        """The JSON payload stored with the vector (with the version-scoped label when assigned)."""
+        out = {
             "conversation_id": self.conversation_id,
             "facet": self.facet,
             "value": self.value,
@@ -164,6 +187,9 @@ class FacetPoint:
             "outlier": bool(self.outlier),
             "content_hash": self.content_hash,
         }
+        if self.cluster_id is not None and self.cluster_version is not None:
+            out[label_field(self.cluster_version)] = int(self.cluster_id)
+        return out
 
 
 @dataclass
@@ -393,10 +419,15 @@ class QdrantStore:
         return len(points)
 
     def scroll_vectors(
-        self, facet: str, batch: int = 1000
+        self, facet: str, batch: int = 1000, *, without_label: int | None = None
     ) -> Iterator[tuple[list[str], np.ndarray, list[dict[str, Any]]]]:
-        """All points of ``facet`` in batches of (ids, float32 vectors, payloads), for re-clustering."""
+        """Points of ``facet`` in batches of (ids, float32 vectors, payloads), for re-clustering.
+
+        ``without_label``: only points with no label of that version (the catch-up after a version switch).
+        """
         flt = _match_filter(facet=facet)
+        if without_label is not None:
+            flt = models.Filter(must=[_eq("facet", facet), _is_empty(label_field(without_label))])
         offset: Any = None
         while True:
             with self._guard("scroll vectors"):
@@ -421,8 +452,11 @@ class QdrantStore:
         version: int | None = None,
         with_vectors: bool = False,
     ) -> tuple[list[dict[str, Any]], Any]:
-        """One page of a cluster's points (payload plus ``id``) and the cursor of the next page (None at the end)."""
-        flt = _match_filter(facet=facet, cluster_id=int(cluster_id), cluster_version=version)
+        """One page of a cluster's points (payload plus ``id``) and the cursor of the next page (None at the end).
+
+        With ``version``, membership is the version-scoped label (``label_field``); without, the latest label.
+        """
+        flt = _label_filter(facet=facet, cluster_id=int(cluster_id), version=version)
         with self._guard("scroll members"):
             records, nxt = self.client.scroll(
                 self.facets, scroll_filter=flt, limit=int(limit), offset=offset_cursor,
@@ -444,8 +478,11 @@ class QdrantStore:
         version: int | None = None,
         user_hash: str | None = None,
     ) -> int:
-        """Exact number of facet points matching the given fields (all when none given)."""
-        flt = _match_filter(facet=facet, cluster_id=cluster_id, cluster_version=version, user_hash=user_hash)
+        """Exact number of facet points matching the given fields (all when none given).
+
+        ``version`` alone counts the points labelled under that version; with ``cluster_id``, that cluster's.
+        """
+        flt = _label_filter(facet=facet, cluster_id=cluster_id, version=version, user_hash=user_hash)
         try:
             with self._guard("count"):
                 return int(self.client.count(self.facets, count_filter=flt, exact=True).count)
@@ -464,7 +501,8 @@ class QdrantStore:
     ) -> int:
         """Write cluster ids (and optionally similarity / outlier) of ``facet``'s points under ``version``.
 
-        Points are selected by id *and* facet through a filter, so an id deleted
+        The label goes into the version's own field (``label_field``) and into ``cluster_id`` /
+        ``cluster_version`` (the latest label); other versions' fields are left alone. Points are selected by id *and* facet through a filter, so an id deleted
         in the meantime (a user's deletion) is skipped instead of failing the
         whole batch. Without per-point extras, points of one cluster share one
         operation. Returns the number of ids given.
@@ -478,11 +516,12 @@ class QdrantStore:
                 for start in range(0, len(ids), 1000):
                     ops.append(self._set_payload_op(
                         facet, ids[start : start + 1000],
-                        {"cluster_id": cid, "cluster_version": int(version)},
+                        {label_field(version): cid, "cluster_id": cid, "cluster_version": int(version)},
                     ))
         else:
             for pid, cid in labels.items():
-                payload: dict[str, Any] = {"cluster_id": int(cid), "cluster_version": int(version)}
+                payload: dict[str, Any] = {label_field(version): int(cid), "cluster_id": int(cid),
+                                           "cluster_version": int(version)}
                 if similarities is not None and pid in similarities:
                     payload["similarity"] = float(similarities[pid])
                 if outliers is not None and pid in outliers:
@@ -492,6 +531,34 @@ class QdrantStore:
             with self._guard("set labels"):
                 self.client.batch_update_points(self.facets, ops[start : start + ops_per_request], wait=True)
         return len(labels)
+
+    def index_labels(self, version: int) -> None:
+        """Index ``version``'s label field (server only), so filtering a cluster's members stays an index lookup."""
+        if self.embedded:
+            return
+        with self._guard("create label index"):
+            self.client.create_payload_index(self.facets, label_field(version),
+                                             field_schema=models.PayloadSchemaType.INTEGER, wait=True)
+
+    def drop_labels(self, versions: Sequence[int]) -> None:
+        """Remove the label fields (and their indexes) of ``versions`` from every facet point."""
+        if not versions:
+            return
+        keys = [label_field(v) for v in versions]
+        with self._guard("drop labels"):
+            has_any = models.Filter(should=[models.Filter(must_not=[_is_empty(k)]) for k in keys])
+            self.client.delete_payload(self.facets, keys=keys, points=has_any, wait=True)
+        if self.embedded:
+            return
+        existing = set((self._collection_info().payload_schema or {}).keys())
+        for key in keys:
+            if key in existing:
+                with self._guard("drop label index"):
+                    self.client.delete_payload_index(self.facets, key, wait=True)
+
+    def _collection_info(self) -> Any:
+        with self._guard("get_collection"):
+            return self.client.get_collection(self.facets)
 
     @staticmethod
     def _set_payload_op(facet: str, ids: list[str], payload: dict[str, Any]) -> models.SetPayloadOperation:
@@ -657,10 +724,14 @@ class QdrantStore:
                 return None
         return self.get_state(centroid_state_key(facet, version))
 
-    def set_current_version(self, facet: str, version: int) -> None:
-        """Point readers at clustering ``version`` of ``facet`` (write its centroids first)."""
-        self.put_state(current_version_key(facet), {"facet": facet, "version": int(version),
-                                                    "published_at": time.time()})
+    def set_current_version(self, facet: str, version: int) -> bool:
+        """Point readers at clustering ``version`` of ``facet`` (write its centroids first).
+
+        Fenced by the version number: the pointer never moves backwards, so a run that lost its lease and
+        comes back late cannot undo a newer version. False when a newer version is already current.
+        """
+        return self.put_fenced(current_version_key(facet), {"facet": facet, "version": int(version),
+                                                            "published_at": time.time()}, fence=int(version))
 
     def current_version(self, facet: str) -> int | None:
         """The clustering version readers should use for ``facet``, or None before the first."""
@@ -732,65 +803,131 @@ class QdrantStore:
         except CollectionMissing:
             return []
 
+    # ------------------------------------------------------------------ fenced writes
+
+    def put_fenced(self, key: str, doc: Mapping[str, Any], *, fence: int) -> bool:
+        """Store ``doc`` under ``key`` unless a write with a higher ``fence`` got there first; True if written.
+
+        The fence is a clustering version number, reserved once under the clustering lock
+        (``reserve_version``), so it orders writers: a writer that lost its lease carries an older number and
+        its late write is refused by Qdrant's conditional upsert (the check and the write are one operation
+        on the document's point). A read-back of a fresh write id tells whether it applied.
+        """
+        write_id = uuid.uuid4().hex
+        payload = {"kind": "state", "key": key, "doc_json": json.dumps(doc, separators=(",", ":")),
+                   "fence": int(fence), "write_id": write_id, "updated_at": time.time()}
+        cond = models.Filter(should=[models.FieldCondition(key="fence", range=models.Range(lte=int(fence))),
+                                     _is_empty("fence")])
+        return self._conditional_put(key, payload, cond, write_id)
+
+    def reserve_version(self, floor: int = 0, *, attempts: int = 100) -> int:
+        """A clustering version number no one got before, above ``floor`` (compare-and-set on a counter).
+
+        Call it holding the clustering lock; the CAS still keeps two holders (a lease lost and retaken)
+        from ever getting the same number, so version-scoped writes (centroids, labels, site) never collide.
+        """
+        for _ in range(attempts):
+            doc = self.get_state(VERSION_COUNTER_KEY)
+            last = int(doc["last"]) if doc else -1
+            version = max(last, int(floor)) + 1
+            write_id = uuid.uuid4().hex
+            payload = {"kind": "state", "key": VERSION_COUNTER_KEY, "last": version, "write_id": write_id,
+                       "doc_json": json.dumps({"last": version}), "updated_at": time.time()}
+            # An absent counter point is inserted whatever the filter says; a present one only if unchanged.
+            if self._conditional_put(VERSION_COUNTER_KEY, payload, models.Filter(must=[_eq("last", last)]),
+                                     write_id):
+                return version
+            time.sleep(random.uniform(0.0, 0.02))  # lost a race: let the winner's write settle, unsynchronised
+        raise StoreError(f"could not reserve a clustering version in {attempts} attempts (contention)")
+
+    def _conditional_put(self, key: str, payload: dict[str, Any], cond: models.Filter, write_id: str) -> bool:
+        pid = state_point_id(key)
+        point = models.PointStruct(id=pid, vector={}, payload=payload)
+        try:
+            with self._guard("conditional put"):
+                self.client.upsert(self.state, points=[point], update_filter=cond, wait=True)
+        except CollectionMissing:
+            self._create(self.state, {})
+            with self._guard("conditional put"):
+                self.client.upsert(self.state, points=[point], update_filter=cond, wait=True)
+        with self._guard("conditional put read-back"):
+            found = self.client.retrieve(self.state, [pid], with_payload=["write_id"])
+        return bool(found) and (found[0].payload or {}).get("write_id") == write_id
+
     # ------------------------------------------------------------------ locks
 
-    def try_lock(self, name: str, owner: str, ttl_s: float) -> bool:
-        """Take (or renew) the lease ``name`` for ``ttl_s`` seconds; True if ``owner`` holds it now.
+    def acquire_lock(self, name: str, owner: str, ttl_s: float) -> str | None:
+        """Take the lease ``name`` for ``ttl_s`` seconds; its token if taken, None if someone else holds it.
 
-        The write is a conditional upsert: it applies only if the lock point is
-        absent, already ``owner``'s, or expired, and Qdrant applies a shard's
-        updates one at a time, so on a single node two contenders cannot both
-        win. A read-back of a fresh token confirms the outcome.
+        The token names this holding: renew, check and release with it. The write is a conditional upsert
+        (applies only if the lock point is absent or expired) and Qdrant applies a shard's updates one at a
+        time, so on a single node two contenders cannot both win; a read-back of the token confirms it.
 
-        Limits, by design of a lease without fencing:
-        * expiry compares wall clocks of different hosts: keep them in sync and
-          ``ttl_s`` far above the skew;
-        * a holder that stalls past ``ttl_s`` (GC pause, network partition) may
-          overlap with the next holder, and nothing stops its late writes, so
-          protected work must be idempotent (delta batches carry ids for this);
-        * with replication and a write consistency below ``all`` a failover may
-          lose a lock write;
-        * the embedded mode serves one process only, so there it guards threads at best.
+        Limits of a lease: expiry compares wall clocks of different hosts (keep them in sync, ``ttl_s`` far
+        above the skew); a holder that stalls past ``ttl_s`` may overlap with the next one, which is why the
+        clustering writes are fenced by their reserved version number (``put_fenced``); with replication and
+        a write consistency below ``all`` a failover may lose a lock write; the embedded mode serves one
+        process only.
         """
         now = time.time()
         token = uuid.uuid4().hex
         pid = lock_point_id(name)
         payload = {"kind": "lock", "key": name, "owner": owner, "token": token,
                    "acquired_at": now, "expires_at": now + float(ttl_s)}
-        cond = models.Filter(should=[
-            _eq("owner", owner),
-            models.FieldCondition(key="expires_at", range=models.Range(lt=now)),
-        ])
+        cond = models.Filter(must=[models.FieldCondition(key="expires_at", range=models.Range(lt=now))])
         with self._guard("lock"):
             self.client.upsert(self.state, points=[models.PointStruct(id=pid, vector={}, payload=payload)],
                                update_filter=cond, wait=True)
             found = self.client.retrieve(self.state, [pid], with_payload=True)
         held = bool(found) and (found[0].payload or {}).get("token") == token
         log.debug("lock %s for %s: %s", name, owner, "acquired" if held else "busy")
-        return held
+        return token if held else None
 
-    def release_lock(self, name: str, owner: str) -> bool:
-        """Drop the lease if ``owner`` holds it (conditional delete); True if it was ``owner``'s."""
+    def renew_lock(self, name: str, token: str, ttl_s: float) -> bool:
+        """Extend the lease held with ``token`` by ``ttl_s`` from now; False if that holding is gone.
+
+        Conditional on the token, so a holding that expired and was taken over is never extended.
+        """
+        pid = lock_point_id(name)
+        renewal = uuid.uuid4().hex  # read back to tell whether this renewal applied (floats may not round-trip)
+        flt = models.Filter(must=[models.HasIdCondition(has_id=[pid]), _eq("token", token)])
+        with self._guard("renew lock"):
+            self.client.set_payload(self.state, payload={"expires_at": time.time() + float(ttl_s),
+                                                         "renewal": renewal}, points=flt, wait=True)
+            found = self.client.retrieve(self.state, [pid], with_payload=True)
+        doc = (found[0].payload or {}) if found else {}
+        return doc.get("token") == token and doc.get("renewal") == renewal
+
+    def check_lock(self, name: str, token: str) -> None:
+        """Raise :class:`LockLost` unless the lease ``name`` is still held, unexpired, with ``token``."""
+        holder = self.lock_holder(name)
+        if holder is None or holder.get("token") != token:
+            raise LockLost(f"lock {name!r} is no longer held with this token "
+                           f"(holder: {None if holder is None else holder.get('owner')})")
+
+    def release_lock(self, name: str, token: str) -> bool:
+        """Drop the lease if still held with ``token`` (conditional delete); True if it was."""
         pid = lock_point_id(name)
         with self._guard("unlock"):
             found = self.client.retrieve(self.state, [pid], with_payload=True)
-            mine = bool(found) and (found[0].payload or {}).get("owner") == owner
-            flt = models.Filter(must=[models.HasIdCondition(has_id=[pid]), _eq("owner", owner)])
+            mine = bool(found) and (found[0].payload or {}).get("token") == token
+            flt = models.Filter(must=[models.HasIdCondition(has_id=[pid]), _eq("token", token)])
             self.client.delete(self.state, points_selector=models.FilterSelector(filter=flt), wait=True)
         return mine
 
     def lease(self, name: str, owner: str, ttl_s: float) -> Lease | None:
         """Take the lock ``name`` and keep renewing it in the background; None if someone else holds it.
 
-        With renewal, ``ttl_s`` no longer has to outlast the longest job: it only bounds how long a holder
-        that died (SIGKILL, lost host) blocks the next one. Release it with ``Lease.release()``.
+        With renewal, ``ttl_s`` does not have to outlast the longest job: it only bounds how long a holder
+        that died (SIGKILL, lost host) blocks the next one. Release it with ``Lease.release()`` (or ``with``).
         """
-        if not self.try_lock(name, owner, ttl_s):
+        token = self.acquire_lock(name, owner, ttl_s)
+        if token is None:
             return None
-        return Lease(self, name, owner, ttl_s).start()
+        return Lease(self, name, owner, token, ttl_s).start()
 
     def lock_holder(self, name: str) -> dict[str, Any] | None:
-        """The current lease document (owner, expires_at) if unexpired, else None."""
+        """The current lease document (owner, token, expires_at) if unexpired, else None."""
         with self._guard("lock holder"):
             found = self.client.retrieve(self.state, [lock_point_id(name)], with_payload=True)
         if not found:
@@ -802,14 +939,15 @@ class QdrantStore:
 class Lease:
     """A held store lock, renewed every third of its TTL by a daemon thread until ``release``.
 
-    If a renewal finds the lock taken (it expired while Qdrant was unreachable, or the clocks disagree),
+    If a renewal finds the holding gone (it expired while Qdrant was unreachable, or the clocks disagree),
     the lease is marked lost and ``check()`` raises :class:`LockLost`, so the holder stops before its next
-    write instead of racing the new holder. A renewal that fails because Qdrant is down is retried until the
-    lease would have expired.
+    write instead of racing the new holder. ``check()`` also asks the store, so it holds at the moment of
+    the write, not only at the last renewal. A renewal that fails because Qdrant is down is retried until
+    the lease would have expired.
     """
 
-    def __init__(self, store: QdrantStore, name: str, owner: str, ttl_s: float) -> None:
-        self.store, self.name, self.owner, self.ttl_s = store, name, owner, float(ttl_s)
+    def __init__(self, store: QdrantStore, name: str, owner: str, token: str, ttl_s: float) -> None:
+        self.store, self.name, self.owner, self.token, self.ttl_s = store, name, owner, token, float(ttl_s)
         self.expires_at = time.time() + self.ttl_s
         self.lost: str | None = None
         self._stop = threading.Event()
@@ -819,10 +957,16 @@ class Lease:
         self._thread.start()
         return self
 
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.ttl_s / 3.0):
             try:
-                renewed = self.store.try_lock(self.name, self.owner, self.ttl_s)
+                renewed = self.store.renew_lock(self.name, self.token, self.ttl_s)
             except StoreError as exc:
                 if time.time() >= self.expires_at:
                     self.lost = f"not renewed before it expired ({exc})"
@@ -837,19 +981,21 @@ class Lease:
             self.expires_at = time.time() + self.ttl_s
 
     def check(self) -> None:
-        """Raise :class:`LockLost` when the lease can no longer be trusted (call before each write phase)."""
+        """Raise :class:`LockLost` unless the lease is still ours (call before each write)."""
         if self.lost is not None:
             raise LockLost(f"lock {self.name!r} of {self.owner}: {self.lost}")
         if time.time() >= self.expires_at:
             raise LockLost(f"lock {self.name!r} of {self.owner}: expired (renewals failed)")
+        self.store.check_lock(self.name, self.token)
 
     def release(self) -> bool:
         """Stop renewing and drop the lock if still ours; True if it was."""
         self._stop.set()
-        self._thread.join(timeout=30)
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
         if self.lost is not None:
             return False
-        return self.store.release_lock(self.name, self.owner)
+        return self.store.release_lock(self.name, self.token)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -857,6 +1003,27 @@ class Lease:
 
 def _eq(key: str, value: Any) -> models.FieldCondition:
     return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+
+
+def _is_empty(key: str) -> models.IsEmptyCondition:
+    return models.IsEmptyCondition(is_empty=models.PayloadField(key=key))
+
+
+def _label_filter(*, facet: str | None = None, cluster_id: int | None = None, version: int | None = None,
+                  user_hash: str | None = None) -> models.Filter | None:
+    """Points of ``facet`` (and ``user_hash``) in ``cluster_id`` under ``version`` (see ``label_field``).
+
+    ``version`` without a cluster: every point labelled under it; a cluster without a version: the latest label.
+    """
+    must: list[Any] = [_eq(k, v) for k, v in (("facet", facet), ("user_hash", user_hash)) if v is not None]
+    if version is not None and cluster_id is not None:
+        must.append(_eq(label_field(version), int(cluster_id)))
+    elif cluster_id is not None:
+        must.append(_eq("cluster_id", int(cluster_id)))
+    flt = models.Filter(must=must) if must else None
+    if version is not None and cluster_id is None:
+        flt = models.Filter(must=must, must_not=[_is_empty(label_field(version))])
+    return flt
 
 
 def _match_filter(**fields: Any) -> models.Filter | None:

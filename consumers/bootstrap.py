@@ -1,19 +1,17 @@
-"""The first clustering of what the workers stored: k-means per hierarchy facet, published as a new version.
+"""The first clustering of what the workers stored: k-means per hierarchy facet, written as a new version.
 
 A one-shot for a fresh deployment (``clio-stream bootstrap-clusters``): until a
-clustering exists, workers store facet values unassigned. The order of writes
-is what makes it safe while workers run: centroids first, then the stored
-points' labels, and the version pointers LAST, so a worker never loads a
-version whose centroids are not there yet. Points stored between the scroll
-and the flip keep no label of the new version; the periodic re-clustering
-(with LLM names) picks them up.
+clustering exists, workers store facet values unassigned. It writes through the
+same path, under the same lock and lease, as the re-clustering job
+(``clio_stream.versions``): version number reserved under the lock, centroids,
+version-scoped labels, a fenced commit, the version pointers, then a catch-up
+of the points stored meanwhile. It publishes no site (the re-clustering job
+names clusters and publishes).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,11 +21,18 @@ from clio_stream.facets import Facet
 from clio_stream.online import OnlineKMeans, normalise_rows
 from clio_stream.settings import ClioSettings
 from clio_stream.store import QdrantStore
+from clio_stream.versions import (
+    CLUSTERING_LOCK,
+    FacetLabels,
+    VersionWrite,
+    clustering_lease,
+    job_owner,
+    recover,
+    reserve_version,
+    write_version,
+)
 
 log = logging.getLogger(__name__)
-
-LOCK_NAME = "clustering"
-LOCK_TTL_S = 3600.0
 
 
 def stored_vectors(store: QdrantStore, facet: str) -> tuple[list[str], np.ndarray]:
@@ -54,7 +59,7 @@ def cluster_facet(x: np.ndarray, facet: str, version: int, settings: ClioSetting
 
 
 def bootstrap_clustering(store: QdrantStore, facets: Sequence[Facet], settings: ClioSettings) -> int:
-    """Cluster every hierarchy facet's stored vectors as version N+1 and publish it; returns N+1.
+    """Cluster every hierarchy facet's stored vectors as a new version and make it current; returns it.
 
     Raises ``ValueError`` when no hierarchy facet has stored values, and
     ``RuntimeError`` when another clustering job holds the lock.
@@ -62,33 +67,23 @@ def bootstrap_clustering(store: QdrantStore, facets: Sequence[Facet], settings: 
     tree = [f for f in facets if f.has_hierarchy]
     if not tree:
         raise ValueError("no facet with summary criteria: nothing to cluster")
-    owner = f"bootstrap-{socket.gethostname()}-{os.getpid()}"
-    if not store.try_lock(LOCK_NAME, owner, LOCK_TTL_S):
-        raise RuntimeError(f"another clustering job holds the {LOCK_NAME!r} lock: {store.lock_holder(LOCK_NAME)}")
-    try:
-        current = [store.current_version(f.name) for f in tree]
-        version = max((v for v in current if v is not None), default=0) + 1
-        published: list[str] = []
-        for f in tree:
-            ids, x = stored_vectors(store, f.name)
-            if not ids:
-                log.warning("facet %s: no stored values to cluster; skipped", f.name)
-                continue
-            model, labels = cluster_facet(x, f.name, version, settings)
-            store.put_centroids(f.name, version, model.to_state())
-            unit = model.unit_centroids[labels]
-            sims = np.einsum("ij,ij->i", normalise_rows(x), unit)
-            store.set_labels(
-                f.name, {pid: int(c) for pid, c in zip(ids, labels)}, version,
-                similarities={pid: float(s) for pid, s in zip(ids, sims)},
-                outliers={pid: bool(s < model.outlier_similarity) for pid, s in zip(ids, sims)},
-            )
-            published.append(f.name)
-            log.info("facet %s: %d points in %d clusters (v%d)", f.name, len(ids), model.n_clusters, version)
-        if not published:
+    lease = clustering_lease(store, job_owner("bootstrap"), settings.recluster_lock_ttl_s)
+    if lease is None:
+        raise RuntimeError(f"another clustering job holds the {CLUSTERING_LOCK!r} lock: "
+                           f"{store.lock_holder(CLUSTERING_LOCK)}")
+    with lease:
+        recover(store, lease, None)
+        scrolled = {f.name: stored_vectors(store, f.name) for f in tree}
+        for name in [n for n, (ids, _) in scrolled.items() if not ids]:
+            log.warning("facet %s: no stored values to cluster; skipped", name)
+            del scrolled[name]
+        if not scrolled:
             raise ValueError("no stored facet values to cluster yet: stream some conversations first")
-        for name in published:  # last: readers switch only once everything above is written
-            store.set_current_version(name, version)
+        version = reserve_version(store, lease, list(scrolled), None)
+        parts = []
+        for name, (ids, x) in scrolled.items():
+            model, labels = cluster_facet(x, name, version, settings)
+            parts.append(FacetLabels(name, model, ids, normalise_rows(x), labels))
+            log.info("facet %s: %d points in %d clusters (v%d)", name, len(ids), model.n_clusters, version)
+        write_version(store, lease, VersionWrite(version=version, facets=parts), None)
         return version
-    finally:
-        store.release_lock(LOCK_NAME, owner)

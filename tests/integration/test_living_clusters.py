@@ -17,7 +17,8 @@ tests/reliability. What this test is about, the living-cluster mechanics, then m
 Checked: the new topic gets a cluster of its own; most version-1 leaf ids survive (measured, logged);
 every vanished id still resolves through the API; the worker never stopped and switched to version 2
 without a restart; every answer and every site file the reader got during the switch is internally
-consistent with exactly one version; clusters below the distinct-user minimum appear nowhere.
+consistent with exactly one version, and no visible leaf pages empty while the next version's labels are
+written; clusters below the distinct-user minimum appear nowhere.
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ class Reader(threading.Thread):
         self.site_versions: set[str] = set()
         self.mixed: list[str] = []
         self.switches_noticed = 0  # a file from a newer site than its manifest: detectable, the page reloads
+        self.empty_pages: list[str] = []
         self._ids: dict[str, set[str]] = {}
         self._site_to_version: dict[str, str] = {}
 
@@ -144,11 +146,18 @@ class Reader(threading.Thread):
         tree = self._get(f"/v1/facets/{REQUEST}/tree")
         v = tree["version"]
         self.api_versions.add(v)
-        ids, stack = set(), list(tree["roots"])
+        ids, stack, leaves = set(), list(tree["roots"]), []
         while stack:
             node = stack.pop()
             ids.add(node["id"])
             stack.extend(node["children"])
+            if node["level"] == 0 and node["size"] > 0:
+                leaves.append(node["id"])
+        for leaf in leaves:  # a visible leaf of the served version never pages empty (labels of the next
+            page = self.client.get(f"/v1/facets/{REQUEST}/clusters/{leaf}/conversations",  # version included)
+                                   params={"limit": 500}, headers={"Authorization": f"Bearer {ADMIN}"}).json()
+            if page["version"] == v and not page["items"] and page["next_cursor"] is None:
+                self.empty_pages.append(f"version {v}: leaf {leaf} paged no member")
         known = self.ids_of(v)
         if known is None or not ids <= known:
             self.mixed.append(f"API tree of version {v} holds ids of another version: {sorted(ids - (known or set()))[:3]}")
@@ -281,6 +290,7 @@ def test_new_topic_ids_survive_and_readers_never_see_a_mix(
                  reader.reads, sorted(reader.api_versions), len(reader.site_versions), reader.switches_noticed,
                  reader.mixed[:3])
         assert not reader.mixed
+        assert not reader.empty_pages, reader.empty_pages[:3]
         assert {"1", "2"} <= reader.api_versions and len(reader.site_versions) >= 2
 
         # The new topic (programming and maths: it may well split in two) gets clusters of its own: new ids

@@ -5,7 +5,8 @@ import pytest
 
 from clio_stream.facets import main_facets
 from clio_stream.publish import load_current, read_pointer
-from clio_stream.recluster import LOCK_NAME, recluster_once
+from clio_stream.recluster import recluster_once
+from clio_stream.versions import CLUSTERING_LOCK
 from clio_stream.settings import ClioSettings
 from clio_stream.store import FacetPoint, QdrantStore
 
@@ -55,7 +56,7 @@ def test_recluster_publishes_a_complete_version(setup):
     # Stats come from the stored numeric facet.
     h = load_current(pub).result.hierarchies["Request"]
     assert all(n.numeric["Concerning"].count == n.size for n in h.nodes.values())
-    assert store.lock_holder(LOCK_NAME) is None
+    assert store.lock_holder(CLUSTERING_LOCK) is None
 
 
 def test_second_run_is_a_new_version_warm_started(setup):
@@ -74,7 +75,7 @@ def test_second_run_is_a_new_version_warm_started(setup):
 def test_lock_held_elsewhere_skips(setup):
     store, emb, settings, pub = setup
     fill(store, emb, n=12)
-    assert store.try_lock(LOCK_NAME, "someone-else", 60)
+    assert store.acquire_lock(CLUSTERING_LOCK, "someone-else", 60)
     assert recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets, settings, publish_dir=pub) is None
     assert read_pointer(pub) is None
 
@@ -249,3 +250,127 @@ def test_id_allocator_never_reuses_numbers():
     ids = IdAllocator.restore("request", {"next": {"0": 4}}, ["request-l0-9", "request-l1-2", "task-l0-50", "x"])
     assert ids.new(0) == "request-l0-10" and ids.new(1) == "request-l1-3" and ids.new(2) == "request-l2-0"
     assert IdAllocator.restore("request", ids.state()).new(0) == "request-l0-11"
+
+
+# --------------------------------------------------------------------------- issue 13: wedges and gaps
+
+
+def second_version_world(setup):
+    """Version 1 over 60 conversations, then 6 more stored by a worker labelled under version 1."""
+    from tests.recluster_harness import points, worker_models
+
+    store, emb, settings, pub = setup
+    store.upsert_facets(points(emb, 0, 60))
+    assert recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets, settings, publish_dir=pub).version == 1
+    store.upsert_facets(points(emb, 60, 6, worker_models(store)))
+    return store, emb, settings.with_overrides(api_keys=f"analyst:{ANALYST}"), pub
+
+
+ANALYST = "analyst-key-for-fault-tests"
+
+
+def test_a_store_error_between_the_publish_and_the_pointers_does_not_wedge_the_next_runs(setup, monkeypatch):
+    """Defect 4: the pointer flip failing once must not make every later run reuse the version and fail."""
+    from clio_stream.store import StoreUnavailable
+    from tests.recluster_harness import assert_complete, served
+
+    store, emb, settings, pub = second_version_world(setup)
+    real = store.set_current_version
+    failures = iter([StoreUnavailable("qdrant set state failed: injected")])
+
+    def flaky(facet, version):
+        err = next(failures, None)
+        if err is not None:
+            raise err
+        return real(facet, version)
+
+    monkeypatch.setattr(store, "set_current_version", flaky)
+    with pytest.raises(StoreUnavailable):
+        recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets, settings, publish_dir=pub)
+    for _ in range(2):  # the next runs succeed, each a new version that every reader follows
+        report = recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets, settings, publish_dir=pub)
+        assert report is not None
+        now = served(store, pub, settings)
+        assert now.store == {f: report.version for f in now.store} and now.published == now.api == str(report.version)
+        assert_complete(now, store)
+
+
+def test_a_run_that_lost_its_lease_writes_nothing_over_the_next_holders_version(setup, monkeypatch):
+    """Defect 4 (fencing): run A stalls past its lease, B takes the lock and publishes; A must stop, not
+    overwrite B's version number."""
+    from qdrant_client import models
+
+    import clio_stream.recluster as rc
+    from clio_stream.store import LockLost, lock_point_id
+    from tests.recluster_harness import assert_complete, served
+
+    store, emb, settings, pub = second_version_world(setup)
+    real = rc.recluster_facet
+    b_reports = []
+    stalled = []
+
+    def stall_then_lose_the_lease(*args, **kwargs):
+        if not stalled:  # A, clustering its first facet, stalls past its lease; B takes the lock meanwhile
+            stalled.append(True)
+            store.client.delete(store.state, points_selector=models.PointIdsList(points=[lock_point_id(CLUSTERING_LOCK)]))
+            b_reports.append(recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets, settings,
+                                            publish_dir=pub, owner="run-b"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rc, "recluster_facet", stall_then_lose_the_lease)
+    with pytest.raises(LockLost):
+        recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets, settings, publish_dir=pub,
+                       owner="run-a")
+    b = b_reports[0]
+    assert b is not None
+    now = served(store, pub, settings)
+    assert now.store == {f: b.version for f in now.store} and now.published == now.api == str(b.version)
+    assert_complete(now, store)
+    doc = store.get_centroids("Request", b.version)
+    assert doc is not None and doc.get("version") == b.version
+
+
+def test_the_served_version_pages_every_member_while_the_next_one_is_written(setup, monkeypatch):
+    """Defect 8: labels of the next version are written before the API switches; the served version's
+    member pages must stay complete meanwhile, and a conversation's answer keep its cluster."""
+    from tests.recluster_harness import assert_complete, conversation_leaf, served
+
+    store, emb, settings, pub = second_version_world(setup)
+    real = store.set_labels
+    seen = []
+
+    leaf_of_c0 = next(n.id for n in load_current(pub).result.hierarchies["Request"].leaves()
+                      if "c0" in n.conversation_ids)
+
+    def labels_then_look(facet, labels, version, **kw):
+        out = real(facet, labels, version, **kw)
+        if version == 2 and not seen:
+            seen.append((served(store, pub, settings), conversation_leaf(store, pub, settings, "c0", "Request")))
+        return out
+
+    monkeypatch.setattr(store, "set_labels", labels_then_look)
+    assert recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets, settings, publish_dir=pub).version == 2
+    assert seen and seen[0][0].api == "1"
+    assert_complete(seen[0][0], store)
+    assert seen[0][1] == (leaf_of_c0, 1)  # a conversation's answer keeps its cluster in the served version
+
+
+def test_points_stored_between_the_scroll_and_the_switch_are_in_the_new_version(setup, monkeypatch):
+    """Defect 8: a worker on version 1 stores conversations while version 2 is computed; version 2 lists them."""
+    import clio_stream.recluster as rc
+    from tests.recluster_harness import assert_complete, points, served, worker_models
+
+    store, emb, settings, pub = second_version_world(setup)
+    real = rc.load_stored
+
+    def scroll_then_worker_writes(*args, **kwargs):
+        out = real(*args, **kwargs)
+        store.upsert_facets(points(emb, 66, 4, worker_models(store)))
+        return out
+
+    monkeypatch.setattr(rc, "load_stored", scroll_then_worker_writes)
+    report = recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets, settings, publish_dir=pub)
+    assert report.version == 2 and report.points["Request"] == 66  # the 4 came after the scroll
+    now = served(store, pub, settings)
+    assert now.api == "2"
+    assert_complete(now, store)
