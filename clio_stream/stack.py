@@ -21,9 +21,32 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from clio_stream.settings import ClioSettings
+from clio_stream.settings import DEFAULT_USER_ID_HASH_KEY, ClioSettings, check_user_hash_key
 
 log = logging.getLogger(__name__)
+
+API_KEYS_FILE = "api-keys"
+USER_HASH_KEY_FILE = "user-id-hash-key"
+
+
+def write_private(path: Path, text: str) -> Path:
+    """Write ``text`` readable by its owner only (created with mode 600, never world-readable in between)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+    return path
+
+
+def demo_user_hash_key(run_dir: Path) -> str:
+    """The demo's user hash key: generated once and kept, since the user hashes in Qdrant outlive a run."""
+    path = run_dir / USER_HASH_KEY_FILE
+    if path.exists():
+        return path.read_text().strip()
+    key = secrets.token_urlsafe(32)
+    write_private(path, key + "\n")
+    return key
 
 
 def _host_port(address: str, default_port: int) -> tuple[str, int]:
@@ -46,6 +69,7 @@ class Stack:
     threads: list[Any] = field(default_factory=list)
     viewer_key: str | None = None
     admin_key: str | None = None
+    keys_file: Path | None = None  # the generated keys (mode 600); never logged
     urls: dict[str, str] = field(default_factory=dict)
 
     # -- start ---------------------------------------------------------------
@@ -92,11 +116,18 @@ class Stack:
                                                  llm_model=model)
         self.urls["llm"] = s.llm_base_url or ""
 
+        if s.user_id_hash_key == DEFAULT_USER_ID_HASH_KEY:
+            s = self.settings = s.with_overrides(user_id_hash_key=demo_user_hash_key(self.run_dir))
+            log.info("using the demo's user hash key in %s (set CLIO_USER_ID_HASH_KEY to choose your own)",
+                     self.run_dir / USER_HASH_KEY_FILE)
+        check_user_hash_key(s)  # a placeholder set on purpose is refused here as by every service
         if s.api_keys is None and not s.api_allow_anonymous:
             self.viewer_key, analyst, self.admin_key = (secrets.token_urlsafe(18) for _ in range(3))
             s = self.settings = s.with_overrides(
                 api_keys=f"viewer:{self.viewer_key},analyst:{analyst},admin:{self.admin_key}")
-            log.info("generated API keys for this run (set CLIO_API_KEYS to choose your own)")
+            self.keys_file = write_private(self.run_dir / API_KEYS_FILE,
+                                           f"viewer:{self.viewer_key}\nanalyst:{analyst}\nadmin:{self.admin_key}\n")
+            log.info("generated API keys for this run in %s (set CLIO_API_KEYS to choose your own)", self.keys_file)
 
         self._start_consumers(logs)
         self._start_api()
@@ -143,7 +174,9 @@ class Stack:
             raise RuntimeError(f"the API did not start on {s.web_host}:{s.web_port} (port in use?)")
         self.threads.append(server)
         base = f"http://{s.web_host}:{s.web_port}"
-        self.urls["dashboard"] = f"{base}/" + (f"?key={self.viewer_key}" if self.viewer_key else "")
+        self.urls["dashboard"] = f"{base}/"
+        if self.viewer_key:
+            self.urls["dashboard_login"] = f"{base}/?key={self.viewer_key}"
         self.urls["api_docs"] = f"{base}/docs"
 
     def _start_scheduler(self) -> None:
