@@ -119,6 +119,7 @@ def env(qdrant_server: Any, kafka_broker: Any, tmp_path_factory: pytest.TempPath
         api_keys=",".join(f"{role}:{key}" for role, key in KEYS.items()), api_max_page_size=50,
         api_status_cache_s=0, api_max_body_bytes=64 * 1024, api_max_batch=20, api_produce_timeout_s=20,
         show_conversations=True, store_raw_conversations=True,
+        api_auth_failures_burst=100_000,  # the auth matrix presents wrong keys on purpose, all from one address
     )
     ensure_topics(kafka_broker.bootstrap, {settings_.topic: 1})
     fixture = make_site_fixture()
