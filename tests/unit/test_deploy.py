@@ -903,7 +903,7 @@ def test_recluster_service_snapshot_and_run(tmp_path: Path) -> None:
     store.ensure_collections(emb.dim)
     settings = ClioSettings(show_progress=False, n_name_description_samples_per_cluster=1, n_rename_samples=1,
                             n_categorize_samples=1, llm_max_retries=0, min_top_level_size=2,
-                            min_cluster_users=1, min_cluster_conversations=1)
+                            min_cluster_users=2, min_cluster_conversations=3)
     service = ReclusterService(settings, store=store, llm=ScriptedLLM(sensible_script), embedder=emb,
                                publish_dir=tmp_path / "published")
     assert service.trigger_facet == next(f.name for f in main_facets if f.has_hierarchy)
