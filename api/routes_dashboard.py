@@ -8,6 +8,11 @@ the same URL without the key (the ``#`` view state survives the redirect).
 The cookie is accepted for GET requests only, so it cannot be used to change
 anything even if a request were forged.
 
+Data files follow the API's roles (``data_file_role``): member pages and
+conversation chunks are conversation-level data, for analysts, like the
+members and conversation routes; a viewer is answered 403 and the page says
+an analyst key is needed.
+
 The served page gets ``<meta name="clio-api">``, which switches on its live
 status panel and its polling for new versions, and a Content-Security-Policy
 that allows exactly the page's own inline script (by hash) and same-origin fetches.
