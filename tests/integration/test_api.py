@@ -487,7 +487,8 @@ def test_post_lands_on_the_topic_and_reads_as_pending(env: Env) -> None:
     assert decoded.timestamp == pytest.approx(1714564800.0) and decoded.metadata == {"source": "api"}
     # Accepted but not yet stored by a worker: pending, not 404.
     assert c.get(f"/v1/conversations/{cid}", headers=_auth("analyst")).json() == {
-        "id": cid, "status": "pending", "timestamp": None, "version": None, "facets": {}, "messages": None}
+        "id": cid, "status": "pending", "timestamp": None, "version": None, "withheld": False, "facets": {},
+        "messages": None}
 
 
 BAD_BODIES: list[tuple[Any, str, str]] = [
