@@ -24,13 +24,13 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic.json_schema import models_json_schema
 
 from api import routes_admin, routes_clusters, routes_conversations, routes_dashboard, routes_status
-from api.auth import KeyRing, Role
+from api.auth import FailedAuthLimiter, KeyRing, Role
 from api.deps import ApiContext, require
 from api.metrics import ApiMetrics
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware, request_id_of
 from api.schemas import BatchIn, ConversationIn
 from clio_stream.publish import resolve_publish_dir
-from clio_stream.settings import ClioSettings
+from clio_stream.settings import ClioSettings, check_user_hash_key
 from clio_stream.site.writer import normalize_html_root
 from clio_stream.store import QdrantStore, StoreError, StoreUnavailable
 
@@ -55,6 +55,7 @@ def create_app(settings: ClioSettings | None = None, *, store: QdrantStore | Non
         settings=settings,
         store=store if store is not None else QdrantStore.from_settings(settings),
         keyring=keyring,
+        auth_limiter=FailedAuthLimiter.from_settings(settings),
         metrics=metrics,
         publish_dir=resolve_publish_dir(settings),
         producer=producer,
@@ -153,7 +154,8 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = ClioSettings()
-    KeyRing.from_settings(settings)  # refuse to start without keys before forking workers
+    KeyRing.from_settings(settings)  # refuse to start without keys (or with placeholders) before forking workers
+    check_user_hash_key(settings)
     common: dict[str, Any] = {"host": settings.web_host, "port": settings.web_port, "log_level": "info",
                               "access_log": False}
     if settings.api_workers > 1:

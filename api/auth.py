@@ -11,6 +11,10 @@ workers and replicas: ``label.expiry.signature`` where the signature is an
 HMAC keyed by a second one-way hash of the key that issued it. The role comes
 from the server's key list, never from the cookie, so a cookie can only ever
 carry its own key's role, and removing a key ends its sessions.
+
+Key guessing is throttled per client address (``FailedAuthLimiter``): a few wrong
+keys in a row, then 429 with ``Retry-After`` for every presented key, right or
+wrong, so a throttled guesser learns nothing from the answers.
 """
 
 from __future__ import annotations
@@ -19,10 +23,16 @@ import base64
 import hashlib
 import hmac
 import logging
+import math
+import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Literal, NamedTuple
+
+from clio_stream.settings import NEW_SECRET_HINT, is_placeholder
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +112,9 @@ def parse_api_keys(spec: str | None) -> list[KeyEntry]:
         key = key.strip()
         if not key:
             raise ValueError(f"api_keys entry {position} ({role.name}) has an empty key")
+        if is_placeholder(key):
+            raise ValueError(f"api_keys entry {position} ({role.name}) is a CHANGE-ME placeholder from an example "
+                             f"file: set CLIO_API_KEYS to keys of your own (e.g. {NEW_SECRET_HINT} each)")
         digest = hash_key(key)
         if digest in seen:
             raise ValueError(f"api_keys entry {position} ({role.name}) repeats an earlier key")
@@ -181,3 +194,44 @@ class KeyRing:
 def _sign(secret: bytes, label: str, expiry: int) -> str:
     mac = hmac.new(secret, f"{label}.{expiry}".encode(), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(mac).decode().rstrip("=")
+
+
+class FailedAuthLimiter:
+    """A token bucket of wrong keys per client address: ``burst`` in a row, then ``per_minute``.
+
+    Only presented keys count (a missing key is not a guess). While an address has no token left every key it
+    presents is refused without being looked up. Memory is bounded: at most ``max_clients`` addresses are
+    remembered, the least recently failing forgotten first (a forgotten address starts with a full bucket).
+    """
+
+    def __init__(self, burst: int, per_minute: float, *, max_clients: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.burst = float(burst)
+        self.rate = per_minute / 60.0
+        self.max_clients = max_clients
+        self.clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # address -> (tokens, at)
+        self._lock = threading.Lock()
+
+    def _tokens(self, client: str, now: float) -> float:
+        tokens, at = self._buckets.get(client, (self.burst, now))
+        return min(self.burst, tokens + (now - at) * self.rate)
+
+    def retry_after(self, client: str) -> int:
+        """Whole seconds until ``client`` may present a key again (0: now)."""
+        with self._lock:
+            tokens = self._tokens(client, self.clock())
+        return 0 if tokens >= 1 else math.ceil((1 - tokens) / self.rate)
+
+    def failed(self, client: str) -> None:
+        """Count one wrong key from ``client``."""
+        with self._lock:
+            now = self.clock()
+            self._buckets[client] = (max(0.0, self._tokens(client, now) - 1), now)
+            self._buckets.move_to_end(client)
+            while len(self._buckets) > self.max_clients:
+                self._buckets.popitem(last=False)
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> FailedAuthLimiter:
+        return cls(settings.api_auth_failures_burst, settings.api_auth_failures_per_minute)

@@ -14,7 +14,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api.auth import SESSION_COOKIE, KeyRing, Principal, Role
+from api.auth import SESSION_COOKIE, FailedAuthLimiter, KeyRing, Principal, Role
 from api.metrics import ApiMetrics
 from api.views import VIEW_KEY, VersionView, view_of
 from clio_stream.kafka_connection import KafkaConnection
@@ -83,6 +83,7 @@ class ApiContext:
     keyring: KeyRing
     metrics: ApiMetrics
     publish_dir: Path
+    auth_limiter: FailedAuthLimiter
     producer: Any = None
     owns_producer: bool = False
     pending: RecentIds = field(default_factory=RecentIds)
@@ -162,9 +163,8 @@ def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | N
     """
     ctx: ApiContext = request.app.state.ctx
     if credentials is not None:
-        principal = ctx.keyring.lookup(credentials.credentials)
+        principal = check_key(request, credentials.credentials)
         if principal is None:
-            ctx.metrics.auth_failures.labels("401").inc()
             raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": "Bearer"})
         return principal
     token = request.cookies.get(SESSION_COOKIE)
@@ -173,6 +173,31 @@ def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | N
         if principal is not None:
             return principal
     return ctx.keyring.anonymous()
+
+
+def client_address(request: Request) -> str:
+    """The caller's address as uvicorn resolved it (behind a proxy: from X-Forwarded-For, if trusted)."""
+    return request.client.host if request.client is not None else "unknown"
+
+
+def check_key(request: Request, key: str) -> Principal | None:
+    """The principal of a presented key, or None (counted against the caller's address).
+
+    429 with Retry-After while the address is throttled, before the key is even looked up.
+    """
+    ctx: ApiContext = request.app.state.ctx
+    client = client_address(request)
+    wait = ctx.auth_limiter.retry_after(client)
+    if wait > 0:
+        ctx.metrics.auth_failures.labels("429").inc()
+        raise HTTPException(429, "too many wrong API keys from this address; retry later",
+                            headers={"Retry-After": str(wait)})
+    principal = ctx.keyring.lookup(key)
+    if principal is None:
+        ctx.auth_limiter.failed(client)
+        ctx.metrics.auth_failures.labels("401").inc()
+        log.warning("wrong API key from %s", client)
+    return principal
 
 
 def require(role: Role) -> Callable[..., Principal]:

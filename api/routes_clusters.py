@@ -87,7 +87,7 @@ async def tree(principal: Viewer, view: View, facet: str) -> Response:
 def trends(principal: Viewer, view: View, facet: str,
            limit: Annotated[int, Query(ge=1, le=100)] = 10) -> dict[str, Any]:
     fv = _facet(view, facet)
-    shown = [n for n in fv.hierarchy.nodes.values() if n.id in fv.visible and n.trend is not None]
+    shown = [n for n in fv.public.values() if n.trend is not None]
     growing = sorted((n for n in shown if n.trend.growth is not None),  # type: ignore[union-attr]
                      key=lambda n: (-n.trend.growth, -n.size, n.id))  # type: ignore[union-attr]
     first = next((n.trend for n in shown), None)

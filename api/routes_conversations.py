@@ -89,12 +89,13 @@ def _conversation_out(ctx: ApiContext, view: VersionView | None, cid: str, doc: 
                     answer.update(cluster_id=node.id, cluster_name=node.name,
                                   path=[{"id": n.id, "name": n.name} for n in path])
         answers[name] = answer
-    for name in withheld_in:
-        if name in answers:
-            answers[name] = {"withheld": True}
+    if withheld_in:  # withheld in one facet is withheld as a whole, as on the site: no facet, time or message
+        return ConversationOut(id=cid, status="pending" if status == "pending" else "processed",
+                               version=view.version if view is not None else None, withheld=True,
+                               facets={name: {"withheld": True} for name in answers})
     messages = None
     raw = doc.get("raw")
-    if ctx.settings.show_conversations and not withheld_in and isinstance(raw, list):
+    if ctx.settings.show_conversations and isinstance(raw, list):
         messages = [{"role": str(m.get("role")), "content": str(m.get("content"))} for m in raw if isinstance(m, dict)]
     return ConversationOut(
         id=cid,

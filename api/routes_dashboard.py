@@ -8,6 +8,11 @@ the same URL without the key (the ``#`` view state survives the redirect).
 The cookie is accepted for GET requests only, so it cannot be used to change
 anything even if a request were forged.
 
+Data files follow the API's roles (``data_file_role``): member pages and
+conversation chunks are conversation-level data, for analysts, like the
+members and conversation routes; a viewer is answered 403 and the page says
+an analyst key is needed.
+
 The served page gets ``<meta name="clio-api">``, which switches on its live
 status panel and its polling for new versions, and a Content-Security-Policy
 that allows exactly the page's own inline script (by hash) and same-origin fetches.
@@ -16,10 +21,8 @@ that allows exactly the page's own inline script (by hash) and same-origin fetch
 from __future__ import annotations
 
 import base64
-import gzip
 import hashlib
 import html
-import json
 import logging
 import re
 from pathlib import Path
@@ -30,7 +33,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from fastapi.security import HTTPAuthorizationCredentials
 
 from api.auth import SESSION_COOKIE, Principal, Role
-from api.deps import ApiContext, Ctx, authenticate, bearer_scheme
+from api.deps import ApiContext, Ctx, authenticate, bearer_scheme, check_key
 from clio_stream.publish import PublishedVersion, load_current
 
 log = logging.getLogger(__name__)
@@ -83,9 +86,8 @@ def dashboard(
     key: Annotated[str | None, Query(max_length=512)] = None,
 ) -> Response:
     if key is not None:
-        principal = ctx.keyring.lookup(key)
+        principal = check_key(request, key)
         if principal is None:
-            ctx.metrics.auth_failures.labels("401").inc()
             return _notice("Invalid key", "That key is not valid for this dashboard.", 401)
         token = ctx.keyring.issue_session(principal, ctx.settings.api_session_ttl_s)
         rest = request.url.remove_query_params("key")
@@ -104,23 +106,16 @@ def dashboard(
                                        "X-Frame-Options": "DENY"})
 
 
-def _without_messages(published: PublishedVersion, target: Path) -> bytes:
-    """A conversation chunk with raw messages removed (what a viewer may see), built once per file and version.
+def data_file_role(relative: Path) -> Role:
+    """The role a site data file needs: the API's rule, applied to the files the dashboard reads.
 
-    The site carries messages when ``show_conversations`` is on, for analysts; a
-    viewer sees aggregates and facet values only, as in the API.
+    Member pages and conversation chunks (and their index) are conversation-level data, as the
+    members and conversation routes are: analyst. Trees, children and the manifest are aggregates: viewer.
     """
-    key = f"api.viewer_chunk:{target}"
-    cached = published.cache.get(key)
-    if cached is None:
-        doc = json.loads(gzip.decompress(target.read_bytes()))
-        for record in doc.get("conversations", []) if isinstance(doc, dict) else []:
-            if isinstance(record, dict):
-                record.pop("messages", None)
-                record.pop("timestamp", None)
-        cached = gzip.compress(json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode(), mtime=0)
-        published.cache[key] = cached
-    return cached
+    top = relative.parts[0] if relative.parts else ""
+    if top == "conversations" or (len(relative.parts) >= 2 and relative.parts[1] == "members"):
+        return Role.analyst
+    return Role.viewer
 
 
 @router.get("/data/{path:path}")
@@ -138,10 +133,9 @@ def data_file(request: Request, ctx: Ctx, credentials: Credentials, path: str) -
             return Response(status_code=404)
     except (ValueError, OSError):  # a NUL byte or an over-long name: no such file, not a server error
         return Response(status_code=404)
-    conversations = base / "conversations"
-    if not principal.allows(Role.analyst) and target.parent == conversations and target.name.endswith(".json.gz") \
-            and target.name != "index.json.gz":
-        return Response(_without_messages(published, target), media_type=_MEDIA[".gz"],
-                        headers={"Cache-Control": "no-cache"})
+    needed = data_file_role(target.relative_to(base))
+    if not principal.allows(needed):
+        ctx.metrics.auth_failures.labels("403").inc()
+        return Response(status_code=403, headers={"Cache-Control": "no-store"})
     return FileResponse(target, media_type=_MEDIA.get(Path(path).suffix, "application/octet-stream"),
                         headers={"Cache-Control": "no-cache"})

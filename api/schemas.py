@@ -218,6 +218,8 @@ class ConversationOut(BaseModel):
     status: Literal["processed", "pending"]
     timestamp: float | None = None
     version: str | None = Field(None, description="The published clustering version the clusters come from.")
+    withheld: bool = Field(False, description="In a withheld cluster of some facet: then every facet, the time "
+                           "and the messages are withheld, as on the site.")
     facets: dict[str, FacetAnswer] = Field(default_factory=dict)
     messages: list[MessageOut] | None = None
 

@@ -5,9 +5,10 @@ Privacy rules (the same as the static site's):
 * a node is visible when it is reachable from a visible root through visible
   nodes only; anything else is answered exactly like an unknown id (404);
 * a parent reports the conversations of its withheld children only as one
-  aggregate ``other_count``;
-* a conversation inside a withheld node of any facet is "withheld" for that
-  facet: no value, no cluster, and no raw messages.
+  aggregate ``other_count``; its users, numeric statistics and trend are
+  aggregated over its visible children only (``privacy.public_nodes``);
+* a conversation inside a withheld node of any facet is withheld as a whole,
+  as on the site: no value or cluster in any facet, no raw messages.
 
 Everything derived from the (immutable) version is computed once and kept in
 ``PublishedVersion.cache``; the tree answers are pre-serialised bytes.
@@ -22,6 +23,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from clio_stream.privacy import public_nodes, user_identity, visible_node_ids, withheld_nodes
 from clio_stream.publish import PublishedVersion, list_versions, read_lineage
 from clio_stream.types import ClusterNode, FacetHierarchy
 
@@ -45,6 +47,7 @@ class FacetView:
     cluster_version: int | None
     store_cluster: dict[str, int]  # level-0 node id -> online cluster id in the store
     node_of_cluster: dict[int, str]  # the inverse
+    public: dict[str, ClusterNode] = field(default_factory=dict)  # visible node id -> node as shown to anyone
     tree_json: bytes = b""
 
     def node(self, node_id: str) -> ClusterNode | None:
@@ -150,12 +153,13 @@ def build_view(published: PublishedVersion, publish_dir: Any = None) -> VersionV
         explicit_versions = {name: explicit_versions.get(name, common) for name in result.hierarchies}
     withheld: dict[str, set[str]] = {}
     facet_views: dict[str, FacetView] = {}
+    users = {c.id: user_identity(c) for c in result.conversations}
     for name, hierarchy in result.hierarchies.items():
         fv = _facet_view(name, hierarchy, explicit_clusters, explicit_versions.get(name))
-        for nid, node in hierarchy.nodes.items():
-            if nid not in fv.visible and _withholds(hierarchy, node):
-                for cid in node.conversation_ids:
-                    withheld.setdefault(cid, set()).add(name)
+        fv.public = public_nodes(hierarchy, users)
+        for node in withheld_nodes(hierarchy):
+            for cid in node.conversation_ids:
+                withheld.setdefault(cid, set()).add(name)
         facet_views[name] = fv
     view = VersionView(
         version=published.version,
@@ -173,29 +177,10 @@ def build_view(published: PublishedVersion, publish_dir: Any = None) -> VersionV
     return view
 
 
-def _withholds(hierarchy: FacetHierarchy, node: ClusterNode) -> bool:
-    """True for a hidden node or a node under one (the site writer's rule)."""
-    seen: set[str] = set()
-    current: ClusterNode | None = node
-    while current is not None and current.id not in seen:
-        if current.hidden:
-            return True
-        seen.add(current.id)
-        current = hierarchy.nodes.get(current.parent_id) if current.parent_id else None
-    return False
-
-
 def _facet_view(name: str, hierarchy: FacetHierarchy, explicit_clusters: dict[str, int],
                 cluster_version: int | None) -> FacetView:
-    visible: set[str] = set()
-    roots = [r for r in hierarchy.root_ids if r in hierarchy.nodes and not hierarchy.nodes[r].hidden]
-    stack = list(roots)
-    while stack:
-        nid = stack.pop()
-        if nid in visible:
-            continue
-        visible.add(nid)
-        stack.extend(c for c in hierarchy.nodes[nid].children if c in hierarchy.nodes and not hierarchy.nodes[c].hidden)
+    visible = visible_node_ids(hierarchy)
+    roots = [r for r in hierarchy.root_ids if r in visible]
     all_roots = [hierarchy.nodes[r] for r in hierarchy.root_ids if r in hierarchy.nodes]
     hidden_roots = [r for r in all_roots if r.id not in visible]
     store_cluster: dict[str, int] = {}
@@ -237,7 +222,7 @@ def _all_lineage(published: PublishedVersion, publish_dir: Any) -> dict[str, str
 def summary(fv: FacetView, node: ClusterNode) -> dict[str, Any]:
     """The public fields of a visible node (no member ids, no hidden children)."""
     return {
-        **node.public_fields(),
+        **fv.public[node.id].public_fields(),
         "n_children": len(fv.visible_children(node)),
         "other_count": fv.withheld_count(node),
     }

@@ -117,6 +117,15 @@ def _streaming_settings(args: argparse.Namespace):
     return _settings(args).with_overrides(**overrides)
 
 
+def _service_settings(args: argparse.Namespace):
+    """``_streaming_settings`` for a service that stores or matches user hashes: refused with a placeholder key."""
+    from clio_stream.settings import check_user_hash_key
+
+    settings = _streaming_settings(args)
+    check_user_hash_key(settings)
+    return settings
+
+
 def cmd_consume(args: argparse.Namespace) -> int:
     """Run one worker of the consumer group until SIGTERM / SIGINT."""
     import signal
@@ -124,7 +133,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
 
     from consumers.worker import ConsumerWorker
 
-    settings = _streaming_settings(args)
+    settings = _service_settings(args)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -173,7 +182,7 @@ def cmd_bootstrap_clusters(args: argparse.Namespace) -> int:
     from clio_stream.store import QdrantStore
     from consumers.bootstrap import bootstrap_clustering
 
-    settings = _streaming_settings(args)
+    settings = _service_settings(args)
     with QdrantStore.from_settings(settings) as store:
         version = bootstrap_clustering(store, _facets(args.facets), settings)
     log.info("published clustering version %d", version)
@@ -195,20 +204,28 @@ def cmd_up(args: argparse.Namespace) -> int:
                   recluster_interval_s=args.recluster_interval)
     try:
         stack.start()
-        lines = ["", "clio-stream is up.", f"  dashboard:  {stack.urls.get('dashboard')}",
-                 f"  API docs:   {stack.urls.get('api_docs')}  (Authorization: Bearer <key>)",
-                 f"  Kafka:      {stack.settings.kafka_bootstrap}  topic {stack.settings.topic}",
-                 f"  Qdrant:     {stack.settings.qdrant_url}", f"  vLLM:       {stack.urls.get('llm')}",
-                 "  metrics:    " + "  ".join(u for k, u in stack.urls.items() if k.endswith("metrics"))]
-        if stack.admin_key:
-            lines.append(f"  keys:       viewer {stack.viewer_key}   admin {stack.admin_key}")
-        lines.append("The dashboard fills in after the first re-clustering (about 30 conversations in). Ctrl-C stops.")
-        for line in lines:
+        for line in _up_summary(stack):
             log.info("%s", line)
+        if stack.viewer_key:  # the log-in link carries a key: to the terminal only, never into the logs
+            sys.stdout.write(f"Open the dashboard: {stack.urls.get('dashboard_login')}\n")
+            sys.stdout.flush()
         stop.wait()
     finally:
         stack.stop()
     return 0
+
+
+def _up_summary(stack) -> list[str]:
+    """What ``up`` logs once it is up: addresses, and where the generated keys are (the keys themselves never)."""
+    lines = ["", "clio-stream is up.", f"  dashboard:  {stack.urls.get('dashboard')}",
+             f"  API docs:   {stack.urls.get('api_docs')}  (Authorization: Bearer <key>)",
+             f"  Kafka:      {stack.settings.kafka_bootstrap}  topic {stack.settings.topic}",
+             f"  Qdrant:     {stack.settings.qdrant_url}", f"  vLLM:       {stack.urls.get('llm')}",
+             "  metrics:    " + "  ".join(u for k, u in stack.urls.items() if k.endswith("metrics"))]
+    if stack.keys_file:
+        lines.append(f"  keys:       viewer, analyst and admin keys in {stack.keys_file} (readable by you only)")
+    lines.append("The dashboard fills in after the first re-clustering (about 30 conversations in). Ctrl-C stops.")
+    return lines
 
 
 def cmd_api(args: argparse.Namespace) -> int:
@@ -216,7 +233,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.auth import KeyRing
-    from clio_stream.settings import ClioSettings
+    from clio_stream.settings import ClioSettings, check_user_hash_key
 
     overrides = {}
     for flag, name in (("host", "web_host"), ("port", "web_port"), ("workers", "api_workers")):
@@ -226,7 +243,8 @@ def cmd_api(args: argparse.Namespace) -> int:
             # Worker processes build their own app from the environment: hand the overrides down.
             os.environ[f"CLIO_{name.upper()}"] = str(value)
     settings = ClioSettings().with_overrides(**overrides)
-    KeyRing.from_settings(settings)  # no keys and no anonymous access: refuse before binding the port
+    KeyRing.from_settings(settings)  # no keys, placeholder keys, no anonymous access: refuse before binding the port
+    check_user_hash_key(settings)  # the API deletes users by their hash
     # Behind an ingress: uvicorn trusts X-Forwarded-* from the addresses in FORWARDED_ALLOW_IPS (its own env var).
     common = {"host": settings.web_host, "port": settings.web_port, "log_level": "info", "access_log": False,
               "timeout_graceful_shutdown": 20}
@@ -246,7 +264,7 @@ def cmd_api(args: argparse.Namespace) -> int:
 def _recluster_settings(args: argparse.Namespace):
     from clio_stream.recluster_service import effective_settings
 
-    return effective_settings(_streaming_settings(args))
+    return effective_settings(_service_settings(args))
 
 
 def _triggers(args: argparse.Namespace):
@@ -324,7 +342,7 @@ def cmd_delete_user(args: argparse.Namespace) -> int:
     from clio_stream.deletion import delete_user
     from clio_stream.store import QdrantStore
 
-    settings = _streaming_settings(args)
+    settings = _service_settings(args)
     dirs = [Path(d) for d in args.batch_dir or []]
     if args.no_store:
         report = delete_user(args.user_id, settings, store=None, batch_dirs=dirs)

@@ -19,7 +19,7 @@ from clio_stream.facets import Facet
 from clio_stream.llm.base import AskStats, LLMBackend, Prompt, ask, sampling_for
 from clio_stream.parsing import parse_int_in_range
 from clio_stream.prompts import AUDIT_CLUSTER
-from clio_stream.types import ClusterNode, Conversation, ConversationFacets, FacetHierarchy, NumericStats
+from clio_stream.types import ClusterNode, Conversation, ConversationFacets, FacetHierarchy, NumericStats, Trend
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +29,20 @@ def keyed_user_hash(user_id: str, key: str) -> str:
     return hmac.new(key.encode(), user_id.encode(), hashlib.sha256).hexdigest()[:32]
 
 
+# Who conversations without a user id count as: one and the same user. Counting each as its own user would let
+# one person reach any distinct-user minimum alone by leaving the id out. No client can send this id by mistake,
+# and one that sends it on purpose only merges itself with the anonymous user (fewer users: more is withheld).
+ANONYMOUS_USER_ID = "\x00anonymous"
+
+
+def user_identity(conv: Conversation) -> str:
+    """The user a conversation counts as in distinct-user minimums: its user id, or the one anonymous user."""
+    return conv.user_id if conv.user_id is not None else ANONYMOUS_USER_ID
+
+
 def user_key_of(conv: Conversation, key: str) -> str:
-    """A conversation without a user id counts as its own user (the cautious choice)."""
-    return keyed_user_hash(conv.user_id if conv.user_id is not None else f"conversation:{conv.id}", key)
+    """The keyed hash of ``user_identity``: what is stored and counted instead of the user id."""
+    return keyed_user_hash(user_identity(conv), key)
 
 
 def numeric_stats(facet: Facet, values: Sequence[int | None]) -> NumericStats:
@@ -115,6 +126,91 @@ def hide_subtrees(hierarchy: FacetHierarchy) -> None:
     for node in list(hierarchy.nodes.values()):
         if node.hidden:
             hide_down(node)
+
+
+def withheld_nodes(hierarchy: FacetHierarchy) -> list[ClusterNode]:
+    """Hidden nodes and every node below one, marked or not: their members are withheld in this facet."""
+    out: list[ClusterNode] = []
+    stack = [n.id for n in hierarchy.nodes.values() if n.hidden]
+    seen: set[str] = set()
+    while stack:
+        nid = stack.pop()
+        if nid in seen or nid not in hierarchy.nodes:
+            continue
+        seen.add(nid)
+        out.append(hierarchy.nodes[nid])
+        stack.extend(hierarchy.nodes[nid].children)
+    return out
+
+
+def visible_node_ids(hierarchy: FacetHierarchy) -> set[str]:
+    """Nodes reachable from a visible root through visible nodes only: all that the site and the API show."""
+    visible: set[str] = set()
+    stack = [r for r in hierarchy.root_ids if r in hierarchy.nodes and not hierarchy.nodes[r].hidden]
+    while stack:
+        nid = stack.pop()
+        if nid in visible:
+            continue
+        visible.add(nid)
+        stack.extend(c for c in hierarchy.nodes[nid].children
+                     if c in hierarchy.nodes and not hierarchy.nodes[c].hidden)
+    return visible
+
+
+def public_nodes(hierarchy: FacetHierarchy, user_of: Mapping[str, str]) -> dict[str, ClusterNode]:
+    """Every visible node as anyone may see it, by id; the only source of what the site and the API show.
+
+    A parent's distinct users, numeric statistics and trend would otherwise count the members of its
+    withheld children, and the parent minus its visible children would give away exactly what the
+    minimums withhold (one user's scores, one user's active hours). So a parent with anything withheld
+    below it is shown with those aggregated over its visible children only (as the Clio paper aggregates
+    only over clusters that pass the thresholds); it is never flagged emerging, since that ranking counted
+    the withheld members. Its ``size`` stays the whole count: the withheld part is shown as ``other_count``
+    anyway, the one number published about withheld clusters. ``user_of``: conversation id ->
+    ``user_identity``. Leaves and parents with nothing withheld below them are returned as they are.
+    """
+    visible = visible_node_ids(hierarchy)
+    out: dict[str, ClusterNode] = {}
+    counted: dict[str, list[str]] = {}  # node id -> the members its public aggregates are over
+
+    def visit(nid: str) -> None:
+        node = hierarchy.nodes[nid]
+        kids = [c for c in node.children if c in hierarchy.nodes]
+        shown = [c for c in kids if c in visible]
+        for c in shown:
+            visit(c)
+        if not kids or (len(shown) == len(kids) and all(out[c] is hierarchy.nodes[c] for c in shown)):
+            out[nid], counted[nid] = node, list(node.conversation_ids)
+            return
+        members = [cid for c in shown for cid in counted[c]]
+        counted[nid] = members
+        out[nid] = node.model_copy(update={
+            "distinct_users": len({user_of[c] for c in members if c in user_of}),
+            "numeric": {name: _sum_numeric(name, [out[c].numeric[name] for c in shown if name in out[c].numeric],
+                                           stats.min_value, len(stats.histogram))
+                        for name, stats in node.numeric.items()},
+            "trend": None if node.trend is None else _sum_trend(node.trend, [out[c].trend for c in shown],
+                                                                len(members)),
+        })
+
+    for root in hierarchy.root_ids:
+        if root in visible:
+            visit(root)
+    return out
+
+
+def _sum_numeric(facet: str, parts: Sequence[NumericStats], min_value: int, bins: int) -> NumericStats:
+    hist = [sum(p.histogram[i] for p in parts if i < len(p.histogram)) for i in range(bins)]
+    count = sum(hist)
+    mean = sum((min_value + i) * h for i, h in enumerate(hist)) / count if count else None
+    return NumericStats(facet=facet, count=count, mean=mean, min_value=min_value, histogram=hist)
+
+
+def _sum_trend(own: Trend, parts: Sequence[Trend | None], members: int) -> Trend:
+    counts = [sum(p.counts[i] for p in parts if p is not None and i < len(p.counts)) for i in range(len(own.counts))]
+    new = sum(p.new_members for p in parts if p is not None)
+    growth = None if own.growth is None else new / max(1, members - new)
+    return Trend(window_s=own.window_s, start=own.start, counts=counts, new_members=new, growth=growth)
 
 
 def audit(

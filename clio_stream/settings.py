@@ -63,6 +63,27 @@ def default_conversation_to_json(conversation: Any) -> Any:
     return [m.model_dump() if hasattr(m, "model_dump") else m for m in conversation.messages]
 
 
+DEFAULT_USER_ID_HASH_KEY = "change-me"
+PLACEHOLDER_MARK = "change-me"  # the default above and every CHANGE-ME-... value of deploy/*.example
+NEW_SECRET_HINT = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
+def is_placeholder(secret: str) -> bool:
+    """True for a value copied from the defaults or an example file rather than chosen (``change-me``)."""
+    return PLACEHOLDER_MARK in secret.lower()
+
+
+def check_user_hash_key(settings: "ClioSettings") -> None:
+    """Refuse to start a service that stores or matches user hashes under a placeholder key.
+
+    With a known key anyone holding the stored hashes can test user ids against them. ``up`` generates a
+    key for its demo before this check runs; batch runs keep the raw ids in ``result.json`` and are not checked.
+    """
+    if is_placeholder(settings.user_id_hash_key):
+        raise ValueError("user_id_hash_key is a placeholder: set CLIO_USER_ID_HASH_KEY to a long random secret "
+                         f"(e.g. {NEW_SECRET_HINT}) and keep it: changing it splits every user in two")
+
+
 def toml_path() -> Path | None:
     """The TOML settings file in use: ``$CLIO_CONFIG``, else ``./clio-stream.toml`` if it exists."""
     path = os.environ.get("CLIO_CONFIG")
@@ -213,8 +234,8 @@ class ClioSettings(BaseSettings):
     min_cluster_conversations: int = Field(3, ge=1, description="Clusters with fewer conversations are never shown.")
     min_cluster_users: int = Field(2, ge=1, description="Clusters with fewer distinct users are never shown.")
     user_id_hash_key: str = Field(
-        "change-me", description="Key for the keyed hash of user ids; set a secret in production."
-    )
+        DEFAULT_USER_ID_HASH_KEY, description="Key for the keyed hash of user ids. The streaming services refuse "
+        "to start with this placeholder; `clio-stream up` generates one for its demo.")
     audit_cluster_names: bool = Field(False, description="Ask the LLM to rate each cluster's privacy (1-5).")
     audit_min_score: int = Field(3, ge=1, le=5, description="Clusters rated below this are withheld.")
     show_conversations: bool = Field(True, description="Write raw conversations into the site / API answers.")
@@ -257,6 +278,10 @@ class ClioSettings(BaseSettings):
     api_status_cache_s: float = Field(2.0, ge=0, description="GET /v1/status reuses its answer this long.")
     api_worker_stale_s: float = Field(300.0, gt=0, description="Worker metrics older than this are ignored.")
     api_dashboard_poll_s: float = Field(5.0, gt=0, description="How often the dashboard polls status and updates.")
+    api_auth_failures_burst: int = Field(10, ge=1, description="Wrong API keys one client address may present "
+                                         "in a row before it is answered 429 (per API process).")
+    api_auth_failures_per_minute: float = Field(6.0, gt=0, description="How fast a throttled address earns "
+                                                "attempts back (token bucket).")
     api_workers: int = Field(
         1, ge=1, description="uvicorn worker processes for `python -m api.app`; each keeps its own /metrics "
         "and its own list of just-posted (pending) ids.")

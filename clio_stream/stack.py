@@ -22,9 +22,32 @@ from typing import Any
 from urllib.parse import urlparse
 
 from clio_stream.kafka_connection import KafkaConnection
-from clio_stream.settings import ClioSettings
+from clio_stream.settings import DEFAULT_USER_ID_HASH_KEY, ClioSettings, check_user_hash_key
 
 log = logging.getLogger(__name__)
+
+API_KEYS_FILE = "api-keys"
+USER_HASH_KEY_FILE = "user-id-hash-key"
+
+
+def write_private(path: Path, text: str) -> Path:
+    """Write ``text`` readable by its owner only (created with mode 600, never world-readable in between)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+    return path
+
+
+def demo_user_hash_key(run_dir: Path) -> str:
+    """The demo's user hash key: generated once and kept, since the user hashes in Qdrant outlive a run."""
+    path = run_dir / USER_HASH_KEY_FILE
+    if path.exists():
+        return path.read_text().strip()
+    key = secrets.token_urlsafe(32)
+    write_private(path, key + "\n")
+    return key
 
 
 def _host_port(address: str, default_port: int) -> tuple[str, int]:
@@ -47,6 +70,7 @@ class Stack:
     threads: list[Any] = field(default_factory=list)
     viewer_key: str | None = None
     admin_key: str | None = None
+    keys_file: Path | None = None  # the generated keys (mode 600); never logged
     urls: dict[str, str] = field(default_factory=dict)
 
     # -- start ---------------------------------------------------------------
@@ -58,6 +82,7 @@ class Stack:
         self.run_dir = self.run_dir or Path(s.cache_dir) / "run"
         self.run_dir.mkdir(parents=True, exist_ok=True)
         logs = self.run_dir / "logs"
+        s = self._demo_secrets(self.run_dir)  # before anything starts: a refused key stops here
 
         host, port = _host_port(s.kafka_bootstrap, 9092)
         if port_in_use(host, port):
@@ -93,18 +118,36 @@ class Stack:
                                                  llm_model=model)
         self.urls["llm"] = s.llm_base_url or ""
 
-        if s.api_keys is None and not s.api_allow_anonymous:
-            self.viewer_key, analyst, self.admin_key = (secrets.token_urlsafe(18) for _ in range(3))
-            s = self.settings = s.with_overrides(
-                api_keys=f"viewer:{self.viewer_key},analyst:{analyst},admin:{self.admin_key}")
-            log.info("generated API keys for this run (set CLIO_API_KEYS to choose your own)")
-
         self._start_consumers(logs)
         self._start_api()
         self._start_scheduler()
         if self.example_data:
             self._stream_examples()
         return self
+
+    def _demo_secrets(self, run_dir: Path) -> ClioSettings:
+        """Secrets the demo may generate: the user hash key (kept in the run dir) and per-run API keys.
+
+        Only unset values are generated; a placeholder set on purpose is refused as by every service.
+        Keys go to a file readable by the owner only, never into the logs. Returns the settings with them.
+        """
+        from api.auth import KeyRing
+
+        s = self.settings
+        if s.user_id_hash_key == DEFAULT_USER_ID_HASH_KEY:
+            s = self.settings = s.with_overrides(user_id_hash_key=demo_user_hash_key(run_dir))
+            log.info("using the demo's user hash key in %s (set CLIO_USER_ID_HASH_KEY to choose your own)",
+                     run_dir / USER_HASH_KEY_FILE)
+        check_user_hash_key(s)  # a placeholder set on purpose is refused here as by every service
+        if s.api_keys is None and not s.api_allow_anonymous:
+            self.viewer_key, analyst, self.admin_key = (secrets.token_urlsafe(18) for _ in range(3))
+            s = self.settings = s.with_overrides(
+                api_keys=f"viewer:{self.viewer_key},analyst:{analyst},admin:{self.admin_key}")
+            self.keys_file = write_private(run_dir / API_KEYS_FILE,
+                                           f"viewer:{self.viewer_key}\nanalyst:{analyst}\nadmin:{self.admin_key}\n")
+            log.info("generated API keys for this run in %s (set CLIO_API_KEYS to choose your own)", self.keys_file)
+        KeyRing.from_settings(s)  # keys of your own that are CHANGE-ME placeholders: refused before anything starts
+        return s
 
     def _child_env(self) -> dict[str, str]:
         """The parent's environment plus every plain setting, so children see the same configuration."""
@@ -146,7 +189,9 @@ class Stack:
             raise RuntimeError(f"the API did not start on {s.web_host}:{s.web_port} (port in use?)")
         self.threads.append(server)
         base = f"http://{s.web_host}:{s.web_port}"
-        self.urls["dashboard"] = f"{base}/" + (f"?key={self.viewer_key}" if self.viewer_key else "")
+        self.urls["dashboard"] = f"{base}/"
+        if self.viewer_key:
+            self.urls["dashboard_login"] = f"{base}/?key={self.viewer_key}"
         self.urls["api_docs"] = f"{base}/docs"
 
     def _start_scheduler(self) -> None:

@@ -39,6 +39,7 @@ from kafka.structs import OffsetAndMetadata
 
 from clio_stream.denylist import DenyList
 from clio_stream.drift import DriftMonitor
+from clio_stream.faults import reach
 from clio_stream.facets import Facet, main_facets
 from clio_stream.kafka_connection import KafkaConnection
 from clio_stream.kafka_io import DeadLetterWriter, consumer_lag, ensure_topics, make_consumer, make_producer
@@ -62,6 +63,11 @@ from consumers.processing import (
 )
 
 log = logging.getLogger(__name__)
+
+# The steps of one batch in write order, each announced to clio_stream.faults before it runs, so the fault
+# suite can kill a worker at every one of them (tests/reliability/test_consumer_kills.py).
+WRITE_STEPS = ("consume.mark_pending", "consume.process", "consume.upsert_facets", "consume.mark_processed",
+               "consume.send_dead_letters", "consume.send_deltas", "consume.commit")
 
 # Failures of a dependency: the batch is retried later, never dead-lettered.
 RETRYABLE = (StoreError, LLMUnavailable, KafkaError)
@@ -304,7 +310,9 @@ class ConsumerWorker:
         assert self._store is not None and self._llm is not None and self._embedder is not None
         s = self.settings
         decoded = self._without_denied_input(decode_records(records, max_bytes=s.max_message_bytes))
+        reach("consume.mark_pending")
         self._store.mark_conversations(pending_records(decoded, s))
+        reach("consume.process")
         models = self.centroids.models if self.centroids is not None else {}
         kwargs: dict[str, Any] = dict(facets=self.facets, llm=self._llm, embedder=self._embedder, store=self._store,
                                       models=models, settings=s)
@@ -377,16 +385,20 @@ class ConsumerWorker:
         """Everything durable before the commit: Qdrant first, then the DLQ, then the deltas."""
         assert self._store is not None and self._dlq is not None and self._deltas is not None
         t0 = time.perf_counter()
+        reach("consume.upsert_facets")
         self._store.upsert_facets(outcome.facet_points)
+        reach("consume.mark_processed")
         self._store.mark_conversations([*outcome.conversations, *outcome.dead_lettered])
         self.metrics.add_seconds(store_write_seconds=time.perf_counter() - t0)
         if outcome.dead_letters:
+            reach("consume.send_dead_letters")
             futures = [self._dlq.send(key=d.record.key, value=d.record.value, reason=d.reason,
                                       topic=d.record.topic, partition=d.record.partition, offset=d.record.offset)
                        for d in outcome.dead_letters]
             self._dlq.flush(timeout=30)
             _check_delivered(futures, "dead letter")
         if outcome.deltas:
+            reach("consume.send_deltas")
             futures = publish_deltas(self._producer, self.settings.deltas_topic, outcome.deltas)  # type: ignore[arg-type]
             self._producer.flush(timeout=30)  # type: ignore[union-attr]
             _check_delivered(futures, "centroid delta")
@@ -397,6 +409,7 @@ class ConsumerWorker:
         offsets = {TopicPartition(t, p): OffsetAndMetadata(last + 1, "", -1)
                    for (t, p), (_, last) in outcome.offsets.items()}
         try:
+            reach("consume.commit")
             self._consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as exc:
             # A rebalance took the partitions: the new owner redelivers, and the writes are idempotent.

@@ -15,7 +15,9 @@ become one huge file. Layout (paths relative to ``data/``)::
 Privacy: hidden nodes (and anything below them) are never written, and neither
 is any conversation that sits in a hidden node of any facet, so a withheld
 cluster cannot be reconstructed from member lists or facet values elsewhere.
-Their parents only get an aggregate ``other_count``.
+Their parents only get an aggregate ``other_count``, and a parent's users, numeric statistics
+and trend are aggregated over its visible children only (``privacy.public_nodes``), so
+subtracting the visible children from a parent gives nothing away.
 
 The site is built in a temporary sibling directory and swapped in with one
 rename, so a reader never sees a half-written site.
@@ -38,6 +40,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
+from clio_stream.privacy import public_nodes, user_identity, withheld_nodes
 from clio_stream.types import ClioResult, ClusterNode, FacetHierarchy
 
 log = logging.getLogger(__name__)
@@ -125,6 +128,8 @@ class _SiteBuilder:
         self.shown_conversations = 0
         self.values = {cf.conversation_id: cf.values for cf in result.facet_values}
         self.withheld_conversations = self._withheld_conversations()
+        users = {c.id: user_identity(c) for c in result.conversations}
+        self.public = {name: public_nodes(h, users) for name, h in result.hierarchies.items()}
         # conversation id -> facet name -> {"path": node ids root..leaf, "name": leaf name} (visible nodes only)
         self.paths: dict[str, dict[str, dict[str, Any]]] = {}
         self.refs: dict[int, int] = {}  # facet index -> last node ref handed out (names the node's files)
@@ -133,14 +138,7 @@ class _SiteBuilder:
 
     def _withheld_conversations(self) -> set[str]:
         """Every conversation inside a hidden node of any facet, or below one."""
-        withheld: set[str] = set()
-        for hierarchy in self.result.hierarchies.values():
-            for node in hierarchy.nodes.values():
-                if node.hidden:
-                    withheld.update(node.conversation_ids)
-            for node in _hidden_subtree_nodes(hierarchy):
-                withheld.update(node.conversation_ids)
-        return withheld
+        return {cid for h in self.result.hierarchies.values() for n in withheld_nodes(h) for cid in n.conversation_ids}
 
     # --- output ---
 
@@ -230,7 +228,7 @@ class _SiteBuilder:
             children = [hierarchy.nodes[c] for c in node.children if c in hierarchy.nodes]
             visible = [c for c in children if not c.hidden]
             other_count = _count_conversations([c for c in children if c.hidden])
-            entry = _node_summary(node)
+            entry = self.public[hierarchy.facet][node.id].public_fields()
             entry.update({"ref": ref, "n_children": len(visible), "other_count": other_count,
                           "children_file": None, "member_files": [], "n_members": 0, "withheld_members": 0})
             node_path = path + [node.id]
@@ -298,28 +296,8 @@ class _SiteBuilder:
         return record
 
 
-def _node_summary(node: ClusterNode) -> dict[str, Any]:
-    return node.public_fields()
-
-
 def _count_conversations(nodes: Iterable[ClusterNode]) -> int:
     return len({cid for n in nodes for cid in n.conversation_ids})
-
-
-def _hidden_subtree_nodes(hierarchy: FacetHierarchy) -> list[ClusterNode]:
-    """Nodes below a hidden node, even if not themselves marked hidden."""
-    out: list[ClusterNode] = []
-    stack = [c for n in hierarchy.nodes.values() if n.hidden for c in n.children]
-    seen: set[str] = set()
-    while stack:
-        nid = stack.pop()
-        if nid in seen or nid not in hierarchy.nodes:
-            continue
-        seen.add(nid)
-        node = hierarchy.nodes[nid]
-        out.append(node)
-        stack.extend(node.children)
-    return out
 
 
 # --- atomic replacement ---

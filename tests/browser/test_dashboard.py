@@ -156,3 +156,15 @@ def test_dashboard_needs_a_key(served: Served, page: Any) -> None:
     assert page.evaluate("document.cookie") == ""  # HttpOnly: never visible to scripts
     data = page.request.get(f"{served.url}/data/version.json")
     assert data.status == 401
+
+
+def test_a_viewer_sees_why_member_lists_are_not_shown(served: Served, page: Any) -> None:
+    """Member pages are analyst data (403 to a viewer): the page says so instead of failing to load."""
+    _login(page, served)
+    for nid in ("request-r0", "request-r0-m0", "request-r0-m0-l0"):
+        page.click(_tid(f"node-toggle-{nid}"))
+    expect(page.locator(_tid("members-forbidden-request-r0-m0-l0"))).to_contain_text("analyst key")
+    expect(page.locator("body")).to_have_attribute("data-state", "ready")
+    expect(page.locator(".member")).to_have_count(0)
+    page.evaluate("location.hash = location.hash + '&c=conv-0001'")
+    expect(page.locator(_tid("conversation-forbidden"))).to_contain_text("analyst key")

@@ -119,6 +119,7 @@ def env(qdrant_server: Any, kafka_broker: Any, tmp_path_factory: pytest.TempPath
         api_keys=",".join(f"{role}:{key}" for role, key in KEYS.items()), api_max_page_size=50,
         api_status_cache_s=0, api_max_body_bytes=64 * 1024, api_max_batch=20, api_produce_timeout_s=20,
         show_conversations=True, store_raw_conversations=True,
+        api_auth_failures_burst=100_000,  # the auth matrix presents wrong keys on purpose, all from one address
     )
     ensure_topics(kafka_broker.bootstrap, {settings_.topic: 1})
     fixture = make_site_fixture()
@@ -487,7 +488,8 @@ def test_post_lands_on_the_topic_and_reads_as_pending(env: Env) -> None:
     assert decoded.timestamp == pytest.approx(1714564800.0) and decoded.metadata == {"source": "api"}
     # Accepted but not yet stored by a worker: pending, not 404.
     assert c.get(f"/v1/conversations/{cid}", headers=_auth("analyst")).json() == {
-        "id": cid, "status": "pending", "timestamp": None, "version": None, "facets": {}, "messages": None}
+        "id": cid, "status": "pending", "timestamp": None, "version": None, "withheld": False, "facets": {},
+        "messages": None}
 
 
 BAD_BODIES: list[tuple[Any, str, str]] = [

@@ -151,6 +151,7 @@ def cluster(kafka_broker, qdrant_server, vllm_server, unique_name, tmp_path) -> 
         embedding_model="all-MiniLM-L6-v2", show_progress=False, user_id_hash_key="test-key",
         max_conversation_tokens=300, metrics_every_batches=1, backoff_initial_s=0.5, backoff_max_s=4.0,
         n_name_description_samples_per_cluster=1, n_rename_samples=1, n_categorize_samples=1,
+        # Delivery and failover, not privacy: every sampled conversation must get a cluster to compare the replicas.
         min_cluster_users=1, min_cluster_conversations=1, recluster_outlier_rate=1.0,
     )
     ensure_topics(settings.kafka_bootstrap, {settings.topic: PARTITIONS, settings.dlq_topic: PARTITIONS,

@@ -31,7 +31,7 @@ def real_run(vllm_engine, minilm, tmp_path_factory):
     out = tmp_path_factory.mktemp("real-run")
     settings = ClioSettings(show_progress=False, n_base_clusters=four_base_clusters, min_top_level_size=2,
                             n_name_description_samples_per_cluster=2, n_rename_samples=2, n_categorize_samples=2,
-                            min_cluster_conversations=2, min_cluster_users=1, audit_cluster_names=True,
+                            min_cluster_conversations=2, min_cluster_users=2, audit_cluster_names=True,
                             audit_min_score=1)
     result = run_clio(main_facets, vllm_engine, minilm, data, output_dir=out, settings=settings)
     return result, out, settings, data

@@ -25,7 +25,7 @@ def test_up_streams_examples_into_a_published_dashboard(tmp_path):
         cache_dir=tmp_path, kafka_bootstrap=f"127.0.0.1:{free_port()}", qdrant_url=f"http://127.0.0.1:{qport}",
         qdrant_grpc_port=free_port(), web_port=web, embedding_model="all-MiniLM-L6-v2", show_progress=False,
         n_name_description_samples_per_cluster=1, n_rename_samples=1, n_categorize_samples=1,
-        min_cluster_users=1, min_cluster_conversations=1, max_conversation_tokens=400, max_poll_records=16)
+        min_cluster_users=2, min_cluster_conversations=3, max_conversation_tokens=400, max_poll_records=16)
     stack = Stack(settings, consumers=1, n_examples=16, first_cluster_at=12, recluster_interval_s=3600)
     try:
         stack.start()
@@ -42,8 +42,8 @@ def test_up_streams_examples_into_a_published_dashboard(tmp_path):
         assert status.get("store_health") == "ok"
         tree = httpx.get(f"{base}/v1/facets/Request/tree", headers=admin, timeout=10)
         assert tree.status_code == 200 and tree.json()
-        # The dashboard link printed by `up` logs the viewer in and serves the site.
-        page = httpx.get(stack.urls["dashboard"], follow_redirects=True, timeout=10)
+        # The log-in link `up` prints to the terminal (never to the logs) logs the viewer in and serves the site.
+        page = httpx.get(stack.urls["dashboard_login"], follow_redirects=True, timeout=10)
         assert page.status_code == 200 and "<html" in page.text.lower()
         from clio_stream.data import get_example_data
 

@@ -14,7 +14,12 @@ import socket
 import threading
 from typing import Any
 
-from tests.streaming_helpers import banking
+import numpy as np
+
+from clio_stream.facets import CONCERNING, REQUEST
+from clio_stream.settings import ClioSettings
+from clio_stream.store import ConversationRecord, FacetPoint
+from tests.streaming_helpers import banking, reader_store
 
 log = logging.getLogger(__name__)
 
@@ -106,3 +111,28 @@ class TcpProxy:
             with self._lock:
                 self._conns.discard(src)
                 self._conns.discard(dst)
+
+
+def seed_store(s: ClioSettings, n: int, skip: int, tag: str) -> list[dict[str, Any]]:
+    """Store ``n`` processed conversations directly (facet values embedded with MiniLM), as workers would.
+
+    No worker and no LLM: the test is about the re-clustering job, and facet extraction would only add minutes.
+    """
+    from clio_stream.embedding import Embedder
+
+    convs = banking(n, skip, tag)
+    texts = [c["conversation"][0]["content"] for c in convs]
+    embedder = Embedder("all-MiniLM-L6-v2", batch_size=64)
+    vectors = np.asarray(embedder.encode(texts), dtype=np.float32)
+    zero = np.zeros(vectors.shape[1], dtype=np.float32)
+    points, records = [], []
+    for c, text, vec in zip(convs, texts, vectors):
+        points.append(FacetPoint(c["id"], REQUEST.name, vec, value=text, user_hash=c["user_id"], timestamp=0.0))
+        points.append(FacetPoint(c["id"], CONCERNING.name, zero, value="1", numeric=1, user_hash=c["user_id"],
+                                 timestamp=0.0))
+        records.append(ConversationRecord(c["id"], "processed", user_hash=c["user_id"], timestamp=0.0))
+    with reader_store(s) as store:
+        store.ensure_collections(vectors.shape[1])
+        store.upsert_facets(points)
+        store.mark_conversations(records)
+    return convs

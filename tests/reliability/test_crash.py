@@ -18,32 +18,36 @@ import socket
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pytest
 
-from clio_stream.facets import CONCERNING, REQUEST
+from clio_stream.facets import REQUEST
 from clio_stream.kafka_io import ensure_topics
+from clio_stream.online import OnlineKMeans
 from clio_stream.publish import load_current, read_pointer
 from clio_stream.services.processes import ManagedProcess
 from clio_stream.settings import ClioSettings
-from clio_stream.store import VERSION_COUNTER_KEY, ConversationRecord, FacetPoint, QdrantStore
+from clio_stream.store import VERSION_COUNTER_KEY, QdrantStore
 from clio_stream import versions
 from clio_stream.versions import CLUSTERING_LOCK
-from tests.reliability.helpers import llm_description, pooled_conversations
+from consumers.bootstrap import bootstrap_clustering
+from consumers.centroids import SharedCentroids
+from consumers.deltas_io import receive
+from tests.reliability.helpers import llm_description, pooled_conversations, seed_store
 from tests.streaming_helpers import (
     FACETS,
     REPO,
-    banking,
     committed,
     consume_process,
     conversation_count,
     conversations_logged,
+    facet_payloads,
     missing_numeric,
     processed_count,
+    read_topic,
     reader_store,
     safe_count,
     send_conversations,
@@ -125,7 +129,13 @@ def test_workers_killed_at_random_lose_and_duplicate_nothing(
     s = streaming_settings(kafka_broker, qdrant_server.url, qdrant_server.grpc_port, unique_name,
                            topic_partitions=4, max_poll_records=8)
     convs = pooled_conversations(plan.conversations, plan.distinct_texts, unique_name("crash"))
-    ensure_topics(s.kafka_bootstrap, {s.topic: s.topic_partitions})
+    ensure_topics(s.kafka_bootstrap, {s.topic: s.topic_partitions, s.deltas_topic: 1})
+    # A clustering before the stream, so every batch ships centroid deltas: a batch processed again after a
+    # kill ships them again, the real duplication risk (point ids make duplicated points impossible).
+    seed_ids = {c["id"] for c in seed_store(s, 24, 600, unique_name("crash-seed"))}
+    with reader_store(s) as seeded:
+        assert bootstrap_clustering(seeded, FACETS, s) == 1
+        bootstrap = OnlineKMeans.from_state(seeded.get_centroids(REQUEST.name, 1))  # type: ignore[arg-type]
     procs = [consume_process(s, f"crash-w{i}", vllm_server.base_url, tmp_path) for i in range(plan.workers)]
     store = reader_store(s)
     kills: list[dict[str, Any]] = []
@@ -134,10 +144,12 @@ def test_workers_killed_at_random_lose_and_duplicate_nothing(
         for p in procs:
             p.start()
         producer = produce_in_waves(s.kafka_bootstrap, s.topic, convs)
+        n_seed = len(seed_ids)  # the status points of the seed count as processed too
         for at in kill_schedule(rng, plan):
-            kills.append(kill_at_random(procs, store, at, rng))
+            kill = kill_at_random(procs, store, at + n_seed, rng)
+            kills.append({**kill, "processed": kill["processed"] - n_seed})
         producer.join(120)
-        wait_for(lambda: safe_count(store) == len(convs), plan.timeout_s, "every conversation", every=1.0)
+        wait_for(lambda: safe_count(store) == len(convs) + n_seed, plan.timeout_s, "every conversation", every=1.0)
         seconds = time.monotonic() - t0
         wait_for(lambda: committed(s.kafka_bootstrap, s.consumer_group, s.topic) == len(convs), 120,
                  "the last commits")
@@ -148,8 +160,17 @@ def test_workers_killed_at_random_lose_and_duplicate_nothing(
         codes = [p.stop() for p in procs]
         assert codes == [0] * len(procs), [p.log_tail() for p in procs]
 
-        pairs = stored_pairs(store)
+        pairs = Counter({k: n for k, n in stored_pairs(store).items() if k[0] not in seed_ids})
         want = {(c["id"], f.name) for c in convs for f in FACETS}
+        # Every delta the killed and restarted workers shipped, replayed from scratch by a fresh replica:
+        # the bootstrap's counts plus one per stored Request value, however often a batch was redone.
+        replica = SharedCentroids([REQUEST.name], int(bootstrap.dim))
+        assert replica.refresh(store) == [REQUEST.name]
+        delta_records = read_topic(s.kafka_bootstrap, s.deltas_topic, 100_000, timeout=10)
+        delta_report = replica.apply([receive(r) for r in delta_records])
+        valued = sum(1 for cid, p in facet_payloads(store, REQUEST.name).items()
+                     if cid not in seed_ids and p.get("value"))
+        added = int(replica.models[REQUEST.name].counts.sum() - bootstrap.counts.sum())
         lost = sorted(want - set(pairs))
         extra = sorted(set(pairs) - want)
         duplicated = sum(n - 1 for n in pairs.values() if n > 1)
@@ -161,6 +182,8 @@ def test_workers_killed_at_random_lose_and_duplicate_nothing(
             unexpected_points=len(extra), facet_points=sum(pairs.values()),
             # finished but not committed before a kill, so processed again (overwriting the same points)
             conversations_processed_twice=logged - len(convs), seconds=round(seconds, 1),
+            delta_messages=len(delta_records), deltas_rejected=len(delta_report.rejected),
+            request_values_stored=valued, records_added_by_replayed_deltas=added,
             conversations_per_s=round(len(convs) / seconds, 2), llm=llm_description(vllm_server.base_url),
             speedup="facet values reused by content hash: only the distinct texts reach the LLM; "
                     "max_poll_records=8, 4 partitions, the facet prompts' own max_tokens",
@@ -171,7 +194,8 @@ def test_workers_killed_at_random_lose_and_duplicate_nothing(
         mid_stream = sum(1 for k in kills if k["processed"] < len(convs))
         assert mid_stream >= plan.kills - 1, f"only {mid_stream} of {plan.kills} kills hit the running stream"
         assert not lost and not extra and duplicated == 0, (lost[:5], extra[:5], duplicated)
-        assert processed_count(store) == len(convs) == conversation_count(store)  # nothing left pending
+        assert delta_report.rejected == [] and added == valued, (added, valued, "a delta was applied twice")
+        assert processed_count(store) == len(convs) + n_seed == conversation_count(store)  # nothing left pending
         assert missing_numeric(store, [c["id"] for c in convs]) == []
         assert committed(s.kafka_bootstrap, s.consumer_group, s.topic) == len(convs)
     finally:
@@ -183,30 +207,6 @@ def test_workers_killed_at_random_lose_and_duplicate_nothing(
 # --------------------------------------------------------------------------- (2) the re-clustering job
 
 LOCK_TTL_S = 6.0  # the job renews every 2 s; a killed job blocks the next one for at most 6 s
-
-
-def seed_store(s: ClioSettings, n: int, skip: int, tag: str) -> None:
-    """Store ``n`` processed conversations directly (facet values embedded with MiniLM), as workers would.
-
-    No worker and no LLM: the test is about the re-clustering job, and facet extraction would only add minutes.
-    """
-    from clio_stream.embedding import Embedder
-
-    convs = banking(n, skip, tag)
-    texts = [c["conversation"][0]["content"] for c in convs]
-    embedder = Embedder("all-MiniLM-L6-v2", batch_size=64)
-    vectors = np.asarray(embedder.encode(texts), dtype=np.float32)
-    zero = np.zeros(vectors.shape[1], dtype=np.float32)
-    points, records = [], []
-    for c, text, vec in zip(convs, texts, vectors):
-        points.append(FacetPoint(c["id"], REQUEST.name, vec, value=text, user_hash=c["user_id"], timestamp=0.0))
-        points.append(FacetPoint(c["id"], CONCERNING.name, zero, value="1", numeric=1, user_hash=c["user_id"],
-                                 timestamp=0.0))
-        records.append(ConversationRecord(c["id"], "processed", user_hash=c["user_id"], timestamp=0.0))
-    with reader_store(s) as store:
-        store.ensure_collections(vectors.shape[1])
-        store.upsert_facets(points)
-        store.mark_conversations(records)
 
 
 def recluster_process(s: ClioSettings, llm_base_url: str, publish_dir: Path, log_dir: Path, name: str,

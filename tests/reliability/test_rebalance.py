@@ -2,7 +2,7 @@
 
 Real parts: the Tansu broker, the Qdrant server, the shared vLLM server (OpenAI back-end) and MiniLM. A seed
 wave is clustered (``bootstrap_clustering``), so every later batch ships centroid deltas. Then, while the
-stream is sent in waves, worker B joins the group (a rebalance), worker A's commit of the batch in hand is
+stream is sent in waves, worker A's commit of the batch in hand is
 refused as a rebalance refuses it (so that batch is redelivered to whoever owns the partition next, over
 another offset range), B leaves, C joins. Every delivery of a batch produces deltas, so a record processed
 twice ships twice.
@@ -105,11 +105,17 @@ def test_rebalances_during_a_clustered_stream_apply_each_delta_once(
         refused = _fail_one_commit(a)
         send_conversations(s.kafka_bootstrap, s.topic, waves[0])
         wait_for(lambda: bool(refused), 300, "worker-a's refused commit")
-        start("worker-b")  # joins: the group rebalances while A works
+        stop_thread(*threads.pop("worker-a"))  # leaves without that commit: its batch goes to the next owner
+        start("worker-b")
+        start("worker-c")  # two join: the group rebalances
+        sent = len(seed) + len(waves[0])
+        wait_for(lambda: committed(s.kafka_bootstrap, s.consumer_group, s.topic) == sent, 300,
+                 "the refused batch redelivered and committed")
         send_conversations(s.kafka_bootstrap, s.topic, waves[1])
-        wait_for(lambda: workers["worker-b"].metrics.processed >= 4, 300, "worker-b to take partitions")
-        stop_thread(*threads.pop("worker-b"))  # leaves: another rebalance
-        start("worker-c")
+        sent += len(waves[1])
+        wait_for(lambda: committed(s.kafka_bootstrap, s.consumer_group, s.topic) >= sent - 4, 300,
+                 "most of the second wave")
+        stop_thread(*threads.pop("worker-b"))  # one leaves mid-stream: another rebalance
         send_conversations(s.kafka_bootstrap, s.topic, waves[2])
         wait_for(lambda: committed(s.kafka_bootstrap, s.consumer_group, s.topic) == len(convs), 600,
                  "every conversation committed")

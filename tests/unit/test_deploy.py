@@ -723,7 +723,8 @@ def test_every_clio_stream_command_in_deploy_parses() -> None:
 
 # ---------------------------------------------------------------------------------------------- the CLI
 
-def test_api_scheduler_and_recluster_parse() -> None:
+def test_api_scheduler_and_recluster_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLIO_USER_ID_HASH_KEY", "a-real-secret-for-this-test")  # services refuse the placeholder
     p = cli.build_parser()
     a = p.parse_args(["api", "--workers", "4", "--port", "9000", "--host", "0.0.0.0"])
     assert (a.func, a.workers, a.port, a.host) == (cli.cmd_api, 4, 9000, "0.0.0.0")
@@ -751,6 +752,7 @@ def test_recluster_uses_the_server_when_a_base_url_is_set(monkeypatch: pytest.Mo
     assert s.llm_backend == "vllm" and effective_settings(s).llm_backend == "openai"
     plain = settings_from_env(monkeypatch, tmp_path, {})
     assert effective_settings(plain) is plain
+    monkeypatch.setenv("CLIO_USER_ID_HASH_KEY", "a-real-secret-for-this-test")
     args = cli.build_parser().parse_args(["recluster", "--llm-base-url", "http://x:1/v1"])
     assert cli._recluster_settings(args).llm_backend == "openai"
 
@@ -811,7 +813,8 @@ class _FakeService:
 def fake_service(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> type[_FakeService]:
     import clio_stream.recluster_service as rs
 
-    settings_from_env(monkeypatch, tmp_path, {"CLIO_LLM_BASE_URL": "http://vllm:8000/v1"})
+    settings_from_env(monkeypatch, tmp_path, {"CLIO_LLM_BASE_URL": "http://vllm:8000/v1",
+                                              "CLIO_USER_ID_HASH_KEY": "a-real-secret-for-this-test"})
     _FakeService.instances = []
     _FakeService.outcome = None
     _FakeService.snapshot_value = None
@@ -874,6 +877,8 @@ def test_api_command_serves_with_uvicorn(monkeypatch: pytest.MonkeyPatch, tmp_pa
         monkeypatch.setenv(key, "")  # recorded, so what the command exports is undone after the test
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")  # recorded: what --workers 3 sets is undone after the test
     settings_from_env(monkeypatch, tmp_path, {"CLIO_API_KEYS": "viewer:" + "v" * 32})
+    assert cli.main(["api", "--port", "9123"]) == 2 and not calls  # the default user hash key: refused
+    monkeypatch.setenv("CLIO_USER_ID_HASH_KEY", "a-real-secret-for-this-test")
     assert cli.main(["api", "--port", "9123"]) == 0
     app, kw = calls[-1]
     assert app[0] == "app" and app[1].web_port == 9123 and kw["port"] == 9123 and "workers" not in kw
@@ -905,7 +910,7 @@ def test_recluster_service_snapshot_and_run(tmp_path: Path) -> None:
     store.ensure_collections(emb.dim)
     settings = ClioSettings(show_progress=False, n_name_description_samples_per_cluster=1, n_rename_samples=1,
                             n_categorize_samples=1, llm_max_retries=0, min_top_level_size=2,
-                            min_cluster_users=1, min_cluster_conversations=1)
+                            min_cluster_users=2, min_cluster_conversations=3)
     service = ReclusterService(settings, store=store, llm=ScriptedLLM(sensible_script), embedder=emb,
                                publish_dir=tmp_path / "published")
     assert service.trigger_facet == next(f.name for f in main_facets if f.has_hierarchy)

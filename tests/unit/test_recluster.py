@@ -37,6 +37,8 @@ def setup(tmp_path):
     store.ensure_collections(emb.dim)
     settings = ClioSettings(show_progress=False, n_name_description_samples_per_cluster=1, n_rename_samples=1,
                             n_categorize_samples=1, llm_max_retries=0, min_top_level_size=2,
+                            # Ids, lineage and prompt counts, not privacy: a withheld successor answers as unknown
+                            # (tests/unit/test_privacy_holes.py and the privacy-attack crawl use real minimums).
                             min_cluster_users=1, min_cluster_conversations=1)
     return store, emb, settings, tmp_path / "published"
 
