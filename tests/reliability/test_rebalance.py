@@ -2,10 +2,9 @@
 
 Real parts: the Tansu broker, the Qdrant server, the shared vLLM server (OpenAI back-end) and MiniLM. A seed
 wave is clustered (``bootstrap_clustering``), so every later batch ships centroid deltas. Then, while the
-stream is sent in waves, worker A's commit of the batch in hand is
-refused as a rebalance refuses it (so that batch is redelivered to whoever owns the partition next, over
-another offset range), B leaves, C joins. Every delivery of a batch produces deltas, so a record processed
-twice ships twice.
+stream is sent in waves, worker A's commit of the batch in hand is refused as a rebalance refuses it and A
+leaves (that batch is redelivered to the next owner, over another offset range), B and C join together, then
+B leaves mid-stream. Every delivery of a batch ships deltas, so a record processed twice ships twice.
 
 Checked from what was observed: every conversation stored once; every worker's clusters, and a replica that
 replays the deltas topic from scratch, hold the bootstrap's counts plus exactly one per stored value (a
