@@ -185,19 +185,11 @@ _LANGUAGE_ALIASES = {"mandarin": "chinese", "cantonese": "chinese", "farsi": "pe
                      "bokmal": "bokmal", "norwegian": "bokmal", "nynorsk": "nynorsk"}
 
 
-@lru_cache(maxsize=1)
-def _detector() -> Any:
-    """lingua over all spoken languages in high-accuracy mode (~1 GB, built once; short texts need it)."""
-    from lingua import LanguageDetectorBuilder
-
-    return LanguageDetectorBuilder.from_all_spoken_languages().build()
-
-
 def detect_languages(texts: Sequence[str]) -> list[str | None]:
-    """Lower-case English language names (``"english"``) per text, None when undecided."""
-    detector = _detector()
-    found = [detector.detect_language_of(t) for t in texts]
-    return [None if lang is None else lang.name.lower() for lang in found]
+    """The identifier the computed Language facet uses (``clio_stream.language``), as lower-case names."""
+    from clio_stream.language import detect_languages as detect
+
+    return detect(texts)
 
 
 @lru_cache(maxsize=1)
@@ -308,7 +300,7 @@ def extract_cached(records: Sequence[Record], wanted: Mapping[str, Sequence[Any]
                    cache: FacetCache) -> FacetRun:
     """The facets ``wanted[record.id]`` of every record, from the cache or the LLM (``extract_facets``)."""
     from clio_stream.data import render_conversation, to_conversation, truncate_conversation
-    from clio_stream.facet_extraction import build_prompts, extract_facets
+    from clio_stream.facet_extraction import asked, build_prompts, extract_facets
     from clio_stream.llm.base import AskStats
 
     counting = CountingLLM(llm)
@@ -338,12 +330,16 @@ def extract_cached(records: Sequence[Record], wanted: Mapping[str, Sequence[Any]
         got = extract_facets([convs[r.id] for r in group], facets, counting, sampling=settings.llm_sampling_args,
                              retries=settings.llm_max_retries, seed=settings.seed, batch_size=settings.llm_batch_size,
                              stats=stats, prefix_group=settings.facet_prefix_group)
-        prompts = build_prompts([convs[r.id] for r in group], facets)
+        llm_facets = asked(facets)
+        prompts = build_prompts([convs[r.id] for r in group], llm_facets)
         for gi, (r, cf) in enumerate(zip(group, got)):
-            for fi, f in enumerate(facets):
-                p = prompts[gi * len(facets) + fi]
-                cache.data[keys[(r.id, f.name)]] = {"value": cf.values[f.name].value,
-                                                    "attempts": int(counting.attempts[CountingLLM.key(p.values)])}
+            for f in facets:
+                if f.compute is not None:  # computed once, never re-asked
+                    tries = 1
+                else:
+                    p = prompts[gi * len(llm_facets) + llm_facets.index(f)]
+                    tries = int(counting.attempts[CountingLLM.key(p.values)])
+                cache.data[keys[(r.id, f.name)]] = {"value": cf.values[f.name].value, "attempts": tries}
         out.asked += len(group) * len(facets)
         cache.save()
     out.seconds = time.perf_counter() - t0
