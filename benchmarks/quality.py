@@ -479,13 +479,16 @@ def fidelity(values: Sequence[str], embedded: np.ndarray, full: np.ndarray, raw:
             "distinct_values": len(set(values)), "n": len(values)}
 
 
-def name_fidelity_of_base_clusters(values: Sequence[str], x: np.ndarray, llm: Any, embedder: Any,
-                                   settings: Any) -> dict[str, Any]:
+def name_fidelity_of_base_clusters(values: Sequence[str], users: Sequence[str], x: np.ndarray, llm: Any,
+                                   embedder: Any, settings: Any) -> dict[str, Any]:
     """Base clusters as the pipeline builds them (k = ``n_leaves``), named by the LLM, scored by name fidelity.
 
     The query is what a reader sees ("name. summary", and the name alone); the targets are the
     centroids of the members' embedded values of every base cluster of the set (its siblings).
+    Also scored: keyword labels (``keywords.keyword_labels``) and the published choice, the LLM's
+    name where it retrieves its own cluster and the keyword label where it does not.
     """
+    from clio_stream.keywords import keyword_labels
     from clio_stream.clustering import kmeans
     from clio_stream.facets import REQUEST
     from clio_stream.llm.base import AskStats
@@ -502,11 +505,17 @@ def name_fidelity_of_base_clusters(values: Sequence[str], x: np.ndarray, llm: An
     names_only = embedder.encode([name for _, name in named])
     hits = name_hits(described, x, labels)
     sizes = np.bincount(labels, minlength=k)
+    keywords = keyword_labels(values, labels, users, k, drop=REQUEST.prefill)
+    kw = embedder.encode([w or name for w, (_, name) in zip(keywords, named)])
+    published = np.where((hits == 1)[:, None], described, kw)
     return {"k": int(k), "n": len(values), "name_and_summary": name_fidelity(described, x, labels).as_dict(),
-            "name_only": name_fidelity(names_only, x, labels).as_dict(), "llm_prompts": stats.prompts,
+            "name_only": name_fidelity(names_only, x, labels).as_dict(),
+            "keywords": name_fidelity(kw, x, labels).as_dict(),
+            "published": name_fidelity(published, x, labels).as_dict(),
+            "keyword_fallbacks": int(np.sum(hits != 1)), "llm_prompts": stats.prompts,
             "unparseable": stats.unparseable, "seconds": round(time.perf_counter() - t0, 1),
-            "clusters": [{"name": name, "summary": summary, "size": int(sizes[c]), "rank": int(hits[c])}
-                         for c, (summary, name) in enumerate(named)]}
+            "clusters": [{"name": name, "summary": summary, "keywords": keywords[c], "size": int(sizes[c]),
+                          "rank": int(hits[c])} for c, (summary, name) in enumerate(named)]}
 
 
 # --------------------------------------------------------------------------- top level
@@ -706,7 +715,8 @@ def run(config: Config, llm: Any, embedder: Any, settings: Any, cache: FacetCach
         values = [facets.values[r.id][REQUEST.name] for r in kept]
         out["fidelity"][name] = fidelity(values, fac, full_vectors[name], raw)
         if name in config.name_fidelity_sets:
-            out["name_fidelity"][name] = name_fidelity_of_base_clusters(values, fac, llm, embedder, settings)
+            out["name_fidelity"][name] = name_fidelity_of_base_clusters(values, [r.id for r in kept], fac, llm,
+                                                                        embedder, settings)
     if config.top_level:
         for name in ("mt_bench", "arena_hard"):
             if name not in vectors:
@@ -788,6 +798,11 @@ def table(result: Mapping[str, Any]) -> list[tuple[str, Any, str]]:
                      f"among {nf['k']} base clusters; chance {a['chance_recall_at_1']:.3f}"))
         rows.append((f"{name}: name fidelity R@1 / MRR (name only)", f"{b['recall_at_1']:.3f} / {b['mrr']:.3f}",
                      f"{nf['unparseable']} of {nf['llm_prompts']} naming answers unparseable"))
+        kw, pub = nf["keywords"], nf["published"]
+        rows.append((f"{name}: name fidelity R@1 / MRR (keywords)", f"{kw['recall_at_1']:.3f} / {kw['mrr']:.3f}",
+                     "c-TF-IDF over members' values, distinct users"))
+        rows.append((f"{name}: name fidelity R@1 / MRR (published)", f"{pub['recall_at_1']:.3f} / {pub['mrr']:.3f}",
+                     f"LLM name, keywords for the {nf['keyword_fallbacks']} that fail"))
     for name, t in result.get("top_level", {}).items():
         shape = f"{t['base_clusters']} clusters -> {len(t['categories'])} categories"
         rows.append((f"{name} top level: LLM assignment", t["llm_accuracy"], f"accuracy over {t['n']} conv., {shape}"))

@@ -88,3 +88,31 @@ def test_centroids_are_unit_means_and_empty_is_zero() -> None:
 def test_mismatched_lengths_raise() -> None:
     with pytest.raises(ValueError):
         facet_fidelity(np.zeros((2, 3)), np.zeros((3, 3)))
+
+
+def test_keyword_labels_pick_the_words_that_set_a_cluster_apart() -> None:
+    from clio_stream.keywords import keyword_labels
+
+    values = ["The user asks the assistant to freeze a lost card", "The user asks the assistant to freeze my card",
+              "The user asks the assistant to explain a card freeze", "The user asks the assistant to write a poem",
+              "The user asks the assistant to write a birthday poem", "The user asks the assistant to rhyme a poem"]
+    labels = [0, 0, 0, 1, 1, 1]
+    got = keyword_labels(values, labels, ["u1", "u2", "u3", "u4", "u5", "u6"], 2,
+                         drop="The user asks the assistant to")
+    assert got[0].split()[:2] == ["card", "freeze"] and got[1].split()[0] == "poem"
+    # A word one user wrote ("birthday") never shows; neither does one user repeating a word.
+    assert "birthday" not in got[1]
+    same_user = keyword_labels(values, labels, ["u1"] * 3 + ["u4", "u5", "u6"], 2)
+    assert same_user[0] == ""
+
+
+def test_keyword_labels_score_higher_name_fidelity_than_filler() -> None:
+    from clio_stream.keywords import keyword_labels
+
+    members = INFORMATIVE + INFORMATIVE
+    labels = np.array([0, 1, 2, 0, 1, 2] * 2)
+    users = [f"u{i}" for i in range(12)]
+    kw = keyword_labels(members, labels, users, 3)
+    assert all(kw)
+    x = bag_of_words(members)
+    assert name_fidelity(bag_of_words(kw), x, labels).recall_at_1 == 1.0
