@@ -48,8 +48,8 @@ def test_informative_values_retrieve_their_conversation() -> None:
 
 def test_filler_values_score_no_better_than_chance() -> None:
     got = facet_fidelity(bag_of_words(FILLER), bag_of_words(CONVERSATIONS))
-    assert got.recall_at_1 <= got.chance_recall_at_1
-    assert got.mrr <= got.chance_mrr
+    assert got.recall_at_1 <= got.chance_recall_at_1 + 1e-9
+    assert got.mrr <= got.chance_mrr + 1e-9
 
 
 def test_ties_count_against_the_query() -> None:
