@@ -20,7 +20,7 @@ categories, arena-hard subcategories), subsampled per label (balanced, seeded).
    distribution, unparseable answers after retries (target <= 2 %) and first-try failures.
 5. Multilingual: 1 and 4 again on the non-English arena-hard prompts.
 6. Fidelity (``clio_stream.quality_metrics``, no labels needed): facet fidelity = retrieval@1 / MRR
-   of a Request value against the user turns of every conversation of its set, for the full value
+   of a Request value against the distinct user turns of the conversations of its set, for the full value
    and for the embedded text (``embedding.embedding_text``: the answer after the prefill); name
    fidelity = retrieval@1 / MRR of a base cluster's "name. summary" among the centroids of all
    base clusters' member values (k = the pipeline's ``n_leaves``), per cluster in the JSON.
@@ -471,11 +471,20 @@ def evaluate_set(name: str, records: Sequence[Record], views: Mapping[str, np.nd
 # --------------------------------------------------------------------------- fidelity
 
 
-def fidelity(values: Sequence[str], embedded: np.ndarray, full: np.ndarray, raw: np.ndarray) -> dict[str, Any]:
-    """Facet fidelity of the values as embedded and as full sentences, plus how many distinct values there are."""
-    from clio_stream.quality_metrics import facet_fidelity
+def fidelity(values: Sequence[str], texts: Sequence[str], embedded: np.ndarray, full: np.ndarray,
+             raw: np.ndarray) -> dict[str, Any]:
+    """Facet fidelity of the values as embedded and as full sentences, plus how many distinct values there are.
 
-    return {"embedded": facet_fidelity(embedded, raw).as_dict(), "full_value": facet_fidelity(full, raw).as_dict(),
+    Conversations whose user turns are identical (MT-Bench: one question answered by several
+    models) are one target: no value could tell them apart, and ties rank against the query.
+    """
+    from clio_stream.quality_metrics import retrieval
+
+    first = {t: i for i, t in reversed(list(enumerate(texts)))}
+    targets = sorted(set(first.values()))
+    own = np.asarray([targets.index(first[t]) for t in texts])
+    return {"embedded": retrieval(embedded, raw[targets], own).as_dict(),
+            "full_value": retrieval(full, raw[targets], own).as_dict(),
             "distinct_values": len(set(values)), "n": len(values)}
 
 
@@ -713,7 +722,7 @@ def run(config: Config, llm: Any, embedder: Any, settings: Any, cache: FacetCach
                                                bootstrap_fraction=config.bootstrap_fraction)
         out["clustering"][name]["request_coverage"] = len(kept) / len(sets[name])
         values = [facets.values[r.id][REQUEST.name] for r in kept]
-        out["fidelity"][name] = fidelity(values, fac, full_vectors[name], raw)
+        out["fidelity"][name] = fidelity(values, [r.text for r in kept], fac, full_vectors[name], raw)
         if name in config.name_fidelity_sets:
             out["name_fidelity"][name] = name_fidelity_of_base_clusters(values, [r.id for r in kept], fac, llm,
                                                                         embedder, settings)
