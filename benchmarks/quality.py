@@ -340,7 +340,7 @@ def extract_cached(records: Sequence[Record], wanted: Mapping[str, Sequence[Any]
                     p = prompts[gi * len(llm_facets) + llm_facets.index(f)]
                     tries = int(counting.attempts[CountingLLM.key(p.values)])
                 cache.data[keys[(r.id, f.name)]] = {"value": cf.values[f.name].value, "attempts": tries}
-        out.asked += len(group) * len(facets)
+        out.asked += len(group) * len(llm_facets)  # prompts sent (computed facets cost none)
         cache.save()
     out.seconds = time.perf_counter() - t0
     out.stats = vars(stats)
