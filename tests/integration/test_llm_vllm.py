@@ -31,10 +31,17 @@ def test_generate_returns_continuations_only(vllm_engine):
     assert not out[0].lstrip().startswith(REQUEST.prefill)
 
 
-def test_too_long_prompt_is_none_not_a_crash(vllm_engine):
-    p = Prompt(FACET_CONVERSATION, {"conversation": "word " * 6000, "question": "q", "prefill": "",
-                                    "examples": ""})
-    assert vllm_engine.generate([p], {"max_tokens": 10}) == [None]
+def test_too_long_prompt_is_rejected_not_a_crash(vllm_engine):
+    """The engine refuses a prompt over its context as that prompt's fault, and still answers the others."""
+    from clio_stream.llm.base import PromptsRejected
+
+    long = Prompt(FACET_CONVERSATION, {"conversation": "word " * 6000, "question": "q", "prefill": "",
+                                       "examples": ""})
+    short = Prompt(FACET_CONVERSATION, {"conversation": "hello", "question": "q", "prefill": "", "examples": ""})
+    with pytest.raises(PromptsRejected) as refused:
+        vllm_engine.generate([long, short], {"max_tokens": 10})
+    assert list(refused.value.rejected) == [0] and "too long" in refused.value.rejected[0]
+    assert refused.value.answers[0] is None and refused.value.answers[1] is not None
 
 
 def test_facets_on_real_engine(vllm_engine):
