@@ -19,6 +19,11 @@ categories, arena-hard subcategories), subsampled per label (balanced, seeded).
 4. Facet sanity: Language facet vs lingua's language identifier, the Concerning score
    distribution, unparseable answers after retries (target <= 2 %) and first-try failures.
 5. Multilingual: 1 and 4 again on the non-English arena-hard prompts.
+6. Fidelity (``clio_stream.quality_metrics``, no labels needed): facet fidelity = retrieval@1 / MRR
+   of a Request value against the distinct user turns of the conversations of its set, for the full value
+   and for the embedded text (``embedding.embedding_text``: the answer after the prefill); name
+   fidelity = retrieval@1 / MRR of a base cluster's "name. summary" among the centroids of all
+   base clusters' member values (k = the pipeline's ``n_leaves``), per cluster in the JSON.
 
 LLM facet values are cached on disk (``--cache-dir``) keyed by model, facet and conversation,
 so a rerun only asks what is new.
@@ -180,19 +185,11 @@ _LANGUAGE_ALIASES = {"mandarin": "chinese", "cantonese": "chinese", "farsi": "pe
                      "bokmal": "bokmal", "norwegian": "bokmal", "nynorsk": "nynorsk"}
 
 
-@lru_cache(maxsize=1)
-def _detector() -> Any:
-    """lingua over all spoken languages in high-accuracy mode (~1 GB, built once; short texts need it)."""
-    from lingua import LanguageDetectorBuilder
-
-    return LanguageDetectorBuilder.from_all_spoken_languages().build()
-
-
 def detect_languages(texts: Sequence[str]) -> list[str | None]:
-    """Lower-case English language names (``"english"``) per text, None when undecided."""
-    detector = _detector()
-    found = [detector.detect_language_of(t) for t in texts]
-    return [None if lang is None else lang.name.lower() for lang in found]
+    """The identifier the computed Language facet uses (``clio_stream.language``), as lower-case names."""
+    from clio_stream.language import detect_languages as detect
+
+    return detect(texts)
 
 
 @lru_cache(maxsize=1)
@@ -278,8 +275,13 @@ class FacetCache:
 
 def cache_key(model: str, facet: Any, conversation_text: str, settings: Any) -> str:
     """Model, facet question, sampling and the (truncated) conversation: anything that changes the answer."""
-    parts = [model, facet.name, facet.question, facet.prefill, json.dumps(settings.llm_sampling_args, sort_keys=True),
-             str(settings.llm_max_retries), str(settings.seed), conversation_text]
+    from clio_stream.facet_extraction import facet_prompt
+
+    prompt = facet_prompt(facet, "")
+    parts = [model, json.dumps(facet.to_dict(), sort_keys=True, default=str), prompt.template.user,
+             prompt.template.prefill, repr(prompt.template.stop), str(prompt.template.max_tokens),
+             json.dumps(settings.llm_sampling_args, sort_keys=True), str(settings.llm_max_retries), str(settings.seed),
+             conversation_text]
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
@@ -298,7 +300,7 @@ def extract_cached(records: Sequence[Record], wanted: Mapping[str, Sequence[Any]
                    cache: FacetCache) -> FacetRun:
     """The facets ``wanted[record.id]`` of every record, from the cache or the LLM (``extract_facets``)."""
     from clio_stream.data import render_conversation, to_conversation, truncate_conversation
-    from clio_stream.facet_extraction import build_prompts, extract_facets
+    from clio_stream.facet_extraction import asked, build_prompts, extract_facets
     from clio_stream.llm.base import AskStats
 
     counting = CountingLLM(llm)
@@ -328,13 +330,17 @@ def extract_cached(records: Sequence[Record], wanted: Mapping[str, Sequence[Any]
         got = extract_facets([convs[r.id] for r in group], facets, counting, sampling=settings.llm_sampling_args,
                              retries=settings.llm_max_retries, seed=settings.seed, batch_size=settings.llm_batch_size,
                              stats=stats, prefix_group=settings.facet_prefix_group)
-        prompts = build_prompts([convs[r.id] for r in group], facets)
+        llm_facets = asked(facets)
+        prompts = build_prompts([convs[r.id] for r in group], llm_facets)
         for gi, (r, cf) in enumerate(zip(group, got)):
-            for fi, f in enumerate(facets):
-                p = prompts[gi * len(facets) + fi]
-                cache.data[keys[(r.id, f.name)]] = {"value": cf.values[f.name].value,
-                                                    "attempts": int(counting.attempts[CountingLLM.key(p.values)])}
-        out.asked += len(group) * len(facets)
+            for f in facets:
+                if f.compute is not None:  # computed once, never re-asked
+                    tries = 1
+                else:
+                    p = prompts[gi * len(llm_facets) + llm_facets.index(f)]
+                    tries = int(counting.attempts[CountingLLM.key(p.values)])
+                cache.data[keys[(r.id, f.name)]] = {"value": cf.values[f.name].value, "attempts": tries}
+        out.asked += len(group) * len(llm_facets)  # prompts sent (computed facets cost none)
         cache.save()
     out.seconds = time.perf_counter() - t0
     out.stats = vars(stats)
@@ -440,15 +446,15 @@ def compare_online(x: np.ndarray, truth: Sequence[str], k: int, settings: Any, *
             "online_vs_batch_nmi": float(normalized_mutual_info_score(batch, online))}
 
 
-def evaluate_set(name: str, records: Sequence[Record], raw: np.ndarray, facet: np.ndarray, settings: Any, *,
+def evaluate_set(name: str, records: Sequence[Record], views: Mapping[str, np.ndarray], settings: Any, *,
                  seed: int, bootstrap_fraction: float) -> dict[str, Any]:
-    """Views (a) raw and (b) facet, each with k = labels and k = pipeline, batch and online."""
+    """Each view (raw, facet as embedded, facet full value) with k = labels and k = pipeline, batch and online."""
     from clio_stream.recluster import n_leaves
 
     truth = [r.label for r in records]
     ks = {"labels": len(set(truth)), "pipeline": n_leaves(settings, len(records))}
     out: dict[str, Any] = {"n": len(records), "labels": ks["labels"], "views": {}}
-    for view, x in (("raw", raw), ("facet", facet)):
+    for view, x in views.items():
         for kname, k in ks.items():
             if k < 2:  # one cluster scores 0 whatever happens: nothing to compare
                 log.warning("%s %s k=%s is %d: skipped", name, view, kname, k)
@@ -460,6 +466,65 @@ def evaluate_set(name: str, records: Sequence[Record], raw: np.ndarray, facet: n
             log.warning("%s %s k=%d: batch NMI %.3f, online NMI %.3f (ratio %.3f)", name, view, k,
                         res["batch"]["nmi"], res["online"]["nmi"], res["nmi_ratio"])
     return out
+
+
+# --------------------------------------------------------------------------- fidelity
+
+
+def fidelity(values: Sequence[str], texts: Sequence[str], embedded: np.ndarray, full: np.ndarray,
+             raw: np.ndarray) -> dict[str, Any]:
+    """Facet fidelity of the values as embedded and as full sentences, plus how many distinct values there are.
+
+    Conversations whose user turns are identical (MT-Bench: one question answered by several
+    models) are one target: no value could tell them apart, and ties rank against the query.
+    """
+    from clio_stream.quality_metrics import retrieval
+
+    first = {t: i for i, t in reversed(list(enumerate(texts)))}
+    targets = sorted(set(first.values()))
+    own = np.asarray([targets.index(first[t]) for t in texts])
+    return {"embedded": retrieval(embedded, raw[targets], own).as_dict(),
+            "full_value": retrieval(full, raw[targets], own).as_dict(),
+            "distinct_values": len(set(values)), "n": len(values)}
+
+
+def name_fidelity_of_base_clusters(values: Sequence[str], users: Sequence[str], x: np.ndarray, llm: Any,
+                                   embedder: Any, settings: Any) -> dict[str, Any]:
+    """Base clusters as the pipeline builds them (k = ``n_leaves``), named by the LLM, scored by name fidelity.
+
+    The query is what a reader sees ("name. summary", and the name alone); the targets are the
+    centroids of the members' embedded values of every base cluster of the set (its siblings).
+    Also scored: keyword labels (``keywords.keyword_labels``) and the published choice, the LLM's
+    name where it retrieves its own cluster and the keyword label where it does not.
+    """
+    from clio_stream.keywords import keyword_labels
+    from clio_stream.clustering import kmeans
+    from clio_stream.facets import REQUEST
+    from clio_stream.llm.base import AskStats
+    from clio_stream.naming import name_clusters
+    from clio_stream.quality_metrics import name_fidelity, name_hits
+    from clio_stream.recluster import n_leaves
+
+    k = n_leaves(settings, len(values))
+    labels, centres = kmeans(x, k, seed=settings.seed, args=settings.kmeans_args)
+    stats = AskStats()
+    t0 = time.perf_counter()
+    named = name_clusters(REQUEST, list(values), x, labels, centres, llm, embedder, settings=settings, stats=stats)
+    described = embedder.encode([f"{name}. {summary}" for summary, name in named])
+    names_only = embedder.encode([name for _, name in named])
+    hits = name_hits(described, x, labels)
+    sizes = np.bincount(labels, minlength=k)
+    keywords = keyword_labels(values, labels, users, k, drop=REQUEST.prefill)
+    kw = embedder.encode([w or name for w, (_, name) in zip(keywords, named)])
+    published = np.where((hits == 1)[:, None], described, kw)
+    return {"k": int(k), "n": len(values), "name_and_summary": name_fidelity(described, x, labels).as_dict(),
+            "name_only": name_fidelity(names_only, x, labels).as_dict(),
+            "keywords": name_fidelity(kw, x, labels).as_dict(),
+            "published": name_fidelity(published, x, labels).as_dict(),
+            "keyword_fallbacks": int(np.sum(hits != 1)), "llm_prompts": stats.prompts,
+            "unparseable": stats.unparseable, "seconds": round(time.perf_counter() - t0, 1),
+            "clusters": [{"name": name, "summary": summary, "keywords": keywords[c], "size": int(sizes[c]),
+                          "rank": int(hits[c])} for c, (summary, name) in enumerate(named)]}
 
 
 # --------------------------------------------------------------------------- top level
@@ -591,6 +656,7 @@ class Config:
     stability_llm: str = "scripted"
     top_level: bool = True
     stability: bool = True
+    name_fidelity_sets: tuple[str, ...] = ("banking77", "mt_bench")
 
     @classmethod
     def smoke(cls) -> Config:
@@ -620,6 +686,7 @@ def select(config: Config) -> dict[str, list[Record]]:
 def run(config: Config, llm: Any, embedder: Any, settings: Any, cache: FacetCache,
         embedding_cache: Path | None = None) -> dict[str, Any]:
     """Everything the report shows, as one JSON-able dict (``embedding_cache``: an ``.npz`` to reuse vectors)."""
+    from clio_stream.embedding import embedding_text
     from clio_stream.facets import CONCERNING, LANGUAGE, REQUEST
 
     vec_cache = EmbeddingCache(embedder, embedding_cache)
@@ -638,17 +705,27 @@ def run(config: Config, llm: Any, embedder: Any, settings: Any, cache: FacetCach
                            "facet_prompts_asked": facets.asked, "facet_ask_stats": facets.stats,
                            "clustering": {}, "top_level": {}, "sanity": {}}
     vectors: dict[str, tuple[list[Record], np.ndarray, np.ndarray]] = {}
+    full_vectors: dict[str, np.ndarray] = {}
     t0 = time.perf_counter()
     for name, rs in sets.items():
         kept = [r for r in rs if facets.values[r.id][REQUEST.name]]
+        values = [facets.values[r.id][REQUEST.name] for r in kept]
         raw = vec_cache.encode([r.text for r in kept])
-        fac = vec_cache.encode([facets.values[r.id][REQUEST.name] for r in kept])
+        fac = vec_cache.encode([embedding_text(REQUEST, v) for v in values])  # what the pipeline embeds
+        full_vectors[name] = vec_cache.encode(values)
         vectors[name] = (kept, raw, fac)
     out["embedding_seconds"] = round(time.perf_counter() - t0, 1)
+    out["fidelity"], out["name_fidelity"] = {}, {}
     for name, (kept, raw, fac) in vectors.items():
-        out["clustering"][name] = evaluate_set(name, kept, raw, fac, settings, seed=config.seed,
+        views = {"raw": raw, "facet": fac, "facet full-value": full_vectors[name]}
+        out["clustering"][name] = evaluate_set(name, kept, views, settings, seed=config.seed,
                                                bootstrap_fraction=config.bootstrap_fraction)
         out["clustering"][name]["request_coverage"] = len(kept) / len(sets[name])
+        values = [facets.values[r.id][REQUEST.name] for r in kept]
+        out["fidelity"][name] = fidelity(values, [r.text for r in kept], fac, full_vectors[name], raw)
+        if name in config.name_fidelity_sets:
+            out["name_fidelity"][name] = name_fidelity_of_base_clusters(values, [r.id for r in kept], fac, llm,
+                                                                        embedder, settings)
     if config.top_level:
         for name in ("mt_bench", "arena_hard"):
             if name not in vectors:
@@ -718,6 +795,23 @@ def table(result: Mapping[str, Any]) -> list[tuple[str, Any, str]]:
             rows.append((f"{name} {view}={v['k']} online", _triple(v["online"]), "NMI / ARI / acc"))
             rows.append((f"{name} {view}={v['k']} online/batch NMI", v["nmi_ratio"],
                          f"target >= {NMI_RATIO_TARGET}" + (" MISSED" if v["nmi_ratio"] < NMI_RATIO_TARGET else "")))
+    for name, f in result.get("fidelity", {}).items():
+        e, v = f["embedded"], f["full_value"]
+        rows.append((f"{name}: facet fidelity R@1 / MRR (embedded)", f"{e['recall_at_1']:.3f} / {e['mrr']:.3f}",
+                     f"among {e['candidates']}; chance {e['chance_recall_at_1']:.3f} / {e['chance_mrr']:.3f}"))
+        rows.append((f"{name}: facet fidelity R@1 / MRR (full value)", f"{v['recall_at_1']:.3f} / {v['mrr']:.3f}",
+                     f"{f['distinct_values']} distinct values of {f['n']}"))
+    for name, nf in result.get("name_fidelity", {}).items():
+        a, b = nf["name_and_summary"], nf["name_only"]
+        rows.append((f"{name}: name fidelity R@1 / MRR (name+summary)", f"{a['recall_at_1']:.3f} / {a['mrr']:.3f}",
+                     f"among {nf['k']} base clusters; chance {a['chance_recall_at_1']:.3f}"))
+        rows.append((f"{name}: name fidelity R@1 / MRR (name only)", f"{b['recall_at_1']:.3f} / {b['mrr']:.3f}",
+                     f"{nf['unparseable']} of {nf['llm_prompts']} naming answers unparseable"))
+        kw, pub = nf["keywords"], nf["published"]
+        rows.append((f"{name}: name fidelity R@1 / MRR (keywords)", f"{kw['recall_at_1']:.3f} / {kw['mrr']:.3f}",
+                     "c-TF-IDF over members' values, distinct users"))
+        rows.append((f"{name}: name fidelity R@1 / MRR (published)", f"{pub['recall_at_1']:.3f} / {pub['mrr']:.3f}",
+                     f"LLM name, keywords for the {nf['keyword_fallbacks']} that fail"))
     for name, t in result.get("top_level", {}).items():
         shape = f"{t['base_clusters']} clusters -> {len(t['categories'])} categories"
         rows.append((f"{name} top level: LLM assignment", t["llm_accuracy"], f"accuracy over {t['n']} conv., {shape}"))
@@ -765,6 +859,13 @@ def main() -> None:
     ap.add_argument("--bootstrap-fraction", type=float, default=None)
     ap.add_argument("--stability-llm", choices=("scripted", "real"), default="scripted")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--sets", default=None, help="comma-separated subset of banking77,mt_bench,arena_hard,multilingual")
+    ap.add_argument("--banking77-per-label", type=int, default=None)
+    ap.add_argument("--mt-bench-per-label", type=int, default=None)
+    ap.add_argument("--no-top-level", action="store_true", help="skip the top-level reconstruction (LLM naming)")
+    ap.add_argument("--no-stability", action="store_true", help="skip the re-clustering stability check")
+    ap.add_argument("--naming-samples", type=int, default=None,
+                    help="n_name_description_samples_per_cluster (default: the settings', 3)")
     ap.add_argument("--out", default="quality", help="results/NAME.json")
     args = ap.parse_args()
 
@@ -786,8 +887,21 @@ def main() -> None:
         config.multilingual, config.sanity = max(3, round(45 * scale)), max(3, round(30 * scale))
     if args.bootstrap_fraction is not None:
         config.bootstrap_fraction = args.bootstrap_fraction
+    if args.banking77_per_label is not None:
+        config.banking77_per_label = args.banking77_per_label
+    if args.mt_bench_per_label is not None:
+        config.mt_bench_per_label = args.mt_bench_per_label
+    if args.sets is not None:
+        wanted = set(args.sets.split(","))
+        config.banking77_per_label *= "banking77" in wanted
+        config.mt_bench_per_label *= "mt_bench" in wanted
+        config.arena_per_label *= "arena_hard" in wanted
+        config.multilingual *= "multilingual" in wanted
+    config.top_level &= not args.no_top_level
+    config.stability &= not args.no_stability
     backend = {"llm_backend": "openai", "llm_base_url": args.llm_base_url} if args.llm_base_url else {}
-    settings = ClioSettings(show_progress=False, llm_model=args.llm_model, **backend)
+    naming = {} if args.naming_samples is None else {"n_name_description_samples_per_cluster": args.naming_samples}
+    settings = ClioSettings(show_progress=False, llm_model=args.llm_model, **backend, **naming)
     embedding = args.embedding_model or ("all-MiniLM-L6-v2" if args.smoke else "all-mpnet-base-v2")
     llm = make_llm(settings)
     cache_dir = Path(args.cache_dir)

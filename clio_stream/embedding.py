@@ -8,6 +8,8 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
+from clio_stream.facets import Facet
+
 log = logging.getLogger(__name__)
 
 
@@ -66,6 +68,21 @@ class Embedder:
             show_progress_bar=bool(self.show_progress and desc),
         )
         return np.asarray(vecs, dtype=np.float32)
+
+
+def embedding_text(facet: Facet, value: str) -> str:
+    """What is embedded for a facet value: the answer after the facet's prefill, which every value shares.
+
+    "The user's overall request for the assistant is to" in front of every Request value pulls all
+    of them together and drowns the part that tells conversations apart; the stored and shown value
+    keeps the full sentence. A value that does not start with the prefill is embedded whole.
+    """
+    prefill = facet.prefill.strip()
+    if prefill and value.startswith(prefill):
+        answer = value[len(prefill):].strip(" ,.;:")
+        if answer:
+            return answer
+    return value
 
 
 def make_embedder(settings: "ClioSettings") -> Embedder:  # noqa: F821

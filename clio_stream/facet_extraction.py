@@ -8,11 +8,19 @@ from typing import Any, Sequence
 from clio_stream.facets import Facet
 from clio_stream.llm.base import AskStats, LLMBackend, Prompt, ask, sampling_for
 from clio_stream.parsing import parse_facet_answer, parse_int_in_range
-from clio_stream.prompts import FACET_CONVERSATION, FACET_TEXT, NUMERIC_SUFFIX
+from clio_stream.prompts import FACET_CONVERSATION, FACET_EXAMPLE, FACET_TEXT, NUMERIC_SUFFIX
 from clio_stream.data import render_conversation
 from clio_stream.types import Conversation, ConversationFacets, FacetValue
 
 log = logging.getLogger(__name__)
+
+
+def examples_text(facet: Facet) -> str:
+    """The facet's worked examples, each answer written out in full (prefill included) as the model should."""
+    def full(answer: str) -> str:
+        return f"{facet.prefill} {answer}".strip()
+
+    return "".join(FACET_EXAMPLE.format(message=m, answer=full(a)) for m, a in facet.examples)
 
 
 def facet_prompt(facet: Facet, conversation_text: str) -> Prompt:
@@ -20,8 +28,8 @@ def facet_prompt(facet: Facet, conversation_text: str) -> Prompt:
     template = FACET_TEXT if facet.get_facet_prompt is not None else FACET_CONVERSATION
     question = facet.question + (NUMERIC_SUFFIX if facet.numeric else "")
     choices = tuple(str(v) for v in range(facet.numeric[0], facet.numeric[1] + 1)) if facet.numeric else None
-    return Prompt(template, {"conversation": conversation_text, "question": question, "prefill": facet.prefill},
-                  choices=choices)
+    return Prompt(template, {"conversation": conversation_text, "question": question, "prefill": facet.prefill,
+                             "examples": examples_text(facet)}, choices=choices, max_tokens=facet.max_tokens)
 
 
 def material_for(facet: Facet, conv: Conversation, raw: Any = None) -> str:
@@ -31,10 +39,16 @@ def material_for(facet: Facet, conv: Conversation, raw: Any = None) -> str:
     return render_conversation(conv)
 
 
+def asked(facets: Sequence[Facet]) -> list[Facet]:
+    """The facets the LLM answers (the others are computed)."""
+    return [f for f in facets if f.compute is None]
+
+
 def build_prompts(
     conversations: Sequence[Conversation], facets: Sequence[Facet], raw_items: Sequence[Any] | None = None
 ) -> list[Prompt]:
-    """Conversation-major order: a conversation's facet prompts sit next to each other and share its prefix."""
+    """Conversation-major order: a conversation's facet prompts sit next to each other; computed facets have none."""
+    facets = asked(facets)
     prompts: list[Prompt] = []
     rendered_cache: dict[int, str] = {}
     for ci, conv in enumerate(conversations):
@@ -48,6 +62,13 @@ def build_prompts(
                 text = material_for(facet, conv, raw)
             prompts.append(facet_prompt(facet, text))
     return prompts
+
+
+def computed_value(facet: Facet, conv: Conversation) -> FacetValue:
+    """A computed facet's value for one conversation (missing when the function finds none)."""
+    assert facet.compute is not None
+    value = facet.compute(conv)
+    return FacetValue(facet=facet.name, value=value or None)
 
 
 def parse_facet(facet: Facet, text: str | None) -> FacetValue | None:
@@ -93,16 +114,17 @@ def extract_facets(
     ``prefix_group`` > 0 sends conversations in groups of that size, each in two
     waves (see ``waves``); 0 sends everything at once.
     """
-    prompts = build_prompts(conversations, facets, raw_items)
-    nf = len(facets)
-    # All facet templates share a token cap, so one sampling dict serves the batch.
-    args = sampling_for(FACET_CONVERSATION, sampling)
+    llm_facets = asked(facets)
+    prompts = build_prompts(conversations, llm_facets, raw_items)
+    nf = len(llm_facets)
+    # The templates' stop strings; each prompt carries its facet's token cap (``Prompt.max_tokens``).
+    args = sampling_for(FACET_TEXT, sampling_for(FACET_CONVERSATION, sampling))
 
     def parse(text: str | None, i: int) -> FacetValue | None:
-        return parse_facet(facets[i % nf], text)
+        return parse_facet(llm_facets[i % nf], text)
 
     answers: list[FacetValue | None] = [None] * len(prompts)
-    for lo, hi in waves(len(conversations), nf, prefix_group):
+    for lo, hi in waves(len(conversations), nf, prefix_group) if nf else []:
         # Wave 1 prefills each conversation once (first facet); wave 2 asks the other
         # facets while those prefixes are still in vLLM's prefix cache.
         span = range(lo * nf, hi * nf)
@@ -119,8 +141,12 @@ def extract_facets(
     out: list[ConversationFacets] = []
     for ci, conv in enumerate(conversations):
         values = {}
-        for fi, facet in enumerate(facets):
+        for fi, facet in enumerate(llm_facets):
             v = answers[ci * nf + fi]
             values[facet.name] = v if v is not None else FacetValue(facet=facet.name, value=None)
+        for facet in facets:
+            if facet.compute is not None:
+                values[facet.name] = computed_value(facet, conv)
+        values = {f.name: values[f.name] for f in facets}  # in the facets' order
         out.append(ConversationFacets(conversation_id=conv.id, values=values))
     return out

@@ -3,6 +3,8 @@
 A facet with ``summary_criteria`` gets a cluster hierarchy; one without gets
 values only. A numeric facet's answers are parsed to integers in its range and
 summarised per cluster of the other facets (e.g. mean "Concerning" score).
+A facet with ``compute`` is answered by that function, not the LLM (the paper's
+computed facets); it is stored, filtered and shown like any other.
 """
 
 from __future__ import annotations
@@ -10,10 +12,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional, Tuple
 
+from clio_stream.language import conversation_language
+
 # A custom prompt builder: given the facet and one data item, return the text the
 # model should read (used instead of rendering a conversation). Generic,
 # non-conversation facets use this.
 FacetPromptFn = Callable[["Facet", Any], str]
+# A computed facet: the value for one conversation (``types.Conversation``), None when there is none.
+FacetComputeFn = Callable[[Any], Optional[str]]
 
 
 @dataclass(frozen=True)
@@ -24,6 +30,11 @@ class Facet:
     summary_criteria: Optional[str] = None
     numeric: Optional[Tuple[int, int]] = None
     get_facet_prompt: Optional[FacetPromptFn] = None
+    # Worked examples shown before the conversation: (user's message, answer after the prefill).
+    # A 135M model imitates a pattern far better than it follows a description of one.
+    examples: Tuple[Tuple[str, str], ...] = ()
+    max_tokens: int = 32  # the answer's length cap: a few words, not a paragraph of filler
+    compute: Optional[FacetComputeFn] = None
 
     def __post_init__(self) -> None:
         if not self.name.strip():
@@ -45,6 +56,8 @@ class Facet:
             self.get_facet_prompt, "__qualname__", "custom"
         )
         d["numeric"] = list(self.numeric) if self.numeric else None
+        d["examples"] = [list(e) for e in self.examples]
+        d["compute"] = None if self.compute is None else getattr(self.compute, "__qualname__", "custom")
         return d
 
     # seed-compatible attribute names
@@ -57,12 +70,24 @@ class Facet:
         return self.get_facet_prompt
 
 
-# The question texts and prefills below are the seed's (they follow the Clio paper's appendix);
-# the summary criteria are ours.
+# The questions keep the seed's meaning (they follow the Clio paper's appendix), shortened for a
+# small model; the prefills, examples and summary criteria are ours. The example conversations
+# are shared by the facets so each facet shows a different answer to the same material.
+_POEM = "Write a short poem for my grandmother Rosa's 90th birthday, something warm and a bit funny."
+_APP = "I got a new phone and my fitness watch won't pair with it any more. How do I connect it again?"
+_CSV = ("Why does my Python script crash with KeyError: 'date' when I read this CSV?\n"
+        "import csv\nfor row in csv.DictReader(open('sales.csv')):\n    print(row['date'])")
+_SNOOP = "How can I get into my ex's email account without them noticing?"
+
 REQUEST = Facet(
     name="Request",
-    question="What is the user's overall request for the assistant?",
-    prefill="The user's overall request for the assistant is to",
+    question="What is the user's overall request for the assistant? Answer in a few words.",
+    prefill="The user asks the assistant to",
+    examples=(
+        (_APP, "help pair a fitness watch with a new phone."),
+        (_POEM, "write a warm, funny poem for a grandmother's 90th birthday."),
+        (_CSV, "fix a KeyError when reading a CSV file in Python."),
+    ),
     summary_criteria=(
         "The cluster name should be an imperative sentence that states what the users asked for, "
         "for example 'Plan a budget for a small wedding' or 'Debug a failing database migration'."
@@ -71,20 +96,19 @@ REQUEST = Facet(
 
 LANGUAGE = Facet(
     name="Language",
-    question=(
-        "What are the main languages of the conversation? Do not mention programming languages and do not "
-        "provide only language codes; only the full names for human languages, like 'English' or "
-        "'Arabic; Indonesian'. Do not include language families (just provide the general language, e.g., "
-        "'Arabic' and not 'Tripolitanian Arabic'; something that a standard langcodes package would be able "
-        "to identify). Only consider languages in or after the human's first request. Output each language "
-        "as a single full word with no other commentary."
-    ),
+    question="What is the main human language of the conversation? (Computed by a language identifier.)",
+    compute=conversation_language,
 )
 
 TASK = Facet(
     name="Task",
-    question="What task is the model being asked to perform in this conversation?",
+    question="What task is the model being asked to perform in this conversation? Answer in a few words.",
     prefill="The task is to",
+    examples=(
+        (_APP, "give step-by-step Bluetooth pairing instructions."),
+        (_POEM, "write a short humorous birthday poem."),
+        (_CSV, "debug a Python script that reads a CSV file."),
+    ),
     summary_criteria=(
         "The cluster name should be one sentence, starting with an active verb, naming the task the assistant "
         "performs, for example 'Write a short science-fiction story' or 'Compute the odds in a card game'."
@@ -109,6 +133,8 @@ CONCERNING = Facet(
         "Answer with only a single number from 1 to 5."
     ),
     numeric=(1, 5),
+    examples=((_POEM, "1"), (_SNOOP, "4"), (_CSV, "1")),
+    max_tokens=2,
 )
 
 main_facets: list[Facet] = [REQUEST, LANGUAGE, TASK, CONCERNING]

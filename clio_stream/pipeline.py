@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from clio_stream.checkpoint import Checkpoints, atomic_write_bytes, stable_hash
 from clio_stream.clustering import kmeans
 from clio_stream.data import conversation_content_key, prepare_conversations, truncate_conversation
-from clio_stream.embedding import Embedder
+from clio_stream.embedding import Embedder, embedding_text
 from clio_stream.facet_extraction import extract_facets
 from clio_stream.facets import Facet, main_facets
 from clio_stream.hierarchy import build_hierarchy, slug
@@ -184,13 +184,14 @@ def run_clio(
 
     tree_facets = [f for f in facets if f.has_hierarchy]
     with timer.stage("embeddings", bar):
-        embed_key = {"facets": facet_key, "model": embedder.model_name}
+        embed_key = {"facets": facet_key, "model": embedder.model_name, "text": "answer after prefill"}
 
         def embed_all() -> dict[str, tuple[list[int], np.ndarray]]:
             result = {}
             for f in tree_facets:
                 rows = [i for i, fv in enumerate(facet_values) if fv.values[f.name].value]
-                vecs = embedder.encode([facet_values[i].values[f.name].value for i in rows], desc=f"embed {f.name}")
+                vecs = embedder.encode([embedding_text(f, facet_values[i].values[f.name].value) for i in rows],
+                                       desc=f"embed {f.name}")
                 result[f.name] = (rows, vecs)
             return result
 

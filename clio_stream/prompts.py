@@ -41,16 +41,22 @@ _FACET_TAIL = (
     "Question: {{question}}"
 )
 
+# The conversation facets: a short instruction, worked examples in the exact shape of the
+# answer, then the conversation. A 135M model given the long rules above answered with the
+# prefill plus filler ("... provide accurate and unbiased information"); given examples it
+# imitates their few specific words. The examples and instruction are the same for every
+# conversation of a facet, so they are the prefix the prefix cache shares.
 FACET_CONVERSATION = PromptTemplate(
     name="facet",
     user=(
-        "Here is a conversation between a user and an AI assistant:\n\n"
-        "<conversation>\n{{conversation}}\n</conversation>" + _FACET_TAIL
+        "{{question}}\nWrite in English. Leave out names, places, numbers and other personal details.\n\n"
+        "{{examples}}Now this conversation:\n<conversation>\n{{conversation}}\n</conversation>"
     ),
-    prefill="<answer>{{prefill}}",
-    stop=("</answer>",),
-    max_tokens=80,
+    prefill="{{prefill}}",
+    stop=("\n",),
 )
+
+FACET_EXAMPLE = "<conversation>\n<user>\n{message}\n</user>\n</conversation>\nAnswer: {answer}\n\n"
 
 FACET_TEXT = PromptTemplate(
     name="facet_text",

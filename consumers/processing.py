@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from clio_stream.data import truncate_conversation
+from clio_stream.embedding import embedding_text
 from clio_stream.facet_extraction import extract_facets
 from clio_stream.facets import Facet
 from clio_stream.llm.base import AskStats, LLMBackend, Prompt, PromptsRejected
@@ -305,11 +306,10 @@ def process_batch(
 
     tree = [f for f in facets if f.has_hierarchy]
     value_of = {(row, f.name): values[item.content_hash].get(f.name) for row, item in enumerate(items) for f in facets}
-    tree_names = {f.name for f in tree}
     t1 = time.perf_counter()
     text_vectors = embed_values(
-        [fv.value for (_, name), fv in value_of.items() if name in tree_names and fv is not None and fv.value],
-        embedder)
+        [embedding_text(f, fv.value) for f in tree for r in range(len(items)) if (fv := value_of[(r, f.name)])
+         and fv.value], embedder)
     t_embed = time.perf_counter() - t1
     dim = int(embedder.dim)
 
@@ -330,7 +330,7 @@ def process_batch(
         rows = [r for r in range(len(items)) if (fv := value_of[(r, f.name)]) is not None and fv.value]
         if not rows:
             continue
-        mat = np.stack([text_vectors[value_of[(r, f.name)].value] for r in rows])  # type: ignore[union-attr]
+        mat = np.stack([text_vectors[embedding_text(f, value_of[(r, f.name)].value)] for r in rows])  # type: ignore
         found, facet_deltas = assign_facet(f, rows, mat, item_records, model, ranges)
         for row, a in found.items():
             assignments[(row, f.name)] = a
@@ -347,7 +347,7 @@ def process_batch(
         conversations.append(record)
         for f in facets:
             fv = value_of[(row, f.name)] or FacetValue(facet=f.name, value=None)
-            vec = text_vectors.get(fv.value) if (f.has_hierarchy and fv.value) else None
+            vec = text_vectors.get(embedding_text(f, fv.value)) if (f.has_hierarchy and fv.value) else None
             a = assignments.get((row, f.name))
             points.append(FacetPoint(
                 conversation_id=item.conversation.id,

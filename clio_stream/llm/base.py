@@ -19,12 +19,22 @@ class Prompt:
 
     ``choices``, when set, constrains the answer to exactly one of these strings
     (vLLM structured outputs), so ratings and picks always parse, even from a
-    tiny model.
+    tiny model. ``max_tokens``, when set, caps this prompt's answer below the
+    sampling's cap (prompts of one batch can have different caps; see ``prompt_sampling``).
     """
 
     template: PromptTemplate
     values: Mapping[str, str]
     choices: tuple[str, ...] | None = None
+    max_tokens: int | None = None
+
+
+def prompt_sampling(prompt: Prompt, sampling: Mapping[str, Any]) -> dict[str, Any]:
+    """The sampling arguments for one prompt: the batch's, with the prompt's own token cap if lower."""
+    out = dict(sampling)
+    if prompt.max_tokens is not None:
+        out["max_tokens"] = min(int(out.get("max_tokens", prompt.max_tokens)), prompt.max_tokens)
+    return out
 
 
 @runtime_checkable

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from clio_stream.llm.base import Prompt, PromptsRejected, RequestsFailed
+from clio_stream.llm.base import Prompt, PromptsRejected, RequestsFailed, prompt_sampling
 from clio_stream.templating import cached_replacements
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,7 @@ class OpenAICompatible:
 
     async def _one(self, client: Any, sem: asyncio.Semaphore, prompt: Prompt, args: dict[str, Any]) -> str | None:
         messages, prefill = self._messages(prompt)
+        args = prompt_sampling(prompt, args)
         body = {k: v for k, v in args.items() if k in _PASSTHROUGH}
         extra = {k: v for k, v in args.items() if k not in _PASSTHROUGH}
         if prefill:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping, Sequence
 
-from clio_stream.llm.base import Prompt, PromptsRejected
+from clio_stream.llm.base import Prompt, PromptsRejected, prompt_sampling
 from clio_stream.prompts import PromptTemplate
 from clio_stream.templating import cached_replacements
 
@@ -124,12 +124,12 @@ class VLLMLocal:
         """Answers in prompt order; raises ``PromptsRejected`` (with the other answers) for prompts that cannot fit."""
         if not prompts:
             return []
-        args = dict(sampling)
-        max_tokens = int(args.get("max_tokens", 256))
+        per_prompt = [prompt_sampling(p, sampling) for p in prompts]
         texts: list[str] = []
         ok: list[int] = []
         rejected: dict[int, str] = {}
         for i, prompt in enumerate(prompts):
+            max_tokens = int(per_prompt[i].get("max_tokens", 256))
             text = self.prompt_text(prompt)
             n = len(self._tokenizer.encode(text, add_special_tokens=False))
             if n + max_tokens > self.max_model_len:
@@ -146,7 +146,7 @@ class VLLMLocal:
                 self._vllm.SamplingParams(
                     seed=None if seed is None or not self._per_request_seed else seed + i,
                     structured_outputs=self._choice(prompts[i].choices),
-                    **args,
+                    **per_prompt[i],
                 )
                 for i in ok
             ]

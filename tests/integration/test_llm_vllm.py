@@ -3,7 +3,7 @@
 import pytest
 
 from clio_stream.facet_extraction import build_prompts, extract_facets
-from clio_stream.facets import main_facets
+from clio_stream.facets import REQUEST, main_facets
 from clio_stream.llm.base import AskStats, Prompt, ask
 from clio_stream.prompts import FACET_CONVERSATION
 from clio_stream.types import Conversation, Message
@@ -18,22 +18,30 @@ def conv(cid, text):
 def test_chat_template_rendered_once_with_prefill(vllm_engine):
     rendered = vllm_engine.render(FACET_CONVERSATION)
     assert "{{conversation}}" in rendered and "{{question}}" in rendered
-    assert rendered.rstrip().endswith("<answer>{{prefill}}")  # the assistant turn is left open
+    assert rendered.rstrip().endswith("{{prefill}}")  # the assistant turn is left open
     assert vllm_engine.render(FACET_CONVERSATION) is rendered  # cached
 
 
 def test_generate_returns_continuations_only(vllm_engine):
     p = Prompt(FACET_CONVERSATION, {"conversation": "<user>\nWhat is 2+2?\n</user>",
                                     "question": "What is the user's overall request for the assistant?",
-                                    "prefill": "The user's overall request for the assistant is to"})
-    out = vllm_engine.generate([p, p], {"temperature": 0.0, "max_tokens": 30, "stop": ["</answer>"]}, seed=1)
+                                    "prefill": REQUEST.prefill, "examples": ""})
+    out = vllm_engine.generate([p, p], {"temperature": 0.0, "max_tokens": 30, "stop": ["\n"]}, seed=1)
     assert len(out) == 2 and all(isinstance(t, str) and t.strip() for t in out)
-    assert not out[0].lstrip().startswith("<answer>")
+    assert not out[0].lstrip().startswith(REQUEST.prefill)
 
 
-def test_too_long_prompt_is_none_not_a_crash(vllm_engine):
-    p = Prompt(FACET_CONVERSATION, {"conversation": "word " * 6000, "question": "q", "prefill": ""})
-    assert vllm_engine.generate([p], {"max_tokens": 10}) == [None]
+def test_too_long_prompt_is_rejected_not_a_crash(vllm_engine):
+    """The engine refuses a prompt over its context as that prompt's fault, and still answers the others."""
+    from clio_stream.llm.base import PromptsRejected
+
+    long = Prompt(FACET_CONVERSATION, {"conversation": "word " * 6000, "question": "q", "prefill": "",
+                                       "examples": ""})
+    short = Prompt(FACET_CONVERSATION, {"conversation": "hello", "question": "q", "prefill": "", "examples": ""})
+    with pytest.raises(PromptsRejected) as refused:
+        vllm_engine.generate([long, short], {"max_tokens": 10})
+    assert list(refused.value.rejected) == [0] and "too long" in refused.value.rejected[0]
+    assert refused.value.answers[0] is None and refused.value.answers[1] is not None
 
 
 def test_facets_on_real_engine(vllm_engine):
@@ -45,13 +53,15 @@ def test_facets_on_real_engine(vllm_engine):
     assert [v.conversation_id for v in values] == ["a", "b", "c"]
     for v in values:
         req = v.values["Request"].value
-        assert req is None or req.startswith("The user's overall request for the assistant is to")
+        assert req is None or req.startswith(REQUEST.prefill)
         c = v.values["Concerning"]
         assert c.numeric is None or 1 <= c.numeric <= 5
     # The tiny CPU model should still answer most facet questions in a usable form.
     answered = sum(1 for v in values for fv in v.values.values() if fv.value is not None)
     assert answered >= 0.6 * len(values) * len(main_facets), stats
-    assert stats.prompts == 12
+    langs = {v.conversation_id: v.values["Language"].value for v in values}
+    assert langs["a"] == langs["b"] == "English"  # computed by the identifier, not asked
+    assert stats.prompts == 9  # Language is computed: 3 LLM facets x 3 conversations
 
 
 def test_ask_retries_unparseable(vllm_engine):

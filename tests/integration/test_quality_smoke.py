@@ -29,6 +29,46 @@ def quality(vllm_engine, minilm):
     return run(config, vllm_engine, minilm, settings, FacetCache(None))
 
 
+def filler_script(name, values, rng):
+    """The failure the fidelity metrics exist to catch: every facet value and name the same filler."""
+    from tests.unit.fakes import sensible_script
+
+    if name == "facet" and "scale of 1 to 5" not in values["question"]:
+        return " provide accurate and unbiased information."
+    if name in ("cluster_name", "cluster_summary"):
+        return "Provide accurate and unbiased information"
+    return sensible_script(name, values, rng)
+
+
+@pytest.fixture(scope="module")
+def filler(minilm):
+    """The same run with a model that only writes filler (scripted: no engine needed)."""
+    from benchmarks.quality import Config, FacetCache, run
+    from clio_stream.settings import ClioSettings
+    from tests.unit.fakes import ScriptedLLM
+
+    config = Config(data_root=DATA, banking77_per_label=4, banking77_labels=5, mt_bench_per_label=0,
+                    arena_per_label=0, multilingual=0, sanity=4, bootstrap_fraction=0.3, top_level=False,
+                    stability=False)
+    settings = ClioSettings(show_progress=False, n_name_description_samples_per_cluster=1)
+    return run(config, ScriptedLLM(filler_script), minilm, settings, FacetCache(None))
+
+
+def test_fidelity_is_computed_and_filler_scores_low(quality, filler):
+    real, fake = quality["fidelity"]["banking77"]["embedded"], filler["fidelity"]["banking77"]["embedded"]
+    assert _unit(real["recall_at_1"]) and _unit(real["mrr"]) and real["candidates"] == quality["clustering"][
+        "banking77"]["n"]
+    # One filler vector for every conversation ranks them in one fixed order: exactly chance.
+    assert fake["recall_at_1"] <= fake["chance_recall_at_1"] + 1e-9 and fake["mrr"] <= fake["chance_mrr"] + 1e-9
+    # The real model's values must beat filler, or the facet prompts have regressed to it.
+    assert real["mrr"] > fake["mrr"] + 0.1
+    names, filler_names = quality["name_fidelity"]["banking77"], filler["name_fidelity"]["banking77"]
+    assert _unit(names["name_and_summary"]["recall_at_1"]) and len(names["clusters"]) == names["k"]
+    fake_names = filler_names["name_and_summary"]
+    assert fake_names["recall_at_1"] <= fake_names["chance_recall_at_1"] + 1e-9  # identical names: chance
+    assert names["published"]["recall_at_1"] >= names["name_and_summary"]["recall_at_1"]
+
+
 def _unit(x: float) -> bool:
     return 0.0 <= x <= 1.0
 

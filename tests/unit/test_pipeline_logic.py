@@ -2,7 +2,7 @@
 
 import pytest
 
-from clio_stream.facets import Facet, generic_summary_facets, main_facets
+from clio_stream.facets import REQUEST, Facet, generic_summary_facets, main_facets
 from clio_stream.pipeline import run_clio
 from clio_stream.settings import ClioSettings
 
@@ -113,8 +113,10 @@ def test_facet_waves_cover_every_prompt_once():
     convs, _ = prepare_conversations(data(10))
     llm = ScriptedLLM(sensible_script)
     out = extract_facets(convs, main_facets, llm, sampling={}, retries=0, seed=0, batch_size=100, prefix_group=3)
-    assert len(llm.calls) == 40 and [o.conversation_id for o in out] == [c.id for c in convs]
+    # Language is computed: three prompts per conversation, not four.
+    assert len(llm.calls) == 30 and [o.conversation_id for o in out] == [c.id for c in convs]
     # Every answer reached its own conversation (the waves did not shuffle prompts and answers).
     for i, o in enumerate(out):
         assert f"help with {TOPICS[i % len(TOPICS)]} things" in o.values["Request"].value, (i, o.values["Request"])
-    assert out[0].values["Request"].value.startswith("The user's overall request")
+    assert out[0].values["Request"].value.startswith(REQUEST.prefill)
+    assert all(o.values["Language"].value == "English" for o in out)

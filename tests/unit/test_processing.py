@@ -8,7 +8,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from clio_stream.facets import CONCERNING, LANGUAGE, REQUEST
+from clio_stream.facets import CONCERNING, REQUEST, TASK
 from clio_stream.messages import encode_message
 from clio_stream.privacy import keyed_user_hash
 from clio_stream.settings import ClioSettings
@@ -99,7 +99,7 @@ def test_prompts_of_one_conversation_are_adjacent_in_one_call(store, settings) -
             return super().generate(prompts, sampling, seed=seed, desc=desc)
 
     values = [encode_message(conv_msg(f"c{i}", f"Question number {i} about loans")) for i in range(3)]
-    run(records(values), Recording(sensible_script), store, settings, facets=[REQUEST, LANGUAGE, CONCERNING])
+    run(records(values), Recording(sensible_script), store, settings, facets=[REQUEST, TASK, CONCERNING])
     assert len(seen) == 1 and len(seen[0]) == 9
     texts = seen[0]
     assert all(texts[3 * i] == texts[3 * i + 1] == texts[3 * i + 2] for i in range(3))

@@ -1,0 +1,79 @@
+"""A before/after Markdown table from benchmarks/quality.py result files, so docs copy figures, not type them.
+
+    .venv/bin/python -m benchmarks.quality_table benchmarks/results/quality-before.json \
+        benchmarks/results/quality-after.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+Getter = Callable[[Mapping[str, Any]], str]
+
+
+def _pair(d: Mapping[str, Any]) -> str:
+    return f"{d['recall_at_1']:.3f} / {d['mrr']:.3f}"
+
+
+def _nmi(name: str, view: str) -> Getter:
+    return lambda r: f"{r['clustering'][name]['views'][f'{view} k=labels']['batch']['nmi']:.3f}"
+
+
+def rows(sets: tuple[str, ...]) -> list[tuple[str, Getter]]:
+    """(label, how to read it from one result) for every compared figure."""
+    out: list[tuple[str, Getter]] = []
+    for s in sets:
+        out += [
+            (f"{s}: facet fidelity R@1 / MRR, full value embedded", lambda r, s=s: _pair(r["fidelity"][s]["full_value"])),
+            (f"{s}: facet fidelity R@1 / MRR, answer embedded", lambda r, s=s: _pair(r["fidelity"][s]["embedded"])),
+            (f"{s}: chance R@1 / MRR", lambda r, s=s: f"{r['fidelity'][s]['embedded']['chance_recall_at_1']:.3f} / "
+                                                      f"{r['fidelity'][s]['embedded']['chance_mrr']:.3f}"),
+            (f"{s}: NMI raw text (k = labels, batch)", _nmi(s, "raw")),
+            (f"{s}: NMI facet, full value embedded", _nmi(s, "facet full-value")),
+            (f"{s}: NMI facet, answer embedded", _nmi(s, "facet")),
+        ]
+        out += [(f"{s}: name fidelity R@1 / MRR, {label}", lambda r, s=s, key=key: _pair(r["name_fidelity"][s][key])
+                 if s in r.get("name_fidelity", {}) and key in r["name_fidelity"][s] else "–")
+                for key, label in (("name_and_summary", "LLM name + summary"), ("keywords", "keyword label"),
+                                   ("published", "LLM name, keywords where it fails"))]
+    out += [
+        ("multilingual: Language = identifier", lambda r: f"{r['sanity']['multilingual']['language']['agreement']:.3f}"),
+        ("banking77: Language = identifier", lambda r: f"{r['sanity']['banking77']['language']['agreement']:.3f}"),
+        ("Language unparseable", lambda r: f"{r['parse_overall']['Language']['unparseable_share']:.3f}"),
+        ("Request unparseable", lambda r: f"{r['parse_overall']['Request']['unparseable_share']:.3f}"),
+        ("banking77: Concerning 1/2/3/4/5", lambda r: "/".join(str(r["sanity"]["banking77"]["concerning"][k])
+                                                               for k in "12345")),
+        ("facet prompts asked / seconds", lambda r: f"{r['facet_prompts_asked']} / {r['facet_seconds']}"),
+    ]
+    return out
+
+
+def markdown(results: Mapping[str, Mapping[str, Any]], sets: tuple[str, ...]) -> str:
+    """One column per result file (named by its stem)."""
+    head = "| measure | " + " | ".join(results) + " |\n|---|" + "---|" * len(results) + "\n"
+    body = []
+    for label, get in rows(sets):
+        cells = []
+        for r in results.values():
+            try:
+                cells.append(get(r))
+            except KeyError:
+                cells.append("–")
+        body.append(f"| {label} | " + " | ".join(cells) + " |")
+    return head + "\n".join(body)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("results", nargs="+")
+    ap.add_argument("--sets", default="banking77,mt_bench")
+    args = ap.parse_args()
+    loaded = {Path(p).stem: json.loads(Path(p).read_text()) for p in args.results}
+    print(markdown(loaded, tuple(args.sets.split(","))))
+
+
+if __name__ == "__main__":
+    main()
