@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from kafka.errors import CommitFailedError
 
+from clio_stream.embedding import embedding_text
 from clio_stream.kafka_io import ensure_topics
 from clio_stream.online import OnlineKMeans
 from clio_stream.settings import ClioSettings
@@ -129,8 +130,9 @@ def test_a_redelivery_over_a_longer_range_after_a_failed_commit_counts_each_reco
         # From scratch: the bootstrap plus each record once, with the assignment of its first delivery.
         stored = facet_payloads(store, "Request")
         points = [first.get(c["id"], stored[c["id"]]) for c in stream]
+        # The vector of a value is that of its answer after the facet's prefill (what the worker embeds).
         vectors = dict(zip([p["conversation_id"] for p in points],
-                           HashEmbedder().encode([p["value"] for p in points])))
+                           HashEmbedder().encode([embedding_text(FACETS[0], p["value"]) for p in points])))
         counts, centroids = expected_model(bootstrap, points, vectors)
         model_b = b.centroids.models["Request"]  # type: ignore[union-attr]
         assert model_b.learned == len(stream), "a redelivered record was counted twice"
