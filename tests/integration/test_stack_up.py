@@ -63,7 +63,7 @@ def _samples(text: str) -> dict[str, float]:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def check_every_part_is_scraped(stack: Stack, base: str, admin: dict[str, str], version: int) -> None:
+def check_every_part_is_scraped(stack: Stack, base: str, admin: dict[str, str], version: int | str) -> None:
     """A Prometheus scrape of `up` reaches the API, every consumer and the scheduler, with live figures."""
     api = _samples(httpx.get(f"{base}/metrics", headers=admin, timeout=10).text)
     assert any(k.startswith("clio_api_requests_total{") and v > 0 for k, v in api.items()), sorted(api)[:10]
@@ -76,4 +76,4 @@ def check_every_part_is_scraped(stack: Stack, base: str, admin: dict[str, str], 
         assert got["clio_consumer_health{state=ok,worker=consumer-0}"] == 1.0
         assert httpx.get(url.replace("/metrics", "/readyz"), timeout=10).status_code == 200
     sched = _samples(httpx.get(stack.urls["scheduler metrics"], timeout=10).text)
-    assert sched["clio_recluster_runs_total{}"] >= 1 and sched["clio_recluster_published_version{}"] >= version
+    assert sched["clio_recluster_runs_total{}"] >= 1 and sched["clio_recluster_published_version{}"] >= int(version)
