@@ -103,7 +103,7 @@ def test_real_site_in_chromium(real_run):
                 node_id = child.get_attribute("data-node-id")
                 page.click(f'[data-testid="node-toggle-{node_id}"]')
             conv = page.locator("[data-conversation-id]").first
-            conv.wait_for()
+            conv.wait_for(timeout=90_000)  # a loaded 2-core machine can take longer than the default 30 s
             conv.click()
             view = page.locator('[data-testid="conversation-view"]')
             view.wait_for()

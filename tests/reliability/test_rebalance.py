@@ -50,8 +50,12 @@ from tests.streaming_helpers import (
 log = logging.getLogger(__name__)
 
 
-def _fail_one_commit(worker: ConsumerWorker) -> list[int]:
-    """The worker's next commit is refused as after a rebalance (its batch will be redelivered)."""
+def _fail_one_commit(worker: ConsumerWorker, then: Callable[[], None]) -> list[int]:
+    """The worker's next commit is refused as after a rebalance, and ``then`` runs (its batch will be redelivered).
+
+    ``then`` stops the worker's loop at once: a worker that polled on would commit a later batch of the same
+    partition, and its offsets would move past the refused batch before anyone else owned it.
+    """
     consumer = worker._consumer
     assert consumer is not None
     real, refused = consumer.commit, []
@@ -59,6 +63,7 @@ def _fail_one_commit(worker: ConsumerWorker) -> list[int]:
     def commit(offsets: Any = None) -> None:
         if not refused:
             refused.append(1)
+            then()
             raise CommitFailedError("injected: the group rebalanced before the commit")
         real(offsets)
 
@@ -101,7 +106,7 @@ def test_rebalances_during_a_clustered_stream_apply_each_delta_once(
         wait_for(lambda: "Request" in a.centroids.models, 60, "worker-a to load the clustering")  # type: ignore[union-attr]
 
         waves = [stream[i::3] for i in range(3)]
-        refused = _fail_one_commit(a)
+        refused = _fail_one_commit(a, then=threads["worker-a"][1].set)
         send_conversations(s.kafka_bootstrap, s.topic, waves[0])
         wait_for(lambda: bool(refused), 300, "worker-a's refused commit")
         stop_thread(*threads.pop("worker-a"))  # leaves without that commit: its batch goes to the next owner
