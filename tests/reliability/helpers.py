@@ -9,6 +9,7 @@ a separate status point and separate facet points.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 import os
 import socket
 import threading
@@ -136,3 +137,29 @@ def seed_store(s: ClioSettings, n: int, skip: int, tag: str) -> list[dict[str, A
         store.upsert_facets(points)
         store.mark_conversations(records)
     return convs
+
+
+@dataclass(frozen=True)
+class DeltaTally:
+    """A replay of the deltas topic from scratch against the stored values (0 double-applied deltas: added == valued)."""
+
+    delta_messages: int
+    rejected: int
+    valued: int  # stored Request values outside ``exclude``
+    added: int  # records the replayed deltas added to the bootstrap clustering
+
+
+def replayed_delta_tally(store: Any, s: ClioSettings, bootstrap: Any, exclude: set[str],
+                         max_records: int = 100_000) -> DeltaTally:
+    """Replay every delta with a fresh replica of the bootstrap clustering and count against the store."""
+    from consumers.centroids import SharedCentroids
+    from consumers.deltas_io import receive
+    from tests.streaming_helpers import facet_payloads, read_topic
+
+    replica = SharedCentroids([REQUEST.name], int(bootstrap.dim))
+    assert replica.refresh(store) == [REQUEST.name]
+    records = read_topic(s.kafka_bootstrap, s.deltas_topic, max_records, timeout=10)
+    report = replica.apply([receive(r) for r in records])
+    valued = sum(1 for cid, p in facet_payloads(store, REQUEST.name).items() if cid not in exclude and p.get("value"))
+    added = int(replica.models[REQUEST.name].counts.sum() - bootstrap.counts.sum())
+    return DeltaTally(len(records), len(report.rejected), valued, added)

@@ -27,16 +27,13 @@ from clio_stream.kafka_io import decode_dead_letter, ensure_topics
 from clio_stream.messages import encode_message
 from clio_stream.online import OnlineKMeans
 from consumers.bootstrap import bootstrap_clustering
-from consumers.centroids import SharedCentroids
-from consumers.deltas_io import receive
 from consumers.worker import WRITE_STEPS
-from tests.reliability.helpers import pooled_conversations, seed_store
+from tests.reliability.helpers import pooled_conversations, replayed_delta_tally, seed_store
 from tests.streaming_helpers import (
     FACETS,
     committed,
     consume_process,
     conversation_payloads,
-    facet_payloads,
     read_topic,
     reader_store,
     send,
@@ -85,13 +82,7 @@ def test_a_consumer_killed_at_each_step_loses_and_double_counts_nothing(
         want = {(c["id"], f.name) for c in convs for f in FACETS}
         statuses = {cid: p.get("status") for cid, p in conversation_payloads(store).items() if cid not in seed_ids}
         dead = [decode_dead_letter(r.value) for r in read_topic(s.kafka_bootstrap, s.dlq_topic, 2, timeout=10)]
-        replica = SharedCentroids([REQUEST.name], int(bootstrap.dim))
-        assert replica.refresh(store) == [REQUEST.name]
-        delta_records = read_topic(s.kafka_bootstrap, s.deltas_topic, 10_000, timeout=10)
-        report = replica.apply([receive(r) for r in delta_records])
-        valued = sum(1 for cid, p in facet_payloads(store, REQUEST.name).items()
-                     if cid not in seed_ids and p.get("value"))
-        added = int(replica.models[REQUEST.name].counts.sum() - bootstrap.counts.sum())
+        tally = replayed_delta_tally(store, s, bootstrap, seed_ids, max_records=10_000)
     finally:
         survivor.stop()
         victim.stop()
@@ -100,12 +91,12 @@ def test_a_consumer_killed_at_each_step_loses_and_double_counts_nothing(
                    lost_points=len(want - set(pairs)), unexpected_points=len(set(pairs) - want),
                    duplicated_points=sum(n - 1 for n in pairs.values() if n > 1),
                    not_processed=sum(1 for c in convs if statuses.get(c["id"]) != "processed"),
-                   dead_letters=len(dead), delta_messages=len(delta_records), deltas_rejected=len(report.rejected),
-                   request_values_stored=valued, records_added_by_replayed_deltas=added, seconds=round(seconds, 1))
+                   dead_letters=len(dead), delta_messages=tally.delta_messages, deltas_rejected=tally.rejected,
+                   request_values_stored=tally.valued, records_added_by_replayed_deltas=tally.added, seconds=round(seconds, 1))
     reliability_report(**figures)
     log.info("consumer killed at %s: %s", step, figures)
     assert figures["lost_points"] == figures["unexpected_points"] == figures["duplicated_points"] == 0, figures
     assert figures["not_processed"] == 0, statuses
     # At least once: a kill after the dead letter was sent and before the commit sends it again.
     assert 1 <= len(dead) <= 2 and {bytes(d["key"]) for d in dead} == {BAD_KEY}, dead
-    assert report.rejected == [] and added == valued, (added, valued, "a delta was applied twice or lost")
+    assert tally.rejected == 0 and tally.added == tally.valued, (tally, "a delta was applied twice or lost")

@@ -34,9 +34,7 @@ from clio_stream.store import VERSION_COUNTER_KEY, QdrantStore
 from clio_stream import versions
 from clio_stream.versions import CLUSTERING_LOCK
 from consumers.bootstrap import bootstrap_clustering
-from consumers.centroids import SharedCentroids
-from consumers.deltas_io import receive
-from tests.reliability.helpers import llm_description, pooled_conversations, seed_store
+from tests.reliability.helpers import llm_description, pooled_conversations, replayed_delta_tally, seed_store
 from tests.streaming_helpers import (
     FACETS,
     REPO,
@@ -44,10 +42,8 @@ from tests.streaming_helpers import (
     consume_process,
     conversation_count,
     conversations_logged,
-    facet_payloads,
     missing_numeric,
     processed_count,
-    read_topic,
     reader_store,
     safe_count,
     send_conversations,
@@ -164,13 +160,7 @@ def test_workers_killed_at_random_lose_and_duplicate_nothing(
         want = {(c["id"], f.name) for c in convs for f in FACETS}
         # Every delta the killed and restarted workers shipped, replayed from scratch by a fresh replica:
         # the bootstrap's counts plus one per stored Request value, however often a batch was redone.
-        replica = SharedCentroids([REQUEST.name], int(bootstrap.dim))
-        assert replica.refresh(store) == [REQUEST.name]
-        delta_records = read_topic(s.kafka_bootstrap, s.deltas_topic, 100_000, timeout=10)
-        delta_report = replica.apply([receive(r) for r in delta_records])
-        valued = sum(1 for cid, p in facet_payloads(store, REQUEST.name).items()
-                     if cid not in seed_ids and p.get("value"))
-        added = int(replica.models[REQUEST.name].counts.sum() - bootstrap.counts.sum())
+        tally = replayed_delta_tally(store, s, bootstrap, seed_ids)
         lost = sorted(want - set(pairs))
         extra = sorted(set(pairs) - want)
         duplicated = sum(n - 1 for n in pairs.values() if n > 1)
@@ -182,8 +172,8 @@ def test_workers_killed_at_random_lose_and_duplicate_nothing(
             unexpected_points=len(extra), facet_points=sum(pairs.values()),
             # finished but not committed before a kill, so processed again (overwriting the same points)
             conversations_processed_twice=logged - len(convs), seconds=round(seconds, 1),
-            delta_messages=len(delta_records), deltas_rejected=len(delta_report.rejected),
-            request_values_stored=valued, records_added_by_replayed_deltas=added,
+            delta_messages=tally.delta_messages, deltas_rejected=tally.rejected,
+            request_values_stored=tally.valued, records_added_by_replayed_deltas=tally.added,
             conversations_per_s=round(len(convs) / seconds, 2), llm=llm_description(vllm_server.base_url),
             speedup="facet values reused by content hash: only the distinct texts reach the LLM; "
                     "max_poll_records=8, 4 partitions, the facet prompts' own max_tokens",
@@ -194,7 +184,7 @@ def test_workers_killed_at_random_lose_and_duplicate_nothing(
         mid_stream = sum(1 for k in kills if k["processed"] < len(convs))
         assert mid_stream >= plan.kills - 1, f"only {mid_stream} of {plan.kills} kills hit the running stream"
         assert not lost and not extra and duplicated == 0, (lost[:5], extra[:5], duplicated)
-        assert delta_report.rejected == [] and added == valued, (added, valued, "a delta was applied twice")
+        assert tally.rejected == 0 and tally.added == tally.valued, (tally, "a delta was applied twice")
         assert processed_count(store) == len(convs) + n_seed == conversation_count(store)  # nothing left pending
         assert missing_numeric(store, [c["id"] for c in convs]) == []
         assert committed(s.kafka_bootstrap, s.consumer_group, s.topic) == len(convs)
