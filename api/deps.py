@@ -17,7 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from api.auth import SESSION_COOKIE, FailedAuthLimiter, KeyRing, Principal, Role
 from api.metrics import ApiMetrics
 from api.views import VIEW_KEY, VersionView, view_of
-from clio_stream.kafka_connection import KafkaConnection
+from clio_stream.streaming.connection import KafkaConnection
 from clio_stream.publish import current_if_loaded, load_current
 from clio_stream.settings import ClioSettings
 from clio_stream.store import QdrantStore
@@ -125,7 +125,7 @@ class ApiContext:
         if self.producer is None:
             with self.producer_lock:
                 if self.producer is None:
-                    from clio_stream.kafka_io import make_producer
+                    from clio_stream.streaming.kafka_io import make_producer
 
                     timeout_ms = int(self.settings.api_produce_timeout_s * 1000)
                     self.producer = make_producer(KafkaConnection.from_settings(self.settings), max_block_ms=timeout_ms)

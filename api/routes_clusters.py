@@ -27,7 +27,7 @@ from fastapi.concurrency import run_in_threadpool
 from api.deps import Analyst, Ctx, View, Viewer
 from api.schemas import ClusterOut, ErrorOut, FacetOut, FacetsOut, MemberOut, MembersOut, TreeOut, TrendsOut
 from api.views import FacetView, VersionView, summary
-from clio_stream.types import ClusterNode
+from clio_stream.domain.clusters import ClusterNode
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Single conversations: read one (analyst) and ingest (admin) through Kafka.
 
 Ingest validates a JSON body with exactly the rules the consumers apply to a
-Kafka record (``clio_stream.messages.decode_message`` on its msgpack encoding),
+Kafka record (``clio_stream.streaming.wire_format.decode_message`` on its msgpack encoding),
 so anything accepted here is also accepted downstream; it then produces the
 record with key = conversation id and answers 202 only after Kafka acked it.
 """
@@ -29,7 +29,7 @@ from api.schemas import (
     ErrorOut,
 )
 from api.views import VersionView
-from clio_stream.messages import InvalidMessage, decode_message
+from clio_stream.streaming.wire_format import InvalidMessage, decode_message
 from clio_stream.store import label_of
 
 log = logging.getLogger(__name__)

@@ -38,7 +38,7 @@ class TurnIn(BaseModel):
 
 
 class ConversationIn(BaseModel):
-    """The Kafka message schema, as JSON. Only used to document the body: validation follows clio_stream.messages."""
+    """The Kafka message schema, as JSON. Only used to document the body: validation follows clio_stream.streaming.wire_format."""
 
     model_config = ConfigDict(extra="allow")
 

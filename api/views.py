@@ -25,7 +25,7 @@ from typing import Any
 
 from clio_stream.privacy import public_nodes, user_identity, visible_node_ids, withheld_nodes
 from clio_stream.publish import PublishedVersion, list_versions, read_lineage
-from clio_stream.types import ClusterNode, FacetHierarchy
+from clio_stream.domain.clusters import ClusterNode, FacetHierarchy
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ log = logging.getLogger("benchmarks.api_latency")
 
 def synthetic_result(n: int, leaves: int, parents: int) -> Any:
     """A ClioResult with a two-level tree over ``n`` conversation ids (leaf c <- ids with i % leaves == c)."""
-    from clio_stream.types import ClioResult, ClusterNode, FacetHierarchy
+    from clio_stream.domain.clusters import ClioResult, ClusterNode, FacetHierarchy
 
     nodes: dict[str, ClusterNode] = {}
     members = {c: [f"conv-{i:07d}" for i in range(c, n, leaves)] for c in range(leaves)}
@@ -144,7 +144,7 @@ def main() -> None:
     quiet_logs()
     logging.getLogger("benchmarks.api_latency").setLevel(logging.WARNING)
     from clio_stream.publish import publish_version
-    from clio_stream.services.processes import free_port, start_qdrant
+    from clio_stream.devstack.processes import free_port, start_qdrant
     from clio_stream.settings import ClioSettings
     from clio_stream.store import QdrantStore
 

@@ -35,11 +35,11 @@ def main() -> None:
     from clio_stream.data import load_shared_dataset, prepare_conversations, render_conversation
     from clio_stream.embedding import Embedder
     from clio_stream.facet_extraction import build_prompts, facet_prompt
-    from clio_stream.facets import main_facets
+    from clio_stream.domain.facets import main_facets
     from clio_stream.llm import make_llm
     from clio_stream.llm.base import sampling_for
     from clio_stream.pipeline import run_clio
-    from clio_stream.prompts import FACET_CONVERSATION
+    from clio_stream.llm.prompts import FACET_CONVERSATION
     from clio_stream.settings import ClioSettings
 
     records = load_shared_dataset("mt_bench", args.data_root) + load_shared_dataset("arena_hard", args.data_root)

@@ -186,8 +186,8 @@ _LANGUAGE_ALIASES = {"mandarin": "chinese", "cantonese": "chinese", "farsi": "pe
 
 
 def detect_languages(texts: Sequence[str]) -> list[str | None]:
-    """The identifier the computed Language facet uses (``clio_stream.language``), as lower-case names."""
-    from clio_stream.language import detect_languages as detect
+    """The identifier the computed Language facet uses (``clio_stream.stages.language``), as lower-case names."""
+    from clio_stream.stages.language import detect_languages as detect
 
     return detect(texts)
 
@@ -497,9 +497,9 @@ def name_fidelity_of_base_clusters(values: Sequence[str], users: Sequence[str], 
     Also scored: keyword labels (``keywords.keyword_labels``) and the published choice, the LLM's
     name where it retrieves its own cluster and the keyword label where it does not.
     """
-    from clio_stream.keywords import keyword_labels
+    from clio_stream.stages.keywords import keyword_labels
     from clio_stream.clustering import kmeans
-    from clio_stream.facets import REQUEST
+    from clio_stream.domain.facets import REQUEST
     from clio_stream.llm.base import AskStats
     from clio_stream.naming import name_clusters
     from clio_stream.quality_metrics import name_fidelity, name_hits
@@ -540,12 +540,12 @@ def top_level(values: Sequence[str], x: np.ndarray, tops: Sequence[str], llm: An
     base clusters (each cluster to its majority category: the ceiling the assignment step has).
     """
     from clio_stream.clustering import kmeans
-    from clio_stream.facets import REQUEST
+    from clio_stream.domain.facets import REQUEST
     from clio_stream.hierarchy import assign_to_candidates
     from clio_stream.llm.base import AskStats
     from clio_stream.naming import name_clusters
     from clio_stream.recluster import n_leaves
-    from clio_stream.types import ClusterNode
+    from clio_stream.domain.clusters import ClusterNode
 
     categories = sorted(set(tops))
     shown = [c.replace("_", " ").capitalize() for c in categories]
@@ -599,7 +599,7 @@ def stability(texts: Sequence[str], vectors: np.ndarray, embedder: Any, settings
               llm_factory: Callable[[], Any], n_first: int) -> dict[str, Any]:
     """+5 % and +20 % re-clusterings after a first build of ``n_first`` stored facet values."""
     from benchmarks.recluster import fill, summary
-    from clio_stream.facets import REQUEST
+    from clio_stream.domain.facets import REQUEST
     from clio_stream.recluster import recluster_once
     from clio_stream.store import QdrantStore
 
@@ -687,7 +687,7 @@ def run(config: Config, llm: Any, embedder: Any, settings: Any, cache: FacetCach
         embedding_cache: Path | None = None) -> dict[str, Any]:
     """Everything the report shows, as one JSON-able dict (``embedding_cache``: an ``.npz`` to reuse vectors)."""
     from clio_stream.embedding import embedding_text
-    from clio_stream.facets import CONCERNING, LANGUAGE, REQUEST
+    from clio_stream.domain.facets import CONCERNING, LANGUAGE, REQUEST
 
     vec_cache = EmbeddingCache(embedder, embedding_cache)
 

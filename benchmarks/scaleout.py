@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 
-from clio_stream.kafka_connection import KafkaConnection
+from clio_stream.streaming.connection import KafkaConnection
 import json
 import logging
 import os
@@ -104,7 +104,7 @@ def run_settings(base: Any, tag: str) -> Any:
 
 def start_consumers(settings: Any, k: int, facets: str, logs: Path) -> list[Any]:
     """``k`` consumer processes (die_with_parent: nothing outlives the benchmark), one thread each."""
-    from clio_stream.services.processes import ManagedProcess
+    from clio_stream.devstack.processes import ManagedProcess
 
     empty = logs / "none.toml"
     empty.write_text("")
@@ -150,7 +150,7 @@ def wait(condition: Any, timeout: float, what: str, procs: list[Any], every: flo
 def one_run(base: Any, k: int, records: list[dict[str, Any]], facets: str, n_facets: int, logs: Path,
             timeout: float) -> RunResult:
     """Start ``k`` consumers, wait for the group, produce, time until everything is processed, stop."""
-    from clio_stream.kafka_io import ensure_topics, make_producer
+    from clio_stream.streaming.kafka_io import ensure_topics, make_producer
     from clio_stream.store import QdrantStore
     from consumers.producing import produce, to_messages
 
@@ -209,12 +209,12 @@ def parse_args() -> argparse.Namespace:
 
 def start_llm(args: argparse.Namespace, logs: Path) -> tuple[str, str, Any]:
     """(base URL, model, process or None): the given server, or a vLLM OpenAI server of our own."""
-    from clio_stream.assets import resolve_model
+    from clio_stream.devstack.assets import resolve_model
 
     model = resolve_model("smollm2-135m-instruct", "llm")
     if args.llm_base_url:
         return args.llm_base_url.rstrip("/"), model, None
-    from clio_stream.services.processes import free_port, start_vllm_server
+    from clio_stream.devstack.processes import free_port, start_vllm_server
 
     port = free_port()
     proc = start_vllm_server(model, port=port, log_dir=logs, die_with_parent=True)
@@ -227,7 +227,7 @@ def main() -> None:
 
     quiet_logs()
     log.setLevel(logging.INFO)
-    from clio_stream.services.processes import free_port, start_broker, start_qdrant
+    from clio_stream.devstack.processes import free_port, start_broker, start_qdrant
     from clio_stream.settings import ClioSettings
 
     counts = [int(x) for x in args.consumers.split(",")]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 
-from clio_stream.kafka_connection import KafkaConnection
+from clio_stream.streaming.connection import KafkaConnection
 import resource
 import sys
 import tempfile
@@ -71,14 +71,14 @@ def main() -> None:
     from clio_stream.data import load_shared_dataset, prepare_conversations, truncate_conversation
     from clio_stream.embedding import Embedder
     from clio_stream.facet_extraction import build_prompts
-    from clio_stream.facets import main_facets
-    from clio_stream.kafka_io import ensure_topics, make_producer
+    from clio_stream.domain.facets import main_facets
+    from clio_stream.streaming.kafka_io import ensure_topics, make_producer
     from clio_stream.llm import make_llm
     from clio_stream.llm.base import sampling_for
-    from clio_stream.messages import encode_message
+    from clio_stream.streaming.wire_format import encode_message
     from clio_stream.online import OnlineKMeans
-    from clio_stream.prompts import FACET_CONVERSATION
-    from clio_stream.services.processes import free_port, start_broker, start_qdrant
+    from clio_stream.llm.prompts import FACET_CONVERSATION
+    from clio_stream.devstack.processes import free_port, start_broker, start_qdrant
     from clio_stream.settings import ClioSettings
     from clio_stream.store import QdrantStore
     from consumers.worker import ConsumerWorker

@@ -3,9 +3,9 @@
 The batch entry point is ``run_clio``; ``clio-stream --help`` lists the command line.
 """
 
-from clio_stream.facets import Facet, generic_summary_facets, genericSummaryFacets, main_facets, mainFacets
+from clio_stream.domain.facets import Facet, generic_summary_facets, genericSummaryFacets, main_facets, mainFacets
 from clio_stream.settings import ClioSettings, OpenClioConfig
-from clio_stream.templating import cached_replacements, doCachedReplacements
+from clio_stream.llm.templating import cached_replacements, doCachedReplacements
 
 __version__ = "0.1.0"
 

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from clio_stream.kafka_connection import KafkaConnection
+from clio_stream.streaming.connection import KafkaConnection
 
 log = logging.getLogger("clio_stream")
 
@@ -43,7 +43,7 @@ def _settings(args: argparse.Namespace):
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from clio_stream.assets import prepare_all
+    from clio_stream.devstack.assets import prepare_all
 
     prepare_all(include_example_data=not args.no_example_data)
     return 0
@@ -95,7 +95,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _facets(names: str | None) -> list:
     """The main facets, or the comma-separated subset named on the command line."""
-    from clio_stream.facets import main_facets
+    from clio_stream.domain.facets import main_facets
 
     if not names:
         return list(main_facets)
@@ -158,7 +158,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
 def cmd_produce(args: argparse.Namespace) -> int:
     """Send a file's conversations to the topic, key = conversation id."""
     from clio_stream.data import load_file
-    from clio_stream.kafka_io import ensure_topics, make_producer
+    from clio_stream.streaming.kafka_io import ensure_topics, make_producer
     from consumers.producing import produce, to_messages
 
     settings = _streaming_settings(args)
@@ -194,7 +194,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from clio_stream.stack import Stack
+    from clio_stream.devstack.stack import Stack
 
     settings = _settings(args)
     stop = threading.Event()

@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from clio_stream.types import Conversation, Message
+from clio_stream.domain.conversation import Conversation, Message
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +307,7 @@ def get_example_data(n: int = 300, *, seed: int = 0, min_turns: int = 2) -> list
     """
     import random
 
-    from clio_stream.assets import sharegpt_json_path
+    from clio_stream.devstack.assets import sharegpt_json_path
 
     raw = _read_json_list_tolerant(sharegpt_json_path())
     rng = random.Random(seed)

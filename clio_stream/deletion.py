@@ -85,7 +85,7 @@ from clio_stream.publish import (
 from clio_stream.recluster_service import REQUEST_KEY as RECLUSTER_REQUEST_KEY
 from clio_stream.site.writer import write_site
 from clio_stream.store import DELETION_KIND, NAMESPACE
-from clio_stream.types import ClioResult, ClusterNode, FacetHierarchy, NumericStats
+from clio_stream.domain.clusters import ClioResult, ClusterNode, FacetHierarchy, NumericStats
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from clio_stream.facets import Facet
+from clio_stream.domain.facets import Facet
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class Embedder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
 
-        from clio_stream.assets import resolve_model
+        from clio_stream.devstack.assets import resolve_model
 
         self.model_name = model
         path = resolve_model(model, "embedding")

@@ -18,10 +18,10 @@ import numpy as np
 
 from clio_stream.clustering import most_central, nearest_outside
 from clio_stream.embedding import EmbeddingBackend
-from clio_stream.facets import Facet
+from clio_stream.domain.facets import Facet
 from clio_stream.llm.base import AskStats, LLMBackend, Prompt, ask, sampling_for
-from clio_stream.parsing import MAX_NAME_CHARS, first_sentences, parse_tagged
-from clio_stream.prompts import CLUSTER_NAME, CLUSTER_SUMMARY, PARENT_NAME, PARENT_SUMMARY, PromptTemplate
+from clio_stream.llm.parsing import MAX_NAME_CHARS, first_sentences, parse_tagged
+from clio_stream.llm.prompts import CLUSTER_NAME, CLUSTER_SUMMARY, PARENT_NAME, PARENT_SUMMARY, PromptTemplate
 
 log = logging.getLogger(__name__)
 

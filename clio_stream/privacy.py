@@ -15,11 +15,12 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Sequence
 
-from clio_stream.facets import Facet
+from clio_stream.domain.facets import Facet
 from clio_stream.llm.base import AskStats, LLMBackend, Prompt, ask, sampling_for
-from clio_stream.parsing import parse_int_in_range
-from clio_stream.prompts import AUDIT_CLUSTER
-from clio_stream.types import ClusterNode, Conversation, ConversationFacets, FacetHierarchy, NumericStats, Trend
+from clio_stream.llm.parsing import parse_int_in_range
+from clio_stream.llm.prompts import AUDIT_CLUSTER
+from clio_stream.domain.conversation import Conversation, ConversationFacets
+from clio_stream.domain.clusters import ClusterNode, FacetHierarchy, NumericStats, Trend
 
 log = logging.getLogger(__name__)
 

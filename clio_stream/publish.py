@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from clio_stream.site.writer import write_site
-from clio_stream.types import ClioResult
+from clio_stream.domain.clusters import ClioResult
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ import numpy as np
 
 from clio_stream.clustering import kmeans, normalise
 from clio_stream.embedding import EmbeddingBackend
-from clio_stream.facets import Facet
+from clio_stream.domain.facets import Facet
 from clio_stream.hierarchy import build_hierarchy, slug
 from clio_stream.llm.base import AskStats, LLMBackend
 from clio_stream.matching import MatchThresholds, Matching, changed, match_clusters, member_centroids, successor
@@ -58,7 +58,8 @@ from clio_stream.versions import (
     reserve_version,
     write_version,
 )
-from clio_stream.types import ClioResult, ClusterNode, Conversation, ConversationFacets, FacetHierarchy, FacetValue, Message
+from clio_stream.domain.conversation import Conversation, ConversationFacets, FacetValue, Message
+from clio_stream.domain.clusters import ClioResult, ClusterNode, FacetHierarchy
 
 log = logging.getLogger(__name__)
 

@@ -51,7 +51,7 @@ class ReclusterService:
 
     def __init__(self, settings: ClioSettings, *, facets: Sequence[Any] | None = None, store: Any = None,
                  llm: Any = None, embedder: Any = None, publish_dir: Path | None = None) -> None:
-        from clio_stream.facets import main_facets
+        from clio_stream.domain.facets import main_facets
         from clio_stream.publish import resolve_publish_dir
 
         self.settings = settings

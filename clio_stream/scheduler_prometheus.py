@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from clio_stream.metrics_server import Health, MetricsServer, start_metrics_server
+from clio_stream.ops.metrics_server import Health, MetricsServer, start_metrics_server
 from clio_stream.scheduler import ReclusterScheduler
 from clio_stream.settings import ClioSettings
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Mapping
 
-from clio_stream.types import FacetHierarchy, Trend
+from clio_stream.domain.clusters import FacetHierarchy, Trend
 
 
 def window_grid(timestamps: Collection[float], window_s: float, windows: int) -> float | None:

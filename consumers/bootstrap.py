@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from clio_stream.clustering import kmeans
-from clio_stream.facets import Facet
+from clio_stream.domain.facets import Facet
 from clio_stream.online import OnlineKMeans, normalise_rows
 from clio_stream.settings import ClioSettings
 from clio_stream.store import QdrantStore

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from clio_stream.data import conversation_content_key
-from clio_stream.messages import MAX_BYTES, InvalidMessage, decode_message
-from clio_stream.types import Conversation
+from clio_stream.streaming.wire_format import MAX_BYTES, InvalidMessage, decode_message
+from clio_stream.domain.conversation import Conversation
 
 log = logging.getLogger(__name__)
 

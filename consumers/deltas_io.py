@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from kafka import KafkaProducer, TopicPartition
 from kafka.producer.future import FutureRecordMetadata
 
-from clio_stream.kafka_connection import KafkaConnection
-from clio_stream.kafka_io import make_consumer
+from clio_stream.streaming.connection import KafkaConnection
+from clio_stream.streaming.kafka_io import make_consumer
 from clio_stream.online import CentroidDeltas, DeltaRejected
 from consumers.decoding import Record, RecordLike
 

@@ -31,13 +31,13 @@ import numpy as np
 from clio_stream.data import truncate_conversation
 from clio_stream.embedding import embedding_text
 from clio_stream.facet_extraction import extract_facets
-from clio_stream.facets import Facet
+from clio_stream.domain.facets import Facet
 from clio_stream.llm.base import AskStats, LLMBackend, Prompt, PromptsRejected
 from clio_stream.online import Assignment, CentroidDeltas, OnlineKMeans
 from clio_stream.privacy import user_key_of
 from clio_stream.settings import ClioSettings
 from clio_stream.store import ConversationRecord, ConversationStatus, FacetPoint
-from clio_stream.types import FacetValue
+from clio_stream.domain.conversation import FacetValue
 from consumers.decoding import DeadLetter, DecodedBatch, DecodedConversation, RecordLike, decode_records, offset_ranges
 
 log = logging.getLogger(__name__)

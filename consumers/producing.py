@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from clio_stream.data import DataError, to_conversation
-from clio_stream.messages import encode_message
+from clio_stream.streaming.wire_format import encode_message
 
 log = logging.getLogger(__name__)
 

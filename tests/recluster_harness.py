@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from clio_stream.facets import main_facets
+from clio_stream.domain.facets import main_facets
 from clio_stream.online import OnlineKMeans
 from clio_stream.publish import load_current, read_pointer
 from clio_stream.settings import ClioSettings

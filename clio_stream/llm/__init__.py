@@ -8,7 +8,7 @@ from clio_stream.settings import ClioSettings
 
 def make_llm(settings: ClioSettings) -> LLMBackend:
     """Build the back-end the settings name, resolving packaged model names to local folders."""
-    from clio_stream.assets import resolve_model
+    from clio_stream.devstack.assets import resolve_model
 
     if settings.llm_backend == "vllm":
         from clio_stream.llm.vllm_local import VLLMLocal

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence, TypeVar, runtime_checkable
 
-from clio_stream.prompts import PromptTemplate
+from clio_stream.llm.prompts import PromptTemplate
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from clio_stream.llm.base import Prompt, PromptsRejected, RequestsFailed, prompt_sampling
-from clio_stream.templating import cached_replacements
+from clio_stream.llm.templating import cached_replacements
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import logging
 from typing import Any, Mapping, Sequence
 
 from clio_stream.llm.base import Prompt, PromptsRejected, prompt_sampling
-from clio_stream.prompts import PromptTemplate
-from clio_stream.templating import cached_replacements
+from clio_stream.llm.prompts import PromptTemplate
+from clio_stream.llm.templating import cached_replacements
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from clio_stream.privacy import public_nodes, user_identity, withheld_nodes
-from clio_stream.types import ClioResult, ClusterNode, FacetHierarchy
+from clio_stream.domain.clusters import ClioResult, ClusterNode, FacetHierarchy
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import pytest
 
 from api.app import create_app
 from clio_stream.publish import publish_version
-from clio_stream.services.processes import free_port
+from clio_stream.devstack.processes import free_port
 from clio_stream.settings import ClioSettings
 from clio_stream.store import QdrantStore
 from tests.fixtures_site import HIDDEN_NAME, REQUEST, make_site_fixture

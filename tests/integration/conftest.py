@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def vllm_engine() -> Iterator["VLLMLocal"]:  # noqa: F821
     """The real in-process vLLM engine with the packaged SmolLM2-135M-Instruct."""
     pytest.importorskip("vllm", reason="vLLM is not installed (run scripts/setup.sh)")
-    from clio_stream.assets import resolve_model
+    from clio_stream.devstack.assets import resolve_model
     from clio_stream.llm.vllm_local import VLLMLocal
 
     engine = VLLMLocal(resolve_model("smollm2-135m-instruct", "llm"), max_model_len=4096, seed=0,

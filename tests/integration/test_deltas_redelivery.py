@@ -23,7 +23,7 @@ import pytest
 from kafka.errors import CommitFailedError
 
 from clio_stream.embedding import embedding_text
-from clio_stream.kafka_io import ensure_topics
+from clio_stream.streaming.kafka_io import ensure_topics
 from clio_stream.online import OnlineKMeans
 from clio_stream.settings import ClioSettings
 from clio_stream.store import QdrantStore

@@ -32,8 +32,8 @@ from typing import Any
 import httpx
 import pytest
 
-from clio_stream.kafka_io import ensure_topics, make_producer
-from clio_stream.services.processes import ManagedProcess, free_port, http_probe
+from clio_stream.streaming.kafka_io import ensure_topics, make_producer
+from clio_stream.devstack.processes import ManagedProcess, free_port, http_probe
 from clio_stream.settings import ClioSettings
 from clio_stream.store import QdrantStore, conversation_point_id, facet_point_id
 from consumers.producing import produce, to_messages

@@ -3,10 +3,10 @@
 import pytest
 
 from clio_stream.facet_extraction import build_prompts, extract_facets
-from clio_stream.facets import REQUEST, main_facets
+from clio_stream.domain.facets import REQUEST, main_facets
 from clio_stream.llm.base import AskStats, Prompt, ask
-from clio_stream.prompts import FACET_CONVERSATION
-from clio_stream.types import Conversation, Message
+from clio_stream.llm.prompts import FACET_CONVERSATION
+from clio_stream.domain.conversation import Conversation, Message
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from clio_stream.kafka_io import (
+from clio_stream.streaming.kafka_io import (
     DLQ_FIELDS,
     DeadLetterWriter,
     consumer_lag,
@@ -25,9 +25,9 @@ from clio_stream.kafka_io import (
     make_producer,
     partition_lags,
 )
-from clio_stream.messages import InvalidMessage, decode_message, encode_message
-from clio_stream.services import binaries
-from clio_stream.services.processes import (
+from clio_stream.streaming.wire_format import InvalidMessage, decode_message, encode_message
+from clio_stream.devstack import binaries
+from clio_stream.devstack.processes import (
     ManagedProcess,
     ProcessStartError,
     free_port,

@@ -11,9 +11,9 @@ import time
 import httpx
 import pytest
 
-from clio_stream.services.processes import free_port
+from clio_stream.devstack.processes import free_port
 from clio_stream.settings import ClioSettings
-from clio_stream.stack import Stack
+from clio_stream.devstack.stack import Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

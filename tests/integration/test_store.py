@@ -1,6 +1,6 @@
 """QdrantStore against a real Qdrant server (gRPC) and against the embedded engine.
 
-The server variant uses the session ``qdrant_server`` fixture (clio_stream.services
+The server variant uses the session ``qdrant_server`` fixture (clio_stream.devstack
 starts the binary); it is skipped with a note only when no binary can be had, and
 fails when a binary is there but the server does not start. Each test works under its own collection prefix, so tests share one server.
 """
@@ -35,7 +35,7 @@ DIM = 8
 def _server_store(request: pytest.FixtureRequest, prefix: str) -> QdrantStore:
     """The session server; skipped only when there is no Qdrant binary to run (a binary that fails to start
     is a failure: the store's server behaviour would go untested without anyone noticing)."""
-    from clio_stream.services.binaries import BinaryUnavailable
+    from clio_stream.devstack.binaries import BinaryUnavailable
 
     try:
         handle = request.getfixturevalue("qdrant_server")
@@ -320,7 +320,7 @@ def test_delete_user_removes_exactly_that_user(store: QdrantStore) -> None:
 
 
 def test_unreachable_server_raises_store_unavailable() -> None:
-    from clio_stream.services.processes import free_port
+    from clio_stream.devstack.processes import free_port
 
     st = QdrantStore(f"http://127.0.0.1:{free_port()}", grpc_port=free_port(), timeout_s=2)
     try:

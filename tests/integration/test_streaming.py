@@ -16,9 +16,9 @@ import time
 
 import pytest
 
-from clio_stream.kafka_io import decode_dead_letter, ensure_topics
-from clio_stream.messages import encode_message
-from clio_stream.services.processes import ManagedProcess
+from clio_stream.streaming.kafka_io import decode_dead_letter, ensure_topics
+from clio_stream.streaming.wire_format import encode_message
+from clio_stream.devstack.processes import ManagedProcess
 from consumers.bootstrap import bootstrap_clustering
 from consumers.worker import ConsumerWorker
 from tests.streaming_helpers import (  # noqa: F401 - own_qdrant is a fixture

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from clio_stream.facets import CONCERNING, REQUEST
+from clio_stream.domain.facets import CONCERNING, REQUEST
 from clio_stream.settings import ClioSettings
 from clio_stream.store import ConversationRecord, FacetPoint
 from tests.streaming_helpers import banking, reader_store

@@ -2,7 +2,7 @@
 
 ``consumers.worker.WRITE_STEPS`` names the steps of one batch (mark pending, process, upsert the facet points,
 mark them processed, send the dead letters, send the centroid deltas, commit), each announced to
-``clio_stream.faults``. For every step a real ``clio-stream consume`` process is started with
+``clio_stream.ops.faults``. For every step a real ``clio-stream consume`` process is started with
 ``CLIO_FAULT_AT=<step>:exit`` and ends itself there with ``os._exit`` (no cleanup: a SIGKILL as far as Kafka
 and Qdrant can tell); a second process without the fault then takes over the partition.
 
@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from clio_stream.facets import REQUEST
-from clio_stream.kafka_io import decode_dead_letter, ensure_topics
-from clio_stream.messages import encode_message
+from clio_stream.domain.facets import REQUEST
+from clio_stream.streaming.kafka_io import decode_dead_letter, ensure_topics
+from clio_stream.streaming.wire_format import encode_message
 from clio_stream.online import OnlineKMeans
 from consumers.bootstrap import bootstrap_clustering
 from consumers.worker import WRITE_STEPS

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 
-from clio_stream.facets import REQUEST
-from clio_stream.kafka_io import ensure_topics
+from clio_stream.domain.facets import REQUEST
+from clio_stream.streaming.kafka_io import ensure_topics
 from clio_stream.online import OnlineKMeans
 from clio_stream.publish import load_current, read_pointer
-from clio_stream.services.processes import ManagedProcess
+from clio_stream.devstack.processes import ManagedProcess
 from clio_stream.settings import ClioSettings
 from clio_stream.store import VERSION_COUNTER_KEY, QdrantStore
 from clio_stream import versions

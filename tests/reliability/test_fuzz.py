@@ -35,8 +35,8 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from kafka import KafkaConsumer, TopicPartition
 
 from clio_stream.data import DataError, load_file, prepare_conversations, to_conversation
-from clio_stream.facets import CONCERNING, REQUEST
-from clio_stream.kafka_io import decode_dead_letter, ensure_topics, make_producer
+from clio_stream.domain.facets import CONCERNING, REQUEST
+from clio_stream.streaming.kafka_io import decode_dead_letter, ensure_topics, make_producer
 from clio_stream.settings import ClioSettings
 from clio_stream.store import QdrantStore
 from consumers.worker import ConsumerWorker

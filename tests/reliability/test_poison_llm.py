@@ -26,9 +26,9 @@ from typing import Any
 import msgpack
 import pytest
 
-from clio_stream.kafka_io import decode_dead_letter, ensure_topics
+from clio_stream.streaming.kafka_io import decode_dead_letter, ensure_topics
 from clio_stream.llm import make_llm
-from clio_stream.messages import encode_message
+from clio_stream.streaming.wire_format import encode_message
 from clio_stream.settings import ClioSettings
 from consumers.worker import ConsumerWorker
 from tests.integration.conftest import minilm  # noqa: F401 - session fixture
@@ -169,7 +169,7 @@ def test_the_server_tokenizer_counts_like_the_model(vllm_server: Any) -> None:
 
 
 def test_dead_letter_of_a_huge_key_fits_the_producer_limit() -> None:
-    from clio_stream.kafka_io import dead_letter_key, encode_dead_letter
+    from clio_stream.streaming.kafka_io import dead_letter_key, encode_dead_letter
 
     key = b"x" * 600_000
     doc = msgpack.unpackb(encode_dead_letter(key=key, value=b"v" * 900_000, reason="r" * 10_000, topic="t",

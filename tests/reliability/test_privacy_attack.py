@@ -35,7 +35,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from clio_stream.data import load_shared_dataset
-from clio_stream.facets import main_facets
+from clio_stream.domain.facets import main_facets
 from clio_stream.pipeline import run_clio
 from clio_stream.privacy import keyed_user_hash
 from clio_stream.publish import publish_version
@@ -257,7 +257,7 @@ def test_copying_model_cannot_publish_the_details(tmp_path: Path, attackers: int
 
 def test_real_model_with_auditor_keeps_the_details_out(tmp_path: Path, vllm_server: Any, minilm: Any,  # noqa: F811
                                                        long_run: bool, reliability_report: Callable[..., None]) -> None:
-    from clio_stream.facets import REQUEST, main_facets as facets
+    from clio_stream.domain.facets import REQUEST, main_facets as facets
     from clio_stream.llm import make_llm
 
     request = [f for f in facets if f.name == REQUEST]

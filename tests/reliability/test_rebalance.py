@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from kafka.errors import CommitFailedError
 
-from clio_stream.kafka_io import ensure_topics
+from clio_stream.streaming.kafka_io import ensure_topics
 from clio_stream.llm import make_llm
 from clio_stream.online import OnlineKMeans
 from consumers.bootstrap import bootstrap_clustering

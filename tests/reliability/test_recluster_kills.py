@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from clio_stream.facets import main_facets
-from clio_stream.faults import EXIT_CODE, EXIT_KIND, FAULT_ENV
+from clio_stream.domain.facets import main_facets
+from clio_stream.ops.faults import EXIT_CODE, EXIT_KIND, FAULT_ENV
 from clio_stream.recluster import recluster_once
 from clio_stream.store import QdrantStore
 from clio_stream.versions import (

@@ -25,11 +25,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.routes_clusters import encode_cursor
-from clio_stream.facets import REQUEST as REQUEST_FACET
-from clio_stream.kafka_io import ensure_topics, make_producer
-from clio_stream.messages import encode_message
+from clio_stream.domain.facets import REQUEST as REQUEST_FACET
+from clio_stream.streaming.kafka_io import ensure_topics, make_producer
+from clio_stream.streaming.wire_format import encode_message
 from clio_stream.publish import publish_version
-from clio_stream.services.processes import ManagedProcess, free_port, http_probe
+from clio_stream.devstack.processes import ManagedProcess, free_port, http_probe
 from clio_stream.site.server import start_site_server_in_thread
 from clio_stream.store import QdrantStore
 from tests.fixtures_site import HIDDEN_NODE_ID, REQUEST, make_site_fixture

@@ -1,4 +1,4 @@
-"""Unit tests for clio_stream.assets that never download or load a model."""
+"""Unit tests for clio_stream.devstack.assets that never download or load a model."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from clio_stream import assets
+from clio_stream.devstack import assets
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from clio_stream.data import (
     to_conversation,
     truncate_conversation,
 )
-from clio_stream.types import Conversation, Message
+from clio_stream.domain.conversation import Conversation, Message
 
 
 def conv(*texts):

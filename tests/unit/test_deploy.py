@@ -897,7 +897,7 @@ def test_api_command_serves_with_uvicorn(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
 def test_recluster_service_snapshot_and_run(tmp_path: Path) -> None:
     """The shared snapshot/run logic over an embedded store, with the scripted LLM and embedder."""
-    from clio_stream.facets import main_facets
+    from clio_stream.domain.facets import main_facets
     from clio_stream.recluster_service import ReclusterService
     from clio_stream.scheduler import Triggers, due
     from clio_stream.store import QdrantStore

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from clio_stream.embedding import embedding_text
-from clio_stream.facets import REQUEST, Facet
-from clio_stream.messages import encode_message
+from clio_stream.domain.facets import REQUEST, Facet
+from clio_stream.streaming.wire_format import encode_message
 from clio_stream.settings import ClioSettings
 from clio_stream.store import QdrantStore
 from consumers.decoding import Record

@@ -21,7 +21,7 @@ from api.app import create_app
 from api.auth import FailedAuthLimiter, KeyRing
 from clio_stream import cli
 from clio_stream.settings import ClioSettings
-from clio_stream.stack import Stack
+from clio_stream.devstack.stack import Stack
 from clio_stream.store import QdrantStore
 
 ROOT = Path(__file__).parents[2]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from clio_stream.kafka_connection import KafkaConnection
+from clio_stream.streaming.connection import KafkaConnection
 from clio_stream.settings import ClioSettings
 
 

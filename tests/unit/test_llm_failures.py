@@ -10,7 +10,7 @@ import pytest
 
 from clio_stream.llm.base import AskStats, Prompt, PromptsRejected, RequestsFailed, ask
 from clio_stream.llm.openai_api import rejection_reason
-from clio_stream.prompts import AUDIT_CLUSTER
+from clio_stream.llm.prompts import AUDIT_CLUSTER
 from consumers.processing import LLMUnavailable, RecordRejected, _CountingLLM
 
 

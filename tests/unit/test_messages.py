@@ -9,14 +9,14 @@ from typing import Any
 import msgpack
 import pytest
 
-from clio_stream.messages import (
+from clio_stream.streaming.wire_format import (
     MAX_CONTAINERS,
     IncomingConversation,
     InvalidMessage,
     decode_message,
     encode_message,
 )
-from clio_stream.types import Conversation
+from clio_stream.domain.conversation import Conversation
 
 TURNS = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
 

@@ -1,4 +1,4 @@
-from clio_stream.parsing import (
+from clio_stream.llm.parsing import (
     parse_choice,
     parse_facet_answer,
     parse_int_in_range,
@@ -62,7 +62,7 @@ def test_choice_by_number_or_name():
 
 
 def test_list_markers_and_long_summaries_are_trimmed():
-    from clio_stream.parsing import clean_text, first_sentences
+    from clio_stream.llm.parsing import clean_text, first_sentences
 
     assert clean_text("- A friendly name") == "A friendly name"
     assert clean_text("2. Second") == "Second"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from clio_stream.facets import REQUEST, Facet, generic_summary_facets, main_facets
+from clio_stream.domain.facets import REQUEST, Facet, generic_summary_facets, main_facets
 from clio_stream.pipeline import run_clio
 from clio_stream.settings import ClioSettings
 

@@ -20,12 +20,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from clio_stream.facets import Facet
+from clio_stream.domain.facets import Facet
 from clio_stream.privacy import annotate, keyed_user_hash, mark_below_minimums, user_key_of
 from clio_stream.publish import publish_version
 from clio_stream.settings import ClioSettings
 from clio_stream.store import ConversationRecord, FacetPoint, QdrantStore
-from clio_stream.types import ClioResult, ClusterNode, Conversation, ConversationFacets, FacetHierarchy, FacetValue, Message
+from clio_stream.domain.conversation import Conversation, ConversationFacets, FacetValue, Message
+from clio_stream.domain.clusters import ClioResult, ClusterNode, FacetHierarchy
 from tests.fixtures_site import CONCERNING, HIDDEN_NODE_ID, LANGUAGE, REQUEST, make_site_fixture
 
 HASH_KEY = "unit-test-hash-key"

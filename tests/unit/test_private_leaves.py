@@ -7,11 +7,11 @@ from collections.abc import Mapping
 
 import pytest
 
-from clio_stream.facets import REQUEST
+from clio_stream.domain.facets import REQUEST
 from clio_stream.hierarchy import build_hierarchy
 from clio_stream.privacy import mark_below_minimums
 from clio_stream.settings import ClioSettings
-from clio_stream.types import ClusterNode
+from clio_stream.domain.clusters import ClusterNode
 from tests.unit.fakes import HashEmbedder, ScriptedLLM, sensible_script
 
 SECRET = "Zorblax"  # stands for one person's details in a small cluster's name

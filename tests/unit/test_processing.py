@@ -8,8 +8,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from clio_stream.facets import CONCERNING, REQUEST, TASK
-from clio_stream.messages import encode_message
+from clio_stream.domain.facets import CONCERNING, REQUEST, TASK
+from clio_stream.streaming.wire_format import encode_message
 from clio_stream.privacy import keyed_user_hash
 from clio_stream.settings import ClioSettings
 from clio_stream.store import QdrantStore, facet_point_id

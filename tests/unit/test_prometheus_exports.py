@@ -8,7 +8,7 @@ import httpx
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from clio_stream.metrics_server import Health, MetricsServer
+from clio_stream.ops.metrics_server import Health, MetricsServer
 from clio_stream.scheduler import ReclusterScheduler, Triggers
 from clio_stream.scheduler_prometheus import scheduler_health, scheduler_registry
 from consumers.decoding import DeadLetter, Record

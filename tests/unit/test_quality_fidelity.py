@@ -91,7 +91,7 @@ def test_mismatched_lengths_raise() -> None:
 
 
 def test_keyword_labels_pick_the_words_that_set_a_cluster_apart() -> None:
-    from clio_stream.keywords import keyword_labels
+    from clio_stream.stages.keywords import keyword_labels
 
     values = ["The user asks the assistant to freeze a lost card", "The user asks the assistant to freeze my card",
               "The user asks the assistant to explain a card freeze", "The user asks the assistant to write a poem",
@@ -107,7 +107,7 @@ def test_keyword_labels_pick_the_words_that_set_a_cluster_apart() -> None:
 
 
 def test_keyword_labels_score_higher_name_fidelity_than_filler() -> None:
-    from clio_stream.keywords import keyword_labels
+    from clio_stream.stages.keywords import keyword_labels
 
     members = INFORMATIVE + INFORMATIVE
     labels = np.array([0, 1, 2, 0, 1, 2] * 2)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from clio_stream.facets import main_facets
+from clio_stream.domain.facets import main_facets
 from clio_stream.publish import load_current, read_pointer
 from clio_stream.recluster import recluster_once
 from clio_stream.versions import CLUSTERING_LOCK

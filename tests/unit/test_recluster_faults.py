@@ -16,8 +16,8 @@ from collections import Counter
 
 import pytest
 
-from clio_stream.faults import InjectedFault, armed
-from clio_stream.facets import main_facets
+from clio_stream.ops.faults import InjectedFault, armed
+from clio_stream.domain.facets import main_facets
 from clio_stream.recluster import recluster_once
 from clio_stream.store import QdrantStore
 from clio_stream.versions import (

@@ -13,7 +13,8 @@ import pytest
 
 from clio_stream.site import read_gz_json, start_site_server_in_thread, write_site
 from clio_stream.site import writer as site_writer
-from clio_stream.types import ClioResult, Conversation, ConversationFacets, FacetValue, Message
+from clio_stream.domain.conversation import Conversation, ConversationFacets, FacetValue, Message
+from clio_stream.domain.clusters import ClioResult
 from tests.fixtures_site import (
     CONCERNING,
     HIDDEN_NAME,

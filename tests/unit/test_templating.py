@@ -1,6 +1,6 @@
 import pytest
 
-from clio_stream.templating import cached_replacements, doCachedReplacements, placeholders
+from clio_stream.llm.templating import cached_replacements, doCachedReplacements, placeholders
 
 
 def test_replaces_all_placeholders():

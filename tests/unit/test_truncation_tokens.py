@@ -17,7 +17,7 @@ from clio_stream.data import cut_to_tokens, render_conversation, to_conversation
 def count_tokens():
     from transformers import AutoTokenizer
 
-    from clio_stream.assets import smollm2_model_dir
+    from clio_stream.devstack.assets import smollm2_model_dir
 
     tok = AutoTokenizer.from_pretrained(str(smollm2_model_dir()))
     return lambda text: len(tok.encode(text, add_special_tokens=False))

@@ -455,7 +455,7 @@ def prepare_all(include_example_data: bool = True) -> dict[str, Path]:
     return results
 
 
-if __name__ == "__main__":  # pragma: no cover - convenience for `python -m clio_stream.assets`
+if __name__ == "__main__":  # pragma: no cover - convenience for `python -m clio_stream.devstack.assets`
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for key, value in prepare_all().items():
         log.info("%s: %s", key, value)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from clio_stream.kafka_connection import KafkaConnection
+from clio_stream.streaming.connection import KafkaConnection
 from clio_stream.settings import DEFAULT_USER_ID_HASH_KEY, ClioSettings, check_user_hash_key
 
 log = logging.getLogger(__name__)
@@ -75,8 +75,8 @@ class Stack:
 
     # -- start ---------------------------------------------------------------
     def start(self) -> "Stack":
-        from clio_stream.kafka_io import ensure_topics
-        from clio_stream.services.processes import port_in_use, start_broker, start_qdrant
+        from clio_stream.streaming.kafka_io import ensure_topics
+        from clio_stream.devstack.processes import port_in_use, start_broker, start_qdrant
 
         s = self.settings
         self.run_dir = self.run_dir or Path(s.cache_dir) / "run"
@@ -103,8 +103,8 @@ class Stack:
             log.info("Qdrant on %s:%d (data in %s)", qhost, qport, Path(s.cache_dir) / "qdrant")
 
         if s.llm_backend != "openai" or not s.llm_base_url:
-            from clio_stream.assets import resolve_model
-            from clio_stream.services.processes import free_port, start_vllm_server
+            from clio_stream.devstack.assets import resolve_model
+            from clio_stream.devstack.processes import free_port, start_vllm_server
 
             model = resolve_model(s.llm_model, "llm")
             vport = free_port()
@@ -159,7 +159,7 @@ class Stack:
         return env
 
     def _start_consumers(self, logs: Path) -> None:
-        from clio_stream.services.processes import ManagedProcess, free_port
+        from clio_stream.devstack.processes import ManagedProcess, free_port
 
         for i in range(self.consumers):
             port = free_port()  # each consumer's /metrics, /livez, /readyz
@@ -211,7 +211,7 @@ class Stack:
 
     def _stream_examples(self) -> None:
         from clio_stream.data import get_example_data
-        from clio_stream.kafka_io import make_producer
+        from clio_stream.streaming.kafka_io import make_producer
         from consumers.producing import produce, to_messages
 
         s = self.settings

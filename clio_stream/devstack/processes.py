@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from clio_stream.services.binaries import qdrant_binary, tansu_binary
+from clio_stream.devstack.binaries import qdrant_binary, tansu_binary
 
 log = logging.getLogger(__name__)
 

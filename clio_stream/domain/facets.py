@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional, Tuple
 
-from clio_stream.language import conversation_language
+from clio_stream.stages.language import conversation_language
 
 # A custom prompt builder: given the facet and one data item, return the text the
 # model should read (used instead of rendering a conversation). Generic,

@@ -1,7 +1,7 @@
 """How every Kafka client of clio-stream reaches the brokers: bootstrap servers plus TLS and SASL.
 
 One typed value built once from the settings and handed to every producer, consumer and admin client
-(``clio_stream.kafka_io``), so a secured cluster (MSK, Confluent Cloud, any TLS or SASL listener) needs the
+(``clio_stream.streaming.kafka_io``), so a secured cluster (MSK, Confluent Cloud, any TLS or SASL listener) needs the
 same few settings everywhere and nothing can connect in plaintext by accident. A bare bootstrap string still
 works where a caller has nothing else (tests, the embedded broker): it means PLAINTEXT.
 """

@@ -27,7 +27,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import TopicAlreadyExistsError
 from kafka.producer.future import FutureRecordMetadata
 
-from clio_stream.kafka_connection import KafkaConnection
+from clio_stream.streaming.connection import KafkaConnection
 
 log = logging.getLogger(__name__)
 

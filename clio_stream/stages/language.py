@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any, Sequence
 
-from clio_stream.types import Conversation
+from clio_stream.domain.conversation import Conversation
 
 
 @lru_cache(maxsize=1)

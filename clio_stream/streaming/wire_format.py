@@ -27,7 +27,7 @@ from typing import Any
 import msgpack
 from pydantic import BaseModel, ConfigDict, Field
 
-from clio_stream.types import Conversation, Message
+from clio_stream.domain.conversation import Conversation, Message
 
 MAX_BYTES = 1 << 20  # 1 MiB
 MAX_ID_LEN = 256

@@ -1,0 +1,1 @@
+"""Pure domain types: conversations, facets, clusters. No I/O."""
