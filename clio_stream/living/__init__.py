@@ -1,0 +1,1 @@
+"""Living clusters: the re-cluster job, stable ids and lineage, the clustering write path, the scheduler."""

@@ -1,0 +1,1 @@
+"""Everything clio-stream keeps in Qdrant and on disk: points, state documents, locks, published versions, checkpoints."""
