@@ -7,6 +7,8 @@ from typing import Any
 import numpy as np
 from sklearn.cluster import KMeans
 
+from clio_stream.domain.vectors import normalise_rows
+
 
 def kmeans(x: np.ndarray, k: int, *, seed: int, args: dict[str, Any] | None = None,
            init: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -19,25 +21,20 @@ def kmeans(x: np.ndarray, k: int, *, seed: int, args: dict[str, Any] | None = No
         return np.zeros(0, dtype=np.int64), np.zeros((0, x.shape[1] if x.ndim == 2 else 0), dtype=np.float32)
     k = max(1, min(k, n))
     if k == n:
-        return np.arange(n), normalise(x.copy())
+        return np.arange(n), normalise_rows(x.copy())
     kwargs = dict(args or {})
     if init is not None and len(init) == k:
         kwargs.update(init=init, n_init=1)
     model = KMeans(n_clusters=k, random_state=seed, **kwargs)
     labels = model.fit_predict(x)
-    return labels.astype(np.int64), normalise(model.cluster_centers_.astype(np.float32))
-
-
-def normalise(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+    return labels.astype(np.int64), normalise_rows(model.cluster_centers_.astype(np.float32))
 
 
 def most_central(vectors: np.ndarray) -> int:
     """Index of the vector closest to the mean: the sample that best represents the rest."""
     if len(vectors) == 1:
         return 0
-    centre = normalise(vectors.mean(axis=0, keepdims=True))[0]
+    centre = normalise_rows(vectors.mean(axis=0, keepdims=True))[0]
     return int(np.argmax(vectors @ centre))
 
 

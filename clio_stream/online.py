@@ -51,6 +51,8 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 
+from clio_stream.domain.vectors import normalise_rows
+
 if TYPE_CHECKING:  # river is only needed for the converters and the benchmark
     from river.cluster import KMeans as RiverKMeans
 
@@ -104,12 +106,6 @@ class BatchAssignment:
 
 # --------------------------------------------------------------------------- helpers
 
-
-def normalise_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length as float32 (zero rows stay zero)."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return (x / np.maximum(norms, _EPS)).astype(np.float32, copy=False)
 
 
 def group_sums(labels: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

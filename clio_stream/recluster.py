@@ -37,14 +37,15 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from clio_stream.clustering import kmeans, normalise
+from clio_stream.clustering import kmeans
 from clio_stream.embedding import EmbeddingBackend
 from clio_stream.domain.facets import Facet
 from clio_stream.hierarchy import build_hierarchy, slug
 from clio_stream.llm.base import AskStats, LLMBackend
 from clio_stream.matching import MatchThresholds, Matching, changed, match_clusters, member_centroids, successor
 from clio_stream.naming import name_clusters, rename_parents
-from clio_stream.online import OnlineKMeans, normalise_rows
+from clio_stream.domain.vectors import normalise_rows
+from clio_stream.online import OnlineKMeans
 from clio_stream.privacy import annotate, audit, describable, known_audits, mark_below_minimums, user_key_of
 from clio_stream.settings import ClioSettings
 from clio_stream.store import QdrantStore
@@ -178,7 +179,7 @@ def warm_start_centroids(x: np.ndarray, init: np.ndarray | None, counts: np.ndar
     """
     if init is None or len(init) == 0 or k <= 0 or len(x) < k or init.shape[1] != x.shape[1]:
         return None
-    init = normalise(np.asarray(init, dtype=np.float32))
+    init = normalise_rows(np.asarray(init, dtype=np.float32))
     if k <= len(init):
         order = np.argsort(-np.asarray(counts), kind="stable") if counts is not None and len(counts) == len(init) \
             else np.arange(len(init))

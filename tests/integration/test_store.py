@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clio_stream.online import OnlineKMeans, normalise_rows
+from clio_stream.domain.vectors import normalise_rows
+from clio_stream.online import OnlineKMeans
 from clio_stream.store import (
     ConversationRecord,
     FacetPoint,

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from clio_stream.online import DELTA_FORMAT, CentroidDeltas, OnlineKMeans, normalise_rows
+from clio_stream.domain.vectors import normalise_rows
+from clio_stream.online import DELTA_FORMAT, CentroidDeltas, OnlineKMeans
 from clio_stream.settings import ClioSettings
 from clio_stream.store import QdrantStore
 from consumers.centroids import SharedCentroids

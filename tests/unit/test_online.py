@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from clio_stream import online
+from clio_stream.domain.vectors import normalise_rows
 from clio_stream.online import (
     DEFAULT_OUTLIER_SIMILARITY,
     CentroidDeltas,
@@ -17,7 +18,6 @@ from clio_stream.online import (
     OnlineKMeans,
     bench,
     group_sums,
-    normalise_rows,
 )
 
 

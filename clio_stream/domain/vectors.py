@@ -1,0 +1,14 @@
+"""Vector helpers shared by every stage: one definition of "unit length"."""
+
+from __future__ import annotations
+
+import numpy as np
+
+EPS = 1e-12
+
+
+def normalise_rows(x: np.ndarray) -> np.ndarray:
+    """Rows (or a single vector) scaled to unit length as float32; zero rows stay zero."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(norms, EPS)).astype(np.float32, copy=False)
