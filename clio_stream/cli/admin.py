@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
 
 from clio_stream.cli.options import add_stream_args, service_settings
-from clio_stream.settings import ClioSettings, check_user_hash_key
-
-log = logging.getLogger(__name__)
+from clio_stream.settings import ClioSettings
 
 
 def cmd_api(args: argparse.Namespace) -> int:
     """Serve the HTTP API and dashboard with uvicorn on ``web_host:web_port`` (settings, keys from env/TOML)."""
-    import uvicorn
-
-    from api.auth import KeyRing
+    from api.app import serve
 
     overrides = {}
     for flag, name in (("host", "web_host"), ("port", "web_port"), ("workers", "api_workers")):
@@ -28,22 +23,7 @@ def cmd_api(args: argparse.Namespace) -> int:
             overrides[name] = value
             # Worker processes build their own app from the environment: hand the overrides down.
             os.environ[f"CLIO_{name.upper()}"] = str(value)
-    settings = ClioSettings().with_overrides(**overrides)
-    KeyRing.from_settings(settings)  # no keys, placeholder keys, no anonymous access: refuse before binding the port
-    check_user_hash_key(settings)  # the API deletes users by their hash
-    # Behind an ingress: uvicorn trusts X-Forwarded-* from the addresses in FORWARDED_ALLOW_IPS (its own env var).
-    common = {"host": settings.web_host, "port": settings.web_port, "log_level": "info", "access_log": False,
-              "timeout_graceful_shutdown": 20}
-    log.info("API on http://%s:%d with %d worker(s)", settings.web_host, settings.web_port, settings.api_workers)
-    if settings.api_workers > 1:
-        from api.metrics import share_across_workers
-
-        share_across_workers()
-        uvicorn.run("api.app:create_app", factory=True, workers=settings.api_workers, **common)
-    else:
-        from api.app import create_app
-
-        uvicorn.run(create_app(settings), **common)
+    serve(ClioSettings().with_overrides(**overrides))
     return 0
 
 
