@@ -299,7 +299,7 @@ class FacetRun:
 def extract_cached(records: Sequence[Record], wanted: Mapping[str, Sequence[Any]], llm: Any, settings: Any,
                    cache: FacetCache) -> FacetRun:
     """The facets ``wanted[record.id]`` of every record, from the cache or the LLM (``extract_facets``)."""
-    from clio_stream.data import render_conversation, to_conversation, truncate_conversation
+    from clio_stream.stages.prepare import render_conversation, to_conversation, truncate_conversation
     from clio_stream.facet_extraction import asked, build_prompts, extract_facets
     from clio_stream.llm.base import AskStats
 

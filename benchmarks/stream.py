@@ -68,7 +68,9 @@ def main() -> None:
     quiet_logs()
     import numpy as np
 
-    from clio_stream.data import load_shared_dataset, prepare_conversations, truncate_conversation
+    from clio_stream.batch_input import load_shared_dataset
+
+    from clio_stream.stages.prepare import prepare_conversations, truncate_conversation
     from clio_stream.embedding import Embedder
     from clio_stream.facet_extraction import build_prompts
     from clio_stream.domain.facets import main_facets

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from clio_stream.checkpoint import Checkpoints, atomic_write_bytes, stable_hash
 from clio_stream.clustering import kmeans
-from clio_stream.data import conversation_content_key, prepare_conversations, truncate_conversation
+from clio_stream.stages.prepare import conversation_content_key, prepare_conversations, truncate_conversation
 from clio_stream.embedding import EmbeddingBackend, embedding_text, make_embedder
 from clio_stream.facet_extraction import extract_facets
 from clio_stream.domain.facets import Facet, main_facets

@@ -43,7 +43,7 @@ def default_names_per_neighbourhood(n: int) -> int:
 
 def default_dedup_key(conversation: Any) -> str:
     """Two conversations are duplicates when their turns are identical."""
-    from clio_stream.data import conversation_content_key
+    from clio_stream.stages.prepare import conversation_content_key
 
     return conversation_content_key(conversation)
 

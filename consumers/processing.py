@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from clio_stream.data import truncate_conversation
+from clio_stream.stages.prepare import truncate_conversation
 from clio_stream.embedding import EmbeddingBackend, embedding_text
 from clio_stream.facet_extraction import extract_facets
 from clio_stream.domain.facets import Facet

@@ -20,7 +20,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from clio_stream.data import load_file
+    from clio_stream.batch_input import load_file
     from clio_stream.pipeline import run_clio
 
     settings = settings_from_args(args)
@@ -48,7 +48,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Batch Clio over the packaged example conversations, then serve the site."""
-    from clio_stream.data import get_example_data
+    from clio_stream.batch_input import get_example_data
     from clio_stream.pipeline import run_clio
 
     settings = settings_from_args(args)

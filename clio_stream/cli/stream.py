@@ -55,7 +55,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
 
 def cmd_produce(args: argparse.Namespace) -> int:
     """Send a file's conversations to the topic, key = conversation id."""
-    from clio_stream.data import load_file
+    from clio_stream.batch_input import load_file
     from clio_stream.streaming.kafka_io import ensure_topics, make_producer
     from consumers.producing import produce, to_messages
 

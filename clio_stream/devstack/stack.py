@@ -210,7 +210,7 @@ class Stack:
         self.urls["scheduler metrics"] = f"{server.url}/metrics"
 
     def _stream_examples(self) -> None:
-        from clio_stream.data import get_example_data
+        from clio_stream.batch_input import get_example_data
         from clio_stream.streaming.kafka_io import make_producer
         from consumers.producing import produce, to_messages
 
