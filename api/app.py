@@ -30,7 +30,8 @@ from api.metrics import ApiMetrics
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware, request_id_of
 from api.schemas import BatchIn, ConversationIn
 from clio_stream.publish import resolve_publish_dir
-from clio_stream.settings import ClioSettings, check_user_hash_key
+from clio_stream.secret_settings import check_user_hash_key
+from clio_stream.settings import ClioSettings
 from clio_stream.site.writer import normalize_html_root
 from clio_stream.store import QdrantStore, StoreError, StoreUnavailable
 

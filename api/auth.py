@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Literal, NamedTuple
 
-from clio_stream.settings import NEW_SECRET_HINT, ClioSettings, is_placeholder
+from clio_stream.secret_settings import NEW_SECRET_HINT, is_placeholder
+from clio_stream.settings import ClioSettings
 
 log = logging.getLogger(__name__)
 

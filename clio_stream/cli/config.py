@@ -21,7 +21,8 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from clio_stream.cli.options import SubParser, add_model_args, model_overrides, settings_from_args
-from clio_stream.settings import SECRET_SETTINGS, SEED_ALIASES, ClioSettings, toml_path
+from clio_stream.secret_settings import SECRET_SETTINGS
+from clio_stream.settings import SEED_ALIASES, ClioSettings, toml_path
 
 ENV_PREFIX = "CLIO_"
 

@@ -6,7 +6,8 @@ import argparse
 from typing import Sequence
 
 from clio_stream.domain.facets import Facet
-from clio_stream.settings import ClioSettings, check_user_hash_key
+from clio_stream.secret_settings import check_user_hash_key
+from clio_stream.settings import ClioSettings
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -22,7 +22,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from clio_stream.streaming.connection import KafkaConnection
-from clio_stream.settings import DEFAULT_USER_ID_HASH_KEY, ClioSettings, check_user_hash_key
+from clio_stream.secret_settings import DEFAULT_USER_ID_HASH_KEY, check_user_hash_key
+from clio_stream.settings import ClioSettings
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,8 @@ import pytest
 
 from clio_stream.cli.config import reference_markdown
 from clio_stream.cli.main import main
-from clio_stream.settings import SECRET_SETTINGS, ClioSettings
+from clio_stream.secret_settings import SECRET_SETTINGS
+from clio_stream.settings import ClioSettings
 
 REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
