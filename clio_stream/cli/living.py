@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 from typing import TYPE_CHECKING
 
 from clio_stream.cli.options import add_facets_arg, add_model_args, add_stream_args, facets_from_names, service_settings
+from clio_stream.cli.signals import stop_on_signals
 from clio_stream.settings import ClioSettings
 
 if TYPE_CHECKING:
@@ -66,14 +66,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     with ReclusterService(settings, facets=facets_from_names(args.facets)) as service:
         triggers = triggers_from_args(args)
         sched = service.scheduler(triggers, poll_s=args.poll)
-
-        def on_signal(signum: int, _frame: object) -> None:
-            log.info("received %s: stopping after the run in hand", signal.Signals(signum).name)
-            sched.stop()
-            signal.signal(signum, signal.SIG_DFL)  # a second signal stops at once
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        stop_on_signals(sched.stop, "stopping after the run in hand")
         from clio_stream.scheduler_prometheus import serve_scheduler_metrics
 
         server = serve_scheduler_metrics(settings, sched) if settings.metrics_port is not None else None

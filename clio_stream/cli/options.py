@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from typing import Any, Sequence
 
 from clio_stream.domain.facets import Facet
 from clio_stream.secret_settings import check_user_hash_key
@@ -74,6 +74,14 @@ def service_settings(args: argparse.Namespace) -> ClioSettings:
     settings = streaming_settings(args)
     check_user_hash_key(settings)
     return settings
+
+
+def records_from_args(args: argparse.Namespace) -> list[Any]:
+    """The records of the ``file`` argument, the first ``--limit`` of them when given."""
+    from clio_stream.batch_input import load_file
+
+    records = load_file(args.file)
+    return records[: args.limit] if args.limit else records
 
 
 def facets_from_names(names: str | None) -> list[Facet]:

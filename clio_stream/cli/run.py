@@ -7,7 +7,7 @@ import logging
 import os
 from pathlib import Path
 
-from clio_stream.cli.options import add_model_args, settings_from_args
+from clio_stream.cli.options import add_model_args, records_from_args, settings_from_args
 
 log = logging.getLogger(__name__)
 
@@ -20,13 +20,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from clio_stream.batch_input import load_file
     from clio_stream.pipeline import run_clio
 
     settings = settings_from_args(args)
-    records = load_file(args.file)
-    if args.limit:
-        records = records[: args.limit]
+    records = records_from_args(args)
     result = run_clio(data=records, output_dir=args.out, settings=settings)
     site = Path(args.out) / "site"
     log.info("wrote %s (%d conversations); serve it with: clio-stream serve %s", site, len(result.conversations), site)

@@ -15,10 +15,12 @@ from clio_stream.cli.options import (
     add_model_args,
     add_stream_args,
     facets_from_names,
+    records_from_args,
     service_settings,
     settings_from_args,
     streaming_settings,
 )
+from clio_stream.cli.signals import stop_on_signals
 from clio_stream.streaming.connection import KafkaConnection
 
 if TYPE_CHECKING:
@@ -33,14 +35,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
 
     settings = service_settings(args)
     stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("received %s: finishing the batch in hand, then leaving the group", signal.Signals(signum).name)
-        stop.set()
-        signal.signal(signum, signal.SIG_DFL)  # a second signal stops at once
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop_on_signals(stop.set, "finishing the batch in hand, then leaving the group")
     worker = ConsumerWorker(settings, facets=facets_from_names(args.facets))
     from consumers.prometheus import serve_worker_metrics
 
@@ -55,14 +50,11 @@ def cmd_consume(args: argparse.Namespace) -> int:
 
 def cmd_produce(args: argparse.Namespace) -> int:
     """Send a file's conversations to the topic, key = conversation id."""
-    from clio_stream.batch_input import load_file
     from clio_stream.streaming.kafka_io import ensure_topics, make_producer
     from consumers.producing import produce, to_messages
 
     settings = streaming_settings(args)
-    records = load_file(args.file)
-    if args.limit:
-        records = records[: args.limit]
+    records = records_from_args(args)
     ensure_topics(KafkaConnection.from_settings(settings), {settings.topic: settings.topic_partitions})
     producer = make_producer(KafkaConnection.from_settings(settings))
     skipped: list[str] = []
