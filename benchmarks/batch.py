@@ -34,7 +34,7 @@ def main() -> None:
     quiet_logs()
     from clio_stream.batch_input import load_shared_dataset
     from clio_stream.stages.prepare import prepare_conversations, render_conversation
-    from clio_stream.embedding import Embedder
+    from clio_stream.embedding import make_embedder
     from clio_stream.facet_extraction import build_prompts, facet_prompt
     from clio_stream.domain.facets import main_facets
     from clio_stream.llm import make_llm
@@ -51,7 +51,7 @@ def main() -> None:
     t0 = time.perf_counter()
     llm = make_llm(settings)
     engine_start = time.perf_counter() - t0
-    embedder = Embedder(args.embedding_model)
+    embedder = make_embedder(settings, args.embedding_model)
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
