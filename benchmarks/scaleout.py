@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 
 from clio_stream.streaming.connection import KafkaConnection
+from clio_stream.storage.documents import WORKER_METRICS
 import json
 import logging
 import os
@@ -121,7 +122,7 @@ def start_consumers(settings: Any, k: int, facets: str, logs: Path) -> list[Any]
 
 def worker_docs(store: Any) -> dict[str, dict[str, Any]]:
     try:
-        return store.states("worker:")
+        return store.states.with_prefix(WORKER_METRICS.prefix)
     except Exception:  # noqa: BLE001 - the state collection appears with the first worker
         return {}
 
@@ -151,7 +152,7 @@ def one_run(base: Any, k: int, records: list[dict[str, Any]], facets: str, n_fac
             timeout: float) -> RunResult:
     """Start ``k`` consumers, wait for the group, produce, time until everything is processed, stop."""
     from clio_stream.streaming.kafka_io import ensure_topics, make_producer
-    from clio_stream.store import QdrantStore
+    from clio_stream.storage.store import QdrantStore
     from consumers.producing import produce, to_messages
 
     tag = f"{k}-{uuid.uuid4().hex[:6]}"

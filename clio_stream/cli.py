@@ -179,7 +179,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 def cmd_bootstrap_clusters(args: argparse.Namespace) -> int:
     """Cluster the stored facet vectors once and publish them as the next clustering version."""
-    from clio_stream.store import QdrantStore
+    from clio_stream.storage.store import QdrantStore
     from consumers.bootstrap import bootstrap_clustering
 
     settings = _service_settings(args)
@@ -340,7 +340,7 @@ def cmd_delete_user(args: argparse.Namespace) -> int:
     import json
 
     from clio_stream.deletion import delete_user
-    from clio_stream.store import QdrantStore
+    from clio_stream.storage.store import QdrantStore
 
     settings = _service_settings(args)
     dirs = [Path(d) for d in args.batch_dir or []]
