@@ -27,6 +27,7 @@ from typing import Any, Sequence
 from clio_stream.drift import drift_since
 from clio_stream.settings import ClioSettings
 from clio_stream.storage.documents import LAST_RUN, RECLUSTER_REQUEST, SCHEDULER_STATE, WORKER_METRICS, SchedulerState
+from clio_stream.storage.store import QdrantStore
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,9 @@ def effective_settings(settings: ClioSettings) -> ClioSettings:
 class ReclusterService:
     """Store, LLM and (lazily) embedder for re-clustering, with the scheduler's snapshot."""
 
-    def __init__(self, settings: ClioSettings, *, facets: Sequence[Any] | None = None, store: Any = None,
-                 llm: Any = None, embedder: Any = None, publish_dir: Path | None = None) -> None:
+    def __init__(self, settings: ClioSettings, *, facets: Sequence[Any] | None = None,
+                 store: QdrantStore | None = None, llm: Any = None, embedder: Any = None,
+                 publish_dir: Path | None = None) -> None:
         from clio_stream.domain.facets import main_facets
         from clio_stream.publish import resolve_publish_dir
 
@@ -58,8 +60,6 @@ class ReclusterService:
         self.trigger_facet = (tree or [f for f in main_facets if f.has_hierarchy])[0].name
         self._owns_store = store is None
         if store is None:
-            from clio_stream.storage.store import QdrantStore
-
             store = QdrantStore.from_settings(settings)
         self.store = store
         self._owns_llm = llm is None

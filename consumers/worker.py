@@ -316,8 +316,8 @@ class ConsumerWorker:
         self._store.points.mark_conversations(pending_records(decoded, s))
         reach("consume.process")
         models = self.centroids.models if self.centroids is not None else {}
-        kwargs: dict[str, Any] = dict(facets=self.facets, llm=self._llm, embedder=self._embedder, store=self._store.points,
-                                      models=models, settings=s)
+        kwargs: dict[str, Any] = dict(facets=self.facets, llm=self._llm, embedder=self._embedder,
+                                      store=self._store.points, models=models, settings=s)
         if isolate:
             log.warning("batch failed %d times; trying its %d records one at a time", self._failures, len(records))
         else:
@@ -508,7 +508,7 @@ class ConsumerWorker:
             self._write_metrics()
 
     def _write_metrics(self) -> None:
-        """Store the metrics as the worker's state document for the API and the scheduler; skipped while Qdrant is down."""
+        """Store the metrics as this worker's state document (the API and scheduler read it); skipped if Qdrant is down."""
         if self._store is None:
             return
         self._metrics_written_at = time.monotonic()

@@ -145,7 +145,8 @@ def env(qdrant_server: Any, kafka_broker: Any, tmp_path_factory: pytest.TempPath
     store.versions.set_current_version(REQUEST, CLUSTER_VERSION)
     now = time.time()
     store.states.write(WORKER_METRICS.of("w1"), WorkerMetricsDoc(
-        worker_id="w1", processed=600, dead_lettered=3, consumer_lag=7, health="ok", started_at=now - 60, updated_at=now))
+        worker_id="w1", processed=600, dead_lettered=3, consumer_lag=7, health="ok", started_at=now - 60,
+        updated_at=now))
     store.states.write(WORKER_METRICS.of("stale"), WorkerMetricsDoc(
         worker_id="stale", processed=10**6, dead_lettered=99, health="failing", started_at=now - 9000,
         updated_at=now - 8000))

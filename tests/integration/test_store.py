@@ -289,7 +289,8 @@ def test_labels_are_version_scoped(store: QdrantStore) -> None:
     store.labels.index(8)
     store.labels.write("request", {p.id: 5 for p in pts[:4]}, version=8)
     assert [store.points.count(facet="request", cluster_id=c, version=7) for c in (0, 1)] == [3, 3]  # 7 still readable
-    assert store.points.count(facet="request", cluster_id=5, version=8) == 4 and store.points.count(facet="request", version=8) == 4
+    assert store.points.count(facet="request", cluster_id=5, version=8) == 4
+    assert store.points.count(facet="request", version=8) == 4
     page, _ = store.points.cluster_members("request", 0, version=7)
     assert sorted(p["conversation_id"] for p in page) == ["c0", "c2", "c4"]
     missing = [pid for ids, _, _ in store.points.scroll_vectors("request", without_label=8) for pid in ids]

@@ -276,7 +276,8 @@ def test_recluster_killed_mid_run_keeps_previous_version_and_next_run_publishes(
             assert load_current(publish_dir).version == "1"
         # A number reserved by the dead run is skipped, never reused (its writes may be half done).
         expected = store.versions.last_reserved() + 1
-        assert store.locks.acquire(CLUSTERING_LOCK, "an-impatient-run", LOCK_TTL_S) is None, "the lease was taken before expiry"
+        assert store.locks.acquire(CLUSTERING_LOCK, "an-impatient-run", LOCK_TTL_S) is None, \
+            "the lease was taken before expiry"
 
         wait_for(lambda: store.locks.holder(CLUSTERING_LOCK) is None, 3 * LOCK_TTL_S, "the dead run's lease to expire",
                  every=0.2)

@@ -165,7 +165,8 @@ def test_assigned_after_a_clustering_is_published(llm, store, settings) -> None:
                 llm, store, settings)
     write(first, store)
     version = bootstrap_clustering(store, FACETS, settings)
-    assert version == 1 and store.versions.current_version("Request") == 1 and store.versions.current_version("Concerning") is None
+    assert version == 1 and store.versions.current_version("Request") == 1
+    assert store.versions.current_version("Concerning") is None
     labelled, _ = store.points.cluster_members("Request", 0, version=1)
     labelled2, _ = store.points.cluster_members("Request", 1, version=1)
     assert len(labelled) + len(labelled2) == len(topics)

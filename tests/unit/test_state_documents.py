@@ -117,6 +117,7 @@ def test_centroids_whose_header_does_not_fit_are_absent(store: QdrantStore, capl
 def test_lock_holder_is_typed(store: QdrantStore) -> None:
     token = store.locks.acquire("job", "me", ttl_s=30)
     holder = store.locks.holder("job")
-    assert holder is not None and (holder.owner, holder.token) == ("me", token) and holder.expires_at > holder.acquired_at
+    assert holder is not None and (holder.owner, holder.token) == ("me", token)
+    assert holder.expires_at > holder.acquired_at
     assert store.locks.owner("job") == "me"
     assert store.locks.release("job", token) and store.locks.owner("job") is None
