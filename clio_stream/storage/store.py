@@ -9,6 +9,8 @@ connection itself (``health``, ``ensure_collections``, ``close``) is the store.
 
 from __future__ import annotations
 
+from functools import cached_property
+
 from clio_stream.settings import ClioSettings
 from clio_stream.storage.clustering_versions import ClusteringVersions
 from clio_stream.storage.deletions import DeletionRequests
@@ -22,14 +24,29 @@ from clio_stream.storage.state import StateDocuments
 class QdrantStore(QdrantConnection):
     """The project's only door to Qdrant (server over gRPC, or embedded for tests)."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.points = Points(self)
-        self.labels = Labels(self)
-        self.states = StateDocuments(self)
-        self.versions = ClusteringVersions(self.states)
-        self.locks = Locks(self)
-        self.deletions = DeletionRequests(self)
+    @cached_property
+    def points(self) -> Points:
+        return Points(self)
+
+    @cached_property
+    def labels(self) -> Labels:
+        return Labels(self)
+
+    @cached_property
+    def states(self) -> StateDocuments:
+        return StateDocuments(self)
+
+    @cached_property
+    def versions(self) -> ClusteringVersions:
+        return ClusteringVersions(self.states)
+
+    @cached_property
+    def locks(self) -> Locks:
+        return Locks(self)
+
+    @cached_property
+    def deletions(self) -> DeletionRequests:
+        return DeletionRequests(self)
 
     @classmethod
     def from_settings(cls, settings: ClioSettings) -> QdrantStore:
