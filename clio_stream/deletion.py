@@ -434,13 +434,13 @@ class DeletionPass:
 def process_deletions(store: Any, settings: Any, publish_dir: Path, *, owner: str | None = None) -> DeletionPass:
     """Carry out the pending deletion requests: scrub the published versions, sweep, close.
 
-    Runs under the clustering lock (``versions.CLUSTERING_LOCK``): a re-clustering that
+    Runs under the clustering lock (``storage.documents.CLUSTERING_LOCK``): a re-clustering that
     scrolled a user's points before the request either published before this
     pass (and is scrubbed by it) or publishes after it with the deny-list applied
     (``remove_denied``). When the lock is held elsewhere the pass does nothing and
     says so; the next one retries.
     """
-    from clio_stream.versions import CLUSTERING_LOCK
+    from clio_stream.storage.documents import CLUSTERING_LOCK
 
     out = DeletionPass()
     now = time.time()

@@ -22,8 +22,8 @@ from clio_stream.domain.vectors import normalise_rows
 from clio_stream.online import OnlineKMeans
 from clio_stream.settings import ClioSettings
 from clio_stream.storage.store import QdrantStore
+from clio_stream.storage.documents import CLUSTERING_LOCK
 from clio_stream.versions import (
-    CLUSTERING_LOCK,
     FacetLabels,
     VersionWrite,
     clustering_lease,

@@ -30,10 +30,9 @@ from clio_stream.online import OnlineKMeans
 from clio_stream.publish import load_current, read_pointer
 from clio_stream.devstack.processes import ManagedProcess
 from clio_stream.settings import ClioSettings
-from clio_stream.storage.documents import LAST_RUN
+from clio_stream.storage.documents import CLUSTERING_LOCK, LAST_RUN
 from clio_stream.storage.store import QdrantStore
 from clio_stream import versions
-from clio_stream.versions import CLUSTERING_LOCK
 from consumers.bootstrap import bootstrap_clustering
 from tests.reliability.helpers import llm_description, pooled_conversations, replayed_delta_tally, seed_store
 from tests.streaming_helpers import (

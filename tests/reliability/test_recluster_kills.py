@@ -24,8 +24,8 @@ from clio_stream.domain.facets import main_facets
 from clio_stream.ops.faults import EXIT_CODE, EXIT_KIND, FAULT_ENV
 from clio_stream.recluster import recluster_once
 from clio_stream.storage.store import QdrantStore
+from clio_stream.storage.documents import CLUSTERING_LOCK
 from clio_stream.versions import (
-    CLUSTERING_LOCK,
     COMMITTED_STEPS,
     STEP_CATCH_UP,
     STEP_CENTROIDS,

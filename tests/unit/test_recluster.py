@@ -6,9 +6,8 @@ import pytest
 from clio_stream.domain.facets import main_facets
 from clio_stream.publish import load_current, read_pointer
 from clio_stream.recluster import recluster_once
-from clio_stream.versions import CLUSTERING_LOCK
 from clio_stream.settings import ClioSettings
-from clio_stream.storage.documents import LAST_RUN, id_counter_key
+from clio_stream.storage.documents import CLUSTERING_LOCK, LAST_RUN, id_counter_key
 from clio_stream.storage.records import FacetPoint
 from clio_stream.storage.store import QdrantStore
 
