@@ -32,7 +32,7 @@ from api.schemas import BatchIn, ConversationIn
 from clio_stream.publish import resolve_publish_dir
 from clio_stream.settings import ClioSettings, check_user_hash_key
 from clio_stream.site.writer import normalize_html_root
-from clio_stream.storage.qdrant import StoreError, StoreUnavailable
+from clio_stream.storage.errors import StoreError, StoreUnavailable
 from clio_stream.storage.store import QdrantStore
 
 log = logging.getLogger(__name__)

@@ -115,7 +115,7 @@ def _add_workers(ctx: ApiContext, out: StatusOut) -> None:
     now = time.time()
     rate = lag = dlq = None
     health: list[str] = []
-    for _, doc in sorted(docs.items()):
+    for doc in (docs[name] for name in sorted(docs)):
         if now - doc.updated_at > ctx.settings.api_worker_stale_s:
             continue  # a worker that stopped (by its own clock, as it wrote the document)
         if doc.started_at is not None and doc.updated_at > doc.started_at:

@@ -46,7 +46,7 @@ from clio_stream.streaming.kafka_io import DeadLetterWriter, consumer_lag, ensur
 from clio_stream.llm.base import LLMBackend
 from clio_stream.settings import ClioSettings
 from clio_stream.storage.documents import WORKER_METRICS
-from clio_stream.storage.qdrant import StoreError
+from clio_stream.storage.errors import StoreError
 from clio_stream.storage.store import QdrantStore
 from consumers.centroids import DeltaReport, SharedCentroids
 from consumers.decoding import DeadLetter, DecodedBatch, RecordLike, decode_records, offset_ranges

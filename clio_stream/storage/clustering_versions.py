@@ -17,7 +17,8 @@ from clio_stream.storage.documents import (
     centroid_state_key,
     current_version_key,
 )
-from clio_stream.storage.qdrant import StoreError, eq
+from clio_stream.storage.errors import StoreError
+from clio_stream.storage.qdrant import eq
 from clio_stream.storage.state import STATE_KIND, StateDocuments, parse, to_json
 
 

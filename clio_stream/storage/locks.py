@@ -18,7 +18,8 @@ from pydantic import ValidationError
 from qdrant_client import models
 
 from clio_stream.storage.documents import LockHolder
-from clio_stream.storage.qdrant import QdrantConnection, StoreError, eq, point_id
+from clio_stream.storage.errors import StoreError
+from clio_stream.storage.qdrant import QdrantConnection, eq, point_id
 
 log = logging.getLogger(__name__)
 

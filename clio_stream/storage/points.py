@@ -10,7 +10,8 @@ import numpy as np
 from qdrant_client import models
 
 from clio_stream.storage.labels import label_filter
-from clio_stream.storage.qdrant import QdrantConnection, CollectionMissing, eq, is_empty, match_filter
+from clio_stream.storage.errors import CollectionMissing
+from clio_stream.storage.qdrant import QdrantConnection, eq, is_empty, match_filter
 from clio_stream.storage.records import ConversationRecord, FacetPoint, conversation_point_id, label_field
 
 log = logging.getLogger(__name__)

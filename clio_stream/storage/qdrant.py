@@ -1,12 +1,11 @@
-"""The Qdrant connection every storage class shares: client, collection names, schema, health, errors.
+"""The Qdrant connection every storage class shares: client, collection names, schema, health, point ids, filters.
 
 Three collections, named ``{prefix}_facets``, ``{prefix}_conversations`` and ``{prefix}_state``
 (see :mod:`clio_stream.storage.points`, :mod:`~clio_stream.storage.state`, :mod:`~clio_stream.storage.locks`,
 :mod:`~clio_stream.storage.deletions` for what each holds).
 
-Every Qdrant failure surfaces as :class:`StoreError`; the transient kind (server down, timeout,
-overload) as its subclass :class:`StoreUnavailable`, so callers can back off and retry rather than
-crash or skip data. Point ids are uuid5 of :data:`NAMESPACE` and a natural key, so replaying a Kafka
+Every client call runs under ``guard`` (:mod:`clio_stream.storage.errors`), so a Qdrant failure surfaces as
+a ``StoreError``. Point ids are uuid5 of :data:`NAMESPACE` and a natural key, so replaying a Kafka
 range overwrites the same points instead of adding duplicates.
 """
 
@@ -15,12 +14,12 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from qdrant_client import QdrantClient, models
 
 from clio_stream.settings import ClioSettings
+from clio_stream.storage.errors import CollectionMissing, StoreError, StoreUnavailable, translate_errors
 
 log = logging.getLogger(__name__)
 
@@ -48,18 +47,6 @@ _STATE_INDEXES: dict[str, models.PayloadSchemaType] = {
     "kind": models.PayloadSchemaType.KEYWORD,
     "key": models.PayloadSchemaType.KEYWORD,
 }
-
-
-class StoreError(RuntimeError):
-    """Qdrant refused or failed an operation."""
-
-
-class CollectionMissing(StoreError):
-    """The collections are not created yet (no worker has started): reads see an empty store."""
-
-
-class StoreUnavailable(StoreError):
-    """Qdrant is unreachable, timing out or overloaded: back off and retry."""
 
 
 def point_id(*parts: str) -> str:
@@ -135,21 +122,7 @@ class QdrantConnection:
         except Exception:  # noqa: BLE001 - closing is best effort
             log.debug("closing the Qdrant client failed", exc_info=True)
 
-    @contextmanager
-    def guard(self, op: str) -> Iterator[None]:
-        """Translate client exceptions into StoreUnavailable / StoreError (programming errors pass)."""
-        try:
-            yield
-        except StoreError:
-            raise
-        except (TypeError, AttributeError, NameError, AssertionError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - qdrant-client raises many unrelated types
-            if _is_transient(exc):
-                raise StoreUnavailable(f"qdrant {op} failed: {_short(exc)}") from exc
-            if "doesn't exist" in str(exc) or "Not found: Collection" in str(exc):
-                raise CollectionMissing(f"qdrant {op}: {_short(exc)}") from exc
-            raise StoreError(f"qdrant {op} failed: {_short(exc)}") from exc
+    guard = staticmethod(translate_errors)  # ``with conn.guard("op"):`` around every client call
 
     def health(self) -> bool:
         """True when Qdrant answers a cheap request."""
@@ -261,52 +234,3 @@ def match_filter(**fields: Any) -> models.Filter | None:
     """AND of equality conditions for the fields that are not None."""
     must = [eq(k, v) for k, v in fields.items() if v is not None]
     return models.Filter(must=must) if must else None
-
-
-# --------------------------------------------------------------------------- errors
-
-
-def _is_transient(exc: BaseException) -> bool:
-    """True for failures worth retrying later (connection, timeout, overload)."""
-    try:
-        import grpc
-    except ImportError:  # pragma: no cover - grpcio ships with qdrant-client
-        grpc = None  # type: ignore[assignment]
-    from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
-
-    if grpc is not None and isinstance(exc, grpc.RpcError):
-        code = exc.code() if callable(getattr(exc, "code", None)) else None
-        return code in {
-            grpc.StatusCode.UNAVAILABLE,
-            grpc.StatusCode.DEADLINE_EXCEEDED,
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            grpc.StatusCode.ABORTED,
-            grpc.StatusCode.CANCELLED,
-            grpc.StatusCode.INTERNAL,
-            grpc.StatusCode.UNKNOWN,
-        }
-    if isinstance(exc, ResponseHandlingException):
-        return True  # the HTTP request itself failed: refused, reset, timed out
-    if isinstance(exc, UnexpectedResponse):
-        return exc.status_code is None or exc.status_code >= 500 or exc.status_code == 429
-    try:
-        import httpx
-
-        if isinstance(exc, httpx.TransportError):
-            return True
-    except ImportError:  # pragma: no cover
-        pass
-    return isinstance(exc, (ConnectionError, TimeoutError))
-
-
-def _short(exc: BaseException) -> str:
-    """One line for logs: gRPC errors print several lines, their ``details()`` is the useful part."""
-    details = getattr(exc, "details", None)
-    if callable(details):
-        try:
-            code = exc.code()  # type: ignore[attr-defined]
-            return f"{type(exc).__name__}: {getattr(code, 'name', code)}: {details()}"[:300]
-        except Exception:  # noqa: BLE001 - fall back to str()
-            pass
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]

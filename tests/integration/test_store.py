@@ -20,7 +20,7 @@ from clio_stream.domain.vectors import normalise_rows
 from clio_stream.online import OnlineKMeans
 from clio_stream.storage.documents import SCHEDULER_STATE, SchedulerState
 from clio_stream.storage.locks import LockLost
-from clio_stream.storage.qdrant import StoreError, StoreUnavailable
+from clio_stream.storage.errors import StoreError, StoreUnavailable
 from clio_stream.storage.records import ConversationRecord, FacetPoint, facet_point_id
 from clio_stream.storage.store import QdrantStore
 

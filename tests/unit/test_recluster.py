@@ -274,7 +274,7 @@ ANALYST = "analyst-key-for-fault-tests"
 
 def test_a_store_error_between_the_publish_and_the_pointers_does_not_wedge_the_next_runs(setup, monkeypatch):
     """Defect 4: the pointer flip failing once must not make every later run reuse the version and fail."""
-    from clio_stream.storage.qdrant import StoreUnavailable
+    from clio_stream.storage.errors import StoreUnavailable
     from tests.recluster_harness import assert_complete, served
 
     store, emb, settings, pub = second_version_world(setup)
