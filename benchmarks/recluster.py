@@ -72,7 +72,7 @@ def main() -> None:
     from benchmarks.common import quiet_logs, report
 
     quiet_logs()
-    from clio_stream.embedding import Embedder
+    from clio_stream.embedding import make_embedder
     from clio_stream.domain.facets import REQUEST
     from clio_stream.recluster import recluster_once
     from clio_stream.settings import ClioSettings
@@ -84,11 +84,11 @@ def main() -> None:
     if n + n20 > len(texts):
         raise SystemExit(f"--n {n}: needs {n + n20} distinct texts, the data set has {len(texts)}")
     texts = texts[: n + n20]
-    embedder = Embedder(args.embedding_model)
+    settings = ClioSettings(show_progress=False)
+    embedder = make_embedder(settings, args.embedding_model)
     t0 = time.perf_counter()
     vectors = embedder.encode(texts)
     embed_s = time.perf_counter() - t0
-    settings = ClioSettings(show_progress=False)
     facets = [REQUEST]
     users = max(10, n // 3)
     runs: dict[str, Any] = {}

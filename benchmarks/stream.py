@@ -68,8 +68,10 @@ def main() -> None:
     quiet_logs()
     import numpy as np
 
-    from clio_stream.data import load_shared_dataset, prepare_conversations, truncate_conversation
-    from clio_stream.embedding import Embedder
+    from clio_stream.batch_input import load_shared_dataset
+
+    from clio_stream.stages.prepare import prepare_conversations, truncate_conversation
+    from clio_stream.embedding import make_embedder
     from clio_stream.facet_extraction import build_prompts
     from clio_stream.domain.facets import main_facets
     from clio_stream.streaming.kafka_io import ensure_topics, make_producer
@@ -105,7 +107,7 @@ def main() -> None:
         producer.flush()
 
         engine = make_llm(settings)
-        embedder = Embedder(args.embedding_model)
+        embedder = make_embedder(settings)
         recorder = RecordingLLM(engine, {})
 
         def drain(worker: ConsumerWorker, n: int) -> float:

@@ -28,8 +28,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from clio_stream.data import truncate_conversation
-from clio_stream.embedding import embedding_text
+from clio_stream.stages.prepare import truncate_conversation
+from clio_stream.embedding import EmbeddingBackend, embedding_text
 from clio_stream.facet_extraction import extract_facets
 from clio_stream.domain.facets import Facet
 from clio_stream.llm.base import AskStats, LLMBackend, Prompt, PromptsRejected
@@ -53,14 +53,6 @@ class RecordRejected(RuntimeError):
     Not retryable: the worker processes the batch record by record and dead-letters the record whose
     prompt is refused, so one record never blocks its partition.
     """
-
-
-class EmbedderLike(Protocol):
-    """What the core needs from an embedding model (``clio_stream.embedding.Embedder`` fits)."""
-
-    dim: int
-
-    def encode(self, texts: Sequence[str], *, desc: str | None = None) -> np.ndarray: ...
 
 
 class StoreReader(Protocol):
@@ -232,7 +224,7 @@ def facet_values(
     return by_hash, len(items) - len(to_ask)
 
 
-def embed_values(texts: Sequence[str], embedder: EmbedderLike) -> dict[str, np.ndarray]:
+def embed_values(texts: Sequence[str], embedder: EmbeddingBackend) -> dict[str, np.ndarray]:
     """One ``encode`` call for the distinct texts; text -> unit vector."""
     unique = list(dict.fromkeys(t for t in texts if t))
     if not unique:
@@ -281,7 +273,7 @@ def process_batch(
     *,
     facets: Sequence[Facet],
     llm: LLMBackend,
-    embedder: EmbedderLike,
+    embedder: EmbeddingBackend,
     store: StoreReader,
     models: Mapping[str, OnlineKMeans],
     settings: ClioSettings,

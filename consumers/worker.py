@@ -39,6 +39,7 @@ from kafka.structs import OffsetAndMetadata
 
 from clio_stream.denylist import DenyList
 from clio_stream.drift import DriftMonitor
+from clio_stream.embedding import EmbeddingBackend
 from clio_stream.ops.faults import reach
 from clio_stream.domain.facets import Facet, main_facets
 from clio_stream.streaming.connection import KafkaConnection
@@ -55,7 +56,6 @@ from consumers.deltas_io import DeltaReader, publish_deltas
 from consumers.metrics import WorkerMetrics
 from consumers.processing import (
     BatchOutcome,
-    EmbedderLike,
     dead_lettered_records,
     LLMUnavailable,
     RecordRejected,
@@ -105,7 +105,7 @@ class ConsumerWorker:
         settings: ClioSettings | None = None,
         facets: Sequence[Facet] = main_facets,
         llm: LLMBackend | None = None,
-        embedder: EmbedderLike | None = None,
+        embedder: EmbeddingBackend | None = None,
         store: QdrantStore | None = None,
     ) -> None:
         """LLM, embedder and store default to ones built from ``settings`` (and closed by ``close``)."""

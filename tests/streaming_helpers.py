@@ -21,7 +21,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from qdrant_client import models as qm
 
-from clio_stream.data import load_shared_dataset
+from clio_stream.batch_input import load_shared_dataset
 from clio_stream.domain.facets import CONCERNING, REQUEST, Facet
 from clio_stream.streaming.kafka_io import make_producer
 from clio_stream.streaming.wire_format import encode_message

@@ -37,7 +37,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from clio_stream.data import load_shared_dataset
+from clio_stream.batch_input import load_shared_dataset
 from clio_stream.domain.facets import REQUEST as REQUEST_FACET
 from clio_stream.llm.base import LLMBackend, Prompt
 from clio_stream.llm import make_llm

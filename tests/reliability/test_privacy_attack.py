@@ -34,7 +34,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from clio_stream.data import load_shared_dataset
+from clio_stream.batch_input import load_shared_dataset
 from clio_stream.domain.facets import main_facets
 from clio_stream.pipeline import run_clio
 from clio_stream.privacy import keyed_user_hash
