@@ -33,7 +33,8 @@ from clio_stream.publish import resolve_publish_dir
 from clio_stream.secret_settings import check_user_hash_key
 from clio_stream.settings import ClioSettings
 from clio_stream.site.writer import normalize_html_root
-from clio_stream.store import QdrantStore, StoreError, StoreUnavailable
+from clio_stream.storage.errors import StoreError, StoreUnavailable
+from clio_stream.storage.store import QdrantStore
 
 log = logging.getLogger(__name__)
 

@@ -268,7 +268,7 @@ class FacetCache:
     def save(self) -> None:
         if self.path is None:
             return
-        from clio_stream.checkpoint import atomic_write_bytes
+        from clio_stream.storage.checkpoint import atomic_write_bytes
 
         atomic_write_bytes(self.path, json.dumps(self.data, ensure_ascii=False).encode())
 
@@ -601,7 +601,7 @@ def stability(texts: Sequence[str], vectors: np.ndarray, embedder: Any, settings
     from benchmarks.recluster import fill, summary
     from clio_stream.domain.facets import REQUEST
     from clio_stream.recluster import recluster_once
-    from clio_stream.store import QdrantStore
+    from clio_stream.storage.store import QdrantStore
 
     users = max(10, n_first // 3)
     out: dict[str, Any] = {"n_first": n_first}

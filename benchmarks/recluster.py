@@ -44,12 +44,12 @@ def load_texts(path: Path, seed: int) -> list[str]:
 
 def fill(store: Any, facet: str, texts: list[str], vectors: np.ndarray, start: int, stop: int, users: int) -> None:
     """Store texts ``start:stop`` as facet points of conversations ``b<i>`` (users drawn from a small pool)."""
-    from clio_stream.store import FacetPoint
+    from clio_stream.storage.records import FacetPoint
 
     points = [FacetPoint(conversation_id=f"b{i}", facet=facet, vector=vectors[i], value=texts[i],
                          user_hash=f"u{(i * 7919) % users}", timestamp=1_700_000_000.0 + i)
               for i in range(start, stop)]
-    store.upsert_facets(points)
+    store.points.upsert_facets(points)
 
 
 def summary(report: Any) -> dict[str, Any]:
@@ -76,7 +76,7 @@ def main() -> None:
     from clio_stream.domain.facets import REQUEST
     from clio_stream.recluster import recluster_once
     from clio_stream.settings import ClioSettings
-    from clio_stream.store import QdrantStore
+    from clio_stream.storage.store import QdrantStore
     from tests.unit.fakes import ScriptedLLM, sensible_script
 
     texts = load_texts(Path(args.data), args.seed)

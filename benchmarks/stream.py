@@ -82,7 +82,7 @@ def main() -> None:
     from clio_stream.llm.prompts import FACET_CONVERSATION
     from clio_stream.devstack.processes import free_port, start_broker, start_qdrant
     from clio_stream.settings import ClioSettings
-    from clio_stream.store import QdrantStore
+    from clio_stream.storage.store import QdrantStore
     from consumers.worker import ConsumerWorker
 
     records = load_shared_dataset("banking77", args.data_root, n=args.n * 3)
@@ -138,7 +138,7 @@ def main() -> None:
         store2 = QdrantStore.from_settings(s2)
         emb_texts = []
         for c in convs:
-            got = store2.get_conversation(c.id) or {}
+            got = store2.points.get_conversation(c.id) or {}
             for f in ("Request", "Task"):
                 v = ((got.get("facets") or {}).get(f) or {}).get("value")
                 if v:

@@ -17,7 +17,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from clio_stream.checkpoint import Checkpoints, atomic_write_bytes, stable_hash
+from clio_stream.storage.checkpoint import Checkpoints, atomic_write_bytes, stable_hash
 from clio_stream.clustering import kmeans
 from clio_stream.stages.prepare import conversation_content_key, prepare_conversations, truncate_conversation
 from clio_stream.embedding import EmbeddingBackend, embedding_text, make_embedder

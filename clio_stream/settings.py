@@ -313,7 +313,7 @@ class ClioSettings(BaseSettings):
         "worker tries the records one at a time and dead-letters a record that still fails on its own "
         "(code llm_failed_repeatedly); while the LLM is down it keeps retrying and dead-letters nothing.",
     )
-    # Qdrant (read by clio_stream.store.QdrantStore.from_settings).
+    # Qdrant (read by clio_stream.storage.qdrant.QdrantConnection.options).
     qdrant_url: str = Field("http://127.0.0.1:6333", description="Qdrant server URL, ':memory:' or a folder.")
     qdrant_prefix: str = Field("clio", description="Prefix of the collection names.")
     qdrant_grpc_port: int | None = Field(None, description="gRPC port when not the default 6334.")

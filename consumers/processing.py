@@ -10,7 +10,7 @@ never touches Kafka, so it runs in unit tests with fakes and an in-memory store.
 
 The only I/O it does is reading: the store's content-hash lookup and the LLM
 and embedder calls. Failures say whose fault they are: a failing LLM raises
-:class:`LLMUnavailable` and a failing store :class:`clio_stream.store.StoreError`
+:class:`LLMUnavailable` and a failing store :class:`clio_stream.storage.qdrant.StoreError`
 (the caller backs off and retries the batch, never dead-letters it); an LLM that
 refuses a prompt for good raises :class:`RecordRejected` (the caller isolates the
 record and dead-letters it). Records that do not decode never raise: they come
@@ -36,7 +36,7 @@ from clio_stream.llm.base import AskStats, LLMBackend, Prompt, PromptsRejected
 from clio_stream.online import Assignment, CentroidDeltas, OnlineKMeans
 from clio_stream.privacy import user_key_of
 from clio_stream.settings import ClioSettings
-from clio_stream.store import ConversationRecord, ConversationStatus, FacetPoint
+from clio_stream.storage.records import ConversationRecord, ConversationStatus, FacetPoint
 from clio_stream.domain.conversation import FacetValue
 from consumers.decoding import DeadLetter, DecodedBatch, DecodedConversation, RecordLike, decode_records, offset_ranges
 
@@ -56,7 +56,7 @@ class RecordRejected(RuntimeError):
 
 
 class StoreReader(Protocol):
-    """The one store call the core makes (``QdrantStore`` fits)."""
+    """The one store call the core makes (``QdrantStore.points`` fits)."""
 
     def find_by_content_hash(self, content_hash: str) -> dict[str, dict[str, Any]] | None: ...
 

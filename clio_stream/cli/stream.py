@@ -69,7 +69,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 def cmd_bootstrap_clusters(args: argparse.Namespace) -> int:
     """Cluster the stored facet vectors once and publish them as the next clustering version."""
-    from clio_stream.store import QdrantStore
+    from clio_stream.storage.store import QdrantStore
     from consumers.bootstrap import bootstrap_clustering
 
     settings = service_settings(args)

@@ -40,7 +40,7 @@ from clio_stream.stages.prepare import DataError, prepare_conversations, to_conv
 from clio_stream.domain.facets import CONCERNING, REQUEST
 from clio_stream.streaming.kafka_io import decode_dead_letter, ensure_topics, make_producer
 from clio_stream.settings import ClioSettings
-from clio_stream.store import QdrantStore
+from clio_stream.storage.store import QdrantStore
 from consumers.worker import ConsumerWorker
 from tests.integration.conftest import minilm  # noqa: F401 - session fixture
 from tests.integration.test_api import KEYS, SECRETS, Env, env  # noqa: F401 - module fixture (API over real servers)

@@ -901,7 +901,8 @@ def test_recluster_service_snapshot_and_run(tmp_path: Path) -> None:
     from clio_stream.domain.facets import main_facets
     from clio_stream.recluster_service import ReclusterService
     from clio_stream.scheduler import Triggers, due
-    from clio_stream.store import QdrantStore
+    from clio_stream.storage.documents import SCHEDULER_STATE, SchedulerState
+    from clio_stream.storage.store import QdrantStore
 
     from .fakes import HashEmbedder, ScriptedLLM, sensible_script
     from .test_recluster import fill
@@ -927,17 +928,17 @@ def test_recluster_service_snapshot_and_run(tmp_path: Path) -> None:
     assert due(snap, Triggers(min_points=30)) is None
     sched = service.scheduler(Triggers(min_points=30), poll_s=0.01)
     assert sched.snapshot_fn == service.snapshot and sched.run_fn == service.run
-    service.write_state({"runs": 1})
-    assert store.get_state("scheduler") == {"runs": 1}
+    service.write_state(SchedulerState(runs=1, updated_at=5.0))
+    assert store.states.read(SCHEDULER_STATE) == SchedulerState(runs=1, updated_at=5.0)
     service.close()  # the store and LLM were passed in: left open
-    assert store.count(facet=service.trigger_facet) == 40
+    assert store.points.count(facet=service.trigger_facet) == 40
 
 
 def test_recluster_service_before_any_worker_started(tmp_path: Path) -> None:
     """No collections yet (no worker has run): nothing is due and a run is a no-op, not an error."""
     from clio_stream.recluster_service import ReclusterService
     from clio_stream.scheduler import Triggers, due
-    from clio_stream.store import QdrantStore
+    from clio_stream.storage.store import QdrantStore
 
     from .fakes import HashEmbedder, ScriptedLLM, sensible_script
 
