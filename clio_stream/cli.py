@@ -339,7 +339,7 @@ def cmd_delete_user(args: argparse.Namespace) -> int:
     """Delete one user's data: Qdrant now, the published versions here when writable (else by the scheduler)."""
     import json
 
-    from clio_stream.deletion import delete_user
+    from clio_stream.privacy.deletion import delete_user
     from clio_stream.store import QdrantStore
 
     settings = _service_settings(args)

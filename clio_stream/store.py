@@ -112,7 +112,7 @@ def lock_point_id(name: str) -> str:
     return str(uuid.uuid5(NAMESPACE, f"lock{_SEP}{name}"))
 
 
-DELETION_KIND = "deletion"  # state-collection points holding user deletion requests (clio_stream.deletion)
+DELETION_KIND = "deletion"  # state-collection points holding user deletion requests (clio_stream.privacy.requests)
 
 
 def deletion_point_id(request_id: str) -> str:
