@@ -62,7 +62,7 @@ from clio_stream.versions import (
     write_version,
 )
 from clio_stream.domain.conversation import Conversation, ConversationFacets, FacetValue, Message
-from clio_stream.domain.clusters import ClioResult, ClusterNode, FacetHierarchy, PromptCounts, RunStats, StoreLink
+from clio_stream.domain.clusters import ClioResult, ClusterNode, FacetHierarchy, RunStats, StoreLink
 
 log = logging.getLogger(__name__)
 
@@ -663,7 +663,7 @@ def recluster_once(
         result = ClioResult(facets=[f.to_dict() for f in facets], conversations=conversations,
                             facet_values=facet_values, hierarchies={n: r.hierarchy for n, r in runs.items()},
                             settings=settings.public_dict(),
-                            stats=RunStats(llm=PromptCounts(**vars(stats)), points=report.points, living=report.facets),
+                            stats=RunStats(llm=stats, points=report.points, living=report.facets),
                             store_links={n: StoreLink(version=version, clusters=r.store_clusters)
                                          for n, r in runs.items()})
         remove_denied(result, store, settings)  # users deleted since the scroll (clio_stream.privacy.deletion)

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from clio_stream.domain.conversation import Conversation, ConversationFacets
+from clio_stream.llm.base import AskStats
 
 
 class NumericStats(BaseModel):
@@ -99,24 +100,13 @@ class StoreLink(BaseModel):
     clusters: dict[str, int] = Field(default_factory=dict)  # level-0 node id -> online cluster id
 
 
-class PromptCounts(BaseModel):
-    """What happened to a run's LLM prompts (``llm.base.AskStats`` as recorded)."""
-
-    prompts: int = 0
-    generations: int = 0
-    retried: int = 0
-    unparseable: int = 0
-    rejected: int = 0
-    by_template: dict[str, dict[str, int]] = Field(default_factory=dict)
-
-
 class RunStats(BaseModel):
     """Counts and timings of the run that produced a result (batch or re-clustering); shown, never joined on."""
 
     model_config = ConfigDict(extra="ignore")  # keys of older versions load and are dropped
 
     load: dict[str, int] = Field(default_factory=dict)  # data.LoadStats counts (batch)
-    llm: PromptCounts = Field(default_factory=PromptCounts)
+    llm: AskStats = Field(default_factory=AskStats)  # what happened to the run's LLM prompts
     seconds: dict[str, float] = Field(default_factory=dict)  # stage -> wall time (batch)
     checkpoint_hits: list[str] = Field(default_factory=list)  # stages read from checkpoints (batch)
     unparseable_facet_values: dict[str, int] = Field(default_factory=dict)  # facet -> count (batch)

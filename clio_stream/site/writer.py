@@ -42,6 +42,7 @@ from typing import Any
 
 from clio_stream.privacy.visibility import FacetVisibility, result_visibility
 from clio_stream.domain.clusters import ClioResult, ClusterNode
+from clio_stream.domain.conversation import Conversation
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +271,7 @@ class _SiteBuilder:
         self._write_json_gz(CONVERSATION_INDEX_FILE, {"chunks": index})
         return len(index)
 
-    def _record(self, conversation: Any) -> dict[str, Any]:
+    def _record(self, conversation: Conversation) -> dict[str, Any]:
         values = self.values.get(conversation.id, {})
         record: dict[str, Any] = {
             "id": conversation.id,
