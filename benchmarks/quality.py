@@ -581,9 +581,9 @@ def top_level(values: Sequence[str], x: np.ndarray, tops: Sequence[str], llm: An
 
 def leaf_names(publish_dir: Path, facet: str) -> dict[str, str]:
     """Leaf id -> name of the current published version (empty before the first)."""
-    from clio_stream.publish import load_current
+    from clio_stream.storage.published import PublishedVersions
 
-    current = load_current(publish_dir)
+    current = PublishedVersions.at(publish_dir).load_current()
     if current is None or facet not in current.result.hierarchies:
         return {}
     return {nid: n.name for nid, n in current.result.hierarchies[facet].nodes.items() if n.level == 0}

@@ -27,11 +27,12 @@ from clio_stream.hierarchy import build_hierarchy, slug
 from clio_stream.llm import as_llm
 from clio_stream.llm.base import AskStats, LLMBackend
 from clio_stream.naming import name_clusters
-from clio_stream.privacy import annotate, audit, mark_below_minimums, user_key_of
+from clio_stream.privacy.audit import annotate, audit, mark_below_minimums
+from clio_stream.privacy.users import user_key_of
 from clio_stream.trends import annotate_trends
 from clio_stream.settings import ClioSettings
 from clio_stream.domain.conversation import Conversation, ConversationFacets
-from clio_stream.domain.clusters import ClioResult, ClusterNode, FacetHierarchy
+from clio_stream.domain.clusters import ClioResult, ClusterNode, FacetHierarchy, StoreLink
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,11 @@ def _base_leaves(
             leaves.append(ClusterNode(id=f"{fslug}-l0-{c}", facet=facet.name, name=name, summary=summary, level=0,
                                       conversation_ids=members))
     return leaves
+
+
+def _leaf_clusters(leaves: Sequence[ClusterNode]) -> dict[str, int]:
+    """Leaf id -> the k-means cluster it is (``_base_leaves`` names cluster ``c`` ``{slug}-l0-{c}``)."""
+    return {leaf.id: int(leaf.id.rsplit("-l0-", 1)[1]) for leaf in leaves}
 
 
 def run_clio(
@@ -228,6 +234,7 @@ def run_clio(
                                          for f in facets},
             "audit": audit_scores,
         },
+        store_links={name: StoreLink(clusters=_leaf_clusters(leaves_of[name])) for name in hierarchies},
     )
     with timer.stage("site", bar):
         if out is not None:
@@ -238,7 +245,7 @@ def run_clio(
                 _write_site(result, out / "site", chunk_size=settings.site_chunk_size, html_root=settings.html_root,
                             show_conversations=settings.show_conversations)
     bar.close()
-    result.stats["seconds"] = timer.seconds
+    result.stats.seconds = timer.seconds
     return result
 
 

@@ -46,7 +46,9 @@ from clio_stream.matching import MatchThresholds, Matching, changed, match_clust
 from clio_stream.naming import name_clusters, rename_parents
 from clio_stream.domain.vectors import normalise_rows
 from clio_stream.online import OnlineKMeans
-from clio_stream.privacy import annotate, audit, describable, known_audits, mark_below_minimums, user_key_of
+from clio_stream.privacy.audit import annotate, audit, known_audits, mark_below_minimums
+from clio_stream.privacy.users import user_key_of
+from clio_stream.privacy.visibility import describable
 from clio_stream.settings import ClioSettings
 from clio_stream.storage.documents import IdCounters, LastRun, id_counter_key
 from clio_stream.storage.store import QdrantStore
@@ -61,7 +63,7 @@ from clio_stream.versions import (
     write_version,
 )
 from clio_stream.domain.conversation import Conversation, ConversationFacets, FacetValue, Message
-from clio_stream.domain.clusters import ClioResult, ClusterNode, FacetHierarchy
+from clio_stream.domain.clusters import ClioResult, ClusterNode, FacetHierarchy, RunStats, StoreLink
 
 log = logging.getLogger(__name__)
 
@@ -557,10 +559,10 @@ def recluster_facet(
 
 def _previous(publish_dir: Path) -> tuple[dict[str, FacetHierarchy], set[str]]:
     """The current published version's hierarchies and its lineage's ids; nothing when unreadable."""
-    from clio_stream.publish import load_current
+    from clio_stream.storage.published import PublishedVersions
 
     try:
-        prev = load_current(publish_dir)
+        prev = PublishedVersions.at(publish_dir).load_current()
     except Exception:  # noqa: BLE001 - a broken previous version must not stop re-clustering: start afresh
         log.warning("could not load the current published version; ids start afresh", exc_info=True)
         return {}, set()
@@ -587,8 +589,8 @@ def recluster_once(
 
     ``thresholds``: matching knobs (default: from ``settings`` where it defines them, else built-in defaults).
     """
-    from clio_stream.deletion import remove_denied
-    from clio_stream.publish import write_version_folder
+    from clio_stream.privacy.deletion import remove_denied
+    from clio_stream.storage.published import PublishedVersions
 
     owner = owner or job_owner("recluster")
     lease = clustering_lease(store, owner, settings.recluster_lock_ttl_s)
@@ -656,20 +658,20 @@ def recluster_once(
         lineage = {k: v for run in runs.values() for k, v in run.lineage.items()}
         report.lineage = len(lineage)
 
-        # Leaf ids are stable, not k-means indices, so the leaf -> online cluster mapping is explicit
-        # (publish.py's contract).
+        # Leaf ids are stable, not k-means indices, so the leaf -> online cluster mapping is explicit.
         result = ClioResult(facets=[f.to_dict() for f in facets], conversations=conversations,
                             facet_values=facet_values, hierarchies={n: r.hierarchy for n, r in runs.items()},
                             settings=settings.public_dict(),
-                            stats={"llm": vars(stats), "points": report.points, "version": version,
-                                   "store_clusters": {k: v for r in runs.values() for k, v in r.store_clusters.items()},
-                                   "living": report.facets})
-        remove_denied(result, store, settings)  # users deleted since the scroll (clio_stream.deletion)
+                            stats=RunStats(llm=stats, points=report.points, living=report.facets),
+                            store_links={n: StoreLink(version=version, clusters=r.store_clusters)
+                                         for n, r in runs.items()})
+        remove_denied(result, store, settings)  # users deleted since the scroll (clio_stream.privacy.deletion)
         report.llm_prompts = stats.prompts
         report.seconds = time.perf_counter() - t0
 
         def site(n: int) -> Path:
-            report.published = write_version_folder(result, publish_dir, str(n), lineage=lineage, settings=settings)
+            report.published = PublishedVersions.at(publish_dir).write_folder(result, str(n), lineage=lineage,
+                                                                              settings=settings)
             return report.published
 
         write_version(store, lease, VersionWrite(

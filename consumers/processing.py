@@ -34,7 +34,7 @@ from clio_stream.facet_extraction import extract_facets
 from clio_stream.domain.facets import Facet
 from clio_stream.llm.base import AskStats, LLMBackend, Prompt, PromptsRejected
 from clio_stream.online import Assignment, CentroidDeltas, OnlineKMeans
-from clio_stream.privacy import user_key_of
+from clio_stream.privacy.users import user_key_of
 from clio_stream.settings import ClioSettings
 from clio_stream.storage.records import ConversationRecord, ConversationStatus, FacetPoint
 from clio_stream.domain.conversation import FacetValue

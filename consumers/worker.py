@@ -37,7 +37,7 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata
 
-from clio_stream.denylist import DenyList
+from clio_stream.privacy.denylist import DenyList
 from clio_stream.drift import DriftMonitor
 from clio_stream.embedding import EmbeddingBackend
 from clio_stream.ops.faults import reach

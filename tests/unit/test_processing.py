@@ -10,7 +10,7 @@ import pytest
 
 from clio_stream.domain.facets import CONCERNING, REQUEST, TASK
 from clio_stream.streaming.wire_format import encode_message
-from clio_stream.privacy import keyed_user_hash
+from clio_stream.privacy.users import keyed_user_hash
 from clio_stream.settings import ClioSettings
 from clio_stream.storage.records import facet_point_id
 from clio_stream.storage.store import QdrantStore
