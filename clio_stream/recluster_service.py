@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from clio_stream.drift import drift_since
+from clio_stream.online.drift import drift_since
 from clio_stream.settings import ClioSettings
 from clio_stream.store import WORKER_STATE_PREFIX
 

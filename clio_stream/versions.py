@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from clio_stream.ops.faults import reach
-from clio_stream.online import OnlineKMeans
+from clio_stream.online.kmeans import OnlineKMeans
 from clio_stream.publish import advance_pointer, is_complete, list_versions, prune_versions, read_pointer
 from clio_stream.store import Lease, LockLost, QdrantStore
 

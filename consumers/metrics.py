@@ -43,7 +43,7 @@ class WorkerMetrics:
     dead_lettered_by_code: dict[str, int] = field(default_factory=dict)  # DeadLetter.code -> count
     outlier_rate: dict[str, float] = field(default_factory=dict)
     cluster_versions: dict[str, int] = field(default_factory=dict)
-    drift: dict[str, dict[str, Any]] = field(default_factory=dict)  # clio_stream.drift.DriftMonitor.snapshot()
+    drift: dict[str, dict[str, Any]] = field(default_factory=dict)  # clio_stream.online.drift.DriftMonitor.snapshot()
     consumer_lag: int | None = None
     health: str = "starting"
     health_reason: str | None = None

@@ -33,7 +33,9 @@ from clio_stream.embedding import embedding_text
 from clio_stream.facet_extraction import extract_facets
 from clio_stream.domain.facets import Facet
 from clio_stream.llm.base import AskStats, LLMBackend, Prompt, PromptsRejected
-from clio_stream.online import Assignment, CentroidDeltas, OnlineKMeans
+from clio_stream.online.assignment import Assignment
+from clio_stream.online.deltas import CentroidDeltas
+from clio_stream.online.kmeans import OnlineKMeans
 from clio_stream.privacy import user_key_of
 from clio_stream.settings import ClioSettings
 from clio_stream.store import ConversationRecord, ConversationStatus, FacetPoint

@@ -38,7 +38,7 @@ from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata
 
 from clio_stream.denylist import DenyList
-from clio_stream.drift import DriftMonitor
+from clio_stream.online.drift import DriftMonitor
 from clio_stream.ops.faults import reach
 from clio_stream.domain.facets import Facet, main_facets
 from clio_stream.streaming.connection import KafkaConnection
@@ -290,7 +290,7 @@ class ConsumerWorker:
             self._set_health("degraded", "Kafka broker unreachable")
 
     def _watch_drift(self, outcome: BatchOutcome) -> None:
-        """Feed each assigned point's distance to its facet's ADWIN (see clio_stream.drift)."""
+        """Feed each assigned point's distance to its facet's ADWIN (see clio_stream.online.drift)."""
         by_facet: dict[tuple[str, int | None], list[float]] = {}
         for p in outcome.facet_points:
             if p.similarity is not None:
