@@ -1,27 +1,18 @@
 """Online k-means: assign each new facet embedding to a cluster the moment it arrives.
 
-The periodic batch job clusters everything and publishes centroids (a clustering
-``version``); between batch runs the consumers assign new vectors to the nearest
-of those centroids, and the centroids move only through :class:`CentroidDeltas`
-merged the same way on every replica. River's estimator protocol
-(``learn_one``/``predict_one``, plus the batched ``learn_many``/``predict_many``)
-lets the model stand in for ``river.cluster.KMeans`` and be checked against it.
+The batch job publishes centroids (a clustering ``version``); between runs the
+consumers assign new vectors to the nearest of them, and the centroids move only
+through :class:`CentroidDeltas` merged alike on every replica. River's protocol
+(``learn_one``/``predict_one``, batched ``learn_many``/``predict_many``) lets the
+model stand in for ``river.cluster.KMeans`` and be checked against it.
 
-Vectors are unit-normalised float32 embeddings, so cosine similarity is a dot
-product with the normalised centroid.
-
-``rule="mean"`` (default) keeps each centre the exact running mean of its
-members, so a point's pull shrinks as the cluster grows and the updates of many
-workers commute: that is what makes deltas possible. ``rule="river"`` is river's
-``c += halflife * (x - c)``, for compatibility and the equivalence tests (see
-:mod:`clio_stream.online.update_rules`).
-
-``metric="cosine"`` (default with the mean rule) picks the highest cosine
-similarity; centroids are stored as raw means (norm below 1) so that merging
-stays a plain weighted mean. ``metric="euclidean"`` (default with river's rule)
-picks the smallest squared Euclidean distance, as river does. Either way the
+``rule="mean"`` (default) keeps each centre the exact running mean of its members
+(raw means, norm below 1), so a point's pull shrinks as the cluster grows and the
+updates of many workers commute: that is what makes deltas possible. It assigns by
+cosine. ``rule="river"`` is river's ``c += halflife * (x - c)`` with squared
+Euclidean assignment, for compatibility and the equivalence tests. Either way the
 reported similarity is the cosine to the assigned centroid, and a point is an
-outlier when it is below ``1 - outlier_distance``.
+outlier below ``1 - outlier_distance``.
 """
 
 from __future__ import annotations
@@ -63,6 +54,13 @@ log = logging.getLogger(__name__)
 Rule = Literal["mean", "river"]
 
 STATE_FORMAT = "clio-online-kmeans/1"
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    """A view callers cannot write through: the state changes only via learning and deltas."""
+    view = a.view()
+    view.flags.writeable = False
+    return view
 
 
 class OnlineKMeans:
@@ -150,9 +148,7 @@ class OnlineKMeans:
     @property
     def centroids(self) -> np.ndarray:
         """Read-only view of the raw centroids (means; not unit length)."""
-        view = self._c.view()
-        view.flags.writeable = False
-        return view
+        return _read_only(self._c)
 
     @property
     def unit_centroids(self) -> np.ndarray:
@@ -161,9 +157,8 @@ class OnlineKMeans:
 
     @property
     def counts(self) -> np.ndarray:
-        view = self._counts.view()
-        view.flags.writeable = False
-        return view
+        """Read-only view of the member counts (points learned into each centroid)."""
+        return _read_only(self._counts)
 
     @property
     def outlier_similarity(self) -> float:
