@@ -17,13 +17,14 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from clio_stream.checkpoint import Checkpoints, atomic_write_bytes, stable_hash
+from clio_stream.storage.checkpoint import Checkpoints, atomic_write_bytes, stable_hash
 from clio_stream.clustering import kmeans
-from clio_stream.data import conversation_content_key, prepare_conversations, truncate_conversation
-from clio_stream.embedding import Embedder, embedding_text
+from clio_stream.stages.prepare import conversation_content_key, prepare_conversations, truncate_conversation
+from clio_stream.embedding import EmbeddingBackend, embedding_text, make_embedder
 from clio_stream.facet_extraction import extract_facets
 from clio_stream.domain.facets import Facet, main_facets
 from clio_stream.hierarchy import build_hierarchy, slug
+from clio_stream.llm import as_llm
 from clio_stream.llm.base import AskStats, LLMBackend
 from clio_stream.naming import name_clusters
 from clio_stream.privacy import annotate, audit, mark_below_minimums, user_key_of
@@ -52,37 +53,6 @@ class _Timer:
             bar.update(1)
 
 
-def _as_embedder(embedding_model: Any, settings: ClioSettings) -> Embedder:
-    if embedding_model is None:
-        return Embedder(settings.embedding_model, device=settings.embedding_device,
-                        batch_size=settings.embed_batch_size, show_progress=settings.show_progress)
-    if isinstance(embedding_model, Embedder):
-        return embedding_model
-    if isinstance(embedding_model, str):
-        return Embedder(embedding_model, device=settings.embedding_device, batch_size=settings.embed_batch_size,
-                        show_progress=settings.show_progress)
-    if hasattr(embedding_model, "get_sentence_embedding_dimension"):  # a SentenceTransformer, as the seed took
-        return Embedder.from_model(embedding_model, batch_size=settings.embed_batch_size,
-                                   show_progress=settings.show_progress)
-    if all(hasattr(embedding_model, a) for a in ("encode", "model_name", "dim")):  # any EmbeddingBackend
-        return embedding_model
-    raise TypeError(f"embedding_model must be a name, an Embedder or a SentenceTransformer, got {type(embedding_model)}")
-
-
-def _as_llm(llm: Any, settings: ClioSettings) -> LLMBackend:
-    if llm is None:
-        from clio_stream.llm import make_llm
-
-        return make_llm(settings)
-    if hasattr(llm, "count_tokens") and hasattr(llm, "generate"):
-        return llm
-    if hasattr(llm, "get_tokenizer") and hasattr(llm, "generate"):  # a vllm.LLM, as the seed took
-        from clio_stream.llm.vllm_local import VLLMLocal
-
-        return VLLMLocal.from_engine(llm, show_progress=settings.show_progress, tokenizer_args=settings.tokenizer_args)
-    raise TypeError(f"llm must be an LLM back-end or a vllm.LLM, got {type(llm).__name__}")
-
-
 def _base_leaves(
     facet: Facet,
     conversations: Sequence[Conversation],
@@ -90,7 +60,7 @@ def _base_leaves(
     vectors: np.ndarray,
     rows: list[int],
     llm: LLMBackend,
-    embedder: Embedder,
+    embedder: EmbeddingBackend,
     settings: ClioSettings,
     stats: AskStats,
 ) -> list[ClusterNode]:
@@ -156,8 +126,8 @@ def run_clio(
             records, keep=settings.conversation_filter, dedup=settings.dedup, dedup_key=settings.dedup_key)
         if not conversations:
             raise ValueError("no conversations left after skipping empty ones and filtering")
-        llm_backend = _as_llm(llm, settings)
-        embedder = _as_embedder(embedding_model, settings)
+        llm_backend = as_llm(llm, settings)
+        embedder = make_embedder(settings, embedding_model)
         truncated = []
         for conv in conversations:
             conv2, was = truncate_conversation(conv, settings.max_conversation_tokens, llm_backend.count_tokens)

@@ -8,7 +8,7 @@ clusters *living* rather than rebuilt (clio_stream.matching):
   cosine + member overlap, optimal assignment); a matched leaf keeps its id, and
   keeps its name and summary without an LLM call when it barely changed; only
   new or changed leaves are named by the LLM;
-* fresh ids come from a per-facet counter in the store (``idcounter:<facet>``),
+* fresh ids come from a per-facet counter in the store (``storage.documents.id_counter_key``),
   so a number is never reused for another cluster;
 * the upper levels are patched when few leaves are new: each leaf goes under
   its previous parent (a new leaf under the parent that held most of its
@@ -48,7 +48,8 @@ from clio_stream.domain.vectors import normalise_rows
 from clio_stream.online.kmeans import OnlineKMeans
 from clio_stream.privacy import annotate, audit, describable, known_audits, mark_below_minimums, user_key_of
 from clio_stream.settings import ClioSettings
-from clio_stream.store import QdrantStore
+from clio_stream.storage.documents import IdCounters, LastRun, id_counter_key
+from clio_stream.storage.store import QdrantStore
 from clio_stream.trends import annotate_trends
 from clio_stream.versions import (
     FacetLabels,
@@ -65,8 +66,6 @@ from clio_stream.domain.clusters import ClioResult, ClusterNode, FacetHierarchy
 log = logging.getLogger(__name__)
 
 Centroid = Callable[[Iterable[str]], np.ndarray]  # members -> unit mean vector of their stored values
-
-ID_COUNTER_KEY = "idcounter:{facet}"  # store state: next free number per level, per facet
 
 
 @dataclass
@@ -113,7 +112,7 @@ def load_stored(store: QdrantStore, facets: Sequence[Facet]) -> tuple[dict[str, 
         vecs: list[np.ndarray] = []
         convs: list[str] = []
         values: list[str] = []
-        for batch_ids, vectors, payloads in store.scroll_vectors(f.name):
+        for batch_ids, vectors, payloads in store.points.scroll_vectors(f.name):
             norms = np.linalg.norm(vectors, axis=1) if len(vectors) else []
             for pid, vec, norm, payload in zip(batch_ids, vectors, norms, payloads):
                 cid = payload.get("conversation_id")
@@ -207,7 +206,7 @@ def n_leaves(settings: Any, n: int) -> int:
 
 def _warm_start(store: QdrantStore, facet: str, x: np.ndarray, k: int, seed: int) -> np.ndarray | None:
     """Starting centroids for ``k`` clusters from the facet's current online model, if there is one."""
-    doc = store.get_centroids(facet)
+    doc = store.versions.get_centroids(facet)
     if not doc:
         return None
     model = OnlineKMeans.from_state(doc)
@@ -627,7 +626,7 @@ def recluster_once(
             s = stored[f.name]
             old = old_hierarchies.get(f.name)
             prefix = f"{slug(f.name)}"
-            ids = IdAllocator.restore(prefix, store.get_state(ID_COUNTER_KEY.format(facet=f.name)),
+            ids = IdAllocator.restore(prefix, store.states.read_json(id_counter_key(f.name)),
                                       list(old.nodes if old else []) + sorted(old_lineage_ids))
             init = _warm_start(store, f.name, s.vectors, n_leaves(settings, len(s.point_ids)), settings.seed)
             run = recluster_facet(f, s, old, ids, init, llm, embedder, settings, thresholds, users_of=users_of)
@@ -677,12 +676,12 @@ def recluster_once(
             version=version,
             facets=[FacetLabels(f.name, models[f.name], stored[f.name].point_ids, stored[f.name].vectors,
                                 runs[f.name].labels) for f in tree],
-            states={ID_COUNTER_KEY.format(facet=f.name): runs[f.name].ids.state() for f in tree},
+            states={id_counter_key(f.name).key: IdCounters.model_validate(runs[f.name].ids.state()) for f in tree},
             site=site,
-            last_run={"version": version, "finished_at": time.time(), "seconds": report.seconds,
-                      "points": report.points, "clusters": report.clusters, "llm_prompts": report.llm_prompts,
-                      "leaves_reused": report.leaves_reused, "leaves_renamed": report.leaves_renamed,
-                      "id_survival": report.id_survival, "lineage": report.lineage},
+            last_run=LastRun(version=version, finished_at=time.time(), seconds=report.seconds, points=report.points,
+                             clusters=report.clusters, llm_prompts=report.llm_prompts,
+                             leaves_reused=report.leaves_reused, leaves_renamed=report.leaves_renamed,
+                             id_survival=report.id_survival, lineage=report.lineage).model_dump(mode="json"),
         ), publish_dir)
         log.info("re-clustered as version %d in %.1f s: %s; %d LLM prompts, %d leaves reused, %d named, id survival %s",
                  version, report.seconds, report.clusters, report.llm_prompts, report.leaves_reused,

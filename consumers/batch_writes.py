@@ -16,7 +16,7 @@ from kafka.errors import KafkaError
 from kafka.producer.future import FutureRecordMetadata
 
 from clio_stream.ops.faults import reach
-from clio_stream.store import QdrantStore
+from clio_stream.storage.store import QdrantStore
 from clio_stream.streaming.kafka_io import DeadLetterWriter
 from consumers.deltas_io import publish_deltas
 from consumers.metrics import WorkerMetrics
@@ -41,9 +41,9 @@ def write_batch(outcome: BatchOutcome, *, store: QdrantStore, dlq: DeadLetterWri
     """Upsert the facet points, mark the conversations processed, send the dead letters, publish the deltas."""
     t0 = time.perf_counter()
     reach("consume.upsert_facets")
-    store.upsert_facets(outcome.facet_points)
+    store.points.upsert_facets(outcome.facet_points)
     reach("consume.mark_processed")
-    store.mark_conversations([*outcome.conversations, *outcome.dead_lettered])
+    store.points.mark_conversations([*outcome.conversations, *outcome.dead_lettered])
     metrics.add_seconds(store_write_seconds=time.perf_counter() - t0)
     if outcome.dead_letters:
         reach("consume.send_dead_letters")

@@ -21,9 +21,9 @@ from clio_stream.domain.facets import Facet
 from clio_stream.domain.vectors import normalise_rows
 from clio_stream.online.kmeans import OnlineKMeans
 from clio_stream.settings import ClioSettings
-from clio_stream.store import QdrantStore
+from clio_stream.storage.store import QdrantStore
+from clio_stream.storage.documents import CLUSTERING_LOCK
 from clio_stream.versions import (
-    CLUSTERING_LOCK,
     FacetLabels,
     VersionWrite,
     clustering_lease,
@@ -40,7 +40,7 @@ def stored_vectors(store: QdrantStore, facet: str) -> tuple[list[str], np.ndarra
     """Point ids and vectors of ``facet`` that have an embedded value (zero vectors mean "not embedded")."""
     ids: list[str] = []
     rows: list[np.ndarray] = []
-    for batch_ids, vectors, payloads in store.scroll_vectors(facet):
+    for batch_ids, vectors, payloads in store.points.scroll_vectors(facet):
         norms = np.linalg.norm(vectors, axis=1)
         for pid, vec, norm, payload in zip(batch_ids, vectors, norms, payloads):
             if payload.get("value") and norm > 0:
@@ -71,7 +71,7 @@ def bootstrap_clustering(store: QdrantStore, facets: Sequence[Facet], settings: 
     lease = clustering_lease(store, job_owner("bootstrap"), settings.recluster_lock_ttl_s)
     if lease is None:
         raise RuntimeError(f"another clustering job holds the {CLUSTERING_LOCK!r} lock: "
-                           f"{store.lock_holder(CLUSTERING_LOCK)}")
+                           f"{store.locks.owner(CLUSTERING_LOCK)}")
     with lease:
         recover(store, lease, None)
         scrolled = {f.name: stored_vectors(store, f.name) for f in tree}

@@ -19,7 +19,8 @@ from kafka.errors import KafkaError
 from clio_stream.llm.base import LLMBackend, Prompt
 from clio_stream.llm.prompts import AUDIT_CLUSTER
 from clio_stream.settings import ClioSettings
-from clio_stream.store import ConversationRecord, StoreError
+from clio_stream.storage.errors import StoreError
+from clio_stream.storage.records import ConversationRecord
 from consumers.decoding import DeadLetter, DecodedBatch, RecordLike, offset_ranges
 from consumers.processing import BatchOutcome, LLMUnavailable, RecordRejected, dead_lettered_records
 

@@ -37,11 +37,14 @@ from kafka.structs import OffsetAndMetadata
 
 from clio_stream.denylist import DenyList
 from clio_stream.domain.facets import Facet, main_facets
+from clio_stream.embedding import EmbeddingBackend
 from clio_stream.llm.base import LLMBackend
 from clio_stream.online.drift import DriftMonitor
 from clio_stream.ops.faults import reach
 from clio_stream.settings import ClioSettings
-from clio_stream.store import QdrantStore, StoreError
+from clio_stream.storage.documents import WORKER_METRICS
+from clio_stream.storage.errors import StoreError
+from clio_stream.storage.store import QdrantStore
 from clio_stream.streaming.connection import KafkaConnection
 from clio_stream.streaming.kafka_io import DeadLetterWriter, consumer_lag, ensure_topics, make_consumer, make_producer
 from consumers.batch_writes import write_batch
@@ -53,7 +56,7 @@ from consumers.denied import drop_denied_conversations, drop_denied_writes
 from consumers.health import BrokerWatch, backoff_delay
 from consumers.metrics import WorkerMetrics
 from consumers.poison import RETRYABLE, llm_answers_health_check, process_isolating_poison
-from consumers.processing import BatchOutcome, EmbedderLike, pending_records, process_batch
+from consumers.processing import BatchOutcome, pending_records, process_batch
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +81,7 @@ class ConsumerWorker:
         settings: ClioSettings | None = None,
         facets: Sequence[Facet] = main_facets,
         llm: LLMBackend | None = None,
-        embedder: EmbedderLike | None = None,
+        embedder: EmbeddingBackend | None = None,
         store: QdrantStore | None = None,
     ) -> None:
         """LLM, embedder and store default to ones built from ``settings`` (and closed by ``close``)."""
@@ -128,7 +131,7 @@ class ConsumerWorker:
         if self._store is None:
             self._store = QdrantStore.from_settings(s)
         if self.denylist is None:
-            self.denylist = DenyList(self._store, s.user_id_hash_key, s.deletion_denylist_refresh_s)
+            self.denylist = DenyList(self._store.deletions, s.user_id_hash_key, s.deletion_denylist_refresh_s)
 
     def start(self) -> None:
         """Build what is missing, create topics and collections, load centroids, join the group.
@@ -268,16 +271,15 @@ class ConsumerWorker:
         self.metrics.set_drift(self.drift.snapshot())
 
     def _process(self, records: Sequence[RecordLike], *, isolate: bool = False) -> BatchOutcome:
-        """Mark pending, then process, isolating a poison record (``consumers.poison``; ``isolate`` skips the
-        whole-batch attempt after ``poison_after_failures`` failures of the same batch)."""
+        """Mark pending, then process; a poison record is isolated and dead-lettered (``consumers.poison``)."""
         assert self._store is not None and self._llm is not None and self._embedder is not None
         s = self.settings
         decoded = self._without_denied_input(decode_records(records, max_bytes=s.max_message_bytes))
         reach("consume.mark_pending")
-        self._store.mark_conversations(pending_records(decoded, s))
+        self._store.points.mark_conversations(pending_records(decoded, s))
         reach("consume.process")
         models = self.centroids.models if self.centroids is not None else {}
-        llm, embedder, store = self._llm, self._embedder, self._store
+        llm, embedder, store = self._llm, self._embedder, self._store.points
 
         def process(batch: Sequence[RecordLike], decoded_batch: DecodedBatch | None) -> BatchOutcome:
             return process_batch(batch, decoded=decoded_batch, facets=self.facets, llm=llm, embedder=embedder,
@@ -335,7 +337,7 @@ class ConsumerWorker:
         if self.centroids is None or self._deltas is None or self._store is None:
             return
         try:
-            if self.centroids.refresh(self._store):
+            if self.centroids.refresh(self._store.versions):
                 self._deltas.rewind()  # deltas of the new version may predate our noticing it
                 self.metrics.set_clusters(self.centroids.outlier_rates(), self.centroids.versions())
         except StoreError as exc:
@@ -388,11 +390,11 @@ class ConsumerWorker:
             self._write_metrics()
 
     def _write_metrics(self) -> None:
-        """Store the snapshot as state document ``worker:<id>`` for the API; skipped while Qdrant is down."""
+        """Store the metrics as this worker's state document (the API and scheduler read it); skipped if Qdrant is down."""
         if self._store is None:
             return
         self._metrics_written_at = time.monotonic()
         try:
-            self._store.put_state(f"worker:{self.worker_id}", self.metrics_snapshot())
+            self._store.states.write(WORKER_METRICS.of(self.worker_id), self.metrics.document())
         except Exception as exc:  # noqa: BLE001 - metrics are best effort
             log.debug("writing worker metrics failed: %s", exc)

@@ -15,7 +15,7 @@ from clio_stream.domain.vectors import normalise_rows
 from clio_stream.online.deltas import DELTA_FORMAT, CentroidDeltas
 from clio_stream.online.kmeans import OnlineKMeans
 from clio_stream.settings import ClioSettings
-from clio_stream.store import QdrantStore
+from clio_stream.storage.store import QdrantStore
 from consumers.centroids import SharedCentroids
 from consumers.decoding import Record
 from consumers.deltas_io import encode_deltas, receive

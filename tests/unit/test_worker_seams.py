@@ -9,7 +9,7 @@ import pytest
 
 from clio_stream.online.drift import DriftMonitor
 from clio_stream.settings import ClioSettings
-from clio_stream.store import StoreError
+from clio_stream.storage.errors import StoreError
 from consumers.decoding import DecodedBatch, Record, RecordLike, decode_records
 from consumers.health import BrokerWatch
 from consumers.poison import process_isolating_poison
