@@ -417,7 +417,7 @@ def online_labels(x: np.ndarray, k: int, settings: Any, *, order: np.ndarray, bo
     """Labels of the stream: the first points clustered as the consumers bootstrap, the rest assigned online.
 
     ``consumers.bootstrap.cluster_facet`` runs on the bootstrap prefix with ``n_base_clusters``
-    pinned to ``k``; every later vector goes through ``learn_assign_one`` (nearest centroid,
+    pinned to ``k``; every later vector goes through ``learn_many`` of one row (nearest centroid,
     then the centroid moves), in stream order, one at a time.
     """
     from consumers.bootstrap import cluster_facet
@@ -429,7 +429,7 @@ def online_labels(x: np.ndarray, k: int, settings: Any, *, order: np.ndarray, bo
     labels = np.empty(len(x), dtype=np.int64)
     labels[head] = head_labels
     for i in tail:
-        labels[i] = model.learn_assign_one(x[i]).cluster
+        labels[i] = model.learn_many(x[i : i + 1])[0]
     return labels
 
 

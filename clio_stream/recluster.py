@@ -45,7 +45,7 @@ from clio_stream.llm.base import AskStats, LLMBackend
 from clio_stream.matching import MatchThresholds, Matching, changed, match_clusters, member_centroids, successor
 from clio_stream.naming import name_clusters, rename_parents
 from clio_stream.domain.vectors import normalise_rows
-from clio_stream.online import OnlineKMeans
+from clio_stream.online.kmeans import OnlineKMeans
 from clio_stream.privacy.audit import annotate, audit, known_audits, mark_below_minimums
 from clio_stream.privacy.users import user_key_of
 from clio_stream.privacy.visibility import describable

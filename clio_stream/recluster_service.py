@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from clio_stream.drift import drift_since
+from clio_stream.online.drift import drift_since
 from clio_stream.settings import ClioSettings
 from clio_stream.storage.documents import LAST_RUN, RECLUSTER_REQUEST, SCHEDULER_STATE, WORKER_METRICS, SchedulerState
 from clio_stream.storage.store import QdrantStore

@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from clio_stream.ops.faults import reach
-from clio_stream.online import OnlineKMeans
+from clio_stream.online.kmeans import OnlineKMeans
 from clio_stream.storage.documents import CLUSTERING_LOCK, COMMIT_KEY, LAST_RUN, LastRun, StateDocument
 from clio_stream.storage.locks import Lease, LockLost
 from clio_stream.storage.published import PublishedVersions

@@ -19,7 +19,7 @@ import numpy as np
 from clio_stream.clustering import kmeans
 from clio_stream.domain.facets import Facet
 from clio_stream.domain.vectors import normalise_rows
-from clio_stream.online import OnlineKMeans
+from clio_stream.online.kmeans import OnlineKMeans
 from clio_stream.settings import ClioSettings
 from clio_stream.storage.store import QdrantStore
 from clio_stream.storage.documents import CLUSTERING_LOCK

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from clio_stream.domain.facets import main_facets
-from clio_stream.online import OnlineKMeans
+from clio_stream.online.kmeans import OnlineKMeans
 from clio_stream.storage.published import PublishedVersions
 from clio_stream.settings import ClioSettings
 from clio_stream.storage.records import FacetPoint
@@ -51,7 +51,7 @@ def points(emb: HashEmbedder, start: int, n: int, models: dict[str, OnlineKMeans
                            numeric=1 + i % 5 if f.numeric else None, user_hash=f"u{i % 15}")
             model = (models or {}).get(f.name)
             if model is not None:
-                a = model.assign_one(vec)
+                a = model.assign_many(vec)[0]
                 p.cluster_id, p.cluster_version = a.cluster, model.version
                 p.similarity, p.outlier = a.similarity, a.is_outlier
             out.append(p)

@@ -26,7 +26,7 @@ from typing import Any
 
 from clio_stream.domain.facets import REQUEST
 from clio_stream.streaming.kafka_io import ensure_topics
-from clio_stream.online import OnlineKMeans
+from clio_stream.online.kmeans import OnlineKMeans
 from clio_stream.storage.published import PublishedVersions
 from clio_stream.devstack.processes import ManagedProcess
 from clio_stream.settings import ClioSettings

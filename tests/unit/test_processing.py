@@ -20,7 +20,7 @@ from consumers.decoding import Record, decode_records, offset_ranges
 from consumers.deltas_io import ReceivedDelta, encode_deltas, receive
 from consumers.processing import BatchOutcome, LLMUnavailable, process_batch
 from consumers.producing import record_to_message
-from consumers.worker import backoff_delay
+from consumers.health import backoff_delay
 from tests.unit.fakes import HashEmbedder, ScriptedLLM, sensible_script
 
 FACETS = [REQUEST, CONCERNING]
