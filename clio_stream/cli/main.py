@@ -9,7 +9,7 @@ import argparse
 import logging
 import os
 
-from clio_stream.cli import admin, config, living, run, stream
+from clio_stream.cli import admin, config, dlq, living, run, stream
 from clio_stream.cli.options import HelpFormatter, SubParser
 
 log = logging.getLogger("clio_stream")
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     living.add_parsers(sub)
     config.add_parsers(sub)
     admin.add_delete_user_parser(sub)
+    dlq.add_parsers(sub)
     return p
 
 
