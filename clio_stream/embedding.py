@@ -40,7 +40,10 @@ class Embedder:
 
     def __init__(self, model: str = "all-mpnet-base-v2", *, device: str = "cpu", batch_size: int = 256,
                  show_progress: bool = False) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from clio_stream.devstack.hub import OFFLINE_VAR, is_hub_model
+
+        if not is_hub_model(model):
+            os.environ.setdefault(OFFLINE_VAR, "1")
         from sentence_transformers import SentenceTransformer
 
         from clio_stream.devstack.assets import resolve_model

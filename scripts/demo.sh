@@ -7,7 +7,6 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
-export TRANSFORMERS_OFFLINE="${TRANSFORMERS_OFFLINE:-1}"
-bash "$ROOT/scripts/setup.sh"
+bash "$ROOT/scripts/setup.sh"  # offline: it prepares the packaged models
+# `up` decides hub access itself: offline for packaged models, online for a hub model you name (--llm-model)
 exec "$ROOT/.venv/bin/clio-stream" up "$@"

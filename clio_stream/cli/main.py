@@ -10,7 +10,7 @@ import logging
 import os
 
 from clio_stream.cli import admin, config, dlq, living, run, stream
-from clio_stream.cli.options import HelpFormatter, SubParser
+from clio_stream.cli.options import HelpFormatter, SubParser, settings_from_args
 
 log = logging.getLogger("clio_stream")
 
@@ -55,10 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _hub_default(args: argparse.Namespace) -> None:
+    """Offline unless the command names a hub model (``devstack.hub``); set before anything imports transformers."""
+    from clio_stream.devstack.hub import OFFLINE_VAR, apply_hub_default
+
+    try:
+        settings = settings_from_args(args)
+    except Exception:  # noqa: BLE001 - the command itself reports bad settings; stay offline meanwhile
+        os.environ.setdefault(OFFLINE_VAR, "1")
+        return
+    apply_hub_default(settings, local_llm=settings.llm_backend != "openai" or not settings.llm_base_url)
+
+
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    _hub_default(args)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

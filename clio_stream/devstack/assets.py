@@ -471,6 +471,11 @@ _ALIASES: dict[str, tuple[ModelKind, Callable[[], Path]]] = {
 }
 
 
+def is_packaged(name: str) -> bool:
+    """True for a short name this module can prepare from the package registries (no hub needed)."""
+    return name.strip().lower() in _ALIASES
+
+
 def resolve_model(name_or_path: str, kind: ModelKind) -> str:
     """Turn a configured model name into something a loader can open offline.
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from clio_stream.devstack.hub import hub_env
 from clio_stream.streaming.connection import KafkaConnection
 from clio_stream.secret_settings import DEFAULT_USER_ID_HASH_KEY, check_user_hash_key
 from clio_stream.settings import ClioSettings
@@ -105,16 +106,18 @@ class Stack:
 
         if s.llm_backend != "openai" or not s.llm_base_url:
             from clio_stream.devstack.assets import resolve_model
-            from clio_stream.devstack.processes import free_port, start_vllm_server
+            from clio_stream.devstack.hub import OFFLINE_VAR, hub_env
+            from clio_stream.devstack.processes import engine_flags, free_port, start_vllm_server
 
             model = resolve_model(s.llm_model, "llm")
             vport = free_port()
             log.info("starting vLLM's OpenAI server for %s (about a minute on a CPU)", model)
-            extra: list[str] = []
+            extra = engine_flags(s.llm_engine_args)  # the same engine arguments as the in-process engine
             self.processes.append(start_vllm_server(model, "127.0.0.1", vport, log_dir=logs,
                                                     max_model_len=s.llm_max_model_len,
                                                     kv_cache_gib=s.llm_kv_cache_gib, extra_args=extra,
-                                                    die_with_parent=True))
+                                                    die_with_parent=True,
+                                                    offline=hub_env(s, local_llm=True)[OFFLINE_VAR] != "0"))
             s = self.settings = s.with_overrides(llm_backend="openai", llm_base_url=f"http://127.0.0.1:{vport}/v1",
                                                  llm_model=model)
         self.urls["llm"] = s.llm_base_url or ""
@@ -156,7 +159,7 @@ class Stack:
         env.pop("CLIO_API_KEYS", None)  # workers never need the keys
         env.update(self.settings.to_env())
         env.update({"CLIO_SHOW_PROGRESS": "false", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-                    "HF_HUB_OFFLINE": "1"})
+                    **hub_env(self.settings, local_llm=False)})  # children call the LLM server; they load embedders
         return env
 
     def _start_consumers(self, logs: Path) -> None:
