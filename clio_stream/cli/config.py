@@ -97,7 +97,8 @@ def reference_markdown() -> str:
         "a unit test fails when this file is stale. Values come from, highest priority first: keyword arguments",
         "(or command-line flags), environment variables `CLIO_<NAME>` (nested keys with `__`), a TOML file",
         "(`$CLIO_CONFIG` or `./clio-stream.toml`), then the defaults below. `clio-stream config show` prints the",
-        "effective value of each setting in the current environment and where it came from (secrets masked).",
+        "effective value of each setting in the current environment and where it came from (secrets masked);",
+        "`clio-stream config check` refuses settings that are unsafe outside a laptop demo.",
         "Callables can be given in the environment or TOML as `package.module.function` import strings.",
         "",
     ]
@@ -145,6 +146,19 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_check(args: argparse.Namespace) -> int:
+    """Exit 1 when a setting is unsafe outside a laptop demo (``settings_check``); warnings fail with --strict."""
+    from clio_stream.settings_check import Severity, check_settings
+
+    findings = check_settings(settings_from_args(args))
+    for f in findings:
+        sys.stdout.write(f"{f.severity.value:<8} {f.setting}: {f.message}\n")
+    errors = sum(f.severity == Severity.ERROR for f in findings)
+    warnings = len(findings) - errors
+    sys.stdout.write(f"{errors} error(s), {warnings} warning(s)\n")
+    return 1 if errors or (args.strict and warnings) else 0
+
+
 def cmd_config_reference(args: argparse.Namespace) -> int:
     sys.stdout.write(reference_markdown())
     return 0
@@ -158,5 +172,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     cp.add_argument("--json", action="store_true", help="as JSON ({name: {value, source}})")
     add_model_args(cp)
     cp.set_defaults(func=cmd_config_show)
+    cp = config.add_parser("check", help="refuse settings that are unsafe outside a laptop demo (exit 1)")
+    cp.add_argument("--strict", action="store_true", help="warnings fail too")
+    add_model_args(cp)
+    cp.set_defaults(func=cmd_config_check)
     cp = config.add_parser("reference", help="the Markdown reference of every setting (docs/configuration.md)")
     cp.set_defaults(func=cmd_config_reference)
