@@ -172,7 +172,9 @@ def serve(settings: ClioSettings) -> None:
 
 def main() -> None:
     """``python -m api.app``: settings (keys included) from the environment/TOML."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from clio_stream.ops.logs import setup_logging
+
+    setup_logging()
     serve(ClioSettings())
 
 

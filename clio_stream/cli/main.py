@@ -11,6 +11,7 @@ import os
 
 from clio_stream.cli import admin, config, dlq, living, run, stream
 from clio_stream.cli.options import HelpFormatter, SubParser, settings_from_args
+from clio_stream.ops.logs import FORMAT_VAR, setup_logging
 
 log = logging.getLogger("clio_stream")
 
@@ -18,14 +19,6 @@ DESCRIPTION = """The ``clio-stream`` command line.
 
 Subcommands stay thin: parse arguments, build settings, call the library.
 """
-
-
-def setup_logging(verbose: bool) -> None:
-    level = os.environ.get("CLIO_LOG_LEVEL", "DEBUG" if verbose else "INFO")
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z")
-    # vLLM and httpx are chatty at INFO; keep their warnings.
-    for noisy in ("httpx", "httpx2", "httpcore", "openai", "vllm", "urllib3", "kafka", "sentence_transformers"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _version() -> str:
@@ -40,6 +33,8 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clio-stream", description=DESCRIPTION, formatter_class=HelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--log-json", action="store_true",
+                   help="one JSON object per log line (also for the processes `up` starts; env CLIO_LOG_FORMAT=json)")
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=SubParser)
     # In the order ``--help`` lists them: batch first, then the stack, the services, the operator's tools.
@@ -69,7 +64,9 @@ def _hub_default(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    if args.log_json:
+        os.environ[FORMAT_VAR] = "json"  # inherited by the children of `up`
+    setup_logging(verbose=args.verbose)
     _hub_default(args)
     try:
         return int(args.func(args) or 0)
