@@ -42,7 +42,7 @@ def setup_logging(*, verbose: bool = False, json_lines: bool | None = None) -> N
         json_lines = os.environ.get(FORMAT_VAR, "text").lower() == "json"
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(TEXT_FORMAT, DATE_FORMAT))
-    logging.basicConfig(level=os.environ.get(LEVEL_VAR, "DEBUG" if verbose else "INFO"), handlers=[handler],
-                        force=True)
+    # Like basicConfig, a no-op when the root logger already has handlers (an embedding application's, pytest's).
+    logging.basicConfig(level=os.environ.get(LEVEL_VAR, "DEBUG" if verbose else "INFO"), handlers=[handler])
     for noisy in NOISY:
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -15,6 +15,7 @@ from clio_stream.ops.logs import setup_logging
 def _restore_root_logging():
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    root.handlers[:] = []  # set-up is a no-op under existing handlers (pytest's), as in an embedding application
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
