@@ -15,14 +15,19 @@ from clio_stream.ops.logs import setup_logging
 def _restore_root_logging():
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    root.handlers[:] = []  # set-up is a no-op under existing handlers (pytest's), as in an embedding application
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
 
 
+def _fresh_setup(**kwargs: object) -> None:
+    """Set-up is a no-op under existing handlers (pytest's, an embedding application's): start from none."""
+    logging.getLogger().handlers[:] = []
+    setup_logging(**kwargs)  # type: ignore[arg-type]
+
+
 def test_json_lines_parse_and_carry_the_exception(capsys: pytest.CaptureFixture[str]) -> None:
-    setup_logging(json_lines=True)
+    _fresh_setup(json_lines=True)
     log = logging.getLogger("clio_stream.test")
     log.info("stored %d points", 3)
     try:
@@ -38,7 +43,7 @@ def test_json_lines_parse_and_carry_the_exception(capsys: pytest.CaptureFixture[
 
 def test_text_lines_carry_the_date(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CLIO_LOG_FORMAT", raising=False)
-    setup_logging()
+    _fresh_setup()
     logging.getLogger("clio_stream.test").warning("hello")
     line = capsys.readouterr().err.strip()
     assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} WARNING clio_stream.test: hello$", line)
@@ -46,6 +51,6 @@ def test_text_lines_carry_the_date(capsys: pytest.CaptureFixture[str], monkeypat
 
 def test_the_environment_selects_json(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLIO_LOG_FORMAT", "json")
-    setup_logging()
+    _fresh_setup()
     logging.getLogger("x").info("child of up")
     assert json.loads(capsys.readouterr().err)["message"] == "child of up"
