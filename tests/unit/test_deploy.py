@@ -514,6 +514,11 @@ def test_compose_kafka_is_kraft_and_creates_the_settings_topics() -> None:
     assert "zookeeper" not in str(services).lower()
     assert services["kafka"]["image"].startswith("apache/kafka:")
     assert "PLAINTEXT://kafka:9092" in env["KAFKA_ADVERTISED_LISTENERS"]
+    # a listener for producers outside compose: advertised by the host's name, published on loopback by default
+    assert "EXTERNAL://:9094" in env["KAFKA_LISTENERS"].split(",")
+    assert "EXTERNAL://localhost:9094" in env["KAFKA_ADVERTISED_LISTENERS"].split(",")
+    assert "EXTERNAL:PLAINTEXT" in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")
+    assert services["kafka"]["ports"] == ["127.0.0.1:9094:9094"]
     init = services["kafka-init"]
     script = init["command"][0]
     assert {init["environment"][k] for k in ("TOPIC", "DLQ_TOPIC", "DELTAS_TOPIC")} == {
