@@ -11,7 +11,7 @@ from fastapi import APIRouter, Body, HTTPException, Path
 from api.deps import Admin, Ctx, Store
 from api.schemas import DeletionOut, ErrorOut, ReclusterIn, ReclusterOut
 from clio_stream.deletion import get_deletion, request_deletion
-from clio_stream.recluster_service import REQUEST_KEY as RECLUSTER_REQUEST_KEY
+from clio_stream.living.service import REQUEST_KEY as RECLUSTER_REQUEST_KEY
 
 log = logging.getLogger(__name__)
 

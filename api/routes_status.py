@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["status"])
 
 WORKER_PREFIX = WORKER_STATE_PREFIX
-SCHEDULER_KEY = "scheduler"  # written by clio_stream.scheduler (last_run_at, next_run_at)
-from clio_stream.versions import LAST_RUN_KEY  # noqa: E402 - the last run (finished_at)
+SCHEDULER_KEY = "scheduler"  # written by clio_stream.living.scheduler (last_run_at, next_run_at)
+from clio_stream.living.versions import LAST_RUN_KEY  # noqa: E402 - the last run (finished_at)
 _HEALTHY = {"ok", "healthy", "running"}
 _NEUTRAL = {"starting", "stopped"}
 

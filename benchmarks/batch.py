@@ -34,7 +34,7 @@ def main() -> None:
     quiet_logs()
     from clio_stream.data import load_shared_dataset, prepare_conversations, render_conversation
     from clio_stream.embedding import Embedder
-    from clio_stream.facet_extraction import build_prompts, facet_prompt
+    from clio_stream.stages.extract import build_prompts, facet_prompt
     from clio_stream.domain.facets import main_facets
     from clio_stream.llm import make_llm
     from clio_stream.llm.base import sampling_for

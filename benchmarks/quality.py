@@ -275,7 +275,7 @@ class FacetCache:
 
 def cache_key(model: str, facet: Any, conversation_text: str, settings: Any) -> str:
     """Model, facet question, sampling and the (truncated) conversation: anything that changes the answer."""
-    from clio_stream.facet_extraction import facet_prompt
+    from clio_stream.stages.extract import facet_prompt
 
     prompt = facet_prompt(facet, "")
     parts = [model, json.dumps(facet.to_dict(), sort_keys=True, default=str), prompt.template.user,
@@ -300,7 +300,7 @@ def extract_cached(records: Sequence[Record], wanted: Mapping[str, Sequence[Any]
                    cache: FacetCache) -> FacetRun:
     """The facets ``wanted[record.id]`` of every record, from the cache or the LLM (``extract_facets``)."""
     from clio_stream.data import render_conversation, to_conversation, truncate_conversation
-    from clio_stream.facet_extraction import asked, build_prompts, extract_facets
+    from clio_stream.stages.extract import asked, build_prompts, extract_facets
     from clio_stream.llm.base import AskStats
 
     counting = CountingLLM(llm)
@@ -402,7 +402,7 @@ class EmbeddingCache:
 
 def batch_labels(x: np.ndarray, k: int, settings: Any) -> np.ndarray:
     """The pipeline's batch k-means (``clustering.kmeans`` with the settings' seed and arguments)."""
-    from clio_stream.clustering import kmeans
+    from clio_stream.stages.base_clusters import kmeans
 
     labels, _ = kmeans(x, k, seed=settings.seed, args=settings.kmeans_args)
     return labels
@@ -449,7 +449,7 @@ def compare_online(x: np.ndarray, truth: Sequence[str], k: int, settings: Any, *
 def evaluate_set(name: str, records: Sequence[Record], views: Mapping[str, np.ndarray], settings: Any, *,
                  seed: int, bootstrap_fraction: float) -> dict[str, Any]:
     """Each view (raw, facet as embedded, facet full value) with k = labels and k = pipeline, batch and online."""
-    from clio_stream.recluster import n_leaves
+    from clio_stream.living.job import n_leaves
 
     truth = [r.label for r in records]
     ks = {"labels": len(set(truth)), "pipeline": n_leaves(settings, len(records))}
@@ -498,12 +498,12 @@ def name_fidelity_of_base_clusters(values: Sequence[str], users: Sequence[str], 
     name where it retrieves its own cluster and the keyword label where it does not.
     """
     from clio_stream.stages.keywords import keyword_labels
-    from clio_stream.clustering import kmeans
+    from clio_stream.stages.base_clusters import kmeans
     from clio_stream.domain.facets import REQUEST
     from clio_stream.llm.base import AskStats
-    from clio_stream.naming import name_clusters
+    from clio_stream.stages.naming import name_clusters
     from clio_stream.quality_metrics import name_fidelity, name_hits
-    from clio_stream.recluster import n_leaves
+    from clio_stream.living.job import n_leaves
 
     k = n_leaves(settings, len(values))
     labels, centres = kmeans(x, k, seed=settings.seed, args=settings.kmeans_args)
@@ -539,12 +539,12 @@ def top_level(values: Sequence[str], x: np.ndarray, tops: Sequence[str], llm: An
     embedding (what the hierarchy falls back to) and of the best possible choice for these
     base clusters (each cluster to its majority category: the ceiling the assignment step has).
     """
-    from clio_stream.clustering import kmeans
+    from clio_stream.stages.base_clusters import kmeans
     from clio_stream.domain.facets import REQUEST
-    from clio_stream.hierarchy import assign_to_candidates
+    from clio_stream.stages.hierarchy import assign_to_candidates
     from clio_stream.llm.base import AskStats
-    from clio_stream.naming import name_clusters
-    from clio_stream.recluster import n_leaves
+    from clio_stream.stages.naming import name_clusters
+    from clio_stream.living.job import n_leaves
     from clio_stream.domain.clusters import ClusterNode
 
     categories = sorted(set(tops))
@@ -600,7 +600,7 @@ def stability(texts: Sequence[str], vectors: np.ndarray, embedder: Any, settings
     """+5 % and +20 % re-clusterings after a first build of ``n_first`` stored facet values."""
     from benchmarks.recluster import fill, summary
     from clio_stream.domain.facets import REQUEST
-    from clio_stream.recluster import recluster_once
+    from clio_stream.living.job import recluster_once
     from clio_stream.store import QdrantStore
 
     users = max(10, n_first // 3)

@@ -70,7 +70,7 @@ def main() -> None:
 
     from clio_stream.data import load_shared_dataset, prepare_conversations, truncate_conversation
     from clio_stream.embedding import Embedder
-    from clio_stream.facet_extraction import build_prompts
+    from clio_stream.stages.extract import build_prompts
     from clio_stream.domain.facets import main_facets
     from clio_stream.streaming.kafka_io import ensure_topics, make_producer
     from clio_stream.llm import make_llm

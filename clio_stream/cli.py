@@ -262,13 +262,13 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def _recluster_settings(args: argparse.Namespace):
-    from clio_stream.recluster_service import effective_settings
+    from clio_stream.living.service import effective_settings
 
     return effective_settings(_service_settings(args))
 
 
 def _triggers(args: argparse.Namespace):
-    from clio_stream.scheduler import Triggers
+    from clio_stream.living.scheduler import Triggers
 
     return Triggers.from_settings(_recluster_settings(args), interval_s=args.interval,
                                   new_fraction=args.new_fraction, min_points=args.min_points)
@@ -279,8 +279,8 @@ def cmd_recluster(args: argparse.Namespace) -> int:
 
     Pending user deletions are carried out first, due or not: this job owns the publish directory (k8s CronJob).
     """
-    from clio_stream.recluster_service import ReclusterService
-    from clio_stream.scheduler import due
+    from clio_stream.living.service import ReclusterService
+    from clio_stream.living.scheduler import due
 
     settings = _recluster_settings(args)
     try:
@@ -307,7 +307,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     """Run the re-clustering scheduler in the foreground until SIGTERM / SIGINT."""
     import signal
 
-    from clio_stream.recluster_service import ReclusterService
+    from clio_stream.living.service import ReclusterService
 
     settings = _recluster_settings(args)
     with ReclusterService(settings, facets=_facets(args.facets)) as service:
@@ -321,7 +321,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        from clio_stream.scheduler_prometheus import serve_scheduler_metrics
+        from clio_stream.living.scheduler_metrics import serve_scheduler_metrics
 
         server = serve_scheduler_metrics(settings, sched) if settings.metrics_port is not None else None
         log.info("re-clustering scheduler: every %.0f s, on %.0f%% new points, on drift or %.0f%% outliers, "

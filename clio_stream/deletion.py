@@ -82,7 +82,7 @@ from clio_stream.publish import (
     read_pointer,
     resolve_publish_dir,
 )
-from clio_stream.recluster_service import REQUEST_KEY as RECLUSTER_REQUEST_KEY
+from clio_stream.living.service import REQUEST_KEY as RECLUSTER_REQUEST_KEY
 from clio_stream.site.writer import write_site
 from clio_stream.store import DELETION_KIND, NAMESPACE
 from clio_stream.domain.clusters import ClioResult, ClusterNode, FacetHierarchy, NumericStats
@@ -439,7 +439,7 @@ def process_deletions(store: Any, settings: Any, publish_dir: Path, *, owner: st
     (``remove_denied``). When the lock is held elsewhere the pass does nothing and
     says so; the next one retries.
     """
-    from clio_stream.versions import CLUSTERING_LOCK
+    from clio_stream.living.versions import CLUSTERING_LOCK
 
     out = DeletionPass()
     now = time.time()

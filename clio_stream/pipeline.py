@@ -18,16 +18,16 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from clio_stream.checkpoint import Checkpoints, atomic_write_bytes, stable_hash
-from clio_stream.clustering import kmeans
+from clio_stream.stages.base_clusters import kmeans
 from clio_stream.data import conversation_content_key, prepare_conversations, truncate_conversation
 from clio_stream.embedding import Embedder, embedding_text
-from clio_stream.facet_extraction import extract_facets
+from clio_stream.stages.extract import extract_facets
 from clio_stream.domain.facets import Facet, main_facets
-from clio_stream.hierarchy import build_hierarchy, slug
+from clio_stream.stages.hierarchy import build_hierarchy, slug
 from clio_stream.llm.base import AskStats, LLMBackend
-from clio_stream.naming import name_clusters
+from clio_stream.stages.naming import name_clusters
 from clio_stream.privacy import annotate, audit, mark_below_minimums, user_key_of
-from clio_stream.trends import annotate_trends
+from clio_stream.stages.trends import annotate_trends
 from clio_stream.settings import ClioSettings
 from clio_stream.domain.conversation import Conversation, ConversationFacets
 from clio_stream.domain.clusters import ClioResult, ClusterNode, FacetHierarchy

@@ -13,7 +13,7 @@ when complete (``write_version_folder``), and ``current`` is flipped only after
 that, so a reader that follows the pointer never sees a half-written version.
 Versions are immutable: publishing an existing version string is an error. The
 clustering job writes the folder and flips the pointer as separate steps of its
-write path (clio_stream.versions), the pointer only forwards (``advance_pointer``).
+write path (clio_stream.living.versions), the pointer only forwards (``advance_pointer``).
 
 Contract with the store (how the API joins live Qdrant points to the tree):
 a level-0 node stands for the online cluster ``cluster_id`` of its facet under
@@ -99,7 +99,7 @@ def publish_version(
 
     Returns the version folder. ``keep`` counts versions kept, the new one
     included; the current version is never pruned. (The clustering job writes
-    the folder and flips the pointer as separate steps: ``clio_stream.versions``.)
+    the folder and flips the pointer as separate steps: ``clio_stream.living.versions``.)
     """
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")

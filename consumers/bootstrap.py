@@ -3,7 +3,7 @@
 A one-shot for a fresh deployment (``clio-stream bootstrap-clusters``): until a
 clustering exists, workers store facet values unassigned. It writes through the
 same path, under the same lock and lease, as the re-clustering job
-(``clio_stream.versions``): version number reserved under the lock, centroids,
+(``clio_stream.living.versions``): version number reserved under the lock, centroids,
 version-scoped labels, a fenced commit, the version pointers, then a catch-up
 of the points stored meanwhile. It publishes no site (the re-clustering job
 names clusters and publishes).
@@ -16,13 +16,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from clio_stream.clustering import kmeans
+from clio_stream.stages.base_clusters import kmeans
 from clio_stream.domain.facets import Facet
 from clio_stream.domain.vectors import normalise_rows
 from clio_stream.online import OnlineKMeans
 from clio_stream.settings import ClioSettings
 from clio_stream.store import QdrantStore
-from clio_stream.versions import (
+from clio_stream.living.versions import (
     CLUSTERING_LOCK,
     FacetLabels,
     VersionWrite,

@@ -31,8 +31,8 @@ from clio_stream.publish import load_current, read_pointer
 from clio_stream.devstack.processes import ManagedProcess
 from clio_stream.settings import ClioSettings
 from clio_stream.store import VERSION_COUNTER_KEY, QdrantStore
-from clio_stream import versions
-from clio_stream.versions import CLUSTERING_LOCK
+from clio_stream.living import versions
+from clio_stream.living.versions import CLUSTERING_LOCK
 from consumers.bootstrap import bootstrap_clustering
 from tests.reliability.helpers import llm_description, pooled_conversations, replayed_delta_tally, seed_store
 from tests.streaming_helpers import (

@@ -38,14 +38,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from clio_stream import recluster
+from clio_stream.living import job as recluster
 from clio_stream.deletion import DeletionPass, UserMatch, process_deletions, scrub_result
 from clio_stream.domain.facets import main_facets
 from clio_stream.pipeline import run_clio
 from clio_stream.privacy import keyed_user_hash
 from clio_stream.publish import load_version, publish_version
-from clio_stream.recluster_service import ReclusterService
-from clio_stream.scheduler import Triggers
+from clio_stream.living.service import ReclusterService
+from clio_stream.living.scheduler import Triggers
 from clio_stream.devstack.processes import ManagedProcess, free_port, http_probe
 from clio_stream.settings import ClioSettings
 from clio_stream.store import ConversationRecord, FacetPoint, QdrantStore

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from clio_stream.matching import (
+from clio_stream.living.matching import (
     MatchThresholds,
     changed,
     jaccard,

@@ -25,11 +25,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from clio_stream.clustering import kmeans, most_central
+from clio_stream.stages.base_clusters import kmeans, most_central
 from clio_stream.embedding import EmbeddingBackend as Embedder
 from clio_stream.domain.facets import Facet
 from clio_stream.llm.base import AskStats, LLMBackend, Prompt, ask, sampling_for
-from clio_stream.naming import SMALL_CLUSTERS, looks_identifying, rename_parents
+from clio_stream.stages.naming import SMALL_CLUSTERS, looks_identifying, rename_parents
 from clio_stream.privacy import describable
 from clio_stream.llm.parsing import parse_choice, parse_numbered_list
 from clio_stream.llm.prompts import ASSIGN_TO_PARENT, DEDUPLICATE_PARENTS, PROPOSE_PARENTS

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from clio_stream.clustering import most_central, nearest_outside
+from clio_stream.stages.base_clusters import most_central, nearest_outside
 from clio_stream.embedding import EmbeddingBackend
 from clio_stream.domain.facets import Facet
 from clio_stream.llm.base import AskStats, LLMBackend, Prompt, ask, sampling_for

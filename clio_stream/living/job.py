@@ -2,7 +2,7 @@
 
 One run: take the cluster-wide lock, scroll every hierarchy facet's vectors and
 values, k-means them warm-started from the current centroids, then keep the
-clusters *living* rather than rebuilt (clio_stream.matching):
+clusters *living* rather than rebuilt (clio_stream.living.matching):
 
 * new leaves are matched to the previous published version's leaves (centroid
   cosine + member overlap, optimal assignment); a matched leaf keeps its id, and
@@ -19,7 +19,7 @@ clusters *living* rather than rebuilt (clio_stream.matching):
 * every id that disappears gets a successor in the version's lineage, which
   the API follows for old links.
 
-Then apply the privacy rules and write the version through ``clio_stream.versions.write_version``,
+Then apply the privacy rules and write the version through ``clio_stream.living.versions.write_version``,
 the write path it shares with ``bootstrap-clusters``: version number reserved under the clustering
 lock, centroids and version-scoped labels, the site folder, a fenced commit, then the pointers
 (see that module for the order and why a kill at any step leaves the last good version served).
@@ -37,20 +37,20 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from clio_stream.clustering import kmeans
+from clio_stream.stages.base_clusters import kmeans
 from clio_stream.embedding import EmbeddingBackend
 from clio_stream.domain.facets import Facet
-from clio_stream.hierarchy import build_hierarchy, slug
+from clio_stream.stages.hierarchy import build_hierarchy, slug
 from clio_stream.llm.base import AskStats, LLMBackend
-from clio_stream.matching import MatchThresholds, Matching, changed, match_clusters, member_centroids, successor
-from clio_stream.naming import name_clusters, rename_parents
+from clio_stream.living.matching import MatchThresholds, Matching, changed, match_clusters, member_centroids, successor
+from clio_stream.stages.naming import name_clusters, rename_parents
 from clio_stream.domain.vectors import normalise_rows
 from clio_stream.online import OnlineKMeans
 from clio_stream.privacy import annotate, audit, describable, known_audits, mark_below_minimums, user_key_of
 from clio_stream.settings import ClioSettings
 from clio_stream.store import QdrantStore
-from clio_stream.trends import annotate_trends
-from clio_stream.versions import (
+from clio_stream.stages.trends import annotate_trends
+from clio_stream.living.versions import (
     FacetLabels,
     VersionWrite,
     clustering_lease,
