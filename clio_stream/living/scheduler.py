@@ -3,7 +3,7 @@
 ``due`` is a pure function of a small state snapshot, so every trigger is unit
 tested without clocks or servers; ``ReclusterScheduler`` is the thread that
 feeds it and runs the job. One run at a time across processes is the store
-lock's job (see ``recluster.recluster_once``), not this thread's.
+lock's job (see ``living.job.recluster_once``), not this thread's.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
+
+from clio_stream.settings import ClioSettings
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +27,7 @@ class Triggers:
     outlier_rate: float = 0.25  # workers' recent outlier rate that counts as drift
 
     @classmethod
-    def from_settings(cls, settings: Any, **overrides: Any) -> Triggers:
+    def from_settings(cls, settings: ClioSettings, **overrides: Any) -> Triggers:
         """The settings' ``recluster_*`` values; ``overrides`` that are None are ignored (unset CLI flags)."""
         values = {"interval_s": settings.recluster_interval_s, "new_fraction": settings.recluster_new_fraction,
                   "min_points": settings.recluster_min_points, "outlier_rate": settings.recluster_outlier_rate}

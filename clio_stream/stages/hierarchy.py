@@ -21,7 +21,7 @@ import logging
 import random
 import re
 from collections import Counter
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -34,6 +34,7 @@ from clio_stream.privacy import describable
 from clio_stream.llm.parsing import parse_choice, parse_numbered_list
 from clio_stream.llm.prompts import ASSIGN_TO_PARENT, DEDUPLICATE_PARENTS, PROPOSE_PARENTS
 from clio_stream.domain.clusters import ClusterNode, FacetHierarchy
+from clio_stream.settings import ClioSettings
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def assign_to_candidates(
     candidates: Sequence[str],
     cand_vecs: np.ndarray,
     llm: LLMBackend,
-    settings: Any,
+    settings: ClioSettings,
     *,
     rng: random.Random,
     seed: int,
@@ -120,7 +121,7 @@ def _level_up(
     level: int,
     llm: LLMBackend,
     embedder: Embedder,
-    settings: Any,
+    settings: ClioSettings,
     stats: AskStats | None,
 ) -> list[ClusterNode]:
     """Make the parents of ``current`` and link them; returns the new level."""
@@ -218,7 +219,7 @@ def build_hierarchy(
     llm: LLMBackend,
     embedder: Embedder,
     *,
-    settings: Any,
+    settings: ClioSettings,
     stats: AskStats | None = None,
 ) -> FacetHierarchy:
     """The whole tree above ``leaves`` (level-0 nodes), stopping at ``min_top_level_size`` roots."""
