@@ -38,7 +38,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from clio_stream.living import job as recluster
+from clio_stream.living import clustering_job, job as recluster
 from clio_stream.deletion import DeletionPass, UserMatch, process_deletions, scrub_result
 from clio_stream.domain.facets import main_facets
 from clio_stream.pipeline import run_clio
@@ -472,7 +472,7 @@ def test_recluster_that_scrolled_before_the_deletion_publishes_without_the_user(
     assert _mentions_user(publish_dir, "1", doomed_hash, doomed_ids)  # v1 holds the user (or this proves nothing)
 
     during: dict[str, Any] = {}
-    scroll = recluster.load_stored
+    scroll = clustering_job.load_stored
 
     with TestClient(create_app(settings, store=store), raise_server_exceptions=False) as client:
         def scroll_then_delete(*args: Any, **kwargs: Any) -> Any:
@@ -482,7 +482,7 @@ def test_recluster_that_scrolled_before_the_deletion_publishes_without_the_user(
             during["status"] = store.get_deletion(during["delete"].json()["request_id"])["status"]
             return out
 
-        monkeypatch.setattr(recluster, "load_stored", scroll_then_delete)
+        monkeypatch.setattr(clustering_job, "load_stored", scroll_then_delete)
         report = recluster.recluster_once(store, llm, emb, main_facets, settings, publish_dir=publish_dir)
         assert report is not None and report.version == 2
         assert during["delete"].status_code == 202

@@ -232,7 +232,7 @@ def test_rebuilt_hierarchy_adopts_old_parent_ids(setup):
 
 
 def test_warm_start_keeps_centroids_and_seeds_new_topics():
-    from clio_stream.living.job import warm_start_centroids
+    from clio_stream.living.warm_start import warm_start_centroids
 
     rng = np.random.default_rng(0)
     axes = np.eye(8, dtype=np.float32)
@@ -247,7 +247,7 @@ def test_warm_start_keeps_centroids_and_seeds_new_topics():
 
 
 def test_id_allocator_never_reuses_numbers():
-    from clio_stream.living.job import IdAllocator
+    from clio_stream.living.ids import IdAllocator
 
     ids = IdAllocator.restore("request", {"next": {"0": 4}}, ["request-l0-9", "request-l1-2", "task-l0-50", "x"])
     assert ids.new(0) == "request-l0-10" and ids.new(1) == "request-l1-3" and ids.new(2) == "request-l2-0"
@@ -359,18 +359,18 @@ def test_the_served_version_pages_every_member_while_the_next_one_is_written(set
 
 def test_points_stored_between_the_scroll_and_the_switch_are_in_the_new_version(setup, monkeypatch):
     """Defect 8: a worker on version 1 stores conversations while version 2 is computed; version 2 lists them."""
-    import clio_stream.living.job as rc
+    import clio_stream.living.clustering_job as job_frame
     from tests.recluster_harness import assert_complete, points, served, worker_models
 
     store, emb, settings, pub = second_version_world(setup)
-    real = rc.load_stored
+    real = job_frame.load_stored
 
     def scroll_then_worker_writes(*args, **kwargs):
         out = real(*args, **kwargs)
         store.upsert_facets(points(emb, 66, 4, worker_models(store)))
         return out
 
-    monkeypatch.setattr(rc, "load_stored", scroll_then_worker_writes)
+    monkeypatch.setattr(job_frame, "load_stored", scroll_then_worker_writes)
     report = recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets, settings, publish_dir=pub)
     assert report.version == 2 and report.points["Request"] == 66  # the 4 came after the scroll
     now = served(store, pub, settings)
