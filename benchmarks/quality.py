@@ -19,7 +19,7 @@ categories, arena-hard subcategories), subsampled per label (balanced, seeded).
 4. Facet sanity: Language facet vs lingua's language identifier, the Concerning score
    distribution, unparseable answers after retries (target <= 2 %) and first-try failures.
 5. Multilingual: 1 and 4 again on the non-English arena-hard prompts.
-6. Fidelity (``clio_stream.quality_metrics``, no labels needed): facet fidelity = retrieval@1 / MRR
+6. Fidelity (``clio_stream.stages.fidelity``, no labels needed): facet fidelity = retrieval@1 / MRR
    of a Request value against the distinct user turns of the conversations of its set, for the full value
    and for the embedded text (``embedding.embedding_text``: the answer after the prefill); name
    fidelity = retrieval@1 / MRR of a base cluster's "name. summary" among the centroids of all
@@ -482,7 +482,7 @@ def fidelity(values: Sequence[str], texts: Sequence[str], embedded: np.ndarray, 
     Conversations whose user turns are identical (MT-Bench: one question answered by several
     models) are one target: no value could tell them apart, and ties rank against the query.
     """
-    from clio_stream.quality_metrics import retrieval
+    from clio_stream.stages.fidelity import retrieval
 
     first = {t: i for i, t in reversed(list(enumerate(texts)))}
     targets = sorted(set(first.values()))
@@ -506,7 +506,7 @@ def name_fidelity_of_base_clusters(values: Sequence[str], users: Sequence[str], 
     from clio_stream.domain.facets import REQUEST
     from clio_stream.llm.base import AskStats
     from clio_stream.stages.naming import name_clusters
-    from clio_stream.quality_metrics import name_fidelity, name_hits
+    from clio_stream.stages.fidelity import name_fidelity, name_hits
     from clio_stream.stages.base_clusters import base_cluster_count
 
     k = base_cluster_count(settings, len(values))
