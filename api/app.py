@@ -30,9 +30,11 @@ from api.metrics import ApiMetrics
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware, request_id_of
 from api.schemas import BatchIn, ConversationIn
 from clio_stream.publish import resolve_publish_dir
-from clio_stream.settings import ClioSettings, check_user_hash_key
+from clio_stream.secret_settings import check_user_hash_key
+from clio_stream.settings import ClioSettings
 from clio_stream.site.writer import normalize_html_root
-from clio_stream.store import QdrantStore, StoreError, StoreUnavailable
+from clio_stream.storage.errors import StoreError, StoreUnavailable
+from clio_stream.storage.store import QdrantStore
 
 log = logging.getLogger(__name__)
 
@@ -144,20 +146,21 @@ def _add_error_handlers(app: FastAPI) -> None:
                             headers={"X-Request-ID": rid or ""})
 
 
-def main() -> None:
-    """Serve on ``web_host:web_port`` with uvicorn; settings (keys included) come from the environment/TOML.
+def serve(settings: ClioSettings) -> None:
+    """Serve on ``web_host:web_port`` with uvicorn, refusing missing or placeholder secrets before binding the port.
 
     With ``api_workers`` > 1 every worker process builds its own app from the
-    same settings (sessions are signed cookies, so they work on any worker).
+    same settings (sessions are signed cookies, so they work on any worker): the
+    caller hands any overrides down through the environment.
     """
     import uvicorn
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = ClioSettings()
-    KeyRing.from_settings(settings)  # refuse to start without keys (or with placeholders) before forking workers
-    check_user_hash_key(settings)
+    KeyRing.from_settings(settings)  # no keys, placeholder keys, no anonymous access: refuse before forking workers
+    check_user_hash_key(settings)  # the API deletes users by their hash
+    # Behind an ingress: uvicorn trusts X-Forwarded-* from the addresses in FORWARDED_ALLOW_IPS (its own env var).
     common: dict[str, Any] = {"host": settings.web_host, "port": settings.web_port, "log_level": "info",
-                              "access_log": False}
+                              "access_log": False, "timeout_graceful_shutdown": 20}
+    log.info("API on http://%s:%d with %d worker(s)", settings.web_host, settings.web_port, settings.api_workers)
     if settings.api_workers > 1:
         from api.metrics import share_across_workers
 
@@ -165,6 +168,12 @@ def main() -> None:
         uvicorn.run("api.app:create_app", factory=True, workers=settings.api_workers, **common)
     else:
         uvicorn.run(create_app(settings), **common)
+
+
+def main() -> None:
+    """``python -m api.app``: settings (keys included) from the environment/TOML."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve(ClioSettings())
 
 
 if __name__ == "__main__":

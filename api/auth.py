@@ -30,9 +30,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
-from clio_stream.settings import NEW_SECRET_HINT, is_placeholder
+from clio_stream.secret_settings import NEW_SECRET_HINT, is_placeholder
+from clio_stream.settings import ClioSettings
 
 log = logging.getLogger(__name__)
 
@@ -134,15 +135,14 @@ class KeyRing:
         self.allow_anonymous = allow_anonymous
 
     @classmethod
-    def from_settings(cls, settings: Any) -> KeyRing:
-        """Build from ``api_keys`` (a SecretStr or str) and ``api_allow_anonymous``.
+    def from_settings(cls, settings: ClioSettings) -> KeyRing:
+        """Build from ``api_keys`` and ``api_allow_anonymous``.
 
         Refuses (ValueError) when there are no keys and anonymous access is not
         explicitly allowed: an API that silently serves everyone is a misconfiguration.
         """
-        raw = getattr(settings, "api_keys", None)
-        spec = raw.get_secret_value() if hasattr(raw, "get_secret_value") else raw
-        ring = cls(parse_api_keys(spec), allow_anonymous=bool(getattr(settings, "api_allow_anonymous", False)))
+        spec = settings.api_keys.get_secret_value() if settings.api_keys is not None else None
+        ring = cls(parse_api_keys(spec), allow_anonymous=settings.api_allow_anonymous)
         if not ring._entries and not ring.allow_anonymous:
             raise ValueError("no API keys configured: set CLIO_API_KEYS='viewer:KEY,analyst:KEY,admin:KEY', "
                              "or CLIO_API_ALLOW_ANONYMOUS=true to let everyone in as a viewer")
@@ -233,5 +233,5 @@ class FailedAuthLimiter:
                 self._buckets.popitem(last=False)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> FailedAuthLimiter:
+    def from_settings(cls, settings: ClioSettings) -> FailedAuthLimiter:
         return cls(settings.api_auth_failures_burst, settings.api_auth_failures_per_minute)

@@ -20,7 +20,7 @@ from api.views import VIEW_KEY, VersionView, view_of
 from clio_stream.streaming.connection import KafkaConnection
 from clio_stream.publish import current_if_loaded, load_current
 from clio_stream.settings import ClioSettings
-from clio_stream.store import QdrantStore
+from clio_stream.storage.store import QdrantStore
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class ApiContext:
         hit = self._store_versions.get(facet)
         if hit is not None and now - hit[0] < _STORE_VERSION_TTL_S:
             return hit[1]
-        version = self.store.current_version(facet)
+        version = self.store.versions.current_version(facet)
         self._store_versions[facet] = (now, version)
         return version
 

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Body, HTTPException, Path
 from api.deps import Admin, Ctx, Store
 from api.schemas import DeletionOut, ErrorOut, ReclusterIn, ReclusterOut
 from clio_stream.deletion import get_deletion, request_deletion
-from clio_stream.living.service import REQUEST_KEY as RECLUSTER_REQUEST_KEY
+from clio_stream.storage.documents import RECLUSTER_REQUEST, ReclusterRequest
 
 log = logging.getLogger(__name__)
 
@@ -21,13 +21,13 @@ router = APIRouter(prefix="/v1", tags=["admin"])
 @router.post("/recluster", status_code=202, response_model=ReclusterOut,
              responses={503: {"model": ErrorOut}}, summary="Ask the scheduler for a re-clustering soon (admin)")
 def recluster(principal: Admin, store: Store, body: Annotated[ReclusterIn | None, Body()] = None) -> ReclusterOut:
-    """Writes the state document ``recluster_request``; the re-clustering scheduler picks it up.
+    """Writes the state document ``RECLUSTER_REQUEST``; the re-clustering scheduler picks it up.
 
     Idempotent in effect: a second request before the run only moves the timestamp.
     """
     now = time.time()
-    doc = {"requested_at": now, "requested_by": principal.key_id, "reason": body.reason if body else None}
-    store.put_state(RECLUSTER_REQUEST_KEY, doc)
+    request = ReclusterRequest(requested_at=now, requested_by=principal.key_id, reason=body.reason if body else None)
+    store.states.write(RECLUSTER_REQUEST, request)
     log.info("re-clustering requested by %s", principal.key_id)
     return ReclusterOut(requested_at=now, requested_by=principal.key_id)
 

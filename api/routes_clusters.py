@@ -205,7 +205,7 @@ def _members_page(ctx: Any, view: VersionView, fv: FacetView, node: ClusterNode,
         if mapped is not None:
             if version_of_facet is False:
                 version_of_facet = fv.cluster_version if fv.cluster_version is not None else ctx.store_version(fv.name)
-            page, nxt = ctx.store.cluster_members(fv.name, mapped, limit=limit - len(items),
+            page, nxt = ctx.store.points.cluster_members(fv.name, mapped, limit=limit - len(items),
                                                   offset_cursor=offset, version=version_of_facet)
             for p in page:
                 cid = str(p.get("conversation_id"))

@@ -30,7 +30,7 @@ from api.schemas import (
 )
 from api.views import VersionView
 from clio_stream.streaming.wire_format import InvalidMessage, decode_message
-from clio_stream.store import label_of
+from clio_stream.storage.records import label_of
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def _body_schema(model: type) -> dict[str, Any]:
             responses={404: {"model": ErrorOut}}, summary="One conversation: facets, clusters, status (analyst)")
 async def get_conversation(principal: Analyst, ctx: Ctx, store: Store,
                            conversation_id: ConversationId) -> ConversationOut:
-    doc = await run_in_threadpool(store.get_conversation, conversation_id)
+    doc = await run_in_threadpool(store.points.get_conversation, conversation_id)
     if doc is None:
         if conversation_id in ctx.pending:
             return ConversationOut(id=conversation_id, status="pending")

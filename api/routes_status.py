@@ -1,8 +1,8 @@
 """System status (viewer), liveness, readiness and Prometheus metrics.
 
 ``/v1/status`` gathers what other processes leave in the store's state
-collection: worker metrics (``worker:<id>`` documents), the scheduler's
-document (``scheduler``) and a pending ``recluster_request``. Each part is
+collection (``clio_stream.storage.documents``): worker metrics, the scheduler's
+state, the last run and a pending re-cluster request. Each part is
 optional: whatever is missing or unreadable is null, never an error. The
 answer is cached for ``api_status_cache_s`` so dashboards polling it cost the
 store almost nothing.
@@ -21,17 +21,13 @@ from fastapi.security import HTTPAuthorizationCredentials
 
 from api.auth import Role
 from api.deps import ApiContext, Ctx, Store, Viewer, bearer_scheme, require
-from api.routes_admin import RECLUSTER_REQUEST_KEY
 from api.schemas import HealthOut, StatusOut, WorkerOut
-from clio_stream.store import WORKER_STATE_PREFIX
+from clio_stream.storage.documents import LAST_RUN, RECLUSTER_REQUEST, SCHEDULER_STATE, WORKER_METRICS
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["status"])
 
-WORKER_PREFIX = WORKER_STATE_PREFIX
-SCHEDULER_KEY = "scheduler"  # written by clio_stream.living.scheduler (last_run_at, next_run_at)
-from clio_stream.living.versions import LAST_RUN_KEY  # noqa: E402 - the last run (finished_at)
 _HEALTHY = {"ok", "healthy", "running"}
 _NEUTRAL = {"starting", "stopped"}
 
@@ -94,15 +90,15 @@ def build_status(ctx: ApiContext) -> StatusOut:
         return out
     if view is not None:
         for name in view.facet_views:
-            out.cluster_versions[name] = _quiet(lambda n=name: ctx.store.current_version(n))
+            out.cluster_versions[name] = _quiet(lambda n=name: ctx.store.versions.current_version(n))
     _add_workers(ctx, out)
-    scheduler = _quiet(lambda: ctx.store.get_state(SCHEDULER_KEY)) or {}
-    last_run = _quiet(lambda: ctx.store.get_state(LAST_RUN_KEY)) or {}
-    last = _number(scheduler, "last_run_at", "last_recluster_at") or _number(last_run, "finished_at")
+    scheduler = _quiet(lambda: ctx.store.states.read(SCHEDULER_STATE))
+    last_run = _quiet(lambda: ctx.store.states.read(LAST_RUN))
+    last = (scheduler.last_run_at if scheduler else None) or (last_run.finished_at if last_run else None)
     out.last_recluster_at = last if last is not None else out.last_recluster_at
-    out.next_recluster_at = _number(scheduler, "next_run_at", "next_recluster_at")
-    request = _quiet(lambda: ctx.store.get_state(RECLUSTER_REQUEST_KEY)) or {}
-    out.recluster_requested_at = _number(request, "requested_at")
+    out.next_recluster_at = scheduler.next_run_at if scheduler else None
+    request = _quiet(lambda: ctx.store.states.read(RECLUSTER_REQUEST))
+    out.recluster_requested_at = request.requested_at if request else None
     return out
 
 
@@ -114,46 +110,24 @@ def _quiet(fn: Any) -> Any:
         return None
 
 
-def _number(doc: dict[str, Any], *keys: str) -> float | None:
-    for key in keys:
-        value = doc.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    return None
-
-
 def _add_workers(ctx: ApiContext, out: StatusOut) -> None:
-    docs = _quiet(lambda: ctx.store.states(WORKER_PREFIX)) or {}
+    docs = _quiet(lambda: ctx.store.states.read_all(WORKER_METRICS)) or {}
     now = time.time()
     rate = lag = dlq = None
     health: list[str] = []
-    for key, doc in sorted(docs.items()):
-        if not isinstance(doc, dict):
-            continue
-        updated = _number(doc, "updated_at")
-        if updated is None or now - updated > ctx.settings.api_worker_stale_s:
-            continue
-        processed = _number(doc, "processed")
-        started = _number(doc, "started_at")
-        if processed is not None and started is not None and updated > started:
-            rate = (rate or 0.0) + processed / (updated - started)
-        worker_lag = _number(doc, "consumer_lag")
-        if worker_lag is not None:
-            lag = (lag or 0) + int(worker_lag)
-        dead = _number(doc, "dead_lettered")
-        if dead is not None:
-            dlq = (dlq or 0) + int(dead)
-        state = str(doc.get("llm_health") or doc.get("health") or "").lower()
+    for doc in (docs[name] for name in sorted(docs)):
+        if now - doc.updated_at > ctx.settings.api_worker_stale_s:
+            continue  # a worker that stopped (by its own clock, as it wrote the document)
+        if doc.started_at is not None and doc.updated_at > doc.started_at:
+            rate = (rate or 0.0) + doc.processed / (doc.updated_at - doc.started_at)
+        if doc.consumer_lag is not None:
+            lag = (lag or 0) + doc.consumer_lag
+        dlq = (dlq or 0) + doc.dead_lettered
+        state = doc.health.lower()
         if state and state not in _NEUTRAL:
             health.append(state)
-        out.workers.append(WorkerOut(
-            id=str(doc.get("worker_id") or key[len(WORKER_PREFIX):]),
-            health=doc.get("health") if isinstance(doc.get("health"), str) else None,
-            health_reason=doc.get("health_reason") if isinstance(doc.get("health_reason"), str) else None,
-            processed=None if processed is None else int(processed),
-            consumer_lag=None if worker_lag is None else int(worker_lag),
-            updated_at=updated,
-        ))
+        out.workers.append(WorkerOut(id=doc.worker_id, health=doc.health, health_reason=doc.health_reason,
+                                     processed=doc.processed, consumer_lag=doc.consumer_lag, updated_at=doc.updated_at))
     out.ingest_rate_per_s, out.consumer_lag, out.dlq_count = rate, lag, dlq
     if health:
         out.llm_health = "ok" if all(h in _HEALTHY for h in health) else "degraded"

@@ -61,7 +61,7 @@ def synthetic_result(n: int, leaves: int, parents: int) -> Any:
 
 def fill_store(store: Any, n: int, leaves: int, batch: int = 2000) -> float:
     """Upsert ``n`` facet points and ``n`` conversation points; returns seconds taken."""
-    from clio_stream.store import ConversationRecord, FacetPoint
+    from clio_stream.storage.records import ConversationRecord, FacetPoint
 
     rng = np.random.default_rng(0)
     started = time.perf_counter()
@@ -72,10 +72,10 @@ def fill_store(store: Any, n: int, leaves: int, batch: int = 2000) -> float:
                              value=f"The user asked about topic {i % leaves}.", user_hash=f"u{i % 5000}",
                              timestamp=1.7e9 + i, cluster_id=i % leaves, cluster_version=1, similarity=0.8)
                   for i in range(lo, hi)]
-        store.upsert_facets(points, batch=batch, wait=hi == n)
+        store.points.upsert_facets(points, batch=batch, wait=hi == n)
         records = [ConversationRecord(conversation_id=f"conv-{i:07d}", status="processed", user_hash=f"u{i % 5000}",
                                       timestamp=1.7e9 + i) for i in range(lo, hi)]
-        store.mark_conversations(records, wait=hi == n)
+        store.points.mark_conversations(records, wait=hi == n)
         if (hi // batch) % 10 == 0:
             log.warning("stored %d / %d", hi, n)
     return time.perf_counter() - started
@@ -146,7 +146,7 @@ def main() -> None:
     from clio_stream.publish import publish_version
     from clio_stream.devstack.processes import free_port, start_qdrant
     from clio_stream.settings import ClioSettings
-    from clio_stream.store import QdrantStore
+    from clio_stream.storage.store import QdrantStore
 
     with tempfile.TemporaryDirectory(prefix="clio-api-bench-") as tmp_name:
         tmp = Path(tmp_name)

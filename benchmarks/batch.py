@@ -32,8 +32,9 @@ def main() -> None:
     from benchmarks.common import quiet_logs, report
 
     quiet_logs()
-    from clio_stream.data import load_shared_dataset, prepare_conversations, render_conversation
-    from clio_stream.embedding import Embedder
+    from clio_stream.batch_input import load_shared_dataset
+    from clio_stream.stages.prepare import prepare_conversations, render_conversation
+    from clio_stream.embedding import make_embedder
     from clio_stream.stages.extract import build_prompts, facet_prompt
     from clio_stream.domain.facets import main_facets
     from clio_stream.llm import make_llm
@@ -50,7 +51,7 @@ def main() -> None:
     t0 = time.perf_counter()
     llm = make_llm(settings)
     engine_start = time.perf_counter() - t0
-    embedder = Embedder(args.embedding_model)
+    embedder = make_embedder(settings, args.embedding_model)
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -61,7 +62,7 @@ def main() -> None:
     facet_gens = result.stats["llm"]["by_template"].get("facet", {}).get("prompts", facet_prompts)
 
     # Raw engine over the same first-attempt facet prompt strings, same sampling.
-    from clio_stream.data import truncate_conversation
+    from clio_stream.stages.prepare import truncate_conversation
 
     truncated = [truncate_conversation(c, settings.max_conversation_tokens, llm.count_tokens)[0] for c in convs]
     # A salt at the start of each conversation keeps the raw run from hitting prefixes

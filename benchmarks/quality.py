@@ -268,7 +268,7 @@ class FacetCache:
     def save(self) -> None:
         if self.path is None:
             return
-        from clio_stream.checkpoint import atomic_write_bytes
+        from clio_stream.storage.checkpoint import atomic_write_bytes
 
         atomic_write_bytes(self.path, json.dumps(self.data, ensure_ascii=False).encode())
 
@@ -299,7 +299,7 @@ class FacetRun:
 def extract_cached(records: Sequence[Record], wanted: Mapping[str, Sequence[Any]], llm: Any, settings: Any,
                    cache: FacetCache) -> FacetRun:
     """The facets ``wanted[record.id]`` of every record, from the cache or the LLM (``extract_facets``)."""
-    from clio_stream.data import render_conversation, to_conversation, truncate_conversation
+    from clio_stream.stages.prepare import render_conversation, to_conversation, truncate_conversation
     from clio_stream.stages.extract import asked, build_prompts, extract_facets
     from clio_stream.llm.base import AskStats
 
@@ -605,7 +605,7 @@ def stability(texts: Sequence[str], vectors: np.ndarray, embedder: Any, settings
     from benchmarks.recluster import fill, summary
     from clio_stream.domain.facets import REQUEST
     from clio_stream.living.job import recluster_once
-    from clio_stream.store import QdrantStore
+    from clio_stream.storage.store import QdrantStore
 
     users = max(10, n_first // 3)
     out: dict[str, Any] = {"n_first": n_first}
@@ -877,7 +877,7 @@ def main() -> None:
 
     quiet_logs()
     logging.getLogger("benchmarks.quality").setLevel(logging.INFO)
-    from clio_stream.embedding import Embedder
+    from clio_stream.embedding import make_embedder
     from clio_stream.llm import make_llm
     from clio_stream.settings import ClioSettings
 
@@ -911,7 +911,7 @@ def main() -> None:
     cache_dir = Path(args.cache_dir)
     cache = FacetCache(cache_dir / f"facets-{re.sub(r'[^A-Za-z0-9.-]+', '_', llm.model_name)[-60:]}.json")
     try:
-        result = run(config, llm, Embedder(embedding), settings, cache,
+        result = run(config, llm, make_embedder(settings, embedding), settings, cache,
                      embedding_cache=cache_dir / f"vectors-{embedding}.npz")
     finally:
         llm.close()

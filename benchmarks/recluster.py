@@ -44,12 +44,12 @@ def load_texts(path: Path, seed: int) -> list[str]:
 
 def fill(store: Any, facet: str, texts: list[str], vectors: np.ndarray, start: int, stop: int, users: int) -> None:
     """Store texts ``start:stop`` as facet points of conversations ``b<i>`` (users drawn from a small pool)."""
-    from clio_stream.store import FacetPoint
+    from clio_stream.storage.records import FacetPoint
 
     points = [FacetPoint(conversation_id=f"b{i}", facet=facet, vector=vectors[i], value=texts[i],
                          user_hash=f"u{(i * 7919) % users}", timestamp=1_700_000_000.0 + i)
               for i in range(start, stop)]
-    store.upsert_facets(points)
+    store.points.upsert_facets(points)
 
 
 def summary(report: Any) -> dict[str, Any]:
@@ -72,11 +72,11 @@ def main() -> None:
     from benchmarks.common import quiet_logs, report
 
     quiet_logs()
-    from clio_stream.embedding import Embedder
+    from clio_stream.embedding import make_embedder
     from clio_stream.domain.facets import REQUEST
     from clio_stream.living.job import recluster_once
     from clio_stream.settings import ClioSettings
-    from clio_stream.store import QdrantStore
+    from clio_stream.storage.store import QdrantStore
     from tests.unit.fakes import ScriptedLLM, sensible_script
 
     texts = load_texts(Path(args.data), args.seed)
@@ -84,11 +84,11 @@ def main() -> None:
     if n + n20 > len(texts):
         raise SystemExit(f"--n {n}: needs {n + n20} distinct texts, the data set has {len(texts)}")
     texts = texts[: n + n20]
-    embedder = Embedder(args.embedding_model)
+    settings = ClioSettings(show_progress=False)
+    embedder = make_embedder(settings, args.embedding_model)
     t0 = time.perf_counter()
     vectors = embedder.encode(texts)
     embed_s = time.perf_counter() - t0
-    settings = ClioSettings(show_progress=False)
     facets = [REQUEST]
     users = max(10, n // 3)
     runs: dict[str, Any] = {}

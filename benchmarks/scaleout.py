@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 
 from clio_stream.streaming.connection import KafkaConnection
+from clio_stream.storage.documents import WORKER_METRICS, WorkerMetricsDoc
 import json
 import logging
 import os
@@ -119,9 +120,9 @@ def start_consumers(settings: Any, k: int, facets: str, logs: Path) -> list[Any]
     return procs
 
 
-def worker_docs(store: Any) -> dict[str, dict[str, Any]]:
+def worker_docs(store: Any) -> dict[str, WorkerMetricsDoc]:
     try:
-        return store.states("worker:")
+        return store.states.read_all(WORKER_METRICS)
     except Exception:  # noqa: BLE001 - the state collection appears with the first worker
         return {}
 
@@ -151,7 +152,7 @@ def one_run(base: Any, k: int, records: list[dict[str, Any]], facets: str, n_fac
             timeout: float) -> RunResult:
     """Start ``k`` consumers, wait for the group, produce, time until everything is processed, stop."""
     from clio_stream.streaming.kafka_io import ensure_topics, make_producer
-    from clio_stream.store import QdrantStore
+    from clio_stream.storage.store import QdrantStore
     from consumers.producing import produce, to_messages
 
     tag = f"{k}-{uuid.uuid4().hex[:6]}"
@@ -161,7 +162,7 @@ def one_run(base: Any, k: int, records: list[dict[str, Any]], facets: str, n_fac
     started = time.monotonic()
     procs = start_consumers(s, k, facets, logs)
     try:
-        wait(lambda: sum(d.get("health") == "ok" for d in worker_docs(store).values()) == k, 600,
+        wait(lambda: sum(d.health == "ok" for d in worker_docs(store).values()) == k, 600,
              f"{k} consumers in the group", procs)
         time.sleep(3.0)  # let the last join's rebalance settle
         startup = time.monotonic() - started
@@ -183,7 +184,7 @@ def one_run(base: Any, k: int, records: list[dict[str, Any]], facets: str, n_fac
         for p in procs:
             p.stop()
         store.close()
-    per = {str(d.get("worker_id")): int(d.get("processed") or 0) for d in docs.values()}
+    per = {d.worker_id: d.processed for d in docs.values()}
     busy = (busy1[0] - busy0[0]) / max(1.0, busy1[1] - busy0[1])
     n = len(records)
     return RunResult(consumers=k, seconds=seconds, conversations_per_s=n / seconds,

@@ -68,8 +68,10 @@ def main() -> None:
     quiet_logs()
     import numpy as np
 
-    from clio_stream.data import load_shared_dataset, prepare_conversations, truncate_conversation
-    from clio_stream.embedding import Embedder
+    from clio_stream.batch_input import load_shared_dataset
+
+    from clio_stream.stages.prepare import prepare_conversations, truncate_conversation
+    from clio_stream.embedding import make_embedder
     from clio_stream.stages.extract import build_prompts
     from clio_stream.domain.facets import main_facets
     from clio_stream.streaming.kafka_io import ensure_topics, make_producer
@@ -80,7 +82,7 @@ def main() -> None:
     from clio_stream.llm.prompts import FACET_CONVERSATION
     from clio_stream.devstack.processes import free_port, start_broker, start_qdrant
     from clio_stream.settings import ClioSettings
-    from clio_stream.store import QdrantStore
+    from clio_stream.storage.store import QdrantStore
     from consumers.worker import ConsumerWorker
 
     records = load_shared_dataset("banking77", args.data_root, n=args.n * 3)
@@ -105,7 +107,7 @@ def main() -> None:
         producer.flush()
 
         engine = make_llm(settings)
-        embedder = Embedder(args.embedding_model)
+        embedder = make_embedder(settings)
         recorder = RecordingLLM(engine, {})
 
         def drain(worker: ConsumerWorker, n: int) -> float:
@@ -136,7 +138,7 @@ def main() -> None:
         store2 = QdrantStore.from_settings(s2)
         emb_texts = []
         for c in convs:
-            got = store2.get_conversation(c.id) or {}
+            got = store2.points.get_conversation(c.id) or {}
             for f in ("Request", "Task"):
                 v = ((got.get("facets") or {}).get(f) or {}).get("value")
                 if v:

@@ -17,9 +17,9 @@ def __getattr__(name: str):
 
         return getattr(pipeline, name)
     if name in {"get_example_data", "getExampleData"}:
-        from clio_stream import data
+        from clio_stream import batch_input
 
-        return getattr(data, name)
+        return getattr(batch_input, name)
     raise AttributeError(name)
 
 

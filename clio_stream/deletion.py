@@ -7,7 +7,7 @@ read-only (the API in deploy/compose and deploy/k8s):
   ``clio-stream delete-user``): stores a deletion request keyed by the user's
   deletion token (``clio_stream.denylist``), which puts the user on the
   deny-list at once, then deletes the user's facet and conversation points
-  (``QdrantStore.delete_user``). It never touches the publish directory. A
+  (``QdrantStore.points.delete_user``). It never touches the publish directory. A
   repeated request finds the same request (same id, same status).
 * the **pass** (``process_deletions``), run by the process that owns the publish
   directory (the scheduler loop, the re-clustering CronJob, ``clio-stream up``,
@@ -26,7 +26,7 @@ read-only (the API in deploy/compose and deploy/k8s):
 Where a user's data lives (see the README's "Guarantees"):
 
 * Qdrant: facet points and conversation points carry the keyed hash of the
-  user id (``user_hash``); ``QdrantStore.delete_user`` removes both kinds.
+  user id (``user_hash``); ``QdrantStore.points.delete_user`` removes both kinds.
 * Published versions (``<publish_dir>/versions/<v>/``): ``result.json`` lists
   the user's conversations (ids, keyed user hash, facet values) and cluster
   membership; the static site under ``site/`` holds member lists and, when
@@ -69,7 +69,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 from qdrant_client import models
 
-from clio_stream.checkpoint import atomic_write_bytes
+from clio_stream.storage.checkpoint import atomic_write_bytes
 from clio_stream.denylist import deletion_token
 from clio_stream.privacy import hide_subtrees, keyed_user_hash, user_key_of
 from clio_stream.publish import (
@@ -82,9 +82,10 @@ from clio_stream.publish import (
     read_pointer,
     resolve_publish_dir,
 )
-from clio_stream.living.service import REQUEST_KEY as RECLUSTER_REQUEST_KEY
 from clio_stream.site.writer import write_site
-from clio_stream.store import DELETION_KIND, NAMESPACE
+from clio_stream.storage.deletions import DELETION_KIND
+from clio_stream.storage.documents import RECLUSTER_REQUEST, ReclusterRequest
+from clio_stream.storage.qdrant import NAMESPACE
 from clio_stream.domain.clusters import ClioResult, ClusterNode, FacetHierarchy, NumericStats
 
 log = logging.getLogger(__name__)
@@ -343,7 +344,7 @@ def _mentions(ckpt: Path, match: UserMatch) -> bool:
 
 
 class DeletionRequest(BaseModel):
-    """One user's deletion, as stored in Qdrant (``QdrantStore.create_deletion``); counts, never the user's data.
+    """One user's deletion, as stored in Qdrant (``QdrantStore.deletions.create``); counts, never the user's data.
 
     ``user_hash`` is kept only while the request is pending (the final sweep deletes by it); the ``token``
     stays for good, as the user's deny-list entry.
@@ -393,10 +394,10 @@ def request_deletion(user_id: str, settings: Any, store: Any, *, requested_by: s
     rid = deletion_request_id(token)
     fresh = DeletionRequest(request_id=rid, token=token, requested_at=time.time(), requested_by=requested_by,
                             user_hash=user_hash)
-    created = store.create_deletion(rid, fresh.model_dump())
-    removed = store.delete_user(user_hash)
+    created = store.deletions.create(rid, fresh.model_dump())
+    removed = store.points.delete_user(user_hash)
     points, convs = int(removed.get(store.facets, 0)), int(removed.get(store.conversations, 0))
-    found = store.get_deletion(rid)
+    found = store.deletions.get(rid)
     request = DeletionRequest.model_validate(found) if found is not None else fresh
     if request.status == "done" and not (points or convs):
         log.info("deletion %s requested again: already done", rid)
@@ -404,7 +405,7 @@ def request_deletion(user_id: str, settings: Any, store: Any, *, requested_by: s
     request = request.model_copy(update={"status": "pending", "user_hash": user_hash, "done_at": None,
                                          "facet_points": request.facet_points + points,
                                          "conversations": request.conversations + convs})
-    store.put_deletion(rid, request.model_dump())
+    store.deletions.put(rid, request.model_dump())
     log.info("deletion %s %s: %d facet points, %d conversation points deleted; published versions are scrubbed "
              "by the process that owns the publish directory", rid, "requested" if created else "repeated",
              points, convs)
@@ -413,7 +414,7 @@ def request_deletion(user_id: str, settings: Any, store: Any, *, requested_by: s
 
 def get_deletion(store: Any, request_id: str) -> DeletionRequest | None:
     """A stored request by id, or None."""
-    doc = store.get_deletion(request_id)
+    doc = store.deletions.get(request_id)
     return None if doc is None else DeletionRequest.model_validate(doc)
 
 
@@ -433,23 +434,23 @@ class DeletionPass:
 def process_deletions(store: Any, settings: Any, publish_dir: Path, *, owner: str | None = None) -> DeletionPass:
     """Carry out the pending deletion requests: scrub the published versions, sweep, close.
 
-    Runs under the clustering lock (``versions.CLUSTERING_LOCK``): a re-clustering that
+    Runs under the clustering lock (``storage.documents.CLUSTERING_LOCK``): a re-clustering that
     scrolled a user's points before the request either published before this
     pass (and is scrubbed by it) or publishes after it with the deny-list applied
     (``remove_denied``). When the lock is held elsewhere the pass does nothing and
     says so; the next one retries.
     """
-    from clio_stream.living.versions import CLUSTERING_LOCK
+    from clio_stream.storage.documents import CLUSTERING_LOCK
 
     out = DeletionPass()
     now = time.time()
-    pending = [DeletionRequest.model_validate(d) for d in store.deletions("pending")]
+    pending = [DeletionRequest.model_validate(d) for d in store.deletions.list("pending")]
     if not any(r.scrubbed_at is None or r.due_at(settings) <= now for r in pending):
         return out  # nothing to do before a sweep is due: leave the lock to re-clustering
     owner = owner or f"deletion-{socket.gethostname()}-{os.getpid()}"
-    lease = store.lease(CLUSTERING_LOCK, owner, settings.recluster_lock_ttl_s)
+    lease = store.locks.lease(CLUSTERING_LOCK, owner, settings.recluster_lock_ttl_s)
     if lease is None:
-        log.info("deletion pass deferred: %s holds the clustering lock", store.lock_holder(CLUSTERING_LOCK))
+        log.info("deletion pass deferred: %s holds the clustering lock", store.locks.owner(CLUSTERING_LOCK))
         out.locked_out = True
         return out
     try:
@@ -476,17 +477,18 @@ def _run_pass(store: Any, settings: Any, publish_dir: Path, pending: list[Deleti
                                                                      *out.report.versions_scrubbed}))
             out.scrubbed.append(r.request_id)
         if r.request_id in due:
-            swept = store.delete_user(r.user_hash) if r.user_hash else {}
+            swept = store.points.delete_user(r.user_hash) if r.user_hash else {}
             update.update(status="done", done_at=time.time(), user_hash=None,
                           facet_points=r.facet_points + int(swept.get(store.facets, 0)),
                           conversations=r.conversations + int(swept.get(store.conversations, 0)))
             out.finished.append(r.request_id)
             had_data = had_data or bool(update["facet_points"])
         if update:
-            store.put_deletion(r.request_id, r.model_copy(update=update).model_dump())
+            store.deletions.put(r.request_id, r.model_copy(update=update).model_dump())
     if out.report.versions_scrubbed or had_data:
-        store.put_state(RECLUSTER_REQUEST_KEY, {"requested_at": time.time(), "requested_by": "deletion",
-                                                "reason": "a user's data was deleted; rename clusters without it"})
+        store.states.write(RECLUSTER_REQUEST, ReclusterRequest(
+            requested_at=time.time(), requested_by="deletion",
+            reason="a user's data was deleted; rename clusters without it"))
         out.report.recluster_requested = True
     log.info("deletion pass: %d request(s) scrubbed from %d version(s) (%d conversations removed, %d clusters "
              "withheld), %d closed", len(out.scrubbed), len(out.report.versions_scrubbed),
@@ -499,7 +501,7 @@ def remove_denied(result: ClioResult, store: Any, settings: Any) -> int:
     Read fresh (not cached): the re-clustering job calls it right before publishing,
     after clustering that may have taken minutes since its scroll.
     """
-    tokens = frozenset(store.deny_tokens())
+    tokens = frozenset(store.deletions.deny_tokens())
     if not tokens:
         return 0
     removed, withheld = scrub_result(result, UserMatch(settings.user_id_hash_key, tokens),

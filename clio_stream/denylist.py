@@ -35,7 +35,7 @@ def deletion_token(user_hash: str, key: str) -> str:
 
 
 class TokenSource(Protocol):
-    """Where the tokens are stored (``QdrantStore`` fits)."""
+    """Where the tokens are stored (``QdrantStore.deletions`` fits)."""
 
     def deny_tokens(self) -> set[str]: ...
 

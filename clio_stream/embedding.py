@@ -1,14 +1,21 @@
-"""Sentence embeddings with sentence-transformers, normalised so dot product = cosine."""
+"""Sentence embeddings: the one protocol every stage embeds through, the sentence-transformers model, its factory.
+
+Batch, the consumers, the re-cluster job and the API all get their embedder from ``make_embedder``, so a
+setting (device, batch size, model name) means the same everywhere. Vectors are unit length: dot product = cosine.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
 
 from clio_stream.domain.facets import Facet
+
+if TYPE_CHECKING:
+    from clio_stream.settings import ClioSettings
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +27,7 @@ def _dimension(model: Any) -> int:
 
 
 class EmbeddingBackend(Protocol):
-    """What the pipeline needs from an embedding model."""
+    """What every stage needs from an embedding model (``Embedder`` and the tests' fakes fit)."""
 
     model_name: str
     dim: int
@@ -85,10 +92,19 @@ def embedding_text(facet: Facet, value: str) -> str:
     return value
 
 
-def make_embedder(settings: "ClioSettings") -> Embedder:  # noqa: F821
-    return Embedder(
-        settings.embedding_model,
-        device=settings.embedding_device,
-        batch_size=settings.embed_batch_size,
-        show_progress=settings.show_progress,
-    )
+def make_embedder(settings: ClioSettings, model: Any = None) -> EmbeddingBackend:
+    """The embedder ``model`` names, or the settings' ``embedding_model`` when it is None.
+
+    ``model`` may be a model name or folder, an ``EmbeddingBackend`` (used as it is) or a loaded
+    ``SentenceTransformer`` (as the seed took); device, batch size and progress come from ``settings``.
+    """
+    if model is None or isinstance(model, str):
+        return Embedder(settings.embedding_model if model is None else model, device=settings.embedding_device,
+                        batch_size=settings.embed_batch_size, show_progress=settings.show_progress)
+    if isinstance(model, Embedder):
+        return model
+    if hasattr(model, "get_sentence_embedding_dimension"):  # a SentenceTransformer
+        return Embedder.from_model(model, batch_size=settings.embed_batch_size, show_progress=settings.show_progress)
+    if all(hasattr(model, a) for a in ("encode", "model_name", "dim")):  # any EmbeddingBackend
+        return model
+    raise TypeError(f"embedding_model must be a name, an Embedder or a SentenceTransformer, got {type(model)}")

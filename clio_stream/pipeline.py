@@ -20,12 +20,11 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from clio_stream.checkpoint import Checkpoints, atomic_write_bytes, stable_hash
-from clio_stream.data import LoadStats, conversation_content_key, prepare_conversations, truncate_conversation
 from clio_stream.domain.clusters import ClioResult, ClusterNode, FacetHierarchy
 from clio_stream.domain.conversation import Conversation, ConversationFacets
 from clio_stream.domain.facets import Facet, main_facets
-from clio_stream.embedding import Embedder, EmbeddingBackend, embedding_text
+from clio_stream.embedding import EmbeddingBackend, embedding_text, make_embedder
+from clio_stream.llm import as_llm
 from clio_stream.llm.base import AskStats, LLMBackend
 from clio_stream.settings import ClioSettings
 from clio_stream.stages.base_clusters import base_clusters
@@ -33,6 +32,8 @@ from clio_stream.stages.extract import extract_facets
 from clio_stream.stages.finalise import finalise
 from clio_stream.stages.hierarchy import build_hierarchy, private_leaves, slug, user_keys
 from clio_stream.stages.naming import name_clusters
+from clio_stream.stages.prepare import LoadStats, conversation_content_key, prepare_conversations, truncate_conversation
+from clio_stream.storage.checkpoint import Checkpoints, atomic_write_bytes, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -54,37 +55,6 @@ class _Timer:
         log.info("stage %s: done in %.1f s", name, self.seconds[name])
         if bar is not None:
             bar.update(1)
-
-
-def _as_embedder(embedding_model: Any, settings: ClioSettings) -> Embedder:
-    if embedding_model is None:
-        return Embedder(settings.embedding_model, device=settings.embedding_device,
-                        batch_size=settings.embed_batch_size, show_progress=settings.show_progress)
-    if isinstance(embedding_model, Embedder):
-        return embedding_model
-    if isinstance(embedding_model, str):
-        return Embedder(embedding_model, device=settings.embedding_device, batch_size=settings.embed_batch_size,
-                        show_progress=settings.show_progress)
-    if hasattr(embedding_model, "get_sentence_embedding_dimension"):  # a SentenceTransformer, as the seed took
-        return Embedder.from_model(embedding_model, batch_size=settings.embed_batch_size,
-                                   show_progress=settings.show_progress)
-    if all(hasattr(embedding_model, a) for a in ("encode", "model_name", "dim")):  # any EmbeddingBackend
-        return embedding_model
-    raise TypeError(f"embedding_model must be a name, an Embedder or a SentenceTransformer, got {type(embedding_model)}")
-
-
-def _as_llm(llm: Any, settings: ClioSettings) -> LLMBackend:
-    if llm is None:
-        from clio_stream.llm import make_llm
-
-        return make_llm(settings)
-    if hasattr(llm, "count_tokens") and hasattr(llm, "generate"):
-        return llm
-    if hasattr(llm, "get_tokenizer") and hasattr(llm, "generate"):  # a vllm.LLM, as the seed took
-        from clio_stream.llm.vllm_local import VLLMLocal
-
-        return VLLMLocal.from_engine(llm, show_progress=settings.show_progress, tokenizer_args=settings.tokenizer_args)
-    raise TypeError(f"llm must be an LLM back-end or a vllm.LLM, got {type(llm).__name__}")
 
 
 @dataclass
@@ -133,8 +103,8 @@ def run_clio(
     with timer.stage("prepare", bar):
         raw_records = list(data)
         records, conversations, load_stats = _load(raw_records, facets, settings)
-        llm_backend = _as_llm(llm, settings)
-        embedder = _as_embedder(embedding_model, settings)
+        llm_backend = as_llm(llm, settings)
+        embedder = make_embedder(settings, embedding_model)
         prep = _for_llm(raw_records, records, conversations, load_stats, facets, llm_backend, settings)
     truncated = prep.truncated
 

@@ -25,6 +25,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from clio_stream.secret_settings import DEFAULT_USER_ID_HASH_KEY, SECRET_SETTINGS
+
 
 def default_n_base_clusters(n: int) -> int:
     """The seed's rule: about ten conversations per base cluster."""
@@ -43,7 +45,7 @@ def default_names_per_neighbourhood(n: int) -> int:
 
 def default_dedup_key(conversation: Any) -> str:
     """Two conversations are duplicates when their turns are identical."""
-    from clio_stream.data import conversation_content_key
+    from clio_stream.stages.prepare import conversation_content_key
 
     return conversation_content_key(conversation)
 
@@ -61,27 +63,6 @@ def default_conversation_filter(conversation: Any) -> bool:
 def default_conversation_to_json(conversation: Any) -> Any:
     """How a conversation is written to the site when raw conversations are shown."""
     return [m.model_dump() if hasattr(m, "model_dump") else m for m in conversation.messages]
-
-
-DEFAULT_USER_ID_HASH_KEY = "change-me"
-PLACEHOLDER_MARK = "change-me"  # the default above and every CHANGE-ME-... value of deploy/*.example
-NEW_SECRET_HINT = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
-
-
-def is_placeholder(secret: str) -> bool:
-    """True for a value copied from the defaults or an example file rather than chosen (``change-me``)."""
-    return PLACEHOLDER_MARK in secret.lower()
-
-
-def check_user_hash_key(settings: "ClioSettings") -> None:
-    """Refuse to start a service that stores or matches user hashes under a placeholder key.
-
-    With a known key anyone holding the stored hashes can test user ids against them. ``up`` generates a
-    key for its demo before this check runs; batch runs keep the raw ids in ``result.json`` and are not checked.
-    """
-    if is_placeholder(settings.user_id_hash_key):
-        raise ValueError("user_id_hash_key is a placeholder: set CLIO_USER_ID_HASH_KEY to a long random secret "
-                         f"(e.g. {NEW_SECRET_HINT}) and keep it: changing it splits every user in two")
 
 
 def toml_path() -> Path | None:
@@ -332,7 +313,7 @@ class ClioSettings(BaseSettings):
         "worker tries the records one at a time and dead-letters a record that still fails on its own "
         "(code llm_failed_repeatedly); while the LLM is down it keeps retrying and dead-letters nothing.",
     )
-    # Qdrant (read by clio_stream.store.QdrantStore.from_settings).
+    # Qdrant (read by clio_stream.storage.qdrant.QdrantConnection.options).
     qdrant_url: str = Field("http://127.0.0.1:6333", description="Qdrant server URL, ':memory:' or a folder.")
     qdrant_prefix: str = Field("clio", description="Prefix of the collection names.")
     qdrant_grpc_port: int | None = Field(None, description="gRPC port when not the default 6334.")
@@ -423,11 +404,6 @@ class ClioSettings(BaseSettings):
     def public_dict(self) -> dict[str, Any]:
         """Settings safe to publish with results (no secrets, callables by name)."""
         return self.fingerprint(*(n for n in type(self).model_fields if n not in SECRET_SETTINGS))
-
-
-# Settings whose values are never published, printed or logged.
-SECRET_SETTINGS = frozenset({"user_id_hash_key", "llm_api_key", "qdrant_api_key", "api_keys", "kafka_sasl_password",
-                             "metrics_token"})
 
 
 SEED_ALIASES: dict[str, str] = {

@@ -21,7 +21,7 @@ from clio_stream.living.stored import Stored
 from clio_stream.living.versions import VersionWrite
 from clio_stream.settings import ClioSettings
 from clio_stream.stages.base_clusters import base_clusters
-from clio_stream.store import QdrantStore
+from clio_stream.storage.store import QdrantStore
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 class CentroidSource(Protocol):
-    """The two store calls this needs (``QdrantStore`` fits)."""
+    """The two store calls this needs (``QdrantStore.versions`` fits)."""
 
     def current_version(self, facet: str) -> int | None: ...
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from clio_stream.data import conversation_content_key
+from clio_stream.stages.prepare import conversation_content_key
 from clio_stream.streaming.wire_format import MAX_BYTES, InvalidMessage, decode_message
 from clio_stream.domain.conversation import Conversation
 

@@ -1,7 +1,8 @@
 """A worker's counters, readable from any thread and small enough to store as a state document.
 
-The worker updates them after each batch; ``snapshot()`` returns a JSON-safe
-copy for logs, tests, the store (``worker:<id>``) and, later, the API.
+The worker updates them after each batch; ``document()`` returns them as the typed state document
+(``storage.documents.WorkerMetricsDoc``) the API and the scheduler read, ``snapshot()`` the same as a
+JSON-safe dict for logs, tests and Prometheus.
 """
 
 from __future__ import annotations
@@ -9,46 +10,22 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import Field, PrivateAttr
+
+from clio_stream.storage.documents import WorkerMetricsDoc
 from consumers.processing import BatchOutcome
 
 
-@dataclass
-class WorkerMetrics:
-    """Running totals of one worker since it started."""
+class WorkerMetrics(WorkerMetricsDoc):
+    """Running totals of one worker since it started: its state document, kept current under a lock."""
 
-    worker_id: str
-    processed: int = 0
-    dead_lettered: int = 0
-    reused_by_hash: int = 0
-    duplicates: int = 0
-    llm_calls: int = 0
-    llm_prompts: int = 0
-    unparseable: int = 0
-    batches: int = 0
-    failed_batches: int = 0
-    commit_failures: int = 0
-    denied_dropped: int = 0  # conversations of deleted users dropped before writing (offsets committed)
-    deltas_published: int = 0
-    deltas_applied: int = 0
-    deltas_rejected: int = 0  # malformed or hostile records on the deltas topic (dead-lettered)
-    busy_seconds: float = 0.0
-    llm_seconds: float = 0.0
-    embed_seconds: float = 0.0
-    store_write_seconds: float = 0.0
-    last_batch_seconds: float | None = None
-    last_batch_records: int = 0
-    dead_lettered_by_code: dict[str, int] = field(default_factory=dict)  # DeadLetter.code -> count
-    outlier_rate: dict[str, float] = field(default_factory=dict)
-    cluster_versions: dict[str, int] = field(default_factory=dict)
-    drift: dict[str, dict[str, Any]] = field(default_factory=dict)  # clio_stream.drift.DriftMonitor.snapshot()
-    consumer_lag: int | None = None
-    health: str = "starting"
-    health_reason: str | None = None
-    started_at: float = field(default_factory=time.time)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    started_at: float = Field(default_factory=time.time)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    def __init__(self, worker_id: str, **counts: Any) -> None:
+        super().__init__(worker_id=worker_id, **counts)
 
     def record_batch(self, outcome: BatchOutcome, records: int, seconds: float) -> None:
         """Add one committed batch (``seconds``: poll-to-commit wall time)."""
@@ -100,14 +77,14 @@ class WorkerMetrics:
         with self._lock:
             self.consumer_lag = lag
 
-    def snapshot(self) -> dict[str, Any]:
-        """A JSON-safe copy of every counter, with derived rates."""
+    def document(self) -> WorkerMetricsDoc:
+        """A copy of every counter, with derived rates, as the worker's state document."""
         with self._lock:
-            doc = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
-            doc["outlier_rate"] = dict(self.outlier_rate)
-            doc["dead_lettered_by_code"] = dict(self.dead_lettered_by_code)
-            doc["cluster_versions"] = dict(self.cluster_versions)
-            doc["drift"] = {k: dict(v) for k, v in self.drift.items()}
-        doc["conversations_per_s"] = doc["processed"] / doc["busy_seconds"] if doc["busy_seconds"] > 0 else None
-        doc["updated_at"] = time.time()
+            doc = WorkerMetricsDoc.model_validate(self.model_dump())
+        doc.conversations_per_s = doc.processed / doc.busy_seconds if doc.busy_seconds > 0 else None
+        doc.updated_at = time.time()
         return doc
+
+    def snapshot(self) -> dict[str, Any]:
+        """``document()`` as a JSON-safe dict."""
+        return self.document().model_dump(mode="json")

@@ -10,7 +10,7 @@ never touches Kafka, so it runs in unit tests with fakes and an in-memory store.
 
 The only I/O it does is reading: the store's content-hash lookup and the LLM
 and embedder calls. Failures say whose fault they are: a failing LLM raises
-:class:`LLMUnavailable` and a failing store :class:`clio_stream.store.StoreError`
+:class:`LLMUnavailable` and a failing store :class:`clio_stream.storage.qdrant.StoreError`
 (the caller backs off and retries the batch, never dead-letters it); an LLM that
 refuses a prompt for good raises :class:`RecordRejected` (the caller isolates the
 record and dead-letters it). Records that do not decode never raise: they come
@@ -28,15 +28,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from clio_stream.data import truncate_conversation
-from clio_stream.embedding import embedding_text
+from clio_stream.stages.prepare import truncate_conversation
+from clio_stream.embedding import EmbeddingBackend, embedding_text
 from clio_stream.stages.extract import extract_facets
 from clio_stream.domain.facets import Facet
 from clio_stream.llm.base import AskStats, LLMBackend, Prompt, PromptsRejected
 from clio_stream.online import Assignment, CentroidDeltas, OnlineKMeans
 from clio_stream.privacy import user_key_of
 from clio_stream.settings import ClioSettings
-from clio_stream.store import ConversationRecord, ConversationStatus, FacetPoint
+from clio_stream.storage.records import ConversationRecord, ConversationStatus, FacetPoint
 from clio_stream.domain.conversation import FacetValue
 from consumers.decoding import DeadLetter, DecodedBatch, DecodedConversation, RecordLike, decode_records, offset_ranges
 
@@ -55,16 +55,8 @@ class RecordRejected(RuntimeError):
     """
 
 
-class EmbedderLike(Protocol):
-    """What the core needs from an embedding model (``clio_stream.embedding.Embedder`` fits)."""
-
-    dim: int
-
-    def encode(self, texts: Sequence[str], *, desc: str | None = None) -> np.ndarray: ...
-
-
 class StoreReader(Protocol):
-    """The one store call the core makes (``QdrantStore`` fits)."""
+    """The one store call the core makes (``QdrantStore.points`` fits)."""
 
     def find_by_content_hash(self, content_hash: str) -> dict[str, dict[str, Any]] | None: ...
 
@@ -232,7 +224,7 @@ def facet_values(
     return by_hash, len(items) - len(to_ask)
 
 
-def embed_values(texts: Sequence[str], embedder: EmbedderLike) -> dict[str, np.ndarray]:
+def embed_values(texts: Sequence[str], embedder: EmbeddingBackend) -> dict[str, np.ndarray]:
     """One ``encode`` call for the distinct texts; text -> unit vector."""
     unique = list(dict.fromkeys(t for t in texts if t))
     if not unique:
@@ -281,7 +273,7 @@ def process_batch(
     *,
     facets: Sequence[Facet],
     llm: LLMBackend,
-    embedder: EmbedderLike,
+    embedder: EmbeddingBackend,
     store: StoreReader,
     models: Mapping[str, OnlineKMeans],
     settings: ClioSettings,

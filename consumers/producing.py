@@ -1,6 +1,6 @@
 """Records from a file -> messages on the conversation topic (the contract's msgpack map, key = id).
 
-Any record ``clio_stream.data`` accepts is turned into the contract's shape:
+Any record ``clio_stream.stages.prepare`` accepts is turned into the contract's shape:
 maps with ``conversation``/``messages`` keep their ``id`` (and user id,
 timestamp, metadata); seed-style lists of turns, and maps without an id, get
 the id ``f"{file stem}-{i}"``. ShareGPT-style turns are translated.
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from clio_stream.data import DataError, to_conversation
+from clio_stream.stages.prepare import DataError, to_conversation
 from clio_stream.streaming.wire_format import encode_message
 
 log = logging.getLogger(__name__)

@@ -39,13 +39,16 @@ from kafka.structs import OffsetAndMetadata
 
 from clio_stream.denylist import DenyList
 from clio_stream.drift import DriftMonitor
+from clio_stream.embedding import EmbeddingBackend
 from clio_stream.ops.faults import reach
 from clio_stream.domain.facets import Facet, main_facets
 from clio_stream.streaming.connection import KafkaConnection
 from clio_stream.streaming.kafka_io import DeadLetterWriter, consumer_lag, ensure_topics, make_consumer, make_producer
 from clio_stream.llm.base import LLMBackend
 from clio_stream.settings import ClioSettings
-from clio_stream.store import QdrantStore, StoreError
+from clio_stream.storage.documents import WORKER_METRICS
+from clio_stream.storage.errors import StoreError
+from clio_stream.storage.store import QdrantStore
 from consumers.centroids import DeltaReport, SharedCentroids
 from consumers.decoding import DeadLetter, DecodedBatch, RecordLike, decode_records, offset_ranges
 from consumers.denied import drop_denied_conversations, drop_denied_writes
@@ -53,7 +56,6 @@ from consumers.deltas_io import DeltaReader, publish_deltas
 from consumers.metrics import WorkerMetrics
 from consumers.processing import (
     BatchOutcome,
-    EmbedderLike,
     dead_lettered_records,
     LLMUnavailable,
     RecordRejected,
@@ -103,7 +105,7 @@ class ConsumerWorker:
         settings: ClioSettings | None = None,
         facets: Sequence[Facet] = main_facets,
         llm: LLMBackend | None = None,
-        embedder: EmbedderLike | None = None,
+        embedder: EmbeddingBackend | None = None,
         store: QdrantStore | None = None,
     ) -> None:
         """LLM, embedder and store default to ones built from ``settings`` (and closed by ``close``)."""
@@ -153,7 +155,7 @@ class ConsumerWorker:
         if self._store is None:
             self._store = QdrantStore.from_settings(s)
         if self.denylist is None:
-            self.denylist = DenyList(self._store, s.user_id_hash_key, s.deletion_denylist_refresh_s)
+            self.denylist = DenyList(self._store.deletions, s.user_id_hash_key, s.deletion_denylist_refresh_s)
 
     def start(self) -> None:
         """Build what is missing, create topics and collections, load centroids, join the group.
@@ -311,11 +313,11 @@ class ConsumerWorker:
         s = self.settings
         decoded = self._without_denied_input(decode_records(records, max_bytes=s.max_message_bytes))
         reach("consume.mark_pending")
-        self._store.mark_conversations(pending_records(decoded, s))
+        self._store.points.mark_conversations(pending_records(decoded, s))
         reach("consume.process")
         models = self.centroids.models if self.centroids is not None else {}
-        kwargs: dict[str, Any] = dict(facets=self.facets, llm=self._llm, embedder=self._embedder, store=self._store,
-                                      models=models, settings=s)
+        kwargs: dict[str, Any] = dict(facets=self.facets, llm=self._llm, embedder=self._embedder,
+                                      store=self._store.points, models=models, settings=s)
         if isolate:
             log.warning("batch failed %d times; trying its %d records one at a time", self._failures, len(records))
         else:
@@ -386,9 +388,9 @@ class ConsumerWorker:
         assert self._store is not None and self._dlq is not None and self._deltas is not None
         t0 = time.perf_counter()
         reach("consume.upsert_facets")
-        self._store.upsert_facets(outcome.facet_points)
+        self._store.points.upsert_facets(outcome.facet_points)
         reach("consume.mark_processed")
-        self._store.mark_conversations([*outcome.conversations, *outcome.dead_lettered])
+        self._store.points.mark_conversations([*outcome.conversations, *outcome.dead_lettered])
         self.metrics.add_seconds(store_write_seconds=time.perf_counter() - t0)
         if outcome.dead_letters:
             reach("consume.send_dead_letters")
@@ -433,7 +435,7 @@ class ConsumerWorker:
         if self.centroids is None or self._deltas is None or self._store is None:
             return
         try:
-            if self.centroids.refresh(self._store):
+            if self.centroids.refresh(self._store.versions):
                 self._deltas.rewind()  # deltas of the new version may predate our noticing it
                 self.metrics.set_clusters(self.centroids.outlier_rates(), self.centroids.versions())
         except StoreError as exc:
@@ -506,11 +508,11 @@ class ConsumerWorker:
             self._write_metrics()
 
     def _write_metrics(self) -> None:
-        """Store the snapshot as state document ``worker:<id>`` for the API; skipped while Qdrant is down."""
+        """Store the metrics as this worker's state document (the API and scheduler read it); skipped if Qdrant is down."""
         if self._store is None:
             return
         self._metrics_written_at = time.monotonic()
         try:
-            self._store.put_state(f"worker:{self.worker_id}", self.metrics_snapshot())
+            self._store.states.write(WORKER_METRICS.of(self.worker_id), self.metrics.document())
         except Exception as exc:  # noqa: BLE001 - metrics are best effort
             log.debug("writing worker metrics failed: %s", exc)

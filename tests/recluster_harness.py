@@ -21,7 +21,8 @@ from clio_stream.domain.facets import main_facets
 from clio_stream.online import OnlineKMeans
 from clio_stream.publish import load_current, read_pointer
 from clio_stream.settings import ClioSettings
-from clio_stream.store import FacetPoint, QdrantStore
+from clio_stream.storage.records import FacetPoint
+from clio_stream.storage.store import QdrantStore
 from tests.unit.fakes import HashEmbedder
 
 TOPICS = ["cooking", "python", "travel", "poetry", "taxes", "gardening"]
@@ -61,7 +62,7 @@ def worker_models(store: QdrantStore) -> dict[str, OnlineKMeans]:
     """The models a worker would load now (the current version pointers' centroids)."""
     out = {}
     for name in TREE:
-        doc = store.get_centroids(name)
+        doc = store.versions.get_centroids(name)
         if doc is not None:
             out[name] = OnlineKMeans.from_state(doc)
     return out
@@ -105,7 +106,7 @@ def served(store: QdrantStore, publish_dir: Path, settings: ClioSettings) -> Ser
                         if cursor is None:
                             break
                 members[facet] = seen
-    return Served(store={f: store.current_version(f) for f in TREE}, published=read_pointer(publish_dir),
+    return Served(store={f: store.versions.current_version(f) for f in TREE}, published=read_pointer(publish_dir),
                   api=api_version, members=members)
 
 
@@ -127,7 +128,7 @@ def conversation_leaf(store: QdrantStore, publish_dir: Path, settings: ClioSetti
 def stored_conversations(store: QdrantStore, facet: str) -> set[str]:
     """Conversations with an embedded value of ``facet`` in the store (what a version must list)."""
     out = set()
-    for _, vectors, payloads in store.scroll_vectors(facet):
+    for _, vectors, payloads in store.points.scroll_vectors(facet):
         for vec, p in zip(vectors, payloads):
             if p.get("value") and np.linalg.norm(vec) > 0:
                 out.add(p["conversation_id"])

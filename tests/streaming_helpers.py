@@ -21,13 +21,13 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from qdrant_client import models as qm
 
-from clio_stream.data import load_shared_dataset
+from clio_stream.batch_input import load_shared_dataset
 from clio_stream.domain.facets import CONCERNING, REQUEST, Facet
 from clio_stream.streaming.kafka_io import make_producer
 from clio_stream.streaming.wire_format import encode_message
 from clio_stream.devstack.processes import ManagedProcess, free_port, start_qdrant
 from clio_stream.settings import ClioSettings
-from clio_stream.store import QdrantStore
+from clio_stream.storage.store import QdrantStore
 from consumers.worker import ConsumerWorker
 
 log = logging.getLogger(__name__)

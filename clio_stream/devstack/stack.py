@@ -22,7 +22,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from clio_stream.streaming.connection import KafkaConnection
-from clio_stream.settings import DEFAULT_USER_ID_HASH_KEY, ClioSettings, check_user_hash_key
+from clio_stream.secret_settings import DEFAULT_USER_ID_HASH_KEY, check_user_hash_key
+from clio_stream.settings import ClioSettings
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ class Stack:
         self.urls["scheduler metrics"] = f"{server.url}/metrics"
 
     def _stream_examples(self) -> None:
-        from clio_stream.data import get_example_data
+        from clio_stream.batch_input import get_example_data
         from clio_stream.streaming.kafka_io import make_producer
         from consumers.producing import produce, to_messages
 

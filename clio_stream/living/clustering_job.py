@@ -19,7 +19,6 @@ import numpy as np
 from clio_stream.domain.facets import Facet
 from clio_stream.living.stored import Stored, StoredFacet, load_stored
 from clio_stream.living.versions import (
-    CLUSTERING_LOCK,
     FacetLabels,
     VersionWrite,
     clustering_lease,
@@ -30,7 +29,8 @@ from clio_stream.living.versions import (
 )
 from clio_stream.online import OnlineKMeans
 from clio_stream.settings import ClioSettings
-from clio_stream.store import QdrantStore
+from clio_stream.storage.documents import CLUSTERING_LOCK
+from clio_stream.storage.store import QdrantStore
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def run_clustering_job(
     lease = clustering_lease(store, owner or job_owner(kind), settings.recluster_lock_ttl_s)
     if lease is None:
         raise ClusteringLockBusy(f"another clustering job holds the {CLUSTERING_LOCK!r} lock: "
-                                 f"{store.lock_holder(CLUSTERING_LOCK)}")
+                                 f"{store.locks.owner(CLUSTERING_LOCK)}")
     with lease:
         recover(store, lease, publish_dir)  # a job killed after its commit: finish it first
         stored = load_stored(store, facets)

@@ -1,4 +1,5 @@
-"""Stable cluster ids for living clusters: a per-facet counter, so a number never names two clusters."""
+"""Stable cluster ids for living clusters: a per-facet counter (``storage.documents.id_counter_key``), so a
+number never names two clusters."""
 
 from __future__ import annotations
 
@@ -6,9 +7,6 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-ID_COUNTER_KEY = "idcounter:{facet}"  # store state: next free number per level, per facet
-
 
 @dataclass
 class IdAllocator:

@@ -23,7 +23,7 @@ from clio_stream.domain.facets import Facet
 from clio_stream.embedding import EmbeddingBackend
 from clio_stream.living.clustering_job import ClusteringLockBusy, NothingToCluster, fitted_labels, run_clustering_job
 from clio_stream.living.facet_run import FacetRun, recluster_facet
-from clio_stream.living.ids import ID_COUNTER_KEY, IdAllocator
+from clio_stream.living.ids import IdAllocator
 from clio_stream.living.matching import MatchThresholds
 from clio_stream.living.stored import Stored
 from clio_stream.living.versions import VersionWrite
@@ -33,7 +33,8 @@ from clio_stream.settings import ClioSettings
 from clio_stream.stages.base_clusters import base_cluster_count
 from clio_stream.stages.finalise import finalise
 from clio_stream.stages.hierarchy import slug, user_keys
-from clio_stream.store import QdrantStore
+from clio_stream.storage.documents import IdCounters, LastRun, id_counter_key
+from clio_stream.storage.store import QdrantStore
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +74,11 @@ class ReclusterReport:
         old_total = sum(i["old_leaves"] for i in self.facets.values())
         self.id_survival = sum(i["ids_survived"] for i in self.facets.values()) / old_total if old_total else None
 
-    def last_run(self) -> dict[str, Any]:
+    def last_run(self) -> LastRun:
         """The record the scheduler's triggers and ``GET /v1/status`` read."""
-        return {"version": self.version, "finished_at": time.time(), "seconds": self.seconds, "points": self.points,
-                "clusters": self.clusters, "llm_prompts": self.llm_prompts, "leaves_reused": self.leaves_reused,
-                "leaves_renamed": self.leaves_renamed, "id_survival": self.id_survival, "lineage": self.lineage}
+        return LastRun(version=self.version, finished_at=time.time(), seconds=self.seconds, points=self.points,
+                       clusters=self.clusters, llm_prompts=self.llm_prompts, leaves_reused=self.leaves_reused,
+                       leaves_renamed=self.leaves_renamed, id_survival=self.id_survival, lineage=self.lineage)
 
 
 @dataclass
@@ -163,7 +164,7 @@ def _build_version(
     for f in tree:
         s = stored.facets[f.name]
         old = previous.hierarchies.get(f.name)
-        ids = IdAllocator.restore(slug(f.name), store.get_state(ID_COUNTER_KEY.format(facet=f.name)),
+        ids = IdAllocator.restore(slug(f.name), store.states.read_json(id_counter_key(f.name)),
                                   list(old.nodes if old else []) + sorted(previous.lineage_ids))
         init = warm_start(store, f.name, s.vectors, base_cluster_count(settings, len(s.point_ids)), settings.seed)
         run = recluster_facet(f, s, old, ids, init, llm, embedder, settings, thresholds, users_of=users_of)
@@ -194,7 +195,7 @@ def _build_version(
         version=version,
         facets=[fitted_labels(f.name, stored.facets[f.name], runs[f.name].labels, runs[f.name].centres, version)
                 for f in tree],
-        states={ID_COUNTER_KEY.format(facet=f.name): runs[f.name].ids.state() for f in tree},
+        states={id_counter_key(f.name).key: IdCounters.model_validate(runs[f.name].ids.state()) for f in tree},
         site=site,
-        last_run=report.last_run(),
+        last_run=report.last_run().model_dump(mode="json"),
     ), report

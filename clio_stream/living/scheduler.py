@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from clio_stream.settings import ClioSettings
+from clio_stream.storage.documents import SchedulerState
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class ReclusterScheduler(threading.Thread):
     """
 
     def __init__(self, snapshot: Callable[[], Snapshot], run: Callable[[str], Any], triggers: Triggers,
-                 *, poll_s: float = 5.0, on_state: Callable[[dict], None] | None = None,
+                 *, poll_s: float = 5.0, on_state: Callable[[SchedulerState], None] | None = None,
                  chores: Sequence[Callable[[], Any]] = (), recover: Callable[[], Any] | None = None) -> None:
         super().__init__(name="recluster-scheduler", daemon=True)
         self.snapshot_fn = snapshot
@@ -117,10 +118,9 @@ class ReclusterScheduler(threading.Thread):
                 if self.on_state:
                     snap = self.snapshot_fn() if reason else snap
                     last = snap.last_run_at
-                    self.on_state({"last_reason": self.last_reason, "runs": self.runs, "last_error": self.last_error,
-                                   "last_run_at": last,
-                                   "next_run_at": None if last is None else last + self.triggers.interval_s,
-                                   "updated_at": time.time()})
+                    self.on_state(SchedulerState(
+                        last_reason=self.last_reason, runs=self.runs, last_error=self.last_error, last_run_at=last,
+                        next_run_at=None if last is None else last + self.triggers.interval_s, updated_at=time.time()))
             except Exception as exc:  # noqa: BLE001 - the scheduler must outlive a failed run
                 self.failures += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"

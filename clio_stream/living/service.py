@@ -26,13 +26,10 @@ from typing import Any, Sequence
 
 from clio_stream.drift import drift_since
 from clio_stream.settings import ClioSettings
-from clio_stream.store import WORKER_STATE_PREFIX
+from clio_stream.storage.documents import LAST_RUN, RECLUSTER_REQUEST, SCHEDULER_STATE, WORKER_METRICS, SchedulerState
+from clio_stream.storage.store import QdrantStore
 
 log = logging.getLogger(__name__)
-
-SCHEDULER_STATE_KEY = "scheduler"  # read by api.routes_status
-from clio_stream.living.versions import LAST_RUN_KEY  # noqa: E402 - written by the clustering write path
-REQUEST_KEY = "recluster_request"  # written by the admin API
 
 
 def effective_settings(settings: ClioSettings) -> ClioSettings:
@@ -49,8 +46,9 @@ def effective_settings(settings: ClioSettings) -> ClioSettings:
 class ReclusterService:
     """Store, LLM and (lazily) embedder for re-clustering, with the scheduler's snapshot."""
 
-    def __init__(self, settings: ClioSettings, *, facets: Sequence[Any] | None = None, store: Any = None,
-                 llm: Any = None, embedder: Any = None, publish_dir: Path | None = None) -> None:
+    def __init__(self, settings: ClioSettings, *, facets: Sequence[Any] | None = None,
+                 store: QdrantStore | None = None, llm: Any = None, embedder: Any = None,
+                 publish_dir: Path | None = None) -> None:
         from clio_stream.domain.facets import main_facets
         from clio_stream.publish import resolve_publish_dir
 
@@ -62,8 +60,6 @@ class ReclusterService:
         self.trigger_facet = (tree or [f for f in main_facets if f.has_hierarchy])[0].name
         self._owns_store = store is None
         if store is None:
-            from clio_stream.store import QdrantStore
-
             store = QdrantStore.from_settings(settings)
         self.store = store
         self._owns_llm = llm is None
@@ -91,9 +87,7 @@ class ReclusterService:
         Raises when Qdrant cannot be asked: an outage is an error, not an empty store.
         """
         if not self._collections_seen:
-            client = self.store.client
-            self._collections_seen = all(client.collection_exists(name) for name in (self.store.facets,
-                                                                                     self.store.state))
+            self._collections_seen = self.store.collections_exist()
         return self._collections_seen
 
     def snapshot(self) -> Any:
@@ -102,17 +96,18 @@ class ReclusterService:
 
         if not self.collections_exist():
             return Snapshot(now=time.time(), last_run_at=None, points_at_last_run=0, points_now=0)
-        last = self.store.get_state(LAST_RUN_KEY) or {}
-        request = self.store.get_state(REQUEST_KEY) or {}
-        workers = list(self.store.states(WORKER_STATE_PREFIX, max_age_s=self.settings.api_worker_stale_s).values())
-        rates = [float(r) for w in workers if isinstance(r := (w.get("outlier_rate") or {}).get(self.trigger_facet),
-                                                           (int, float))]
-        return Snapshot(now=time.time(), last_run_at=last.get("finished_at"),
-                        points_at_last_run=int((last.get("points") or {}).get(self.trigger_facet, 0)),
-                        points_now=self.store.count(facet=self.trigger_facet),
+        last = self.store.states.read(LAST_RUN)
+        request = self.store.states.read(RECLUSTER_REQUEST)
+        workers = list(self.store.states.read_all(WORKER_METRICS, max_age_s=self.settings.api_worker_stale_s).values())
+        facet = self.trigger_facet
+        rates = [w.outlier_rate[facet] for w in workers if facet in w.outlier_rate]
+        last_at = None if last is None else last.finished_at
+        return Snapshot(now=time.time(), last_run_at=last_at,
+                        points_at_last_run=0 if last is None else last.points.get(facet, 0),
+                        points_now=self.store.points.count(facet=facet),
                         outlier_rate=max(rates) if rates else None,
-                        drift_detected=drift_since(workers, self.trigger_facet, last.get("finished_at")),
-                        requested_at=request.get("requested_at"))
+                        drift_detected=drift_since([w.model_dump() for w in workers], facet, last_at),
+                        requested_at=None if request is None else request.requested_at)
 
     def run(self, reason: str = "manual") -> Any:
         """One ``recluster_once``; its report, or None when skipped (lock held elsewhere, nothing stored)."""
@@ -144,8 +139,8 @@ class ReclusterService:
             return None
         return finish_pending(self.store, self.publish_dir, job_owner("recluster"), self.settings.recluster_lock_ttl_s)
 
-    def write_state(self, doc: dict) -> None:
-        self.store.put_state(SCHEDULER_STATE_KEY, doc)
+    def write_state(self, state: SchedulerState) -> None:
+        self.store.states.write(SCHEDULER_STATE, state)
 
     def scheduler(self, triggers: Any, *, poll_s: float = 5.0) -> Any:
         """A ``ReclusterScheduler`` (not started) over this service's snapshot and run."""

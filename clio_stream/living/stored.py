@@ -15,7 +15,7 @@ import numpy as np
 from clio_stream.domain.conversation import Conversation, ConversationFacets, FacetValue, Message
 from clio_stream.domain.facets import Facet
 from clio_stream.domain.vectors import normalise_rows
-from clio_stream.store import QdrantStore
+from clio_stream.storage.store import QdrantStore
 
 
 @dataclass
@@ -73,7 +73,7 @@ def load_stored(store: QdrantStore, facets: Sequence[Facet]) -> Stored:
         vecs: list[np.ndarray] = []
         convs: list[str] = []
         values: list[str] = []
-        for batch_ids, vectors, payloads in store.scroll_vectors(f.name):
+        for batch_ids, vectors, payloads in store.points.scroll_vectors(f.name):
             norms = np.linalg.norm(vectors, axis=1) if len(vectors) else []
             for pid, vec, norm, payload in zip(batch_ids, vectors, norms, payloads):
                 cid = payload.get("conversation_id")

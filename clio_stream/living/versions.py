@@ -3,11 +3,11 @@
 Lock and fencing. Every clustering job holds the store lease ``CLUSTERING_LOCK``
 (TTL ``settings.recluster_lock_ttl_s``, renewed by a thread) and, under it,
 reserves its version number N with a compare-and-set on a counter in the store
-(``QdrantStore.reserve_version``): N is never handed out twice, even to two
+(``ClusteringVersions.reserve``): N is never handed out twice, even to two
 holders whose leases overlapped. N is the fencing token. Writes scoped to N
 (centroids, label fields, the site folder) cannot collide with anyone; every
 shared document (id counters, the commit record, the version pointers, the last
-run) is written with ``QdrantStore.put_fenced``, which Qdrant refuses when a
+run) is written with ``StateDocuments.put_fenced``, which Qdrant refuses when a
 higher N got there first; the publish pointer moves only forwards
 (``publish.advance_pointer``). Before each step the lease is checked in the store.
 
@@ -17,7 +17,7 @@ the next run reserves N+1 and succeeds; N's leftovers are dropped later):
 1. ``reserve``: N;
 2. ``centroids``: the online k-means state of N per facet;
 3. ``labels``: each point's cluster under N, in N's own payload field
-   (``store.label_field``): N-1's labels stay as they were, so the API, which
+   (``storage.records.label_field``): N-1's labels stay as they were, so the API, which
    filters members on the version it serves, never pages an empty leaf;
 4. ``states``: fenced documents of the job (the id counters);
 5. ``site``: ``versions/N`` built in a temporary folder and renamed into place.
@@ -53,13 +53,12 @@ import numpy as np
 from clio_stream.ops.faults import reach
 from clio_stream.online import OnlineKMeans
 from clio_stream.publish import advance_pointer, is_complete, list_versions, prune_versions, read_pointer
-from clio_stream.store import Lease, LockLost, QdrantStore
+from clio_stream.storage.documents import CLUSTERING_LOCK, COMMIT_KEY, LAST_RUN, LastRun, StateDocument
+from clio_stream.storage.locks import Lease, LockLost
+from clio_stream.storage.store import QdrantStore
 
 log = logging.getLogger(__name__)
 
-CLUSTERING_LOCK = "clustering"  # one clustering job at a time: re-clustering, bootstrap, deletion's rewrites
-COMMIT_KEY = "clustering:committed"  # the last complete version and how far it is applied
-LAST_RUN_KEY = "recluster:last"  # read by the scheduler's triggers and GET /v1/status
 PUBLISH_KEEP = 5  # site versions kept in the publish folder (the current one always)
 
 STEP_RESERVE = "reserve"
@@ -101,7 +100,7 @@ class VersionWrite:
 
     version: int
     facets: list[FacetLabels]
-    states: dict[str, dict[str, Any]] = field(default_factory=dict)  # fenced documents, by key
+    states: dict[str, StateDocument] = field(default_factory=dict)  # fenced documents, by key
     site: SiteWriter | None = None  # None: no site (bootstrap)
     last_run: dict[str, Any] | None = None
 
@@ -130,15 +129,15 @@ def job_owner(kind: str) -> str:
 
 def clustering_lease(store: QdrantStore, owner: str, ttl_s: float) -> Lease | None:
     """The clustering lock, renewed in the background; None when another job holds it."""
-    lease = store.lease(CLUSTERING_LOCK, owner, ttl_s)
+    lease = store.locks.lease(CLUSTERING_LOCK, owner, ttl_s)
     if lease is None:
-        log.info("clustering lock busy: held by %s", (store.lock_holder(CLUSTERING_LOCK) or {}).get("owner"))
+        log.info("clustering lock busy: held by %s", store.locks.owner(CLUSTERING_LOCK))
     return lease
 
 
 def committed(store: QdrantStore) -> Commit | None:
     """The last commit record, or None before the first version."""
-    doc = store.get_state(COMMIT_KEY)
+    doc = store.states.get(COMMIT_KEY)
     return None if doc is None else Commit.from_doc(doc)
 
 
@@ -146,10 +145,10 @@ def reserve_version(store: QdrantStore, lease: Lease, facets: Sequence[str], pub
     """Version N for this job: above every number reserved, committed, pointed at or published before."""
     _step(STEP_RESERVE, lease)
     last = committed(store)
-    floor = max([v for v in (store.current_version(f) for f in facets) if v is not None]
+    floor = max([v for v in (store.versions.current_version(f) for f in facets) if v is not None]
                 + ([last.version] if last else [])
                 + ([int(v) for v in list_versions(publish_dir) if v.isdigit()] if publish_dir else []), default=0)
-    version = store.reserve_version(floor)
+    version = store.versions.reserve(floor)
     log.info("reserved clustering version %d", version)
     return version
 
@@ -159,13 +158,13 @@ def write_version(store: QdrantStore, lease: Lease, w: VersionWrite, publish_dir
     n = w.version
     last = committed(store)
     previous = last.version if last else max(
-        [v for v in (store.current_version(f.facet) for f in w.facets) if v is not None], default=None)
+        [v for v in (store.versions.current_version(f.facet) for f in w.facets) if v is not None], default=None)
     for part in w.facets:
         _step(STEP_CENTROIDS, lease)
-        store.put_centroids(part.facet, n, part.model.to_state())
+        store.versions.put_centroids(part.facet, n, part.model.to_state())
     for part in w.facets:
         _step(STEP_LABELS, lease)
-        store.index_labels(n)  # idempotent: one index of the field for every facet's points
+        store.labels.index(n)  # idempotent: one index of the field for every facet's points
         sims = np.einsum("ij,ij->i", part.vectors, part.model.unit_centroids[part.labels])
         _write_labels(store, part.facet, n, part.model, part.point_ids, part.labels, sims)
     for key, doc in w.states.items():
@@ -216,7 +215,7 @@ def apply_commit(store: QdrantStore, lease: Lease, commit: Commit, publish_dir: 
     n = commit.version
     for facet in commit.facets:
         _step(STEP_STORE_POINTERS, lease)
-        if not store.set_current_version(facet, n):
+        if not store.versions.set_current_version(facet, n):
             raise Superseded(f"facet {facet}: a newer version than {n} is current")
     for facet in commit.facets:
         _step(STEP_CATCH_UP, lease)
@@ -232,7 +231,7 @@ def apply_commit(store: QdrantStore, lease: Lease, commit: Commit, publish_dir: 
             log.error("version %d is committed but its site folder is gone; the site stays where it is", n)
     if commit.last_run is not None:
         _step(STEP_LAST_RUN, lease)
-        _fenced(store, LAST_RUN_KEY, commit.last_run, n)
+        _fenced(store, LAST_RUN.key, LastRun.model_validate(commit.last_run), n)
     _step(STEP_CLEANUP, lease)
     commit.labels_floor = _drop_old_labels(store, commit, publish_dir)
     if publish_dir is not None:
@@ -247,12 +246,12 @@ def catch_up(store: QdrantStore, facet: str, version: int) -> int:
     These are points a worker stored between the job's scroll and the pointer switch (labelled with the
     previous version, or not at all): without this they would be missing from ``version`` until the next run.
     """
-    doc = store.get_centroids(facet, version)
+    doc = store.versions.get_centroids(facet, version)
     if doc is None:
         return 0
     model = OnlineKMeans.from_state(doc)
     total = 0
-    for ids, vectors, payloads in store.scroll_vectors(facet, without_label=version):
+    for ids, vectors, payloads in store.points.scroll_vectors(facet, without_label=version):
         norms = np.linalg.norm(vectors, axis=1) if len(vectors) else np.zeros(0)
         rows = [i for i, (p, norm) in enumerate(zip(payloads, norms)) if p.get("value") and norm > 0]
         if not rows:
@@ -265,7 +264,7 @@ def catch_up(store: QdrantStore, facet: str, version: int) -> int:
 
 def _write_labels(store: QdrantStore, facet: str, version: int, model: OnlineKMeans, point_ids: Sequence[str],
                   labels: np.ndarray, sims: np.ndarray) -> None:
-    store.set_labels(facet, {pid: int(c) for pid, c in zip(point_ids, labels)}, version,
+    store.labels.write(facet, {pid: int(c) for pid, c in zip(point_ids, labels)}, version,
                      similarities={pid: float(s) for pid, s in zip(point_ids, sims)},
                      outliers={pid: bool(s < model.outlier_similarity) for pid, s in zip(point_ids, sims)})
 
@@ -279,12 +278,12 @@ def _drop_old_labels(store: QdrantStore, commit: Commit, publish_dir: Path | Non
     keep = {commit.version} | ({commit.previous} if commit.previous is not None else set()) | (
         {int(served)} if served is not None and served.isdigit() else set())
     drop = [v for v in range(commit.labels_floor, commit.version) if v not in keep]
-    store.drop_labels(drop)
+    store.labels.drop(drop)
     return min(keep)
 
 
-def _fenced(store: QdrantStore, key: str, doc: Mapping[str, Any], version: int) -> None:
-    if not store.put_fenced(key, doc, fence=version):
+def _fenced(store: QdrantStore, key: str, doc: Mapping[str, Any] | StateDocument, version: int) -> None:
+    if not store.states.put_fenced(key, doc, fence=version):
         raise Superseded(f"{key}: a job with a version above {version} wrote it first")
 
 

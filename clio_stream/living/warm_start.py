@@ -6,7 +6,7 @@ import numpy as np
 
 from clio_stream.domain.vectors import normalise_rows
 from clio_stream.online import OnlineKMeans
-from clio_stream.store import QdrantStore
+from clio_stream.storage.store import QdrantStore
 
 
 def warm_start_centroids(x: np.ndarray, init: np.ndarray | None, counts: np.ndarray | None, k: int,
@@ -44,7 +44,7 @@ def warm_start_centroids(x: np.ndarray, init: np.ndarray | None, counts: np.ndar
 
 def warm_start(store: QdrantStore, facet: str, x: np.ndarray, k: int, seed: int) -> np.ndarray | None:
     """Starting centroids for ``k`` clusters from the facet's current online model, if there is one."""
-    doc = store.get_centroids(facet)
+    doc = store.versions.get_centroids(facet)
     if not doc:
         return None
     model = OnlineKMeans.from_state(doc)

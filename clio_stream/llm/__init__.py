@@ -1,6 +1,12 @@
-"""LLM back-ends behind one interface (``LLMBackend``) and a factory from settings."""
+"""LLM back-ends behind one interface (``LLMBackend``), the factory from settings, and the adapter for given engines.
+
+Every process builds its LLM with ``make_llm``; ``as_llm`` is the one place that accepts what a caller hands
+``run_clio`` (nothing, a back-end, or a loaded ``vllm.LLM``).
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from clio_stream.llm.base import AskStats, LLMBackend, Prompt, ask, sampling_for
 from clio_stream.settings import ClioSettings
@@ -44,4 +50,17 @@ def make_llm(settings: ClioSettings) -> LLMBackend:
     raise ValueError(f"unknown llm_backend {settings.llm_backend!r}: use 'vllm' or 'openai'")
 
 
-__all__ = ["AskStats", "LLMBackend", "Prompt", "ask", "make_llm", "sampling_for"]
+def as_llm(llm: Any, settings: ClioSettings) -> LLMBackend:
+    """``llm`` as a back-end: built from ``settings`` when None, used as it is, or a ``vllm.LLM`` wrapped."""
+    if llm is None:
+        return make_llm(settings)
+    if hasattr(llm, "count_tokens") and hasattr(llm, "generate"):
+        return llm
+    if hasattr(llm, "get_tokenizer") and hasattr(llm, "generate"):  # a vllm.LLM, as the seed took
+        from clio_stream.llm.vllm_local import VLLMLocal
+
+        return VLLMLocal.from_engine(llm, show_progress=settings.show_progress, tokenizer_args=settings.tokenizer_args)
+    raise TypeError(f"llm must be an LLM back-end or a vllm.LLM, got {type(llm).__name__}")
+
+
+__all__ = ["AskStats", "LLMBackend", "Prompt", "as_llm", "ask", "make_llm", "sampling_for"]

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from clio_stream.store import StoreUnavailable
+from clio_stream.storage.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 

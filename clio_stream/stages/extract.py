@@ -9,7 +9,7 @@ from clio_stream.domain.facets import Facet
 from clio_stream.llm.base import AskStats, LLMBackend, Prompt, ask, sampling_for
 from clio_stream.llm.parsing import parse_facet_answer, parse_int_in_range
 from clio_stream.llm.prompts import FACET_CONVERSATION, FACET_EXAMPLE, FACET_TEXT, NUMERIC_SUFFIX
-from clio_stream.data import render_conversation
+from clio_stream.stages.prepare import render_conversation
 from clio_stream.domain.conversation import Conversation, ConversationFacets, FacetValue
 
 log = logging.getLogger(__name__)

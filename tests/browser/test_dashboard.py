@@ -21,7 +21,7 @@ from api.app import create_app
 from clio_stream.publish import publish_version
 from clio_stream.devstack.processes import free_port
 from clio_stream.settings import ClioSettings
-from clio_stream.store import QdrantStore
+from clio_stream.storage.store import QdrantStore
 from tests.fixtures_site import HIDDEN_NAME, REQUEST, make_site_fixture
 
 from tests.chromium import CHROMIUM, launch

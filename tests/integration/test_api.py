@@ -31,7 +31,15 @@ from clio_stream.streaming.wire_format import decode_message
 from clio_stream.privacy import keyed_user_hash
 from clio_stream.publish import list_versions, publish_version, read_pointer
 from clio_stream.settings import ClioSettings
-from clio_stream.store import ConversationRecord, FacetPoint, QdrantStore
+from clio_stream.storage.documents import (
+    RECLUSTER_REQUEST,
+    SCHEDULER_STATE,
+    WORKER_METRICS,
+    SchedulerState,
+    WorkerMetricsDoc,
+)
+from clio_stream.storage.records import ConversationRecord, FacetPoint
+from clio_stream.storage.store import QdrantStore
 from clio_stream.domain.clusters import ClioResult
 from tests.fixtures_site import (
     CONCERNING,
@@ -132,15 +140,17 @@ def env(qdrant_server: Any, kafka_broker: Any, tmp_path_factory: pytest.TempPath
     store.ensure_collections(DIM)
     rng = np.random.default_rng(0)
     for points, records in (_points(result, leaf_cluster, rng), _extra_points(leaf_cluster, rng)):
-        store.upsert_facets(points)
-        store.mark_conversations(records)
-    store.set_current_version(REQUEST, CLUSTER_VERSION)
+        store.points.upsert_facets(points)
+        store.points.mark_conversations(records)
+    store.versions.set_current_version(REQUEST, CLUSTER_VERSION)
     now = time.time()
-    store.put_state("worker:w1", {"worker_id": "w1", "processed": 600, "dead_lettered": 3, "consumer_lag": 7,
-                                  "health": "ok", "started_at": now - 60, "updated_at": now})
-    store.put_state("worker:stale", {"worker_id": "stale", "processed": 10**6, "dead_lettered": 99,
-                                     "health": "failing", "started_at": now - 9000, "updated_at": now - 8000})
-    store.put_state("scheduler", {"last_run_at": now - 100, "next_run_at": now + 3500})
+    store.states.write(WORKER_METRICS.of("w1"), WorkerMetricsDoc(
+        worker_id="w1", processed=600, dead_lettered=3, consumer_lag=7, health="ok", started_at=now - 60,
+        updated_at=now))
+    store.states.write(WORKER_METRICS.of("stale"), WorkerMetricsDoc(
+        worker_id="stale", processed=10**6, dead_lettered=99, health="failing", started_at=now - 9000,
+        updated_at=now - 8000))
+    store.states.write(SCHEDULER_STATE, SchedulerState(last_run_at=now - 100, next_run_at=now + 3500))
 
     publish_version(result, settings_.publish_dir, "v1", lineage={"ancient-1": "old-2"}, settings=settings_)
     publish_version(result, settings_.publish_dir, "v2",
@@ -545,8 +555,8 @@ def test_recluster_request_and_status(env: Env) -> None:
     c = env.client
     r = c.post("/v1/recluster", headers=_auth("admin"), json={"reason": "new data"})
     assert r.status_code == 202 and r.json()["requested_by"].startswith("admin:")
-    doc = env.store.get_state("recluster_request")
-    assert doc is not None and doc["reason"] == "new data" and KEYS["admin"] not in json.dumps(doc)
+    doc = env.store.states.read(RECLUSTER_REQUEST)
+    assert doc is not None and doc.reason == "new data" and KEYS["admin"] not in doc.model_dump_json()
     status = c.get("/v1/status", headers=_auth("viewer")).json()
     assert status["version"] == "v2" and status["store_health"] == "ok"
     assert status["cluster_versions"] == {REQUEST: CLUSTER_VERSION}
@@ -574,7 +584,7 @@ def test_unexpected_errors_are_bare_500s_with_a_request_id(env: Env, monkeypatch
     def boom(_: str) -> None:
         raise RuntimeError("secret internals /etc/passwd")
 
-    monkeypatch.setattr(env.store, "get_conversation", boom)
+    monkeypatch.setattr(env.store.points, "get_conversation", boom)
     r = env.client.get("/v1/conversations/conv-0001", headers={**_auth("analyst"), "X-Request-ID": "req-123"})
     assert r.status_code == 500
     assert r.json() == {"detail": "internal server error", "request_id": "req-123"}

@@ -26,7 +26,7 @@ from clio_stream.embedding import embedding_text
 from clio_stream.streaming.kafka_io import ensure_topics
 from clio_stream.online import OnlineKMeans
 from clio_stream.settings import ClioSettings
-from clio_stream.store import QdrantStore
+from clio_stream.storage.store import QdrantStore
 from consumers.bootstrap import bootstrap_clustering
 from consumers.centroids import SharedCentroids
 from consumers.deltas_io import receive
@@ -75,7 +75,7 @@ def fail_next_commit(worker: ConsumerWorker) -> list[int]:
 
 
 def source_offsets(store: QdrantStore, ids: list[str]) -> dict[str, int]:
-    return {cid: int(store.get_conversation(cid)["source"]["offset"]) for cid in ids}  # type: ignore[index]
+    return {cid: int(store.points.get_conversation(cid)["source"]["offset"]) for cid in ids}  # type: ignore[index]
 
 
 def expected_model(bootstrap: OnlineKMeans, points: list[dict[str, Any]], vectors: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -106,7 +106,7 @@ def test_a_redelivery_over_a_longer_range_after_a_failed_commit_counts_each_reco
         send_conversations(s.kafka_bootstrap, s.topic, seed)
         run_until(a, len(seed))
         assert bootstrap_clustering(store, FACETS, s) == 1
-        bootstrap = OnlineKMeans.from_state(store.get_centroids("Request", 1))  # type: ignore[arg-type]
+        bootstrap = OnlineKMeans.from_state(store.versions.get_centroids("Request", 1))  # type: ignore[arg-type]
 
         send_conversations(s.kafka_bootstrap, s.topic, stream)
         failures = fail_next_commit(a)
@@ -141,7 +141,7 @@ def test_a_redelivery_over_a_longer_range_after_a_failed_commit_counts_each_reco
 
         # A replica replaying the deltas topic from the beginning agrees.
         replica = SharedCentroids(["Request"], HashEmbedder.dim)
-        assert replica.refresh(store) == ["Request"]
+        assert replica.refresh(store.versions) == ["Request"]
         received = [receive(r) for r in read_topic(s.kafka_bootstrap, s.deltas_topic, 100, timeout=5)]
         ranges = [(r.deltas.first, r.deltas.last) for r in received if r.deltas is not None]
         n0 = len(seed)

@@ -35,7 +35,9 @@ import pytest
 from clio_stream.streaming.kafka_io import ensure_topics, make_producer
 from clio_stream.devstack.processes import ManagedProcess, free_port, http_probe
 from clio_stream.settings import ClioSettings
-from clio_stream.store import QdrantStore, conversation_point_id, facet_point_id
+from clio_stream.storage.documents import LAST_RUN, WORKER_METRICS
+from clio_stream.storage.records import conversation_point_id, facet_point_id
+from clio_stream.storage.store import QdrantStore
 from consumers.producing import produce, to_messages
 from tests.streaming_helpers import committed, processed_count, reader_store, valued, wait_for
 
@@ -170,7 +172,7 @@ def cluster(kafka_broker, qdrant_server, vllm_server, unique_name, tmp_path) -> 
 def live_workers(store: QdrantStore) -> set[str]:
     """Workers that wrote their metrics document (they do after their first poll, i.e. once in the group)."""
     try:
-        return {str(doc.get("worker_id")) for doc in store.states("worker:").values() if doc.get("health") == "ok"}
+        return {doc.worker_id for doc in store.states.read_all(WORKER_METRICS).values() if doc.health == "ok"}
     except Exception:  # noqa: BLE001 - the collection appears with the first worker
         return set()
 
@@ -195,9 +197,9 @@ def check_stored_once(store: QdrantStore, ids: list[str]) -> None:
     assert set(pairs) == want, f"missing {sorted(want - set(pairs))[:5]}, extra {sorted(set(pairs) - want)[:5]}"
     dupes = {k: n for k, n in pairs.items() if n != 1}
     assert not dupes, f"stored more than once: {dupes}"
-    assert sum(pairs.values()) == store.count() == len(ids) * len(FACETS)
+    assert sum(pairs.values()) == store.points.count() == len(ids) * len(FACETS)
     for facet in FACETS:
-        assert store.count(facet=facet) == len(ids)
+        assert store.points.count(facet=facet) == len(ids)
     assert processed_count(store) == len(ids)
     assert int(store.client.count(store.conversations, exact=True).count) == len(ids)
     found = store.client.retrieve(store.conversations, ids=[conversation_point_id(c) for c in ids])
@@ -225,13 +227,13 @@ def wait_for_final_version(store: QdrantStore, base: str, since: float, timeout:
     points = len(valued(store, "Request"))
 
     def done() -> bool:
-        last = store.get_state("recluster:last") or {}
-        if (last.get("finished_at") or 0) <= since or (last.get("points") or {}).get("Request") != points:
+        last = store.states.read(LAST_RUN)
+        if last is None or last.finished_at <= since or last.points.get("Request") != points:
             return False
-        return api_get(base, "/v1/status")["version"] == str(last["version"])
+        return api_get(base, "/v1/status")["version"] == str(last.version)
 
     wait_for(done, timeout, "the re-clustering asked for through the API", every=1.0)
-    return str(store.get_state("recluster:last")["version"])
+    return str(store.states.read(LAST_RUN).version)
 
 
 # --------------------------------------------------------------------------- the test
@@ -297,11 +299,11 @@ def test_three_consumers_two_apis_and_the_scheduler_survive_kill9(cluster: Clust
         log.info("all %d conversations stored and committed after %.1f s", N_CONVERSATIONS, time.monotonic() - t0)
         check_stored_once(store, ids)
 
-        assert (store.get_state("recluster:last") or {}).get("version"), "the scheduler published nothing"
+        assert store.states.read(LAST_RUN) is not None, "the scheduler published nothing"
         asked = httpx.post(f"{api_c}/v1/recluster", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30)
         assert asked.status_code == 202, asked.text
         version = wait_for_final_version(store, api_a, asked.json()["requested_at"], 300)
-        assert int(version) >= 2 and store.current_version("Request") == int(version)
+        assert int(version) >= 2 and store.versions.current_version("Request") == int(version)
         assert s.publish_dir is not None and (s.publish_dir / "current").exists()
         clustered = compare_apis(api_a, api_c, ids, version)
 

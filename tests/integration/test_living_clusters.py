@@ -37,7 +37,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from clio_stream.data import load_shared_dataset
+from clio_stream.batch_input import load_shared_dataset
 from clio_stream.domain.facets import REQUEST as REQUEST_FACET
 from clio_stream.llm.base import LLMBackend, Prompt
 from clio_stream.llm import make_llm
@@ -263,7 +263,7 @@ def test_new_topic_ids_survive_and_readers_never_see_a_mix(
         # --- set B, assigned online against version 1
         send_conversations(s.kafka_bootstrap, s.topic, set_b)
         wait_for(lambda: worker.metrics.processed >= len(set_a) + len(set_b), 900, "set B stored")
-        online = {cid: p for cid, p in ((c["id"], store.get_conversation(c["id"])) for c in new) if p}
+        online = {cid: p for cid, p in ((c["id"], store.points.get_conversation(c["id"])) for c in new) if p}
         assert sum(1 for p in online.values() if p["facets"][REQUEST]["cluster_version"] == 1) >= len(new) // 2
 
         # --- version 2 while set C streams in and a reader polls

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from clio_stream.data import load_shared_dataset, prepare_conversations
+from clio_stream.batch_input import load_shared_dataset
+
+from clio_stream.stages.prepare import prepare_conversations
 from clio_stream.domain.facets import main_facets
 from clio_stream.pipeline import run_clio
 from clio_stream.settings import ClioSettings

@@ -45,7 +45,7 @@ def test_up_streams_examples_into_a_published_dashboard(tmp_path):
         # The log-in link `up` prints to the terminal (never to the logs) logs the viewer in and serves the site.
         page = httpx.get(stack.urls["dashboard_login"], follow_redirects=True, timeout=10)
         assert page.status_code == 200 and "<html" in page.text.lower()
-        from clio_stream.data import get_example_data
+        from clio_stream.batch_input import get_example_data
 
         first = get_example_data(16)[0]["id"]
         conv = httpx.get(f"{base}/v1/conversations/{first}", headers=admin, timeout=10)

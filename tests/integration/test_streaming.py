@@ -19,6 +19,7 @@ import pytest
 from clio_stream.streaming.kafka_io import decode_dead_letter, ensure_topics
 from clio_stream.streaming.wire_format import encode_message
 from clio_stream.devstack.processes import ManagedProcess
+from clio_stream.storage.documents import WORKER_METRICS
 from consumers.bootstrap import bootstrap_clustering
 from consumers.worker import ConsumerWorker
 from tests.streaming_helpers import (  # noqa: F401 - own_qdrant is a fixture
@@ -88,11 +89,11 @@ def test_stream_stores_good_dead_letters_bad_commits_and_assigns_after_bootstrap
         assert snap["llm_calls"] >= 1 and snap["reused_by_hash"] == 0
 
         check_stored_once(store, convs)
-        assert store.count(facet="Request") == 30 and store.count() == 30 * len(FACETS)
-        doc = store.get_conversation(convs[0]["id"])
+        assert store.points.count(facet="Request") == 30 and store.points.count() == 30 * len(FACETS)
+        doc = store.points.get_conversation(convs[0]["id"])
         assert doc is not None and doc["status"] == "processed" and doc["raw"] == convs[0]["conversation"]
         assert doc["facets"]["Request"]["value"] and doc["facets"]["Concerning"]["numeric"] in range(1, 6)
-        assert all(store.get_conversation(c["id"])["facets"]["Request"]["cluster_id"] is None for c in convs[:3])
+        assert all(store.points.get_conversation(c["id"])["facets"]["Request"]["cluster_id"] is None for c in convs[:3])
 
         dead = [decode_dead_letter(r.value) for r in read_topic(s.kafka_bootstrap, s.dlq_topic, 4)]
         assert len(dead) == 4
@@ -100,12 +101,12 @@ def test_stream_stores_good_dead_letters_bad_commits_and_assigns_after_bootstrap
             letter = next(d for d in dead if d["key"] == key)
             assert why in letter["reason"] and letter["topic"] == s.topic
         assert committed(s.kafka_bootstrap, s.consumer_group, s.topic) == len(items)
-        assert store.get_state(f"worker:{worker.worker_id}")["processed"] == 30
+        assert store.states.read(WORKER_METRICS.of(worker.worker_id)).processed == 30
 
         version = bootstrap_clustering(store, FACETS, s)
-        assert version == 1 and store.current_version("Request") == 1
+        assert version == 1 and store.versions.current_version("Request") == 1
         answered = valued(store, "Request")  # a tiny model may leave an answer unparseable
-        assert len(answered) >= 27 and store.count(facet="Request", version=1) == len(answered)
+        assert len(answered) >= 27 and store.points.count(facet="Request", version=1) == len(answered)
 
         more = banking(10, 30, "a2")
         send_conversations(s.kafka_bootstrap, s.topic, more)
@@ -114,7 +115,7 @@ def test_stream_stores_good_dead_letters_bad_commits_and_assigns_after_bootstrap
             worker.run_once(2000)
         assert worker.metrics.processed == 40
         for c in more:
-            point = store.get_conversation(c["id"])["facets"]["Request"]
+            point = store.points.get_conversation(c["id"])["facets"]["Request"]
             if point["value"]:
                 assert point["cluster_version"] == 1 and point["cluster_id"] in range(4)
                 assert point["similarity"] is not None
@@ -171,8 +172,8 @@ def test_kill9_mid_stream_then_restart_stores_each_conversation_once(
         wait_for(lambda: committed(s.kafka_bootstrap, s.consumer_group, s.topic) == len(convs), 60, "the last commit")
         assert proc.stop() == 0, proc.log_tail()  # SIGTERM: a clean exit that leaves the group
         check_stored_once(store, convs)
-        metrics = store.get_state("worker:crash-test")
-        assert metrics is not None and metrics["health"] == "stopped"
+        metrics = store.states.read(WORKER_METRICS.of("crash-test"))
+        assert metrics is not None and metrics.health == "stopped"
     finally:
         proc.stop()
         store.close()

@@ -19,7 +19,7 @@ import numpy as np
 
 from clio_stream.domain.facets import CONCERNING, REQUEST
 from clio_stream.settings import ClioSettings
-from clio_stream.store import ConversationRecord, FacetPoint
+from clio_stream.storage.records import ConversationRecord, FacetPoint
 from tests.streaming_helpers import banking, reader_store
 
 log = logging.getLogger(__name__)
@@ -134,8 +134,8 @@ def seed_store(s: ClioSettings, n: int, skip: int, tag: str) -> list[dict[str, A
         records.append(ConversationRecord(c["id"], "processed", user_hash=c["user_id"], timestamp=0.0))
     with reader_store(s) as store:
         store.ensure_collections(vectors.shape[1])
-        store.upsert_facets(points)
-        store.mark_conversations(records)
+        store.points.upsert_facets(points)
+        store.points.mark_conversations(records)
     return convs
 
 
@@ -157,7 +157,7 @@ def replayed_delta_tally(store: Any, s: ClioSettings, bootstrap: Any, exclude: s
     from tests.streaming_helpers import facet_payloads, read_topic
 
     replica = SharedCentroids([REQUEST.name], int(bootstrap.dim))
-    assert replica.refresh(store) == [REQUEST.name]
+    assert replica.refresh(store.versions) == [REQUEST.name]
     records = read_topic(s.kafka_bootstrap, s.deltas_topic, max_records, timeout=10)
     report = replica.apply([receive(r) for r in records])
     valued = sum(1 for cid, p in facet_payloads(store, REQUEST.name).items() if cid not in exclude and p.get("value"))

@@ -57,7 +57,7 @@ def test_a_consumer_killed_at_each_step_loses_and_double_counts_nothing(
     seed_ids = {c["id"] for c in seed_store(s, 12, 700, unique_name("seed"))}
     with reader_store(s) as seeded:
         assert bootstrap_clustering(seeded, FACETS, s) == 1
-        bootstrap = OnlineKMeans.from_state(seeded.get_centroids(REQUEST.name, 1))  # type: ignore[arg-type]
+        bootstrap = OnlineKMeans.from_state(seeded.versions.get_centroids(REQUEST.name, 1))  # type: ignore[arg-type]
     convs = pooled_conversations(10, 4, unique_name("kill"))
     records = [(c["id"].encode(), encode_message(c)) for c in convs]
     records.insert(1, (BAD_KEY, b"\xc1 not msgpack"))  # in the first batch, so its dead letter is in flight

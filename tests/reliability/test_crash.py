@@ -30,9 +30,9 @@ from clio_stream.online import OnlineKMeans
 from clio_stream.publish import load_current, read_pointer
 from clio_stream.devstack.processes import ManagedProcess
 from clio_stream.settings import ClioSettings
-from clio_stream.store import VERSION_COUNTER_KEY, QdrantStore
+from clio_stream.storage.documents import CLUSTERING_LOCK, LAST_RUN
+from clio_stream.storage.store import QdrantStore
 from clio_stream.living import versions
-from clio_stream.living.versions import CLUSTERING_LOCK
 from consumers.bootstrap import bootstrap_clustering
 from tests.reliability.helpers import llm_description, pooled_conversations, replayed_delta_tally, seed_store
 from tests.streaming_helpers import (
@@ -131,7 +131,7 @@ def test_workers_killed_at_random_lose_and_duplicate_nothing(
     seed_ids = {c["id"] for c in seed_store(s, 24, 600, unique_name("crash-seed"))}
     with reader_store(s) as seeded:
         assert bootstrap_clustering(seeded, FACETS, s) == 1
-        bootstrap = OnlineKMeans.from_state(seeded.get_centroids(REQUEST.name, 1))  # type: ignore[arg-type]
+        bootstrap = OnlineKMeans.from_state(seeded.versions.get_centroids(REQUEST.name, 1))  # type: ignore[arg-type]
     procs = [consume_process(s, f"crash-w{i}", vllm_server.base_url, tmp_path) for i in range(plan.workers)]
     store = reader_store(s)
     kills: list[dict[str, Any]] = []
@@ -233,8 +233,8 @@ def run_to_end(proc: ManagedProcess, timeout: float = 600) -> float:
 
 def current_state(store: QdrantStore, publish_dir: Path) -> dict[str, Any]:
     """The version every reader follows: the store's pointers, the published pointer, the last run's record."""
-    return {"store": store.current_version(REQUEST.name), "published": read_pointer(publish_dir),
-            "last_run": (store.get_state("recluster:last") or {}).get("version")}
+    return {"store": store.versions.current_version(REQUEST.name), "published": read_pointer(publish_dir),
+            "last_run": getattr(store.states.read(LAST_RUN), "version", None)}
 
 
 def test_recluster_killed_mid_run_keeps_previous_version_and_next_run_publishes(
@@ -256,14 +256,14 @@ def test_recluster_killed_mid_run_keeps_previous_version_and_next_run_publishes(
 
         victim.start()
         owner = f"recluster-{socket.gethostname()}-{victim.pid}"
-        wait_for(lambda: (store.lock_holder(CLUSTERING_LOCK) or {}).get("owner") == owner, 300,
+        wait_for(lambda: store.locks.owner(CLUSTERING_LOCK) == owner, 300,
                  "the second run to take the lock", every=0.1)
         locked_at = time.monotonic()
         time.sleep(rng.uniform(0.3, 3.0))
         victim.kill9()
         killed_after = time.monotonic() - locked_at
-        holder = store.lock_holder(CLUSTERING_LOCK)
-        assert holder is not None and holder["owner"] == owner, "the run finished before the kill: nothing tested"
+        holder = store.locks.holder(CLUSTERING_LOCK)
+        assert holder is not None and holder.owner == owner, "the run finished before the kill: nothing tested"
         after_kill = current_state(store, publish_dir)
         commit = versions.committed(store)
         if commit is not None and commit.version == 2 and not commit.applied:
@@ -274,10 +274,11 @@ def test_recluster_killed_mid_run_keeps_previous_version_and_next_run_publishes(
             assert after_kill == before, after_kill
             assert load_current(publish_dir).version == "1"
         # A number reserved by the dead run is skipped, never reused (its writes may be half done).
-        expected = int(store.get_state(VERSION_COUNTER_KEY)["last"]) + 1
-        assert store.acquire_lock(CLUSTERING_LOCK, "an-impatient-run", LOCK_TTL_S) is None, "the lease was taken before expiry"
+        expected = store.versions.last_reserved() + 1
+        assert store.locks.acquire(CLUSTERING_LOCK, "an-impatient-run", LOCK_TTL_S) is None, \
+            "the lease was taken before expiry"
 
-        wait_for(lambda: store.lock_holder(CLUSTERING_LOCK) is None, 3 * LOCK_TTL_S, "the dead run's lease to expire",
+        wait_for(lambda: store.locks.holder(CLUSTERING_LOCK) is None, 3 * LOCK_TTL_S, "the dead run's lease to expire",
                  every=0.2)
         freed_after = time.monotonic() - locked_at - killed_after
         third_s = run_to_end(recluster_process(s, vllm_server.base_url, publish_dir, tmp_path, "recluster-3"))
@@ -289,7 +290,7 @@ def test_recluster_killed_mid_run_keeps_previous_version_and_next_run_publishes(
             conversations=[20, 40], llm=llm_description(vllm_server.base_url),
         )
         assert after == {"store": expected, "published": str(expected), "last_run": expected}
-        assert store.lock_holder(CLUSTERING_LOCK) is None  # released at the end of the run
+        assert store.locks.holder(CLUSTERING_LOCK) is None  # released at the end of the run
     finally:
         victim.stop()
         store.close()

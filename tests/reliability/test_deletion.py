@@ -48,7 +48,9 @@ from clio_stream.living.service import ReclusterService
 from clio_stream.living.scheduler import Triggers
 from clio_stream.devstack.processes import ManagedProcess, free_port, http_probe
 from clio_stream.settings import ClioSettings
-from clio_stream.store import ConversationRecord, FacetPoint, QdrantStore
+from clio_stream.storage.documents import RECLUSTER_REQUEST
+from clio_stream.storage.records import ConversationRecord, FacetPoint
+from clio_stream.storage.store import QdrantStore
 from consumers.worker import ConsumerWorker
 from clio_stream.domain.conversation import Conversation, ConversationFacets, FacetValue, Message
 from clio_stream.domain.clusters import ClioResult
@@ -130,8 +132,8 @@ def _store_points(store: QdrantStore, result: ClioResult) -> None:
         records.append(ConversationRecord(conversation_id=conv.id, status="processed", user_hash=user_hash,
                                           timestamp=conv.timestamp, content_hash=f"h-{conv.id}",
                                           raw=[m.model_dump() for m in conv.messages]))
-    store.upsert_facets(points)
-    store.mark_conversations(records)
+    store.points.upsert_facets(points)
+    store.points.mark_conversations(records)
 
 
 def _batch_run(out: Path, doomed: list[Conversation]) -> None:
@@ -237,7 +239,7 @@ def test_delete_user_leaves_no_trace(world: World, tmp_path: Path,
     seconds = time.monotonic() - t0
     assert report["facet_points"] == 2 * 3 and report["conversations"] == 2
     assert sorted(report["versions_scrubbed"]) == ["v1", "v2"] and report["recluster_requested"]
-    assert report["status"] == "done" and world.store.get_deletion(report["request_id"])["status"] == "done"
+    assert report["status"] == "done" and world.store.deletions.get(report["request_id"])["status"] == "done"
     assert report["batch_dirs_scrubbed"] and report["checkpoint_files_removed"] > 0
 
     # Qdrant: no payload of any collection mentions the user.
@@ -257,7 +259,7 @@ def test_delete_user_leaves_no_trace(world: World, tmp_path: Path,
         f"/v1/facets/{REQUEST}/tree", f"/v1/facets/{REQUEST}/clusters/{DOOMED_LEAF}",
         f"/v1/facets/{REQUEST}/clusters/{DOOMED_LEAF}/conversations?limit=50", "/data/conversations/index.json.gz")]
     leaks += [t for text in crawled for t in traces if t in text]
-    assert world.store.get_state("recluster_request")["requested_by"] == "deletion"
+    assert world.store.states.read(RECLUSTER_REQUEST).requested_by == "deletion"
     reliability_report(deletion_seconds=round(seconds, 2), facet_points_deleted=report["facet_points"],
                        conversation_points_deleted=report["conversations"],
                        versions_scrubbed=len(report["versions_scrubbed"]),
@@ -405,7 +407,7 @@ def test_repeated_deletion_is_one_request(world: World, reliability_report: Call
     rid = first.json()["request_id"]
     assert second.json()["request_id"] == rid and second.json()["status"] == "pending"
     assert second.json()["facet_points"] == first.json()["facet_points"] == 2 * 3  # nothing counted twice
-    assert [d["request_id"] for d in world.store.deletions()] == [rid]
+    assert [d["request_id"] for d in world.store.deletions.list()] == [rid]
 
     settings = world.settings.with_overrides(deletion_sweep_delay_s=0)
     done = process_deletions(world.store, settings, world.publish_dir)
@@ -416,9 +418,9 @@ def test_repeated_deletion_is_one_request(world: World, reliability_report: Call
     assert third.status_code == 202 and third.json() == closed  # the same, finished request
     again = process_deletions(world.store, settings, world.publish_dir)
     assert again == DeletionPass(), "a repeat of a finished deletion made the owner work again"
-    assert [d["request_id"] for d in world.store.deletions()] == [rid]
+    assert [d["request_id"] for d in world.store.deletions.list()] == [rid]
     assert world.client.get("/v1/deletions/no-such-request", headers=ADMIN).status_code == 404
-    reliability_report(requests=3, stored_requests=len(world.store.deletions()))
+    reliability_report(requests=3, stored_requests=len(world.store.deletions.list()))
 
 
 # --------------------------------------------------------------------------- a re-clustering in flight
@@ -438,7 +440,7 @@ def _fill(store: QdrantStore, emb: HashEmbedder, doomed_hash: str) -> list[str]:
             vec = emb.encode([value])[0] if f.has_hierarchy else np.zeros(emb.dim, dtype=np.float32)
             points.append(FacetPoint(conversation_id=cid, facet=f.name, vector=vec, value=value,
                                      numeric=1 if f.numeric else None, user_hash=user, timestamp=1.7e9))
-    store.upsert_facets(points)
+    store.points.upsert_facets(points)
     return [cid for cid, user, _, _ in rows if user == doomed_hash]
 
 
@@ -479,7 +481,7 @@ def test_recluster_that_scrolled_before_the_deletion_publishes_without_the_user(
             out = scroll(*args, **kwargs)  # the run now holds the user's points in memory
             during["delete"] = client.delete(f"/v1/users/{DOOMED}", headers=ADMIN)
             during["pass"] = process_deletions(store, settings, publish_dir)  # the owner's pass, mid-run
-            during["status"] = store.get_deletion(during["delete"].json()["request_id"])["status"]
+            during["status"] = store.deletions.get(during["delete"].json()["request_id"])["status"]
             return out
 
         monkeypatch.setattr(clustering_job, "load_stored", scroll_then_delete)
@@ -581,7 +583,7 @@ def test_a_write_on_a_stale_deny_list_is_swept(kafka_broker: Any, qdrant_server:
         stop_thread(thread, stop)
     early = process_deletions(store, s, s.publish_dir)  # before the delay: scrubbed, not closed
     swept = process_deletions(store, s.with_overrides(deletion_sweep_delay_s=0), s.publish_dir)  # delay over
-    left, request = _user_points(store, doomed_hash), store.get_deletion(rid)
+    left, request = _user_points(store, doomed_hash), store.deletions.get(rid)
     store.close()
     reliability_report(written_back_before_sweep=written_back, left_after_sweep=left)
     assert written_back > 0, "the stale worker dropped the record: this test would prove nothing"

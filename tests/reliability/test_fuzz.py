@@ -7,7 +7,7 @@
    are malformed at the decoding layer (cheap); a handful of valid but hostile
    conversations (prompt injection, control characters, fake role tags...)
    reach the LLM. Short form ~1,000 records, full form (``--long``) 10,000.
-2. The batch loader (``clio_stream.data``) under hypothesis: any JSON-like
+2. The batch loader (``clio_stream.batch_input``, ``clio_stream.stages.prepare``) under hypothesis: any JSON-like
    record or file content either loads or raises ``DataError``.
 3. The API's path, cursor and query parameters under hypothesis (traversal
    strings, encoded dots, forged cursors): never a 5xx, never a withheld
@@ -34,11 +34,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 from kafka import KafkaConsumer, TopicPartition
 
-from clio_stream.data import DataError, load_file, prepare_conversations, to_conversation
+from clio_stream.batch_input import load_file
+
+from clio_stream.stages.prepare import DataError, prepare_conversations, to_conversation
 from clio_stream.domain.facets import CONCERNING, REQUEST
 from clio_stream.streaming.kafka_io import decode_dead_letter, ensure_topics, make_producer
 from clio_stream.settings import ClioSettings
-from clio_stream.store import QdrantStore
+from clio_stream.storage.store import QdrantStore
 from consumers.worker import ConsumerWorker
 from tests.integration.conftest import minilm  # noqa: F401 - session fixture
 from tests.integration.test_api import KEYS, SECRETS, Env, env  # noqa: F401 - module fixture (API over real servers)

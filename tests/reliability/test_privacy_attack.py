@@ -34,13 +34,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from clio_stream.data import load_shared_dataset
+from clio_stream.batch_input import load_shared_dataset
 from clio_stream.domain.facets import main_facets
 from clio_stream.pipeline import run_clio
 from clio_stream.privacy import keyed_user_hash
 from clio_stream.publish import publish_version
 from clio_stream.settings import ClioSettings
-from clio_stream.store import ConversationRecord, FacetPoint, QdrantStore
+from clio_stream.storage.records import ConversationRecord, FacetPoint
+from clio_stream.storage.store import QdrantStore
 from tests.integration.conftest import minilm  # noqa: F401 - session fixture
 from tests.reliability.test_security import site_violations
 from tests.fixtures_site import HIDDEN_NAME, HIDDEN_NODE_ID, HIDDEN_SUMMARY, REQUEST, SECRET_TOKEN, make_site_fixture
@@ -115,10 +116,10 @@ def _populate(store: QdrantStore, result: Any, dim: int) -> None:
                                      cluster_id=cluster, cluster_version=1 if cluster is not None else None))
         records.append(ConversationRecord(conversation_id=conv.id, status="processed", user_hash=user_hash,
                                           timestamp=conv.timestamp, raw=[m.model_dump() for m in conv.messages]))
-    store.upsert_facets(points)
-    store.mark_conversations(records)
+    store.points.upsert_facets(points)
+    store.points.mark_conversations(records)
     for name in result.hierarchies:
-        store.set_current_version(name, 1)
+        store.versions.set_current_version(name, 1)
 
 
 def _differences(node: dict[str, Any], children: list[dict[str, Any]], where: str) -> list[str]:

@@ -102,7 +102,7 @@ def test_rebalances_during_a_clustered_stream_apply_each_delta_once(
         send_conversations(s.kafka_bootstrap, s.topic, seed)
         wait_for(lambda: committed(s.kafka_bootstrap, s.consumer_group, s.topic) == len(seed), 300, "the seed")
         assert bootstrap_clustering(store, FACETS, s) == 1
-        bootstrap = OnlineKMeans.from_state(store.get_centroids("Request", 1))  # type: ignore[arg-type]
+        bootstrap = OnlineKMeans.from_state(store.versions.get_centroids("Request", 1))  # type: ignore[arg-type]
         wait_for(lambda: "Request" in a.centroids.models, 60, "worker-a to load the clustering")  # type: ignore[union-attr]
 
         waves = [stream[i::3] for i in range(3)]
@@ -138,7 +138,7 @@ def test_rebalances_during_a_clustered_stream_apply_each_delta_once(
                   if p.get("value") and cid in {c["id"] for c in stream}]
         expected_added = len(valued)  # each stored value once; the seed's points are in the bootstrap
         replica = SharedCentroids(["Request"], embedder.dim)
-        assert replica.refresh(store) == ["Request"]
+        assert replica.refresh(store.versions) == ["Request"]
         received = [receive(r) for r in read_topic(s.kafka_bootstrap, s.deltas_topic, n_deltas_topic, timeout=10)]
         report = replica.apply(received)
         models = {"replay": replica.models["Request"], **{w.worker_id: w.centroids.models["Request"] for w in live}}  # type: ignore[union-attr]

@@ -23,9 +23,9 @@ import pytest
 from clio_stream.domain.facets import main_facets
 from clio_stream.ops.faults import EXIT_CODE, EXIT_KIND, FAULT_ENV
 from clio_stream.living.job import recluster_once
-from clio_stream.store import QdrantStore
+from clio_stream.storage.store import QdrantStore
+from clio_stream.storage.documents import CLUSTERING_LOCK
 from clio_stream.living.versions import (
-    CLUSTERING_LOCK,
     COMMITTED_STEPS,
     STEP_CATCH_UP,
     STEP_CENTROIDS,
@@ -65,16 +65,16 @@ def test_a_kill_at_any_step_leaves_a_good_version_served_and_the_next_run_succee
     pub = tmp_path / "published"
     try:
         store.ensure_collections(emb.dim)
-        store.upsert_facets(points(emb, 0, 60))
+        store.points.upsert_facets(points(emb, 0, 60))
         first = recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets, settings, publish_dir=pub)
         assert first is not None and first.version == 1
-        store.upsert_facets(points(emb, 60, 6, worker_models(store)))  # a worker on version 1
+        store.points.upsert_facets(points(emb, 60, 6, worker_models(store)))  # a worker on version 1
 
         victim = kill_at(step, nth, qdrant_server.url, qdrant_server.grpc_port, prefix, pub)
         assert victim.returncode == EXIT_CODE, victim.stderr[-3000:]
         assert f"exiting at step {step}" in victim.stderr
         killed_at = time.monotonic()
-        assert store.lock_holder(CLUSTERING_LOCK) is not None  # a kill releases nothing
+        assert store.locks.holder(CLUSTERING_LOCK) is not None  # a kill releases nothing
 
         after = served(store, pub, settings)
         if step in COMMITTED_STEPS:
@@ -85,7 +85,7 @@ def test_a_kill_at_any_step_leaves_a_good_version_served_and_the_next_run_succee
             assert after.store == {f: 1 for f in after.store} and after.published == after.api == "1", after
         assert_complete(after, store)
 
-        while store.lock_holder(CLUSTERING_LOCK) is not None:
+        while store.locks.holder(CLUSTERING_LOCK) is not None:
             assert time.monotonic() - killed_at < 3 * LOCK_TTL_S, "the dead run's lease never expired"
             time.sleep(0.2)
         freed_after = time.monotonic() - killed_at
@@ -97,7 +97,7 @@ def test_a_kill_at_any_step_leaves_a_good_version_served_and_the_next_run_succee
         assert final.store == {f: expected for f in final.store}
         assert final.published == final.api == str(expected)
         assert_complete(final, store)
-        assert committed(store).applied and store.lock_holder(CLUSTERING_LOCK) is None
+        assert committed(store).applied and store.locks.holder(CLUSTERING_LOCK) is None
         reliability_report(step=f"{step}#{nth}", served_after_kill=after.api, store_after_kill=after.store,
                            lock_free_s_after_kill=round(freed_after, 2), next_version=report.version)
     finally:

@@ -31,7 +31,7 @@ from clio_stream.streaming.wire_format import encode_message
 from clio_stream.publish import publish_version
 from clio_stream.devstack.processes import ManagedProcess, free_port, http_probe
 from clio_stream.site.server import start_site_server_in_thread
-from clio_stream.store import QdrantStore
+from clio_stream.storage.store import QdrantStore
 from tests.fixtures_site import HIDDEN_NODE_ID, REQUEST, make_site_fixture
 from tests.integration.test_api import KEYS, ROUTES, SECRETS, Env, env  # noqa: F401 - module fixture
 
@@ -161,7 +161,7 @@ def test_keys_and_secrets_never_logged(kafka_broker: Any, qdrant_server: Any, vl
 
 def _processed(store: QdrantStore) -> int:
     try:
-        return store.count()
+        return store.points.count()
     except Exception:  # noqa: BLE001 - collections not created yet
         return 0
 
@@ -287,7 +287,7 @@ def test_paths_and_cursors_cannot_reach_other_facets_or_files(env: Env, tmp_path
     assert c.get(f"/v1/facets/{REQUEST}/clusters/request-r0/conversations", params={"cursor": old},
                  headers=admin).status_code == 410
     # An offset pointing at a point of the withheld cluster still lists only the visible leaf's members.
-    hidden_points, _ = env.store.cluster_members(REQUEST, env.leaf_cluster[HIDDEN_NODE_ID], limit=5)
+    hidden_points, _ = env.store.points.cluster_members(REQUEST, env.leaf_cluster[HIDDEN_NODE_ID], limit=5)
     leaf = "request-r0-m0-l0"
     for p in hidden_points:
         forged = encode_cursor("v2", leaf, 0, p["id"])

@@ -72,6 +72,7 @@ def _fake_prepared(cache: Path, dirname: str, source: str) -> Path:
          ",".join(w.spec for w in assets.MPNET_WHEELS)),
         ("SmolLM2-135M-Instruct", "llm", assets.SMOLLM2_DIRNAME, assets.SMOLLM2_WHEEL.spec),
         ("smollm2-135m-instruct", "llm", assets.SMOLLM2_DIRNAME, assets.SMOLLM2_WHEEL.spec),
+        ("Qwen2.5-Coder-0.5B-Instruct", "llm", assets.QWEN05_DIRNAME, ",".join(w.spec for w in assets.QWEN05_WHEELS)),
     ],
 )
 def test_resolve_model_maps_short_names_to_prepared_folders(
@@ -151,3 +152,45 @@ def test_sharegpt_is_skipped_when_present(tmp_cache: Path) -> None:
     (data / assets.SHAREGPT_NAME).write_text("[]")
     (data / f".{assets.SHAREGPT_NAME}.source").write_text(assets.SHAREGPT_WHEEL.spec + "\n")
     assert assets.sharegpt_json_path() == data / assets.SHAREGPT_NAME
+
+
+def _fake_part_wheels(tmp_path: Path, chunks: list[bytes]) -> dict[str, Path]:
+    """One tiny zip per chunk, laid out like the split-GGUF packages (``<pkg>/data/partNN.bin``)."""
+    import zipfile
+
+    wheels = {}
+    for i, chunk in enumerate(chunks, start=1):
+        path = tmp_path / f"part{i}.whl"
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr(f"pkg{i}/__init__.py", "")
+            zf.writestr(f"pkg{i}/data/part{i:02d}.bin", chunk)
+        wheels[f"part{i}"] = path
+    return wheels
+
+
+def test_split_gguf_parts_join_in_order_and_a_wrong_checksum_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+
+    chunks = [b"GGUF" + b"a" * 10, b"b" * 7, b"c" * 3]
+    fakes = _fake_part_wheels(tmp_path, chunks)
+    wheels = tuple(assets._Wheel(name, "0", "unused") for name in fakes)
+    monkeypatch.setattr(assets, "_download", lambda wheel, dest: Path(
+        __import__("shutil").copy(fakes[wheel.name], tmp_path / f"dl-{wheel.name}.whl")))
+    joined = b"".join(chunks)
+    out = assets._join_parts(wheels, lambda i: f"/data/part{i:02d}.bin", tmp_path / "model.gguf", tmp_path / "dl",
+                             sha256=hashlib.sha256(joined).hexdigest())
+    assert out.read_bytes() == joined
+    with pytest.raises(RuntimeError, match="does not match the pinned"):
+        assets._join_parts(wheels, lambda i: f"/data/part{i:02d}.bin", tmp_path / "bad.gguf", tmp_path / "dl",
+                           sha256="0" * 64)
+    assert not (tmp_path / "bad.gguf").exists()
+
+
+def test_the_opt_in_model_is_never_prepared_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    prepared = []
+    for fn in ("minilm_model_dir", "mpnet_model_dir", "smollm2_model_dir", "sharegpt_json_path", "qwen05_model_dir"):
+        monkeypatch.setattr(assets, fn, lambda fn=fn: prepared.append(fn) or tmp_path)
+    assets.prepare_all()
+    assert prepared and "qwen05_model_dir" not in prepared

@@ -1,6 +1,6 @@
 import numpy as np
 
-from clio_stream.checkpoint import Checkpoints, stable_hash
+from clio_stream.storage.checkpoint import Checkpoints, stable_hash
 
 
 def test_resume_and_invalidate(tmp_path):

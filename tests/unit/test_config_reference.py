@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from clio_stream.cli import main
-from clio_stream.config_reference import SECRET_SETTINGS, reference_markdown
+from clio_stream.cli.config import reference_markdown
+from clio_stream.cli.main import main
+from clio_stream.secret_settings import SECRET_SETTINGS
 from clio_stream.settings import ClioSettings
 
 REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"

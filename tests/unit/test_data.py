@@ -2,10 +2,9 @@ import json
 
 import pytest
 
-from clio_stream.data import (
+from clio_stream.batch_input import load_file, load_shared_dataset
+from clio_stream.stages.prepare import (
     DataError,
-    load_file,
-    load_shared_dataset,
     prepare_conversations,
     render_conversation,
     to_conversation,
@@ -101,7 +100,7 @@ def test_shared_datasets_load():
 
 
 def test_truncated_json_list_keeps_complete_items(tmp_path):
-    from clio_stream.data import _read_json_list_tolerant
+    from clio_stream.batch_input import _read_json_list_tolerant
 
     p = tmp_path / "t.json"
     p.write_text('[{"a": 1}, {"b": [1, 2]},\n {"c": "unterminated')

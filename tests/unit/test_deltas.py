@@ -14,7 +14,7 @@ import pytest
 from clio_stream.domain.vectors import normalise_rows
 from clio_stream.online import DELTA_FORMAT, CentroidDeltas, OnlineKMeans
 from clio_stream.settings import ClioSettings
-from clio_stream.store import QdrantStore
+from clio_stream.storage.store import QdrantStore
 from consumers.centroids import SharedCentroids
 from consumers.decoding import Record
 from consumers.deltas_io import encode_deltas, receive

@@ -23,7 +23,8 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from clio_stream import cli
+from clio_stream.cli import admin, living
+from clio_stream.cli import main as cli
 from clio_stream.settings import ClioSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -727,18 +728,18 @@ def test_api_scheduler_and_recluster_parse(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("CLIO_USER_ID_HASH_KEY", "a-real-secret-for-this-test")  # services refuse the placeholder
     p = cli.build_parser()
     a = p.parse_args(["api", "--workers", "4", "--port", "9000", "--host", "0.0.0.0"])
-    assert (a.func, a.workers, a.port, a.host) == (cli.cmd_api, 4, 9000, "0.0.0.0")
+    assert (a.func, a.workers, a.port, a.host) == (admin.cmd_api, 4, 9000, "0.0.0.0")
     a = p.parse_args(["api"])
     assert (a.workers, a.port, a.host) == (None, None, None)  # settings decide
     a = p.parse_args(["recluster"])
-    assert a.func is cli.cmd_recluster and a.if_due is False and a.facets is None and a.llm_base_url is None
+    assert a.func is living.cmd_recluster and a.if_due is False and a.facets is None and a.llm_base_url is None
     a = p.parse_args(["recluster", "--if-due", "--interval", "60", "--min-points", "5", "--facets", "Request",
                       "--llm-base-url", "http://vllm:8000/v1", "--qdrant-url", "http://q:6333"])
     assert (a.if_due, a.interval, a.min_points, a.facets, a.llm_base_url, a.qdrant_url) == (
         True, 60.0, 5, "Request", "http://vllm:8000/v1", "http://q:6333")
     a = p.parse_args(["scheduler", "--poll", "2", "--new-fraction", "0.2"])
-    assert (a.func, a.poll, a.new_fraction, a.interval, a.min_points) == (cli.cmd_scheduler, 2.0, 0.2, None, None)
-    t = cli._triggers(a)  # unset flags fall back to the settings
+    assert (a.func, a.poll, a.new_fraction, a.interval, a.min_points) == (living.cmd_scheduler, 2.0, 0.2, None, None)
+    t = living.triggers_from_args(a)  # unset flags fall back to the settings
     assert (t.new_fraction, t.interval_s, t.min_points) == (0.2, 900.0, 30)
     for bad in (["api", "--workers", "x"], ["recluster", "--interval"], ["scheduler", "--nope"]):
         with pytest.raises(SystemExit):
@@ -754,7 +755,7 @@ def test_recluster_uses_the_server_when_a_base_url_is_set(monkeypatch: pytest.Mo
     assert effective_settings(plain) is plain
     monkeypatch.setenv("CLIO_USER_ID_HASH_KEY", "a-real-secret-for-this-test")
     args = cli.build_parser().parse_args(["recluster", "--llm-base-url", "http://x:1/v1"])
-    assert cli._recluster_settings(args).llm_backend == "openai"
+    assert living.recluster_settings(args).llm_backend == "openai"
 
 
 class _FakeService:
@@ -900,7 +901,8 @@ def test_recluster_service_snapshot_and_run(tmp_path: Path) -> None:
     from clio_stream.domain.facets import main_facets
     from clio_stream.living.service import ReclusterService
     from clio_stream.living.scheduler import Triggers, due
-    from clio_stream.store import QdrantStore
+    from clio_stream.storage.documents import SCHEDULER_STATE, SchedulerState
+    from clio_stream.storage.store import QdrantStore
 
     from .fakes import HashEmbedder, ScriptedLLM, sensible_script
     from .test_recluster import fill
@@ -926,17 +928,17 @@ def test_recluster_service_snapshot_and_run(tmp_path: Path) -> None:
     assert due(snap, Triggers(min_points=30)) is None
     sched = service.scheduler(Triggers(min_points=30), poll_s=0.01)
     assert sched.snapshot_fn == service.snapshot and sched.run_fn == service.run
-    service.write_state({"runs": 1})
-    assert store.get_state("scheduler") == {"runs": 1}
+    service.write_state(SchedulerState(runs=1, updated_at=5.0))
+    assert store.states.read(SCHEDULER_STATE) == SchedulerState(runs=1, updated_at=5.0)
     service.close()  # the store and LLM were passed in: left open
-    assert store.count(facet=service.trigger_facet) == 40
+    assert store.points.count(facet=service.trigger_facet) == 40
 
 
 def test_recluster_service_before_any_worker_started(tmp_path: Path) -> None:
     """No collections yet (no worker has run): nothing is due and a run is a no-op, not an error."""
     from clio_stream.living.service import ReclusterService
     from clio_stream.living.scheduler import Triggers, due
-    from clio_stream.store import QdrantStore
+    from clio_stream.storage.store import QdrantStore
 
     from .fakes import HashEmbedder, ScriptedLLM, sensible_script
 

@@ -8,7 +8,7 @@ from clio_stream.embedding import embedding_text
 from clio_stream.domain.facets import REQUEST, Facet
 from clio_stream.streaming.wire_format import encode_message
 from clio_stream.settings import ClioSettings
-from clio_stream.store import QdrantStore
+from clio_stream.storage.store import QdrantStore
 from consumers.decoding import Record
 from consumers.processing import process_batch
 from tests.unit.fakes import HashEmbedder, ScriptedLLM, sensible_script
@@ -32,7 +32,7 @@ def test_streaming_path_stores_the_answer_embedding_with_the_full_value() -> Non
     msg = {"id": "c1", "user_id": "u1", "conversation": [{"role": "user", "content": "my card was declined"}]}
     try:
         out = process_batch([Record("t", 0, 0, None, encode_message(msg))], facets=[REQUEST],
-                            llm=ScriptedLLM(sensible_script), embedder=HashEmbedder(), store=store, models={},
+                            llm=ScriptedLLM(sensible_script), embedder=HashEmbedder(), store=store.points, models={},
                             settings=settings)
     finally:
         store.close()

@@ -19,10 +19,10 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.auth import FailedAuthLimiter, KeyRing
-from clio_stream import cli
+from clio_stream.cli import main as cli
 from clio_stream.settings import ClioSettings
 from clio_stream.devstack.stack import Stack
-from clio_stream.store import QdrantStore
+from clio_stream.storage.store import QdrantStore
 
 ROOT = Path(__file__).parents[2]
 EXAMPLES = [ROOT / "deploy" / "compose" / ".env.example", ROOT / "deploy" / "k8s" / "secrets.env.example"]

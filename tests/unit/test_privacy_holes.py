@@ -24,7 +24,8 @@ from clio_stream.domain.facets import Facet
 from clio_stream.privacy import annotate, keyed_user_hash, mark_below_minimums, user_key_of
 from clio_stream.publish import publish_version
 from clio_stream.settings import ClioSettings
-from clio_stream.store import ConversationRecord, FacetPoint, QdrantStore
+from clio_stream.storage.records import ConversationRecord, FacetPoint
+from clio_stream.storage.store import QdrantStore
 from clio_stream.domain.conversation import Conversation, ConversationFacets, FacetValue, Message
 from clio_stream.domain.clusters import ClioResult, ClusterNode, FacetHierarchy
 from tests.fixtures_site import CONCERNING, HIDDEN_NODE_ID, LANGUAGE, REQUEST, make_site_fixture
@@ -96,9 +97,9 @@ def _populate(store: QdrantStore, result: ClioResult, leaf_cluster: dict[str, in
                                      cluster_id=cluster, cluster_version=1 if cluster is not None else None))
         records.append(ConversationRecord(conversation_id=conv.id, status="processed", user_hash=user_hash,
                                           timestamp=conv.timestamp, raw=[m.model_dump() for m in conv.messages]))
-    store.upsert_facets(points)
-    store.mark_conversations(records)
-    store.set_current_version(REQUEST, 1)
+    store.points.upsert_facets(points)
+    store.points.mark_conversations(records)
+    store.versions.set_current_version(REQUEST, 1)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ from clio_stream.domain.facets import CONCERNING, REQUEST, TASK
 from clio_stream.streaming.wire_format import encode_message
 from clio_stream.privacy import keyed_user_hash
 from clio_stream.settings import ClioSettings
-from clio_stream.store import QdrantStore, facet_point_id
+from clio_stream.storage.records import facet_point_id
+from clio_stream.storage.store import QdrantStore
 from consumers.bootstrap import bootstrap_clustering
 from consumers.centroids import SharedCentroids
 from consumers.decoding import Record, decode_records, offset_ranges
@@ -56,14 +57,14 @@ def llm() -> ScriptedLLM:
 
 def run(recs: list[Record], llm: ScriptedLLM, store: QdrantStore, settings: ClioSettings,
         models: dict | None = None, facets: list = FACETS) -> BatchOutcome:
-    return process_batch(recs, facets=facets, llm=llm, embedder=HashEmbedder(), store=store, models=models or {},
+    return process_batch(recs, facets=facets, llm=llm, embedder=HashEmbedder(), store=store.points, models=models or {},
                          settings=settings)
 
 
 def write(outcome: BatchOutcome, store: QdrantStore) -> None:
     """What the worker does with an outcome (the Qdrant part)."""
-    store.upsert_facets(outcome.facet_points)
-    store.mark_conversations(outcome.conversations)
+    store.points.upsert_facets(outcome.facet_points)
+    store.points.mark_conversations(outcome.conversations)
 
 
 def test_bad_records_become_dead_letters_and_the_good_ones_around_them_are_processed(llm, store, settings) -> None:
@@ -164,13 +165,14 @@ def test_assigned_after_a_clustering_is_published(llm, store, settings) -> None:
                 llm, store, settings)
     write(first, store)
     version = bootstrap_clustering(store, FACETS, settings)
-    assert version == 1 and store.current_version("Request") == 1 and store.current_version("Concerning") is None
-    labelled, _ = store.cluster_members("Request", 0, version=1)
-    labelled2, _ = store.cluster_members("Request", 1, version=1)
+    assert version == 1 and store.versions.current_version("Request") == 1
+    assert store.versions.current_version("Concerning") is None
+    labelled, _ = store.points.cluster_members("Request", 0, version=1)
+    labelled2, _ = store.points.cluster_members("Request", 1, version=1)
     assert len(labelled) + len(labelled2) == len(topics)
 
     shared = SharedCentroids(["Request"], HashEmbedder.dim)
-    assert shared.refresh(store) == ["Request"]
+    assert shared.refresh(store.versions) == ["Request"]
     model = shared.models["Request"]
     counts_before = model.counts.copy()
     recs = records([encode_message(conv_msg("n1", "cards question new")),
@@ -231,7 +233,7 @@ def clustered(llm, store, settings) -> SharedCentroids:
     write(first, store)
     assert bootstrap_clustering(store, FACETS, settings) == 1
     shared = SharedCentroids(["Request"], HashEmbedder.dim)
-    assert shared.refresh(store) == ["Request"]
+    assert shared.refresh(store.versions) == ["Request"]
     return shared
 
 

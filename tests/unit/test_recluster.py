@@ -6,9 +6,10 @@ import pytest
 from clio_stream.domain.facets import main_facets
 from clio_stream.publish import load_current, read_pointer
 from clio_stream.living.job import recluster_once
-from clio_stream.living.versions import CLUSTERING_LOCK
 from clio_stream.settings import ClioSettings
-from clio_stream.store import FacetPoint, QdrantStore
+from clio_stream.storage.documents import CLUSTERING_LOCK, LAST_RUN, id_counter_key
+from clio_stream.storage.records import FacetPoint
+from clio_stream.storage.store import QdrantStore
 
 from .fakes import HashEmbedder, ScriptedLLM, sensible_script
 
@@ -27,7 +28,7 @@ def fill(store, emb, n=60, start=0, variety=None):
             vec = emb.encode([value])[0] if f.has_hierarchy else np.zeros(emb.dim, dtype=np.float32)
             points.append(FacetPoint(conversation_id=f"c{i}", facet=f.name, vector=vec, value=value,
                                      numeric=1 + i % 5 if f.numeric else None, user_hash=f"u{i % 15}"))
-    store.upsert_facets(points)
+    store.points.upsert_facets(points)
 
 
 @pytest.fixture
@@ -52,13 +53,13 @@ def test_recluster_publishes_a_complete_version(setup):
     assert report.points == {"Request": 60, "Task": 60}
     assert read_pointer(pub) == "1" and load_current(pub).result.hierarchies["Request"].depth() >= 2
     for f in ("Request", "Task"):
-        assert store.current_version(f) == 1 and store.get_centroids(f, 1)
+        assert store.versions.current_version(f) == 1 and store.versions.get_centroids(f, 1)
         # every stored point carries a label of the new version
-        assert store.count(facet=f, version=1) == 60
+        assert store.points.count(facet=f, version=1) == 60
     # Stats come from the stored numeric facet.
     h = load_current(pub).result.hierarchies["Request"]
     assert all(n.numeric["Concerning"].count == n.size for n in h.nodes.values())
-    assert store.lock_holder(CLUSTERING_LOCK) is None
+    assert store.locks.holder(CLUSTERING_LOCK) is None
 
 
 def test_second_run_is_a_new_version_warm_started(setup):
@@ -66,18 +67,18 @@ def test_second_run_is_a_new_version_warm_started(setup):
     fill(store, emb)
     llm = ScriptedLLM(sensible_script)
     recluster_once(store, llm, emb, main_facets, settings, publish_dir=pub)
-    first = store.get_centroids("Request", 1)
+    first = store.versions.get_centroids("Request", 1)
     fill(store, emb, n=6, start=60)
     report = recluster_once(store, llm, emb, main_facets, settings, publish_dir=pub)
     assert report.version == 2 and read_pointer(pub) == "2"
-    assert store.count(facet="Request", version=2) == 66
-    assert first is not None and store.get_centroids("Request", 2)
+    assert store.points.count(facet="Request", version=2) == 66
+    assert first is not None and store.versions.get_centroids("Request", 2)
 
 
 def test_lock_held_elsewhere_skips(setup):
     store, emb, settings, pub = setup
     fill(store, emb, n=12)
-    assert store.acquire_lock(CLUSTERING_LOCK, "someone-else", 60)
+    assert store.locks.acquire(CLUSTERING_LOCK, "someone-else", 60)
     assert recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets, settings, publish_dir=pub) is None
     assert read_pointer(pub) is None
 
@@ -120,7 +121,7 @@ def assert_store_mapping(store, pub, version):
     mapping = result.stats["store_clusters"]
     for facet, h in result.hierarchies.items():
         for leaf in h.leaves():
-            page, _ = store.cluster_members(facet, mapping[leaf.id], limit=10_000, version=version)
+            page, _ = store.points.cluster_members(facet, mapping[leaf.id], limit=10_000, version=version)
             assert sorted(p["conversation_id"] for p in page) == sorted(leaf.conversation_ids)
 
 
@@ -155,7 +156,7 @@ def test_five_percent_more_data_keeps_ids_and_costs_few_prompts(setup):
     second = recluster_once(store, llm, emb, main_facets, settings, publish_dir=pub)
     assert second.id_survival >= 0.9
     assert second.llm_prompts <= 0.2 * first.llm_prompts
-    assert store.get_state("recluster:last")["id_survival"] == second.id_survival
+    assert store.states.read(LAST_RUN).id_survival == second.id_survival
     assert_lineage_sound(pub, old)
     assert_store_mapping(store, pub, 2)
 
@@ -175,14 +176,14 @@ def test_a_new_topic_gets_a_new_id_and_old_ids_still_resolve(setup):
             vec = emb.encode([value])[0] if f.has_hierarchy else np.zeros(emb.dim, dtype=np.float32)
             points.append(FacetPoint(conversation_id=f"c{i}", facet=f.name, vector=vec, value=value,
                                      numeric=1 if f.numeric else None, user_hash=f"u{i % 15}"))
-    store.upsert_facets(points)
+    store.points.upsert_facets(points)
     report = recluster_once(store, llm, emb, main_facets, settings, publish_dir=pub)
     new_leaves = leaves_of(pub)
     born = set(new_leaves) - set(old_leaves)
     assert born, "the new topic should make a cluster of its own"
     astro = {f"c{i}" for i in range(60, 72)}
     assert any(astro <= set(new_leaves[b].conversation_ids) for b in born)
-    counter = store.get_state("idcounter:Request")["next"]["0"]
+    counter = store.states.read(id_counter_key("Request")).next[0]
     assert all(int(b.rsplit("-", 1)[1]) >= len(old_leaves) for b in born) and counter > max(
         int(i.rsplit("-", 1)[1]) for i in new_leaves)
     assert report.leaves_renamed < len(new_leaves)  # only what changed was named
@@ -194,7 +195,7 @@ def test_vanished_clusters_get_successors_through_lineage(setup):
     """Two topics deleted: their clusters go, the hierarchy is rebuilt, and every old id still resolves."""
     from qdrant_client import models
 
-    from clio_stream.store import facet_point_id
+    from clio_stream.storage.records import facet_point_id
 
     store, emb, settings, pub = setup
     fill(store, emb, n=120, variety=5)
@@ -262,9 +263,9 @@ def second_version_world(setup):
     from tests.recluster_harness import points, worker_models
 
     store, emb, settings, pub = setup
-    store.upsert_facets(points(emb, 0, 60))
+    store.points.upsert_facets(points(emb, 0, 60))
     assert recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets, settings, publish_dir=pub).version == 1
-    store.upsert_facets(points(emb, 60, 6, worker_models(store)))
+    store.points.upsert_facets(points(emb, 60, 6, worker_models(store)))
     return store, emb, settings.with_overrides(api_keys=f"analyst:{ANALYST}"), pub
 
 
@@ -273,11 +274,11 @@ ANALYST = "analyst-key-for-fault-tests"
 
 def test_a_store_error_between_the_publish_and_the_pointers_does_not_wedge_the_next_runs(setup, monkeypatch):
     """Defect 4: the pointer flip failing once must not make every later run reuse the version and fail."""
-    from clio_stream.store import StoreUnavailable
+    from clio_stream.storage.errors import StoreUnavailable
     from tests.recluster_harness import assert_complete, served
 
     store, emb, settings, pub = second_version_world(setup)
-    real = store.set_current_version
+    real = store.versions.set_current_version
     failures = iter([StoreUnavailable("qdrant set state failed: injected")])
 
     def flaky(facet, version):
@@ -286,7 +287,7 @@ def test_a_store_error_between_the_publish_and_the_pointers_does_not_wedge_the_n
             raise err
         return real(facet, version)
 
-    monkeypatch.setattr(store, "set_current_version", flaky)
+    monkeypatch.setattr(store.versions, "set_current_version", flaky)
     with pytest.raises(StoreUnavailable):
         recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets, settings, publish_dir=pub)
     for _ in range(2):  # the next runs succeed, each a new version that every reader follows
@@ -303,7 +304,7 @@ def test_a_run_that_lost_its_lease_writes_nothing_over_the_next_holders_version(
     from qdrant_client import models
 
     import clio_stream.living.job as rc
-    from clio_stream.store import LockLost, lock_point_id
+    from clio_stream.storage.locks import LockLost, lock_point_id
     from tests.recluster_harness import assert_complete, served
 
     store, emb, settings, pub = second_version_world(setup)
@@ -328,7 +329,7 @@ def test_a_run_that_lost_its_lease_writes_nothing_over_the_next_holders_version(
     now = served(store, pub, settings)
     assert now.store == {f: b.version for f in now.store} and now.published == now.api == str(b.version)
     assert_complete(now, store)
-    doc = store.get_centroids("Request", b.version)
+    doc = store.versions.get_centroids("Request", b.version)
     assert doc is not None and doc.get("version") == b.version
 
 
@@ -338,7 +339,7 @@ def test_the_served_version_pages_every_member_while_the_next_one_is_written(set
     from tests.recluster_harness import assert_complete, conversation_leaf, served
 
     store, emb, settings, pub = second_version_world(setup)
-    real = store.set_labels
+    real = store.labels.write
     seen = []
 
     leaf_of_c0 = next(n.id for n in load_current(pub).result.hierarchies["Request"].leaves()
@@ -350,7 +351,7 @@ def test_the_served_version_pages_every_member_while_the_next_one_is_written(set
             seen.append((served(store, pub, settings), conversation_leaf(store, pub, settings, "c0", "Request")))
         return out
 
-    monkeypatch.setattr(store, "set_labels", labels_then_look)
+    monkeypatch.setattr(store.labels, "write", labels_then_look)
     assert recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets, settings, publish_dir=pub).version == 2
     assert seen and seen[0][0].api == "1"
     assert_complete(seen[0][0], store)
@@ -367,7 +368,7 @@ def test_points_stored_between_the_scroll_and_the_switch_are_in_the_new_version(
 
     def scroll_then_worker_writes(*args, **kwargs):
         out = real(*args, **kwargs)
-        store.upsert_facets(points(emb, 66, 4, worker_models(store)))
+        store.points.upsert_facets(points(emb, 66, 4, worker_models(store)))
         return out
 
     monkeypatch.setattr(job_frame, "load_stored", scroll_then_worker_writes)

@@ -19,9 +19,9 @@ import pytest
 from clio_stream.ops.faults import InjectedFault, armed
 from clio_stream.domain.facets import main_facets
 from clio_stream.living.job import recluster_once
-from clio_stream.store import QdrantStore
+from clio_stream.storage.store import QdrantStore
+from clio_stream.storage.documents import CLUSTERING_LOCK
 from clio_stream.living.versions import (
-    CLUSTERING_LOCK,
     COMMITTED_STEPS,
     STEP_CENTROIDS,
     STEP_RESERVE,
@@ -51,7 +51,7 @@ def test_every_step_is_reached(tmp_path):
     emb = HashEmbedder()
     store = QdrantStore(":memory:")
     store.ensure_collections(emb.dim)
-    store.upsert_facets(points(emb, 0, 30))
+    store.points.upsert_facets(points(emb, 0, 30))
     seen = trace((store, emb, job_settings(), tmp_path / "published"))
     assert set(seen) == set(WRITE_STEPS), seen
 
@@ -65,7 +65,7 @@ def fail_at(step: str, nth: int, world):
     def hook(s: str) -> None:
         reached.update([s])
         if s == STEP_CENTROIDS and reached[s] == 1:
-            store.upsert_facets(points(emb, 66, 3, worker_models(store)))
+            store.points.upsert_facets(points(emb, 66, 3, worker_models(store)))
         if s == step and reached[s] == nth:
             raise InjectedFault(f"injected at {step} #{nth}")
 
@@ -77,7 +77,7 @@ def test_a_store_error_at_any_step_keeps_a_good_version_served_and_the_next_run_
     emb = HashEmbedder()
     ref_store = QdrantStore(":memory:")
     ref_store.ensure_collections(emb.dim)
-    ref_store.upsert_facets(points(emb, 0, 60))
+    ref_store.points.upsert_facets(points(emb, 0, 60))
     occurrences = trace((ref_store, emb, job_settings(), tmp_path / "ref"))[step]
     assert occurrences >= 1
     for nth in range(1, occurrences + 1):
@@ -85,7 +85,7 @@ def test_a_store_error_at_any_step_keeps_a_good_version_served_and_the_next_run_
         store, emb, settings, pub = world
         with armed(fail_at(step, nth, world)), pytest.raises(InjectedFault):
             run(world)
-        assert store.lock_holder(CLUSTERING_LOCK) is None  # an error (not a kill) releases the lease
+        assert store.locks.holder(CLUSTERING_LOCK) is None  # an error (not a kill) releases the lease
         after = served(store, pub, settings)
         if step in COMMITTED_STEPS:
             assert committed(store).version == 2
@@ -102,7 +102,7 @@ def test_a_store_error_at_any_step_keeps_a_good_version_served_and_the_next_run_
         final = served(store, pub, settings)
         assert final.store == {f: expected for f in final.store} and final.published == final.api == str(expected)
         assert_complete(final, store)
-        assert committed(store).applied and store.lock_holder(CLUSTERING_LOCK) is None
+        assert committed(store).applied and store.locks.holder(CLUSTERING_LOCK) is None
 
 
 def _world(path):
@@ -111,9 +111,9 @@ def _world(path):
     store.ensure_collections(emb.dim)
     settings = job_settings()
     pub = path / "published"
-    store.upsert_facets(points(emb, 0, 60))
+    store.points.upsert_facets(points(emb, 0, 60))
     assert recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets, settings, publish_dir=pub).version == 1
-    store.upsert_facets(points(emb, 60, 6, worker_models(store)))
+    store.points.upsert_facets(points(emb, 60, 6, worker_models(store)))
     return store, emb, settings, pub
 
 

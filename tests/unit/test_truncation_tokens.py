@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from clio_stream.data import cut_to_tokens, render_conversation, to_conversation, truncate_conversation
+from clio_stream.stages.prepare import cut_to_tokens, render_conversation, to_conversation, truncate_conversation
 
 
 @pytest.fixture(scope="module")

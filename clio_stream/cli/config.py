@@ -7,9 +7,11 @@ fails when the file is stale, so the reference cannot drift from ``ClioSettings`
 
 from __future__ import annotations
 
+import argparse
 import enum
 import json
 import os
+import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,10 @@ from typing import Any
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from clio_stream.settings import SECRET_SETTINGS, SEED_ALIASES, ClioSettings, toml_path
+from clio_stream.cli.options import SubParser, add_model_args, model_overrides, settings_from_args
+from clio_stream.secret_settings import SECRET_SETTINGS
+from clio_stream.settings import SEED_ALIASES, ClioSettings, toml_path
+
 ENV_PREFIX = "CLIO_"
 
 
@@ -111,8 +116,9 @@ def effective_values(settings: ClioSettings, overrides: set[str] = frozenset()) 
     """Every setting's value in ``settings`` and its source; secrets as ``set`` / ``unset``."""
     in_toml = _toml_keys()
     out: list[SettingValue] = []
+    values = dict(settings)  # field name -> value, as the model holds it
     for name in ClioSettings.model_fields:
-        value = getattr(settings, name)
+        value = values[name]
         if name in overrides:
             source = Source.OVERRIDE
         elif env_name(name) in os.environ or any(k.startswith(env_name(name) + "__") for k in os.environ):
@@ -124,3 +130,33 @@ def effective_values(settings: ClioSettings, overrides: set[str] = frozenset()) 
         shown = ("set" if value not in (None, "") else "unset") if name in SECRET_SETTINGS else _show(value)
         out.append(SettingValue(name, shown, source))
     return out
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    """Every setting's effective value in this environment and where it came from (secrets masked)."""
+    rows = effective_values(settings_from_args(args), overrides=set(model_overrides(args)))
+    if args.json:
+        doc = {r.name: {"value": r.value, "source": r.source.value} for r in rows}
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        return 0
+    width = max(len(r.name) for r in rows)
+    for r in rows:
+        sys.stdout.write(f"{r.name:<{width}}  {r.source.value:<8}  {r.value}\n")
+    return 0
+
+
+def cmd_config_reference(args: argparse.Namespace) -> int:
+    sys.stdout.write(reference_markdown())
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    sp = sub.add_parser("config", help="look up the settings: effective values, or the generated reference")
+    sp.set_defaults(func=cmd_config_show, json=False)  # `clio-stream config` alone shows the values
+    config = sp.add_subparsers(dest="config_command", parser_class=SubParser)
+    cp = config.add_parser("show", help="every setting's effective value and its source (secrets masked)")
+    cp.add_argument("--json", action="store_true", help="as JSON ({name: {value, source}})")
+    add_model_args(cp)
+    cp.set_defaults(func=cmd_config_show)
+    cp = config.add_parser("reference", help="the Markdown reference of every setting (docs/configuration.md)")
+    cp.set_defaults(func=cmd_config_reference)

@@ -1,0 +1,113 @@
+"""Cluster labels of facet points: one payload field per clustering version, written, indexed and dropped here.
+
+Writing version N's labels into N's own field leaves N-1's readable, so readers that filter on the version
+they serve never see a half-relabelled cluster (see :func:`clio_stream.storage.records.label_field`).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from qdrant_client import models
+
+from clio_stream.storage.qdrant import QdrantConnection, eq, is_empty
+from clio_stream.storage.records import label_field
+
+
+def label_filter(*, facet: str | None = None, cluster_id: int | None = None, version: int | None = None,
+                 user_hash: str | None = None) -> models.Filter | None:
+    """Points of ``facet`` (and ``user_hash``) in ``cluster_id`` under ``version`` (see ``label_field``).
+
+    ``version`` without a cluster: every point labelled under it; a cluster without a version: the latest label.
+    """
+    must: list[Any] = [eq(k, v) for k, v in (("facet", facet), ("user_hash", user_hash)) if v is not None]
+    if version is not None and cluster_id is not None:
+        must.append(eq(label_field(version), int(cluster_id)))
+    elif cluster_id is not None:
+        must.append(eq("cluster_id", int(cluster_id)))
+    flt = models.Filter(must=must) if must else None
+    if version is not None and cluster_id is None:
+        flt = models.Filter(must=must, must_not=[is_empty(label_field(version))])
+    return flt
+
+
+class Labels:
+    """The version-scoped cluster labels of the facet collection."""
+
+    def __init__(self, conn: QdrantConnection) -> None:
+        self.conn = conn
+
+    def write(
+        self,
+        facet: str,
+        labels: Mapping[str, int],
+        version: int,
+        *,
+        similarities: Mapping[str, float] | None = None,
+        outliers: Mapping[str, bool] | None = None,
+        ops_per_request: int = 500,
+    ) -> int:
+        """Write cluster ids (and optionally similarity / outlier) of ``facet``'s points under ``version``.
+
+        The label goes into the version's own field (``label_field``) and into ``cluster_id`` /
+        ``cluster_version`` (the latest label); other versions' fields are left alone. Points are selected by
+        id *and* facet through a filter, so an id deleted in the meantime (a user's deletion) is skipped
+        instead of failing the whole batch. Without per-point extras, points of one cluster share one
+        operation. Returns the number of ids given.
+        """
+        ops: list[models.SetPayloadOperation] = []
+        if similarities is None and outliers is None:
+            by_cluster: dict[int, list[str]] = defaultdict(list)
+            for pid, cid in labels.items():
+                by_cluster[int(cid)].append(str(pid))
+            for cid, ids in by_cluster.items():
+                for start in range(0, len(ids), 1000):
+                    ops.append(_set_payload_op(
+                        facet, ids[start : start + 1000],
+                        {label_field(version): cid, "cluster_id": cid, "cluster_version": int(version)},
+                    ))
+        else:
+            for pid, cid in labels.items():
+                payload: dict[str, Any] = {label_field(version): int(cid), "cluster_id": int(cid),
+                                           "cluster_version": int(version)}
+                if similarities is not None and pid in similarities:
+                    payload["similarity"] = float(similarities[pid])
+                if outliers is not None and pid in outliers:
+                    payload["outlier"] = bool(outliers[pid])
+                ops.append(_set_payload_op(facet, [str(pid)], payload))
+        for start in range(0, len(ops), ops_per_request):
+            with self.conn.guard("set labels"):
+                self.conn.client.batch_update_points(self.conn.facets, ops[start : start + ops_per_request],
+                                                     wait=True)
+        return len(labels)
+
+    def index(self, version: int) -> None:
+        """Index ``version``'s label field (server only), so filtering a cluster's members stays an index lookup."""
+        if self.conn.embedded:
+            return
+        with self.conn.guard("create label index"):
+            self.conn.client.create_payload_index(self.conn.facets, label_field(version),
+                                                  field_schema=models.PayloadSchemaType.INTEGER, wait=True)
+
+    def drop(self, versions: Sequence[int]) -> None:
+        """Remove the label fields (and their indexes) of ``versions`` from every facet point."""
+        if not versions:
+            return
+        keys = [label_field(v) for v in versions]
+        with self.conn.guard("drop labels"):
+            has_any = models.Filter(should=[models.Filter(must_not=[is_empty(k)]) for k in keys])
+            self.conn.client.delete_payload(self.conn.facets, keys=keys, points=has_any, wait=True)
+        if self.conn.embedded:
+            return
+        existing = set((self.conn.facet_collection_info().payload_schema or {}).keys())
+        for key in keys:
+            if key in existing:
+                with self.conn.guard("drop label index"):
+                    self.conn.client.delete_payload_index(self.conn.facets, key, wait=True)
+
+
+def _set_payload_op(facet: str, ids: list[str], payload: dict[str, Any]) -> models.SetPayloadOperation:
+    flt = models.Filter(must=[models.HasIdCondition(has_id=ids), eq("facet", facet)])
+    return models.SetPayloadOperation(set_payload=models.SetPayload(payload=payload, filter=flt))
