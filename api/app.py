@@ -29,9 +29,9 @@ from api.deps import ApiContext, require
 from api.metrics import ApiMetrics
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware, request_id_of
 from api.schemas import BatchIn, ConversationIn
-from clio_stream.publish import resolve_publish_dir
 from clio_stream.secret_settings import check_user_hash_key
 from clio_stream.settings import ClioSettings
+from clio_stream.storage.published import PublishedVersions
 from clio_stream.site.writer import normalize_html_root
 from clio_stream.storage.errors import StoreError, StoreUnavailable
 from clio_stream.storage.store import QdrantStore
@@ -59,7 +59,7 @@ def create_app(settings: ClioSettings | None = None, *, store: QdrantStore | Non
         keyring=keyring,
         auth_limiter=FailedAuthLimiter.from_settings(settings),
         metrics=metrics,
-        publish_dir=resolve_publish_dir(settings),
+        versions=PublishedVersions.from_settings(settings),
         producer=producer,
     )
 

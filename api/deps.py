@@ -8,7 +8,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any, Callable, Generic, TypeVar
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
@@ -16,11 +16,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.auth import SESSION_COOKIE, FailedAuthLimiter, KeyRing, Principal, Role
 from api.metrics import ApiMetrics
-from api.views import VIEW_KEY, VersionView, view_of
-from clio_stream.streaming.connection import KafkaConnection
-from clio_stream.publish import current_if_loaded, load_current
+from api.views import VersionView, build_view, dashboard_page
 from clio_stream.settings import ClioSettings
+from clio_stream.storage.published import PublishedVersion, PublishedVersions
 from clio_stream.storage.store import QdrantStore
+from clio_stream.streaming.connection import KafkaConnection
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,37 @@ class RecentIds:
             self._ids.pop(cid, None)
 
 
+T = TypeVar("T")
+
+
+class VersionMemo(Generic[T]):
+    """One value derived from the current published version, rebuilt when the version (or its scrub) changes.
+
+    Keyed by ``PublishedVersion.identity``; built once under a lock, read without one.
+    """
+
+    def __init__(self, build: Callable[[PublishedVersion], T]) -> None:
+        self._build = build
+        self._lock = threading.Lock()
+        self._held: tuple[tuple[Any, ...], T] | None = None
+
+    def peek(self, published: PublishedVersion) -> T | None:
+        """The value if it was built for ``published``, else None (never builds)."""
+        held = self._held
+        return held[1] if held is not None and held[0] == published.identity else None
+
+    def get(self, published: PublishedVersion) -> T:
+        value = self.peek(published)
+        if value is not None:
+            return value
+        with self._lock:
+            value = self.peek(published)
+            if value is None:
+                value = self._build(published)
+                self._held = (published.identity, value)
+        return value
+
+
 class TimedValue:
     """A value and when it was computed, with a lock so one caller recomputes it at a time."""
 
@@ -82,7 +113,7 @@ class ApiContext:
     store: QdrantStore
     keyring: KeyRing
     metrics: ApiMetrics
-    publish_dir: Path
+    versions: PublishedVersions
     auth_limiter: FailedAuthLimiter
     producer: Any = None
     owns_producer: bool = False
@@ -91,13 +122,23 @@ class ApiContext:
     status_cache: TimedValue = field(default_factory=TimedValue)
     _store_versions: dict[str, tuple[float, int | None]] = field(default_factory=dict)
     _last_version: str | None = None
+    views: VersionMemo[VersionView] = field(init=False)  # the indexed view the routes read
+    pages: VersionMemo[tuple[str, str]] = field(init=False)  # the dashboard's index.html and its CSP
+
+    def __post_init__(self) -> None:
+        self.views = VersionMemo(lambda published: build_view(published, self.versions))
+        self.pages = VersionMemo(lambda published: dashboard_page(published, self.settings.api_dashboard_poll_s))
+
+    @property
+    def publish_dir(self) -> Path:
+        return self.versions.root
 
     def current_view(self) -> VersionView | None:
         """The view of the currently published version (None before the first publish)."""
-        published = load_current(self.publish_dir)
+        published = self.versions.load_current()
         if published is None:
             return None
-        view = view_of(published, self.publish_dir)
+        view = self.views.get(published)
         if view.version != self._last_version:
             self._last_version = view.version
             self.metrics.published_loads.inc()
@@ -105,10 +146,8 @@ class ApiContext:
 
     def current_view_nowait(self) -> VersionView | None:
         """The current view when it is already built and still current (no file reads), else None."""
-        published = current_if_loaded(self.publish_dir)
-        if published is None:
-            return None
-        return published.cache.get(VIEW_KEY)
+        published = self.versions.current_if_loaded()
+        return None if published is None else self.views.peek(published)
 
     def store_version(self, facet: str) -> int | None:
         """The store's current clustering version of ``facet``, cached for a few seconds."""

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Body, HTTPException, Path
 
 from api.deps import Admin, Ctx, Store
 from api.schemas import DeletionOut, ErrorOut, ReclusterIn, ReclusterOut
-from clio_stream.deletion import get_deletion, request_deletion
+from clio_stream.privacy.requests import get_deletion, request_deletion
 from clio_stream.storage.documents import RECLUSTER_REQUEST, ReclusterRequest
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def delete_user(
 ) -> DeletionOut:
     """Puts the user on the deny-list, deletes their facet and conversation points at once, and records a
     deletion request that the process owning the publish directory (the scheduler) carries out: it scrubs
-    every published version and closes the request (clio_stream.deletion). Never writes the publish
+    every published version and closes the request (clio_stream.privacy.deletion). Never writes the publish
     directory itself, which deployments mount read-only here.
 
     202 with the request; a repeat answers the same request (same id). The answer has the same shape

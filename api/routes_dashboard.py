@@ -20,11 +20,8 @@ that allows exactly the page's own inline script (by hash) and same-origin fetch
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import html
 import logging
-import re
 from pathlib import Path
 from typing import Annotated
 
@@ -34,14 +31,11 @@ from fastapi.security import HTTPAuthorizationCredentials
 
 from api.auth import SESSION_COOKIE, Principal, Role
 from api.deps import ApiContext, Ctx, authenticate, bearer_scheme, check_key
-from clio_stream.publish import PublishedVersion, load_current
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(include_in_schema=False)
 
-_SCRIPT_RE = re.compile(r"<script>(.*?)</script>", re.DOTALL)
-_HTML_KEY = "api.dashboard_html"
 _MEDIA = {".gz": "application/gzip", ".json": "application/json"}
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
 
@@ -58,24 +52,6 @@ def _viewer(request: Request, ctx: ApiContext, credentials: HTTPAuthorizationCre
     if principal is None:
         ctx.metrics.auth_failures.labels("401").inc()
     return principal
-
-
-def _page(published: PublishedVersion, ctx: ApiContext) -> tuple[str, str]:
-    """The served index.html (with the API meta tag) and its CSP, built once per version."""
-    cached = published.cache.get(_HTML_KEY)
-    if cached is not None:
-        return cached
-    page = (published.site_dir / "index.html").read_text(encoding="utf-8")
-    poll_ms = int(ctx.settings.api_dashboard_poll_s * 1000)
-    meta = f'<meta name="clio-api" content="/v1" data-poll-ms="{poll_ms}">'
-    page = page.replace("<head>", "<head>\n" + meta, 1)
-    hashes = " ".join(
-        "'sha256-" + base64.b64encode(hashlib.sha256(s.encode("utf-8")).digest()).decode() + "'"
-        for s in _SCRIPT_RE.findall(page))
-    csp = (f"default-src 'none'; script-src {hashes}; style-src 'unsafe-inline'; img-src 'self' data:; "
-           "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-    published.cache[_HTML_KEY] = (page, csp)
-    return page, csp
 
 
 @router.get("/")
@@ -98,10 +74,10 @@ def dashboard(
         return response
     if _viewer(request, ctx, credentials) is None:
         return _notice("Key required", "Open this page once as /?key=YOUR_KEY (a viewer key or better).", 401)
-    published = load_current(ctx.publish_dir)
+    published = ctx.versions.load_current()
     if published is None:
         return _notice("Nothing published yet", "No clustering version has been published; try again later.", 503)
-    page, csp = _page(published, ctx)
+    page, csp = ctx.pages.get(published)
     return HTMLResponse(page, headers={"Cache-Control": "no-cache", "Content-Security-Policy": csp,
                                        "X-Frame-Options": "DENY"})
 
@@ -123,7 +99,7 @@ def data_file(request: Request, ctx: Ctx, credentials: Credentials, path: str) -
     principal = _viewer(request, ctx, credentials)
     if principal is None:
         return Response(status_code=401, headers={"WWW-Authenticate": "Bearer"})
-    published = load_current(ctx.publish_dir)
+    published = ctx.versions.load_current()
     if published is None:
         return Response(status_code=404)
     base = (published.site_dir / "data").resolve()

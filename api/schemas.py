@@ -75,7 +75,7 @@ class ReclusterOut(BaseModel):
 
 
 class DeletionOut(BaseModel):
-    """A user deletion request (clio_stream.deletion.DeletionRequest without its token)."""
+    """A user deletion request (clio_stream.privacy.requests.DeletionRequest without its token)."""
 
     request_id: str
     status: Literal["pending", "done"]

@@ -1,65 +1,42 @@
 """What the API may show of a published version: visible clusters only, built once per version.
 
-Privacy rules (the same as the static site's):
+Privacy is ``privacy.visibility``'s rule, the same as the static site's: a node that is not visible is
+answered exactly like an unknown id (404); a parent reports its withheld children only as one aggregate
+``other_count`` and aggregates its users, numeric statistics and trend over its visible children only; a
+conversation inside a withheld node of any facet is withheld as a whole (no value or cluster in any facet,
+no raw messages).
 
-* a node is visible when it is reachable from a visible root through visible
-  nodes only; anything else is answered exactly like an unknown id (404);
-* a parent reports the conversations of its withheld children only as one
-  aggregate ``other_count``; its users, numeric statistics and trend are
-  aggregated over its visible children only (``privacy.public_nodes``);
-* a conversation inside a withheld node of any facet is withheld as a whole,
-  as on the site: no value or cluster in any facet, no raw messages.
-
-Everything derived from the (immutable) version is computed once and kept in
-``PublishedVersion.cache``; the tree answers are pre-serialised bytes.
+Everything derived from the (immutable) version is computed once; ``ApiContext`` keeps it per version
+(``api.deps.VersionMemo``); the tree answers are pre-serialised bytes.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
 import re
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from clio_stream.privacy import public_nodes, user_identity, visible_node_ids, withheld_nodes
-from clio_stream.publish import PublishedVersion, list_versions, read_lineage
-from clio_stream.domain.clusters import ClusterNode, FacetHierarchy
+from clio_stream.domain.clusters import ClusterNode, StoreLink
+from clio_stream.privacy.visibility import FacetVisibility, user_identities, withheld_by_conversation
+from clio_stream.storage.published import PublishedVersion, PublishedVersions
 
 log = logging.getLogger(__name__)
 
-_LEAF_ID_RE = re.compile(r"-l0-(\d+)$")
-VIEW_KEY = "api.view"
-_view_lock = threading.Lock()
+_SCRIPT_RE = re.compile(r"<script>(.*?)</script>", re.DOTALL)
 
 
 @dataclass
-class FacetView:
-    """One hierarchy facet of a version, indexed for the routes."""
+class FacetView(FacetVisibility):
+    """One hierarchy facet of a version as the routes read it: its visibility plus the join to the store."""
 
-    name: str
-    hierarchy: FacetHierarchy
-    visible: set[str]
-    visible_roots: list[str]
-    total: int
-    other_count: int
-    cluster_version: int | None
-    store_cluster: dict[str, int]  # level-0 node id -> online cluster id in the store
-    node_of_cluster: dict[int, str]  # the inverse
-    public: dict[str, ClusterNode] = field(default_factory=dict)  # visible node id -> node as shown to anyone
+    cluster_version: int | None = None  # the clustering version the store's labels must carry; None: current
+    store_cluster: dict[str, int] = field(default_factory=dict)  # level-0 node id -> online cluster id in the store
+    node_of_cluster: dict[int, str] = field(default_factory=dict)  # the inverse
     tree_json: bytes = b""
-
-    def node(self, node_id: str) -> ClusterNode | None:
-        """The node if it is visible, else None (hidden and unknown look the same)."""
-        return self.hierarchy.nodes.get(node_id) if node_id in self.visible else None
-
-    def visible_children(self, node: ClusterNode) -> list[ClusterNode]:
-        return [self.hierarchy.nodes[c] for c in node.children if c in self.visible]
-
-    def withheld_count(self, node: ClusterNode) -> int:
-        hidden = [self.hierarchy.nodes[c] for c in node.children if c in self.hierarchy.nodes and c not in self.visible]
-        return len({cid for n in hidden for cid in n.conversation_ids})
 
     def path(self, node: ClusterNode) -> list[ClusterNode]:
         """Ancestors of ``node``, root first (all visible, since ``node`` is)."""
@@ -128,46 +105,19 @@ class VersionView:
         return None
 
 
-def view_of(published: PublishedVersion, publish_dir: Any) -> VersionView:
-    """The view of ``published``, built on first use and then cached with it."""
-    cached = published.cache.get(VIEW_KEY)
-    if cached is not None:
-        return cached
-    with _view_lock:
-        cached = published.cache.get(VIEW_KEY)
-        if cached is None:
-            cached = build_view(published, publish_dir)
-            published.cache[VIEW_KEY] = cached
-    return cached
-
-
-def build_view(published: PublishedVersion, publish_dir: Any = None) -> VersionView:
-    """Index every hierarchy facet of ``published`` and serialise its tree."""
+def build_view(published: PublishedVersion, versions: PublishedVersions | None = None) -> VersionView:
+    """Index every hierarchy facet of ``published`` and serialise its tree (``versions``: for older lineage)."""
     result = published.result
-    stats = result.stats or {}
-    explicit_clusters = {str(k): int(v) for k, v in dict(stats.get("store_clusters") or {}).items()}
-    explicit_versions = {str(k): (None if v is None else int(v))
-                         for k, v in dict(stats.get("cluster_versions") or {}).items()}
-    common = stats.get("version")  # the re-clustering job labels every facet with one version number
-    if isinstance(common, int) and not isinstance(common, bool):
-        explicit_versions = {name: explicit_versions.get(name, common) for name in result.hierarchies}
-    withheld: dict[str, set[str]] = {}
-    facet_views: dict[str, FacetView] = {}
-    users = {c.id: user_identity(c) for c in result.conversations}
-    for name, hierarchy in result.hierarchies.items():
-        fv = _facet_view(name, hierarchy, explicit_clusters, explicit_versions.get(name))
-        fv.public = public_nodes(hierarchy, users)
-        for node in withheld_nodes(hierarchy):
-            for cid in node.conversation_ids:
-                withheld.setdefault(cid, set()).add(name)
-        facet_views[name] = fv
+    users = user_identities(result)
+    facet_views = {name: FacetView.of(name, h, users, **_store_join(h.nodes, result.store_links.get(name)))
+                   for name, h in result.hierarchies.items()}
     view = VersionView(
         version=published.version,
         published_at=published.published_at,
         facets=list(result.facets),
         facet_views=facet_views,
-        withheld=withheld,
-        lineage=_all_lineage(published, publish_dir),
+        withheld=withheld_by_conversation(facet_views.values()),
+        lineage=_all_lineage(published, versions),
         values={cf.conversation_id: cf.values for cf in result.facet_values},
     )
     for fv in facet_views.values():
@@ -177,42 +127,24 @@ def build_view(published: PublishedVersion, publish_dir: Any = None) -> VersionV
     return view
 
 
-def _facet_view(name: str, hierarchy: FacetHierarchy, explicit_clusters: dict[str, int],
-                cluster_version: int | None) -> FacetView:
-    visible = visible_node_ids(hierarchy)
-    roots = [r for r in hierarchy.root_ids if r in visible]
-    all_roots = [hierarchy.nodes[r] for r in hierarchy.root_ids if r in hierarchy.nodes]
-    hidden_roots = [r for r in all_roots if r.id not in visible]
-    store_cluster: dict[str, int] = {}
-    for nid, node in hierarchy.nodes.items():
-        if node.level != 0:
-            continue
-        if nid in explicit_clusters:
-            store_cluster[nid] = explicit_clusters[nid]
-        elif (m := _LEAF_ID_RE.search(nid)) is not None:
-            store_cluster[nid] = int(m.group(1))
-    return FacetView(
-        name=name,
-        hierarchy=hierarchy,
-        visible=visible,
-        visible_roots=roots,
-        total=len({cid for r in all_roots for cid in r.conversation_ids}),
-        other_count=len({cid for r in hidden_roots for cid in r.conversation_ids}),
-        cluster_version=cluster_version,
-        store_cluster=store_cluster,
-        node_of_cluster={v: k for k, v in store_cluster.items()},
-    )
+def _store_join(nodes: dict[str, ClusterNode], link: StoreLink | None) -> dict[str, Any]:
+    """The FacetView fields that join its leaves to the store's clusters (none without a link)."""
+    if link is None:
+        return {}
+    store_cluster = {nid: c for nid, c in link.clusters.items() if nid in nodes and nodes[nid].level == 0}
+    return {"cluster_version": link.version, "store_cluster": store_cluster,
+            "node_of_cluster": {v: k for k, v in store_cluster.items()}}
 
 
-def _all_lineage(published: PublishedVersion, publish_dir: Any) -> dict[str, str]:
+def _all_lineage(published: PublishedVersion, versions: PublishedVersions | None) -> dict[str, str]:
     """Lineage of the retained versions merged, oldest first, so chains of renames resolve."""
     merged: dict[str, str] = {}
-    if publish_dir is not None:
-        for name in list_versions(publish_dir):
+    if versions is not None:
+        for name in versions.list_versions():
             if name == published.version:
                 continue
             try:
-                merged.update(read_lineage(publish_dir, name))
+                merged.update(versions.read_lineage(name))
             except (OSError, ValueError):  # an unreadable old version only loses its lineage
                 log.warning("could not read lineage of version %s", name, exc_info=True)
     merged.update(published.lineage)
@@ -242,3 +174,17 @@ def _tree(view: VersionView, fv: FacetView) -> dict[str, Any]:
         "other_count": fv.other_count,
         "roots": [build(fv.hierarchy.nodes[r]) for r in fv.visible_roots],
     }
+
+
+def dashboard_page(published: PublishedVersion, poll_s: float) -> tuple[str, str]:
+    """The served index.html (with the API meta tag) and its CSP (``ApiContext.pages`` keeps it per version)."""
+    page = (published.site_dir / "index.html").read_text(encoding="utf-8")
+    poll_ms = int(poll_s * 1000)
+    meta = f'<meta name="clio-api" content="/v1" data-poll-ms="{poll_ms}">'
+    page = page.replace("<head>", "<head>\n" + meta, 1)
+    hashes = " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(s.encode("utf-8")).digest()).decode() + "'"
+        for s in _SCRIPT_RE.findall(page))
+    csp = (f"default-src 'none'; script-src {hashes}; style-src 'unsafe-inline'; img-src 'self' data:; "
+           "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    return page, csp

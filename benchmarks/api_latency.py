@@ -38,7 +38,7 @@ log = logging.getLogger("benchmarks.api_latency")
 
 def synthetic_result(n: int, leaves: int, parents: int) -> Any:
     """A ClioResult with a two-level tree over ``n`` conversation ids (leaf c <- ids with i % leaves == c)."""
-    from clio_stream.domain.clusters import ClioResult, ClusterNode, FacetHierarchy
+    from clio_stream.domain.clusters import ClioResult, ClusterNode, FacetHierarchy, StoreLink
 
     nodes: dict[str, ClusterNode] = {}
     members = {c: [f"conv-{i:07d}" for i in range(c, n, leaves)] for c in range(leaves)}
@@ -56,7 +56,7 @@ def synthetic_result(n: int, leaves: int, parents: int) -> Any:
                "numeric": None}]
     hierarchy = FacetHierarchy(facet=FACET, nodes=nodes, root_ids=[f"request-l1-{p}" for p in range(parents)])
     return ClioResult(facets=facets, conversations=[], facet_values=[], hierarchies={FACET: hierarchy},
-                      stats={"cluster_versions": {FACET: 1}})
+                      store_links={FACET: StoreLink(version=1, clusters={f"request-l0-{c}": c for c in range(leaves)})})
 
 
 def fill_store(store: Any, n: int, leaves: int, batch: int = 2000) -> float:
@@ -143,7 +143,7 @@ def main() -> None:
 
     quiet_logs()
     logging.getLogger("benchmarks.api_latency").setLevel(logging.WARNING)
-    from clio_stream.publish import publish_version
+    from clio_stream.storage.published import PublishedVersions
     from clio_stream.devstack.processes import free_port, start_qdrant
     from clio_stream.settings import ClioSettings
     from clio_stream.storage.store import QdrantStore
@@ -163,8 +163,8 @@ def main() -> None:
             fill_s = fill_store(store, args.n, args.leaves)
             store.close()
             t0 = time.perf_counter()
-            publish_version(synthetic_result(args.n, args.leaves, args.parents), settings.publish_dir, "bench-1",
-                            settings=settings)
+            PublishedVersions.at(settings.publish_dir).publish(synthetic_result(args.n, args.leaves, args.parents),
+                                                               "bench-1", settings=settings)
             publish_s = time.perf_counter() - t0
             ids_file = tmp / "ids.txt"
             ids_file.write_text("\n".join(f"conv-{i:07d}" for i in range(args.n)))

@@ -57,9 +57,9 @@ def main() -> None:
         t0 = time.perf_counter()
         result = run_clio(main_facets, llm, embedder, data, output_dir=tmp, settings=settings)
         total = time.perf_counter() - t0
-    sec = result.stats["seconds"]
+    sec = result.stats.seconds
     facet_prompts = len(convs) * len(main_facets)
-    facet_gens = result.stats["llm"]["by_template"].get("facet", {}).get("prompts", facet_prompts)
+    facet_gens = result.stats.llm.by_template.get("facet", {}).get("prompts", facet_prompts)
 
     # Raw engine over the same first-attempt facet prompt strings, same sampling.
     from clio_stream.stages.prepare import truncate_conversation
@@ -97,10 +97,10 @@ def main() -> None:
         ("one facet per conversation", one, "s"),
         (f"all {len(main_facets)} facets per conversation", allf, "s"),
         ("cost ratio all / one", allf / one, f"(no prefix sharing would be ~{len(main_facets)}x)"),
-        ("unparseable facet values", sum(result.stats["unparseable_facet_values"].values()), f"of {facet_prompts}"),
-        ("llm generations (all stages)", result.stats["llm"]["generations"], ""),
+        ("unparseable facet values", sum(result.stats.unparseable_facet_values.values()), f"of {facet_prompts}"),
+        ("llm generations (all stages)", result.stats.llm.generations, ""),
     ]
-    report("batch", rows, {"stats": result.stats, "facet_generations": facet_gens})
+    report("batch", rows, {"stats": result.stats.model_dump(), "facet_generations": facet_gens})
     llm.close()
 
 

@@ -418,10 +418,10 @@ def online_labels(x: np.ndarray, k: int, settings: Any, *, order: np.ndarray, bo
 
     The bootstrap prefix gets the bootstrap's base clusters (``stages.base_clusters.base_clusters``)
     with ``n_base_clusters`` pinned to ``k``, as an online model; every later vector goes through
-    ``learn_assign_one`` (nearest centroid, then the centroid moves), in stream order, one at a time.
+    ``learn_many`` of one row (nearest centroid, then the centroid moves), in stream order, one at a time.
     """
     from clio_stream.domain.vectors import normalise_rows
-    from clio_stream.online import OnlineKMeans
+    from clio_stream.online.kmeans import OnlineKMeans
     from clio_stream.stages.base_clusters import base_clusters
 
     n_boot = min(len(x), max(k, int(round(bootstrap_fraction * len(x)))))
@@ -433,7 +433,7 @@ def online_labels(x: np.ndarray, k: int, settings: Any, *, order: np.ndarray, bo
     labels = np.empty(len(x), dtype=np.int64)
     labels[head] = head_labels
     for i in tail:
-        labels[i] = model.learn_assign_one(x[i]).cluster
+        labels[i] = model.learn_many(x[i : i + 1])[0]
     return labels
 
 
@@ -585,9 +585,9 @@ def top_level(values: Sequence[str], x: np.ndarray, tops: Sequence[str], llm: An
 
 def leaf_names(publish_dir: Path, facet: str) -> dict[str, str]:
     """Leaf id -> name of the current published version (empty before the first)."""
-    from clio_stream.publish import load_current
+    from clio_stream.storage.published import PublishedVersions
 
-    current = load_current(publish_dir)
+    current = PublishedVersions.at(publish_dir).load_current()
     if current is None or facet not in current.result.hierarchies:
         return {}
     return {nid: n.name for nid, n in current.result.hierarchies[facet].nodes.items() if n.level == 0}

@@ -78,7 +78,8 @@ def main() -> None:
     from clio_stream.llm import make_llm
     from clio_stream.llm.base import sampling_for
     from clio_stream.streaming.wire_format import encode_message
-    from clio_stream.online import OnlineKMeans
+    from clio_stream.online.kmeans import OnlineKMeans
+    from clio_stream.online.river_compat import to_river
     from clio_stream.llm.prompts import FACET_CONVERSATION
     from clio_stream.devstack.processes import free_port, start_broker, start_qdrant
     from clio_stream.settings import ClioSettings
@@ -158,7 +159,7 @@ def main() -> None:
         online = len(x) / (time.perf_counter() - t0)
         from river import cluster
 
-        km = OnlineKMeans(cents[:50]).to_river()
+        km = to_river(OnlineKMeans(cents[:50]))
         xs = [dict(enumerate(v)) for v in x[:200, :768]]
         t0 = time.perf_counter()
         for v in xs:

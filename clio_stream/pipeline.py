@@ -20,7 +20,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from clio_stream.domain.clusters import ClioResult, ClusterNode, FacetHierarchy
+from clio_stream.domain.clusters import ClioResult, ClusterNode, FacetHierarchy, StoreLink
 from clio_stream.domain.conversation import Conversation, ConversationFacets
 from clio_stream.domain.facets import Facet, main_facets
 from clio_stream.embedding import EmbeddingBackend, embedding_text, make_embedder
@@ -65,6 +65,11 @@ class Prepared:
     truncated: list[Conversation]  # what the LLM reads
     raw_items: list[Any] | None  # generic data: the item each facet's own prompt renders
     load_stats: LoadStats
+
+
+def _leaf_clusters(leaves: Sequence[ClusterNode]) -> dict[str, int]:
+    """Leaf id -> the k-means cluster it is (``_base_leaves`` names cluster ``c`` ``{slug}-l0-{c}``)."""
+    return {leaf.id: int(leaf.id.rsplit("-l0-", 1)[1]) for leaf in leaves}
 
 
 def run_clio(
@@ -173,12 +178,12 @@ def run_clio(
         "unparseable_facet_values": {f.name: sum(1 for fv in facet_values if fv.values[f.name].value is None)
                                      for f in facets},
         "audit": audit_scores,
-    })
+    }, {name: StoreLink(clusters=_leaf_clusters(leaves_of[name])) for name in hierarchies})
     with timer.stage("site", bar):
         if out is not None:
             _write_outputs(result, out, settings, write_site=write_site)
     bar.close()
-    result.stats["seconds"] = timer.seconds
+    result.stats.seconds = timer.seconds
     return result
 
 
@@ -264,10 +269,12 @@ def _base_leaves(
 
 
 def _result(prep: Prepared, facets: Sequence[Facet], facet_values: list[ConversationFacets],
-            hierarchies: dict[str, FacetHierarchy], settings: ClioSettings, stats: dict[str, Any]) -> ClioResult:
+            hierarchies: dict[str, FacetHierarchy], settings: ClioSettings, stats: dict[str, Any],
+            store_links: dict[str, StoreLink]) -> ClioResult:
     originals = {c.id: c for c in prep.conversations}
     return ClioResult(facets=[f.to_dict() for f in facets], conversations=[originals[c.id] for c in prep.truncated],
-                      facet_values=facet_values, hierarchies=hierarchies, settings=settings.public_dict(), stats=stats)
+                      facet_values=facet_values, hierarchies=hierarchies, settings=settings.public_dict(), stats=stats,
+                      store_links=store_links)
 
 
 def _write_outputs(result: ClioResult, out: Path, settings: ClioSettings, *, write_site: bool) -> None:

@@ -220,7 +220,7 @@ class ClioSettings(BaseSettings):
     audit_cluster_names: bool = Field(False, description="Ask the LLM to rate each cluster's privacy (1-5).")
     audit_min_score: int = Field(3, ge=1, le=5, description="Clusters rated below this are withheld.")
     show_conversations: bool = Field(True, description="Write raw conversations into the site / API answers.")
-    # User deletion (clio_stream.deletion): the API records a request, the process owning publish_dir carries it out.
+    # User deletion (clio_stream.privacy.deletion): the API records a request, the process owning publish_dir carries it out.
     deletion_denylist_refresh_s: float = Field(5.0, gt=0, description="Workers reload the deny-list of deleted "
                                                "users at least this often before writing a batch.")
     deletion_sweep_delay_s: float = Field(30.0, ge=0, description="A deletion request is finished (the user's "

@@ -16,7 +16,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from clio_stream.online import DeltaRejected, OnlineKMeans
+from clio_stream.online.deltas import DeltaRejected
+from clio_stream.online.kmeans import OnlineKMeans
 from consumers.deltas_io import ReceivedDelta
 
 log = logging.getLogger(__name__)

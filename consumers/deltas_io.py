@@ -26,7 +26,7 @@ from kafka.producer.future import FutureRecordMetadata
 
 from clio_stream.streaming.connection import KafkaConnection
 from clio_stream.streaming.kafka_io import make_consumer
-from clio_stream.online import CentroidDeltas, DeltaRejected
+from clio_stream.online.deltas import CentroidDeltas, DeltaRejected
 from consumers.decoding import Record, RecordLike
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Dropping deleted users' records before a worker writes anything (the deny-list, clio_stream.denylist).
+"""Dropping deleted users' records before a worker writes anything (the deny-list, clio_stream.privacy.denylist).
 
 Two places, both before any write of the batch: the decoded batch (so a denied
 user's conversation is neither marked ``pending`` nor sent to the LLM, nor
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from clio_stream.denylist import DenyList
-from clio_stream.privacy import user_key_of
+from clio_stream.privacy.denylist import DenyList
+from clio_stream.privacy.users import user_key_of
 from consumers.decoding import DecodedBatch
 from consumers.processing import BatchOutcome
 

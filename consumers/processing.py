@@ -33,8 +33,10 @@ from clio_stream.embedding import EmbeddingBackend, embedding_text
 from clio_stream.stages.extract import extract_facets
 from clio_stream.domain.facets import Facet
 from clio_stream.llm.base import AskStats, LLMBackend, Prompt, PromptsRejected
-from clio_stream.online import Assignment, CentroidDeltas, OnlineKMeans
-from clio_stream.privacy import user_key_of
+from clio_stream.online.assignment import Assignment
+from clio_stream.online.deltas import CentroidDeltas
+from clio_stream.online.kmeans import OnlineKMeans
+from clio_stream.privacy.users import user_key_of
 from clio_stream.settings import ClioSettings
 from clio_stream.storage.records import ConversationRecord, ConversationStatus, FacetPoint
 from clio_stream.domain.conversation import FacetValue
@@ -376,28 +378,3 @@ def process_batch(
              "%d LLM calls, %.2f s", len(records), outcome.processed, reused, decoded.duplicates,
              len(outcome.dead_letters), counting.calls, outcome.seconds)
     return outcome
-
-
-def merge_outcomes(parts: Sequence[BatchOutcome], records: Sequence[RecordLike],
-                   extra_dead: Sequence[DeadLetter] = (),
-                   dead_lettered: Sequence[ConversationRecord] = ()) -> BatchOutcome:
-    """One outcome from several sub-batches of ``records`` (the record-by-record fallback)."""
-    out = BatchOutcome([], [], list(extra_dead), [], offset_ranges(records), dead_lettered=list(dead_lettered))
-    for p in parts:
-        out.facet_points.extend(p.facet_points)
-        out.conversations.extend(p.conversations)
-        out.dead_letters.extend(p.dead_letters)
-        out.deltas.extend(p.deltas)
-        out.duplicates += p.duplicates
-        out.reused_by_hash += p.reused_by_hash
-        out.llm_calls += p.llm_calls
-        out.llm_prompts += p.llm_prompts
-        out.unparseable += p.unparseable
-        out.seconds += p.seconds
-        out.llm_seconds += p.llm_seconds
-        out.embed_seconds += p.embed_seconds
-        for name, n in p.assigned.items():
-            out.assigned[name] = out.assigned.get(name, 0) + n
-        for name, n in p.outliers.items():
-            out.outliers[name] = out.outliers.get(name, 0) + n
-    return out

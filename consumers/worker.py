@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import socket
 import threading
 import time
@@ -34,35 +33,30 @@ from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
-from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata
 
-from clio_stream.denylist import DenyList
-from clio_stream.drift import DriftMonitor
-from clio_stream.embedding import EmbeddingBackend
-from clio_stream.ops.faults import reach
+from clio_stream.privacy.denylist import DenyList
 from clio_stream.domain.facets import Facet, main_facets
-from clio_stream.streaming.connection import KafkaConnection
-from clio_stream.streaming.kafka_io import DeadLetterWriter, consumer_lag, ensure_topics, make_consumer, make_producer
+from clio_stream.embedding import EmbeddingBackend
 from clio_stream.llm.base import LLMBackend
+from clio_stream.online.drift import DriftMonitor
+from clio_stream.ops.faults import reach
 from clio_stream.settings import ClioSettings
 from clio_stream.storage.documents import WORKER_METRICS
 from clio_stream.storage.errors import StoreError
 from clio_stream.storage.store import QdrantStore
-from consumers.centroids import DeltaReport, SharedCentroids
-from consumers.decoding import DeadLetter, DecodedBatch, RecordLike, decode_records, offset_ranges
+from clio_stream.streaming.connection import KafkaConnection
+from clio_stream.streaming.kafka_io import DeadLetterWriter, consumer_lag, ensure_topics, make_consumer, make_producer
+from consumers.batch_writes import write_batch
+from consumers.centroids import SharedCentroids
+from consumers.decoding import DecodedBatch, RecordLike, decode_records, offset_ranges
+from consumers.delta_dead_letters import DeltaDeadLetters
+from consumers.deltas_io import DeltaReader
 from consumers.denied import drop_denied_conversations, drop_denied_writes
-from consumers.deltas_io import DeltaReader, publish_deltas
+from consumers.health import BrokerWatch, backoff_delay
 from consumers.metrics import WorkerMetrics
-from consumers.processing import (
-    BatchOutcome,
-    dead_lettered_records,
-    LLMUnavailable,
-    RecordRejected,
-    merge_outcomes,
-    pending_records,
-    process_batch,
-)
+from consumers.poison import RETRYABLE, llm_answers_health_check, process_isolating_poison
+from consumers.processing import BatchOutcome, pending_records, process_batch
 
 log = logging.getLogger(__name__)
 
@@ -71,30 +65,12 @@ log = logging.getLogger(__name__)
 WRITE_STEPS = ("consume.mark_pending", "consume.process", "consume.upsert_facets", "consume.mark_processed",
                "consume.send_dead_letters", "consume.send_deltas", "consume.commit")
 
-# Failures of a dependency: the batch is retried later, never dead-lettered.
-RETRYABLE = (StoreError, LLMUnavailable, KafkaError)
 # How long a starting worker waits to have read the deltas topic before taking partitions.
 STARTUP_DELTAS_WAIT_S = 10.0
 
 
-class DeliveryFailed(KafkaError):
-    """A produced record (dead letter or delta) was not acknowledged."""
-
-
-def backoff_delay(failures: int, initial_s: float, max_s: float, jitter: float = 0.1) -> float:
-    """Exponential back-off after ``failures`` consecutive failures (1 = first), capped, with a little jitter."""
-    base = min(max_s, initial_s * (2 ** max(0, failures - 1)))
-    return base * (1.0 + random.uniform(-jitter, jitter))
-
-
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
-
-
-def _check_delivered(futures: Sequence[FutureRecordMetadata], what: str) -> None:
-    for fut in futures:
-        if not fut.is_done or fut.failed():
-            raise DeliveryFailed(f"{what} not acknowledged: {fut.exception!r}")
 
 
 class ConsumerWorker:
@@ -125,12 +101,12 @@ class ConsumerWorker:
         self.metrics = WorkerMetrics(self.worker_id)
         self.drift = DriftMonitor(delta=self.settings.drift_delta, min_increase=self.settings.drift_min_increase)
         self._metrics_written_at = 0.0
-        self._broker_lost_at: float | None = None
+        self._broker = BrokerWatch(self.settings.broker_unreachable_s)
         self.health = "starting"
         self.health_reason: str | None = None
         self._failures = 0
         self._failing_batch: tuple[tuple[str, int, int], ...] | None = None  # start offsets of the failing batch
-        self._dead_lettered_deltas: set[tuple[int, int]] = set()  # (partition, offset) on the deltas topic
+        self._delta_dead_letters = DeltaDeadLetters()
         self._stop = threading.Event()
         self._started = False
         self._closed = False
@@ -244,13 +220,15 @@ class ConsumerWorker:
             self._watch_broker()
             self._maybe_write_metrics()
             return 0
-        self._broker_lost_at = None
+        self._broker.reset()
         t0 = time.perf_counter()
         start = tuple(sorted((t, p, first) for (t, p), (first, _) in offset_ranges(records).items()))
         isolate = start == self._failing_batch and self._failures >= self.settings.poison_after_failures
         try:
             outcome = self._without_denied(self._process(records, isolate=isolate))
-            self._write(outcome)
+            assert self._store is not None and self._dlq is not None and self._producer is not None
+            write_batch(outcome, store=self._store, dlq=self._dlq, producer=self._producer,
+                        deltas_topic=self.settings.deltas_topic, metrics=self.metrics)
         except Exception as exc:  # noqa: BLE001 - whatever failed, the batch must be redelivered
             if not isinstance(exc, RETRYABLE):
                 log.exception("batch of %d records failed", len(records))
@@ -270,45 +248,30 @@ class ConsumerWorker:
         return outcome.processed
 
     def _watch_broker(self) -> None:
-        """An empty poll looks the same whether the topic is idle or the broker is gone: ask the group client.
-
-        kafka-python reconnects by itself; this only makes the outage visible as ``degraded`` health (after
-        ``broker_unreachable_s`` without a group coordinator) and clears it once the coordinator is back.
-        """
+        """After an empty poll: show a lost group coordinator as ``degraded`` (kafka-python reconnects by itself)."""
         try:
             lost = bool(self._consumer._coordinator.coordinator_unknown())  # type: ignore[union-attr]
         except Exception:  # noqa: BLE001 - a private API of kafka-python: never let it break the loop
             return
         now = time.monotonic()
-        if not lost:
-            if self._broker_lost_at is not None and self.health == "degraded":
-                log.info("broker reachable again")
-                self._set_health("ok")
-            self._broker_lost_at = None
-        elif self._broker_lost_at is None:
-            self._broker_lost_at = now
-        elif now - self._broker_lost_at >= self.settings.broker_unreachable_s and self.health == "ok":
-            log.warning("no Kafka group coordinator for %.0f s: broker unreachable", now - self._broker_lost_at)
+        lost_since = self._broker.lost_at
+        change = self._broker.observe(lost, now)
+        if change == "back" and self.health == "degraded":
+            log.info("broker reachable again")
+            self._set_health("ok")
+        elif change == "unreachable" and self.health == "ok":
+            log.warning("no Kafka group coordinator for %.0f s: broker unreachable", now - (lost_since or now))
             self._set_health("degraded", "Kafka broker unreachable")
 
     def _watch_drift(self, outcome: BatchOutcome) -> None:
-        """Feed each assigned point's distance to its facet's ADWIN (see clio_stream.drift)."""
-        by_facet: dict[tuple[str, int | None], list[float]] = {}
-        for p in outcome.facet_points:
-            if p.similarity is not None:
-                by_facet.setdefault((p.facet, p.cluster_version), []).append(1.0 - float(p.similarity))
-        for (facet, version), distances in by_facet.items():
-            if self.drift.update(facet, version, distances):
-                log.info("drift detected on %s: mean assignment distance rose", facet)
+        """Feed each assigned point's distance to its facet's ADWIN (see clio_stream.online.drift)."""
+        assigned = ((p.facet, p.cluster_version, p.similarity) for p in outcome.facet_points if p.similarity is not None)
+        for facet in self.drift.watch(assigned):
+            log.info("drift detected on %s: mean assignment distance rose", facet)
         self.metrics.set_drift(self.drift.snapshot())
 
     def _process(self, records: Sequence[RecordLike], *, isolate: bool = False) -> BatchOutcome:
-        """Mark pending, then process; a record that breaks the core (a bug, not an outage) is dead-lettered.
-
-        ``isolate`` (the same batch failed ``poison_after_failures`` times as an outage) skips the batch
-        attempt: each record is tried alone, and one whose LLM call fails while the LLM passes its health
-        check is dead-lettered, so a record that makes the server fail cannot hold its partition for good.
-        """
+        """Mark pending, then process; a poison record is isolated and dead-lettered (``consumers.poison``)."""
         assert self._store is not None and self._llm is not None and self._embedder is not None
         s = self.settings
         decoded = self._without_denied_input(decode_records(records, max_bytes=s.max_message_bytes))
@@ -316,53 +279,14 @@ class ConsumerWorker:
         self._store.points.mark_conversations(pending_records(decoded, s))
         reach("consume.process")
         models = self.centroids.models if self.centroids is not None else {}
-        kwargs: dict[str, Any] = dict(facets=self.facets, llm=self._llm, embedder=self._embedder,
-                                      store=self._store.points, models=models, settings=s)
-        if isolate:
-            log.warning("batch failed %d times; trying its %d records one at a time", self._failures, len(records))
-        else:
-            try:
-                return process_batch(records, decoded=decoded, **kwargs)
-            except RETRYABLE:
-                raise
-            except RecordRejected as exc:
-                log.warning("the LLM refused a prompt of this batch (%s); retrying record by record", exc)
-            except Exception:  # noqa: BLE001 - isolate the poison record instead of blocking the partition
-                log.exception("batch processing failed; retrying record by record")
-        parts: list[BatchOutcome] = []
-        dead: list[DeadLetter] = []
-        for rec in records:
-            try:
-                parts.append(process_batch([rec], **kwargs))
-            except LLMUnavailable as exc:
-                if not (isolate and self._llm_healthy()):
-                    raise
-                dead.append(DeadLetter(rec, f"the LLM failed on this record alone after {self._failures} tries of "
-                                            f"its batch, while answering its health check: {exc}"[:500],
-                                       "llm_failed_repeatedly"))
-            except RETRYABLE:
-                raise
-            except RecordRejected as exc:
-                dead.append(DeadLetter(rec, f"rejected by the LLM: {exc}"[:500], "llm_rejected"))
-            except Exception as exc:  # noqa: BLE001
-                dead.append(DeadLetter(rec, f"processing failed: {type(exc).__name__}: {exc}"[:500],
-                                       "processing_failed"))
-        return merge_outcomes(parts, records, dead, dead_lettered=dead_lettered_records(decoded, dead, s))
+        llm, embedder, store = self._llm, self._embedder, self._store.points
 
-    def _llm_healthy(self) -> bool:
-        """The LLM answers its own health check (a server's model list; an in-process engine a one-token probe)."""
-        probe = getattr(self._llm, "health", None)  # optional on the LLMBackend protocol: servers have it
-        try:
-            if callable(probe):
-                return bool(probe())
-            from clio_stream.llm.base import Prompt
-            from clio_stream.llm.prompts import AUDIT_CLUSTER
+        def process(batch: Sequence[RecordLike], decoded_batch: DecodedBatch | None) -> BatchOutcome:
+            return process_batch(batch, decoded=decoded_batch, facets=self.facets, llm=llm, embedder=embedder,
+                                 store=store, models=models, settings=s)
 
-            answer = self._llm.generate([Prompt(AUDIT_CLUSTER, {"name": "probe", "summary": "probe"})],  # type: ignore[union-attr]
-                                        {"max_tokens": 1})
-            return bool(answer and answer[0] is not None)
-        except Exception:  # noqa: BLE001 - any failure of the probe means: not healthy
-            return False
+        return process_isolating_poison(records, decoded, process, isolate=isolate, failures=self._failures,
+                                        llm_healthy=lambda: llm_answers_health_check(llm), settings=s)
 
     def _without_denied_input(self, decoded: DecodedBatch) -> DecodedBatch:
         """Deleted users' conversations out before anything is written or asked (consumers.denied)."""
@@ -382,28 +306,6 @@ class ConsumerWorker:
         if dropped:
             self.metrics.add(denied_dropped=dropped)
             log.info("dropped %d conversation(s) of deleted users; their offsets are committed", dropped)
-
-    def _write(self, outcome: BatchOutcome) -> None:
-        """Everything durable before the commit: Qdrant first, then the DLQ, then the deltas."""
-        assert self._store is not None and self._dlq is not None and self._deltas is not None
-        t0 = time.perf_counter()
-        reach("consume.upsert_facets")
-        self._store.points.upsert_facets(outcome.facet_points)
-        reach("consume.mark_processed")
-        self._store.points.mark_conversations([*outcome.conversations, *outcome.dead_lettered])
-        self.metrics.add_seconds(store_write_seconds=time.perf_counter() - t0)
-        if outcome.dead_letters:
-            reach("consume.send_dead_letters")
-            futures = [self._dlq.send(key=d.record.key, value=d.record.value, reason=d.reason,
-                                      topic=d.record.topic, partition=d.record.partition, offset=d.record.offset)
-                       for d in outcome.dead_letters]
-            self._dlq.flush(timeout=30)
-            _check_delivered(futures, "dead letter")
-        if outcome.deltas:
-            reach("consume.send_deltas")
-            futures = publish_deltas(self._producer, self.settings.deltas_topic, outcome.deltas)  # type: ignore[arg-type]
-            self._producer.flush(timeout=30)  # type: ignore[union-attr]
-            _check_delivered(futures, "centroid delta")
 
     def _commit(self, outcome: BatchOutcome) -> None:
         """Commit past the batch; a failure here only means a harmless redelivery later."""
@@ -447,28 +349,8 @@ class ConsumerWorker:
             self.metrics.add(deltas_applied=report.applied)
         if report.rejected:
             self.metrics.add(deltas_rejected=len(report.rejected))
-            self._dead_letter_deltas(report)
-
-    def _dead_letter_deltas(self, report: DeltaReport) -> None:
-        """Send rejected deltas to the dead-letter topic, once per record per worker (a rewind replays them).
-
-        Best effort: a delta that could not be dead-lettered was still not applied.
-        """
-        if self._dlq is None:
-            return
-        try:
-            for item in report.rejected:
-                rec = item.record
-                if (rec.partition, rec.offset) in self._dead_lettered_deltas:
-                    continue
-                self._dlq.send(key=rec.key, value=rec.value, reason=f"centroid delta rejected: {item.reason}",
-                               topic=rec.topic, partition=rec.partition, offset=rec.offset)
-                if len(self._dead_lettered_deltas) >= 100_000:
-                    self._dead_lettered_deltas.clear()
-                self._dead_lettered_deltas.add((rec.partition, rec.offset))
-            self._dlq.flush(timeout=10)
-        except Exception as exc:  # noqa: BLE001 - never let a hostile delta break the loop
-            log.warning("dead-lettering rejected centroid deltas failed: %s", exc)
+            if self._dlq is not None:
+                self._delta_dead_letters.send(self._dlq, report)
 
     # ------------------------------------------------------------------ health and metrics
 

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from clio_stream.domain.facets import main_facets
-from clio_stream.online import OnlineKMeans
-from clio_stream.publish import load_current, read_pointer
+from clio_stream.online.kmeans import OnlineKMeans
+from clio_stream.storage.published import PublishedVersions
 from clio_stream.settings import ClioSettings
 from clio_stream.storage.records import FacetPoint
 from clio_stream.storage.store import QdrantStore
@@ -51,7 +51,7 @@ def points(emb: HashEmbedder, start: int, n: int, models: dict[str, OnlineKMeans
                            numeric=1 + i % 5 if f.numeric else None, user_hash=f"u{i % 15}")
             model = (models or {}).get(f.name)
             if model is not None:
-                a = model.assign_one(vec)
+                a = model.assign_many(vec)[0]
                 p.cluster_id, p.cluster_version = a.cluster, model.version
                 p.similarity, p.outlier = a.similarity, a.is_outlier
             out.append(p)
@@ -84,7 +84,7 @@ def served(store: QdrantStore, publish_dir: Path, settings: ClioSettings) -> Ser
 
     from api.app import create_app
 
-    current = load_current(publish_dir)
+    current = PublishedVersions.at(publish_dir).load_current()
     members: dict[str, Counter] = {}
     api_version = None
     if current is not None:
@@ -106,7 +106,8 @@ def served(store: QdrantStore, publish_dir: Path, settings: ClioSettings) -> Ser
                         if cursor is None:
                             break
                 members[facet] = seen
-    return Served(store={f: store.versions.current_version(f) for f in TREE}, published=read_pointer(publish_dir),
+    return Served(store={f: store.versions.current_version(f) for f in TREE},
+                  published=PublishedVersions.at(publish_dir).read_pointer(),
                   api=api_version, members=members)
 
 

@@ -29,7 +29,7 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 def cmd_delete_user(args: argparse.Namespace) -> int:
     """Delete one user's data: Qdrant now, the published versions here when writable (else by the scheduler)."""
-    from clio_stream.deletion import delete_user
+    from clio_stream.privacy.deletion import delete_user
     from clio_stream.storage.store import QdrantStore
 
     settings = service_settings(args)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from clio_stream.domain.conversation import Conversation, ConversationFacets
+from clio_stream.llm.base import AskStats
 
 
 class NumericStats(BaseModel):
@@ -89,12 +93,73 @@ class FacetHierarchy(BaseModel):
         return 1 + max((n.level for n in self.nodes.values()), default=-1)
 
 
+class StoreLink(BaseModel):
+    """How one facet's leaves stand for the store's online clusters: the API joins live Qdrant points through it."""
+
+    version: int | None = None  # the clustering version the cluster ids belong to; None: the store's current one
+    clusters: dict[str, int] = Field(default_factory=dict)  # level-0 node id -> online cluster id
+
+
+class RunStats(BaseModel):
+    """Counts and timings of the run that produced a result (batch or re-clustering); shown, never joined on."""
+
+    model_config = ConfigDict(extra="ignore")  # keys of older versions load and are dropped
+
+    load: dict[str, int] = Field(default_factory=dict)  # data.LoadStats counts (batch)
+    llm: AskStats = Field(default_factory=AskStats)  # what happened to the run's LLM prompts
+    seconds: dict[str, float] = Field(default_factory=dict)  # stage -> wall time (batch)
+    checkpoint_hits: list[str] = Field(default_factory=list)  # stages read from checkpoints (batch)
+    unparseable_facet_values: dict[str, int] = Field(default_factory=dict)  # facet -> count (batch)
+    audit: dict[str, dict[str, int | None]] = Field(default_factory=dict)  # facet -> node id -> audit score (batch)
+    points: dict[str, int] = Field(default_factory=dict)  # facet -> points clustered (re-clustering)
+    living: dict[str, dict[str, Any]] = Field(default_factory=dict)  # facet -> re-clustering report
+
+
+_LEGACY_LEAF_ID = re.compile(r"-l0-(\d+)$")
+
+
+def _legacy_store_links(data: dict[str, Any]) -> dict[str, StoreLink]:
+    """Store links of a result written before ``store_links`` existed (the one place that reads the old form).
+
+    Old results said it in ``stats``: ``store_clusters`` ({node id: int}), ``cluster_versions`` ({facet: int}),
+    ``version`` (an int: every facet's clustering version); without an explicit cluster a leaf id ending in
+    ``-l0-<int>`` was taken as that cluster, under the store's current version.
+    """
+    stats = data.get("stats") if isinstance(data.get("stats"), dict) else {}
+    explicit = {str(k): int(v) for k, v in dict(stats.get("store_clusters") or {}).items()}
+    versions = {str(k): (None if v is None else int(v)) for k, v in dict(stats.get("cluster_versions") or {}).items()}
+    common = stats.get("version")
+    links: dict[str, StoreLink] = {}
+    for name, h in dict(data.get("hierarchies") or {}).items():
+        nodes = h.nodes if isinstance(h, FacetHierarchy) else dict(h.get("nodes") or {})
+        clusters: dict[str, int] = {}
+        for nid, node in nodes.items():
+            if (node.level if isinstance(node, ClusterNode) else node.get("level")) != 0:
+                continue
+            if nid in explicit:
+                clusters[nid] = explicit[nid]
+            elif (m := _LEGACY_LEAF_ID.search(nid)) is not None:
+                clusters[nid] = int(m.group(1))
+        version = versions.get(name, common if isinstance(common, int) and not isinstance(common, bool) else None)
+        if clusters or version is not None:
+            links[name] = StoreLink(version=version, clusters=clusters)
+    return links
+
+
 class ClioResult(BaseModel):
-    """Everything ``run_clio`` produces; the site writer's and the API's input."""
+    """Everything ``run_clio`` and the re-clustering job produce; the site writer's and the API's input."""
 
     facets: list[dict]  # serialised Facet definitions (name, question, numeric, ...)
     conversations: list[Conversation]
     facet_values: list[ConversationFacets]
     hierarchies: dict[str, FacetHierarchy]  # facet name -> tree (facets with summary criteria only)
     settings: dict = Field(default_factory=dict)  # the settings that produced it (JSON-safe subset)
-    stats: dict = Field(default_factory=dict)  # counts: skipped, duplicates, unparseable answers, timings
+    stats: RunStats = Field(default_factory=RunStats)
+    store_links: dict[str, StoreLink] = Field(default_factory=dict)  # facet -> how its leaves join the store
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_legacy_links(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "store_links" not in data:
+            data = {**data, "store_links": _legacy_store_links(data)}
+        return data

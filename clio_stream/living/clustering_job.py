@@ -27,7 +27,7 @@ from clio_stream.living.versions import (
     reserve_version,
     write_version,
 )
-from clio_stream.online import OnlineKMeans
+from clio_stream.online.kmeans import OnlineKMeans
 from clio_stream.settings import ClioSettings
 from clio_stream.storage.documents import CLUSTERING_LOCK
 from clio_stream.storage.store import QdrantStore

@@ -33,7 +33,7 @@ from clio_stream.living.lineage import (
 from clio_stream.living.matching import MatchThresholds, Matching, changed, match_clusters, member_centroids
 from clio_stream.living.stored import StoredFacet
 from clio_stream.llm.base import AskStats, LLMBackend
-from clio_stream.privacy import describable
+from clio_stream.privacy.visibility import describable
 from clio_stream.settings import ClioSettings
 from clio_stream.stages.base_clusters import base_clusters
 from clio_stream.stages.hierarchy import build_hierarchy, private_leaves

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clio_stream.domain.clusters import ClioResult, FacetHierarchy
+from clio_stream.domain.clusters import ClioResult, FacetHierarchy, RunStats, StoreLink
 from clio_stream.domain.facets import Facet
 from clio_stream.embedding import EmbeddingBackend
 from clio_stream.living.clustering_job import ClusteringLockBusy, NothingToCluster, fitted_labels, run_clustering_job
@@ -91,10 +91,10 @@ class Previous:
 
 def _previous(publish_dir: Path) -> Previous:
     """The current published version's hierarchies and its lineage's ids; nothing when unreadable."""
-    from clio_stream.publish import load_current
+    from clio_stream.storage.published import PublishedVersions
 
     try:
-        prev = load_current(publish_dir)
+        prev = PublishedVersions.at(publish_dir).load_current()
     except Exception:  # noqa: BLE001 - a broken previous version must not stop re-clustering: start afresh
         log.warning("could not load the current published version; ids start afresh", exc_info=True)
         return Previous()
@@ -151,8 +151,8 @@ def _build_version(
     t0: float,
 ) -> tuple[VersionWrite, ReclusterReport]:
     """Re-cluster, name and finalise every clusterable facet as version ``version``; what to write, and the report."""
-    from clio_stream.deletion import remove_denied
-    from clio_stream.publish import write_version_folder
+    from clio_stream.privacy.deletion import remove_denied
+    from clio_stream.storage.published import PublishedVersions
 
     tree = [f for f in facets if f.name in stored.clusterable()]
     report = ReclusterReport(version=version)
@@ -175,20 +175,19 @@ def _build_version(
     lineage = {k: v for run in runs.values() for k, v in run.lineage.items()}
     report.lineage = len(lineage)
 
-    # Leaf ids are stable, not k-means indices, so the leaf -> online cluster mapping is explicit
-    # (publish.py's contract).
+    # Leaf ids are stable, not k-means indices, so the leaf -> online cluster mapping is explicit.
     result = ClioResult(facets=[f.to_dict() for f in facets], conversations=conversations,
                         facet_values=facet_values, hierarchies={n: r.hierarchy for n, r in runs.items()},
                         settings=settings.public_dict(),
-                        stats={"llm": vars(stats), "points": report.points, "version": version,
-                               "store_clusters": {k: v for r in runs.values() for k, v in r.store_clusters.items()},
-                               "living": report.facets})
-    remove_denied(result, store, settings)  # users deleted since the scroll (clio_stream.deletion)
+                        stats=RunStats(llm=stats, points=report.points, living=report.facets),
+                        store_links={n: StoreLink(version=version, clusters=r.store_clusters) for n, r in runs.items()})
+    remove_denied(result, store, settings)  # users deleted since the scroll (clio_stream.privacy.deletion)
     report.llm_prompts = stats.prompts
     report.seconds = time.perf_counter() - t0
 
     def site(n: int) -> Path:
-        report.published = write_version_folder(result, publish_dir, str(n), lineage=lineage, settings=settings)
+        report.published = PublishedVersions.at(publish_dir).write_folder(result, str(n), lineage=lineage,
+                                                                          settings=settings)
         return report.published
 
     return VersionWrite(

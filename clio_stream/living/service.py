@@ -14,7 +14,7 @@ Kubernetes CronJob) all go through ``ReclusterService``:
   the two together and writes its state where ``GET /v1/status`` reads it;
 * ``process_deletions()`` carries out pending user deletions: every poll of the
   scheduler, and every run of the CronJob, since this process is the one that
-  owns the publish directory (clio_stream.deletion).
+  owns the publish directory (clio_stream.privacy.deletion).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from clio_stream.drift import drift_since
+from clio_stream.online.drift import drift_since
 from clio_stream.settings import ClioSettings
 from clio_stream.storage.documents import LAST_RUN, RECLUSTER_REQUEST, SCHEDULER_STATE, WORKER_METRICS, SchedulerState
 from clio_stream.storage.store import QdrantStore
@@ -50,7 +50,7 @@ class ReclusterService:
                  store: QdrantStore | None = None, llm: Any = None, embedder: Any = None,
                  publish_dir: Path | None = None) -> None:
         from clio_stream.domain.facets import main_facets
-        from clio_stream.publish import resolve_publish_dir
+        from clio_stream.storage.published import PublishedVersions
 
         self.settings = settings
         self.facets = list(facets) if facets else list(main_facets)
@@ -69,7 +69,7 @@ class ReclusterService:
             llm = make_llm(settings)
         self.llm = llm
         self._embedder = embedder
-        self.publish_dir = Path(publish_dir) if publish_dir is not None else resolve_publish_dir(settings)
+        self.publish_dir = Path(publish_dir) if publish_dir is not None else PublishedVersions.from_settings(settings).root
         self._collections_seen = False
 
     @property
@@ -123,8 +123,8 @@ class ReclusterService:
         return report
 
     def process_deletions(self) -> Any:
-        """Carry out pending user deletions (this process owns the publish directory); see clio_stream.deletion."""
-        from clio_stream.deletion import process_deletions
+        """Carry out pending user deletions (this process owns the publish directory); see clio_stream.privacy.deletion."""
+        from clio_stream.privacy.deletion import process_deletions
 
         return process_deletions(self.store, self.settings, self.publish_dir)
 

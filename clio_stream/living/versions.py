@@ -51,10 +51,10 @@ from typing import Any
 import numpy as np
 
 from clio_stream.ops.faults import reach
-from clio_stream.online import OnlineKMeans
-from clio_stream.publish import advance_pointer, is_complete, list_versions, prune_versions, read_pointer
+from clio_stream.online.kmeans import OnlineKMeans
 from clio_stream.storage.documents import CLUSTERING_LOCK, COMMIT_KEY, LAST_RUN, LastRun, StateDocument
 from clio_stream.storage.locks import Lease, LockLost
+from clio_stream.storage.published import PublishedVersions
 from clio_stream.storage.store import QdrantStore
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,8 @@ def reserve_version(store: QdrantStore, lease: Lease, facets: Sequence[str], pub
     last = committed(store)
     floor = max([v for v in (store.versions.current_version(f) for f in facets) if v is not None]
                 + ([last.version] if last else [])
-                + ([int(v) for v in list_versions(publish_dir) if v.isdigit()] if publish_dir else []), default=0)
+                + ([int(v) for v in PublishedVersions.at(publish_dir).list_versions() if v.isdigit()]
+                   if publish_dir else []), default=0)
     version = store.versions.reserve(floor)
     log.info("reserved clustering version %d", version)
     return version
@@ -225,8 +226,8 @@ def apply_commit(store: QdrantStore, lease: Lease, commit: Commit, publish_dir: 
     published = commit.site and publish_dir is not None
     if published:
         _step(STEP_PUBLISH_POINTER, lease)
-        if is_complete(publish_dir, str(n)):  # type: ignore[arg-type]
-            advance_pointer(publish_dir, n)  # type: ignore[arg-type]
+        if PublishedVersions.at(publish_dir).is_complete(str(n)):  # type: ignore[arg-type]
+            PublishedVersions.at(publish_dir).advance_pointer(n)  # type: ignore[arg-type]
         else:
             log.error("version %d is committed but its site folder is gone; the site stays where it is", n)
     if commit.last_run is not None:
@@ -235,7 +236,7 @@ def apply_commit(store: QdrantStore, lease: Lease, commit: Commit, publish_dir: 
     _step(STEP_CLEANUP, lease)
     commit.labels_floor = _drop_old_labels(store, commit, publish_dir)
     if publish_dir is not None:
-        prune_versions(publish_dir, keep=PUBLISH_KEEP)
+        PublishedVersions.at(publish_dir).prune(keep=PUBLISH_KEEP)
     commit.applied = published or not commit.site  # without the publish folder, the next job with it finishes
     _fenced(store, COMMIT_KEY, asdict(commit), n)
 
@@ -274,7 +275,7 @@ def _drop_old_labels(store: QdrantStore, commit: Commit, publish_dir: Path | Non
 
     Kept: this version, the previous one (the API may serve it until its pointer moves) and the site's current.
     """
-    served = read_pointer(publish_dir) if publish_dir is not None else None
+    served = PublishedVersions.at(publish_dir).read_pointer() if publish_dir is not None else None
     keep = {commit.version} | ({commit.previous} if commit.previous is not None else set()) | (
         {int(served)} if served is not None and served.isdigit() else set())
     drop = [v for v in range(commit.labels_floor, commit.version) if v not in keep]

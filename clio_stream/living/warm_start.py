@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from clio_stream.domain.vectors import normalise_rows
-from clio_stream.online import OnlineKMeans
+from clio_stream.online.kmeans import OnlineKMeans
 from clio_stream.storage.store import QdrantStore
 
 

@@ -16,8 +16,8 @@ Privacy: hidden nodes (and anything below them) are never written, and neither
 is any conversation that sits in a hidden node of any facet, so a withheld
 cluster cannot be reconstructed from member lists or facet values elsewhere.
 Their parents only get an aggregate ``other_count``, and a parent's users, numeric statistics
-and trend are aggregated over its visible children only (``privacy.public_nodes``), so
-subtracting the visible children from a parent gives nothing away.
+and trend are aggregated over its visible children only, so subtracting the visible children
+from a parent gives nothing away. All of it is ``privacy.visibility``'s rule, applied here.
 
 The site is built in a temporary sibling directory and swapped in with one
 rename, so a reader never sees a half-written site.
@@ -38,10 +38,11 @@ import uuid
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from clio_stream.privacy import public_nodes, user_identity, withheld_nodes
-from clio_stream.domain.clusters import ClioResult, ClusterNode, FacetHierarchy
+from clio_stream.privacy.visibility import FacetVisibility, result_visibility
+from clio_stream.domain.clusters import ClioResult, ClusterNode
+from clio_stream.domain.conversation import Conversation
 
 log = logging.getLogger(__name__)
 
@@ -127,18 +128,11 @@ class _SiteBuilder:
         self.files_written = 0
         self.shown_conversations = 0
         self.values = {cf.conversation_id: cf.values for cf in result.facet_values}
-        self.withheld_conversations = self._withheld_conversations()
-        users = {c.id: user_identity(c) for c in result.conversations}
-        self.public = {name: public_nodes(h, users) for name, h in result.hierarchies.items()}
+        self.visibility = result_visibility(result)
+        self.withheld_conversations = set(self.visibility.withheld)
         # conversation id -> facet name -> {"path": node ids root..leaf, "name": leaf name} (visible nodes only)
         self.paths: dict[str, dict[str, dict[str, Any]]] = {}
         self.refs: dict[int, int] = {}  # facet index -> last node ref handed out (names the node's files)
-
-    # --- privacy ---
-
-    def _withheld_conversations(self) -> set[str]:
-        """Every conversation inside a hidden node of any facet, or below one."""
-        return {cid for h in self.result.hierarchies.values() for n in withheld_nodes(h) for cid in n.conversation_ids}
 
     # --- output ---
 
@@ -171,8 +165,6 @@ class _SiteBuilder:
             "conversation_index": CONVERSATION_INDEX_FILE,
             "numeric_facets": numeric,
             "facets": facets_out,
-            "stats": {k: v for k, v in self.result.stats.items()
-                      if isinstance(v, (int, float)) and not isinstance(v, bool)},
         }
         self._write_json_gz(MANIFEST_FILE, manifest)
         (self.data / VERSION_FILE).write_text(json.dumps(
@@ -203,19 +195,16 @@ class _SiteBuilder:
         }
         if hierarchy is None:
             return entry
-        roots = [hierarchy.nodes[r] for r in hierarchy.root_ids if r in hierarchy.nodes]
-        visible_roots = [r for r in roots if not r.hidden]
-        hidden_roots = [r for r in roots if r.hidden]
-        total = len({cid for r in roots for cid in r.conversation_ids})
+        shown = self.visibility.facets[name]
         entry.update({
-            "total": total,
+            "total": shown.total,
             "depth": hierarchy.depth(),
-            "other_count": _count_conversations(hidden_roots),
-            "roots": self._write_subtree(index, hierarchy, visible_roots, []),
+            "other_count": shown.other_count,
+            "roots": self._write_subtree(index, shown, [hierarchy.nodes[r] for r in shown.visible_roots], []),
         })
         return entry
 
-    def _write_subtree(self, facet_index: int, hierarchy: FacetHierarchy, nodes: list[ClusterNode],
+    def _write_subtree(self, facet_index: int, shown: FacetVisibility, nodes: list[ClusterNode],
                        path: list[str]) -> list[dict[str, Any]]:
         """Write the files below ``nodes`` (visible siblings) and return their summaries.
 
@@ -225,21 +214,20 @@ class _SiteBuilder:
         entries = []
         for node in nodes:
             ref = self._next_ref(facet_index)
-            children = [hierarchy.nodes[c] for c in node.children if c in hierarchy.nodes]
-            visible = [c for c in children if not c.hidden]
-            other_count = _count_conversations([c for c in children if c.hidden])
-            entry = self.public[hierarchy.facet][node.id].public_fields()
+            visible = shown.visible_children(node)
+            other_count = shown.withheld_count(node)
+            entry = shown.public[node.id].public_fields()
             entry.update({"ref": ref, "n_children": len(visible), "other_count": other_count,
                           "children_file": None, "member_files": [], "n_members": 0, "withheld_members": 0})
             node_path = path + [node.id]
-            if children:
+            if shown.children(node):
                 rel = f"f{facet_index}/children/{ref}.json.gz"
-                child_entries = self._write_subtree(facet_index, hierarchy, visible, node_path)
-                self._write_json_gz(rel, {"facet": hierarchy.facet, "parent_id": node.id,
+                child_entries = self._write_subtree(facet_index, shown, visible, node_path)
+                self._write_json_gz(rel, {"facet": shown.hierarchy.facet, "parent_id": node.id,
                                           "children": child_entries, "other_count": other_count})
                 entry["children_file"] = rel
             else:
-                self._write_members(facet_index, hierarchy.facet, node, ref, entry, node_path)
+                self._write_members(facet_index, shown.hierarchy.facet, node, ref, entry, node_path)
             entries.append(entry)
         return entries
 
@@ -283,7 +271,7 @@ class _SiteBuilder:
         self._write_json_gz(CONVERSATION_INDEX_FILE, {"chunks": index})
         return len(index)
 
-    def _record(self, conversation: Any) -> dict[str, Any]:
+    def _record(self, conversation: Conversation) -> dict[str, Any]:
         values = self.values.get(conversation.id, {})
         record: dict[str, Any] = {
             "id": conversation.id,
@@ -294,10 +282,6 @@ class _SiteBuilder:
             record["messages"] = [{"role": m.role, "content": m.content} for m in conversation.messages]
             record["timestamp"] = conversation.timestamp
         return record
-
-
-def _count_conversations(nodes: Iterable[ClusterNode]) -> int:
-    return len({cid for n in nodes for cid in n.conversation_ids})
 
 
 # --- atomic replacement ---

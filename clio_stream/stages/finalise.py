@@ -13,7 +13,7 @@ from clio_stream.domain.clusters import FacetHierarchy
 from clio_stream.domain.conversation import Conversation, ConversationFacets
 from clio_stream.domain.facets import Facet
 from clio_stream.llm.base import AskStats, LLMBackend
-from clio_stream.privacy import annotate, audit, known_audits
+from clio_stream.privacy.audit import annotate, audit, known_audits
 from clio_stream.settings import ClioSettings
 from clio_stream.stages.trends import annotate_trends
 

@@ -30,7 +30,9 @@ from clio_stream.embedding import EmbeddingBackend as Embedder
 from clio_stream.domain.facets import Facet
 from clio_stream.llm.base import AskStats, LLMBackend, Prompt, ask, sampling_for
 from clio_stream.stages.naming import SMALL_CLUSTERS, looks_identifying, rename_parents
-from clio_stream.privacy import describable, mark_below_minimums, user_key_of
+from clio_stream.privacy.audit import mark_below_minimums
+from clio_stream.privacy.users import user_key_of
+from clio_stream.privacy.visibility import describable
 from clio_stream.llm.parsing import parse_choice, parse_numbered_list
 from clio_stream.llm.prompts import ASSIGN_TO_PARENT, DEDUPLICATE_PARENTS, PROPOSE_PARENTS
 from clio_stream.domain.clusters import ClusterNode, FacetHierarchy

@@ -23,6 +23,7 @@ import math
 from collections.abc import Collection, Mapping
 
 from clio_stream.domain.clusters import FacetHierarchy, Trend
+from clio_stream.privacy.visibility import visible_node_ids
 
 
 def window_grid(timestamps: Collection[float], window_s: float, windows: int) -> float | None:
@@ -67,8 +68,9 @@ def annotate_trends(
             new = sum(1 for c in node.conversation_ids if c not in previous_members)
             growth = new / max(1, node.size - new)
         node.trend = Trend(window_s=window_s, start=start, counts=counts, new_members=new or 0, growth=growth)
+    visible = visible_node_ids(hierarchy)
     ranked = sorted((n for n in hierarchy.nodes.values()
-                     if not n.hidden and n.trend is not None and n.trend.growth is not None
+                     if n.id in visible and n.trend is not None and n.trend.growth is not None
                      and n.trend.growth >= min_growth),
                     key=lambda n: (-n.trend.growth, -n.size, n.id))  # type: ignore[union-attr]
     emerging = [n.id for n in ranked[:top]]

@@ -1,6 +1,6 @@
 """User deletion requests in the state collection, and the deny tokens they carry.
 
-The documents themselves (``clio_stream.deletion.DeletionRequest``) belong to the deletion process; this
+The documents themselves (``clio_stream.privacy.requests.DeletionRequest``) belong to the deletion process; this
 class only keeps them: created once per request id, overwritten with progress, listed by status.
 """
 
@@ -15,7 +15,7 @@ from qdrant_client import models
 
 from clio_stream.storage.qdrant import QdrantConnection, match_filter, point_id
 
-DELETION_KIND = "deletion"  # state-collection points holding user deletion requests (clio_stream.deletion)
+DELETION_KIND = "deletion"  # state-collection points holding user deletion requests (clio_stream.privacy.requests)
 
 
 def deletion_point_id(request_id: str) -> str:

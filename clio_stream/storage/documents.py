@@ -75,7 +75,7 @@ class WorkerMetricsDoc(StateDocument):
     dead_lettered_by_code: dict[str, int] = Field(default_factory=dict)
     outlier_rate: dict[str, float] = Field(default_factory=dict)  # per facet, recent
     cluster_versions: dict[str, int] = Field(default_factory=dict)
-    drift: dict[str, dict[str, Any]] = Field(default_factory=dict)  # clio_stream.drift.DriftMonitor.snapshot()
+    drift: dict[str, dict[str, Any]] = Field(default_factory=dict)  # clio_stream.online.drift.DriftMonitor.snapshot()
     consumer_lag: int | None = None
     health: str = "starting"
     health_reason: str | None = None

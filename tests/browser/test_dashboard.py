@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from api.app import create_app
-from clio_stream.publish import publish_version
+from clio_stream.storage.published import PublishedVersions
 from clio_stream.devstack.processes import free_port
 from clio_stream.settings import ClioSettings
 from clio_stream.storage.store import QdrantStore
@@ -48,7 +48,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         publish_dir=tmp_path_factory.mktemp("published"), site_chunk_size=4, api_dashboard_poll_s=0.5,
         api_keys=f"viewer:{VIEWER_KEY},admin:dash-admin-{'d' * 20}", api_status_cache_s=0,
     )
-    publish_version(make_site_fixture().result, settings.publish_dir, "v1", settings=settings)
+    PublishedVersions.at(settings.publish_dir).publish(make_site_fixture().result, "v1", settings=settings)
     store = QdrantStore(":memory:")
     store.ensure_collections(4)
     port = free_port()
@@ -118,7 +118,7 @@ def test_key_login_tree_live_panel_and_self_refresh(served: Served, page: Any) -
     changed = make_site_fixture().result.model_copy(deep=True)
     changed.hierarchies[REQUEST].nodes["request-r0"].name = "Software engineering"
     changed.hierarchies[REQUEST].nodes["request-r0-m0-l0"].name = "Resolving Python import errors"
-    publish_version(changed, served.settings.publish_dir, "v2", settings=served.settings)
+    PublishedVersions.at(served.settings.publish_dir).publish(changed, "v2", settings=served.settings)
 
     # No reload by the test: the page's own polling notices the new version.
     expect(page.locator(_tid("node-name-request-r0"))).to_have_text("Software engineering")

@@ -1,9 +1,9 @@
 """The HTTP API against a real Qdrant server and a real Kafka-protocol broker.
 
 One module-wide setup: the site fixture result (tests/fixtures_site.py, one
-withheld leaf full of secret strings) published twice with ``publish_version``
+withheld leaf full of secret strings) published twice with ``PublishedVersions.publish``
 (v1, then v2 with lineage), matching facet and conversation points in Qdrant
-(every leaf mapped to an online cluster id through ``stats["store_clusters"]``),
+(every leaf mapped to an online cluster id through ``result.store_links``),
 worker and scheduler state documents, and the app over all of it.
 """
 
@@ -28,8 +28,8 @@ from api.app import create_app
 from api.routes_clusters import encode_cursor
 from clio_stream.streaming.kafka_io import ensure_topics, make_consumer
 from clio_stream.streaming.wire_format import decode_message
-from clio_stream.privacy import keyed_user_hash
-from clio_stream.publish import list_versions, publish_version, read_pointer
+from clio_stream.privacy.users import keyed_user_hash
+from clio_stream.storage.published import PublishedVersions
 from clio_stream.settings import ClioSettings
 from clio_stream.storage.documents import (
     RECLUSTER_REQUEST,
@@ -40,7 +40,7 @@ from clio_stream.storage.documents import (
 )
 from clio_stream.storage.records import ConversationRecord, FacetPoint
 from clio_stream.storage.store import QdrantStore
-from clio_stream.domain.clusters import ClioResult
+from clio_stream.domain.clusters import ClioResult, StoreLink
 from tests.fixtures_site import (
     CONCERNING,
     HIDDEN_NAME,
@@ -134,7 +134,7 @@ def env(qdrant_server: Any, kafka_broker: Any, tmp_path_factory: pytest.TempPath
     result = fixture.result
     leaves = sorted(n.id for n in result.hierarchies[REQUEST].nodes.values() if n.level == 0)
     leaf_cluster = {nid: i for i, nid in enumerate(leaves)}
-    result.stats = {**result.stats, "store_clusters": leaf_cluster, "cluster_versions": {REQUEST: CLUSTER_VERSION}}
+    result.store_links[REQUEST] = StoreLink(version=CLUSTER_VERSION, clusters=leaf_cluster)
 
     store = QdrantStore.from_settings(settings_)
     store.ensure_collections(DIM)
@@ -152,8 +152,8 @@ def env(qdrant_server: Any, kafka_broker: Any, tmp_path_factory: pytest.TempPath
         updated_at=now - 8000))
     store.states.write(SCHEDULER_STATE, SchedulerState(last_run_at=now - 100, next_run_at=now + 3500))
 
-    publish_version(result, settings_.publish_dir, "v1", lineage={"ancient-1": "old-2"}, settings=settings_)
-    publish_version(result, settings_.publish_dir, "v2",
+    PublishedVersions.at(settings_.publish_dir).publish(result, "v1", lineage={"ancient-1": "old-2"}, settings=settings_)
+    PublishedVersions.at(settings_.publish_dir).publish(result, "v2",
                     lineage={"old-2": "request-r0-m0", "old-hidden": HIDDEN_NODE_ID}, settings=settings_)
     app = create_app(settings_, store=store)
     with TestClient(app, raise_server_exceptions=False) as client:
@@ -166,28 +166,30 @@ def env(qdrant_server: Any, kafka_broker: Any, tmp_path_factory: pytest.TempPath
 
 def test_publish_layout_pointer_and_pruning(env: Env, tmp_path: Path) -> None:
     root = Path(env.settings.publish_dir)  # type: ignore[arg-type]
-    assert read_pointer(root) == "v2"
+    assert PublishedVersions.at(root).read_pointer() == "v2"
     for version in ("v1", "v2"):
         folder = root / "versions" / version
         assert ClioResult.model_validate_json((folder / "result.json").read_bytes()).hierarchies[REQUEST].nodes
         assert (folder / "site" / "index.html").exists() and (folder / "site" / "data" / "version.json").exists()
     assert json.loads((root / "versions" / "v2" / "lineage.json").read_text())["old-2"] == "request-r0-m0"
     with pytest.raises(FileExistsError):
-        publish_version(env.result, root, "v2", settings=env.settings)
+        PublishedVersions.at(root).publish(env.result, "v2", settings=env.settings)
     with pytest.raises(ValueError):
-        publish_version(env.result, root, "../evil", settings=env.settings)
+        PublishedVersions.at(root).publish(env.result, "../evil", settings=env.settings)
     # Pruning, on a directory of its own: keep the newest `keep`.
     other = tmp_path / "pub"
     for i in range(4):
-        publish_version(env.result, other, f"p{i}", keep=2, settings=env.settings)
-    assert list_versions(other) == ["p2", "p3"] and read_pointer(other) == "p3"
+        PublishedVersions.at(other).publish(env.result, f"p{i}", keep=2, settings=env.settings)
+    kept = PublishedVersions.at(other)
+    assert kept.list_versions() == ["p2", "p3"] and kept.read_pointer() == "p3"
     assert not list((other / "versions").glob(".tmp-*"))
 
 
 def test_view_follows_the_recluster_job_conventions(tmp_path: Path) -> None:
-    """Leaf ids '<facet>-l0-<n>' map to online cluster n; stats['version'] is every facet's clustering version."""
+    """A result written before ``store_links`` (old JSON) still joins: leaf ids '<facet>-l0-<n>' map to online
+    cluster n, and the old ``stats['version']`` is every facet's clustering version."""
     from api.views import build_view
-    from clio_stream.publish import PublishedVersion
+    from clio_stream.storage.published import PublishedVersion
     from clio_stream.domain.clusters import ClusterNode, FacetHierarchy
 
     nodes = {
@@ -198,9 +200,11 @@ def test_view_follows_the_recluster_job_conventions(tmp_path: Path) -> None:
         "request-l0-7": ClusterNode(id="request-l0-7", facet=REQUEST, name="Seven", summary="", level=0,
                                     parent_id="request-l1-0", conversation_ids=["c"], hidden=True),
     }
-    result = ClioResult(facets=[{"name": REQUEST, "question": "?"}], conversations=[], facet_values=[],
-                        hierarchies={REQUEST: FacetHierarchy(facet=REQUEST, nodes=nodes, root_ids=["request-l1-0"])},
-                        stats={"version": 3})
+    old = ClioResult(facets=[{"name": REQUEST, "question": "?"}], conversations=[], facet_values=[],
+                     hierarchies={REQUEST: FacetHierarchy(facet=REQUEST, nodes=nodes, root_ids=["request-l1-0"])})
+    legacy = old.model_dump(mode="json", exclude={"store_links"})
+    legacy["stats"] = {"version": 3}
+    result = ClioResult.model_validate_json(json.dumps(legacy))
     view = build_view(PublishedVersion("3", tmp_path, result, {}, None))
     fv = view.facet_views[REQUEST]
     assert fv.cluster_version == 3 and fv.store_cluster == {"request-l0-4": 4, "request-l0-7": 7}

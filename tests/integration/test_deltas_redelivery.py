@@ -24,7 +24,7 @@ from kafka.errors import CommitFailedError
 
 from clio_stream.embedding import embedding_text
 from clio_stream.streaming.kafka_io import ensure_topics
-from clio_stream.online import OnlineKMeans
+from clio_stream.online.kmeans import OnlineKMeans
 from clio_stream.settings import ClioSettings
 from clio_stream.storage.store import QdrantStore
 from consumers.bootstrap import bootstrap_clustering

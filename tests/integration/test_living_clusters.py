@@ -41,7 +41,7 @@ from clio_stream.batch_input import load_shared_dataset
 from clio_stream.domain.facets import REQUEST as REQUEST_FACET
 from clio_stream.llm.base import LLMBackend, Prompt
 from clio_stream.llm import make_llm
-from clio_stream.publish import list_versions, load_version, read_pointer
+from clio_stream.storage.published import PublishedVersions
 from clio_stream.living.job import recluster_once
 from consumers.worker import ConsumerWorker
 from tests.streaming_helpers import (
@@ -122,7 +122,7 @@ class Reader(threading.Thread):
 
     def ids_of(self, version: str) -> set[str] | None:
         if version not in self._ids:
-            published = load_version(self.publish_dir, version)
+            published = PublishedVersions.at(self.publish_dir).load(version)
             if published is None:
                 return None
             self._ids[version] = set(published.result.hierarchies[REQUEST].nodes)
@@ -132,7 +132,7 @@ class Reader(threading.Thread):
 
     def version_of_site(self, site_version: str) -> str | None:
         if site_version not in self._site_to_version:
-            for v in list_versions(self.publish_dir):
+            for v in PublishedVersions.at(self.publish_dir).list_versions():
                 self.ids_of(v)
         return self._site_to_version.get(site_version)
 
@@ -199,7 +199,7 @@ def _wait_version(worker: ConsumerWorker, thread: threading.Thread, version: int
 
 
 def _leaves(publish_dir: Path, version: str) -> dict[str, Any]:
-    published = load_version(publish_dir, version)
+    published = PublishedVersions.at(publish_dir).load(version)
     assert published is not None
     return {n.id: n for n in published.result.hierarchies[REQUEST].leaves()}
 
@@ -218,7 +218,7 @@ def _everything_served(client: TestClient, publish_dir: Path) -> str:
         out.append(client.get(f"/v1/facets/{REQUEST}/clusters/{node['id']}/conversations",
                               params={"limit": 500}, headers=admin).text)
     out.append(client.get(f"/v1/facets/{REQUEST}/trends", params={"limit": 100}, headers=admin).text)
-    site = publish_dir / "versions" / str(read_pointer(publish_dir)) / "site"
+    site = publish_dir / "versions" / str(PublishedVersions.at(publish_dir).read_pointer()) / "site"
     for f in site.rglob("*"):
         if f.is_file():
             raw = f.read_bytes()
@@ -320,14 +320,14 @@ def test_new_topic_ids_survive_and_readers_never_see_a_mix(
             if r.status_code == 200:
                 body = r.json()
                 assert body["successor_of"] == old_id and body["version"] == "2"
-                assert body["id"] in load_version(publish_dir, "2").result.hierarchies[REQUEST].nodes
+                assert body["id"] in PublishedVersions.at(publish_dir).load("2").result.hierarchies[REQUEST].nodes
             else:
-                published = load_version(publish_dir, "2")
+                published = PublishedVersions.at(publish_dir).load("2")
                 successor = published.lineage.get(old_id)
                 assert successor is not None and published.result.hierarchies[REQUEST].nodes[successor].hidden
 
         # Privacy: nothing below the minimums is served anywhere.
-        hierarchy = load_version(publish_dir, "2").result.hierarchies[REQUEST]
+        hierarchy = PublishedVersions.at(publish_dir).load("2").result.hierarchies[REQUEST]
         hidden = [n for n in hierarchy.nodes.values() if n.hidden]
         served = _everything_served(client, publish_dir)
         visible_names = {n.name for n in hierarchy.nodes.values() if not n.hidden}

@@ -51,20 +51,20 @@ def test_facets_hierarchy_and_stats(real_run):
         for node in h.nodes.values():
             assert node.name and node.summary
             assert "Concerning" in node.numeric
-    unparseable = result.stats["unparseable_facet_values"]
+    unparseable = result.stats.unparseable_facet_values
     # Structured outputs make the numeric facet always parse.
     assert unparseable["Concerning"] == 0
     assert unparseable["Request"] <= 4
     assert (out / "result.json").exists() and (out / "site" / "index.html").exists()
-    assert result.stats["audit"]["Request"], "the auditor rated the clusters"
+    assert result.stats.audit["Request"], "the auditor rated the clusters"
 
 
 def test_resume_reuses_every_stage(real_run, vllm_engine, minilm):
     result, out, settings, data = real_run
     again = run_clio(main_facets, vllm_engine, minilm, data, output_dir=out, settings=settings)
-    assert {"facets", "embeddings", "base-request", "hierarchy-request"} <= set(again.stats["checkpoint_hits"])
+    assert {"facets", "embeddings", "base-request", "hierarchy-request"} <= set(again.stats.checkpoint_hits)
     # Only the audit (not checkpointed) calls the LLM again.
-    assert set(again.stats["llm"]["by_template"]) <= {"audit_cluster"}
+    assert set(again.stats.llm.by_template) <= {"audit_cluster"}
 
 
 def test_site_files_have_concerning_means(real_run):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from clio_stream.domain.vectors import normalise_rows
-from clio_stream.online import OnlineKMeans
+from clio_stream.online.kmeans import OnlineKMeans
 from clio_stream.storage.documents import SCHEDULER_STATE, SchedulerState
 from clio_stream.storage.locks import LockLost
 from clio_stream.storage.errors import StoreError, StoreUnavailable

@@ -25,7 +25,7 @@ import pytest
 from clio_stream.domain.facets import REQUEST
 from clio_stream.streaming.kafka_io import decode_dead_letter, ensure_topics
 from clio_stream.streaming.wire_format import encode_message
-from clio_stream.online import OnlineKMeans
+from clio_stream.online.kmeans import OnlineKMeans
 from consumers.bootstrap import bootstrap_clustering
 from consumers.worker import WRITE_STEPS
 from tests.reliability.helpers import pooled_conversations, replayed_delta_tally, seed_store

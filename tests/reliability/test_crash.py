@@ -26,8 +26,8 @@ from typing import Any
 
 from clio_stream.domain.facets import REQUEST
 from clio_stream.streaming.kafka_io import ensure_topics
-from clio_stream.online import OnlineKMeans
-from clio_stream.publish import load_current, read_pointer
+from clio_stream.online.kmeans import OnlineKMeans
+from clio_stream.storage.published import PublishedVersions
 from clio_stream.devstack.processes import ManagedProcess
 from clio_stream.settings import ClioSettings
 from clio_stream.storage.documents import CLUSTERING_LOCK, LAST_RUN
@@ -233,7 +233,7 @@ def run_to_end(proc: ManagedProcess, timeout: float = 600) -> float:
 
 def current_state(store: QdrantStore, publish_dir: Path) -> dict[str, Any]:
     """The version every reader follows: the store's pointers, the published pointer, the last run's record."""
-    return {"store": store.versions.current_version(REQUEST.name), "published": read_pointer(publish_dir),
+    return {"store": store.versions.current_version(REQUEST.name), "published": PublishedVersions.at(publish_dir).read_pointer(),
             "last_run": getattr(store.states.read(LAST_RUN), "version", None)}
 
 
@@ -272,7 +272,7 @@ def test_recluster_killed_mid_run_keeps_previous_version_and_next_run_publishes(
             assert after_kill["store"] in (1, 2) and after_kill["published"] in ("1", "2"), after_kill
         else:
             assert after_kill == before, after_kill
-            assert load_current(publish_dir).version == "1"
+            assert PublishedVersions.at(publish_dir).load_current().version == "1"
         # A number reserved by the dead run is skipped, never reused (its writes may be half done).
         expected = store.versions.last_reserved() + 1
         assert store.locks.acquire(CLUSTERING_LOCK, "an-impatient-run", LOCK_TTL_S) is None, \

@@ -38,12 +38,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from clio_stream.living import clustering_job, job as recluster
-from clio_stream.deletion import DeletionPass, UserMatch, process_deletions, scrub_result
+from clio_stream.living import job as recluster
+from clio_stream.living import clustering_job
+from clio_stream.privacy.deletion import DeletionPass, process_deletions
+from clio_stream.privacy.scrub import UserMatch, scrub_result
 from clio_stream.domain.facets import main_facets
 from clio_stream.pipeline import run_clio
-from clio_stream.privacy import keyed_user_hash
-from clio_stream.publish import load_version, publish_version
+from clio_stream.privacy.users import keyed_user_hash
+from clio_stream.storage.published import PublishedVersions
 from clio_stream.living.service import ReclusterService
 from clio_stream.living.scheduler import Triggers
 from clio_stream.devstack.processes import ManagedProcess, free_port, http_probe
@@ -193,8 +195,8 @@ def world(qdrant_server: Any, tmp_path: Path) -> Iterator[World]:
     store = QdrantStore.from_settings(settings)
     store.ensure_collections(DIM)
     _store_points(store, result)
-    publish_version(result, publish_dir, "v1", settings=settings)
-    publish_version(result, publish_dir, "v2", lineage={"old-1": DOOMED_LEAF}, settings=settings)
+    PublishedVersions.at(publish_dir).publish(result, "v1", settings=settings)
+    PublishedVersions.at(publish_dir).publish(result, "v2", lineage={"old-1": DOOMED_LEAF}, settings=settings)
     batch_dir = tmp_path / "batch"
     _batch_run(batch_dir, doomed)
     app = create_app(settings, store=store)
@@ -446,7 +448,7 @@ def _fill(store: QdrantStore, emb: HashEmbedder, doomed_hash: str) -> list[str]:
 
 def _mentions_user(publish_dir: Path, version: str, doomed_hash: str, doomed_ids: list[str]) -> list[str]:
     """The doomed user's conversation ids or hash found in a version's result.json."""
-    published = load_version(publish_dir, version)
+    published = PublishedVersions.at(publish_dir).load(version)
     assert published is not None
     text = (published.path / "result.json").read_text()
     return [t for t in (doomed_hash, *doomed_ids) if t in text]

@@ -35,10 +35,11 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from clio_stream.batch_input import load_shared_dataset
+from clio_stream.domain.clusters import StoreLink
 from clio_stream.domain.facets import main_facets
 from clio_stream.pipeline import run_clio
-from clio_stream.privacy import keyed_user_hash
-from clio_stream.publish import publish_version
+from clio_stream.privacy.users import keyed_user_hash
+from clio_stream.storage.published import PublishedVersions
 from clio_stream.settings import ClioSettings
 from clio_stream.storage.records import ConversationRecord, FacetPoint
 from clio_stream.storage.store import QdrantStore
@@ -101,8 +102,7 @@ def copying_script(name: str, values: Mapping[str, str], rng: random.Random) -> 
 def _populate(store: QdrantStore, result: Any, dim: int) -> None:
     """Every conversation of ``result`` in the store as the consumers would have left it: facet points
     labelled with their leaf's online cluster, conversation records with raw messages."""
-    explicit = dict(result.stats.get("store_clusters") or {})
-    leaf_of = {(name, cid): int(explicit.get(node.id, node.id.rsplit("-l0-", 1)[-1]))
+    leaf_of = {(name, cid): result.store_links[name].clusters[node.id]
                for name, h in result.hierarchies.items() for node in h.leaves() for cid in node.conversation_ids}
     values = {cf.conversation_id: cf.values for cf in result.facet_values}
     rng = np.random.default_rng(0)
@@ -207,7 +207,7 @@ def _leaks(texts: Mapping[str, str]) -> list[str]:
 def _check_published(result: Any, out: Path, settings: ClioSettings, dim: int) -> dict[str, Any]:
     """Publish ``result`` as the API would serve it, then search every site file and API answer."""
     publish_dir = out / "published"
-    folder = publish_version(result, publish_dir, "v1", settings=settings)
+    folder = PublishedVersions.at(publish_dir).publish(result, "v1", settings=settings)
     site = site_violations(folder / "site", min_conversations=settings.min_cluster_conversations,
                            min_users=settings.min_cluster_users, forbidden=DETAILS)
     site += site_violations(out / "site", min_conversations=settings.min_cluster_conversations,
@@ -278,7 +278,7 @@ def test_real_model_with_auditor_keeps_the_details_out(tmp_path: Path, vllm_serv
     finally:
         llm.close()
     figures = _check_published(result, tmp_path / "run", settings, minilm.dim)
-    audit = result.stats.get("audit", {})
+    audit = result.stats.audit
     reliability_report(**{k: (len(v) if isinstance(v, list) else v) for k, v in figures.items()},
                        conversations=len(data), clusters_audited=sum(len(v) for v in audit.values()),
                        withheld_by_audit=sum(1 for v in audit.values() for s in v.values()
@@ -296,11 +296,11 @@ def test_no_role_can_difference_a_withheld_child_out_of_its_parent(tmp_path: Pat
     fixture = make_site_fixture()
     result = fixture.result
     leaves = sorted(n.id for n in result.hierarchies[REQUEST].nodes.values() if n.level == 0)
-    result.stats = {**result.stats, "store_clusters": {nid: i for i, nid in enumerate(leaves)}}
+    result.store_links[REQUEST] = StoreLink(clusters={nid: i for i, nid in enumerate(leaves)})
     settings = ClioSettings(show_progress=False, min_cluster_users=2, min_cluster_conversations=3,
                             show_conversations=True, user_id_hash_key="attack-test-key", site_chunk_size=4)
     publish_dir = tmp_path / "published"
-    publish_version(result, publish_dir, "v1", settings=settings)
+    PublishedVersions.at(publish_dir).publish(result, "v1", settings=settings)
     answers, differences = _crawl_api(publish_dir, result, settings, 4)
     hidden = set(fixture.hidden_member_ids)
     secrets = [HIDDEN_NODE_ID, HIDDEN_NAME, HIDDEN_SUMMARY, SECRET_TOKEN, *sorted(hidden)]

@@ -24,7 +24,7 @@ from kafka.errors import CommitFailedError
 
 from clio_stream.streaming.kafka_io import ensure_topics
 from clio_stream.llm import make_llm
-from clio_stream.online import OnlineKMeans
+from clio_stream.online.kmeans import OnlineKMeans
 from consumers.bootstrap import bootstrap_clustering
 from consumers.centroids import SharedCentroids
 from consumers.deltas_io import receive

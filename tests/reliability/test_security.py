@@ -28,7 +28,7 @@ from api.routes_clusters import encode_cursor
 from clio_stream.domain.facets import REQUEST as REQUEST_FACET
 from clio_stream.streaming.kafka_io import ensure_topics, make_producer
 from clio_stream.streaming.wire_format import encode_message
-from clio_stream.publish import publish_version
+from clio_stream.storage.published import PublishedVersions
 from clio_stream.devstack.processes import ManagedProcess, free_port, http_probe
 from clio_stream.site.server import start_site_server_in_thread
 from clio_stream.storage.store import QdrantStore
@@ -98,7 +98,7 @@ def test_keys_and_secrets_never_logged(kafka_broker: Any, qdrant_server: Any, vl
     keys = {role: f"{role}-secret-{tag}-{'k' * 20}" for role in ("viewer", "analyst", "admin")}
     secrets = {**keys, "hash_key": f"hash-secret-{tag}-hhhhhhhh", "llm_key": f"llm-secret-{tag}-llllllll"}
     publish_dir = tmp_path / "published"
-    publish_version(make_site_fixture().result, publish_dir, "v1", settings=_site_settings(tmp_path))
+    PublishedVersions.at(publish_dir).publish(make_site_fixture().result, "v1", settings=_site_settings(tmp_path))
     port, topic = free_port(), f"sec-{tag}"
     (tmp_path / "empty.toml").write_text("")
     common = {"CLIO_CONFIG": str(tmp_path / "empty.toml"), "CLIO_LOG_LEVEL": "DEBUG", "HF_HUB_OFFLINE": "1",
@@ -322,7 +322,7 @@ def test_published_site_has_no_small_cluster_and_raw_text_only_if_allowed(
         tmp_path: Path, show: bool, reliability_report: Callable[..., None]) -> None:
     fixture = make_site_fixture()
     settings = _site_settings(tmp_path, show_conversations=show)
-    folder = publish_version(fixture.result, settings.publish_dir, "v1", settings=settings)
+    folder = PublishedVersions.at(settings.publish_dir).publish(fixture.result, "v1", settings=settings)
     hidden = set(fixture.hidden_member_ids)
     visible_texts = sorted({m.content for c in fixture.result.conversations if c.id not in hidden
                             for m in c.messages if len(m.content) > 25})

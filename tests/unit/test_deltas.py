@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from clio_stream.domain.vectors import normalise_rows
-from clio_stream.online import DELTA_FORMAT, CentroidDeltas, OnlineKMeans
+from clio_stream.online.deltas import DELTA_FORMAT, CentroidDeltas
+from clio_stream.online.kmeans import OnlineKMeans
 from clio_stream.settings import ClioSettings
 from clio_stream.storage.store import QdrantStore
 from consumers.centroids import SharedCentroids

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from clio_stream.deletion import UserMatch
-from clio_stream.denylist import DenyList, deletion_token
-from clio_stream.privacy import keyed_user_hash
+from clio_stream.privacy.scrub import UserMatch
+from clio_stream.privacy.denylist import DenyList, deletion_token
+from clio_stream.privacy.users import keyed_user_hash
 from clio_stream.storage.records import ConversationRecord, FacetPoint
 from clio_stream.domain.conversation import Conversation, Message
 from consumers.denied import drop_denied_writes

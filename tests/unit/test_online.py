@@ -8,17 +8,15 @@ import pickle
 import numpy as np
 import pytest
 
-from clio_stream import online
+from benchmarks.online_kmeans import bench
 from clio_stream.domain.vectors import normalise_rows
-from clio_stream.online import (
-    DEFAULT_OUTLIER_SIMILARITY,
-    CentroidDeltas,
-    DeltaRejected,
-    OffsetRanges,
-    OnlineKMeans,
-    bench,
-    group_sums,
-)
+from clio_stream.online import deltas as deltas_module
+from clio_stream.online.arrays import decode_array, encode_array
+from clio_stream.online.deltas import CentroidDeltas, DeltaRejected, OffsetRanges
+from clio_stream.online.kmeans import OnlineKMeans
+from clio_stream.online.outliers import DEFAULT_OUTLIER_SIMILARITY, OutlierThreshold
+from clio_stream.online.river_compat import from_river, to_river
+from clio_stream.online.update_rules import group_sums, halflife_step, mean_step
 
 
 def blobs(seed: int, k: int = 4, dim: int = 8, per: int = 30, spread: float = 0.15) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -35,6 +33,23 @@ def as_dict(row: np.ndarray) -> dict[int, float]:
     return {i: float(v) for i, v in enumerate(row)}
 
 
+def learn_predict(model: OnlineKMeans, row: np.ndarray) -> int:
+    """River's ``learn_predict_one`` through the protocol: the label before learning is the one learned."""
+    label = model.predict_one(row)
+    model.learn_one(row)
+    return label
+
+
+def copy_of(model: OnlineKMeans) -> OnlineKMeans:
+    """An independent copy through the persisted state (what another replica loads)."""
+    return OnlineKMeans.from_state(model.to_state())
+
+
+def applied_ranges(model: OnlineKMeans) -> dict[tuple[str, int], list[list[int]]]:
+    """Which source offsets the model counts as merged, per (topic, partition), as its state document says."""
+    return {(e["topic"], e["partition"]): e["ranges"] for e in model.to_state()["applied"]}
+
+
 # --------------------------------------------------------------------------- river
 
 
@@ -44,10 +59,10 @@ def test_river_rule_matches_river_learn_one_and_predict_one() -> None:
     rng = np.random.default_rng(2)
     start = normalise_rows(centres + 0.3 * rng.standard_normal(centres.shape))
     ours = OnlineKMeans(start, rule="river", halflife=0.3)
-    km = ours.to_river()
+    km = to_river(ours)
     for row in x:
         r_label = km.learn_predict_one(as_dict(row))
-        assert ours.learn_predict_one(row) == r_label
+        assert learn_predict(ours, row) == r_label
     river_centres = np.array([[km.centers[i][j] for j in range(12)] for i in range(5)])
     np.testing.assert_allclose(ours.centroids, river_centres, atol=1e-5)
     # predict_one agrees too, on fresh points, and learn_one keeps river's protocol (returns None).
@@ -58,26 +73,12 @@ def test_river_rule_matches_river_learn_one_and_predict_one() -> None:
     assert ours.learn_one(probe[0]) is None
 
 
-def test_river_learn_one_path_with_plain_learn_one() -> None:
-    """river's ``learn_one`` then ``predict_one`` (the documented usage) gives the same labels."""
-    pytest.importorskip("river")
-    x, _, centres = blobs(4, k=3, dim=6, per=30)
-    ours = OnlineKMeans(centres, rule="river", halflife=0.5)
-    km = ours.to_river()
-    for row in x:
-        km.learn_one(as_dict(row))
-        ours.learn_one(row)
-        assert ours.predict_one(row) == km.predict_one(as_dict(row))
-    river_centres = np.array([[km.centers[i][j] for j in range(6)] for i in range(3)])
-    np.testing.assert_allclose(ours.centroids, river_centres, atol=1e-5)
-
-
 def test_river_round_trip_and_pickle() -> None:
     pytest.importorskip("river")
     _, _, centres = blobs(5, k=4, dim=8)
     ours = OnlineKMeans(centres, rule="river", halflife=0.2)
-    km = pickle.loads(pickle.dumps(ours.to_river(seed=7)))
-    back = OnlineKMeans.from_river(km)
+    km = pickle.loads(pickle.dumps(to_river(ours, seed=7)))
+    back = from_river(km)
     np.testing.assert_allclose(back.centroids, ours.centroids, atol=1e-7)
     assert back.halflife == pytest.approx(0.2)
     assert back.rule == "river" and back.metric == "euclidean"
@@ -96,7 +97,7 @@ def test_river_learn_many_equals_sequential_updates_for_its_labels() -> None:
     one = OnlineKMeans(centres, rule="river", halflife=0.25, batch_size=1)
     ref = OnlineKMeans(centres, rule="river", halflife=0.25)
     labels_one = one.learn_many(x)
-    labels_ref = np.array([ref.learn_predict_one(row) for row in x])
+    labels_ref = np.array([learn_predict(ref, row) for row in x])
     np.testing.assert_array_equal(labels_one, labels_ref)
     np.testing.assert_allclose(one.centroids, ref.centroids, atol=1e-5)
 
@@ -123,7 +124,7 @@ def test_mean_rule_keeps_exact_running_mean() -> None:
 def test_mean_rule_learn_one_matches_learn_many() -> None:
     x, labels, _ = blobs(8, k=3, dim=8, per=30)
     a = OnlineKMeans.from_batch(x[:30], labels[:30], percentile=5.0)
-    b = a.copy()
+    b = copy_of(a)
     for row in x[30:]:
         a.learn_one(row)
     b.batch_size = 1
@@ -165,7 +166,7 @@ def test_warm_start_from_known_centroids() -> None:
 def test_inputs_are_normalised_and_dimension_checked() -> None:
     _, _, centres = blobs(10, k=2, dim=4)
     model = OnlineKMeans(centres)
-    a = model.assign_one(centres[0] * 5.0)
+    a = model.assign_many(centres[0] * 5.0)[0]
     assert a.cluster == 0 and a.similarity == pytest.approx(1.0, abs=1e-6)
     with pytest.raises(ValueError, match="dimension"):
         model.predict_one(np.ones(5))
@@ -180,8 +181,8 @@ def test_outlier_threshold_from_warm_start_percentile() -> None:
     own = OnlineKMeans(model.centroids).unit_centroids[labels]
     sims = np.einsum("ij,ij->i", x, own)
     assert model.outlier_similarity == pytest.approx(np.percentile(sims, 1.0), abs=1e-5)
-    assert model.outlier_distance == pytest.approx(1.0 - np.percentile(sims, 1.0), abs=1e-5)
-    assert model.outlier_source == "p1"
+    assert model.outlier.distance == pytest.approx(1.0 - np.percentile(sims, 1.0), abs=1e-5)
+    assert model.outlier.source == "p1"
     # About 1% of the warm-start points fall below the threshold.
     assert np.mean(model.assign_many(x).outliers) == pytest.approx(0.01, abs=0.01)
 
@@ -190,30 +191,28 @@ def test_outlier_fallback_with_little_data_and_manual_override() -> None:
     x, labels, _ = blobs(12, k=2, dim=8, per=5)
     model = OnlineKMeans.from_batch(x, labels)
     assert model.outlier_similarity == pytest.approx(DEFAULT_OUTLIER_SIMILARITY)
-    assert model.outlier_source == "default"
+    assert model.outlier.source == "default"
     manual = OnlineKMeans.from_batch(x, labels, outlier_distance=0.1)
-    assert manual.outlier_distance == 0.1 and manual.outlier_source == "manual"
+    assert manual.outlier == OutlierThreshold(0.1, "manual")
 
 
 def test_outliers_flagged_and_running_rate() -> None:
     dim = 8
     centres = np.eye(2, dim, dtype=np.float32)
     model = OnlineKMeans(centres, outlier_distance=0.5, rate_window=10)
-    near = model.assign_one(normalise_rows(np.array([[1.0, 0.1, 0, 0, 0, 0, 0, 0]]))[0])
-    far = model.assign_one(np.eye(1, dim, 5, dtype=np.float32)[0])
+    near = model.assign_many(normalise_rows(np.array([[1.0, 0.1, 0, 0, 0, 0, 0, 0]])))[0]
+    far = model.assign_many(np.eye(1, dim, 5, dtype=np.float32))[0]
     assert not near.is_outlier and near.cluster == 0
     assert far.is_outlier and far.similarity == pytest.approx(0.0, abs=1e-6)
     assert model.outlier_rate == pytest.approx(0.5)
     # The window forgets: ten inliers push the outlier out.
     model.assign_many(np.tile(centres[1], (10, 1)))
     assert model.outlier_rate == 0.0
-    assert model.local_assigned == 12 and model.local_outliers == 1
     # Learning counts into the persisted totals; assigning alone does not.
     assert model.learned == 0
     model.learn_many(np.stack([centres[0], np.eye(1, dim, 6, dtype=np.float32)[0]]))
-    assert model.learned == 2 and model.outlier_rate_total == pytest.approx(0.5)
-    model.reset_outlier_rate()
-    assert model.outlier_rate == 0.0 and model.local_assigned == 0
+    assert model.learned == 2 and model.learned_outliers == 1
+    assert model.outlier_rate == pytest.approx(1 / 10)  # the learned outlier entered the window too
 
 
 def test_rate_window_wraps_with_large_batches() -> None:
@@ -241,10 +240,9 @@ def test_state_round_trip_through_json(encoding: str) -> None:
     np.testing.assert_array_equal(back.centroids, model.centroids)
     np.testing.assert_array_equal(back.counts, model.counts)
     assert (back.version, back.facet, back.rule, back.metric) == (5, "request", "mean", "cosine")
-    assert back.outlier_distance == model.outlier_distance
-    assert back.outlier_source == model.outlier_source
+    assert back.outlier == model.outlier
     assert (back.learned, back.learned_outliers, back.updates) == (model.learned, model.learned_outliers, 1)
-    assert back.has_applied("t", 0, 9) and not back.has_applied("t", 0, 10) and not back.has_applied("t", 1, 0)
+    assert applied_ranges(back) == {("t", 0): [[0, 9]]}
     assert back.apply_deltas(deltas) == 0
     np.testing.assert_array_equal(back.predict_many(x), model.predict_many(x))
     with pytest.raises(ValueError, match="format"):
@@ -279,13 +277,13 @@ def test_delta_merge_is_order_independent_and_idempotent() -> None:
     # Three workers assign against the same shared state and ship deltas (one partition each).
     parts = np.array_split(x[80:], 3)
     deltas = [d for i, part in enumerate(parts)
-              for d in _deltas(base.copy(), part, i * 100 + np.arange(len(part)), partition=i)]
+              for d in _deltas(copy_of(base), part, i * 100 + np.arange(len(part)), partition=i)]
     # Through JSON, as they would travel.
     deltas = [CentroidDeltas.from_dict(json.loads(json.dumps(d.to_dict()))) for d in deltas]
     orders = [[0, 1, 2], [2, 0, 1], [1, 2, 0]]
     results = []
     for order in orders:
-        state = base.copy()
+        state = copy_of(base)
         for i in order:
             assert state.apply_deltas(deltas[i]) == len(parts[i])
         # Redelivery: the same deltas again change nothing.
@@ -312,7 +310,7 @@ def test_redelivery_over_a_different_range_applies_each_record_once() -> None:
     base = OnlineKMeans.from_batch(x[:100], labels[:100], version=3, facet="request")
     stream = x[100:115]
     assigned = base.predict_many(stream)  # a record's assignment, the same in every delivery
-    state = base.copy()
+    state = copy_of(base)
     deliveries = [(0, 9), (5, 14), (3, 6), (0, 14), (5, 14)]
     added = []
     for lo, hi in deliveries:
@@ -322,10 +320,10 @@ def test_redelivery_over_a_different_range_applies_each_record_once() -> None:
             added.append(state.apply_deltas(wire))
     assert added == [10, 5, 0, 0, 0]
     replay = OnlineKMeans.from_batch(np.concatenate([x[:100], stream]), np.concatenate([labels[:100], assigned]),
-                                     version=3, outlier_distance=base.outlier_distance)
+                                     version=3, outlier_distance=base.outlier.distance)
     np.testing.assert_array_equal(state.counts, replay.counts)
     np.testing.assert_allclose(state.centroids, replay.centroids, atol=1e-6)
-    assert state.learned == 15 and all(state.has_applied("t", 2, o) for o in range(15))
+    assert state.learned == 15 and applied_ranges(state) == {("t", 2): [[0, 14]]}
     # The same offsets of another partition or another topic are other records.
     other = _deltas(base, stream[:2], np.arange(2), partition=3)[0]
     assert state.apply_deltas(other) == 2
@@ -337,13 +335,13 @@ def test_records_without_a_value_inside_the_range_are_covered() -> None:
     state = OnlineKMeans.from_batch(x, labels, version=1, facet="request")
     (d,) = _deltas(state, x[:3], np.array([10, 12, 14]), partition=0, first=10, last=15)
     assert state.apply_deltas(d) == 3
-    assert state.has_applied("t", 0, 11) and state.has_applied("t", 0, 15) and not state.has_applied("t", 0, 16)
+    assert applied_ranges(state) == {("t", 0): [[10, 15]]}
     (again,) = _deltas(state, x[3:6], np.array([11, 15, 16]), partition=0)
     assert state.apply_deltas(again) == 1  # only offset 16 is new
 
 
 def test_large_deltas_are_split_into_chunks_that_tile_the_range(monkeypatch) -> None:
-    monkeypatch.setattr(online, "DELTA_CHUNK_BYTES", 1500)  # a few 16-d rows per message
+    monkeypatch.setattr(deltas_module, "DELTA_CHUNK_BYTES", 1500)  # a few 16-d rows per message
     x, labels, _ = blobs(23, k=3, dim=16, per=20)
     model = OnlineKMeans.from_batch(x, labels, version=1, facet="request")
     offsets = np.arange(100, 160, 2)
@@ -352,7 +350,7 @@ def test_large_deltas_are_split_into_chunks_that_tile_the_range(monkeypatch) -> 
     assert chunks[0].first == 95 and chunks[-1].last == 170
     assert all(a.last + 1 == b.first for a, b in zip(chunks, chunks[1:]))
     assert all(len(json.dumps(c.to_dict())) < 1500 for c in chunks)
-    state = model.copy()
+    state = copy_of(model)
     assert sum(state.apply_deltas(c) for c in reversed(chunks)) == 30
 
 
@@ -364,11 +362,11 @@ def test_stale_version_and_wrong_shapes_are_rejected() -> None:
     before = new.centroids.copy()
     assert new.apply_deltas(deltas) == 0
     np.testing.assert_array_equal(new.centroids, before)
-    assert not new.has_applied("t", 0, 0)  # a stale delta marks nothing
+    assert applied_ranges(new) == {}  # a stale delta marks nothing
     (bad,) = _deltas(new, x[:1], np.arange(1), partition=0, labels=np.array([7]))
     with pytest.raises(DeltaRejected, match="outside"):
         new.apply_deltas(bad)
-    assert not new.has_applied("t", 0, 0)  # a rejected delta marks nothing either
+    assert applied_ranges(new) == {}  # a rejected delta marks nothing either
     small = OnlineKMeans.from_batch(x[:, :4], labels, version=2)
     with pytest.raises(DeltaRejected, match="dimension"):
         small.apply_deltas(_deltas(new, x[:1], np.arange(1), partition=0)[0])
@@ -409,3 +407,58 @@ def test_bench_smoke() -> None:
         "river KMeans.learn_one k=4 d=16",
     }
     assert all(v > 0 for v in out.values())
+
+
+def test_update_rules_in_one_batch_equal_the_rows_one_by_one() -> None:
+    """The batched mean and halflife steps move each centre exactly as single-row steps in order would."""
+    rng = np.random.default_rng(30)
+    x = normalise_rows(rng.standard_normal((12, 6))).astype(np.float32)
+    labels = np.array([0, 2, 0, 0, 1, 2, 2, 0, 1, 1, 0, 2])
+    start = normalise_rows(rng.standard_normal((3, 6))).astype(np.float32)
+    for step in (mean_step, lambda c, n, lab, rows: halflife_step(c, n, lab, rows, 0.3)):
+        batch_c, batch_n = start.copy(), np.array([4, 0, 2], np.int64)
+        step(batch_c, batch_n, labels, x)
+        one_c, one_n = start.copy(), np.array([4, 0, 2], np.int64)
+        for lab, row in zip(labels, x):
+            step(one_c, one_n, np.array([lab]), row[None, :])
+        np.testing.assert_allclose(batch_c, one_c, atol=1e-6)
+        np.testing.assert_array_equal(batch_n, one_n)
+    # The mean step is the exact mean of the old members (count times centre) and the new rows.
+    c, n = start.copy(), np.array([4, 0, 2], np.int64)
+    mean_step(c, n, labels, x)
+    np.testing.assert_allclose(c[0], (4 * start[0] + x[labels == 0].sum(axis=0)) / (4 + 5), atol=1e-6)
+    np.testing.assert_allclose(c[1], x[labels == 1].mean(axis=0), atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int64"])
+def test_arrays_round_trip_through_json(dtype: str) -> None:
+    a = np.arange(12).reshape(3, 4).astype(dtype) - 5
+    doc = json.loads(json.dumps(encode_array(a, dtype)))
+    assert doc["shape"] == [3, 4] and doc["dtype"] == dtype
+    np.testing.assert_array_equal(decode_array(doc, dtype), a)
+    np.testing.assert_array_equal(decode_array(a.tolist(), dtype), a)  # state written with encoding="list"
+
+
+def test_river_style_contract() -> None:
+    """The contract in one place: river's protocol on a toy stream, state round trip, idempotent deltas.
+
+    River's ``learn_one`` then ``predict_one`` (its documented usage) gives the same labels and centres.
+    """
+    pytest.importorskip("river")
+    x, labels, centres = blobs(4, k=3, dim=6, per=30)
+    ours = OnlineKMeans(centres, rule="river", halflife=0.5)
+    km = to_river(ours)
+    for row in x:
+        assert ours.learn_one(row) is None and km.learn_one(as_dict(row)) is None
+        assert ours.predict_one(row) == km.predict_one(as_dict(row))
+    river_centres = np.array([[km.centers[i][j] for j in range(6)] for i in range(3)])
+    np.testing.assert_allclose(ours.centroids, river_centres, atol=1e-5)
+    back = OnlineKMeans.from_state(json.loads(json.dumps(ours.to_state())))
+    np.testing.assert_array_equal(back.centroids, ours.centroids)
+    np.testing.assert_array_equal(back.predict_many(x), ours.predict_many(x))
+    shared = OnlineKMeans.from_batch(x, labels, version=1, facet="request")
+    (d,) = _deltas(shared, x[:7], np.arange(7), partition=0)
+    assert shared.apply_deltas(d) == 7
+    after = shared.centroids.copy()
+    assert shared.apply_deltas(d) == 0
+    np.testing.assert_array_equal(shared.centroids, after)

@@ -53,8 +53,8 @@ def test_hierarchy_invariants_even_with_a_broken_model(script, tmp_path):
         v = fv.values["Concerning"]
         assert v.numeric is None or 1 <= v.numeric <= 5
     if script is garbage_script:
-        assert res.stats["unparseable_facet_values"]["Concerning"] == 80
-        assert res.stats["llm"]["unparseable"] > 0
+        assert res.stats.unparseable_facet_values["Concerning"] == 80
+        assert res.stats.llm.unparseable > 0
 
 
 def test_numeric_stats_and_privacy_minimums():
@@ -75,7 +75,7 @@ def test_checkpoints_resume_and_invalidate(tmp_path):
     llm.calls.clear()
     res = run_clio(main_facets, llm, HashEmbedder(), data(40), output_dir=tmp_path, settings=settings(min_top_level_size=2),
                    write_site=False)
-    assert llm.calls == [] and "facets" in res.stats["checkpoint_hits"]
+    assert llm.calls == [] and "facets" in res.stats.checkpoint_hits
     # A hierarchy-only setting reuses facets and base clusters but rebuilds the hierarchy.
     run_clio(main_facets, llm, HashEmbedder(), data(40), output_dir=tmp_path,
              settings=settings(min_top_level_size=2, n_rename_samples=1), write_site=False)

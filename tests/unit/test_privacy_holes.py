@@ -21,13 +21,14 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from clio_stream.domain.facets import Facet
-from clio_stream.privacy import annotate, keyed_user_hash, mark_below_minimums, user_key_of
-from clio_stream.publish import publish_version
+from clio_stream.privacy.audit import annotate, mark_below_minimums
+from clio_stream.privacy.users import keyed_user_hash, user_key_of
+from clio_stream.storage.published import PublishedVersions
 from clio_stream.settings import ClioSettings
 from clio_stream.storage.records import ConversationRecord, FacetPoint
 from clio_stream.storage.store import QdrantStore
 from clio_stream.domain.conversation import Conversation, ConversationFacets, FacetValue, Message
-from clio_stream.domain.clusters import ClioResult, ClusterNode, FacetHierarchy
+from clio_stream.domain.clusters import ClioResult, ClusterNode, FacetHierarchy, StoreLink
 from tests.fixtures_site import CONCERNING, HIDDEN_NODE_ID, LANGUAGE, REQUEST, make_site_fixture
 
 HASH_KEY = "unit-test-hash-key"
@@ -108,7 +109,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     result = fixture.result
     leaves = sorted(n.id for n in result.hierarchies[REQUEST].nodes.values() if n.level == 0)
     leaf_cluster = {nid: i for i, nid in enumerate(leaves)}
-    result.stats = {**result.stats, "store_clusters": leaf_cluster, "cluster_versions": {REQUEST: 1}}
+    result.store_links[REQUEST] = StoreLink(version=1, clusters=leaf_cluster)
     settings = ClioSettings(publish_dir=tmp_path_factory.mktemp("published"), site_chunk_size=4,
                             user_id_hash_key=HASH_KEY, api_keys=",".join(f"{r}:{k}" for r, k in KEYS.items()),
                             min_cluster_conversations=3, min_cluster_users=2, show_conversations=True,
@@ -116,7 +117,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     store = QdrantStore(":memory:", keep_raw=True)
     store.ensure_collections(DIM)
     _populate(store, result, leaf_cluster)
-    folder = publish_version(result, settings.publish_dir, "v1", settings=settings)
+    folder = PublishedVersions.at(settings.publish_dir).publish(result, "v1", settings=settings)
     with TestClient(create_app(settings, store=store), raise_server_exceptions=False) as client:
         yield Served(client, result, fixture.hidden_member_ids, folder / "site")
     store.close()

@@ -9,7 +9,7 @@ import pytest
 
 from clio_stream.domain.facets import REQUEST
 from clio_stream.stages.hierarchy import build_hierarchy
-from clio_stream.privacy import mark_below_minimums
+from clio_stream.privacy.audit import mark_below_minimums
 from clio_stream.settings import ClioSettings
 from clio_stream.domain.clusters import ClusterNode
 from tests.unit.fakes import HashEmbedder, ScriptedLLM, sensible_script

@@ -10,7 +10,7 @@ import pytest
 
 from clio_stream.domain.facets import CONCERNING, REQUEST, TASK
 from clio_stream.streaming.wire_format import encode_message
-from clio_stream.privacy import keyed_user_hash
+from clio_stream.privacy.users import keyed_user_hash
 from clio_stream.settings import ClioSettings
 from clio_stream.storage.records import facet_point_id
 from clio_stream.storage.store import QdrantStore
@@ -20,7 +20,7 @@ from consumers.decoding import Record, decode_records, offset_ranges
 from consumers.deltas_io import ReceivedDelta, encode_deltas, receive
 from consumers.processing import BatchOutcome, LLMUnavailable, process_batch
 from consumers.producing import record_to_message
-from consumers.worker import backoff_delay
+from consumers.health import backoff_delay
 from tests.unit.fakes import HashEmbedder, ScriptedLLM, sensible_script
 
 FACETS = [REQUEST, CONCERNING]

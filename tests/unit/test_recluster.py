@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from clio_stream.domain.facets import main_facets
-from clio_stream.publish import load_current, read_pointer
+from clio_stream.storage.published import PublishedVersions
 from clio_stream.living.job import recluster_once
 from clio_stream.settings import ClioSettings
 from clio_stream.storage.documents import CLUSTERING_LOCK, LAST_RUN, id_counter_key
@@ -51,13 +51,14 @@ def test_recluster_publishes_a_complete_version(setup):
     report = recluster_once(store, llm, emb, main_facets, settings, publish_dir=pub)
     assert report is not None and report.version == 1
     assert report.points == {"Request": 60, "Task": 60}
-    assert read_pointer(pub) == "1" and load_current(pub).result.hierarchies["Request"].depth() >= 2
+    published = PublishedVersions.at(pub)
+    assert published.read_pointer() == "1" and published.load_current().result.hierarchies["Request"].depth() >= 2
     for f in ("Request", "Task"):
         assert store.versions.current_version(f) == 1 and store.versions.get_centroids(f, 1)
         # every stored point carries a label of the new version
         assert store.points.count(facet=f, version=1) == 60
     # Stats come from the stored numeric facet.
-    h = load_current(pub).result.hierarchies["Request"]
+    h = PublishedVersions.at(pub).load_current().result.hierarchies["Request"]
     assert all(n.numeric["Concerning"].count == n.size for n in h.nodes.values())
     assert store.locks.holder(CLUSTERING_LOCK) is None
 
@@ -70,7 +71,7 @@ def test_second_run_is_a_new_version_warm_started(setup):
     first = store.versions.get_centroids("Request", 1)
     fill(store, emb, n=6, start=60)
     report = recluster_once(store, llm, emb, main_facets, settings, publish_dir=pub)
-    assert report.version == 2 and read_pointer(pub) == "2"
+    assert report.version == 2 and PublishedVersions.at(pub).read_pointer() == "2"
     assert store.points.count(facet="Request", version=2) == 66
     assert first is not None and store.versions.get_centroids("Request", 2)
 
@@ -80,7 +81,7 @@ def test_lock_held_elsewhere_skips(setup):
     fill(store, emb, n=12)
     assert store.locks.acquire(CLUSTERING_LOCK, "someone-else", 60)
     assert recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets, settings, publish_dir=pub) is None
-    assert read_pointer(pub) is None
+    assert PublishedVersions.at(pub).read_pointer() is None
 
 
 def test_nothing_stored_is_a_no_op(setup):
@@ -92,7 +93,7 @@ def test_nothing_stored_is_a_no_op(setup):
 
 
 def leaves_of(pub, facet="Request"):
-    return {n.id: n for n in load_current(pub).result.hierarchies[facet].leaves()}
+    return {n.id: n for n in PublishedVersions.at(pub).load_current().result.hierarchies[facet].leaves()}
 
 
 def naming_prompts(report):
@@ -103,8 +104,8 @@ def assert_lineage_sound(pub, old_ids):
     """Every old id is still there or resolves through lineage (as the API resolves it) to a current node."""
     from api.views import build_view
 
-    current = load_current(pub)
-    view = build_view(current, pub)
+    current = PublishedVersions.at(pub).load_current()
+    view = build_view(current, PublishedVersions.at(pub))
     for facet, h in current.result.hierarchies.items():
         for key, succ in current.lineage.items():
             if key.startswith(facet.lower()):
@@ -117,11 +118,12 @@ def assert_lineage_sound(pub, old_ids):
 
 def assert_store_mapping(store, pub, version):
     """Leaf ids are stable, so the published leaf -> online cluster mapping must match the stored labels."""
-    result = load_current(pub).result
-    mapping = result.stats["store_clusters"]
+    result = PublishedVersions.at(pub).load_current().result
     for facet, h in result.hierarchies.items():
+        link = result.store_links[facet]
+        assert link.version == version
         for leaf in h.leaves():
-            page, _ = store.points.cluster_members(facet, mapping[leaf.id], limit=10_000, version=version)
+            page, _ = store.points.cluster_members(facet, link.clusters[leaf.id], limit=10_000, version=version)
             assert sorted(p["conversation_id"] for p in page) == sorted(leaf.conversation_ids)
 
 
@@ -131,7 +133,7 @@ def test_same_data_twice_reuses_every_cluster_without_the_llm(setup):
     llm = ScriptedLLM(sensible_script)
     first = recluster_once(store, llm, emb, main_facets, settings, publish_dir=pub)
     before = {f: {n.id: (n.name, n.summary, n.parent_id) for n in h.nodes.values()}
-              for f, h in load_current(pub).result.hierarchies.items()}
+              for f, h in PublishedVersions.at(pub).load_current().result.hierarchies.items()}
     assert first.id_survival is None and first.leaves_renamed == first.clusters["Request"] + first.clusters["Task"]
     calls = len(llm.calls)
     second = recluster_once(store, llm, emb, main_facets, settings, publish_dir=pub)
@@ -140,7 +142,7 @@ def test_same_data_twice_reuses_every_cluster_without_the_llm(setup):
     assert second.id_survival == 1.0 and second.lineage == 0
     assert second.leaves_reused == first.leaves_renamed
     after = {f: {n.id: (n.name, n.summary, n.parent_id) for n in h.nodes.values()}
-             for f, h in load_current(pub).result.hierarchies.items()}
+             for f, h in PublishedVersions.at(pub).load_current().result.hierarchies.items()}
     assert after == before  # ids, names and links all kept
     assert all(info["mode"] == "patched" for info in second.facets.values())
     assert_store_mapping(store, pub, 2)
@@ -151,7 +153,7 @@ def test_five_percent_more_data_keeps_ids_and_costs_few_prompts(setup):
     fill(store, emb, n=120, variety=5)
     llm = ScriptedLLM(sensible_script)
     first = recluster_once(store, llm, emb, main_facets, settings, publish_dir=pub)
-    old = {f: set(h.nodes) for f, h in load_current(pub).result.hierarchies.items()}
+    old = {f: set(h.nodes) for f, h in PublishedVersions.at(pub).load_current().result.hierarchies.items()}
     fill(store, emb, n=6, start=120, variety=5)
     second = recluster_once(store, llm, emb, main_facets, settings, publish_dir=pub)
     assert second.id_survival >= 0.9
@@ -167,7 +169,7 @@ def test_a_new_topic_gets_a_new_id_and_old_ids_still_resolve(setup):
     llm = ScriptedLLM(sensible_script)
     recluster_once(store, llm, emb, main_facets, settings, publish_dir=pub)
     old_leaves = leaves_of(pub)
-    old = {f: set(h.nodes) for f, h in load_current(pub).result.hierarchies.items()}
+    old = {f: set(h.nodes) for f, h in PublishedVersions.at(pub).load_current().result.hierarchies.items()}
     points = []
     for i in range(60, 72):
         for f in main_facets:
@@ -201,7 +203,7 @@ def test_vanished_clusters_get_successors_through_lineage(setup):
     fill(store, emb, n=120, variety=5)
     llm = ScriptedLLM(sensible_script)
     recluster_once(store, llm, emb, main_facets, settings, publish_dir=pub)
-    old = {f: set(h.nodes) for f, h in load_current(pub).result.hierarchies.items()}
+    old = {f: set(h.nodes) for f, h in PublishedVersions.at(pub).load_current().result.hierarchies.items()}
     gone = [f"c{i}" for i in range(120) if i % 6 in (3, 4)]
     store.client.delete(store.facets, points_selector=models.PointIdsList(
         points=[facet_point_id(c, f.name) for c in gone for f in main_facets]))
@@ -219,12 +221,12 @@ def test_rebuilt_hierarchy_adopts_old_parent_ids(setup):
     fill(store, emb, n=120, variety=5)
     llm = ScriptedLLM(sensible_script)
     recluster_once(store, llm, emb, main_facets, settings, publish_dir=pub)
-    old = {f: set(h.nodes) for f, h in load_current(pub).result.hierarchies.items()}
+    old = {f: set(h.nodes) for f, h in PublishedVersions.at(pub).load_current().result.hierarchies.items()}
     second = recluster_once(store, llm, emb, main_facets, settings, publish_dir=pub,
                             thresholds=MatchThresholds(rebuild_fraction=0.0, keep_cosine=1.01))  # force: rename, rebuild
     assert second.facets["Request"]["leaves_renamed"] == second.clusters["Request"]
     assert second.id_survival == 1.0
-    h = load_current(pub).result.hierarchies["Request"]
+    h = PublishedVersions.at(pub).load_current().result.hierarchies["Request"]
     parents = {n for n in h.nodes if h.nodes[n].level > 0}
     assert parents & old["Request"], "rebuilt parents should take over old parent ids by member overlap"
     assert all(n.parent_id is None or n.parent_id in h.nodes for n in h.nodes.values())
@@ -342,7 +344,7 @@ def test_the_served_version_pages_every_member_while_the_next_one_is_written(set
     real = store.labels.write
     seen = []
 
-    leaf_of_c0 = next(n.id for n in load_current(pub).result.hierarchies["Request"].leaves()
+    leaf_of_c0 = next(n.id for n in PublishedVersions.at(pub).load_current().result.hierarchies["Request"].leaves()
                       if "c0" in n.conversation_ids)
 
     def labels_then_look(facet, labels, version, **kw):

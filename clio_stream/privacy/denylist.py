@@ -1,6 +1,6 @@
 """The deny-list of deleted users: who must never be written to Qdrant or published again.
 
-A deletion (``clio_stream.deletion``) records a request whose *deletion token*
+A deletion (``clio_stream.privacy.deletion``) records a request whose *deletion token*
 is ``HMAC(user_id_hash_key, "deleted:" + user hash)``: one-way, keyed, and
 different from the user hash every stored point and published file carries, so
 the deny-list itself matches nothing that was deleted, yet whoever holds the key
@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Protocol
 
-from clio_stream.privacy import keyed_user_hash
+from clio_stream.privacy.users import keyed_user_hash
 
 log = logging.getLogger(__name__)
 

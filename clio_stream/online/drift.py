@@ -67,6 +67,14 @@ class DriftMonitor:
                     fired = True
         return fired
 
+    def watch(self, assigned: Iterable[tuple[str, int | None, float]], *, now: float | None = None) -> list[str]:
+        """Feed ``(facet, version, similarity)`` of assigned points, in arrival order; the facets that drifted."""
+        by_facet: dict[tuple[str, int | None], list[float]] = {}
+        for facet, version, similarity in assigned:
+            by_facet.setdefault((facet, version), []).append(1.0 - float(similarity))
+        return [facet for (facet, version), distances in by_facet.items()
+                if self.update(facet, version, distances, now=now)]
+
     def snapshot(self) -> dict[str, dict[str, float | int | None]]:
         """JSON-safe per-facet state for the worker's metrics document."""
         return {name: {"version": s.version, "seen": s.seen, "detections": s.detections,

@@ -1,0 +1,93 @@
+"""Online k-means throughput: ``clio_stream.online.kmeans.OnlineKMeans`` against river's KMeans.
+
+Vectors per second of ``learn_many``, ``predict_many`` and ``learn_one`` on random
+unit vectors, and of river's ``KMeans.learn_one`` on a few points (it is slow).
+BLAS is limited to one thread by default: per-vector work gains nothing from more,
+and on a busy 2-core box more threads are several times slower.
+
+    .venv/bin/python -m benchmarks.online_kmeans --k 1000 --dim 768
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from clio_stream.domain.vectors import normalise_rows
+from clio_stream.online.kmeans import OnlineKMeans
+from clio_stream.online.river_compat import to_river
+
+log = logging.getLogger("benchmarks.online_kmeans")
+
+
+def _random_unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    return normalise_rows(rng.standard_normal((n, dim), dtype=np.float32))
+
+
+def _rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else float("inf")
+
+
+def bench(k: int = 1000, dim: int = 768, n: int = 20_000, n_one: int = 2_000,
+          river_ks: Iterable[int] = (50, 500), river_points: Mapping[int, int] | None = None,
+          seed: int = 0) -> dict[str, float]:
+    """Vectors per second of the numpy model against river's KMeans (few points for river: it is slow)."""
+    rng = np.random.default_rng(seed)
+    x = _random_unit(rng, n, dim)
+    results: dict[str, float] = {}
+    model = OnlineKMeans(_random_unit(rng, k, dim), counts=np.full(k, 10))
+    model.learn_many(x[:512])  # warm up BLAS
+    t0 = time.perf_counter()
+    model.learn_many(x)
+    results[f"numpy learn_many k={k} d={dim}"] = _rate(n, time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    model.predict_many(x)
+    results[f"numpy predict_many k={k} d={dim}"] = _rate(n, time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for row in x[:n_one]:
+        model.learn_one(row)
+    results[f"numpy learn_one k={k} d={dim}"] = _rate(n_one, time.perf_counter() - t0)
+    river_points = dict(river_points or {50: 40, 500: 6})
+    for rk in river_ks:
+        km = to_river(OnlineKMeans(_random_unit(rng, rk, dim), rule="river"), seed=seed)
+        pts = [dict(enumerate(row.astype(float))) for row in x[: river_points.get(rk, 10)]]
+        t0 = time.perf_counter()
+        for p in pts:
+            km.learn_one(p)
+        results[f"river KMeans.learn_one k={rk} d={dim}"] = _rate(len(pts), time.perf_counter() - t0)
+    return results
+
+
+def blas_threads(threads: int) -> contextlib.AbstractContextManager[Any]:
+    """A limit of ``threads`` BLAS threads (0: the library default)."""
+    if threads <= 0:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=threads, user_api="blas")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--k", type=int, default=1000)
+    ap.add_argument("--dim", type=int, default=768)
+    ap.add_argument("--n", type=int, default=20_000)
+    ap.add_argument("--threads", type=int, default=1, help="BLAS threads; 0 = library default")
+    args = ap.parse_args(argv)
+    from benchmarks.common import quiet_logs, report
+
+    quiet_logs()
+    with blas_threads(args.threads):
+        results = bench(k=args.k, dim=args.dim, n=args.n)
+    report("online_kmeans", [(name, rate, "vectors/s") for name, rate in results.items()],
+           {"k": args.k, "dim": args.dim, "n": args.n, "blas_threads": args.threads})
+
+
+if __name__ == "__main__":
+    main()
