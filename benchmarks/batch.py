@@ -35,7 +35,7 @@ def main() -> None:
     from clio_stream.batch_input import load_shared_dataset
     from clio_stream.stages.prepare import prepare_conversations, render_conversation
     from clio_stream.embedding import make_embedder
-    from clio_stream.facet_extraction import build_prompts, facet_prompt
+    from clio_stream.stages.extract import build_prompts, facet_prompt
     from clio_stream.domain.facets import main_facets
     from clio_stream.llm import make_llm
     from clio_stream.llm.base import sampling_for

@@ -7,8 +7,8 @@ categories, arena-hard subcategories), subsampled per label (balanced, seeded).
    (a) batch k-means on raw-text embeddings, (b) batch k-means on embeddings of the Request
    facet the real LLM extracted, (c) the stream's online assignment (``OnlineKMeans`` warm
    started on the first ``--bootstrap-fraction`` of the stream exactly as
-   ``consumers.bootstrap.cluster_facet`` does, then fed the rest one vector at a time) on the
-   same vectors, with k = number of labels and k = the pipeline's own ``n_leaves``.
+   the bootstrap does, then fed the rest one vector at a time) on the
+   same vectors, with k = number of labels and k = the pipeline's own ``base_cluster_count``.
    Target: online NMI >= 0.97 x batch NMI on the same vectors.
 2. Top-level reconstruction: base clusters of the Request values named by the LLM
    (``naming.name_clusters``) and assigned to the known categories by the hierarchy's own
@@ -19,11 +19,11 @@ categories, arena-hard subcategories), subsampled per label (balanced, seeded).
 4. Facet sanity: Language facet vs lingua's language identifier, the Concerning score
    distribution, unparseable answers after retries (target <= 2 %) and first-try failures.
 5. Multilingual: 1 and 4 again on the non-English arena-hard prompts.
-6. Fidelity (``clio_stream.quality_metrics``, no labels needed): facet fidelity = retrieval@1 / MRR
+6. Fidelity (``clio_stream.stages.fidelity``, no labels needed): facet fidelity = retrieval@1 / MRR
    of a Request value against the distinct user turns of the conversations of its set, for the full value
    and for the embedded text (``embedding.embedding_text``: the answer after the prefill); name
    fidelity = retrieval@1 / MRR of a base cluster's "name. summary" among the centroids of all
-   base clusters' member values (k = the pipeline's ``n_leaves``), per cluster in the JSON.
+   base clusters' member values (k = the pipeline's ``base_cluster_count``), per cluster in the JSON.
 
 LLM facet values are cached on disk (``--cache-dir``) keyed by model, facet and conversation,
 so a rerun only asks what is new.
@@ -275,7 +275,7 @@ class FacetCache:
 
 def cache_key(model: str, facet: Any, conversation_text: str, settings: Any) -> str:
     """Model, facet question, sampling and the (truncated) conversation: anything that changes the answer."""
-    from clio_stream.facet_extraction import facet_prompt
+    from clio_stream.stages.extract import facet_prompt
 
     prompt = facet_prompt(facet, "")
     parts = [model, json.dumps(facet.to_dict(), sort_keys=True, default=str), prompt.template.user,
@@ -300,7 +300,7 @@ def extract_cached(records: Sequence[Record], wanted: Mapping[str, Sequence[Any]
                    cache: FacetCache) -> FacetRun:
     """The facets ``wanted[record.id]`` of every record, from the cache or the LLM (``extract_facets``)."""
     from clio_stream.stages.prepare import render_conversation, to_conversation, truncate_conversation
-    from clio_stream.facet_extraction import asked, build_prompts, extract_facets
+    from clio_stream.stages.extract import asked, build_prompts, extract_facets
     from clio_stream.llm.base import AskStats
 
     counting = CountingLLM(llm)
@@ -402,7 +402,7 @@ class EmbeddingCache:
 
 def batch_labels(x: np.ndarray, k: int, settings: Any) -> np.ndarray:
     """The pipeline's batch k-means (``clustering.kmeans`` with the settings' seed and arguments)."""
-    from clio_stream.clustering import kmeans
+    from clio_stream.stages.base_clusters import kmeans
 
     labels, _ = kmeans(x, k, seed=settings.seed, args=settings.kmeans_args)
     return labels
@@ -416,16 +416,20 @@ def stream_order(n: int, seed: int) -> np.ndarray:
 def online_labels(x: np.ndarray, k: int, settings: Any, *, order: np.ndarray, bootstrap_fraction: float) -> np.ndarray:
     """Labels of the stream: the first points clustered as the consumers bootstrap, the rest assigned online.
 
-    ``consumers.bootstrap.cluster_facet`` runs on the bootstrap prefix with ``n_base_clusters``
-    pinned to ``k``; every later vector goes through ``learn_many`` of one row (nearest centroid,
-    then the centroid moves), in stream order, one at a time.
+    The bootstrap prefix gets the bootstrap's base clusters (``stages.base_clusters.base_clusters``)
+    with ``n_base_clusters`` pinned to ``k``, as an online model; every later vector goes through
+    ``learn_many`` of one row (nearest centroid, then the centroid moves), in stream order, one at a time.
     """
-    from consumers.bootstrap import cluster_facet
+    from clio_stream.domain.vectors import normalise_rows
+    from clio_stream.online.kmeans import OnlineKMeans
+    from clio_stream.stages.base_clusters import base_clusters
 
     n_boot = min(len(x), max(k, int(round(bootstrap_fraction * len(x)))))
     head, tail = order[:n_boot], order[n_boot:]
     pinned = settings.with_overrides(n_base_clusters=lambda n, k=k: k)
-    model, head_labels = cluster_facet(x[head], "quality", 1, pinned)
+    xh = normalise_rows(x[head])
+    head_labels, centres = base_clusters(xh, pinned)
+    model = OnlineKMeans.from_batch(xh, head_labels, centroids=centres, version=1, facet="quality")
     labels = np.empty(len(x), dtype=np.int64)
     labels[head] = head_labels
     for i in tail:
@@ -449,10 +453,10 @@ def compare_online(x: np.ndarray, truth: Sequence[str], k: int, settings: Any, *
 def evaluate_set(name: str, records: Sequence[Record], views: Mapping[str, np.ndarray], settings: Any, *,
                  seed: int, bootstrap_fraction: float) -> dict[str, Any]:
     """Each view (raw, facet as embedded, facet full value) with k = labels and k = pipeline, batch and online."""
-    from clio_stream.recluster import n_leaves
+    from clio_stream.stages.base_clusters import base_cluster_count
 
     truth = [r.label for r in records]
-    ks = {"labels": len(set(truth)), "pipeline": n_leaves(settings, len(records))}
+    ks = {"labels": len(set(truth)), "pipeline": base_cluster_count(settings, len(records))}
     out: dict[str, Any] = {"n": len(records), "labels": ks["labels"], "views": {}}
     for view, x in views.items():
         for kname, k in ks.items():
@@ -478,7 +482,7 @@ def fidelity(values: Sequence[str], texts: Sequence[str], embedded: np.ndarray, 
     Conversations whose user turns are identical (MT-Bench: one question answered by several
     models) are one target: no value could tell them apart, and ties rank against the query.
     """
-    from clio_stream.quality_metrics import retrieval
+    from clio_stream.stages.fidelity import retrieval
 
     first = {t: i for i, t in reversed(list(enumerate(texts)))}
     targets = sorted(set(first.values()))
@@ -490,7 +494,7 @@ def fidelity(values: Sequence[str], texts: Sequence[str], embedded: np.ndarray, 
 
 def name_fidelity_of_base_clusters(values: Sequence[str], users: Sequence[str], x: np.ndarray, llm: Any,
                                    embedder: Any, settings: Any) -> dict[str, Any]:
-    """Base clusters as the pipeline builds them (k = ``n_leaves``), named by the LLM, scored by name fidelity.
+    """Base clusters as the pipeline builds them (k = ``base_cluster_count``), named by the LLM, scored by name fidelity.
 
     The query is what a reader sees ("name. summary", and the name alone); the targets are the
     centroids of the members' embedded values of every base cluster of the set (its siblings).
@@ -498,14 +502,14 @@ def name_fidelity_of_base_clusters(values: Sequence[str], users: Sequence[str], 
     name where it retrieves its own cluster and the keyword label where it does not.
     """
     from clio_stream.stages.keywords import keyword_labels
-    from clio_stream.clustering import kmeans
+    from clio_stream.stages.base_clusters import kmeans
     from clio_stream.domain.facets import REQUEST
     from clio_stream.llm.base import AskStats
-    from clio_stream.naming import name_clusters
-    from clio_stream.quality_metrics import name_fidelity, name_hits
-    from clio_stream.recluster import n_leaves
+    from clio_stream.stages.naming import name_clusters
+    from clio_stream.stages.fidelity import name_fidelity, name_hits
+    from clio_stream.stages.base_clusters import base_cluster_count
 
-    k = n_leaves(settings, len(values))
+    k = base_cluster_count(settings, len(values))
     labels, centres = kmeans(x, k, seed=settings.seed, args=settings.kmeans_args)
     stats = AskStats()
     t0 = time.perf_counter()
@@ -534,22 +538,22 @@ def top_level(values: Sequence[str], x: np.ndarray, tops: Sequence[str], llm: An
               settings: Any) -> dict[str, Any]:
     """Name base clusters with the LLM and assign each to one known category with the hierarchy's step.
 
-    k = max(the pipeline's ``n_leaves``, 2 x categories) so every category can get a cluster.
+    k = max(the pipeline's ``base_cluster_count``, 2 x categories) so every category can get a cluster.
     Reports conversation-level accuracy of the LLM's choice, of the nearest category by
     embedding (what the hierarchy falls back to) and of the best possible choice for these
     base clusters (each cluster to its majority category: the ceiling the assignment step has).
     """
-    from clio_stream.clustering import kmeans
+    from clio_stream.stages.base_clusters import kmeans
     from clio_stream.domain.facets import REQUEST
-    from clio_stream.hierarchy import assign_to_candidates
+    from clio_stream.stages.hierarchy import assign_to_candidates
     from clio_stream.llm.base import AskStats
-    from clio_stream.naming import name_clusters
-    from clio_stream.recluster import n_leaves
+    from clio_stream.stages.naming import name_clusters
+    from clio_stream.stages.base_clusters import base_cluster_count
     from clio_stream.domain.clusters import ClusterNode
 
     categories = sorted(set(tops))
     shown = [c.replace("_", " ").capitalize() for c in categories]
-    k = max(n_leaves(settings, len(values)), 2 * len(categories))
+    k = max(base_cluster_count(settings, len(values)), 2 * len(categories))
     labels, centres = kmeans(x, k, seed=settings.seed, args=settings.kmeans_args)
     stats = AskStats()
     t0 = time.perf_counter()
@@ -600,7 +604,7 @@ def stability(texts: Sequence[str], vectors: np.ndarray, embedder: Any, settings
     """+5 % and +20 % re-clusterings after a first build of ``n_first`` stored facet values."""
     from benchmarks.recluster import fill, summary
     from clio_stream.domain.facets import REQUEST
-    from clio_stream.recluster import recluster_once
+    from clio_stream.living.job import recluster_once
     from clio_stream.storage.store import QdrantStore
 
     users = max(10, n_first // 3)

@@ -74,7 +74,7 @@ def main() -> None:
     quiet_logs()
     from clio_stream.embedding import make_embedder
     from clio_stream.domain.facets import REQUEST
-    from clio_stream.recluster import recluster_once
+    from clio_stream.living.job import recluster_once
     from clio_stream.settings import ClioSettings
     from clio_stream.storage.store import QdrantStore
     from tests.unit.fakes import ScriptedLLM, sensible_script

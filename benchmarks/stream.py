@@ -72,7 +72,7 @@ def main() -> None:
 
     from clio_stream.stages.prepare import prepare_conversations, truncate_conversation
     from clio_stream.embedding import make_embedder
-    from clio_stream.facet_extraction import build_prompts
+    from clio_stream.stages.extract import build_prompts
     from clio_stream.domain.facets import main_facets
     from clio_stream.streaming.kafka_io import ensure_topics, make_producer
     from clio_stream.llm import make_llm

@@ -1,9 +1,11 @@
-"""``run_clio``: the batch Clio pipeline, one plain function per stage.
+"""``run_clio``: the batch Clio pipeline, a composition of the stage functions in ``clio_stream.stages``.
 
-prepare -> truncate -> facets -> embeddings -> base clusters + names ->
-hierarchy -> privacy (minimums, optional audit) -> site. Each expensive stage
-is checkpointed under ``output_dir/checkpoints`` by a hash of what it depends
-on, so a rerun resumes, and a changed setting recomputes only what it affects.
+prepare -> truncate -> facets (``stages.extract``) -> embeddings -> base clusters + names
+(``stages.base_clusters``, ``stages.naming``) -> hierarchy over the privacy-checked leaves
+(``stages.hierarchy``) -> finalise (privacy minimums, optional audit, trends: ``stages.finalise``, the same
+step the re-clustering job runs) -> site. Each expensive stage is checkpointed under
+``output_dir/checkpoints`` by a hash of what it depends on, so a rerun resumes, and a changed setting
+recomputes only what it affects.
 """
 
 from __future__ import annotations
@@ -11,30 +13,31 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from clio_stream.storage.checkpoint import Checkpoints, atomic_write_bytes, stable_hash
-from clio_stream.clustering import kmeans
-from clio_stream.stages.prepare import conversation_content_key, prepare_conversations, truncate_conversation
-from clio_stream.embedding import EmbeddingBackend, embedding_text, make_embedder
-from clio_stream.facet_extraction import extract_facets
+from clio_stream.domain.clusters import ClioResult, ClusterNode, FacetHierarchy, StoreLink
+from clio_stream.domain.conversation import Conversation, ConversationFacets
 from clio_stream.domain.facets import Facet, main_facets
-from clio_stream.hierarchy import build_hierarchy, slug
+from clio_stream.embedding import EmbeddingBackend, embedding_text, make_embedder
 from clio_stream.llm import as_llm
 from clio_stream.llm.base import AskStats, LLMBackend
-from clio_stream.naming import name_clusters
-from clio_stream.privacy.audit import annotate, audit, mark_below_minimums
-from clio_stream.privacy.users import user_key_of
-from clio_stream.trends import annotate_trends
 from clio_stream.settings import ClioSettings
-from clio_stream.domain.conversation import Conversation, ConversationFacets
-from clio_stream.domain.clusters import ClioResult, ClusterNode, FacetHierarchy, StoreLink
+from clio_stream.stages.base_clusters import base_clusters
+from clio_stream.stages.extract import extract_facets
+from clio_stream.stages.finalise import finalise
+from clio_stream.stages.hierarchy import build_hierarchy, private_leaves, slug, user_keys
+from clio_stream.stages.naming import name_clusters
+from clio_stream.stages.prepare import LoadStats, conversation_content_key, prepare_conversations, truncate_conversation
+from clio_stream.storage.checkpoint import Checkpoints, atomic_write_bytes, stable_hash
 
 log = logging.getLogger(__name__)
+
+FacetEmbeddings = dict[str, tuple[list[int], np.ndarray]]  # facet -> (rows with a value, their embeddings)
 
 
 class _Timer:
@@ -54,30 +57,14 @@ class _Timer:
             bar.update(1)
 
 
-def _base_leaves(
-    facet: Facet,
-    conversations: Sequence[Conversation],
-    facet_values: Sequence[ConversationFacets],
-    vectors: np.ndarray,
-    rows: list[int],
-    llm: LLMBackend,
-    embedder: EmbeddingBackend,
-    settings: ClioSettings,
-    stats: AskStats,
-) -> list[ClusterNode]:
-    """Base k-means clusters of one facet's value embeddings, each named by the LLM."""
-    texts = [facet_values[r].values[facet.name].value or "" for r in rows]
-    k = max(1, min(len(rows), settings.n_base_clusters(len(rows))))
-    labels, centres = kmeans(vectors, k, seed=settings.seed, args=settings.kmeans_args)
-    names = name_clusters(facet, texts, vectors, labels, centres, llm, embedder, settings=settings, stats=stats)
-    leaves = []
-    fslug = slug(facet.name)
-    for c, (summary, name) in enumerate(names):
-        members = [conversations[rows[i]].id for i in np.flatnonzero(labels == c)]
-        if members:
-            leaves.append(ClusterNode(id=f"{fslug}-l0-{c}", facet=facet.name, name=name, summary=summary, level=0,
-                                      conversation_ids=members))
-    return leaves
+@dataclass
+class Prepared:
+    """The conversations a run clusters: as loaded, truncated for the LLM, and the raw items of generic data."""
+
+    conversations: list[Conversation]  # as loaded (what the result shows)
+    truncated: list[Conversation]  # what the LLM reads
+    raw_items: list[Any] | None  # generic data: the item each facet's own prompt renders
+    load_stats: LoadStats
 
 
 def _leaf_clusters(leaves: Sequence[ClusterNode]) -> dict[str, int]:
@@ -118,37 +105,16 @@ def run_clio(
     ask_stats = AskStats()
     bar = tqdm(total=6, disable=not settings.show_progress, desc="clio", unit="stage")
 
-    generic = any(f.get_facet_prompt is not None for f in facets)
-    raw_records = list(data)
     with timer.stage("prepare", bar):
-        if generic:
-            # Generic data: any item; the facet's own prompt function renders it.
-            records = [r if isinstance(r, (dict, list, Conversation)) else
-                       {"id": f"item-{i}", "conversation": [{"role": "user", "content": str(r)}]}
-                       for i, r in enumerate(settings.conversation_getter(x) for x in raw_records)]
-        else:
-            records = [settings.conversation_getter(x) for x in raw_records]
-        conversations, load_stats = prepare_conversations(
-            records, keep=settings.conversation_filter, dedup=settings.dedup, dedup_key=settings.dedup_key)
-        if not conversations:
-            raise ValueError("no conversations left after skipping empty ones and filtering")
+        raw_records = list(data)
+        records, conversations, load_stats = _load(raw_records, facets, settings)
         llm_backend = as_llm(llm, settings)
         embedder = make_embedder(settings, embedding_model)
-        truncated = []
-        for conv in conversations:
-            conv2, was = truncate_conversation(conv, settings.max_conversation_tokens, llm_backend.count_tokens)
-            truncated.append(conv2)
-            load_stats.truncated += int(was)
-        id_to_raw = {}
-        if generic:
-            for i, r in enumerate(records):
-                cid = r.get("id", f"conv-{i}") if isinstance(r, dict) else f"conv-{i}"
-                id_to_raw[str(cid)] = raw_records[i]
-        raw_items = [id_to_raw.get(c.id, c) for c in truncated] if generic else None
+        prep = _for_llm(raw_records, records, conversations, load_stats, facets, llm_backend, settings)
+    truncated = prep.truncated
 
-    conv_key = stable_hash([(c.id, conversation_content_key(c)) for c in truncated])
     facet_key = {
-        "conversations": conv_key,
+        "conversations": stable_hash([(c.id, conversation_content_key(c)) for c in truncated]),
         "facets": [f.to_dict() for f in facets],
         "llm": getattr(llm_backend, "model_name", "?"),
         **settings.fingerprint("llm_sampling_args", "llm_max_retries", "seed", "max_conversation_tokens"),
@@ -156,25 +122,14 @@ def run_clio(
     with timer.stage("facets", bar):
         facet_values: list[ConversationFacets] = ckpt.cached("facets", facet_key, lambda: extract_facets(
             truncated, facets, llm_backend, sampling=settings.llm_sampling_args, retries=settings.llm_max_retries,
-            seed=settings.seed, batch_size=settings.llm_batch_size, raw_items=raw_items, stats=ask_stats,
+            seed=settings.seed, batch_size=settings.llm_batch_size, raw_items=prep.raw_items, stats=ask_stats,
             prefix_group=settings.facet_prefix_group))
 
     tree_facets = [f for f in facets if f.has_hierarchy]
+    embed_key = {"facets": facet_key, "model": embedder.model_name, "text": "answer after prefill"}
     with timer.stage("embeddings", bar):
-        embed_key = {"facets": facet_key, "model": embedder.model_name, "text": "answer after prefill"}
+        embedded = ckpt.cached("embeddings", embed_key, lambda: _embed(tree_facets, facet_values, embedder))
 
-        def embed_all() -> dict[str, tuple[list[int], np.ndarray]]:
-            result = {}
-            for f in tree_facets:
-                rows = [i for i, fv in enumerate(facet_values) if fv.values[f.name].value]
-                vecs = embedder.encode([embedding_text(f, facet_values[i].values[f.name].value) for i in rows],
-                                       desc=f"embed {f.name}")
-                result[f.name] = (rows, vecs)
-            return result
-
-        embedded = ckpt.cached("embeddings", embed_key, embed_all)
-
-    hierarchies: dict[str, FacetHierarchy] = {}
     base_keys: dict[str, dict] = {}
     leaves_of: dict[str, list[ClusterNode]] = {}
     with timer.stage("base clusters", bar):
@@ -192,8 +147,9 @@ def run_clio(
                                             _base_leaves(f, truncated, facet_values, vecs, rows, llm_backend, embedder,
                                                          settings, ask_stats))
 
+    hierarchies: dict[str, FacetHierarchy] = {}
     with timer.stage("hierarchy", bar):
-        users_of = {c.id: user_key_of(c, settings.user_id_hash_key) for c in truncated}
+        users_of = user_keys(truncated, settings)
         for f in tree_facets:
             if f.name not in leaves_of:
                 continue
@@ -204,46 +160,28 @@ def run_clio(
                 "min_cluster_users", "user_id_hash_key")}
             hierarchies[f.name] = ckpt.cached(
                 f"hierarchy-{slug(f.name)}", key,
-                lambda f=f: build_hierarchy(f, _private_leaves(leaves_of[f.name], users_of, settings), llm_backend,
+                lambda f=f: build_hierarchy(f, private_leaves(leaves_of[f.name], users_of, settings), llm_backend,
                                             embedder, settings=settings, stats=ask_stats))
 
     with timer.stage("privacy", bar):
         audit_scores: dict[str, dict[str, int | None]] = {}
         for name, h in hierarchies.items():
-            annotate(h, truncated, facet_values, facets, min_conversations=settings.min_cluster_conversations,
-                     min_users=settings.min_cluster_users, user_hash_key=settings.user_id_hash_key)
-            if settings.audit_cluster_names:
-                audit_scores[name] = audit(h, llm_backend, settings=settings, stats=ask_stats)
-            annotate_trends(h, {c.id: c.timestamp for c in truncated}, None, window_s=settings.trend_window_s,
-                            windows=settings.trend_windows, min_growth=settings.emerging_min_growth,
-                            top=settings.emerging_top)
+            scores = finalise(h, truncated, facet_values, facets, llm_backend, settings, stats=ask_stats)
+            if scores is not None:
+                audit_scores[name] = scores
 
-    originals = {c.id: c for c in conversations}
-    result = ClioResult(
-        facets=[f.to_dict() for f in facets],
-        conversations=[originals[c.id] for c in truncated],
-        facet_values=facet_values,
-        hierarchies=hierarchies,
-        settings=settings.public_dict(),
-        stats={
-            "load": {k: v for k, v in vars(load_stats).items() if k != "duplicate_of"},
-            "llm": vars(ask_stats),
-            "seconds": timer.seconds,
-            "checkpoint_hits": ckpt.hits,
-            "unparseable_facet_values": {f.name: sum(1 for fv in facet_values if fv.values[f.name].value is None)
-                                         for f in facets},
-            "audit": audit_scores,
-        },
-        store_links={name: StoreLink(clusters=_leaf_clusters(leaves_of[name])) for name in hierarchies},
-    )
+    result = _result(prep, facets, facet_values, hierarchies, settings, {
+        "load": {k: v for k, v in vars(prep.load_stats).items() if k != "duplicate_of"},
+        "llm": vars(ask_stats),
+        "seconds": timer.seconds,
+        "checkpoint_hits": ckpt.hits,
+        "unparseable_facet_values": {f.name: sum(1 for fv in facet_values if fv.values[f.name].value is None)
+                                     for f in facets},
+        "audit": audit_scores,
+    }, {name: StoreLink(clusters=_leaf_clusters(leaves_of[name])) for name in hierarchies})
     with timer.stage("site", bar):
         if out is not None:
-            atomic_write_bytes(out / "result.json", result.model_dump_json().encode())
-            if write_site:
-                from clio_stream.site.writer import write_site as _write_site
-
-                _write_site(result, out / "site", chunk_size=settings.site_chunk_size, html_root=settings.html_root,
-                            show_conversations=settings.show_conversations)
+            _write_outputs(result, out, settings, write_site=write_site)
     bar.close()
     result.stats.seconds = timer.seconds
     return result
@@ -253,9 +191,97 @@ def run_clio(
 runClio = run_clio
 
 
-def _private_leaves(leaves: list[ClusterNode], users_of: dict[str, str], settings: Any) -> list[ClusterNode]:
-    """Copies of the base clusters with those under the privacy minimums withheld before anything is named above."""
-    copies = [leaf.model_copy(deep=True) for leaf in leaves]
-    mark_below_minimums(copies, users_of, min_conversations=settings.min_cluster_conversations,
-                        min_users=settings.min_cluster_users)
-    return copies
+def _generic(facets: Sequence[Facet]) -> bool:
+    """Whether the data is generic items that the facets' own prompt functions render."""
+    return any(f.get_facet_prompt is not None for f in facets)
+
+
+def _load(raw_records: list[Any], facets: Sequence[Facet],
+          settings: ClioSettings) -> tuple[list[Any], list[Conversation], LoadStats]:
+    """The records, and the conversations made of them (empty ones skipped, filtered, deduplicated)."""
+    if _generic(facets):
+        # Generic data: any item; the facet's own prompt function renders it.
+        records = [r if isinstance(r, (dict, list, Conversation)) else
+                   {"id": f"item-{i}", "conversation": [{"role": "user", "content": str(r)}]}
+                   for i, r in enumerate(settings.conversation_getter(x) for x in raw_records)]
+    else:
+        records = [settings.conversation_getter(x) for x in raw_records]
+    conversations, load_stats = prepare_conversations(
+        records, keep=settings.conversation_filter, dedup=settings.dedup, dedup_key=settings.dedup_key)
+    if not conversations:
+        raise ValueError("no conversations left after skipping empty ones and filtering")
+    return records, conversations, load_stats
+
+
+def _for_llm(raw_records: list[Any], records: list[Any], conversations: list[Conversation], load_stats: LoadStats,
+             facets: Sequence[Facet], llm: LLMBackend, settings: ClioSettings) -> Prepared:
+    """The conversations truncated to what the LLM may read, and for generic data the raw item of each."""
+    truncated = []
+    for conv in conversations:
+        conv2, was = truncate_conversation(conv, settings.max_conversation_tokens, llm.count_tokens)
+        truncated.append(conv2)
+        load_stats.truncated += int(was)
+    raw_items = None
+    if _generic(facets):
+        id_to_raw = {}
+        for i, r in enumerate(records):
+            cid = r.get("id", f"conv-{i}") if isinstance(r, dict) else f"conv-{i}"
+            id_to_raw[str(cid)] = raw_records[i]
+        raw_items = [id_to_raw.get(c.id, c) for c in truncated]
+    return Prepared(conversations=conversations, truncated=truncated, raw_items=raw_items, load_stats=load_stats)
+
+
+def _embed(facets: Sequence[Facet], facet_values: Sequence[ConversationFacets],
+           embedder: EmbeddingBackend) -> FacetEmbeddings:
+    """Each facet's rows with a value and the embeddings of those values (the text the workers embed too)."""
+    result: FacetEmbeddings = {}
+    for f in facets:
+        rows = [i for i, fv in enumerate(facet_values) if fv.values[f.name].value]
+        vecs = embedder.encode([embedding_text(f, facet_values[i].values[f.name].value) for i in rows],
+                               desc=f"embed {f.name}")
+        result[f.name] = (rows, vecs)
+    return result
+
+
+def _base_leaves(
+    facet: Facet,
+    conversations: Sequence[Conversation],
+    facet_values: Sequence[ConversationFacets],
+    vectors: np.ndarray,
+    rows: list[int],
+    llm: LLMBackend,
+    embedder: EmbeddingBackend,
+    settings: ClioSettings,
+    stats: AskStats,
+) -> list[ClusterNode]:
+    """Base clusters of one facet's value embeddings as leaves ``<facet>-l0-<k-means index>``, named by the LLM."""
+    texts = [facet_values[r].values[facet.name].value or "" for r in rows]
+    labels, centres = base_clusters(vectors, settings)
+    names = name_clusters(facet, texts, vectors, labels, centres, llm, embedder, settings=settings, stats=stats)
+    leaves = []
+    fslug = slug(facet.name)
+    for c, (summary, name) in enumerate(names):
+        members = [conversations[rows[i]].id for i in np.flatnonzero(labels == c)]
+        if members:
+            leaves.append(ClusterNode(id=f"{fslug}-l0-{c}", facet=facet.name, name=name, summary=summary, level=0,
+                                      conversation_ids=members))
+    return leaves
+
+
+def _result(prep: Prepared, facets: Sequence[Facet], facet_values: list[ConversationFacets],
+            hierarchies: dict[str, FacetHierarchy], settings: ClioSettings, stats: dict[str, Any],
+            store_links: dict[str, StoreLink]) -> ClioResult:
+    originals = {c.id: c for c in prep.conversations}
+    return ClioResult(facets=[f.to_dict() for f in facets], conversations=[originals[c.id] for c in prep.truncated],
+                      facet_values=facet_values, hierarchies=hierarchies, settings=settings.public_dict(), stats=stats,
+                      store_links=store_links)
+
+
+def _write_outputs(result: ClioResult, out: Path, settings: ClioSettings, *, write_site: bool) -> None:
+    """``result.json`` and, unless ``write_site`` is False, the static site under ``out/site``."""
+    atomic_write_bytes(out / "result.json", result.model_dump_json().encode())
+    if write_site:
+        from clio_stream.site.writer import write_site as _write_site
+
+        _write_site(result, out / "site", chunk_size=settings.site_chunk_size, html_root=settings.html_root,
+                    show_conversations=settings.show_conversations)

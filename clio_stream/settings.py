@@ -187,7 +187,7 @@ class ClioSettings(BaseSettings):
     hierarchy_rebuild_fraction: float = Field(0.3, ge=0, le=1, description="Rebuild the upper levels when more "
                                               "than this share of leaves is new or gone; otherwise patch them.")
 
-    # When to re-cluster (clio_stream.scheduler.Triggers.from_settings; CLI flags override).
+    # When to re-cluster (clio_stream.living.scheduler.Triggers.from_settings; CLI flags override).
     recluster_interval_s: float = Field(900.0, gt=0, description="Re-cluster at least this often while new data "
                                         "arrives (wall-clock schedule).")
     recluster_new_fraction: float = Field(0.10, gt=0, description="Re-cluster when the points stored since the last "

@@ -30,7 +30,7 @@ import numpy as np
 
 from clio_stream.stages.prepare import truncate_conversation
 from clio_stream.embedding import EmbeddingBackend, embedding_text
-from clio_stream.facet_extraction import extract_facets
+from clio_stream.stages.extract import extract_facets
 from clio_stream.domain.facets import Facet
 from clio_stream.llm.base import AskStats, LLMBackend, Prompt, PromptsRejected
 from clio_stream.online.assignment import Assignment

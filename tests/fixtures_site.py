@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from clio_stream.trends import annotate_trends
+from clio_stream.stages.trends import annotate_trends
 from clio_stream.domain.conversation import Conversation, ConversationFacets, FacetValue, Message
 from clio_stream.domain.clusters import ClioResult, ClusterNode, FacetHierarchy, NumericStats
 

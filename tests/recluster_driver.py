@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from clio_stream.domain.facets import main_facets
-from clio_stream.recluster import recluster_once
+from clio_stream.living.job import recluster_once
 from clio_stream.storage.store import QdrantStore
 from tests.recluster_harness import job_settings
 from tests.unit.fakes import HashEmbedder, ScriptedLLM, sensible_script

@@ -11,19 +11,19 @@ from clio_stream.cli.signals import stop_on_signals
 from clio_stream.settings import ClioSettings
 
 if TYPE_CHECKING:
-    from clio_stream.scheduler import Triggers
+    from clio_stream.living.scheduler import Triggers
 
 log = logging.getLogger(__name__)
 
 
 def recluster_settings(args: argparse.Namespace) -> ClioSettings:
-    from clio_stream.recluster_service import effective_settings
+    from clio_stream.living.service import effective_settings
 
     return effective_settings(service_settings(args))
 
 
 def triggers_from_args(args: argparse.Namespace) -> Triggers:
-    from clio_stream.scheduler import Triggers
+    from clio_stream.living.scheduler import Triggers
 
     return Triggers.from_settings(recluster_settings(args), interval_s=args.interval,
                                   new_fraction=args.new_fraction, min_points=args.min_points)
@@ -34,8 +34,8 @@ def cmd_recluster(args: argparse.Namespace) -> int:
 
     Pending user deletions are carried out first, due or not: this job owns the publish directory (k8s CronJob).
     """
-    from clio_stream.recluster_service import ReclusterService
-    from clio_stream.scheduler import due
+    from clio_stream.living.service import ReclusterService
+    from clio_stream.living.scheduler import due
 
     settings = recluster_settings(args)
     try:
@@ -60,14 +60,14 @@ def cmd_recluster(args: argparse.Namespace) -> int:
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
     """Run the re-clustering scheduler in the foreground until SIGTERM / SIGINT."""
-    from clio_stream.recluster_service import ReclusterService
+    from clio_stream.living.service import ReclusterService
 
     settings = recluster_settings(args)
     with ReclusterService(settings, facets=facets_from_names(args.facets)) as service:
         triggers = triggers_from_args(args)
         sched = service.scheduler(triggers, poll_s=args.poll)
         stop_on_signals(sched.stop, "stopping after the run in hand")
-        from clio_stream.scheduler_prometheus import serve_scheduler_metrics
+        from clio_stream.living.scheduler_metrics import serve_scheduler_metrics
 
         server = serve_scheduler_metrics(settings, sched) if settings.metrics_port is not None else None
         log.info("re-clustering scheduler: every %.0f s, on %.0f%% new points, on drift or %.0f%% outliers, "

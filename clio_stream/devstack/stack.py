@@ -199,15 +199,15 @@ class Stack:
         self.urls["api_docs"] = f"{base}/docs"
 
     def _start_scheduler(self) -> None:
-        from clio_stream.recluster_service import ReclusterService
-        from clio_stream.scheduler import Triggers
+        from clio_stream.living.service import ReclusterService
+        from clio_stream.living.scheduler import Triggers
 
         service = ReclusterService(self.settings)  # same snapshot/run as `clio-stream scheduler`
         sched = service.scheduler(Triggers.from_settings(self.settings, interval_s=self.recluster_interval_s,
                                                          min_points=self.first_cluster_at))
         sched.start()
         self.threads.append(sched)
-        from clio_stream.scheduler_prometheus import serve_scheduler_metrics
+        from clio_stream.living.scheduler_metrics import serve_scheduler_metrics
 
         server = serve_scheduler_metrics(self.settings, sched, port=self.settings.metrics_port or 0)
         self.threads.append(server)

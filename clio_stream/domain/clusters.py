@@ -23,7 +23,7 @@ class NumericStats(BaseModel):
 
 
 class Trend(BaseModel):
-    """How a cluster moves over time (clio_stream.trends): counts per time window and growth since the last version.
+    """How a cluster moves over time (clio_stream.stages.trends): counts per time window and growth since the last version.
 
     ``counts[i]`` counts members whose conversation time falls in ``[start + i*window_s, start + (i+1)*window_s)``;
     ``growth`` is members new since the previous version over members that were already there (None in a

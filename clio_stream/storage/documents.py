@@ -172,7 +172,7 @@ LAST_RUN = DocKey("recluster:last", LastRun)
 RECLUSTER_REQUEST = DocKey("recluster_request", ReclusterRequest)
 SCHEDULER_STATE = DocKey("scheduler", SchedulerState)
 VERSION_COUNTER = DocKey("clustering:last_reserved", VersionCounter)
-COMMIT_KEY = "clustering:committed"  # the clustering write path's commit record (clio_stream.versions.Commit)
+COMMIT_KEY = "clustering:committed"  # the clustering write path's commit record (clio_stream.living.versions.Commit)
 CLUSTERING_LOCK = "clustering"  # one clustering job at a time: re-clustering, bootstrap, deletion's rewrites
 
 

@@ -13,7 +13,7 @@ A version folder is built under a temporary name and renamed into place only whe
 never sees a half-written version. Versions are immutable: publishing an existing version string is an
 error. The one rewrite is a user deletion (``scrub``), done file by file with atomic renames, after
 which the pointer is rewritten so every reader reloads. The clustering job writes the folder and flips
-the pointer as separate steps of its write path (clio_stream.versions); the pointer only forwards
+the pointer as separate steps of its write path (clio_stream.living.versions); the pointer only forwards
 (``advance_pointer``).
 
 ``PublishedVersions.at(dir)`` is the process-wide object of a folder: it owns the cache of the loaded

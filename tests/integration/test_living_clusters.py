@@ -42,7 +42,7 @@ from clio_stream.domain.facets import REQUEST as REQUEST_FACET
 from clio_stream.llm.base import LLMBackend, Prompt
 from clio_stream.llm import make_llm
 from clio_stream.storage.published import PublishedVersions
-from clio_stream.recluster import recluster_once
+from clio_stream.living.job import recluster_once
 from consumers.worker import ConsumerWorker
 from tests.streaming_helpers import (
     DATA,

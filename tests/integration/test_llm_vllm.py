@@ -2,7 +2,7 @@
 
 import pytest
 
-from clio_stream.facet_extraction import build_prompts, extract_facets
+from clio_stream.stages.extract import build_prompts, extract_facets
 from clio_stream.domain.facets import REQUEST, main_facets
 from clio_stream.llm.base import AskStats, Prompt, ask
 from clio_stream.llm.prompts import FACET_CONVERSATION

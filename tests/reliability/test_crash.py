@@ -32,7 +32,7 @@ from clio_stream.devstack.processes import ManagedProcess
 from clio_stream.settings import ClioSettings
 from clio_stream.storage.documents import CLUSTERING_LOCK, LAST_RUN
 from clio_stream.storage.store import QdrantStore
-from clio_stream import versions
+from clio_stream.living import versions
 from consumers.bootstrap import bootstrap_clustering
 from tests.reliability.helpers import llm_description, pooled_conversations, replayed_delta_tally, seed_store
 from tests.streaming_helpers import (

@@ -38,15 +38,16 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from clio_stream import recluster
+from clio_stream.living import job as recluster
+from clio_stream.living import clustering_job
 from clio_stream.privacy.deletion import DeletionPass, process_deletions
 from clio_stream.privacy.scrub import UserMatch, scrub_result
 from clio_stream.domain.facets import main_facets
 from clio_stream.pipeline import run_clio
 from clio_stream.privacy.users import keyed_user_hash
 from clio_stream.storage.published import PublishedVersions
-from clio_stream.recluster_service import ReclusterService
-from clio_stream.scheduler import Triggers
+from clio_stream.living.service import ReclusterService
+from clio_stream.living.scheduler import Triggers
 from clio_stream.devstack.processes import ManagedProcess, free_port, http_probe
 from clio_stream.settings import ClioSettings
 from clio_stream.storage.documents import RECLUSTER_REQUEST
@@ -475,7 +476,7 @@ def test_recluster_that_scrolled_before_the_deletion_publishes_without_the_user(
     assert _mentions_user(publish_dir, "1", doomed_hash, doomed_ids)  # v1 holds the user (or this proves nothing)
 
     during: dict[str, Any] = {}
-    scroll = recluster.load_stored
+    scroll = clustering_job.load_stored
 
     with TestClient(create_app(settings, store=store), raise_server_exceptions=False) as client:
         def scroll_then_delete(*args: Any, **kwargs: Any) -> Any:
@@ -485,7 +486,7 @@ def test_recluster_that_scrolled_before_the_deletion_publishes_without_the_user(
             during["status"] = store.deletions.get(during["delete"].json()["request_id"])["status"]
             return out
 
-        monkeypatch.setattr(recluster, "load_stored", scroll_then_delete)
+        monkeypatch.setattr(clustering_job, "load_stored", scroll_then_delete)
         report = recluster.recluster_once(store, llm, emb, main_facets, settings, publish_dir=publish_dir)
         assert report is not None and report.version == 2
         assert during["delete"].status_code == 202

@@ -1,7 +1,7 @@
 """A real kill (``os._exit``: no ``finally``, no lease release) at every step of the clustering write path,
 against a real Qdrant server.
 
-For each step of ``clio_stream.versions.WRITE_STEPS`` (and, for the steps done once
+For each step of ``clio_stream.living.versions.WRITE_STEPS`` (and, for the steps done once
 per facet, also between the facets) a re-clustering process is started with
 ``CLIO_FAULT_AT=<step>#<n>:exit`` and dies there. Then, asked of the
 readers: the last good version (or, after the commit, the new one) is served
@@ -22,10 +22,10 @@ import pytest
 
 from clio_stream.domain.facets import main_facets
 from clio_stream.ops.faults import EXIT_CODE, EXIT_KIND, FAULT_ENV
-from clio_stream.recluster import recluster_once
+from clio_stream.living.job import recluster_once
 from clio_stream.storage.store import QdrantStore
 from clio_stream.storage.documents import CLUSTERING_LOCK
-from clio_stream.versions import (
+from clio_stream.living.versions import (
     COMMITTED_STEPS,
     STEP_CATCH_UP,
     STEP_CENTROIDS,

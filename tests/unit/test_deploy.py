@@ -752,7 +752,7 @@ def test_api_scheduler_and_recluster_parse(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_recluster_uses_the_server_when_a_base_url_is_set(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from clio_stream.recluster_service import effective_settings
+    from clio_stream.living.service import effective_settings
 
     s = settings_from_env(monkeypatch, tmp_path, {"CLIO_LLM_BASE_URL": "http://vllm:8000/v1"})
     assert s.llm_backend == "vllm" and effective_settings(s).llm_backend == "openai"
@@ -817,7 +817,7 @@ class _FakeService:
 
 @pytest.fixture
 def fake_service(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> type[_FakeService]:
-    import clio_stream.recluster_service as rs
+    import clio_stream.living.service as rs
 
     settings_from_env(monkeypatch, tmp_path, {"CLIO_LLM_BASE_URL": "http://vllm:8000/v1",
                                               "CLIO_USER_ID_HASH_KEY": "a-real-secret-for-this-test"})
@@ -829,7 +829,7 @@ def fake_service(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> type[_FakeS
 
 
 def test_recluster_exit_status(fake_service: type[_FakeService]) -> None:
-    from clio_stream.scheduler import Snapshot
+    from clio_stream.living.scheduler import Snapshot
 
     class Report:
         version = 3
@@ -904,8 +904,8 @@ def test_api_command_serves_with_uvicorn(monkeypatch: pytest.MonkeyPatch, tmp_pa
 def test_recluster_service_snapshot_and_run(tmp_path: Path) -> None:
     """The shared snapshot/run logic over an embedded store, with the scripted LLM and embedder."""
     from clio_stream.domain.facets import main_facets
-    from clio_stream.recluster_service import ReclusterService
-    from clio_stream.scheduler import Triggers, due
+    from clio_stream.living.service import ReclusterService
+    from clio_stream.living.scheduler import Triggers, due
     from clio_stream.storage.documents import SCHEDULER_STATE, SchedulerState
     from clio_stream.storage.store import QdrantStore
 
@@ -941,8 +941,8 @@ def test_recluster_service_snapshot_and_run(tmp_path: Path) -> None:
 
 def test_recluster_service_before_any_worker_started(tmp_path: Path) -> None:
     """No collections yet (no worker has run): nothing is due and a run is a no-op, not an error."""
-    from clio_stream.recluster_service import ReclusterService
-    from clio_stream.scheduler import Triggers, due
+    from clio_stream.living.service import ReclusterService
+    from clio_stream.living.scheduler import Triggers, due
     from clio_stream.storage.store import QdrantStore
 
     from .fakes import HashEmbedder, ScriptedLLM, sensible_script

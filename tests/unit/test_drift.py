@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from clio_stream.online.drift import DriftMonitor, drift_since
-from clio_stream.scheduler import Snapshot, Triggers, due
+from clio_stream.living.scheduler import Snapshot, Triggers, due
 from clio_stream.settings import ClioSettings
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from clio_stream.stages.prepare import prepare_conversations
-from clio_stream.facet_extraction import build_prompts, extract_facets, facet_prompt
+from clio_stream.stages.extract import build_prompts, extract_facets, facet_prompt
 from clio_stream.domain.facets import CONCERNING, LANGUAGE, REQUEST, TASK, Facet
 from clio_stream.llm.base import Prompt, prompt_sampling
 from clio_stream.llm.templating import cached_replacements

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from clio_stream.matching import (
+from clio_stream.living.matching import (
     MatchThresholds,
     changed,
     jaccard,
@@ -12,6 +12,7 @@ from clio_stream.matching import (
     overlap_matrix,
     successor,
 )
+from clio_stream.settings import ClioSettings
 
 
 def blobs(n_clusters: int = 5, per: int = 20, dim: int = 16, seed: int = 0):
@@ -149,13 +150,9 @@ def test_changed_thresholds():
 
 
 def test_thresholds_from_settings_and_validation():
-    class S:
-        match_min_similarity = 0.6
-        keep_name_cosine = 0.9
-
-    t = MatchThresholds.from_settings(S())
+    t = MatchThresholds.from_settings(ClioSettings(match_min_similarity=0.6, keep_name_cosine=0.9))
     assert (t.min_similarity, t.keep_cosine, t.weight) == (0.6, 0.9, MatchThresholds().weight)
-    assert MatchThresholds.from_settings(object()) == MatchThresholds()
+    assert MatchThresholds.from_settings(ClioSettings()) == MatchThresholds()  # the two sets of defaults agree
     with pytest.raises(ValueError):
         MatchThresholds(weight=1.5)
 

@@ -70,7 +70,7 @@ def test_list_markers_and_long_summaries_are_trimmed():
 
 
 def test_cluster_name_filter():
-    from clio_stream.naming import _parse_name
+    from clio_stream.stages.naming import _parse_name
 
     assert _parse_name("Plan a wedding budget</name>", 0) == "Plan a wedding budget"
     assert _parse_name("Plan</name>", 0) is None  # one word

@@ -105,7 +105,7 @@ def test_bad_input_is_named():
 
 
 def test_facet_waves_cover_every_prompt_once():
-    from clio_stream.facet_extraction import extract_facets, waves
+    from clio_stream.stages.extract import extract_facets, waves
     from clio_stream.stages.prepare import prepare_conversations
 
     assert waves(10, 4, 4) == [(0, 4), (4, 8), (8, 10)]

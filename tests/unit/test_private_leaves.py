@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import pytest
 
 from clio_stream.domain.facets import REQUEST
-from clio_stream.hierarchy import build_hierarchy
+from clio_stream.stages.hierarchy import build_hierarchy
 from clio_stream.privacy.audit import mark_below_minimums
 from clio_stream.settings import ClioSettings
 from clio_stream.domain.clusters import ClusterNode

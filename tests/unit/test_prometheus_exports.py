@@ -9,8 +9,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from clio_stream.ops.metrics_server import Health, MetricsServer
-from clio_stream.scheduler import ReclusterScheduler, Triggers
-from clio_stream.scheduler_prometheus import scheduler_health, scheduler_registry
+from clio_stream.living.scheduler import ReclusterScheduler, Triggers
+from clio_stream.living.scheduler_metrics import scheduler_health, scheduler_registry
 from consumers.decoding import DeadLetter, Record
 from consumers.metrics import WorkerMetrics
 from consumers.processing import BatchOutcome
@@ -74,7 +74,7 @@ def test_the_scheduler_reports_runs_failures_and_the_published_version() -> None
             raise item
         return item
 
-    from clio_stream.scheduler import Snapshot
+    from clio_stream.living.scheduler import Snapshot
 
     snap = lambda: Snapshot(now=0.0, last_run_at=None, points_at_last_run=0, points_now=100)  # noqa: E731
     sched = ReclusterScheduler(snap, run, Triggers(min_points=1), poll_s=0.01)

@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 import pytest
 
-from clio_stream.quality_metrics import centroids, facet_fidelity, name_fidelity, name_hits, ranks, retrieval
+from clio_stream.stages.fidelity import centroids, facet_fidelity, name_fidelity, name_hits, ranks, retrieval
 
 CONVERSATIONS = [
     "I forgot the password to my email account and cannot log in",

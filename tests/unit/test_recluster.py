@@ -5,7 +5,7 @@ import pytest
 
 from clio_stream.domain.facets import main_facets
 from clio_stream.storage.published import PublishedVersions
-from clio_stream.recluster import recluster_once
+from clio_stream.living.job import recluster_once
 from clio_stream.settings import ClioSettings
 from clio_stream.storage.documents import CLUSTERING_LOCK, LAST_RUN, id_counter_key
 from clio_stream.storage.records import FacetPoint
@@ -215,7 +215,7 @@ def test_vanished_clusters_get_successors_through_lineage(setup):
 
 
 def test_rebuilt_hierarchy_adopts_old_parent_ids(setup):
-    from clio_stream.matching import MatchThresholds
+    from clio_stream.living.matching import MatchThresholds
 
     store, emb, settings, pub = setup
     fill(store, emb, n=120, variety=5)
@@ -235,7 +235,7 @@ def test_rebuilt_hierarchy_adopts_old_parent_ids(setup):
 
 
 def test_warm_start_keeps_centroids_and_seeds_new_topics():
-    from clio_stream.recluster import warm_start_centroids
+    from clio_stream.living.warm_start import warm_start_centroids
 
     rng = np.random.default_rng(0)
     axes = np.eye(8, dtype=np.float32)
@@ -250,7 +250,7 @@ def test_warm_start_keeps_centroids_and_seeds_new_topics():
 
 
 def test_id_allocator_never_reuses_numbers():
-    from clio_stream.recluster import IdAllocator
+    from clio_stream.living.ids import IdAllocator
 
     ids = IdAllocator.restore("request", {"next": {"0": 4}}, ["request-l0-9", "request-l1-2", "task-l0-50", "x"])
     assert ids.new(0) == "request-l0-10" and ids.new(1) == "request-l1-3" and ids.new(2) == "request-l2-0"
@@ -305,7 +305,7 @@ def test_a_run_that_lost_its_lease_writes_nothing_over_the_next_holders_version(
     overwrite B's version number."""
     from qdrant_client import models
 
-    import clio_stream.recluster as rc
+    import clio_stream.living.job as rc
     from clio_stream.storage.locks import LockLost, lock_point_id
     from tests.recluster_harness import assert_complete, served
 
@@ -362,18 +362,18 @@ def test_the_served_version_pages_every_member_while_the_next_one_is_written(set
 
 def test_points_stored_between_the_scroll_and_the_switch_are_in_the_new_version(setup, monkeypatch):
     """Defect 8: a worker on version 1 stores conversations while version 2 is computed; version 2 lists them."""
-    import clio_stream.recluster as rc
+    import clio_stream.living.clustering_job as job_frame
     from tests.recluster_harness import assert_complete, points, served, worker_models
 
     store, emb, settings, pub = second_version_world(setup)
-    real = rc.load_stored
+    real = job_frame.load_stored
 
     def scroll_then_worker_writes(*args, **kwargs):
         out = real(*args, **kwargs)
         store.points.upsert_facets(points(emb, 66, 4, worker_models(store)))
         return out
 
-    monkeypatch.setattr(rc, "load_stored", scroll_then_worker_writes)
+    monkeypatch.setattr(job_frame, "load_stored", scroll_then_worker_writes)
     report = recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets, settings, publish_dir=pub)
     assert report.version == 2 and report.points["Request"] == 66  # the 4 came after the scroll
     now = served(store, pub, settings)

@@ -1,4 +1,4 @@
-"""A fault at every step of the clustering write path (clio_stream.versions), in-process, embedded Qdrant.
+"""A fault at every step of the clustering write path (clio_stream.living.versions), in-process, embedded Qdrant.
 
 For each step, and each time the path reaches it (once per facet for some), a
 store error is raised there during the second re-clustering. Then, asked of the
@@ -18,10 +18,10 @@ import pytest
 
 from clio_stream.ops.faults import InjectedFault, armed
 from clio_stream.domain.facets import main_facets
-from clio_stream.recluster import recluster_once
+from clio_stream.living.job import recluster_once
 from clio_stream.storage.store import QdrantStore
 from clio_stream.storage.documents import CLUSTERING_LOCK
-from clio_stream.versions import (
+from clio_stream.living.versions import (
     COMMITTED_STEPS,
     STEP_CENTROIDS,
     STEP_RESERVE,
@@ -119,8 +119,8 @@ def _world(path):
 
 def test_the_scheduler_service_finishes_a_committed_version_without_waiting_for_a_run(tmp_path):
     """A job killed after its commit: the service's poll applies the version (the API switches) at once."""
-    from clio_stream.recluster_service import ReclusterService
-    from clio_stream.versions import STEP_PUBLISH_POINTER
+    from clio_stream.living.service import ReclusterService
+    from clio_stream.living.versions import STEP_PUBLISH_POINTER
 
     world = _world(tmp_path)
     store, emb, settings, pub = world

@@ -1,4 +1,4 @@
-from clio_stream.scheduler import Snapshot, Triggers, due
+from clio_stream.living.scheduler import Snapshot, Triggers, due
 
 T = Triggers(interval_s=100, new_fraction=0.1, min_points=10, outlier_rate=0.3)
 
@@ -36,10 +36,10 @@ def test_schedule():
 
 
 def test_chores_run_every_poll_and_a_failing_one_does_not_stop_the_loop():
-    """User deletions ride on the scheduler's loop (clio_stream.recluster_service): a failure is retried."""
+    """User deletions ride on the scheduler's loop (clio_stream.living.service): a failure is retried."""
     import threading
 
-    from clio_stream.scheduler import ReclusterScheduler
+    from clio_stream.living.scheduler import ReclusterScheduler
 
     calls: list[str] = []
     enough = threading.Event()

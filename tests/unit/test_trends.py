@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from clio_stream.privacy.audit import audit, known_audits
 from clio_stream.settings import ClioSettings
-from clio_stream.trends import annotate_trends, window_counts, window_grid
+from clio_stream.stages.trends import annotate_trends, window_counts, window_grid
 from clio_stream.domain.clusters import ClusterNode, FacetHierarchy
 from tests.unit.fakes import ScriptedLLM
 

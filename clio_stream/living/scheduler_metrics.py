@@ -10,7 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from clio_stream.ops.metrics_server import Health, MetricsServer, start_metrics_server
-from clio_stream.scheduler import ReclusterScheduler
+from clio_stream.living.scheduler import ReclusterScheduler
 from clio_stream.settings import ClioSettings
 
 PREFIX = "clio_recluster_"

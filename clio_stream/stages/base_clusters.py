@@ -1,4 +1,8 @@
-"""Batch k-means and the small vector helpers the hierarchy shares."""
+"""Stage: base clusters (k-means over one facet's value embeddings), and the vector helpers naming shares.
+
+The number of base clusters is decided here once (``base_cluster_count``) for the batch run, the
+bootstrap and the re-clustering job.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import numpy as np
 from sklearn.cluster import KMeans
 
 from clio_stream.domain.vectors import normalise_rows
+from clio_stream.settings import ClioSettings
 
 
 def kmeans(x: np.ndarray, k: int, *, seed: int, args: dict[str, Any] | None = None,
@@ -28,6 +33,17 @@ def kmeans(x: np.ndarray, k: int, *, seed: int, args: dict[str, Any] | None = No
     model = KMeans(n_clusters=k, random_state=seed, **kwargs)
     labels = model.fit_predict(x)
     return labels.astype(np.int64), normalise_rows(model.cluster_centers_.astype(np.float32))
+
+
+def base_cluster_count(settings: ClioSettings, n_points: int) -> int:
+    """How many base clusters ``n_points`` values get: the settings' rule, kept within 1..n_points."""
+    return max(1, min(n_points, int(settings.n_base_clusters(n_points))))
+
+
+def base_clusters(x: np.ndarray, settings: ClioSettings, *,
+                  init: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and unit centroids of the base clusters of unit vectors ``x`` (``init``: warm start)."""
+    return kmeans(x, base_cluster_count(settings, len(x)), seed=settings.seed, args=settings.kmeans_args, init=init)
 
 
 def most_central(vectors: np.ndarray) -> int:

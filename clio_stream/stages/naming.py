@@ -12,16 +12,17 @@ from __future__ import annotations
 import logging
 import random
 import re
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from clio_stream.clustering import most_central, nearest_outside
+from clio_stream.stages.base_clusters import most_central, nearest_outside
 from clio_stream.embedding import EmbeddingBackend
 from clio_stream.domain.facets import Facet
 from clio_stream.llm.base import AskStats, LLMBackend, Prompt, ask, sampling_for
 from clio_stream.llm.parsing import MAX_NAME_CHARS, first_sentences, parse_tagged
 from clio_stream.llm.prompts import CLUSTER_NAME, CLUSTER_SUMMARY, PARENT_NAME, PARENT_SUMMARY, PromptTemplate
+from clio_stream.settings import ClioSettings
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def describe(
     llm: LLMBackend,
     embedder: EmbeddingBackend,
     *,
-    settings: Any,
+    settings: ClioSettings,
     seed: int,
     desc: str,
     stats: AskStats | None,
@@ -124,7 +125,7 @@ def describe(
     for i, (g, a) in enumerate(zip(owners, answers)):
         if a is not None:
             (summaries if i % 2 == 0 else names)[g].append(a)
-    min_sim = getattr(settings, "name_min_similarity", 0.2)
+    min_sim = settings.name_min_similarity
     out = []
     for g in range(n_groups):
         target = None if targets is None else targets[g]
@@ -149,7 +150,7 @@ def name_clusters(
     llm: LLMBackend,
     embedder: EmbeddingBackend,
     *,
-    settings: Any,
+    settings: ClioSettings,
     stats: AskStats | None = None,
 ) -> list[tuple[str, str]]:
     """``(summary, name)`` for each cluster id ``0..len(centres)-1``."""
@@ -192,7 +193,7 @@ def rename_parents(
     llm: LLMBackend,
     embedder: EmbeddingBackend,
     *,
-    settings: Any,
+    settings: ClioSettings,
     seed: int,
     stats: AskStats | None = None,
     targets: np.ndarray | None = None,

@@ -23,10 +23,12 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Collection, Hashable, Iterable, Literal, Mapping, Sequence
+from typing import Collection, Hashable, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+
+from clio_stream.settings import ClioSettings
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +61,11 @@ class MatchThresholds:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
 
     @classmethod
-    def from_settings(cls, settings: Any) -> MatchThresholds:
-        """Thresholds from ``settings`` where it defines them (``match_*``, ``keep_name_*``), else the defaults."""
-        default = cls()
-        pick = {
-            "min_similarity": "match_min_similarity",
-            "weight": "match_weight",
-            "keep_jaccard": "keep_name_jaccard",
-            "keep_cosine": "keep_name_cosine",
-            "rebuild_fraction": "hierarchy_rebuild_fraction",
-        }
-        return cls(**{k: float(getattr(settings, attr, getattr(default, k))) for k, attr in pick.items()})
+    def from_settings(cls, settings: ClioSettings) -> MatchThresholds:
+        """The settings' ``match_*``, ``keep_name_*`` and ``hierarchy_rebuild_fraction``."""
+        return cls(min_similarity=settings.match_min_similarity, weight=settings.match_weight,
+                   keep_jaccard=settings.keep_name_jaccard, keep_cosine=settings.keep_name_cosine,
+                   rebuild_fraction=settings.hierarchy_rebuild_fraction)
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,7 @@ class ReclusterService:
 
     def snapshot(self) -> Any:
         """What ``scheduler.due`` decides on, read from the store."""
-        from clio_stream.scheduler import Snapshot
+        from clio_stream.living.scheduler import Snapshot
 
         if not self.collections_exist():
             return Snapshot(now=time.time(), last_run_at=None, points_at_last_run=0, points_now=0)
@@ -111,7 +111,7 @@ class ReclusterService:
 
     def run(self, reason: str = "manual") -> Any:
         """One ``recluster_once``; its report, or None when skipped (lock held elsewhere, nothing stored)."""
-        from clio_stream.recluster import recluster_once
+        from clio_stream.living.job import recluster_once
 
         if not self.collections_exist():
             log.info("re-clustering skipped: no collections yet (no worker has started)")
@@ -133,7 +133,7 @@ class ReclusterService:
 
         Polled by the scheduler, so readers do not wait for the next due run to see a committed version.
         """
-        from clio_stream.versions import finish_pending, job_owner
+        from clio_stream.living.versions import finish_pending, job_owner
 
         if not self.collections_exist():
             return None
@@ -144,7 +144,7 @@ class ReclusterService:
 
     def scheduler(self, triggers: Any, *, poll_s: float = 5.0) -> Any:
         """A ``ReclusterScheduler`` (not started) over this service's snapshot and run."""
-        from clio_stream.scheduler import ReclusterScheduler
+        from clio_stream.living.scheduler import ReclusterScheduler
 
         return ReclusterScheduler(self.snapshot, self.run, triggers, poll_s=poll_s, on_state=self.write_state,
                                   chores=[self.process_deletions], recover=self.recover)

@@ -21,19 +21,23 @@ import logging
 import random
 import re
 from collections import Counter
-from typing import Any, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from clio_stream.clustering import kmeans, most_central
+from clio_stream.stages.base_clusters import kmeans, most_central
 from clio_stream.embedding import EmbeddingBackend as Embedder
 from clio_stream.domain.facets import Facet
 from clio_stream.llm.base import AskStats, LLMBackend, Prompt, ask, sampling_for
-from clio_stream.naming import SMALL_CLUSTERS, looks_identifying, rename_parents
+from clio_stream.stages.naming import SMALL_CLUSTERS, looks_identifying, rename_parents
+from clio_stream.privacy.audit import mark_below_minimums
+from clio_stream.privacy.users import user_key_of
 from clio_stream.privacy.visibility import describable
 from clio_stream.llm.parsing import parse_choice, parse_numbered_list
 from clio_stream.llm.prompts import ASSIGN_TO_PARENT, DEDUPLICATE_PARENTS, PROPOSE_PARENTS
 from clio_stream.domain.clusters import ClusterNode, FacetHierarchy
+from clio_stream.domain.conversation import Conversation
+from clio_stream.settings import ClioSettings
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +78,7 @@ def assign_to_candidates(
     candidates: Sequence[str],
     cand_vecs: np.ndarray,
     llm: LLMBackend,
-    settings: Any,
+    settings: ClioSettings,
     *,
     rng: random.Random,
     seed: int,
@@ -120,7 +124,7 @@ def _level_up(
     level: int,
     llm: LLMBackend,
     embedder: Embedder,
-    settings: Any,
+    settings: ClioSettings,
     stats: AskStats | None,
 ) -> list[ClusterNode]:
     """Make the parents of ``current`` and link them; returns the new level."""
@@ -212,13 +216,28 @@ def _level_up(
     return parents
 
 
+def user_keys(conversations: Sequence[Conversation], settings: ClioSettings) -> dict[str, str]:
+    """Conversation id -> keyed user hash: what the privacy minimums count distinct users by."""
+    return {c.id: user_key_of(c, settings.user_id_hash_key) for c in conversations}
+
+
+def private_leaves(leaves: Sequence[ClusterNode], users_of: Mapping[str, str],
+                   settings: ClioSettings) -> list[ClusterNode]:
+    """Copies of ``leaves`` with those under the privacy minimums withheld, before anything is named above them,
+    so their names never reach a parent's (see ``privacy.mark_below_minimums``)."""
+    copies = [leaf.model_copy(deep=True) for leaf in leaves]
+    mark_below_minimums(copies, users_of, min_conversations=settings.min_cluster_conversations,
+                        min_users=settings.min_cluster_users)
+    return copies
+
+
 def build_hierarchy(
     facet: Facet,
     leaves: Sequence[ClusterNode],
     llm: LLMBackend,
     embedder: Embedder,
     *,
-    settings: Any,
+    settings: ClioSettings,
     stats: AskStats | None = None,
 ) -> FacetHierarchy:
     """The whole tree above ``leaves`` (level-0 nodes), stopping at ``min_top_level_size`` roots."""

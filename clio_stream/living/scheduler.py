@@ -3,7 +3,7 @@
 ``due`` is a pure function of a small state snapshot, so every trigger is unit
 tested without clocks or servers; ``ReclusterScheduler`` is the thread that
 feeds it and runs the job. One run at a time across processes is the store
-lock's job (see ``recluster.recluster_once``), not this thread's.
+lock's job (see ``living.job.recluster_once``), not this thread's.
 """
 
 from __future__ import annotations

@@ -1,0 +1,200 @@
+"""The re-clustering job: the batch Clio stages over what the streaming workers stored, keeping clusters *living*.
+
+One run, in the clustering job frame it shares with ``bootstrap-clusters`` (``living.clustering_job``: the
+renewed lease, recovery, one scroll, the version number reserved under the lock): per hierarchy facet, k-means
+warm-started from the current centroids (``living.warm_start``), matched to the previous published version so
+ids, names and upper levels survive (``living.facet_run``), then the batch run's finalise stage (privacy
+minimums, audit, trends: ``stages.finalise``). The version is written through
+``living.versions.write_version``: centroids and version-scoped labels, the site folder, a fenced commit, then
+the pointers (see that module for the order and why a kill at any step leaves the last good version served).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clio_stream.domain.clusters import ClioResult, FacetHierarchy, RunStats, StoreLink
+from clio_stream.domain.facets import Facet
+from clio_stream.embedding import EmbeddingBackend
+from clio_stream.living.clustering_job import ClusteringLockBusy, NothingToCluster, fitted_labels, run_clustering_job
+from clio_stream.living.facet_run import FacetRun, recluster_facet
+from clio_stream.living.ids import IdAllocator
+from clio_stream.living.matching import MatchThresholds
+from clio_stream.living.stored import Stored
+from clio_stream.living.versions import VersionWrite
+from clio_stream.living.warm_start import warm_start
+from clio_stream.llm.base import AskStats, LLMBackend
+from clio_stream.settings import ClioSettings
+from clio_stream.stages.base_clusters import base_cluster_count
+from clio_stream.stages.finalise import finalise
+from clio_stream.stages.hierarchy import slug, user_keys
+from clio_stream.storage.documents import IdCounters, LastRun, id_counter_key
+from clio_stream.storage.store import QdrantStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReclusterReport:
+    """What one run did; the living-cluster numbers say how much of the previous version survived.
+
+    ``leaves_reused``: matched leaves that kept their name without an LLM call;
+    ``leaves_renamed``: leaves named by the LLM (new or changed);
+    ``id_survival``: share of the previous version's leaf ids still present (None without one);
+    ``facets``: per facet details (hierarchy mode, matching events, prompts by stage).
+    """
+
+    version: int
+    points: dict[str, int] = field(default_factory=dict)
+    clusters: dict[str, int] = field(default_factory=dict)
+    llm_prompts: int = 0
+    seconds: float = 0.0
+    published: Path | None = None
+    leaves_reused: int = 0
+    leaves_renamed: int = 0
+    parents_reused: int = 0
+    parents_renamed: int = 0
+    id_survival: float | None = None
+    lineage: int = 0
+    facets: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def add_facet(self, facet: str, points: int, run: FacetRun) -> None:
+        self.points[facet] = points
+        self.clusters[facet] = len(run.hierarchy.leaves())
+        self.facets[facet] = run.info
+        self.leaves_reused += run.info["leaves_reused"]
+        self.leaves_renamed += run.info["leaves_renamed"]
+        self.parents_reused += run.info["parents_reused"]
+        self.parents_renamed += run.info["parents_renamed"]
+        old_total = sum(i["old_leaves"] for i in self.facets.values())
+        self.id_survival = sum(i["ids_survived"] for i in self.facets.values()) / old_total if old_total else None
+
+    def last_run(self) -> LastRun:
+        """The record the scheduler's triggers and ``GET /v1/status`` read."""
+        return LastRun(version=self.version, finished_at=time.time(), seconds=self.seconds, points=self.points,
+                       clusters=self.clusters, llm_prompts=self.llm_prompts, leaves_reused=self.leaves_reused,
+                       leaves_renamed=self.leaves_renamed, id_survival=self.id_survival, lineage=self.lineage)
+
+
+@dataclass
+class Previous:
+    """The current published version, as the next one continues it."""
+
+    hierarchies: dict[str, FacetHierarchy] = field(default_factory=dict)
+    lineage_ids: set[str] = field(default_factory=set)  # every id its lineage mentions (never reused)
+
+
+def _previous(publish_dir: Path) -> Previous:
+    """The current published version's hierarchies and its lineage's ids; nothing when unreadable."""
+    from clio_stream.storage.published import PublishedVersions
+
+    try:
+        prev = PublishedVersions.at(publish_dir).load_current()
+    except Exception:  # noqa: BLE001 - a broken previous version must not stop re-clustering: start afresh
+        log.warning("could not load the current published version; ids start afresh", exc_info=True)
+        return Previous()
+    if prev is None:
+        return Previous()
+    return Previous(dict(prev.result.hierarchies), set(prev.lineage) | set(prev.lineage.values()))
+
+
+def recluster_once(
+    store: QdrantStore,
+    llm: LLMBackend,
+    embedder: EmbeddingBackend,
+    facets: Sequence[Facet],
+    settings: ClioSettings,
+    *,
+    publish_dir: Path,
+    owner: str | None = None,
+    thresholds: MatchThresholds | None = None,
+) -> ReclusterReport | None:
+    """Run one re-clustering; None when another process holds the lock or nothing is stored yet.
+
+    ``thresholds``: matching knobs (default: from ``settings``).
+    """
+    t0 = time.perf_counter()
+    thresholds = thresholds or MatchThresholds.from_settings(settings)
+
+    def build(stored: Stored, version: int) -> tuple[VersionWrite, ReclusterReport]:
+        return _build_version(store, stored, version, llm, embedder, facets, settings, thresholds, publish_dir, t0)
+
+    try:
+        report = run_clustering_job(store, "recluster", facets, settings, build, publish_dir=publish_dir, owner=owner)
+    except ClusteringLockBusy:
+        log.info("re-clustering skipped: another clustering job holds the lock")
+        return None
+    except NothingToCluster:
+        log.info("re-clustering skipped: nothing stored yet")
+        return None
+    log.info("re-clustered as version %d in %.1f s: %s; %d LLM prompts, %d leaves reused, %d named, id survival %s",
+             report.version, report.seconds, report.clusters, report.llm_prompts, report.leaves_reused,
+             report.leaves_renamed, "n/a" if report.id_survival is None else f"{report.id_survival:.2f}")
+    return report
+
+
+def _build_version(
+    store: QdrantStore,
+    stored: Stored,
+    version: int,
+    llm: LLMBackend,
+    embedder: EmbeddingBackend,
+    facets: Sequence[Facet],
+    settings: ClioSettings,
+    thresholds: MatchThresholds,
+    publish_dir: Path,
+    t0: float,
+) -> tuple[VersionWrite, ReclusterReport]:
+    """Re-cluster, name and finalise every clusterable facet as version ``version``; what to write, and the report."""
+    from clio_stream.privacy.deletion import remove_denied
+    from clio_stream.storage.published import PublishedVersions
+
+    tree = [f for f in facets if f.name in stored.clusterable()]
+    report = ReclusterReport(version=version)
+    stats = AskStats()
+    previous = _previous(publish_dir)
+    conversations, facet_values = stored.as_conversations(facets)
+    users_of = user_keys(conversations, settings)
+    runs: dict[str, FacetRun] = {}
+    for f in tree:
+        s = stored.facets[f.name]
+        old = previous.hierarchies.get(f.name)
+        ids = IdAllocator.restore(slug(f.name), store.states.read_json(id_counter_key(f.name)),
+                                  list(old.nodes if old else []) + sorted(previous.lineage_ids))
+        init = warm_start(store, f.name, s.vectors, base_cluster_count(settings, len(s.point_ids)), settings.seed)
+        run = recluster_facet(f, s, old, ids, init, llm, embedder, settings, thresholds, users_of=users_of)
+        stats.add(run.llm)
+        finalise(run.hierarchy, conversations, facet_values, facets, llm, settings, stats=stats, previous=old)
+        runs[f.name] = run
+        report.add_facet(f.name, len(s.point_ids), run)
+    lineage = {k: v for run in runs.values() for k, v in run.lineage.items()}
+    report.lineage = len(lineage)
+
+    # Leaf ids are stable, not k-means indices, so the leaf -> online cluster mapping is explicit.
+    result = ClioResult(facets=[f.to_dict() for f in facets], conversations=conversations,
+                        facet_values=facet_values, hierarchies={n: r.hierarchy for n, r in runs.items()},
+                        settings=settings.public_dict(),
+                        stats=RunStats(llm=stats, points=report.points, living=report.facets),
+                        store_links={n: StoreLink(version=version, clusters=r.store_clusters) for n, r in runs.items()})
+    remove_denied(result, store, settings)  # users deleted since the scroll (clio_stream.privacy.deletion)
+    report.llm_prompts = stats.prompts
+    report.seconds = time.perf_counter() - t0
+
+    def site(n: int) -> Path:
+        report.published = PublishedVersions.at(publish_dir).write_folder(result, str(n), lineage=lineage,
+                                                                          settings=settings)
+        return report.published
+
+    return VersionWrite(
+        version=version,
+        facets=[fitted_labels(f.name, stored.facets[f.name], runs[f.name].labels, runs[f.name].centres, version)
+                for f in tree],
+        states={id_counter_key(f.name).key: IdCounters.model_validate(runs[f.name].ids.state()) for f in tree},
+        site=site,
+        last_run=report.last_run().model_dump(mode="json"),
+    ), report
