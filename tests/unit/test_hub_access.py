@@ -12,7 +12,7 @@ import pytest
 
 from clio_stream.cli import main as cli_main
 from clio_stream.devstack import hub
-from clio_stream.devstack.processes import engine_flags, vllm_server_argv
+from clio_stream.devstack.vllm_server import engine_flags, vllm_server_argv
 from clio_stream.settings import ClioSettings
 
 
