@@ -125,6 +125,10 @@ class ClusterSummary(BaseModel):
     distinct_users: int
     numeric: dict[str, NumericOut] = Field(default_factory=dict)
     trend: TrendOut | None = None
+    keywords: str | None = Field(None, description="Words frequent among this base cluster's members and rare in "
+                                 "its siblings, each written by at least the minimum of distinct users.")
+    weak_name: bool = Field(False, description="The LLM's name did not point at this cluster's members (name "
+                            "fidelity); the name shown is then the keywords.")
     n_children: int = 0
     other_count: int = Field(0, description="Conversations in withheld children, as one aggregate.")
 

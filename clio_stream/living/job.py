@@ -169,7 +169,8 @@ def _build_version(
         init = warm_start(store, f.name, s.vectors, base_cluster_count(settings, len(s.point_ids)), settings.seed)
         run = recluster_facet(f, s, old, ids, init, llm, embedder, settings, thresholds, users_of=users_of)
         stats.add(run.llm)
-        finalise(run.hierarchy, conversations, facet_values, facets, llm, settings, stats=stats, previous=old)
+        finalise(run.hierarchy, conversations, facet_values, facets, llm, embedder, settings, stats=stats,
+                 previous=old)
         runs[f.name] = run
         report.add_facet(f.name, len(s.point_ids), run)
     lineage = {k: v for run in runs.values() for k, v in run.lineage.items()}
