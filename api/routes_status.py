@@ -21,8 +21,15 @@ from fastapi.security import HTTPAuthorizationCredentials
 
 from api.auth import Role
 from api.deps import ApiContext, Ctx, Store, Viewer, bearer_scheme, require
-from api.schemas import HealthOut, StatusOut, WorkerOut
-from clio_stream.storage.documents import LAST_RUN, RECLUSTER_REQUEST, SCHEDULER_STATE, WORKER_METRICS
+from api.schemas import HealthOut, ReclusterProgressOut, StatusOut, WorkerOut
+from clio_stream.storage.documents import (
+    CLUSTERING_LOCK,
+    LAST_RUN,
+    RECLUSTER_PROGRESS,
+    RECLUSTER_REQUEST,
+    SCHEDULER_STATE,
+    WORKER_METRICS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +106,12 @@ def build_status(ctx: ApiContext) -> StatusOut:
     out.next_recluster_at = scheduler.next_run_at if scheduler else None
     request = _quiet(lambda: ctx.store.states.read(RECLUSTER_REQUEST))
     out.recluster_requested_at = request.requested_at if request else None
+    progress = _quiet(lambda: ctx.store.states.read(RECLUSTER_PROGRESS))
+    # Unfinished and the clustering lock still held: running (a job killed mid-way leaves its document behind,
+    # but its lease expires).
+    if (progress is not None and progress.finished_at is None
+            and _quiet(lambda: ctx.store.locks.holder(CLUSTERING_LOCK)) is not None):
+        out.recluster_progress = ReclusterProgressOut.model_validate(progress.model_dump())
     return out
 
 

@@ -240,6 +240,20 @@ class WorkerOut(BaseModel):
     updated_at: float | None = None
 
 
+class ReclusterProgressOut(BaseModel):
+    """A clustering job under way (``living.progress``): its stage, the facet it is on, how far, how long left."""
+
+    version: int
+    stage: str
+    facet: str | None = None
+    facet_index: int
+    facets: int
+    fraction: float = Field(description="Share of the job done, by stored points and stage weights.")
+    started_at: float
+    updated_at: float
+    eta_s: float | None = Field(None, description="Seconds left, extrapolated from the elapsed time.")
+
+
 class StatusOut(BaseModel):
     version: str | None = None
     published_at: float | None = None
@@ -251,6 +265,8 @@ class StatusOut(BaseModel):
     last_recluster_at: float | None = None
     next_recluster_at: float | None = None
     recluster_requested_at: float | None = None
+    recluster_progress: ReclusterProgressOut | None = Field(
+        None, description="The re-clustering job running now, if any (absent when none has reported lately).")
     llm_health: str | None = None
     store_health: Literal["ok", "unavailable"] | None = None
     api_accepted: int = 0
