@@ -254,6 +254,16 @@ class ReclusterProgressOut(BaseModel):
     eta_s: float | None = Field(None, description="Seconds left, extrapolated from the elapsed time.")
 
 
+class ChildOut(BaseModel):
+    """A process of a running ``clio-stream up``, as its supervisor last saw it."""
+
+    name: str
+    alive: bool
+    restarts: int
+    last_exit_code: int | None = None
+    last_exit_at: float | None = None
+
+
 class StatusOut(BaseModel):
     version: str | None = None
     published_at: float | None = None
@@ -268,6 +278,8 @@ class StatusOut(BaseModel):
     recluster_progress: ReclusterProgressOut | None = Field(
         None, description="The re-clustering job running now, if any (absent when none has reported lately).")
     llm_health: str | None = None
+    up_children: list[ChildOut] | None = Field(
+        None, description="Under `clio-stream up`: each supervised process, alive or not, and its restarts.")
     store_health: Literal["ok", "unavailable"] | None = None
     api_accepted: int = 0
 

@@ -688,3 +688,23 @@ def test_status_shows_a_running_reclustering_and_hides_a_finished_or_dead_one(en
     job.facet_done("Request")
     job.stage("done")
     assert env.store.states.read(RECLUSTER_PROGRESS).finished_at is not None
+
+
+def test_status_lists_the_children_of_a_running_up(env: Env) -> None:
+    from api.routes_status import UP_CHILDREN_STALE_S
+    from clio_stream.storage.documents import UP_CHILDREN, ChildStatus, UpChildren
+
+    def children() -> list | None:
+        app = create_app(env.settings.with_overrides(api_status_cache_s=0), store=env.store)
+        with TestClient(app, raise_server_exceptions=False) as client:
+            return client.get("/v1/status", headers=_auth("viewer")).json()["up_children"]
+
+    now = time.time()
+    env.store.states.write(UP_CHILDREN, UpChildren(updated_at=now, children=[
+        ChildStatus(name="consumer-0", alive=True, restarts=2, last_exit_code=-9, last_exit_at=now - 5),
+        ChildStatus(name="qdrant", alive=True)]))
+    shown = children()
+    assert [c["name"] for c in shown] == ["consumer-0", "qdrant"]
+    assert shown[0]["restarts"] == 2 and shown[0]["last_exit_code"] == -9
+    env.store.states.write(UP_CHILDREN, UpChildren(updated_at=now - UP_CHILDREN_STALE_S - 1, children=[]))
+    assert children() is None  # `up` stopped reporting: nothing claimed about it
