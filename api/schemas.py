@@ -125,6 +125,10 @@ class ClusterSummary(BaseModel):
     distinct_users: int
     numeric: dict[str, NumericOut] = Field(default_factory=dict)
     trend: TrendOut | None = None
+    keywords: str | None = Field(None, description="Words frequent among this base cluster's members and rare in "
+                                 "its siblings, each written by at least the minimum of distinct users.")
+    weak_name: bool = Field(False, description="The LLM's name did not point at this cluster's members (name "
+                            "fidelity); the name shown is then the keywords.")
     n_children: int = 0
     other_count: int = Field(0, description="Conversations in withheld children, as one aggregate.")
 
@@ -236,6 +240,30 @@ class WorkerOut(BaseModel):
     updated_at: float | None = None
 
 
+class ReclusterProgressOut(BaseModel):
+    """A clustering job under way (``living.progress``): its stage, the facet it is on, how far, how long left."""
+
+    version: int
+    stage: str
+    facet: str | None = None
+    facet_index: int
+    facets: int
+    fraction: float = Field(description="Share of the job done, by stored points and stage weights.")
+    started_at: float
+    updated_at: float
+    eta_s: float | None = Field(None, description="Seconds left, extrapolated from the elapsed time.")
+
+
+class ChildOut(BaseModel):
+    """A process of a running ``clio-stream up``, as its supervisor last saw it."""
+
+    name: str
+    alive: bool
+    restarts: int
+    last_exit_code: int | None = None
+    last_exit_at: float | None = None
+
+
 class StatusOut(BaseModel):
     version: str | None = None
     published_at: float | None = None
@@ -247,7 +275,11 @@ class StatusOut(BaseModel):
     last_recluster_at: float | None = None
     next_recluster_at: float | None = None
     recluster_requested_at: float | None = None
+    recluster_progress: ReclusterProgressOut | None = Field(
+        None, description="The re-clustering job running now, if any (absent when none has reported lately).")
     llm_health: str | None = None
+    up_children: list[ChildOut] | None = Field(
+        None, description="Under `clio-stream up`: each supervised process, alive or not, and its restarts.")
     store_health: Literal["ok", "unavailable"] | None = None
     api_accepted: int = 0
 

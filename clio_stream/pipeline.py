@@ -166,7 +166,7 @@ def run_clio(
     with timer.stage("privacy", bar):
         audit_scores: dict[str, dict[str, int | None]] = {}
         for name, h in hierarchies.items():
-            scores = finalise(h, truncated, facet_values, facets, llm_backend, settings, stats=ask_stats)
+            scores = finalise(h, truncated, facet_values, facets, llm_backend, embedder, settings, stats=ask_stats)
             if scores is not None:
                 audit_scores[name] = scores
 

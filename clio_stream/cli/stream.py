@@ -96,7 +96,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         if stack.viewer_key:  # the log-in link carries a key: to the terminal only, never into the logs
             sys.stdout.write(f"Open the dashboard: {stack.urls.get('dashboard_login')}\n")
             sys.stdout.flush()
+        follower = None
+        if args.logs:
+            from clio_stream.devstack.log_tail import LogFollower
+
+            follower = LogFollower([(p.name, p.log_path) for p in stack.processes], sys.stdout).start()
         stop.wait()
+        if follower is not None:
+            follower.stop()
     finally:
         stack.stop()
     return 0
@@ -120,6 +127,8 @@ def add_up_parser(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--no-example-data", action="store_true", help="start empty instead of streaming examples")
     sp.add_argument("--n", type=int, default=200, help="example conversations to stream")
     sp.add_argument("--consumers", type=int, default=1, help="consumer processes in the group")
+    sp.add_argument("--logs", action="store_true",
+                    help="follow every child's log on the console, each line prefixed with its name")
     sp.add_argument("--recluster-interval", type=float, default=None,
                     help="seconds between scheduled runs (default: settings recluster_interval_s, 900)")
     add_model_args(sp)

@@ -74,6 +74,7 @@ class Stack:
     admin_key: str | None = None
     keys_file: Path | None = None  # the generated keys (mode 600); never logged
     urls: dict[str, str] = field(default_factory=dict)
+    supervisor: Any = None  # devstack.supervisor.Supervisor, once every child has started
 
     # -- start ---------------------------------------------------------------
     def start(self) -> "Stack":
@@ -126,9 +127,20 @@ class Stack:
         self._start_consumers(logs)
         self._start_api()
         self._start_scheduler()
+        self._supervise()
         if self.example_data:
             self._stream_examples()
         return self
+
+    def _supervise(self) -> None:
+        """Restart children that exit (with back-off) and report them to ``GET /v1/status`` via the store."""
+        from clio_stream.devstack.supervisor import Supervisor
+        from clio_stream.storage.documents import UP_CHILDREN
+        from clio_stream.storage.store import QdrantStore
+
+        store = QdrantStore.from_settings(self.settings)
+        self.supervisor = Supervisor(self.processes, report=lambda doc: store.states.write(UP_CHILDREN, doc))
+        self.supervisor.start()
 
     def _demo_secrets(self, run_dir: Path) -> ClioSettings:
         """Secrets the demo may generate: the user hash key (kept in the run dir) and per-run API keys.
@@ -236,6 +248,8 @@ class Stack:
 
     # -- stop ----------------------------------------------------------------
     def stop(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.stop()  # first: a child stopped on purpose is not restarted
         for t in reversed(self.threads):
             try:
                 if hasattr(t, "should_exit"):

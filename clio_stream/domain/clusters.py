@@ -59,6 +59,13 @@ class ClusterNode(BaseModel):
     hidden_reason: str | None = None
     trend: Trend | None = None
     audit_score: int | None = None  # the privacy auditor's 1-5 rating of this name and summary (not public)
+    # Name check of base clusters (stages.name_check): keywords shown beside the name, the rank at which the name
+    # retrieves its own cluster among its siblings (1 = first), and whether it failed; a failed LLM name is
+    # replaced by the keywords when there are any and kept in ``llm_name`` (not public: it was not audited).
+    keywords: str | None = None
+    name_rank: int | None = None
+    weak_name: bool = False
+    llm_name: str | None = None
 
     @property
     def size(self) -> int:
@@ -75,6 +82,8 @@ class ClusterNode(BaseModel):
             "distinct_users": self.distinct_users,
             "numeric": {k: s.model_dump(exclude={"facet"}) for k, s in self.numeric.items()},
             "trend": None if self.trend is None else self.trend.model_dump(),
+            "keywords": self.keywords,
+            "weak_name": self.weak_name,
         }
 
 

@@ -25,6 +25,7 @@ from clio_stream.living.clustering_job import ClusteringLockBusy, NothingToClust
 from clio_stream.living.facet_run import FacetRun, recluster_facet
 from clio_stream.living.ids import IdAllocator
 from clio_stream.living.matching import MatchThresholds
+from clio_stream.living.progress import JobProgress, store_writer
 from clio_stream.living.stored import Stored
 from clio_stream.living.versions import VersionWrite
 from clio_stream.living.warm_start import warm_start
@@ -121,8 +122,13 @@ def recluster_once(
     t0 = time.perf_counter()
     thresholds = thresholds or MatchThresholds.from_settings(settings)
 
+    progress: list[JobProgress] = []
+
     def build(stored: Stored, version: int) -> tuple[VersionWrite, ReclusterReport]:
-        return _build_version(store, stored, version, llm, embedder, facets, settings, thresholds, publish_dir, t0)
+        points = {f.name: len(stored.facets[f.name].point_ids) for f in facets if f.name in stored.clusterable()}
+        progress.append(JobProgress(version, points, store_writer(store.states), owner=owner))
+        return _build_version(store, stored, version, llm, embedder, facets, settings, thresholds, publish_dir, t0,
+                              progress[0])
 
     try:
         report = run_clustering_job(store, "recluster", facets, settings, build, publish_dir=publish_dir, owner=owner)
@@ -132,6 +138,7 @@ def recluster_once(
     except NothingToCluster:
         log.info("re-clustering skipped: nothing stored yet")
         return None
+    progress[0].stage("done")
     log.info("re-clustered as version %d in %.1f s: %s; %d LLM prompts, %d leaves reused, %d named, id survival %s",
              report.version, report.seconds, report.clusters, report.llm_prompts, report.leaves_reused,
              report.leaves_renamed, "n/a" if report.id_survival is None else f"{report.id_survival:.2f}")
@@ -149,6 +156,7 @@ def _build_version(
     thresholds: MatchThresholds,
     publish_dir: Path,
     t0: float,
+    progress: JobProgress,
 ) -> tuple[VersionWrite, ReclusterReport]:
     """Re-cluster, name and finalise every clusterable facet as version ``version``; what to write, and the report."""
     from clio_stream.privacy.deletion import remove_denied
@@ -163,15 +171,20 @@ def _build_version(
     runs: dict[str, FacetRun] = {}
     for f in tree:
         s = stored.facets[f.name]
+        progress.stage("warm start", f.name)
         old = previous.hierarchies.get(f.name)
         ids = IdAllocator.restore(slug(f.name), store.states.read_json(id_counter_key(f.name)),
                                   list(old.nodes if old else []) + sorted(previous.lineage_ids))
         init = warm_start(store, f.name, s.vectors, base_cluster_count(settings, len(s.point_ids)), settings.seed)
+        progress.stage("cluster and name", f.name)
         run = recluster_facet(f, s, old, ids, init, llm, embedder, settings, thresholds, users_of=users_of)
         stats.add(run.llm)
-        finalise(run.hierarchy, conversations, facet_values, facets, llm, settings, stats=stats, previous=old)
+        progress.stage("finalise", f.name)
+        finalise(run.hierarchy, conversations, facet_values, facets, llm, embedder, settings, stats=stats,
+                 previous=old)
         runs[f.name] = run
         report.add_facet(f.name, len(s.point_ids), run)
+        progress.facet_done(f.name)
     lineage = {k: v for run in runs.values() for k, v in run.lineage.items()}
     report.lineage = len(lineage)
 
@@ -184,6 +197,8 @@ def _build_version(
     remove_denied(result, store, settings)  # users deleted since the scroll (clio_stream.privacy.deletion)
     report.llm_prompts = stats.prompts
     report.seconds = time.perf_counter() - t0
+
+    progress.stage("write")
 
     def site(n: int) -> Path:
         report.published = PublishedVersions.at(publish_dir).write_folder(result, str(n), lineage=lineage,

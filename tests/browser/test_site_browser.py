@@ -254,3 +254,27 @@ def test_trends_sparkline_emerging_badge_and_growth_sort(site_url: tuple[Path, s
     assert _root_order(page) == ["request-r1", "request-r0", "request-r2"]
     assert "sort=growth" in page.url
     _shot(page, "07-trends-emerging")
+
+
+def test_weak_name_mark_and_keywords(tmp_path: Path, page: Any) -> None:
+    """The name check's result as a reader sees it: keywords under a checked name, a mark on a weak one."""
+    result = make_site_fixture().result
+    nodes = result.hierarchies["Request"].nodes
+    weak, checked = nodes["request-r1-m0-l0"], nodes["request-r0-m0-l0"]
+    weak.keywords, weak.weak_name, weak.llm_name = "visa passport renewal", True, "Help the user"
+    weak.name = "Visa, passport, renewal"
+    checked.keywords = "recipe dinner quick"
+    site = write_site(result, tmp_path / "site", chunk_size=4)
+    server, url = start_site_server_in_thread(site, "127.0.0.1", 0)
+    try:
+        _open(page, url + "#open=request-r0,request-r0-m0,request-r1,request-r1-m0")
+        expect(page.locator(_tid("weak-name-request-r1-m0-l0"))).to_have_text("weak name")
+        expect(page.locator(_tid("node-name-request-r1-m0-l0"))).to_have_text("Visa, passport, renewal")
+        expect(page.locator(_tid("node-keywords-request-r1-m0-l0"))).to_have_count(0)  # already the name
+        expect(page.locator(_tid("node-keywords-request-r0-m0-l0"))).to_have_text("Keywords: recipe dinner quick")
+        expect(page.locator(_tid("weak-name-request-r0-m0-l0"))).to_have_count(0)
+        assert "Help the user" not in page.content()  # the unaudited LLM name is never published
+        _shot(page, "08-weak-name-keywords")
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -660,3 +660,51 @@ def test_schemathesis_no_server_errors(env: Env) -> None:
              dict(sorted(statuses.items())))
     assert sum(statuses.values()) >= 5 * len(operations)
     assert not failures, "\n".join(failures[:10])
+
+
+def test_status_shows_a_running_reclustering_and_hides_a_finished_or_dead_one(env: Env) -> None:
+    from clio_stream.living.progress import JobProgress, store_writer
+    from clio_stream.storage.documents import CLUSTERING_LOCK, RECLUSTER_PROGRESS
+
+    def status() -> dict:
+        app = create_app(env.settings.with_overrides(api_status_cache_s=0), store=env.store)
+        with TestClient(app, raise_server_exceptions=False) as client:
+            return client.get("/v1/status", headers=_auth("viewer")).json()
+
+    clock = iter(range(1000, 2000, 10))
+    job = JobProgress(7, {"Request": 300, "Task": 100}, store_writer(env.store.states), clock=lambda: float(next(clock)))
+    job.stage("warm start", "Request")
+    job.stage("cluster and name", "Request")
+    token = env.store.locks.acquire(CLUSTERING_LOCK, "recluster-test", 60)
+    assert token is not None
+    try:
+        shown = status()["recluster_progress"]
+        assert shown["version"] == 7 and shown["stage"] == "cluster and name" and shown["facet"] == "Request"
+        assert (shown["facet_index"], shown["facets"]) == (1, 2) and 0 < shown["fraction"] < 0.1
+        assert shown["eta_s"] is not None and shown["eta_s"] > 0
+    finally:
+        env.store.locks.release(CLUSTERING_LOCK, token)
+    assert status()["recluster_progress"] is None  # the lease is gone: a job killed mid-way is not "running"
+    job.facet_done("Request")
+    job.stage("done")
+    assert env.store.states.read(RECLUSTER_PROGRESS).finished_at is not None
+
+
+def test_status_lists_the_children_of_a_running_up(env: Env) -> None:
+    from api.routes_status import UP_CHILDREN_STALE_S
+    from clio_stream.storage.documents import UP_CHILDREN, ChildStatus, UpChildren
+
+    def children() -> list | None:
+        app = create_app(env.settings.with_overrides(api_status_cache_s=0), store=env.store)
+        with TestClient(app, raise_server_exceptions=False) as client:
+            return client.get("/v1/status", headers=_auth("viewer")).json()["up_children"]
+
+    now = time.time()
+    env.store.states.write(UP_CHILDREN, UpChildren(updated_at=now, children=[
+        ChildStatus(name="consumer-0", alive=True, restarts=2, last_exit_code=-9, last_exit_at=now - 5),
+        ChildStatus(name="qdrant", alive=True)]))
+    shown = children()
+    assert [c["name"] for c in shown] == ["consumer-0", "qdrant"]
+    assert shown[0]["restarts"] == 2 and shown[0]["last_exit_code"] == -9
+    env.store.states.write(UP_CHILDREN, UpChildren(updated_at=now - UP_CHILDREN_STALE_S - 1, children=[]))
+    assert children() is None  # `up` stopped reporting: nothing claimed about it

@@ -12,7 +12,7 @@ from clio_stream.settings import ClioSettings
 from clio_stream.stages.base_clusters import base_cluster_count, base_clusters
 from clio_stream.stages.finalise import finalise
 from clio_stream.stages.hierarchy import private_leaves, user_keys
-from tests.unit.fakes import ScriptedLLM
+from tests.unit.fakes import HashEmbedder, ScriptedLLM
 
 FACET = Facet(name="Request", question="What is asked?", summary_criteria="The request.")
 
@@ -53,7 +53,7 @@ def test_finalise_annotates_hides_and_adds_trends_against_the_previous_version()
     previous = FacetHierarchy(facet="Request", nodes={"a": h.nodes["a"].model_copy()}, root_ids=["a"])
     settings = ClioSettings(min_cluster_users=5, min_cluster_conversations=5, trend_window_s=300, trend_windows=2,
                             user_id_hash_key="k")
-    scores = finalise(h, convs, values, [FACET], ScriptedLLM(lambda *a: None), settings, stats=AskStats(),
+    scores = finalise(h, convs, values, [FACET], ScriptedLLM(lambda *a: None), HashEmbedder(), settings, stats=AskStats(),
                       previous=previous)
     assert scores is None  # no audit asked for
     assert h.nodes["a"].distinct_users == 6 and not h.nodes["a"].hidden
@@ -61,7 +61,7 @@ def test_finalise_annotates_hides_and_adds_trends_against_the_previous_version()
     assert h.nodes["a"].trend.growth == 0 and h.nodes["b"].trend.new_members == 4
     assert h.nodes["top"].trend.new_members == 4 and sum(h.nodes["top"].trend.counts) > 0
     first = _world()[2]
-    finalise(first, convs, values, [FACET], ScriptedLLM(lambda *a: None), settings, stats=AskStats())
+    finalise(first, convs, values, [FACET], ScriptedLLM(lambda *a: None), HashEmbedder(), settings, stats=AskStats())
     assert first.nodes["a"].trend.growth is None  # a batch run / first version: no growth
 
 
@@ -70,11 +70,11 @@ def test_finalise_audits_and_reuses_the_previous_versions_ratings() -> None:
     settings = ClioSettings(min_cluster_users=1, min_cluster_conversations=1, audit_cluster_names=True,
                             audit_min_score=3, llm_max_retries=0)
     llm = ScriptedLLM(lambda name, v, rng: "2" if v["name"] == "Name b" else "4")
-    scores = finalise(h, convs, values, [FACET], llm, settings, stats=AskStats())
+    scores = finalise(h, convs, values, [FACET], llm, HashEmbedder(), settings, stats=AskStats())
     assert scores == {"a": 4, "b": 2, "top": 4} and h.nodes["b"].hidden
     asked = len(llm.calls)
     again = _world()[2]
-    assert finalise(again, convs, values, [FACET], llm, settings, stats=AskStats(), previous=h) == scores
+    assert finalise(again, convs, values, [FACET], llm, HashEmbedder(), settings, stats=AskStats(), previous=h) == scores
     assert len(llm.calls) == asked  # unchanged names and summaries: not asked again
 
 

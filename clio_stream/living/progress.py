@@ -1,0 +1,91 @@
+"""Progress of a re-clustering job, per facet and stage, with an ETA: in the log and in ``GET /v1/status``.
+
+A re-clustering of a large store takes minutes to hours, most of it in LLM naming. The job reports each stage
+(warm start, cluster and name, finalise; then the write) of each facet; the fraction done weighs every facet by its stored
+points and each stage by a typical share of a facet's time, and the ETA extrapolates the elapsed time. The same
+``ReclusterProgress`` document goes to the store so the API's status can show it; a failure to write it is
+logged and never fails the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+from clio_stream.storage.documents import RECLUSTER_PROGRESS, ReclusterProgress
+from clio_stream.storage.state import StateDocuments
+
+log = logging.getLogger(__name__)
+
+#: Typical share of one facet's time per stage (measured shape: naming dominates with an LLM on a CPU).
+STAGE_WEIGHTS: dict[str, float] = {"warm start": 0.05, "cluster and name": 0.8, "finalise": 0.15}
+WRITE_SHARE = 0.05  # of the whole job: labels, centroids, the published folder
+
+
+def fraction_done(points: Mapping[str, int], done: list[str], facet: str | None, stage: str) -> float:
+    """Fraction of the job finished when ``facet`` enters ``stage`` after the facets in ``done``."""
+    total = sum(points.values()) or 1
+    finished = sum(points[f] for f in done) / total
+    if facet is None:  # the write at the end
+        return 1.0 - WRITE_SHARE if stage == "write" else (1.0 if stage == "done" else 0.0)
+    order = list(STAGE_WEIGHTS)
+    before = sum(STAGE_WEIGHTS[s] for s in order[: order.index(stage)])
+    return (1.0 - WRITE_SHARE) * (finished + points[facet] / total * before)
+
+
+def eta(elapsed_s: float, fraction: float) -> float | None:
+    """Remaining seconds by extrapolation; None until a first share of the work gives a rate."""
+    return None if fraction <= 0.01 else elapsed_s * (1.0 - fraction) / fraction
+
+
+class JobProgress:
+    """Report a job's stages; ``write`` stores each ``ReclusterProgress`` (None: log only)."""
+
+    def __init__(self, version: int, points: Mapping[str, int], write: Callable[[ReclusterProgress], None] | None,
+                 *, owner: str | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.version, self.points, self._write, self.owner, self._clock = version, dict(points), write, owner, clock
+        self.started_at = clock()
+        self.done: list[str] = []
+
+    def stage(self, stage: str, facet: str | None = None) -> ReclusterProgress:
+        if facet is not None and self.done and self.done[-1] == facet:
+            raise ValueError(f"facet {facet} already finished")
+        now = self._clock()
+        frac = fraction_done(self.points, self.done, facet, stage)
+        doc = ReclusterProgress(
+            version=self.version, owner=self.owner, stage=stage, facet=facet,
+            facet_index=(len(self.done) + 1) if facet is not None else len(self.done), facets=len(self.points),
+            points_done=sum(self.points[f] for f in self.done), points=sum(self.points.values()), fraction=frac,
+            started_at=self.started_at, updated_at=now, eta_s=eta(now - self.started_at, frac),
+            finished_at=now if stage == "done" else None)
+        where = f"facet {facet} ({doc.facet_index}/{doc.facets}, {self.points[facet]} points)" if facet else "all facets"
+        left = "" if doc.eta_s is None or stage == "done" else f", about {_duration(doc.eta_s)} left"
+        log.info("re-clustering v%d: %s: %s; %.0f %% done%s", self.version, where, stage, 100 * frac, left)
+        self._store(doc)
+        return doc
+
+    def facet_done(self, facet: str) -> None:
+        self.done.append(facet)
+
+    def _store(self, doc: ReclusterProgress) -> None:
+        if self._write is None:
+            return
+        try:
+            self._write(doc)
+        except Exception:  # noqa: BLE001 - progress is informative; the job must not fail for it
+            log.warning("could not store re-clustering progress", exc_info=True)
+
+
+def store_writer(states: StateDocuments) -> Callable[[ReclusterProgress], None]:
+    """Writes progress documents into the state collection."""
+    return lambda doc: states.write(RECLUSTER_PROGRESS, doc)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 5400:
+        return f"{seconds // 60} min"
+    return f"{seconds / 3600:.1f} h"

@@ -1,0 +1,73 @@
+"""The name check of base clusters: a name that does not point at its members is marked weak and replaced by
+its keyword label; specific names stay, every leaf carries its keywords, and rare words never show."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from clio_stream.domain.clusters import ClusterNode, FacetHierarchy
+from clio_stream.domain.conversation import Conversation, ConversationFacets, FacetValue, Message
+from clio_stream.domain.facets import Facet
+from clio_stream.settings import ClioSettings
+from clio_stream.stages.name_check import check_leaf_names, keyword_name
+from tests.unit.test_quality_fidelity import bag_of_words
+
+FACET = Facet(name="Request", question="What does the user want?", prefill="The user asks the assistant to",
+              summary_criteria="a name")
+TOPICS = {
+    "card": "track the delivery of a new debit card",
+    "password": "reset a forgotten online banking password",
+    "refund": "refund a duplicated card payment charge",
+}
+
+
+class BagOfWords:
+    model_name = "bow"
+    dim = 512
+
+    def encode(self, texts, *, desc=None):
+        return bag_of_words(list(texts), self.dim)
+
+
+def _data(per_topic: int = 6):
+    convs, values, leaves = [], [], {}
+    for topic, text in TOPICS.items():
+        for i in range(per_topic):
+            cid = f"{topic}-{i}"
+            value = f"{FACET.prefill} {text}" + (" for Rosalind" if i == 0 else "")  # one user's rare word
+            convs.append(Conversation(id=cid, user_id=f"u-{topic}-{i}", messages=[Message(role="user", content=text)]))
+            values.append(ConversationFacets(conversation_id=cid, values={"Request": FacetValue(facet="Request", value=value)}))
+            leaves.setdefault(topic, []).append(cid)
+    names = {"card": ("Track a new debit card delivery", "Users want to know when their new debit card arrives."),
+             "password": ("Reset an online banking password", "Users forgot their online banking password."),
+             "refund": ("Help the user with their request", "The assistant provides helpful support.")}
+    nodes = {f"l-{t}": ClusterNode(id=f"l-{t}", facet="Request", name=names[t][0], summary=names[t][1], level=0,
+                                   conversation_ids=leaves[t]) for t in TOPICS}
+    return FacetHierarchy(facet="Request", nodes=nodes, root_ids=list(nodes)), convs, values
+
+
+def test_a_generic_name_is_weak_and_shown_as_keywords_specific_names_stay() -> None:
+    h, convs, values = _data()
+    settings = ClioSettings(min_cluster_users=3, user_id_hash_key="k" * 40)
+    assert check_leaf_names(h, convs, values, FACET, BagOfWords(), settings) == 1
+    card, password, refund = h.nodes["l-card"], h.nodes["l-password"], h.nodes["l-refund"]
+    assert (card.name_rank, card.weak_name, card.name) == (1, False, "Track a new debit card delivery")
+    assert password.name_rank == 1 and not password.weak_name
+    assert refund.weak_name and refund.name_rank > 1
+    assert refund.llm_name == "Help the user with their request"
+    assert "duplicated" in refund.keywords.split() and refund.name == keyword_name(refund.keywords)
+    assert all(n.keywords for n in (card, password, refund))
+    assert not any("rosalind" in (n.keywords or "") for n in h.nodes.values())  # one user's word never shows
+    public = refund.public_fields()
+    assert public["weak_name"] is True and public["keywords"] == refund.keywords and "llm_name" not in public
+
+
+def test_keywords_need_as_many_users_as_a_cluster() -> None:
+    h, convs, values = _data(per_topic=4)
+    check_leaf_names(h, convs, values, FACET, BagOfWords(), ClioSettings(min_cluster_users=5, user_id_hash_key="k" * 40))
+    assert all(n.keywords is None for n in h.nodes.values())  # 4 users per cluster: no word qualifies
+
+
+def test_keyword_name_reads_as_a_label() -> None:
+    assert keyword_name("refund duplicated charge") == "Refund, duplicated, charge"
+    assert keyword_name("") == ""
