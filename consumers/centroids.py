@@ -12,6 +12,7 @@ facet's version pointer; workers notice the flip and load the new version.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -47,6 +48,8 @@ class SharedCentroids:
         self.facets = list(facets)
         self.dim = int(dim)
         self.models: dict[str, OnlineKMeans] = {}
+        # Batches in flight assign on their own threads while the worker's thread merges deltas: both hold this.
+        self.lock = threading.Lock()
 
     def refresh(self, store: CentroidSource) -> list[str]:
         """Load the clustering of each facet whose version pointer moved; returns the facets reloaded.
@@ -69,7 +72,8 @@ class SharedCentroids:
                           name, version, model.dim, self.dim)
                 continue
             model.facet = name
-            self.models[name] = model
+            with self.lock:
+                self.models[name] = model
             reloaded.append(name)
             log.info("facet %s: loaded clustering v%d (k=%d)", name, version, model.n_clusters)
         return reloaded
@@ -80,6 +84,10 @@ class SharedCentroids:
         A delta for a known facet with no clustering loaded yet is skipped: it
         is not hostile, and the reader replays the topic when a version loads.
         """
+        with self.lock:
+            return self._apply(received)
+
+    def _apply(self, received: Iterable[ReceivedDelta]) -> DeltaReport:
         report = DeltaReport()
         for item in received:
             reason = item.reason

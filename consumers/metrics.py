@@ -27,8 +27,10 @@ class WorkerMetrics(WorkerMetricsDoc):
     def __init__(self, worker_id: str, **counts: Any) -> None:
         super().__init__(worker_id=worker_id, **counts)
 
-    def record_batch(self, outcome: BatchOutcome, records: int, seconds: float) -> None:
-        """Add one committed batch (``seconds``: poll-to-commit wall time)."""
+    def record_batch(self, outcome: BatchOutcome, records: int, seconds: float,
+                     busy_seconds: float | None = None) -> None:
+        """Add one committed batch (``seconds``: poll-to-commit wall time; ``busy_seconds``: of that, the time no
+        earlier batch's commit already counted, so batches in flight together count their overlap once)."""
         with self._lock:
             self.batches += 1
             self.processed += outcome.processed
@@ -41,7 +43,7 @@ class WorkerMetrics(WorkerMetricsDoc):
             self.llm_prompts += outcome.llm_prompts
             self.unparseable += outcome.unparseable
             self.deltas_published += len(outcome.deltas)
-            self.busy_seconds += seconds
+            self.busy_seconds += seconds if busy_seconds is None else busy_seconds
             self.llm_seconds += outcome.llm_seconds
             self.embed_seconds += outcome.embed_seconds
             self.last_batch_seconds = seconds
