@@ -19,7 +19,9 @@ from typing import Any, Protocol
 
 from clio_stream.online.deltas import DeltaRejected
 from clio_stream.online.kmeans import OnlineKMeans
-from consumers.deltas_io import ReceivedDelta
+from clio_stream.storage.errors import StoreError
+from consumers.deltas_io import DeltaReader, ReceivedDelta
+from consumers.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,27 @@ class SharedCentroids:
                 rec = item.record
                 log.warning("rejecting centroid delta %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, reason)
                 report.rejected.append(ReceivedDelta(rec, d, reason))
+        return report
+
+    def sync(self, store: CentroidSource, deltas: DeltaReader, metrics: WorkerMetrics, *,
+             strict: bool = False) -> DeltaReport:
+        """Load moved version pointers, then apply every delta read since the last call (counted in ``metrics``).
+
+        A store failure only delays the version check (unless ``strict``: a starting worker must load them).
+        """
+        try:
+            if self.refresh(store):
+                deltas.rewind()  # deltas of the new version may predate our noticing it
+                metrics.set_clusters(self.outlier_rates(), self.versions())
+        except StoreError as exc:
+            if strict:
+                raise
+            log.debug("centroid version check skipped: %s", exc)
+        report = self.apply(deltas.drain())
+        if report.applied:
+            metrics.add(deltas_applied=report.applied)
+        if report.rejected:
+            metrics.add(deltas_rejected=len(report.rejected))
         return report
 
     def versions(self) -> dict[str, int]:

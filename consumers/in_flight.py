@@ -17,6 +17,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+from kafka import ConsumerRebalanceListener
 
 from clio_stream.ops.faults import reach
 from consumers.decoding import RecordLike, offset_ranges
@@ -140,3 +143,17 @@ class InFlight:
                 return False
         self._abandoned.clear()
         return True
+
+
+class RevokeListener(ConsumerRebalanceListener):
+    """Calls ``on_revoke`` before the group takes this consumer's partitions (kafka-python, inside ``poll``)."""
+
+    def __init__(self, on_revoke: Callable[[], None]) -> None:
+        self.on_revoke = on_revoke
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        if revoked:
+            self.on_revoke()
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        return None

@@ -40,7 +40,7 @@ from clio_stream.online.kmeans import OnlineKMeans
 from clio_stream.ops.faults import reach
 from clio_stream.privacy.users import user_key_of
 from clio_stream.settings import ClioSettings
-from clio_stream.storage.records import ConversationRecord, ConversationStatus, FacetPoint
+from clio_stream.storage.records import FACETS_COPY, ConversationRecord, ConversationStatus, FacetPoint
 from clio_stream.domain.conversation import FacetValue
 from consumers.decoding import DeadLetter, DecodedBatch, DecodedConversation, RecordLike, decode_records, offset_ranges
 
@@ -345,6 +345,7 @@ def process_batch(
     for row, item in enumerate(items):
         record = conversation_record(item, settings, "processed")
         conversations.append(record)
+        first = len(points)
         for f in facets:
             fv = value_of[(row, f.name)] or FacetValue(facet=f.name, value=None)
             vec = text_vectors.get(embedding_text(f, fv.value)) if (f.has_hierarchy and fv.value) else None
@@ -363,6 +364,7 @@ def process_batch(
                 outlier=False if a is None else a.is_outlier,
                 content_hash=item.content_hash,
             ))
+        record.extra[FACETS_COPY] = {p.facet: p.summary() for p in points[first:]}
     outcome = BatchOutcome(
         facet_points=points,
         conversations=conversations,

@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
@@ -45,8 +45,6 @@ from clio_stream.llm.base import LLMBackend
 from clio_stream.online.drift import DriftMonitor
 from clio_stream.ops.faults import reach
 from clio_stream.settings import ClioSettings
-from clio_stream.storage.documents import WORKER_METRICS
-from clio_stream.storage.errors import StoreError
 from clio_stream.storage.store import QdrantStore
 from clio_stream.streaming.connection import KafkaConnection
 from clio_stream.streaming.kafka_io import DeadLetterWriter, consumer_lag, ensure_topics, make_consumer, make_producer
@@ -55,10 +53,10 @@ from consumers.centroids import SharedCentroids
 from consumers.decoding import DecodedBatch, RecordLike, decode_records
 from consumers.delta_dead_letters import DeltaDeadLetters
 from consumers.deltas_io import DeltaReader
-from consumers.denied import drop_denied_conversations, drop_denied_writes
+from consumers.denied import DenyFilter
 from consumers.health import BrokerWatch, backoff_delay
-from consumers.in_flight import InFlight, InFlightBatch, rewind_targets, start_offsets
-from consumers.metrics import WorkerMetrics
+from consumers.in_flight import InFlight, InFlightBatch, RevokeListener, rewind_targets, start_offsets
+from consumers.metrics import MetricsWriter, WorkerMetrics
 from consumers.poison import RETRYABLE, llm_answers_health_check, process_isolating_poison
 from consumers.processing import BatchOutcome, pending_records, process_batch
 
@@ -109,7 +107,7 @@ class ConsumerWorker:
         self.denylist: DenyList | None = None
         self.metrics = WorkerMetrics(self.worker_id)
         self.drift = DriftMonitor(delta=self.settings.drift_delta, min_increase=self.settings.drift_min_increase)
-        self._metrics_written_at = 0.0
+        self._metrics_writer = MetricsWriter(self.metrics, self.settings.metrics_interval_s)
         self._broker = BrokerWatch(self.settings.broker_unreachable_s)
         self.health = "starting"
         self.health_reason: str | None = None
@@ -145,6 +143,7 @@ class ConsumerWorker:
             self._store = QdrantStore.from_settings(s)
         if self.denylist is None:
             self.denylist = DenyList(self._store.deletions, s.user_id_hash_key, s.deletion_denylist_refresh_s)
+        self._deny = DenyFilter(self.denylist, self.metrics)
 
     def start(self) -> None:
         """Build what is missing, create topics and collections, load centroids, join the group.
@@ -173,7 +172,7 @@ class ConsumerWorker:
         if not self._deltas.caught_up.wait(STARTUP_DELTAS_WAIT_S):
             log.warning("centroid deltas not read to the end after %.0f s; continuing", STARTUP_DELTAS_WAIT_S)
         self._sync_centroids(strict=True)
-        self._consumer = make_consumer(kafka, s.consumer_group, [s.topic], listener=_Rebalance(self),
+        self._consumer = make_consumer(kafka, s.consumer_group, [s.topic], listener=RevokeListener(self.revoked),
                                        max_poll_records=s.max_poll_records, client_id=f"clio-{self.worker_id}")
         self._started = True
         self._set_health("ok")
@@ -210,7 +209,7 @@ class ConsumerWorker:
                 closer()
             except Exception:  # noqa: BLE001 - closing is best effort
                 log.warning("closing the %s failed", name, exc_info=True)
-        self._write_metrics()
+        self._maybe_write_metrics(force=True)
         if self._owns_store and self._store is not None:
             self._store.close()
         if self._owns_llm and self._llm is not None:
@@ -260,7 +259,7 @@ class ConsumerWorker:
         start = start_offsets(records)
         isolate = start == self._failing_batch and self._failures >= s.poison_after_failures
         try:
-            decoded = self._without_denied_input(decode_records(records, max_bytes=s.max_message_bytes))
+            decoded = self._deny.conversations(decode_records(records, max_bytes=s.max_message_bytes))
             reach("consume.mark_pending")
             self._store.points.mark_conversations(pending_records(decoded, s))
         except Exception as exc:  # noqa: BLE001 - handled in order, like a batch that failed in flight
@@ -280,7 +279,7 @@ class ConsumerWorker:
                 self._batch_failed(batch, batch.error, back_off=back_off)
                 return stored
             try:
-                outcome = self._without_denied(outcome)
+                outcome = self._deny.writes(outcome)
                 assert self._store is not None and self._dlq is not None and self._producer is not None
                 write_batch(outcome, store=self._store, dlq=self._dlq, producer=self._producer,
                             deltas_topic=self.settings.deltas_topic, metrics=self.metrics)
@@ -385,25 +384,6 @@ class ConsumerWorker:
         return process_isolating_poison(records, decoded, process, isolate=isolate, failures=self._failures,
                                         llm_healthy=lambda: llm_answers_health_check(llm), settings=s)
 
-    def _without_denied_input(self, decoded: DecodedBatch) -> DecodedBatch:
-        """Deleted users' conversations out before anything is written or asked (consumers.denied)."""
-        assert self.denylist is not None
-        kept, dropped = drop_denied_conversations(decoded, self.denylist)
-        self._count_denied(dropped)
-        return kept
-
-    def _without_denied(self, outcome: BatchOutcome) -> BatchOutcome:
-        """Deleted users' points out right before the upsert; their offsets are still committed."""
-        assert self.denylist is not None
-        kept, dropped = drop_denied_writes(outcome, self.denylist)
-        self._count_denied(dropped)
-        return kept
-
-    def _count_denied(self, dropped: int) -> None:
-        if dropped:
-            self.metrics.add(denied_dropped=dropped)
-            log.info("dropped %d conversation(s) of deleted users; their offsets are committed", dropped)
-
     def _commit(self, outcome: BatchOutcome) -> bool:
         """Commit past the batch; False (a harmless redelivery later) when the group refused it."""
         assert self._consumer is not None
@@ -435,21 +415,9 @@ class ConsumerWorker:
         """Load moved version pointers, then apply every new delta; failures only delay this (unless strict)."""
         if self.centroids is None or self._deltas is None or self._store is None:
             return
-        try:
-            if self.centroids.refresh(self._store.versions):
-                self._deltas.rewind()  # deltas of the new version may predate our noticing it
-                self.metrics.set_clusters(self.centroids.outlier_rates(), self.centroids.versions())
-        except StoreError as exc:
-            if strict:
-                raise
-            log.debug("centroid version check skipped: %s", exc)
-        report = self.centroids.apply(self._deltas.drain())
-        if report.applied:
-            self.metrics.add(deltas_applied=report.applied)
-        if report.rejected:
-            self.metrics.add(deltas_rejected=len(report.rejected))
-            if self._dlq is not None:
-                self._delta_dead_letters.send(self._dlq, report)
+        report = self.centroids.sync(self._store.versions, self._deltas, self.metrics, strict=strict)
+        if report.rejected and self._dlq is not None:
+            self._delta_dead_letters.send(self._dlq, report)
 
     # ------------------------------------------------------------------ health and metrics
 
@@ -486,29 +454,5 @@ class ConsumerWorker:
 
     def _maybe_write_metrics(self, force: bool = False) -> None:
         """Write the metrics doc every ``metrics_interval_s`` (and when forced), so readers see fresh health."""
-        if force or time.monotonic() - self._metrics_written_at >= self.settings.metrics_interval_s:
-            self._write_metrics()
-
-    def _write_metrics(self) -> None:
-        """Store the metrics as this worker's state document (the API and scheduler read it); skipped if Qdrant is down."""
-        if self._store is None:
-            return
-        self._metrics_written_at = time.monotonic()
-        try:
-            self._store.states.write(WORKER_METRICS.of(self.worker_id), self.metrics.document())
-        except Exception as exc:  # noqa: BLE001 - metrics are best effort
-            log.debug("writing worker metrics failed: %s", exc)
-
-
-class _Rebalance(ConsumerRebalanceListener):
-    """Tells the worker before its partitions are taken (kafka-python calls it inside ``poll``)."""
-
-    def __init__(self, worker: ConsumerWorker) -> None:
-        self.worker = worker
-
-    def on_partitions_revoked(self, revoked: Any) -> None:
-        if revoked:
-            self.worker.revoked()
-
-    def on_partitions_assigned(self, assigned: Any) -> None:
-        return None
+        if self._store is not None:
+            self._metrics_writer.maybe_write(self._store.states, force=force)

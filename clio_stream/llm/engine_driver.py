@@ -41,7 +41,8 @@ class EngineDriver:
         self._llm = llm
         self.lock = lock or threading.Lock()
         self._inbox: queue.SimpleQueue[_Submission | None] = queue.SimpleQueue()
-        self._waiting: dict[str, Future[Any]] = {}
+        self._waiting: dict[str, Future[Any]] = {}  # external request id -> its caller's future
+        self._internal: dict[str, str] = {}  # external -> the engine's internal id (to abort)
         self._closed = threading.Event()
         # Prompt tokens of finished requests, and how many of them the prefix cache served.
         self.prompt_tokens = 0
@@ -85,7 +86,11 @@ class EngineDriver:
                 fut.set_exception(exc)
             return
         for rid, fut in zip(ids, sub.futures):
-            self._waiting[str(rid)] = fut
+            # ``enqueue`` returns the engine's internal ids ("<external>-<8 random chars>"); outputs carry the
+            # external one, which ``vllm.LLM`` numbers from its own counter (so it holds no "-").
+            external = str(rid).split("-", 1)[0]
+            self._waiting[external] = fut
+            self._internal[external] = str(rid)
 
     def _step(self) -> None:
         try:
@@ -99,6 +104,7 @@ class EngineDriver:
             if not getattr(out, "finished", False):
                 continue
             fut = self._waiting.pop(str(out.request_id), None)
+            self._internal.pop(str(out.request_id), None)
             if fut is None:
                 continue
             prompt_ids = getattr(out, "prompt_token_ids", None) or ()
@@ -108,10 +114,11 @@ class EngineDriver:
 
     def _fail_all(self, exc: BaseException) -> None:
         waiting, self._waiting = self._waiting, {}
+        internal, self._internal = self._internal, {}
         if waiting:
             try:
                 with self.lock:
-                    self._llm.llm_engine.abort_request(list(waiting))
+                    self._llm.llm_engine.abort_request([internal.get(k, k) for k in waiting])
             except Exception:  # noqa: BLE001 - best effort: the engine may be gone
                 log.debug("aborting %d requests failed", len(waiting), exc_info=True)
         for fut in waiting.values():

@@ -12,7 +12,13 @@ from qdrant_client import models
 from clio_stream.storage.labels import label_filter
 from clio_stream.storage.errors import CollectionMissing
 from clio_stream.storage.qdrant import QdrantConnection, eq, is_empty, match_filter
-from clio_stream.storage.records import ConversationRecord, FacetPoint, conversation_point_id, label_field
+from clio_stream.storage.records import (
+    FACETS_COPY,
+    ConversationRecord,
+    FacetPoint,
+    conversation_point_id,
+    label_field,
+)
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +131,25 @@ class Points:
         with self.conn.guard("upsert conversations"):
             self.conn.client.upsert(self.conn.conversations, points=points, wait=wait)
         return len(points)
+
+    def lookup_conversation(self, conversation_id: str) -> tuple[dict[str, Any] | None, bool]:
+        """(the doc of ``get_conversation``, whether its ``facets`` are the status point's copy).
+
+        One retrieve when the conversation is processed and its status point carries ``FACETS_COPY``;
+        otherwise (pending, or written before the copy existed) the facet points are read as well.
+        """
+        with self.conn.guard("retrieve conversation"):
+            found = self.conn.client.retrieve(self.conn.conversations, [conversation_point_id(conversation_id)],
+                                              with_payload=True)
+        payload = dict(found[0].payload or {}) if found else None
+        if payload is not None and payload.get("status") == "processed" and isinstance(payload.get(FACETS_COPY), dict):
+            return payload, True
+        facets = self._facets_of(conversation_id)
+        if payload is None and not facets:
+            return None, False
+        doc = payload if payload is not None else {"conversation_id": conversation_id, "status": None}
+        doc["facets"] = facets
+        return doc, False
 
     def get_conversation(self, conversation_id: str) -> dict[str, Any] | None:
         """Status payload plus ``facets`` ({facet: payload with id}); None if nothing is stored."""

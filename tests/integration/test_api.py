@@ -588,7 +588,7 @@ def test_unexpected_errors_are_bare_500s_with_a_request_id(env: Env, monkeypatch
     def boom(_: str) -> None:
         raise RuntimeError("secret internals /etc/passwd")
 
-    monkeypatch.setattr(env.store.points, "get_conversation", boom)
+    monkeypatch.setattr(env.store.points, "lookup_conversation", boom)
     r = env.client.get("/v1/conversations/conv-0001", headers={**_auth("analyst"), "X-Request-ID": "req-123"})
     assert r.status_code == 500
     assert r.json() == {"detail": "internal server error", "request_id": "req-123"}
