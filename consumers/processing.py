@@ -222,6 +222,7 @@ def facet_values(
         results = extract_facets(
             truncated, facets, llm, sampling=settings.llm_sampling_args, retries=settings.llm_max_retries,
             seed=settings.seed, batch_size=max(settings.llm_batch_size, len(to_ask) * len(facets)), stats=stats,
+            prefix_group=settings.facet_prefix_group,
         )
         for item, cf in zip(to_ask, results):
             by_hash[item.content_hash] = cf.values
