@@ -148,6 +148,24 @@ def embedding_text(facet: Facet, value: str) -> str:
     return value
 
 
+def onnx_embedder(settings: ClioSettings, name: str) -> EmbeddingBackend:
+    """The model ``name`` on ONNX Runtime with int8 weights, exported on first use (``clio_stream.onnx_embedding``)."""
+    from pathlib import Path
+
+    from clio_stream.devstack.assets import resolve_model
+    from clio_stream.devstack.hub import OFFLINE_VAR, is_hub_model
+    from clio_stream.onnx_embedding import OnnxEmbedder, export_int8
+
+    if not is_hub_model(name):
+        os.environ.setdefault(OFFLINE_VAR, "1")
+    source = Path(resolve_model(name, "embedding"))
+    if not source.is_dir():
+        raise ValueError(f"embedding_backend='onnx-int8' needs a local model folder; {name!r} is not one")
+    root = settings.embedding_onnx_dir or Path(settings.cache_dir) / "models" / "onnx"
+    folder = export_int8(source, Path(root) / f"{source.name}-int8")
+    return OnnxEmbedder(folder, model_name=name, batch_size=min(settings.embed_batch_size, 64))
+
+
 def make_embedder(settings: ClioSettings, model: Any = None) -> EmbeddingBackend:
     """The embedder ``model`` names, or the settings' ``embedding_model`` when it is None.
 
@@ -155,7 +173,10 @@ def make_embedder(settings: ClioSettings, model: Any = None) -> EmbeddingBackend
     ``SentenceTransformer`` (as the seed took); device, batch size and progress come from ``settings``.
     """
     if model is None or isinstance(model, str):
-        return Embedder(settings.embedding_model if model is None else model, device=settings.embedding_device,
+        name = settings.embedding_model if model is None else model
+        if settings.embedding_backend == "onnx-int8":
+            return onnx_embedder(settings, name)
+        return Embedder(name, device=settings.embedding_device,
                         batch_size=settings.embed_batch_size, show_progress=settings.show_progress)
     if isinstance(model, Embedder):
         return model
