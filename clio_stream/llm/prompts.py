@@ -41,18 +41,16 @@ _FACET_TAIL = (
     "Question: {{question}}"
 )
 
-# The conversation facets: the conversation, worked examples in the exact shape of the answer,
-# then a short instruction. A 135M model given the long rules above answered with the prefill
-# plus filler ("... provide accurate and unbiased information"); given examples it imitates
-# their few specific words. The conversation comes first and the question last, so every facet
-# of one conversation shares its longest part as a prefix that vLLM's prefix cache computes once
-# (measured: 46% of the prompt tokens served from the cache instead of 27% with the question
-# first, 37% less engine time; benchmarks/stream.py reports the share).
+# The conversation facets: a short instruction, worked examples in the exact shape of the
+# answer, then the conversation. A 135M model given the long rules above answered with the
+# prefill plus filler ("... provide accurate and unbiased information"); given examples it
+# imitates their few specific words. The examples and instruction are the same for every
+# conversation of a facet, so they are the prefix the prefix cache shares.
 FACET_CONVERSATION = PromptTemplate(
     name="facet",
     user=(
-        "<conversation>\n{{conversation}}\n</conversation>\n\n{{examples}}"
-        "{{question}}\nWrite in English. Leave out names, places, numbers and other personal details."
+        "{{question}}\nWrite in English. Leave out names, places, numbers and other personal details.\n\n"
+        "{{examples}}Now this conversation:\n<conversation>\n{{conversation}}\n</conversation>"
     ),
     prefill="{{prefill}}",
     stop=("\n",),

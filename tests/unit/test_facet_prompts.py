@@ -14,19 +14,14 @@ def _user(p: Prompt) -> str:
     return cached_replacements(p.template.user, p.values)
 
 
-def test_the_conversation_comes_first_and_the_question_last_with_the_prefill_written_out() -> None:
-    conv = "<user>\nhow do I freeze my card\n</user>"
-    text = _user(facet_prompt(REQUEST, conv))
+def test_examples_come_before_the_conversation_with_the_prefill_written_out() -> None:
+    text = _user(facet_prompt(REQUEST, "<user>\nhow do I freeze my card\n</user>"))
     first_example = REQUEST.examples[0]
     assert f"Answer: {REQUEST.prefill} {first_example[1]}" in text
-    assert text.index("how do I freeze my card") < text.index(first_example[0]) < text.index(REQUEST.question)
-    assert text.rstrip().endswith("personal details.")  # the instruction is the last thing the model reads
+    assert text.index(first_example[0]) < text.index("how do I freeze my card")
+    assert text.rstrip().endswith("</conversation>")  # the model answers right after the conversation
+    assert "personal details" in text  # the privacy instruction
     assert len(text) - len("how do I freeze my card") < 1500  # short: a 135M model loses long instructions
-    # Every facet of one conversation starts with the same text, up to the end of the conversation: the
-    # prefix vLLM's prefix cache computes once for all of them.
-    others = [_user(facet_prompt(f, conv)) for f in (TASK, CONCERNING)]
-    shared = text.index("</conversation>") + len("</conversation>")
-    assert all(o[:shared] == text[:shared] for o in others)
 
 
 def test_each_facet_has_its_own_length_cap() -> None:
