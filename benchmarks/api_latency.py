@@ -1,7 +1,8 @@
 """API latency under a steady open-loop load: GET /v1/conversations/{id} and the tree route.
 
 Setup: a real Qdrant server holding N synthetic conversations (one facet point
-with a small random vector and one status point each, upserted directly: this
+with a small random vector and one status point each, written as a worker writes them, the status with its
+copy of the facet values; upserted directly: this
 measures the API, not the pipeline), a published version whose tree maps its
 leaves to those clusters, and the API in its own process (uvicorn). The load
 comes from ``benchmarks/loadgen.py`` in another process, at ``--rate`` requests/s
@@ -61,7 +62,7 @@ def synthetic_result(n: int, leaves: int, parents: int) -> Any:
 
 def fill_store(store: Any, n: int, leaves: int, batch: int = 2000) -> float:
     """Upsert ``n`` facet points and ``n`` conversation points; returns seconds taken."""
-    from clio_stream.storage.records import ConversationRecord, FacetPoint
+    from clio_stream.storage.records import FACETS_COPY, ConversationRecord, FacetPoint
 
     rng = np.random.default_rng(0)
     started = time.perf_counter()
@@ -73,8 +74,10 @@ def fill_store(store: Any, n: int, leaves: int, batch: int = 2000) -> float:
                              timestamp=1.7e9 + i, cluster_id=i % leaves, cluster_version=1, similarity=0.8)
                   for i in range(lo, hi)]
         store.points.upsert_facets(points, batch=batch, wait=hi == n)
-        records = [ConversationRecord(conversation_id=f"conv-{i:07d}", status="processed", user_hash=f"u{i % 5000}",
-                                      timestamp=1.7e9 + i) for i in range(lo, hi)]
+        # As a worker writes them: the processed status carries a copy of the facet values (one-call lookups).
+        records = [ConversationRecord(conversation_id=p.conversation_id, status="processed", user_hash=p.user_hash,
+                                      timestamp=p.timestamp, extra={FACETS_COPY: {FACET: p.summary()}})
+                   for p in points]
         store.points.mark_conversations(records, wait=hi == n)
         if (hi // batch) % 10 == 0:
             log.warning("stored %d / %d", hi, n)
