@@ -175,7 +175,8 @@ def main() -> None:
             env = {**os.environ, "CLIO_API_KEYS": f"viewer:{VIEWER},analyst:{ANALYST}",
                    "CLIO_QDRANT_URL": settings.qdrant_url, "CLIO_QDRANT_GRPC_PORT": str(grpc_port),
                    "CLIO_QDRANT_PREFIX": "bench", "CLIO_PUBLISH_DIR": str(settings.publish_dir),
-                   "CLIO_WEB_HOST": "127.0.0.1", "CLIO_WEB_PORT": str(api_port)}
+                   "CLIO_WEB_HOST": "127.0.0.1", "CLIO_WEB_PORT": str(api_port),
+                   "CLIO_USER_ID_HASH_KEY": "bench-" + "k" * 40}  # the API refuses the placeholder
             base = f"http://127.0.0.1:{api_port}"
             tree_url = f"{base}/v1/facets/{FACET}/tree"
             conv_url = base + "/v1/conversations/{id}"
