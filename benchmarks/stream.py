@@ -114,12 +114,13 @@ def main() -> None:
         recorder = RecordingLLM(engine, {})
 
         def drain(worker: ConsumerWorker, n: int) -> float:
+            """Seconds the worker had batches in flight (first launch to last commit, the group join and idle
+            polls excluded: ``WorkerMetrics.busy_seconds``) to store ``n`` conversations."""
             worker.start()
-            t0 = time.perf_counter()
             done = 0
             while done < n:
                 done += worker.run_once(5000)
-            return time.perf_counter() - t0
+            return worker.metrics.busy_seconds
 
         # 1. the whole worker, real LLM
         w1 = ConsumerWorker(settings, main_facets, llm=recorder, embedder=embedder,
