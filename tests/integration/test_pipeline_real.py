@@ -96,16 +96,20 @@ def test_real_site_in_chromium(real_run):
             root_id = roots.first.get_attribute("data-node-id")
             page.click(f'[data-testid="node-toggle-{root_id}"]')
             page.wait_for_selector(f'[data-testid="node-{root_id}"][aria-expanded="true"]')
-            # Walk down to the first leaf and open its first conversation.
+            # Walk down to a leaf and open its first conversation. Each step waits for the opened node's
+            # children or members to render: the click only starts an asynchronous load and re-render.
             node_id = root_id
-            for _ in range(6):
-                child = page.locator(f'[data-testid="node-{node_id}"] li.node[data-node-id]').first
-                if child.count() == 0:
+            for _ in range(8):
+                page.wait_for_selector(f'[data-testid="children-{node_id}"], [data-testid="members-{node_id}"]',
+                                       timeout=90_000)  # a loaded 2-core machine can take longer than 30 s
+                if page.locator(f'[data-testid="members-{node_id}"]').count():
                     break
+                child = page.locator(f'[data-testid="children-{node_id}"] > li.node[data-node-id]'
+                                     f':has(> .row > button.toggle:not([disabled]))').first
                 node_id = child.get_attribute("data-node-id")
                 page.click(f'[data-testid="node-toggle-{node_id}"]')
-            conv = page.locator("[data-conversation-id]").first
-            conv.wait_for(timeout=90_000)  # a loaded 2-core machine can take longer than the default 30 s
+            conv = page.locator(f'[data-testid="members-{node_id}"] [data-conversation-id]').first
+            conv.wait_for()
             conv.click()
             view = page.locator('[data-testid="conversation-view"]')
             view.wait_for()
