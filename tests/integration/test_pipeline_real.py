@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,9 @@ def test_real_site_in_chromium(real_run):
         with sync_api.sync_playwright() as pw:
             browser = launch(pw)
             page = browser.new_page(viewport={"width": 1400, "height": 900})
+            # Every data file arrives late, as on a loaded machine or a slow link: the walk below must wait for
+            # what each click loads (CI once failed when a render came after the walk had looked).
+            page.route("**/data/**", lambda route: (time.sleep(0.5), route.continue_()))
             page.goto(url)
             page.wait_for_selector("body[data-state=ready]")
             roots = page.locator("#tree > li.node[data-node-id]")
