@@ -25,7 +25,7 @@ from clio_stream.living.clustering_job import ClusteringLockBusy, NothingToClust
 from clio_stream.living.facet_run import FacetRun, recluster_facet
 from clio_stream.living.ids import IdAllocator
 from clio_stream.living.matching import MatchThresholds
-from clio_stream.living.progress import JobProgress, store_writer
+from clio_stream.living.progress import JobProgress, StageTime, store_writer
 from clio_stream.living.stored import Stored
 from clio_stream.living.versions import VersionWrite
 from clio_stream.living.warm_start import warm_start
@@ -47,7 +47,8 @@ class ReclusterReport:
     ``leaves_reused``: matched leaves that kept their name without an LLM call;
     ``leaves_renamed``: leaves named by the LLM (new or changed);
     ``id_survival``: share of the previous version's leaf ids still present (None without one);
-    ``facets``: per facet details (hierarchy mode, matching events, prompts by stage).
+    ``facets``: per facet details (hierarchy mode, matching events, prompts by stage);
+    ``stages``: wall time of each stage of each facet (the write: facet ``*``), known once the run is done.
     """
 
     version: int
@@ -63,6 +64,7 @@ class ReclusterReport:
     id_survival: float | None = None
     lineage: int = 0
     facets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stages: list[StageTime] = field(default_factory=list)
 
     def add_facet(self, facet: str, points: int, run: FacetRun) -> None:
         self.points[facet] = points
@@ -139,6 +141,7 @@ def recluster_once(
         log.info("re-clustering skipped: nothing stored yet")
         return None
     progress[0].stage("done")
+    report.stages = list(progress[0].stage_times)
     log.info("re-clustered as version %d in %.1f s: %s; %d LLM prompts, %d leaves reused, %d named, id survival %s",
              report.version, report.seconds, report.clusters, report.llm_prompts, report.leaves_reused,
              report.leaves_renamed, "n/a" if report.id_survival is None else f"{report.id_survival:.2f}")
