@@ -62,7 +62,7 @@ class RecordRejected(RuntimeError):
 class StoreReader(Protocol):
     """The one store call the core makes (``QdrantStore.points`` fits)."""
 
-    def find_by_content_hash(self, content_hash: str) -> dict[str, dict[str, Any]] | None: ...
+    def find_by_content_hashes(self, content_hashes: Sequence[str]) -> dict[str, dict[str, dict[str, Any]]]: ...
 
 
 @dataclass
@@ -205,11 +205,12 @@ def facet_values(
     by_hash: dict[str, dict[str, FacetValue]] = {}
     to_ask: list[DecodedConversation] = []
     asked: set[str] = set()
+    stored = store.find_by_content_hashes([i.content_hash for i in items]) if settings.dedup and items else {}
     for item in items:
         h = item.content_hash
         if h in by_hash or h in asked:
             continue
-        reuse = _reusable(store.find_by_content_hash(h), facets) if settings.dedup else None
+        reuse = _reusable(stored.get(h), facets) if settings.dedup else None
         if reuse is not None:
             by_hash[h] = reuse
         else:

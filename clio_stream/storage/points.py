@@ -189,18 +189,29 @@ class Points:
         (a redelivered batch marks its conversations ``pending`` again before processing). The
         conversation with the most stored facets wins; None when no point has this content hash.
         """
-        with self.conn.guard("scroll content hash"):
-            records, _ = self.conn.client.scroll(self.conn.facets,
-                                                 scroll_filter=match_filter(content_hash=content_hash),
-                                                 limit=64, with_payload=True, with_vectors=False)
-        by_conversation: dict[str, dict[str, dict[str, Any]]] = {}
-        for r in records:
-            payload = r.payload or {}
-            values = by_conversation.setdefault(str(payload.get("conversation_id")), {})
-            values[str(payload.get("facet"))] = {"value": payload.get("value"), "numeric": payload.get("numeric")}
-        if not by_conversation:
-            return None
-        return max(by_conversation.values(), key=len)
+        return self.find_by_content_hashes([content_hash]).get(content_hash)
+
+    def find_by_content_hashes(self, content_hashes: Sequence[str]) -> dict[str, dict[str, dict[str, Any]]]:
+        """``find_by_content_hash`` for many hashes in one scroll (a batch's lookups in one round trip):
+        content hash -> stored values, for the hashes that have any."""
+        wanted = sorted(set(content_hashes))
+        if not wanted:
+            return {}
+        flt = models.Filter(must=[models.FieldCondition(key="content_hash", match=models.MatchAny(any=wanted))])
+        by_hash: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
+        offset: Any = None
+        while True:
+            with self.conn.guard("scroll content hashes"):
+                records, offset = self.conn.client.scroll(self.conn.facets, scroll_filter=flt, limit=512,
+                                                          offset=offset, with_payload=True, with_vectors=False)
+            for r in records:
+                payload = r.payload or {}
+                conversations = by_hash.setdefault(str(payload.get("content_hash")), {})
+                values = conversations.setdefault(str(payload.get("conversation_id")), {})
+                values[str(payload.get("facet"))] = {"value": payload.get("value"), "numeric": payload.get("numeric")}
+            if offset is None:
+                break
+        return {h: max(conversations.values(), key=len) for h, conversations in by_hash.items()}
 
     def delete_user(self, user_hash: str) -> dict[str, int]:
         """Delete every facet and conversation point of one user; returns how many of each went, by collection."""
