@@ -115,13 +115,14 @@ class SharedCentroids:
         return report
 
     def sync(self, store: CentroidSource, deltas: DeltaReader, metrics: WorkerMetrics, *,
-             strict: bool = False) -> DeltaReport:
-        """Load moved version pointers, then apply every delta read since the last call (counted in ``metrics``).
+             strict: bool = False, check_versions: bool = True) -> DeltaReport:
+        """Load moved version pointers (when ``check_versions``), then apply every delta read since the last
+        call (counted in ``metrics``).
 
         A store failure only delays the version check (unless ``strict``: a starting worker must load them).
         """
         try:
-            if self.refresh(store):
+            if check_versions and self.refresh(store):
                 deltas.rewind()  # deltas of the new version may predate our noticing it
                 metrics.set_clusters(self.outlier_rates(), self.versions())
         except StoreError as exc:

@@ -71,6 +71,8 @@ WRITE_STEPS = ("consume.mark_pending", "consume.in_flight", "consume.process", "
                "consume.commit")
 # How long one turn of the loop waits for a batch in flight to finish before polling again.
 IN_FLIGHT_WAIT_S = 0.05
+# How often the loop reads the clustering version pointers from the store (deltas are drained every turn).
+VERSION_CHECK_S = 1.0
 
 # How long a starting worker waits to have read the deltas topic before taking partitions.
 STARTUP_DELTAS_WAIT_S = 10.0
@@ -116,6 +118,7 @@ class ConsumerWorker:
         self._delta_dead_letters = DeltaDeadLetters()
         self._in_flight = InFlight(self.settings.max_in_flight_batches)
         self._last_commit_at = 0.0
+        self._versions_checked_at = float("-inf")
         self._stop = threading.Event()
         self._started = False
         self._closed = False
@@ -258,6 +261,7 @@ class ConsumerWorker:
         s = self.settings
         start = start_offsets(records)
         isolate = start == self._failing_batch and self._failures >= s.poison_after_failures
+        self._sync_centroids(check_versions=True)  # the batch is assigned with the clustering current now
         try:
             decoded = self._deny.conversations(decode_records(records, max_bytes=s.max_message_bytes))
             reach("consume.mark_pending")
@@ -411,11 +415,20 @@ class ConsumerWorker:
 
     # ------------------------------------------------------------------ shared state
 
-    def _sync_centroids(self, strict: bool = False) -> None:
-        """Load moved version pointers, then apply every new delta; failures only delay this (unless strict)."""
+    def _sync_centroids(self, strict: bool = False, *, check_versions: bool = False) -> None:
+        """Load moved version pointers, then apply every new delta; failures only delay this (unless strict).
+
+        The pointers are read before each launched batch (``check_versions``) and at most every
+        ``VERSION_CHECK_S`` otherwise: the loop turns every ~50 ms while batches are in flight.
+        """
         if self.centroids is None or self._deltas is None or self._store is None:
             return
-        report = self.centroids.sync(self._store.versions, self._deltas, self.metrics, strict=strict)
+        now = time.monotonic()
+        check = strict or check_versions or now - self._versions_checked_at >= VERSION_CHECK_S
+        if check:
+            self._versions_checked_at = now
+        report = self.centroids.sync(self._store.versions, self._deltas, self.metrics, strict=strict,
+                                     check_versions=check)
         if report.rejected and self._dlq is not None:
             self._delta_dead_letters.send(self._dlq, report)
 
