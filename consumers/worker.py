@@ -54,7 +54,7 @@ from consumers.decoding import DecodedBatch, RecordLike, decode_records
 from consumers.delta_dead_letters import DeltaDeadLetters
 from consumers.deltas_io import DeltaReader
 from consumers.denied import DenyFilter
-from consumers.health import BrokerWatch, backoff_delay
+from consumers.health import WorkerHealth
 from consumers.in_flight import InFlight, InFlightBatch, RevokeListener, rewind_targets, start_offsets
 from consumers.metrics import MetricsWriter, WorkerMetrics
 from consumers.poison import RETRYABLE, llm_answers_health_check, process_isolating_poison
@@ -110,10 +110,9 @@ class ConsumerWorker:
         self.metrics = WorkerMetrics(self.worker_id)
         self.drift = DriftMonitor(delta=self.settings.drift_delta, min_increase=self.settings.drift_min_increase)
         self._metrics_writer = MetricsWriter(self.metrics, self.settings.metrics_interval_s)
-        self._broker = BrokerWatch(self.settings.broker_unreachable_s)
-        self.health = "starting"
-        self.health_reason: str | None = None
-        self._failures = 0
+        self._health = WorkerHealth(self.metrics, backoff_initial_s=self.settings.backoff_initial_s,
+                                    backoff_max_s=self.settings.backoff_max_s,
+                                    broker_unreachable_s=self.settings.broker_unreachable_s)
         self._failing_batch: tuple[tuple[str, int, int], ...] | None = None  # start offsets of the failing batch
         self._delta_dead_letters = DeltaDeadLetters()
         self._in_flight = InFlight(self.settings.max_in_flight_batches)
@@ -178,7 +177,7 @@ class ConsumerWorker:
         self._consumer = make_consumer(kafka, s.consumer_group, [s.topic], listener=RevokeListener(self.revoked),
                                        max_poll_records=s.max_poll_records, client_id=f"clio-{self.worker_id}")
         self._started = True
-        self._set_health("ok")
+        self._health.set("ok")
         log.info("worker %s consuming %s as group %s", self.worker_id, s.topic, s.consumer_group)
 
     def run(self, stop_event: threading.Event) -> None:
@@ -204,7 +203,7 @@ class ConsumerWorker:
         self._closed = True
         if len(self._in_flight):
             self.metrics.add(abandoned_batches=len(self._in_flight.abandon_all()))
-        self._set_health("stopped")
+        self._health.set("stopped")
         for name, closer in (("consumer", lambda: self._consumer and self._consumer.close(autocommit=False)),
                              ("deltas reader", lambda: self._deltas and self._deltas.close()),
                              ("producer", lambda: self._producer and self._producer.close(timeout=10))):
@@ -245,10 +244,10 @@ class ConsumerWorker:
             records = sorted((r for rs in polled.values() for r in rs), key=lambda r: (r.topic, r.partition, r.offset))
             self.metrics.set_lag(self._lag())
             if records:
-                self._broker.reset()
+                self._health.broker.reset()
                 self._launch(records)
             elif not waiting:
-                self._watch_broker()
+                self._health.watch_broker(self._consumer, time.monotonic())
                 self._maybe_write_metrics()
         if len(self._in_flight) and not stored:
             self._in_flight.wait(IN_FLIGHT_WAIT_S)
@@ -260,7 +259,7 @@ class ConsumerWorker:
         assert self._store is not None
         s = self.settings
         start = start_offsets(records)
-        isolate = start == self._failing_batch and self._failures >= s.poison_after_failures
+        isolate = start == self._failing_batch and self._health.failures >= s.poison_after_failures
         self._sync_centroids(check_versions=True)  # the batch is assigned with the clustering current now
         try:
             decoded = self._deny.conversations(decode_records(records, max_bytes=s.max_message_bytes))
@@ -292,7 +291,7 @@ class ConsumerWorker:
                 return stored
             self._failing_batch = None
             committed = self._commit(outcome)
-            self._recovered()
+            self._health.recovered()
             now = time.monotonic()
             busy = now - max(batch.launched_at, self._last_commit_at)  # overlapping batches count once
             self._last_commit_at = now
@@ -348,22 +347,6 @@ class ConsumerWorker:
             self.metrics.add(abandoned_batches=n)
             log.info("rebalance: gave up %d batch(es) in flight; their records will be redelivered", n)
 
-    def _watch_broker(self) -> None:
-        """After an empty poll: show a lost group coordinator as ``degraded`` (kafka-python reconnects by itself)."""
-        try:
-            lost = bool(self._consumer._coordinator.coordinator_unknown())  # type: ignore[union-attr]
-        except Exception:  # noqa: BLE001 - a private API of kafka-python: never let it break the loop
-            return
-        now = time.monotonic()
-        lost_since = self._broker.lost_at
-        change = self._broker.observe(lost, now)
-        if change == "back" and self.health == "degraded":
-            log.info("broker reachable again")
-            self._set_health("ok")
-        elif change == "unreachable" and self.health == "ok":
-            log.warning("no Kafka group coordinator for %.0f s: broker unreachable", now - (lost_since or now))
-            self._set_health("degraded", "Kafka broker unreachable")
-
     def _watch_drift(self, outcome: BatchOutcome) -> None:
         """Feed each assigned point's distance to its facet's ADWIN (see clio_stream.online.drift)."""
         assigned = ((p.facet, p.cluster_version, p.similarity) for p in outcome.facet_points if p.similarity is not None)
@@ -385,7 +368,7 @@ class ConsumerWorker:
             return process_batch(batch, decoded=decoded_batch, facets=self.facets, llm=llm, embedder=embedder,
                                  store=store, models=models, models_lock=lock, settings=s)
 
-        return process_isolating_poison(records, decoded, process, isolate=isolate, failures=self._failures,
+        return process_isolating_poison(records, decoded, process, isolate=isolate, failures=self._health.failures,
                                         llm_healthy=lambda: llm_answers_health_check(llm), settings=s)
 
     def _commit(self, outcome: BatchOutcome) -> bool:
@@ -434,26 +417,17 @@ class ConsumerWorker:
 
     # ------------------------------------------------------------------ health and metrics
 
-    def _set_health(self, health: str, reason: str | None = None) -> None:
-        self.health, self.health_reason = health, reason
-        self.metrics.set_health(health, reason)
+    @property
+    def health(self) -> str:
+        """starting, ok, degraded or stopped."""
+        return self._health.state
+
+    @property
+    def health_reason(self) -> str | None:
+        return self._health.reason
 
     def _fail(self, reason: str, *, back_off: bool = True) -> None:
-        """Report degraded and wait before the retry (interrupted by the stop event)."""
-        self._failures += 1
-        self.metrics.add(failed_batches=1)
-        self._set_health("degraded", reason[:300])
-        delay = backoff_delay(self._failures, self.settings.backoff_initial_s, self.settings.backoff_max_s)
-        log.warning("worker degraded (%s); retrying in %.1f s", reason[:300], delay if back_off else 0.0)
-        if back_off:
-            self._stop.wait(delay)
-
-    def _recovered(self) -> None:
-        if self._failures:
-            log.info("worker recovered after %d failed attempts", self._failures)
-        self._failures = 0
-        if self.health != "ok":
-            self._set_health("ok")
+        self._health.fail(reason, self._stop, back_off=back_off)
 
     def _lag(self) -> int | None:
         try:
