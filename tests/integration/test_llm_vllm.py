@@ -95,5 +95,6 @@ def test_prefix_caching_is_on_and_a_facets_instructions_are_read_from_the_cache(
     before = vllm_engine.prefix_cache_stats
     vllm_engine.generate([second], {"max_tokens": 2})
     tokens, cached = (a - b for a, b in zip(vllm_engine.prefix_cache_stats, before))
-    assert shared > 100 and tokens > shared
-    assert cached >= 0.8 * shared, (cached, shared)  # up to the last partial cache block
+    block = int(vllm_engine._llm.llm_engine.vllm_config.cache_config.block_size)  # the cache's unit (128 on CPU)
+    assert shared >= block and tokens > shared
+    assert cached >= block and cached >= shared - block, (cached, shared, block)  # all but the last partial block
