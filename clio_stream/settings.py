@@ -178,7 +178,7 @@ class ClioSettings(BaseSettings):
         "cpu", description="Device of the sentence-transformers model ('cpu', 'cuda', 'cuda:1').")
     embedding_backend: Literal["torch", "onnx-int8"] = Field(
         "torch", description="'torch': the sentence-transformers model as it is; 'onnx-int8': the same model "
-        "exported once to ONNX with int8 weights and run by onnxruntime (about twice as fast on a CPU, cosine "
+        "exported once to ONNX with int8 weights and run by onnxruntime (3-4x as fast on a CPU, cosine "
         "~0.99 to torch; mean-pooling models such as the packaged ones). Vectors of the two differ slightly: "
         "pick one per store.")
     embedding_onnx_dir: Path | None = Field(
