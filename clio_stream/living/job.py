@@ -36,6 +36,7 @@ from clio_stream.stages.finalise import finalise
 from clio_stream.stages.hierarchy import slug, user_keys
 from clio_stream.storage.documents import IdCounters, LastRun, id_counter_key
 from clio_stream.storage.store import QdrantStore
+from clio_stream.views.layout import cluster_map
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,10 @@ def _build_version(
                         facet_values=facet_values, hierarchies={n: r.hierarchy for n, r in runs.items()},
                         settings=settings.public_dict(),
                         stats=RunStats(llm=stats, points=report.points, living=report.facets),
-                        store_links={n: StoreLink(version=version, clusters=r.store_clusters) for n, r in runs.items()})
+                        store_links={n: StoreLink(version=version, clusters=r.store_clusters) for n, r in runs.items()},
+                        maps={n: cluster_map(r.hierarchy, {nid: r.centres[c] for nid, c in r.store_clusters.items()},
+                                             method=settings.map_projection, seed=settings.seed)
+                              for n, r in runs.items()})
     remove_denied(result, store, settings)  # users deleted since the scroll (clio_stream.privacy.deletion)
     report.llm_prompts = stats.prompts
     report.seconds = time.perf_counter() - t0
