@@ -51,6 +51,7 @@ class Alert(BaseModel):
     version: str
     fired_at: float
     delivered: bool = False
+    delivered_to: list[str] = Field(default_factory=list)  # tags of the webhooks that answered 2xx
     attempts: int = 0
     last_error: str | None = None
 

@@ -36,6 +36,7 @@ from clio_stream.stages.finalise import finalise
 from clio_stream.stages.hierarchy import slug, user_keys
 from clio_stream.storage.documents import IdCounters, LastRun, id_counter_key
 from clio_stream.storage.store import QdrantStore
+from clio_stream.views.alerts import publish_alerts
 from clio_stream.views.layout import cluster_map
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ class ReclusterReport:
     id_survival: float | None = None
     lineage: int = 0
     facets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    result: ClioResult | None = None  # what was published (alerts are evaluated on it)
+    lineage_map: dict[str, str] = field(default_factory=dict)
 
     def add_facet(self, facet: str, points: int, run: FacetRun) -> None:
         self.points[facet] = points
@@ -140,6 +143,11 @@ def recluster_once(
         log.info("re-clustering skipped: nothing stored yet")
         return None
     progress[0].stage("done")
+    if report.result is not None and report.published is not None:
+        try:
+            publish_alerts(store, settings, report.result, str(report.version), report.lineage_map, report.version)
+        except Exception:  # noqa: BLE001 - alerts must never undo a publish; the next publish evaluates again
+            log.exception("evaluating or delivering the alerts of version %d failed", report.version)
     log.info("re-clustered as version %d in %.1f s: %s; %d LLM prompts, %d leaves reused, %d named, id survival %s",
              report.version, report.seconds, report.clusters, report.llm_prompts, report.leaves_reused,
              report.leaves_renamed, "n/a" if report.id_survival is None else f"{report.id_survival:.2f}")
@@ -199,6 +207,7 @@ def _build_version(
                                              method=settings.map_projection, seed=settings.seed)
                               for n, r in runs.items()})
     remove_denied(result, store, settings)  # users deleted since the scroll (clio_stream.privacy.deletion)
+    report.result, report.lineage_map = result, lineage
     report.llm_prompts = stats.prompts
     report.seconds = time.perf_counter() - t0
 

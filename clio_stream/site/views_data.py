@@ -51,7 +51,7 @@ def write_views(write: WriteJson, result: ClioResult, visibility: ResultVisibili
                 version: str) -> dict[str, Any]:
     """Write the map and breakdown files of every hierarchy facet and the changes file; the manifest's entry."""
     index = SliceIndex.of(result, visibility.facets, list(visibility.withheld), metadata_keys, minimums)
-    entry: dict[str, Any] = {"maps": {}, "breakdowns": {}, "changes": None}
+    entry: dict[str, Any] = {"maps": {}, "breakdowns": {}, "changes": None, "metadata_keys": list(metadata_keys)}
     for i, f in enumerate(result.facets):
         name = str(f.get("name"))
         if name not in visibility.facets:

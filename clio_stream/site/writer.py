@@ -56,6 +56,8 @@ CONVERSATION_INDEX_FILE = "conversations/index.json.gz"
 LABEL_MAX_CHARS = 240
 TEMPLATE_TITLE = "{{CLIO_TITLE}}"
 TEMPLATE_CONFIG = "{{CLIO_CONFIG}}"
+TEMPLATE_VIEWS_CSS = "{{CLIO_VIEWS_CSS}}"  # static/views.css and views.js: the map, breakdowns, filters, search
+TEMPLATE_VIEWS_JS = "{{CLIO_VIEWS_JS}}"
 
 
 @dataclass(frozen=True)
@@ -202,7 +204,10 @@ class _SiteBuilder:
         config = {"htmlRoot": self.html_root, "title": self.title, "format": FORMAT_VERSION}
         # "<" escaped so no data can close the <script> element it sits in.
         config_json = json.dumps(config).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-        page = template.replace(TEMPLATE_TITLE, html.escape(self.title)).replace(TEMPLATE_CONFIG, config_json)
+        static = resources.files("clio_stream.site").joinpath("static")
+        page = (template.replace(TEMPLATE_TITLE, html.escape(self.title)).replace(TEMPLATE_CONFIG, config_json)
+                .replace(TEMPLATE_VIEWS_CSS, static.joinpath("views.css").read_text(encoding="utf-8"))
+                .replace(TEMPLATE_VIEWS_JS, static.joinpath("views.js").read_text(encoding="utf-8")))
         (self.root / "index.html").write_text(page, encoding="utf-8")
         self.files_written += 1
 
