@@ -35,8 +35,8 @@ def views_result(embedder: Any, *, renamed: bool = False) -> ClioResult:
     result.store_links[REQUEST] = StoreLink(version=1, clusters={nid: i for i, nid in enumerate(leaves)})
     if renamed:
         h.nodes["request-r0"].name = "Software engineering"
-        moved = h.nodes["request-r1-m1-l1"].conversation_ids[:2]
-        for nid in ("request-r1-m1-l1", "request-r1-m1", "request-r1"):
+        moved = h.nodes["request-r1-m1-l0"].conversation_ids[:1]
+        for nid in ("request-r1-m1-l0", "request-r1-m1", "request-r1"):
             h.nodes[nid].conversation_ids = [c for c in h.nodes[nid].conversation_ids if c not in moved]
     return result
 

@@ -77,12 +77,16 @@ class BacklogProbe:
         return found if found is not None and time.time() - found.measured_at < 6 * self.interval_s else None
 
     def _run(self) -> None:
+        failures = 0
         while not self._stop.is_set():
             try:
                 self._latest = measure(self.connection, self.topic, self.group)
+                failures = 0
             except Exception as exc:  # noqa: BLE001 - the broker may be down: the status shows no backlog then
-                log.debug("backlog measurement failed: %s", exc)
-            self._stop.wait(self.interval_s)
+                failures += 1
+                log.debug("backlog measurement failed (%d in a row): %s", failures, exc)
+            # Back off while the broker is away (up to a minute), so a missing broker costs next to nothing.
+            self._stop.wait(min(60.0, self.interval_s * 2 ** min(failures, 6)))
 
     def stop(self) -> None:
         self._stop.set()

@@ -23,8 +23,16 @@ log = logging.getLogger(__name__)
 MIN_TSNE_POINTS = 6
 
 
-def project(vectors: np.ndarray, method: str, seed: int) -> tuple[np.ndarray, str]:
-    """Rows of ``vectors`` placed in [0, 1]^2, and the method actually used."""
+GROUP_WEIGHT = 0.35  # added distance per hierarchy level at which two leaves part (top level counts most)
+
+
+def project(vectors: np.ndarray, method: str, seed: int, groups: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+    """Rows of ``vectors`` placed in [0, 1]^2, and the method actually used.
+
+    ``groups``: per row, its ancestors' ids from the top level down (one column per level); t-SNE then also
+    keeps siblings together (cosine distance plus ``GROUP_WEIGHT`` per level at which two rows part, the top
+    level weighing most), so a parent's leaves form one region of the map.
+    """
     n = len(vectors)
     if n == 0:
         return np.zeros((0, 2)), method
@@ -34,9 +42,16 @@ def project(vectors: np.ndarray, method: str, seed: int) -> tuple[np.ndarray, st
     if method == "tsne" and n >= MIN_TSNE_POINTS:
         from sklearn.manifold import TSNE
 
+        dist = np.clip(1.0 - x @ x.T, 0.0, 2.0)
+        if groups is not None and groups.size:
+            levels = groups.shape[1]
+            for level in range(levels):
+                col = groups[:, level]
+                dist += GROUP_WEIGHT * (levels - level) / levels * (col[:, None] != col[None, :])
+        np.fill_diagonal(dist, 0.0)
         perplexity = float(min(30.0, max(2.0, (n - 1) / 3)))
-        xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, metric="cosine",
-                  method="exact" if n <= 2000 else "barnes_hut").fit_transform(x)
+        xy = TSNE(n_components=2, perplexity=perplexity, init="random", random_state=seed, metric="precomputed",
+                  method="exact" if n <= 2000 else "barnes_hut").fit_transform(dist)
         used = "tsne"
     else:
         from sklearn.decomposition import PCA
@@ -52,7 +67,7 @@ def cluster_map(hierarchy: FacetHierarchy, leaf_vectors: Mapping[str, np.ndarray
                 seed: int) -> ClusterMap:
     """Positions of every leaf with a vector, and of every parent (at its visible leaves' size-weighted centre)."""
     leaves = [nid for nid in leaf_vectors if nid in hierarchy.nodes]
-    xy, used = project(np.asarray([leaf_vectors[n] for n in leaves]), method, seed)
+    xy, used = project(np.asarray([leaf_vectors[n] for n in leaves]), method, seed, _ancestors(hierarchy, leaves))
     pos = {nid: (float(x), float(y)) for nid, (x, y) in zip(leaves, xy)}
     visible = visible_node_ids(hierarchy)
 
@@ -73,6 +88,19 @@ def cluster_map(hierarchy: FacetHierarchy, leaf_vectors: Mapping[str, np.ndarray
         if root in hierarchy.nodes:
             place(root)
     return ClusterMap(method=used, positions=pos)
+
+
+def _ancestors(hierarchy: FacetHierarchy, leaves: list[str]) -> np.ndarray:
+    """Per leaf, its ancestors' ids from the top level down, padded with its own id (rows of equal length)."""
+    chains = []
+    for nid in leaves:
+        chain, parent = [], hierarchy.nodes[nid].parent_id
+        while parent is not None and parent in hierarchy.nodes and parent not in chain:
+            chain.append(parent)
+            parent = hierarchy.nodes[parent].parent_id
+        chains.append(chain[::-1])
+    depth = max((len(c) for c in chains), default=0)
+    return np.array([c + [nid] * (depth - len(c)) for c, nid in zip(chains, leaves)], dtype=object).reshape(len(leaves), depth)
 
 
 def member_centroids(hierarchy: FacetHierarchy, vectors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

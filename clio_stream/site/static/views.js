@@ -144,14 +144,22 @@
     const total = data.total;
     const row = (n) => {
       const pct = total ? Math.min(100, 100 * n.size / total) : 0;
-      const head = el("summary", { class: "row" }, el("span", { class: "name", text: n.name }),
-        el("span", { class: "figures" }, el("span", { class: "size", text: fmtInt(n.size) }), " conv. · " + fmtInt(n.distinct_users) + " users",
-          el("span", { class: "share", "aria-hidden": "true" }, el("span", { style: "width:" + pct.toFixed(1) + "%" }))));
-      if (!n.children.length) return el("li", { class: "fnode leaf", testid: "fnode-" + n.id }, el("div", { class: "row" }, head.childNodes[0], head.childNodes[1]));
-      return el("li", { class: "fnode", testid: "fnode-" + n.id }, el("details", {}, head, el("ul", {}, n.children.map(row))));
+      const mean = Object.entries(n.numeric || {}).filter(([, st]) => st.mean !== null)
+        .map(([k, st]) => k + " avg " + Number(st.mean).toFixed(2)).join(" · ");
+      const body = [el("div", { class: "fmain" }, el("span", { class: "name", text: n.name }),
+          el("div", { class: "summary", text: n.summary }), mean ? el("div", { class: "numeric", text: mean }) : null),
+        el("div", { class: "row-side" },
+          el("span", { class: "figures" }, el("span", { class: "size", text: fmtInt(n.size) }), " conv. · " + fmtInt(n.distinct_users) + " users",
+            el("span", { class: "share", "aria-hidden": "true" }, el("span", { style: "width:" + pct.toFixed(1) + "%" }))),
+          el("button", { class: "bd-btn", testid: "fbreakdown-" + n.id, onclick: (ev) => { ev.preventDefault(); setExtra({ bd: n.id }); } }, "Breakdown"))];
+      if (!n.children.length) return el("li", { class: "fnode leaf", testid: "fnode-" + n.id }, el("div", { class: "frow" }, ...body));
+      return el("li", { class: "fnode", testid: "fnode-" + n.id },
+        el("details", {}, el("summary", { class: "frow" }, ...body), el("ul", {}, n.children.map(row))));
     };
     els.filtered.replaceChildren(
-      el("li", { class: "note", testid: "filtered-total" }, fmtInt(total) + " conversations match " + data.filter + " in visible clusters."),
+      el("li", { class: "note filtered-total", testid: "filtered-total" }, el("strong", { text: fmtInt(total) }),
+        " conversations of " + facet.name + " match ", el("strong", { text: data.filter.split("&").join(" and ") }),
+        " in clusters large enough to show under it."),
       ...(data.roots.length ? data.roots.map(row) :
         [el("li", { class: "note", testid: "filtered-empty", text: "No cluster is large enough to show under this filter." })]));
   }
@@ -159,7 +167,11 @@
   // ---------- the map ----------
   let mapData = null;   // { key, nodes, method }
   const view = { x: 0, y: 0, k: 1 };
-  function colourOf(mode, nodes) {
+  const PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1", "#edc948", "#9c755f",
+                   "#ff9da7", "#6b8e23", "#8c6bb1", "#d37295"];
+  function groupOf(n) { return n.path && n.path.length ? n.path[0] : n.id; }
+  function colourOf(mode, nodes, groups) {
+    if (mode === "group") return (n) => PALETTE[groups.indexOf(groupOf(n)) % PALETTE.length];
     const val = (n) => mode === "growth" ? (n.growth === null || n.growth === undefined ? null : n.growth) :
       mode.startsWith("mean:") ? (n.means ? n.means[mode.slice(5)] : null) : Math.log1p(n.size);
     const vals = nodes.map(val).filter((v) => v !== null && v !== undefined);
@@ -169,7 +181,7 @@
       if (v === null || v === undefined || !isFinite(lo)) return "#b8c0cc";
       const t = hi > lo ? (v - lo) / (hi - lo) : 0.5;
       const hue = mode === "growth" ? 30 : mode.startsWith("mean:") ? 0 : 215;
-      return "hsl(" + hue + ", " + Math.round(45 + 35 * t) + "%, " + Math.round(78 - 40 * t) + "%)";
+      return "hsl(" + hue + ", " + Math.round(45 + 35 * t) + "%, " + Math.round(80 - 42 * t) + "%)";
     };
   }
   async function loadMap(facet) {
@@ -213,28 +225,50 @@
     const mz = (extra().mz || "").split(",").map(Number);
     if (mz.length === 3 && mz.every(isFinite) && mz[2] > 0) { view.x = mz[0]; view.y = mz[1]; view.k = mz[2]; }
     const numeric = (site.manifest.numeric_facets || []).map((f) => f.name);
-    const mode = extra().mc || "size";
-    const colour = colourOf(mode, data.nodes.filter((n) => n.level === 0));
+    const mode = extra().mc || "group";
+    const top = Math.max(...data.nodes.map((n) => n.level));
+    const groups = data.nodes.filter((n) => n.level === top).sort((x, y) => y.size - x.size).map((n) => n.id);
+    const leaves = data.nodes.filter((n) => n.level === 0);
+    const colour = colourOf(mode, leaves, groups);
     const W = 1000, H = 640;
     const svg = document.createElementNS(SVG, "svg");
     svg.setAttribute("viewBox", "0 0 " + W + " " + H);
     svg.setAttribute("data-testid", "map-svg");
-    svg.setAttribute("class", "map");
+    svg.setAttribute("class", "map" + (leaves.length <= 30 ? " few" : ""));
     const g = document.createElementNS(SVG, "g");
     svg.append(g);
-    const maxSize = Math.max(...data.nodes.map((n) => n.size));
-    const top = Math.max(...data.nodes.map((n) => n.level));
+    const maxLeaf = Math.max(1, ...leaves.map((n) => n.size));
+    const at = new Map(data.nodes.map((n) => [n.id, { cx: 40 + n.x * (W - 80), cy: 40 + n.y * (H - 70) }]));
+    const radius = new Map(leaves.map((n) => [n.id, 5 + 15 * Math.sqrt(n.size / maxLeaf)]));
+    for (const n of data.nodes.filter((m) => m.level > 0).sort((x, y) => x.level - y.level)) {
+      // A parent's circle encloses its shown children's circles (t-SNE keeps siblings together: views/layout.py).
+      const c = at.get(n.id);
+      let r = 12;
+      for (const kid of data.nodes) {
+        if (kid.parent_id !== n.id || !radius.has(kid.id)) continue;
+        const p = at.get(kid.id);
+        r = Math.max(r, Math.hypot(p.cx - c.cx, p.cy - c.cy) + radius.get(kid.id) + 5);
+      }
+      radius.set(n.id, r);
+    }
+    let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;   // fit the view to every circle and label
+    for (const n of data.nodes) {
+      const { cx, cy } = at.get(n.id), r = radius.get(n.id) || 0;
+      x0 = Math.min(x0, cx - r - 20); x1 = Math.max(x1, cx + r + 20); y0 = Math.min(y0, cy - r - 26); y1 = Math.max(y1, cy + r + 18);
+    }
+    svg.setAttribute("viewBox", [x0, y0, x1 - x0, y1 - y0].map((v) => v.toFixed(1)).join(" "));
     const ordered = data.nodes.slice().sort((a, b) => b.level - a.level || b.size - a.size);
     const labels = [];
     for (const n of ordered) {
-      const cx = 40 + n.x * (W - 80), cy = 30 + n.y * (H - 60);
-      const r = n.level === 0 ? 4 + 16 * Math.sqrt(n.size / maxSize) : 10 + 46 * Math.sqrt(n.size / maxSize);
+      const { cx, cy } = at.get(n.id);
+      const r = radius.get(n.id);
       const c = document.createElementNS(SVG, "circle");
       c.setAttribute("cx", cx.toFixed(1)); c.setAttribute("cy", cy.toFixed(1)); c.setAttribute("r", r.toFixed(1));
-      c.setAttribute("class", n.level === 0 ? "leaf" : "parent level-" + n.level);
+      c.setAttribute("class", n.level === 0 ? "leaf" : "parent level-" + n.level + (n.level === top ? " top" : ""));
       c.setAttribute("data-testid", "map-node-" + n.id);
       c.setAttribute("data-node-id", n.id);
       if (n.level === 0) c.setAttribute("fill", colour(n));
+      else if (n.level === top) c.style.setProperty("--group", PALETTE[groups.indexOf(n.id) % PALETTE.length]);
       const t = document.createElementNS(SVG, "title");
       const growth = n.growth === null || n.growth === undefined ? "" : " · growth " + Math.round(100 * n.growth) + "%";
       const means = Object.entries(n.means || {}).filter(([, v]) => v !== null).map(([k, v]) => " · " + k + " " + Number(v).toFixed(2)).join("");
@@ -246,9 +280,10 @@
     }
     for (const { n, cx, cy, r } of labels) {
       const text = document.createElementNS(SVG, "text");
-      text.setAttribute("x", cx.toFixed(1)); text.setAttribute("y", (cy - r - 3).toFixed(1));
+      text.setAttribute("x", cx.toFixed(1));
+      text.setAttribute("y", (n.level === 0 ? cy + r + 12 : cy - r - 5).toFixed(1));
       text.setAttribute("class", n.level === 0 ? "label leaf-label" : "label top-label");
-      text.textContent = n.name.length > 38 ? n.name.slice(0, 37) + "…" : n.name;
+      text.textContent = n.name.length > 34 ? n.name.slice(0, 33) + "…" : n.name;
       g.append(text);
     }
     function apply() {
@@ -278,15 +313,16 @@
     g.setAttribute("transform", "translate(" + view.x + " " + view.y + ") scale(" + view.k + ")");
     svg.classList.toggle("zoomed", view.k >= 1.8);
     svg.style.setProperty("--label-scale", (1 / view.k).toFixed(3));
-    const colourSelect = el("select", { testid: "map-colour", onchange: (ev) => setExtra({ mc: ev.target.value === "size" ? null : ev.target.value }) },
-      [["size", "Colour: size"], ["growth", "Colour: growth"], ...numeric.map((n) => ["mean:" + n, "Colour: mean " + n])]
+    const colourSelect = el("select", { testid: "map-colour", onchange: (ev) => setExtra({ mc: ev.target.value === "group" ? null : ev.target.value }) },
+      [["group", "Colour: top-level group"], ["size", "Colour: size"], ["growth", "Colour: growth"],
+       ...numeric.map((n) => ["mean:" + n, "Colour: mean " + n])]
         .map(([v, label]) => el("option", { value: v, text: label, selected: v === mode })));
-    const reset = el("button", { class: "tab", testid: "map-reset", onclick: () => { view.x = 0; view.y = 0; view.k = 1; setExtra({ mz: null }); } }, "Reset view");
+    const reset = el("button", { class: "map-btn", testid: "map-reset", onclick: () => { view.x = 0; view.y = 0; view.k = 1; setExtra({ mz: null }); } }, "Reset view");
     const filterNote = api && activeFilter() ? " · filtered: " + filterPairs(activeFilter()).join(", ") : "";
     els.map.replaceChildren(
       el("div", { class: "map-head" }, el("strong", { text: facet.name + " map" }),
-        el("span", { class: "muted", text: " " + data.nodes.filter((n) => n.level === 0).length + " base clusters, placed by " +
-          (data.method === "tsne" ? "t-SNE" : "PCA") + " of their centroids; circles of the top level group them. Scroll to zoom, drag to pan, click to open in the tree." + filterNote }),
+        el("span", { class: "muted", text: " " + leaves.length + " base clusters (dots, sized by conversations) placed by " +
+          (data.method === "tsne" ? "t-SNE" : "PCA") + " of their centroids, inside their parents' circles. Scroll to zoom, drag to pan, click any circle to open it in the tree." + filterNote }),
         colourSelect, reset),
       svg);
   }
@@ -319,7 +355,9 @@
         el("span", { class: "bd-label", title: b.label, text: b.label }),
         el("span", { class: "bd-bar" }, el("span", { style: "width:" + (100 * b.count / max).toFixed(1) + "%" })),
         el("span", { class: "bd-count", text: fmtInt(b.count) + " · " + Math.round(100 * b.count / Math.max(1, d.total)) + "%" })));
-      if (d.other) rows.push(el("div", { class: "bd-row other" }, el("span", { class: "bd-label", text: "Other (small groups)" }),
+      if (!d.buckets.length && d.other) rows.push(el("p", { class: "note", testid: "breakdown-withheld-" + d.dimension,
+        text: "Not broken down: one of its groups here is too small to show apart from the rest (" + fmtInt(d.other) + " conversations)." }));
+      else if (d.other) rows.push(el("div", { class: "bd-row other" }, el("span", { class: "bd-label", text: "Other (small groups)" }),
         el("span", { class: "bd-bar" }, el("span", { style: "width:" + (100 * d.other / max).toFixed(1) + "%" })),
         el("span", { class: "bd-count", text: fmtInt(d.other) })));
       if (!rows.length) rows.push(el("p", { class: "note", text: "Too few conversations to break down without identifying groups." }));
@@ -353,7 +391,8 @@
         el("span", { class: "muted", text: " from version " + data.from + " to " + data.to + ": " + fmtInt(f ? f.total_before : 0) + " → " + fmtInt(f ? f.total_after : 0) + " conversations" })),
       f ? el("div", { class: "ch-grid" },
         section("New clusters", "changes-new", f.new.map((n) => item(n))),
-        section("Grew or shrank", "changes-sizes", f.size_changes.filter((n) => n.change !== 0).map((n) => item(n, " (" + sign(n.change) + ")" + (n.old_name ? ", was “" + n.old_name + "”" : "")))),
+        section("Grew or shrank", "changes-sizes", f.size_changes.filter((n) => n.change !== 0).map((n) => item(n, " (" + sign(n.change) + ")"))),
+        section("Renamed", "changes-renamed", f.size_changes.filter((n) => n.old_name).map((n) => item(n, ", was “" + n.old_name + "”"))),
         section("Merged", "changes-merged", f.merged.map((n) => item(n, " ← " + n.from.map((o) => o.name).join(" + ")))),
         section("Split", "changes-split", f.split.map((n) => el("li", {}, n.name, el("span", { class: "muted", text: " → " + n.into.map((o) => o.name).join(", ") })))),
         section("Vanished", "changes-vanished", f.vanished.map((n) => el("li", {}, n.name, el("span", { class: "muted", text: " · had " + fmtInt(n.size) + " conv." })))))
