@@ -37,7 +37,7 @@ class Backlog:
 def measure(connection: KafkaConnection, topic: str, group: str, *, timeout_s: float = 5.0) -> Backlog | None:
     """One measurement; None when the topic does not exist yet."""
     consumer = make_consumer(connection, group, max_poll_records=1, max_partition_fetch_bytes=1024,
-                             fetch_max_wait_ms=50, request_timeout_ms=int(timeout_s * 1000) + 1000)
+                             fetch_max_wait_ms=50, request_timeout_ms=max(10_000, int(timeout_s * 1000) + 1000))
     try:
         parts = consumer.partitions_for_topic(topic)
         if not parts:
