@@ -330,6 +330,9 @@ class ClioSettings(BaseSettings):
     metrics_token: SecretStr | None = Field(
         None, description="Bearer token that may read /metrics of every process (the API's too) without an API "
         "key; unset: consumers and the scheduler serve /metrics openly on metrics_host, the API asks a viewer key.")
+    metrics_pushgateway_url: str | None = Field(
+        None, description="Prometheus Pushgateway that a one-shot `clio-stream recluster` (the Kubernetes CronJob) "
+        "pushes its run's metrics to when it ends, e.g. http://pushgateway:9091; None: not pushed.")
     broker_unreachable_s: float = Field(10.0, gt=0, description="A worker reports degraded health after this "
                                         "long without a reachable Kafka group coordinator.")
     backoff_initial_s: float = Field(0.5, gt=0, description="First wait after a failed batch (Qdrant or LLM down).")

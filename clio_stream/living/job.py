@@ -25,7 +25,7 @@ from clio_stream.living.clustering_job import ClusteringLockBusy, NothingToClust
 from clio_stream.living.facet_run import FacetRun, recluster_facet
 from clio_stream.living.ids import IdAllocator
 from clio_stream.living.matching import MatchThresholds
-from clio_stream.living.progress import JobProgress, store_writer
+from clio_stream.living.progress import JobProgress, StageTime, store_writer
 from clio_stream.living.stored import Stored
 from clio_stream.living.versions import VersionWrite
 from clio_stream.living.warm_start import warm_start
@@ -49,7 +49,8 @@ class ReclusterReport:
     ``leaves_reused``: matched leaves that kept their name without an LLM call;
     ``leaves_renamed``: leaves named by the LLM (new or changed);
     ``id_survival``: share of the previous version's leaf ids still present (None without one);
-    ``facets``: per facet details (hierarchy mode, matching events, prompts by stage).
+    ``facets``: per facet details (hierarchy mode, matching events, prompts by stage);
+    ``stages``: wall time of each stage of each facet (the write: facet ``*``), known once the run is done.
     """
 
     version: int
@@ -65,6 +66,7 @@ class ReclusterReport:
     id_survival: float | None = None
     lineage: int = 0
     facets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stages: list[StageTime] = field(default_factory=list)
     result: ClioResult | None = None  # what was published (alerts are evaluated on it)
     lineage_map: dict[str, str] = field(default_factory=dict)
 
@@ -143,6 +145,7 @@ def recluster_once(
         log.info("re-clustering skipped: nothing stored yet")
         return None
     progress[0].stage("done")
+    report.stages = list(progress[0].stage_times)
     if report.result is not None and report.published is not None:
         try:
             publish_alerts(store, settings, report.result, str(report.version), report.lineage_map, report.version)
