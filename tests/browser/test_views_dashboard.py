@@ -20,7 +20,8 @@ from clio_stream.devstack.processes import free_port
 from clio_stream.settings import ClioSettings
 from clio_stream.storage.documents import WORKER_METRICS, WorkerMetricsDoc
 from clio_stream.storage.store import QdrantStore
-from tests.chromium import CHROMIUM, launch
+from tests.browser.test_dashboard import browser  # noqa: F401 - module fixture: one Chromium per module
+from tests.chromium import CHROMIUM
 from tests.fixtures_site import HIDDEN_NODE_ID
 from tests.fixtures_views import publish_two_versions, store_with_centroids, views_result, views_settings
 from tests.integration.conftest import minilm  # noqa: F401 - session fixture
@@ -72,18 +73,8 @@ def served(tmp_path_factory: pytest.TempPathFactory, minilm: Any) -> Iterator[Se
         store.close()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as pw:
-        b = launch(pw)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
 @pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
+def page(browser: Any) -> Iterator[Any]:  # noqa: F811
     context = browser.new_context(viewport={"width": 1440, "height": 900})
     p = context.new_page()
     errors: list[str] = []
@@ -201,7 +192,7 @@ def test_what_changed_panel(served: Served, page: Any) -> None:
     _shot(page, "changes")
 
 
-def test_live_page_before_the_first_version(tmp_path: Path, browser: Any) -> None:
+def test_live_page_before_the_first_version(tmp_path: Path, browser: Any) -> None:  # noqa: F811
     settings = views_settings(tmp_path / "empty", api_keys=f"viewer:{VIEWER_KEY}", api_dashboard_poll_s=0.5,
                               api_status_cache_s=0)
     store = QdrantStore(":memory:")

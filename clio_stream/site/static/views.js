@@ -15,7 +15,6 @@
                 tree: $("tree"), filtered: $("filtered-tree"), breakdown: $("breakdown-panel"), main: $("main"),
                 info: $("facet-info") };
   const SVG = "http://www.w3.org/2000/svg";
-  let pendingFocus = null;
 
   // ---------- hash state of the views ----------
   function extra() {
@@ -50,22 +49,13 @@
   }
   function openInTree(facet, node) {
     // Leave the map, open the ancestors (and a parent itself) so the cluster shows, then highlight it.
-    pendingFocus = node.id;
+    site.focusAfterRender(node.id);
     setExtra({ view: null }, (s) => {
       if (s.facet !== facet) { s.open = []; s.more = {}; }
       s.facet = facet;
       s.open = s.open.concat(node.path || [], node.level > 0 ? [node.id] : []);
     });
   }
-  window.addEventListener("clio:rendered", () => {
-    if (!pendingFocus) return;
-    const li = els.tree.querySelector('[data-node-id="' + CSS.escape(pendingFocus) + '"]');
-    pendingFocus = null;
-    if (!li) return;
-    li.classList.add("found");
-    li.scrollIntoView({ block: "center" });
-    setTimeout(() => li.classList.remove("found"), 2500);
-  });
 
   // ---------- controls in the header ----------
   function tabButton(view, label) {
