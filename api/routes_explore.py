@@ -15,6 +15,7 @@ import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
+from api.auth import Role
 from api.deps import ApiContext, Ctx, View, Viewer
 from api.routes_clusters import FILTERS_DOC, _cluster, _facet, filtered
 from api.slicing import metadata_keys_for
@@ -50,9 +51,13 @@ def cluster_breakdown(principal: Viewer, view: View, ctx: Ctx, request: Request,
 @router.get("/facets/{facet}/map", summary="The cluster map of a facet: visible clusters placed in 2-D at publish time",
             description="Positions in [0, 1]; under a filter, only the clusters it shows, with their slice sizes. "
             + FILTERS_DOC)
-def cluster_map(principal: Viewer, view: View, ctx: Ctx, request: Request, facet: str) -> dict[str, Any]:
+def cluster_map(principal: Viewer, view: View, ctx: Ctx, request: Request, facet: str,
+                points: Annotated[bool, Query(description="Also a sample of conversations placed on the map "
+                                              "(conversation-level: analyst).")] = False) -> dict[str, Any]:
     from clio_stream.site.views_data import map_nodes
 
+    if points and not principal.allows(Role.analyst):
+        raise HTTPException(403, "the map's conversations are conversation-level data: this needs the analyst role")
     fv = _facet(view, facet)
     published = ctx.versions.load_current()
     if published is None:
@@ -69,8 +74,16 @@ def cluster_map(principal: Viewer, view: View, ctx: Ctx, request: Request, facet
         nodes = [{**n, "size": int(len(shown[n["id"]])),
                   "distinct_users": int(np.unique(index.table.users[shown[n["id"]]]).size)}
                  for n in nodes if n["id"] in shown]
-    return {"facet": facet, "version": view.version, "method": layout.method,
-            "filter": None if found is None else found[1]["filter"], "nodes": nodes}
+    out = {"facet": facet, "version": view.version, "method": layout.method,
+           "filter": None if found is None else found[1]["filter"], "nodes": nodes}
+    if points:
+        index = ctx.current_slices()
+        allowed = None if found is None else {int(r) for rows in found[0].values() for r in rows}
+        table = index.table
+        out["points"] = [{"conversation_id": cid, "x": x, "y": y} for cid, x, y in layout.points
+                         if cid in table.row_of and not table.withheld[table.row_of[cid]]
+                         and (allowed is None or table.row_of[cid] in allowed)]
+    return out
 
 
 def _visibility(view: VersionView) -> Any:

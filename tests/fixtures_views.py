@@ -17,7 +17,7 @@ from clio_stream.online.kmeans import OnlineKMeans
 from clio_stream.settings import ClioSettings
 from clio_stream.storage.published import PublishedVersions
 from clio_stream.storage.store import QdrantStore
-from clio_stream.views.layout import cluster_map
+from clio_stream.views.layout import cluster_map, place_points
 from tests.fixtures_site import REQUEST, make_site_fixture
 
 PRO_USERS = {"user-03", "user-10"}  # two users: under a three-user minimum, never a visible slice on their own
@@ -31,7 +31,10 @@ def views_result(embedder: Any, *, renamed: bool = False) -> ClioResult:
     h = result.hierarchies[REQUEST]
     leaves = sorted(n.id for n in h.leaves())
     vectors = embedder.encode([h.nodes[n].name for n in leaves])
-    result.maps[REQUEST] = cluster_map(h, dict(zip(leaves, vectors)), method="tsne", seed=0)
+    layout = cluster_map(h, dict(zip(leaves, vectors)), method="tsne", seed=0)
+    members = [(cid, vectors[i]) for i, nid in enumerate(leaves) for cid in h.nodes[nid].conversation_ids]
+    result.maps[REQUEST] = place_points(layout, dict(zip(leaves, vectors)), [m[0] for m in members],
+                                        np.asarray([m[1] for m in members]), 0)
     result.store_links[REQUEST] = StoreLink(version=1, clusters={nid: i for i, nid in enumerate(leaves)})
     if renamed:
         h.nodes["request-r0"].name = "Software engineering"

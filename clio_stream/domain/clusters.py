@@ -114,6 +114,8 @@ class ClusterMap(BaseModel):
 
     method: str  # "tsne" or "pca"
     positions: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    # A sample of conversations placed among their clusters (conversation id, x, y): conversation-level, for analysts.
+    points: list[tuple[str, float, float]] = Field(default_factory=list)
 
 
 class RunStats(BaseModel):

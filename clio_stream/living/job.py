@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clio_stream.domain.clusters import ClioResult, FacetHierarchy, RunStats, StoreLink
+from clio_stream.domain.clusters import ClioResult, ClusterMap, FacetHierarchy, RunStats, StoreLink
 from clio_stream.domain.facets import Facet
 from clio_stream.embedding import EmbeddingBackend
 from clio_stream.living.clustering_job import ClusteringLockBusy, NothingToCluster, fitted_labels, run_clustering_job
@@ -37,7 +37,7 @@ from clio_stream.stages.hierarchy import slug, user_keys
 from clio_stream.storage.documents import IdCounters, LastRun, id_counter_key
 from clio_stream.storage.store import QdrantStore
 from clio_stream.views.alerts import publish_alerts
-from clio_stream.views.layout import cluster_map
+from clio_stream.views.layout import cluster_map, place_points
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,13 @@ def recluster_once(
     return report
 
 
+def _map(run: FacetRun, s: Any, settings: ClioSettings) -> ClusterMap:
+    """The facet's cluster map from its centroids, with a sample of its stored points placed on it."""
+    centres = {nid: run.centres[c] for nid, c in run.store_clusters.items()}
+    layout = cluster_map(run.hierarchy, centres, method=settings.map_projection, seed=settings.seed)
+    return place_points(layout, centres, s.conversation_ids, s.vectors, settings.seed)
+
+
 def _build_version(
     store: QdrantStore,
     stored: Stored,
@@ -206,9 +213,7 @@ def _build_version(
                         settings=settings.public_dict(),
                         stats=RunStats(llm=stats, points=report.points, living=report.facets),
                         store_links={n: StoreLink(version=version, clusters=r.store_clusters) for n, r in runs.items()},
-                        maps={n: cluster_map(r.hierarchy, {nid: r.centres[c] for nid, c in r.store_clusters.items()},
-                                             method=settings.map_projection, seed=settings.seed)
-                              for n, r in runs.items()})
+                        maps={n: _map(r, stored.facets[n], settings) for n, r in runs.items()})
     remove_denied(result, store, settings)  # users deleted since the scroll (clio_stream.privacy.deletion)
     report.result, report.lineage_map = result, lineage
     report.llm_prompts = stats.prompts

@@ -21,6 +21,8 @@ from clio_stream.privacy.visibility import visible_node_ids
 log = logging.getLogger(__name__)
 
 MIN_TSNE_POINTS = 6
+SAMPLE_POINTS = 2000  # conversations placed on each facet's map (analysts see them)
+NEAREST = 3
 
 
 GROUP_WEIGHT = 0.35  # added distance per hierarchy level at which two leaves part (top level counts most)
@@ -101,6 +103,30 @@ def _ancestors(hierarchy: FacetHierarchy, leaves: list[str]) -> np.ndarray:
         chains.append(chain[::-1])
     depth = max((len(c) for c in chains), default=0)
     return np.array([c + [nid] * (depth - len(c)) for c, nid in zip(chains, leaves)], dtype=object).reshape(len(leaves), depth)
+
+
+def place_points(layout: ClusterMap, leaf_vectors: Mapping[str, np.ndarray], conversation_ids: list[str],
+                 vectors: np.ndarray, seed: int) -> ClusterMap:
+    """``layout`` with a sample of conversations placed among the leaves (at most ``SAMPLE_POINTS``).
+
+    t-SNE has no transform for new points, so each point goes where openTSNE starts its own out-of-sample
+    placement: the similarity-weighted mean of its nearest leaves' positions, with a small deterministic spread.
+    """
+    leaves = [nid for nid in leaf_vectors if nid in layout.positions]
+    if not leaves or not len(vectors):
+        return layout
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(vectors), size=min(SAMPLE_POINTS, len(vectors)), replace=False))
+    v = normalise_rows(np.asarray(vectors, dtype=np.float64)[pick])
+    c = normalise_rows(np.asarray([leaf_vectors[n] for n in leaves], dtype=np.float64))
+    where = np.asarray([layout.positions[n] for n in leaves])
+    sims = v @ c.T
+    near = np.argsort(-sims, axis=1)[:, :NEAREST]
+    weights = np.exp(8 * np.take_along_axis(sims, near, axis=1))
+    xy = (weights[:, :, None] * where[near]).sum(axis=1) / weights.sum(axis=1, keepdims=True)
+    xy = np.clip(xy + rng.normal(scale=0.008, size=xy.shape), 0, 1)
+    points = [(conversation_ids[i], round(float(x), 4), round(float(y), 4)) for i, (x, y) in zip(pick, xy)]
+    return layout.model_copy(update={"points": points})
 
 
 def member_centroids(hierarchy: FacetHierarchy, vectors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

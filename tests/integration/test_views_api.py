@@ -164,6 +164,9 @@ def test_filtered_cluster_members_breakdown_map_and_export_agree(client: Any) ->
 
     full_map = get(c, f"/v1/facets/{REQUEST}/map").json()["nodes"]
     assert {n["id"] for n in full_map} == truth.fv.visible and all(0 <= n["x"] <= 1 for n in full_map)
+    assert get(c, f"/v1/facets/{REQUEST}/map", points="true").status_code == 403
+    sample = get(c, f"/v1/facets/{REQUEST}/map", "analyst", points="true").json()["points"]
+    assert sample and not {p["conversation_id"] for p in sample} & truth.withheld
     filtered_map = get(c, f"/v1/facets/{REQUEST}/map", **flt).json()["nodes"]
     assert {n["id"]: n["size"] for n in filtered_map} == {n["id"]: n["size"] for n in _nodes(tree)}
 

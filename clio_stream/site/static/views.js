@@ -247,6 +247,21 @@
       x0 = Math.min(x0, cx - r - 20); x1 = Math.max(x1, cx + r + 20); y0 = Math.min(y0, cy - r - 26); y1 = Math.max(y1, cy + r + 18);
     }
     svg.setAttribute("viewBox", [x0, y0, x1 - x0, y1 - y0].map((v) => v.toFixed(1)).join(" "));
+    let pointsNote = null;
+    if (api && extra().mp) {   // a sample of conversations (analysts): small dots under the clusters
+      try {
+        const sep = filterQuery() ? "&" + filterQuery() : "";
+        const withPoints = await apiGet("/facets/" + encodeURIComponent(facet.name) + "/map?points=true" + sep);
+        for (const p of withPoints.points || []) {
+          const dot = document.createElementNS(SVG, "circle");
+          const cx = 40 + p.x * (W - 80), cy = 40 + p.y * (H - 70);
+          dot.setAttribute("cx", cx.toFixed(1)); dot.setAttribute("cy", cy.toFixed(1)); dot.setAttribute("r", "1.8");
+          dot.setAttribute("class", "point");
+          g.append(dot);
+        }
+        pointsNote = fmtInt((withPoints.points || []).length) + " sampled conversations shown";
+      } catch (err) { pointsNote = "Conversations on the map: " + err.message; }
+    }
     const ordered = data.nodes.slice().sort((a, b) => b.level - a.level || b.size - a.size);
     const labels = [];
     for (const n of ordered) {
@@ -307,13 +322,17 @@
       [["group", "Colour: top-level group"], ["size", "Colour: size"], ["growth", "Colour: growth"],
        ...numeric.map((n) => ["mean:" + n, "Colour: mean " + n])]
         .map(([v, label]) => el("option", { value: v, text: label, selected: v === mode })));
+    const pointsToggle = api ? el("label", { class: "map-toggle", title: "A sample of conversations, placed among their clusters (needs an analyst key)" },
+      el("input", { type: "checkbox", testid: "map-points", checked: !!extra().mp, onchange: (ev) => setExtra({ mp: ev.target.checked ? "1" : null }) }),
+      " conversations") : null;
     const reset = el("button", { class: "map-btn", testid: "map-reset", onclick: () => { view.x = 0; view.y = 0; view.k = 1; setExtra({ mz: null }); } }, "Reset view");
     const filterNote = api && activeFilter() ? " · filtered: " + filterPairs(activeFilter()).join(", ") : "";
     els.map.replaceChildren(
       el("div", { class: "map-head" }, el("strong", { text: facet.name + " map" }),
         el("span", { class: "muted", text: " " + leaves.length + " base clusters (dots, sized by conversations) placed by " +
           (data.method === "tsne" ? "t-SNE" : "PCA") + " of their centroids, inside their parents' circles. Scroll to zoom, drag to pan, click any circle to open it in the tree." + filterNote }),
-        colourSelect, reset),
+        colourSelect, pointsToggle, reset),
+      pointsNote ? el("p", { class: "note", testid: "map-points-note", text: pointsNote }) : null,
       svg);
   }
 
