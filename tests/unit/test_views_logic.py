@@ -81,3 +81,15 @@ def test_map_places_every_node_and_keeps_siblings_together() -> None:
     between = np.mean([np.linalg.norm(xy[a] - xy[b]) for a in roots for b in roots if a < b])
     assert within < between  # random centroids, yet each top-level group is one region of the map
     assert cluster_map(h, {}, method="tsne", seed=0).positions == {}
+
+
+def test_a_users_deletion_removes_their_conversations_from_the_map_sample() -> None:
+    from clio_stream.domain.clusters import ClusterMap
+    from clio_stream.privacy.scrub import UserMatch, scrub_result
+
+    result = make_site_fixture().result
+    mine = [c.id for c in result.conversations if c.user_id == "user-03"]
+    result.maps[REQUEST] = ClusterMap(method="pca", points=[(c.id, 0.5, 0.5) for c in result.conversations])
+    scrub_result(result, UserMatch.for_user("user-03", "key"), min_conversations=3, min_users=2)
+    left = {p[0] for p in result.maps[REQUEST].points}
+    assert mine and not left & set(mine) and len(left) == len(result.conversations)
