@@ -19,8 +19,14 @@ SPLIT_SHARE = 0.25  # a part of a split holds at least this share of the old clu
 MAX_ITEMS = 50
 
 
-def _item(node: ClusterNode, **extra: Any) -> dict[str, Any]:
-    return {"id": node.id, "name": node.name, "level": node.level, "size": node.size, **extra}
+def _item(node: ClusterNode, fv: FacetVisibility | None = None, **extra: Any) -> dict[str, Any]:
+    """A cluster as the diff lists it; with ``fv``, the ids of its ancestors there (root first), to open it."""
+    path: list[str] = []
+    parent = node.parent_id
+    while fv is not None and parent is not None and parent in fv.hierarchy.nodes and parent not in path:
+        path.append(parent)
+        parent = fv.hierarchy.nodes[parent].parent_id
+    return {"id": node.id, "name": node.name, "level": node.level, "size": node.size, "path": path[::-1], **extra}
 
 
 def _resolve(cid: str, lineage: Mapping[str, str], shown: set[str]) -> str | None:
@@ -48,7 +54,7 @@ def facet_diff(old: FacetVisibility, new: FacetVisibility, lineage: Mapping[str,
     for target, sources in into.items():
         olds = sources + ([target] if target in before else [])
         if len(olds) >= 2:
-            merged.append(_item(new.public[target], **{"from": [{"id": o, "name": old.public[o].name} for o in olds]}))
+            merged.append(_item(new.public[target], new, **{"from": [{"id": o, "name": old.public[o].name} for o in olds]}))
     new_leaf_of = {c: n.id for n in (new.hierarchy.nodes[i] for i in after) if not n.children
                    for c in n.conversation_ids}
     split = []
@@ -64,12 +70,12 @@ def facet_diff(old: FacetVisibility, new: FacetVisibility, lineage: Mapping[str,
     for cid in before & after:
         a, b = old.public[cid], new.public[cid]
         if a.size != b.size or a.name != b.name:
-            changes.append(_item(b, old_size=a.size, change=b.size - a.size,
+            changes.append(_item(b, new, old_size=a.size, change=b.size - a.size,
                                  **({"old_name": a.name} if a.name != b.name else {})))
     changes.sort(key=lambda d: (-abs(d["change"]), d["id"]))
     fresh = sorted((new.public[c] for c in after - before - succeeded), key=lambda n: (-n.size, n.id))
     gone = sorted((old.public[c] for c in before - after if successor[c] is None), key=lambda n: (-n.size, n.id))
-    return {"new": [_item(n) for n in fresh][:MAX_ITEMS], "vanished": [_item(n) for n in gone][:MAX_ITEMS],
+    return {"new": [_item(n, new) for n in fresh][:MAX_ITEMS], "vanished": [_item(n) for n in gone][:MAX_ITEMS],
             "merged": merged[:MAX_ITEMS], "split": split[:MAX_ITEMS], "size_changes": changes[:MAX_ITEMS],
             "total_before": old.total, "total_after": new.total}
 

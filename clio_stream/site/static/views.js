@@ -390,7 +390,7 @@
     }
     const data = await site.load(file);
     const f = data.facets[facet.name];
-    const item = (n, extraText) => el("li", {}, el("a", { href: "#", onclick: (ev) => { ev.preventDefault(); openInTree(facet.name, { id: n.id, level: n.level, path: [] }); } }, n.name),
+    const item = (n, extraText) => el("li", {}, el("a", { href: "#", onclick: (ev) => { ev.preventDefault(); openInTree(facet.name, { id: n.id, level: n.level, path: n.path || [] }); } }, n.name),
       el("span", { class: "muted", text: " · " + fmtInt(n.size) + " conv." + (extraText || "") }));
     const section = (title, testid, items) => el("section", { class: "ch-section", testid: testid },
       el("h3", { text: title + " (" + items.length + ")" }), items.length ? el("ul", {}, items) : el("p", { class: "note", text: "None." }));
