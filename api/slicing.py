@@ -47,7 +47,7 @@ def request_filter(request: Request, view: VersionView, settings: ClioSettings, 
                for name, fv in view.facet_views.items()}
     try:
         return parse_filter(params, facets=view.facets, visible_clusters=visible,
-                            metadata_keys=metadata_keys_for(settings, principal), window_s=settings.trend_window_s,
+                            metadata_keys=metadata_keys_for(settings, principal), window_s=settings.filter_time_cell_s,
                             time_from=request.query_params.get("from"), time_to=request.query_params.get("to"))
     except FilterError as exc:
         raise HTTPException(400, str(exc)) from None

@@ -242,6 +242,9 @@ class ClioSettings(BaseSettings):
     metadata_max_key_chars: int = Field(64, ge=1, description="Longer metadata keys are dropped.")
     metadata_max_value_chars: int = Field(200, ge=1, description="Metadata values (scalars, kept as strings) are "
                                           "cut to this length; nested values are dropped.")
+    filter_time_cell_s: float = Field(86400.0, gt=0, description="Time filters (from/to) are widened to whole "
+                                      "periods of this length, and a cluster is shown under one only when each "
+                                      "period in it holds no conversation or meets the privacy minimums.")
     map_projection: Literal["tsne", "pca"] = Field(
         "tsne", description="How the dashboard's cluster map is laid out at publish time: t-SNE of the base "
         "clusters' centroids (PCA when there are too few of them), or PCA alone.")

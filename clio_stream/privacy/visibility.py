@@ -222,7 +222,8 @@ class Minimums:
         return len(users) >= self.conversations and np.unique(users).size >= self.users
 
 
-def shown_slice(members: Any, match: Any, subfilters: Sequence[Any], users: Any, minimums: Minimums) -> Any | None:
+def shown_slice(members: Any, match: Any, subfilters: Sequence[Any], users: Any, minimums: Minimums,
+                cells: Sequence[Any] = ()) -> Any | None:
     """The rows of a visible leaf shown under a filter, or None when the leaf must be withheld under it.
 
     ``members``: row numbers of the leaf's conversations (those withheld in any facet already left out);
@@ -231,7 +232,9 @@ def shown_slice(members: Any, match: Any, subfilters: Sequence[Any], users: Any,
 
     A slice is shown when it meets the minimums *and* so does what each sub-filter shows beyond it: else the
     difference of two answers (unfiltered minus filtered, or one condition more) would isolate fewer users than
-    the minimums allow (complementary suppression, as statistical agencies publish tables).
+    the minimums allow (complementary suppression, as statistical agencies publish tables). ``cells``: masks of
+    the cells of the filter's ordered conditions (one value, one time period, under its other conditions); each
+    must be empty or meet the minimums in the leaf, since two range answers differ by a union of cells.
     """
     inside = match[members]
     rows = members[inside]
@@ -241,11 +244,15 @@ def shown_slice(members: Any, match: Any, subfilters: Sequence[Any], users: Any,
         rest = members[sub[members] & ~inside]
         if len(rest) and not minimums.met_by(users[rest]):
             return None
+    for cell in cells:
+        group = members[cell[members]]
+        if len(group) and not minimums.met_by(users[group]):
+            return None
     return rows
 
 
 def filtered_rows(fv: FacetVisibility, leaf_rows: Mapping[str, Any], match: Any, subfilters: Sequence[Any],
-                  users: Any, minimums: Minimums) -> dict[str, Any]:
+                  users: Any, minimums: Minimums, cells: Sequence[Any] = ()) -> dict[str, Any]:
     """Visible node id -> rows it shows under a filter; nodes not in the answer are withheld under it.
 
     Leaves follow ``shown_slice``; a parent is the union of its shown children, so under a filter nothing is
@@ -260,7 +267,8 @@ def filtered_rows(fv: FacetVisibility, leaf_rows: Mapping[str, Any], match: Any,
         node = fv.hierarchy.nodes[nid]
         kids = fv.visible_children(node)
         if not node.children:
-            rows = shown_slice(leaf_rows.get(nid, np.zeros(0, dtype=np.int64)), match, subfilters, users, minimums)
+            rows = shown_slice(leaf_rows.get(nid, np.zeros(0, dtype=np.int64)), match, subfilters, users, minimums,
+                               cells)
         else:
             parts = [r for r in (visit(c.id) for c in kids) if r is not None]
             rows = np.concatenate(parts) if parts else None

@@ -8,8 +8,12 @@ Accepted forms (one query parameter each, ANDed):
 * ``Task=<cluster id>``: a hierarchy facet, one of its *visible* clusters (raw values of hierarchy facets are
   individual texts, never matched);
 * ``Concerning>=4`` (also ``>``, ``<=``, ``<``, ``=``): a numeric facet, integers;
-* ``from=…&to=…``: epoch seconds or ISO 8601, widened to whole trend windows (``trend_window_s``) so a range
-  cannot be cut finer than the trends already are.
+* ``from=…&to=…``: epoch seconds or ISO 8601, widened to whole cells of ``filter_time_cell_s`` (a day by
+  default).
+
+Ordered conditions (numeric comparisons, time ranges) come with *cells*: the numeric facet's values, the time
+range's whole ``filter_time_cell_s`` periods. Two range answers differ by a union of cells, so a range filter is
+answered for a cluster only when each cell of it is empty or meets the minimums (``Filter.cell_masks``).
 
 In a URL ``Concerning>=4`` arrives as the parameter ``Concerning>`` with value ``4``, or percent-encoded as a
 parameter name without a value; both are read.
@@ -50,6 +54,7 @@ class Condition:
     value: str | None = None  # metadata / value / cluster id
     low: float = -math.inf
     high: float = math.inf
+    cell: float = 1.0  # width of one cell of an ordered condition (time: seconds)
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,24 @@ class Filter:
         out = np.ones(table.n, dtype=bool)
         for c in self.conditions if conditions is None else conditions:
             out &= self._one(table, c)
+        return out
+
+    def cell_masks(self, table: ConversationTable) -> list[np.ndarray]:
+        """For each ordered condition, each of its cells (one value, one time period) under the other conditions.
+
+        Whatever two range answers on one field subtract to is a union of these cells, so when each is empty or
+        safe in a cluster, no difference of answers can isolate fewer users than the minimums.
+        """
+        out: list[np.ndarray] = []
+        for c in self.conditions:
+            if c.kind not in ("numeric", "time"):
+                continue
+            rest = self.mask(table, [o for o in self.conditions if o is not c])
+            col = table.times if c.kind == "time" else table.numeric[c.field]
+            with np.errstate(invalid="ignore"):
+                cells = np.floor(col / c.cell) if c.kind == "time" else col
+            for value in np.unique(cells[~np.isnan(cells)]):
+                out.append(rest & (cells == value))
         return out
 
     def subfilter_masks(self, table: ConversationTable) -> list[np.ndarray]:
@@ -189,4 +212,4 @@ def _time_condition(time_from: str | None, time_to: str | None, window_s: float)
         raise FilterError("the time range is empty: 'to' must be after 'from'")
     shown = "&".join(p for p in (f"from={low:.0f}" if math.isfinite(low) else "",
                                  f"to={high:.0f}" if math.isfinite(high) else "") if p)
-    return Condition("time", "time", shown, low=low, high=high)
+    return Condition("time", "time", shown, low=low, high=high, cell=window_s)

@@ -44,7 +44,7 @@ class SliceIndex:
             return rows
         leaves = {nid: r for nid, r in rows.items() if not fv.hierarchy.nodes[nid].children}
         return filtered_rows(fv, leaves, flt.mask(self.table), flt.subfilter_masks(self.table), self.table.users,
-                             self.minimums)
+                             self.minimums, flt.cell_masks(self.table))
 
     def numeric_stats(self, node: ClusterNode, rows: np.ndarray) -> dict[str, dict[str, Any]]:
         """The node's numeric statistics recomputed over ``rows`` (same scale as the published ones)."""

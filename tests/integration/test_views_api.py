@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from tests.integration.conftest import minilm  # noqa: F401 - session fixture
 
 KEYS = {"viewer": "views-viewer-" + "v" * 16, "analyst": "views-analyst-" + "a" * 16}
 MIN = 3
+DAY = 86400.0  # filter_time_cell_s: time filters are whole days
 T0 = 1.7e9
 FILTERS: list[dict[str, str]] = [
     {"metadata.tier": "free"}, {"metadata.tier": "pro"}, {"Language": "Spanish"}, {"Language": "english"},
@@ -73,8 +75,9 @@ class Truth:
         for key, value in flt.items():
             ok = {"metadata.tier": lambda: self.tier[cid] == value, "Language": lambda: self.lang[cid] == value.lower(),
                   "Concerning>": lambda: self.concern[cid] >= int(value), "Concerning": lambda: self.concern[cid] == int(value),
-                  "Concerning<": lambda: self.concern[cid] <= int(value), "from": lambda: self.time[cid] >= float(value),
-                  "to": lambda: self.time[cid] < float(value)}[key]()
+                  "Concerning<": lambda: self.concern[cid] <= int(value),
+                  "from": lambda: self.time[cid] >= DAY * math.floor(float(value) / DAY),
+                  "to": lambda: self.time[cid] < DAY * math.ceil(float(value) / DAY)}[key]()
             if not ok:
                 return False
         return True
@@ -114,6 +117,12 @@ def test_every_filter_shows_only_slices_that_meet_the_minimums(client: Any, flt:
         for sub in looser:  # what this filter removes against any looser one is itself a safe group
             rest = {cid for cid in members if truth.matches(cid, sub)} - group
             assert truth.safe(rest), (nid, flt, sub, len(rest))
+        for key in [k for k in flt if k.startswith("Concerning") or k in ("from", "to")][:1]:
+            # Two range answers differ by whole cells (one score, one day): each cell here is empty or safe.
+            others = {k: v for k, v in flt.items() if not (k.startswith("Concerning") or k in ("from", "to"))}
+            cell_of = (lambda x: truth.concern[x]) if key.startswith("Concerning") else (lambda x: truth.time[x] // DAY)
+            for cell in {cell_of(x) for x in members}:
+                assert truth.safe({x for x in members if cell_of(x) == cell and truth.matches(x, others)}), (nid, cell)
     for node in shown.values():  # a parent counts its shown children only: nothing unshown leaks through it
         if node["children"]:
             assert node["size"] == sum(k["size"] for k in node["children"]), node["id"]
@@ -122,6 +131,8 @@ def test_every_filter_shows_only_slices_that_meet_the_minimums(client: Any, flt:
         assert not shown  # two users: no slice of them can ever be shown
     if flt == {"metadata.tier": "free"}:
         assert shown and withheld_by_filter  # shown where no "pro" user is, withheld where one would stand out
+    if flt in ({"Concerning": "1"}, {"from": str(T0 + 20 * 3600), "to": str(T0 + 50 * 3600)}):
+        assert shown  # ordered filters do show the clusters whose every cell is safe (not vacuous)
 
 
 def test_filtered_cluster_members_breakdown_map_and_export_agree(client: Any) -> None:

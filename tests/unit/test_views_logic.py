@@ -57,6 +57,11 @@ def test_a_slice_is_shown_only_when_it_and_its_remainders_meet_the_minimums() ->
     assert shown_slice(members, everything, [everything], users, MIN) is not None  # nothing removed
     few = np.array([1, 0, 0, 0, 0, 0, 1], dtype=bool)  # two conversations of one user
     assert shown_slice(members, few, [everything], users, MIN) is None
+    # A range filter's cells (one value each): a lone conversation in one of them withholds the slice, since
+    # "score >= 2" minus "score >= 3" would isolate it.
+    lone, rest = np.array([1, 0, 0, 0, 0, 0, 0], dtype=bool), np.array([0, 1, 1, 1, 1, 1, 1], dtype=bool)
+    assert shown_slice(members, everything, [everything], users, MIN, [lone, rest]) is None
+    assert shown_slice(members, everything, [everything], users, MIN, [big, ~big]) is not None
 
 
 def test_buckets_under_the_minimums_merge_and_never_give_one_away() -> None:
