@@ -21,6 +21,7 @@ from clio_stream.privacy.visibility import visible_node_ids
 log = logging.getLogger(__name__)
 
 MIN_TSNE_POINTS = 6
+MAX_TSNE_POINTS = 1500  # more base clusters than this: t-SNE of their parents, each parent's leaves around it
 SAMPLE_POINTS = 2000  # conversations placed on each facet's map (analysts see them)
 NEAREST = 3
 
@@ -69,7 +70,10 @@ def cluster_map(hierarchy: FacetHierarchy, leaf_vectors: Mapping[str, np.ndarray
                 seed: int) -> ClusterMap:
     """Positions of every leaf with a vector, and of every parent (at its visible leaves' size-weighted centre)."""
     leaves = [nid for nid in leaf_vectors if nid in hierarchy.nodes]
-    xy, used = project(np.asarray([leaf_vectors[n] for n in leaves]), method, seed, _ancestors(hierarchy, leaves))
+    if method == "tsne" and len(leaves) > MAX_TSNE_POINTS:
+        xy, used = _two_level(hierarchy, leaves, leaf_vectors, seed)
+    else:
+        xy, used = project(np.asarray([leaf_vectors[n] for n in leaves]), method, seed, _ancestors(hierarchy, leaves))
     pos = {nid: (float(x), float(y)) for nid, (x, y) in zip(leaves, xy)}
     visible = visible_node_ids(hierarchy)
 
@@ -90,6 +94,46 @@ def cluster_map(hierarchy: FacetHierarchy, leaf_vectors: Mapping[str, np.ndarray
         if root in hierarchy.nodes:
             place(root)
     return ClusterMap(method=used, positions=pos)
+
+
+def _two_level(hierarchy: FacetHierarchy, leaves: list[str], leaf_vectors: Mapping[str, np.ndarray],
+               seed: int) -> tuple[np.ndarray, str]:
+    """Many base clusters: t-SNE of their parents (size-weighted centroids), each parent's leaves laid out
+    around it by a local PCA, within half the distance to the nearest other parent. Costs t-SNE of k/10 points."""
+    parent_of = [hierarchy.nodes[n].parent_id or n for n in leaves]
+    parents = list(dict.fromkeys(parent_of))
+    index = {p: i for i, p in enumerate(parents)}
+    vectors = normalise_rows(np.asarray([leaf_vectors[n] for n in leaves], dtype=np.float64))
+    sizes = np.asarray([max(1, hierarchy.nodes[n].size) for n in leaves], dtype=np.float64)
+    owner = np.asarray([index[p] for p in parent_of])
+    centres = np.zeros((len(parents), vectors.shape[1]))
+    np.add.at(centres, owner, vectors * sizes[:, None])
+    tops = _ancestors(hierarchy, [p for p in parents if p in hierarchy.nodes]) if all(
+        p in hierarchy.nodes for p in parents) else None
+    where, used = project(centres, "tsne" if len(parents) <= MAX_TSNE_POINTS else "pca", seed, tops)
+    if len(parents) > 1:
+        gaps = np.sqrt(((where[:, None, :] - where[None, :, :]) ** 2).sum(-1)) if len(parents) <= 4000 else None
+        if gaps is not None:
+            np.fill_diagonal(gaps, np.inf)
+            reach = 0.45 * gaps.min(axis=1)
+        else:
+            reach = np.full(len(parents), 0.45 / np.sqrt(len(parents)))
+    else:
+        reach = np.full(1, 0.4)
+    out = np.zeros((len(leaves), 2))
+    for i in range(len(parents)):
+        rows = np.flatnonzero(owner == i)
+        local = vectors[rows] - vectors[rows].mean(axis=0)
+        if len(rows) >= 2 and np.abs(local).sum() > 0:
+            _, _, vt = np.linalg.svd(local, full_matrices=False)
+            flat = local @ vt[:2].T if vt.shape[0] >= 2 else np.c_[local @ vt[:1].T, np.zeros(len(rows))]
+            flat = flat / (np.abs(flat).max() or 1.0)
+        else:
+            flat = np.zeros((len(rows), 2))
+        out[rows] = where[i] + reach[i] * flat
+    lo, hi = out.min(axis=0), out.max(axis=0)
+    span = np.where(hi - lo > 0, hi - lo, 1.0)
+    return 0.05 + 0.9 * (out - lo) / span, used
 
 
 def _ancestors(hierarchy: FacetHierarchy, leaves: list[str]) -> np.ndarray:

@@ -98,3 +98,19 @@ def test_a_users_deletion_removes_their_conversations_from_the_map_sample() -> N
     scrub_result(result, UserMatch.for_user("user-03", "key"), min_conversations=3, min_users=2)
     left = {p[0] for p in result.maps[REQUEST].points}
     assert mine and not left & set(mine) and len(left) == len(result.conversations)
+
+
+def test_many_base_clusters_are_laid_out_around_their_parents(monkeypatch: pytest.MonkeyPatch) -> None:
+    import clio_stream.views.layout as layout_module
+
+    monkeypatch.setattr(layout_module, "MAX_TSNE_POINTS", 6)  # the fixture's 13 leaves count as "many"
+    result = make_site_fixture().result
+    h = result.hierarchies[REQUEST]
+    rng = np.random.default_rng(1)
+    layout = cluster_map(h, {n.id: rng.normal(size=32) for n in h.leaves()}, method="tsne", seed=0)
+    xy = {k: np.array(v) for k, v in layout.positions.items()}
+    assert set(xy) == set(h.nodes) and all(0 <= c <= 1 for p in xy.values() for c in p)
+    for parent in (n for n in h.nodes.values() if n.level == 1):  # every leaf sits nearer its parent than others
+        for leaf in parent.children:
+            others = [np.linalg.norm(xy[leaf] - xy[p.id]) for p in h.nodes.values() if p.level == 1 and p.id != parent.id]
+            assert np.linalg.norm(xy[leaf] - xy[parent.id]) < min(others)
