@@ -7,6 +7,8 @@
   const site = window.clioSite;
   if (!site) return;
   const el = site.el;
+  // replaceChildren would write a null child as the text "null": optional parts are left out instead.
+  const fill = (node, ...kids) => node.replaceChildren(...kids.flat().filter((k) => k !== null && k !== undefined && k !== false));
   const fmtInt = site.fmtInt;
   const apiMeta = document.querySelector('meta[name="clio-api"]');
   const api = apiMeta ? (apiMeta.getAttribute("content") || "/v1").replace(/\/+$/, "") : null;
@@ -108,7 +110,7 @@
       if (to.value) next.push("to=" + to.value);
       setExtra({ flt: next.map(encodeURIComponent).join("&") });
     } }, "Apply");
-    els.bar.replaceChildren(el("strong", {}, "Filter"), ...chips, field, op, value,
+    fill(els.bar, el("strong", {}, "Filter"), ...chips, field, op, value,
       el("label", {}, "from ", from), el("label", {}, "to ", to), apply,
       pairs.length ? el("button", { class: "chip-x clear", testid: "filter-clear", onclick: () => setExtra({ flt: null }) }, "Clear") : null,
       el("span", { class: "note" }, "Counts are over the filtered conversations; clusters too small under a filter are not shown."));
@@ -327,7 +329,7 @@
       " conversations") : null;
     const reset = el("button", { class: "map-btn", testid: "map-reset", onclick: () => { view.x = 0; view.y = 0; view.k = 1; setExtra({ mz: null }); } }, "Reset view");
     const filterNote = api && activeFilter() ? " · filtered: " + filterPairs(activeFilter()).join(", ") : "";
-    els.map.replaceChildren(
+    fill(els.map,
       el("div", { class: "map-head" }, el("strong", { text: facet.name + " map" }),
         el("span", { class: "muted", text: " " + leaves.length + " base clusters (dots, sized by conversations) placed by " +
           (data.method === "tsne" ? "t-SNE" : "PCA") + " of their centroids, inside their parents' circles. Scroll to zoom, drag to pan, click any circle to open it in the tree." + filterNote }),
@@ -395,7 +397,7 @@
     const section = (title, testid, items) => el("section", { class: "ch-section", testid: testid },
       el("h3", { text: title + " (" + items.length + ")" }), items.length ? el("ul", {}, items) : el("p", { class: "note", text: "None." }));
     const sign = (x) => (x > 0 ? "+" : "") + fmtInt(x);
-    els.changes.replaceChildren(
+    fill(els.changes,
       el("div", { class: "map-head" }, el("strong", { text: "What changed in " + facet.name }),
         el("span", { class: "muted", text: " from version " + data.from + " to " + data.to + ": " + fmtInt(f ? f.total_before : 0) + " → " + fmtInt(f ? f.total_after : 0) + " conversations" })),
       f ? el("div", { class: "ch-grid" },
