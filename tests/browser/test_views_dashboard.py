@@ -114,6 +114,9 @@ def test_map_renders_opens_the_tree_and_keeps_its_place_in_the_hash(served: Serv
     page.select_option(_tid("map-colour"), "mean:Concerning")
     page.wait_for_selector("body[data-views=ready]")
     _shot(page, "map")
+    panel_text = page.locator("#map-panel").evaluate("e => Array.from(e.childNodes).filter(n => n.nodeType === 3)"
+                                                     ".map(n => n.textContent).join('')")
+    assert panel_text.strip() == "", f"stray text in the map panel: {panel_text!r}"  # once: "null"
     page.check(_tid("map-points"))  # conversation-level: a viewer is told it needs an analyst key
     expect(page.locator(_tid("map-points-note"))).to_contain_text("analyst role")
     assert page.locator("svg.map circle.point").count() == 0
