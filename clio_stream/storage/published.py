@@ -421,7 +421,11 @@ class PublishedVersions:
         hit = self._current
         if hit is None:
             return None
-        return hit[1] if hit[0] == self._pointer_stamp() else None
+        stamp = _stamp(Path(self._pointer))
+        if hit[0] != stamp:
+            return None  # moved: the check stays due, so ``load_current`` reads the new version
+        self._checked_at = time.monotonic()
+        return hit[1]
 
     def load(self, version: str) -> PublishedVersion | None:
         """A specific published version (uncached), or None if it is not there."""
