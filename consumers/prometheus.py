@@ -29,6 +29,8 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "batches": ("batches_total", "Batches committed."),
     "failed_batches": ("batches_failed_total", "Batch attempts that failed and were retried (a dependency down)."),
     "commit_failures": ("commit_failures_total", "Offset commits refused (a rebalance took the partitions)."),
+    "abandoned_batches": ("batches_abandoned_total", "Batches in flight given up uncommitted (after a failure "
+                          "before them, a refused commit, a rebalance or a stop) and polled again."),
     "denied_dropped": ("records_denied_total", "Records of deleted users dropped before writing."),
     "llm_calls": ("llm_calls_total", "Batched LLM generate calls."),
     "llm_prompts": ("llm_prompts_total", "Prompts sent to the LLM."),

@@ -64,6 +64,7 @@ class WorkerMetricsDoc(StateDocument):
     batches: int = 0
     failed_batches: int = 0
     commit_failures: int = 0
+    abandoned_batches: int = 0
     denied_dropped: int = 0
     deltas_published: int = 0
     deltas_applied: int = 0

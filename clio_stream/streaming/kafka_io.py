@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgpack
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import TopicAlreadyExistsError
@@ -81,9 +81,10 @@ def make_consumer(
     topics: Iterable[str] | None = None,
     *,
     max_poll_records: int = 500,
+    listener: ConsumerRebalanceListener | None = None,
     **overrides: Any,
 ) -> KafkaConsumer:
-    """A group consumer tuned for fast joins and manual commits.
+    """A group consumer tuned for fast joins and manual commits (``listener`` hears of rebalances).
 
     ``topics`` may be empty to ``assign()`` partitions manually later.
     ``max_poll_interval_ms`` stays generous (30 min) because a batch may wait on
@@ -105,7 +106,7 @@ def make_consumer(
     consumer = KafkaConsumer(**config)
     topics = list(topics or [])
     if topics:
-        consumer.subscribe(topics)
+        consumer.subscribe(topics, listener=listener)
     return consumer
 
 
