@@ -13,6 +13,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from kafka import TopicPartition
 from pydantic import Field, PrivateAttr
 
 from clio_stream.storage.documents import WORKER_METRICS, WorkerMetricsDoc
@@ -45,6 +46,10 @@ class WorkerMetrics(WorkerMetricsDoc):
             self.llm_calls += outcome.llm_calls
             self.llm_prompts += outcome.llm_prompts
             self.unparseable += outcome.unparseable
+            for facet, n in outcome.assigned.items():
+                self.assigned[facet] = self.assigned.get(facet, 0) + n
+            for facet, n in outcome.outliers.items():
+                self.outliers[facet] = self.outliers.get(facet, 0) + n
             self.deltas_published += len(outcome.deltas)
             self.busy_seconds += seconds if busy_seconds is None else busy_seconds
             self.llm_seconds += outcome.llm_seconds
@@ -78,9 +83,12 @@ class WorkerMetrics(WorkerMetricsDoc):
             for name, v in seconds.items():
                 setattr(self, name, getattr(self, name) + float(v))
 
-    def set_lag(self, lag: int | None) -> None:
+    def set_lag(self, lags: Mapping[TopicPartition, int | None]) -> None:
+        """Each owned partition's backlog (committed offset to high-water mark); the total where all are known."""
         with self._lock:
-            self.consumer_lag = lag
+            self.partition_lag = {f"{tp.topic}/{tp.partition}": n for tp, n in lags.items() if n is not None}
+            self.consumer_lag = sum(self.partition_lag.values()) if lags and len(self.partition_lag) == len(lags) \
+                else None
 
     def document(self) -> WorkerMetricsDoc:
         """A copy of every counter, with derived rates, as the worker's state document."""

@@ -47,7 +47,7 @@ from clio_stream.ops.faults import reach
 from clio_stream.settings import ClioSettings
 from clio_stream.storage.store import QdrantStore
 from clio_stream.streaming.connection import KafkaConnection
-from clio_stream.streaming.kafka_io import DeadLetterWriter, consumer_lag, ensure_topics, make_consumer, make_producer
+from clio_stream.streaming.kafka_io import DeadLetterWriter, committed_lags, ensure_topics, make_consumer, make_producer
 from consumers.batch_writes import write_batch
 from consumers.centroids import SharedCentroids
 from consumers.decoding import DecodedBatch, RecordLike, decode_records
@@ -117,6 +117,7 @@ class ConsumerWorker:
         self._delta_dead_letters = DeltaDeadLetters()
         self._in_flight = InFlight(self.settings.max_in_flight_batches)
         self._last_commit_at = 0.0
+        self._committed: dict[TopicPartition, int | None] = {}  # the group's committed offsets (lag's base)
         self._versions_checked_at = float("-inf")
         self._stop = threading.Event()
         self._started = False
@@ -379,6 +380,7 @@ class ConsumerWorker:
         try:
             reach("consume.commit")
             self._consumer.commit(offsets)
+            self._committed.update({tp: meta.offset for tp, meta in offsets.items()})
             return True
         except (CommitFailedError, KafkaError) as exc:
             # A rebalance took the partitions: the new owner redelivers, and the writes are idempotent.
@@ -429,11 +431,12 @@ class ConsumerWorker:
     def _fail(self, reason: str, *, back_off: bool = True) -> None:
         self._health.fail(reason, self._stop, back_off=back_off)
 
-    def _lag(self) -> int | None:
+    def _lag(self) -> dict[TopicPartition, int | None]:
+        """The backlog per owned partition: high-water mark minus committed offset (fetched records count)."""
         try:
-            return consumer_lag(self._consumer) if self._consumer is not None else None
+            return committed_lags(self._consumer, self._committed) if self._consumer is not None else {}
         except Exception:  # noqa: BLE001 - a metric must not break the loop
-            return None
+            return {}
 
     def metrics_snapshot(self) -> dict[str, Any]:
         """The worker's counters (processed, dead-lettered, reused, LLM calls, lag, health, ...)."""

@@ -79,7 +79,10 @@ class WorkerMetricsDoc(StateDocument):
     outlier_rate: dict[str, float] = Field(default_factory=dict)  # per facet, recent
     cluster_versions: dict[str, int] = Field(default_factory=dict)
     drift: dict[str, dict[str, Any]] = Field(default_factory=dict)  # clio_stream.online.drift.DriftMonitor.snapshot()
-    consumer_lag: int | None = None
+    consumer_lag: int | None = None  # records between the group's committed offsets and the high-water marks
+    partition_lag: dict[str, int] = Field(default_factory=dict)  # "topic/partition" -> that partition's share
+    assigned: dict[str, int] = Field(default_factory=dict)  # per facet: vectors assigned online since start
+    outliers: dict[str, int] = Field(default_factory=dict)  # per facet: of those, outliers
     health: str = "starting"
     health_reason: str | None = None
     started_at: float | None = None

@@ -188,6 +188,27 @@ def partition_lags(consumer: KafkaConsumer) -> dict[TopicPartition, int | None]:
     return lags
 
 
+def committed_lags(consumer: KafkaConsumer, committed: dict[TopicPartition, int | None]
+                   ) -> dict[TopicPartition, int | None]:
+    """Per assigned partition: high-water mark minus the group's committed offset: the real backlog.
+
+    Unlike ``partition_lags`` this counts records fetched but not yet stored as waiting, which they are.
+    ``committed`` is the caller's cache of committed offsets (kept current after its own commits); a partition
+    missing from it is asked of the group coordinator once (None: nothing committed yet, lag unknown).
+    """
+    owned = consumer.assignment()
+    for tp in list(committed):
+        if tp not in owned:
+            del committed[tp]  # revoked: another member owns its lag now
+    lags: dict[TopicPartition, int | None] = {}
+    for tp in owned:
+        if tp not in committed:
+            committed[tp] = consumer.committed(tp)
+        hw, done = consumer.highwater(tp), committed[tp]
+        lags[tp] = None if hw is None or done is None else max(0, hw - done)
+    return lags
+
+
 def consumer_lag(consumer: KafkaConsumer) -> int:
     """Records not yet consumed on this consumer's partitions (as of the last fetch).
 
