@@ -72,6 +72,26 @@ def _fail_one_commit(worker: ConsumerWorker, then: Callable[[], None]) -> list[i
     return refused
 
 
+class HeldLLM:
+    """A real LLM whose answers can be held back: a batch stays in flight for as long as the test needs it to."""
+
+    def __init__(self, llm: Any) -> None:
+        self._llm, self.open = llm, threading.Event()
+        self.open.set()
+        self.model_name = llm.model_name
+
+    def generate(self, *args: Any, **kwargs: Any) -> list[str | None]:
+        self.open.wait(300)
+        return self._llm.generate(*args, **kwargs)
+
+    def count_tokens(self, text: str) -> int:
+        return self._llm.count_tokens(text)
+
+    def close(self) -> None:
+        self.open.set()
+        self._llm.close()
+
+
 class Group:
     """Workers of one consumer group, each on a thread of its own, sharing one embedder."""
 
@@ -80,8 +100,8 @@ class Group:
         self.workers: dict[str, ConsumerWorker] = {}
         self.threads: dict[str, tuple[threading.Thread, threading.Event]] = {}
 
-    def start(self, name: str) -> ConsumerWorker:
-        w = ConsumerWorker(self.s.with_overrides(worker_id=name), facets=FACETS, llm=make_llm(self.s),
+    def start(self, name: str, llm: Any = None) -> ConsumerWorker:
+        w = ConsumerWorker(self.s.with_overrides(worker_id=name), facets=FACETS, llm=llm or make_llm(self.s),
                            embedder=self.embedder)
         self.workers[name] = w
         self.threads[name] = start_thread(w)
@@ -97,10 +117,11 @@ class Group:
             w.close()
 
 
-def seed_clustering(group: Group, store: Any, seed: list[dict[str, Any]]) -> tuple[ConsumerWorker, OnlineKMeans]:
+def seed_clustering(group: Group, store: Any, seed: list[dict[str, Any]],
+                    llm: Any = None) -> tuple[ConsumerWorker, OnlineKMeans]:
     """Worker A stores ``seed``, a first clustering is made of it, and A loads it: every later batch ships deltas."""
     s = group.s
-    a = group.start("worker-a")
+    a = group.start("worker-a", llm)
     send_conversations(s.kafka_bootstrap, s.topic, seed)
     wait_for(lambda: committed(s.kafka_bootstrap, s.consumer_group, s.topic) == len(seed), 300, "the seed")
     assert bootstrap_clustering(store, FACETS, s) == 1
@@ -210,12 +231,16 @@ def test_a_rebalance_with_batches_in_flight_loses_and_duplicates_nothing(
     stream_ids = {c["id"] for c in stream}
     group, store, t0 = Group(s, LockedEmbedder(minilm)), reader_store(s), time.monotonic()
     try:
-        a, bootstrap = seed_clustering(group, store, seed)
+        held = HeldLLM(make_llm(s))
+        a, bootstrap = seed_clustering(group, store, seed, held)
 
+        held.open.clear()  # A's next batches wait for their answers until the rebalance has taken them
         send_conversations(s.kafka_bootstrap, s.topic, stream)
         wait_for(lambda: len(a._in_flight) >= 2, 120, "worker-a to have two batches in flight", every=0.05)
         in_flight_at_join = len(a._in_flight)
         group.start("worker-b")  # joins: the group rebalances while A's batches are in flight
+        wait_for(lambda: a.metrics.abandoned_batches >= 1, 120, "worker-a to give up its batches at the rebalance")
+        held.open.set()
         wait_for(lambda: committed(s.kafka_bootstrap, s.consumer_group, s.topic) == len(convs), 600,
                  "every conversation committed")
         seconds = time.monotonic() - t0
