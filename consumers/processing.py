@@ -121,6 +121,11 @@ class _CountingLLM:
             raise LLMUnavailable(f"LLM answered none of {len(prompts)} prompts")
         return out
 
+    @property
+    def tokenizer(self) -> Any:
+        """The back-end's chat tokenizer, for facets with their own prompt function (None when it has none)."""
+        return getattr(self.inner, "tokenizer", None)
+
     def count_tokens(self, text: str) -> int:
         try:
             return self.inner.count_tokens(text)
@@ -141,6 +146,7 @@ def conversation_record(item: DecodedConversation, settings: ClioSettings,
     raw = None
     if settings.store_raw_conversations:
         raw = [{"role": m.role, "content": m.content} for m in conv.messages]
+    metadata = dict(conv.metadata) if settings.store_raw_conversations and conv.metadata else None
     rec = item.record
     return ConversationRecord(
         conversation_id=conv.id,
@@ -150,6 +156,7 @@ def conversation_record(item: DecodedConversation, settings: ClioSettings,
         content_hash=item.content_hash,
         raw=raw,
         extra={"source": {"topic": rec.topic, "partition": int(rec.partition), "offset": int(rec.offset)}},
+        metadata=metadata,
     )
 
 
@@ -220,6 +227,7 @@ def facet_values(
         results = extract_facets(
             truncated, facets, llm, sampling=settings.llm_sampling_args, retries=settings.llm_max_retries,
             seed=settings.seed, batch_size=max(settings.llm_batch_size, len(to_ask) * len(facets)), stats=stats,
+            settings=settings,
         )
         for item, cf in zip(to_ask, results):
             by_hash[item.content_hash] = cf.values

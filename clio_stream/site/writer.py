@@ -10,7 +10,11 @@ become one huge file. Layout (paths relative to ``data/``)::
     f<i>/children/<ref>.json.gz       the visible children of one node (+ other_count)
     f<i>/members/<ref>-<page>.json.gz one page (<= chunk_size) of a leaf's conversations
     conversations/index.json.gz       [{file, first, last, count}] sorted id ranges
-    conversations/<n>.json.gz         <= chunk_size conversation records
+    conversations/<n>.json.gz         <= chunk_size conversation records, <= chunk_bytes of JSON
+
+``chunk_bytes`` is the seed's ``htmlMaxSizePerFile``: no conversation chunk holds more JSON than that (a
+single larger conversation gets a chunk of its own). A ``SiteView`` leaves conversations off the site (the
+seed's site-only filter: they still count in every size) and replaces the messages shown for others.
 
 Privacy: hidden nodes (and anything below them) are never written, and neither
 is any conversation that sits in a hidden node of any facet, so a withheld
@@ -35,6 +39,7 @@ import shutil
 import sys
 import time
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -56,6 +61,14 @@ TEMPLATE_TITLE = "{{CLIO_TITLE}}"
 TEMPLATE_CONFIG = "{{CLIO_CONFIG}}"
 
 
+@dataclass
+class SiteView:
+    """What the site shows of the input: conversations left off it, and messages shown instead of the turns."""
+
+    hidden: set[str] = field(default_factory=set)
+    messages: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
 def write_site(
     result: ClioResult,
     out_dir: Path,
@@ -64,6 +77,8 @@ def write_site(
     html_root: str = "",
     show_conversations: bool = True,
     title: str = "clio-stream",
+    chunk_bytes: int = 10_000_000,
+    view: SiteView | None = None,
 ) -> Path:
     """Write the site for ``result`` into ``out_dir`` atomically and return ``out_dir``.
 
@@ -81,7 +96,8 @@ def write_site(
     try:
         tmp.mkdir()
         builder = _SiteBuilder(result, tmp, chunk_size=chunk_size, html_root=normalize_html_root(html_root),
-                               show_conversations=show_conversations, title=title)
+                               show_conversations=show_conversations, title=title, chunk_bytes=chunk_bytes,
+                               view=view or SiteView())
         builder.build()
         _swap_in(tmp, out_dir)
     except BaseException:
@@ -101,6 +117,10 @@ def normalize_html_root(html_root: str) -> str:
     return root
 
 
+def _json(payload: Any) -> str:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+
+
 def read_gz_json(path: Path) -> Any:
     """Read one data chunk (handy for tests, the API and debugging)."""
     return json.loads(gzip.decompress(Path(path).read_bytes()).decode("utf-8"))
@@ -115,11 +135,13 @@ class _SiteBuilder:
     """Holds the state of one site build; one instance per ``write_site`` call."""
 
     def __init__(self, result: ClioResult, root: Path, *, chunk_size: int, html_root: str,
-                 show_conversations: bool, title: str) -> None:
+                 show_conversations: bool, title: str, chunk_bytes: int, view: SiteView) -> None:
         self.result = result
         self.root = root
         self.data = root / DATA_DIR
         self.chunk_size = chunk_size
+        self.chunk_bytes = chunk_bytes
+        self.view = view
         self.html_root = html_root
         self.show_conversations = show_conversations
         self.title = title
@@ -139,7 +161,7 @@ class _SiteBuilder:
     def _write_json_gz(self, rel: str, payload: dict[str, Any]) -> None:
         path = self.data / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        body = json.dumps({"version": self.version, **payload}, ensure_ascii=False, separators=(",", ":"))
+        body = _json({"version": self.version, **payload})
         # mtime=0 keeps identical content byte-identical across builds.
         path.write_bytes(gzip.compress(body.encode("utf-8"), compresslevel=6, mtime=0))
         self.files_written += 1
@@ -237,9 +259,11 @@ class _SiteBuilder:
 
     def _write_members(self, facet_index: int, facet: str, node: ClusterNode, ref: int,
                        entry: dict[str, Any], node_path: list[str]) -> None:
-        members = [cid for cid in dict.fromkeys(node.conversation_ids) if cid not in self.withheld_conversations]
+        visible = [cid for cid in dict.fromkeys(node.conversation_ids) if cid not in self.withheld_conversations]
+        members = [cid for cid in visible if cid not in self.view.hidden]
         entry["n_members"] = len(members)
-        entry["withheld_members"] = node.size - len(members)
+        entry["withheld_members"] = node.size - len(visible)
+        entry["filtered_members"] = len(visible) - len(members)  # left off by the site-only filter
         pages = max(1, -(-len(members) // self.chunk_size)) if members else 0
         for page in range(pages):
             rel = f"f{facet_index}/members/{ref}-{page}.json.gz"
@@ -258,16 +282,30 @@ class _SiteBuilder:
     # --- conversations ---
 
     def _write_conversations(self) -> int:
-        shown = [c for c in self.result.conversations if c.id not in self.withheld_conversations]
+        left_off = self.withheld_conversations | self.view.hidden
+        shown = [c for c in self.result.conversations if c.id not in left_off]
         shown = list({c.id: c for c in shown}.values())  # last record of a duplicated id wins
         shown.sort(key=lambda c: _utf16_key(c.id))
         self.shown_conversations = len(shown)
-        index = []
-        for n, start in enumerate(range(0, len(shown), self.chunk_size)):
-            chunk = shown[start:start + self.chunk_size]
-            rel = f"conversations/{n:05d}.json.gz"
-            self._write_json_gz(rel, {"conversations": [self._record(c) for c in chunk]})
-            index.append({"file": rel, "first": chunk[0].id, "last": chunk[-1].id, "count": len(chunk)})
+        index: list[dict[str, Any]] = []
+        chunk: list[dict[str, Any]] = []
+        size = 0
+
+        def flush() -> None:
+            rel = f"conversations/{len(index):05d}.json.gz"
+            self._write_json_gz(rel, {"conversations": chunk})
+            index.append({"file": rel, "first": chunk[0]["id"], "last": chunk[-1]["id"], "count": len(chunk)})
+
+        for conv in shown:
+            record = self._record(conv)
+            n = len(_json(record).encode("utf-8")) + 1
+            if chunk and (len(chunk) >= self.chunk_size or size + n > self.chunk_bytes):
+                flush()
+                chunk, size = [], 0
+            chunk.append(record)
+            size += n
+        if chunk:
+            flush()
         self._write_json_gz(CONVERSATION_INDEX_FILE, {"chunks": index})
         return len(index)
 
@@ -279,7 +317,8 @@ class _SiteBuilder:
             "clusters": self.paths.get(conversation.id, {}),
         }
         if self.show_conversations:
-            record["messages"] = [{"role": m.role, "content": m.content} for m in conversation.messages]
+            record["messages"] = self.view.messages.get(conversation.id) or [
+                {"role": m.role, "content": m.content} for m in conversation.messages]
             record["timestamp"] = conversation.timestamp
         return record
 

@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 from clio_stream.storage.checkpoint import atomic_write_bytes
 from clio_stream.domain.clusters import ClioResult
 from clio_stream.settings import ClioSettings
-from clio_stream.site.writer import write_site
+from clio_stream.site.writer import SiteView, write_site
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +71,11 @@ class SiteOptions:
     chunk_size: int
     html_root: str
     show_conversations: bool
+    chunk_bytes: int = 10_000_000
 
     @classmethod
     def from_settings(cls, settings: ClioSettings) -> SiteOptions:
-        return cls(settings.site_chunk_size, settings.html_root, settings.show_conversations)
+        return cls(settings.site_chunk_size, settings.html_root, settings.show_conversations, settings.site_chunk_bytes)
 
     @classmethod
     def as_published(cls, result: ClioResult, settings: ClioSettings) -> SiteOptions:
@@ -85,11 +86,12 @@ class SiteOptions:
         recorded, current = result.settings or {}, cls.from_settings(settings)
         return cls(chunk_size=int(recorded.get("site_chunk_size", current.chunk_size)),
                    html_root=str(recorded.get("html_root", current.html_root) or ""),
-                   show_conversations=bool(recorded.get("show_conversations", current.show_conversations)))
+                   show_conversations=bool(recorded.get("show_conversations", current.show_conversations)),
+                   chunk_bytes=int(recorded.get("site_chunk_bytes", current.chunk_bytes)))
 
-    def write(self, result: ClioResult, site_dir: Path) -> Path:
+    def write(self, result: ClioResult, site_dir: Path, *, view: SiteView | None = None) -> Path:
         return write_site(result, site_dir, chunk_size=self.chunk_size, html_root=self.html_root,
-                          show_conversations=self.show_conversations)
+                          show_conversations=self.show_conversations, chunk_bytes=self.chunk_bytes, view=view)
 
 
 @dataclass
