@@ -29,43 +29,15 @@ from pydantic_settings import (
 from clio_stream.domain.facet_specs import FacetSpec
 from clio_stream.secret_settings import DEFAULT_USER_ID_HASH_KEY, SECRET_SETTINGS
 from clio_stream.seed_names import SEED_ALIASES, kmeans_args, translate
-
-
-def default_n_base_clusters(n: int) -> int:
-    """The seed's rule: about ten conversations per base cluster."""
-    return max(1, n // 10)
-
-
-def default_n_neighbourhoods(n: int) -> int:
-    """Clio's appendix: neighbourhoods of about 40 clusters each."""
-    return max(1, n // 40)
-
-
-def default_names_per_neighbourhood(n: int) -> int:
-    """Propose about half as many parents as there are children."""
-    return max(1, n // 2)
-
-
-def default_dedup_key(conversation: Any) -> str:
-    """Two conversations are duplicates when their turns are identical."""
-    from clio_stream.stages.prepare import conversation_content_key
-
-    return conversation_content_key(conversation)
-
-
-def default_conversation_getter(record: Any) -> Any:
-    """Records are conversations already; override to unwrap your own records."""
-    return record
-
-
-def default_conversation_filter(conversation: Any) -> bool:
-    """Keep every conversation."""
-    return True
-
-
-def default_conversation_to_json(conversation: Any) -> Any:
-    """A conversation's turns as the site shows them (the default of ``conversation_to_json``)."""
-    return [m.model_dump() if hasattr(m, "model_dump") else m for m in conversation.messages]
+from clio_stream.settings_defaults import (
+    default_conversation_filter,
+    default_conversation_getter,
+    default_conversation_to_json,
+    default_dedup_key,
+    default_n_base_clusters,
+    default_names_per_neighbourhood,
+    default_n_neighbourhoods,
+)
 
 
 def toml_path() -> Path | None:
