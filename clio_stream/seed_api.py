@@ -93,7 +93,7 @@ def _clusters(facet: Facet, shown: FacetVisibility, rows: dict[str, int]) -> tup
 
 def seed_results(result: ClioResult, facets: Sequence[Facet], embeddings: dict[str, tuple[list[int], np.ndarray]],
                  records: dict[str, Any], settings: ClioSettings) -> OpenClioResults:
-    """``result`` with the seed's fields: one row per conversation kept (after de-duplication), in the result's order."""
+    """``result`` with the seed's fields: a row per conversation kept (after de-duplication), in the result's order."""
     rows = {c.id: i for i, c in enumerate(result.conversations)}
     data = [records.get(c.id, c) for c in result.conversations]
     by_facet = {f.name: f for f in facets}

@@ -69,9 +69,9 @@ def translate(data: Mapping[str, Any], fields: Mapping[str, Any]) -> dict[str, A
 def kmeans_args(args: Mapping[str, Any]) -> dict[str, Any]:
     """The seed's ``kmeansArgs`` as scikit-learn ``KMeans`` arguments.
 
-    FAISS-only arguments are dropped with a log line (progress is ``show_progress``'s, the seed's ``verbose``). Anything else
-    scikit-learn would not take is refused here with the list of what it takes, rather than failing deep in a
-    run. ``n_clusters`` and ``random_state`` come from ``n_base_clusters`` and ``seed``.
+    FAISS-only arguments are dropped with a log line (progress is ``show_progress``'s, the seed's ``verbose``).
+    Anything else scikit-learn would not take is refused here with the list of what it takes, rather than failing
+    deep in a run. ``n_clusters`` and ``random_state`` come from ``n_base_clusters`` and ``seed``.
     """
     out: dict[str, Any] = {}
     dropped = sorted(k for k in args if k in FAISS_ONLY_KMEANS_ARGS)

@@ -7,7 +7,13 @@ import logging
 import os
 from pathlib import Path
 
-from clio_stream.cli.options import add_facets_arg, add_model_args, facets_from_names, records_from_args, settings_from_args
+from clio_stream.cli.options import (
+    add_facets_arg,
+    add_model_args,
+    facets_from_names,
+    records_from_args,
+    settings_from_args,
+)
 
 log = logging.getLogger(__name__)
 

@@ -89,7 +89,7 @@ def chat_prompt(func_name: str, tokenizer: Any, get_messages: Callable[[], Seque
 
 def doCachedReplacements(funcName: str, tokenizer: Any,  # noqa: N802,N803 - the seed's names
                          getMessagesFunc: Callable[[], Sequence[Mapping[str, str]]],  # noqa: N803
-                         replacementsDict: Mapping[str, Any], tokenizerArgs: Mapping[str, Any] | None = None,  # noqa: N803
-                         ) -> str:
+                         replacementsDict: Mapping[str, Any],  # noqa: N803
+                         tokenizerArgs: Mapping[str, Any] | None = None) -> str:  # noqa: N803
     """The seed's name and keywords for :func:`chat_prompt`."""
     return chat_prompt(funcName, tokenizer, getMessagesFunc, replacementsDict, tokenizerArgs)

@@ -64,7 +64,8 @@ def quick(**kw):
 
 def test_facet_takes_the_seeds_keywords_and_positions():
     f = Facet("Mood", "How does the user feel?", "The user feels", "Name the mood.")
-    g = Facet(name="Mood", question="How does the user feel?", prefill="The user feels", summaryCriteria="Name the mood.")
+    g = Facet(name="Mood", question="How does the user feel?", prefill="The user feels",
+              summaryCriteria="Name the mood.")
     assert f == g and g.summary_criteria == g.summaryCriteria == "Name the mood." and g.has_hierarchy
     h = Facet(name="Score", question="1 to 5?", numeric=[1, 5])
     assert h.numeric == (1, 5)
@@ -87,7 +88,8 @@ def test_openclio_config_fields_by_their_seed_names():
     cfg = OpenClioConfig(minTopLevelSize=3, htmlMaxSizePerFile=5_000_000, webuiPort=9123, verbose=False,
                          dedupKeyFunc=None, htmlDataToJsonFunc=None, tokenizerArgs={"enable_thinking": False},
                          llmExtraInferenceArgs={"max_tokens": 100, "top_k": 20})
-    assert (cfg.min_top_level_size, cfg.site_chunk_bytes, cfg.web_port, cfg.show_progress) == (3, 5_000_000, 9123, False)
+    assert (cfg.min_top_level_size, cfg.site_chunk_bytes, cfg.web_port, cfg.show_progress) == (3, 5_000_000, 9123,
+                                                                                              False)
     assert cfg.minTopLevelSize == 3 and cfg.webuiPort == 9123 and cfg.verbose is False
     assert cfg.dedup_key is ClioSettings().dedup_key  # the seed's None means "the default function"
     cfg.nRenameSamples = 2  # attribute writes by seed name, validated
@@ -132,7 +134,8 @@ def test_do_cached_replacements_renders_once_and_replaces_once(tokenizer):
     one = openclio.doCachedReplacements(funcName="t-summary", tokenizer=tokenizer, getMessagesFunc=messages,
                                         replacementsDict={"data": "first {dataREPLACE}"},
                                         tokenizerArgs={"enable_thinking": False})
-    two = openclio.doCachedReplacements("t-summary", tokenizer, messages, {"data": "second"}, {"enable_thinking": False})
+    two = openclio.doCachedReplacements("t-summary", tokenizer, messages, {"data": "second"},
+                                        {"enable_thinking": False})
     assert len(calls) == 1  # the chat template was applied once for this funcName
     assert "<data>\nfirst {dataREPLACE}\n</data>" in one  # a value is never substituted again
     assert one.rstrip().endswith("<summary>") and "<|im_end|>" not in one.split("<summary>")[-1]
