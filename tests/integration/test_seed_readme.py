@@ -77,6 +77,7 @@ class Output:
         pytest.fail(f"no {pattern!r} within {timeout:.0f} s:\n{self.tail()}")
 
 
+@pytest.mark.slow  # its own engine start (about a minute on 2 cores) plus the run: about 3 minutes
 def test_the_readme_example_runs_unchanged_and_serves_its_site(tmp_path: Path) -> None:
     code = swap_models(block_calling("runClio"), resolve_model("smollm2-135m-instruct", "llm"),
                        resolve_model("all-mpnet-base-v2", "embedding"))

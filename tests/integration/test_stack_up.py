@@ -10,6 +10,7 @@ dashboard like the main facets.
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import httpx
@@ -95,6 +96,11 @@ def check_custom_facets(base: str, admin: dict[str, str], conversation_id: str) 
     assert manifest.status_code == 200, manifest.text
     shown = {f["name"]: f for f in json.loads(gzip.decompress(manifest.content))["facets"]}
     assert shown["Sentiment"]["has_hierarchy"] and shown["Sentiment"]["roots"] and shown["Turns"]["numeric"] == [1, 12]
+    logging.getLogger(__name__).info(
+        "custom facets: API %s; Sentiment roots %s; conversation %s: %s; dashboard facets %s",
+        {n: (f["has_hierarchy"], f["numeric"]) for n, f in facets.items()},
+        [r["name"] for r in tree.json()["roots"]], conversation_id,
+        {n: conv["facets"].get(n) for n in ("Sentiment", "Turns")}, list(shown))
 
 
 def _samples(text: str) -> dict[str, float]:
