@@ -25,6 +25,7 @@ from clio_stream.domain.conversation import Conversation, ConversationFacets
 from clio_stream.domain.facet_specs import configured_facets
 from clio_stream.domain.facets import Facet
 from clio_stream.embedding import EmbeddingBackend, embedding_text, make_embedder
+from clio_stream.views.layout import cluster_map, member_centroids, place_points
 from clio_stream.llm import as_llm
 from clio_stream.llm.base import AskStats, LLMBackend
 from clio_stream.settings import ClioSettings
@@ -33,8 +34,8 @@ from clio_stream.stages.extract import extract_facets
 from clio_stream.stages.finalise import finalise
 from clio_stream.stages.hierarchy import build_hierarchy, private_leaves, slug, user_keys
 from clio_stream.stages.naming import name_clusters
-from clio_stream.site.writer import SiteView
-from clio_stream.stages.input_records import Loaded, load_records, site_view
+from clio_stream.site.writer import SiteRecords
+from clio_stream.stages.input_records import Loaded, load_records, site_records
 from clio_stream.stages.prepare import LoadStats, conversation_content_key, truncate_conversation
 from clio_stream.storage.checkpoint import Checkpoints, atomic_write_bytes, stable_hash
 
@@ -213,9 +214,18 @@ def clio_run(
                                      for f in facets},
         "audit": audit_scores,
     }, {name: StoreLink(clusters=_leaf_clusters(leaves_of[name])) for name in hierarchies})
+    with timer.stage("map", bar):
+        for name, h in hierarchies.items():
+            rows, vecs = embedded[name]
+            by_conversation = {facet_values[i].conversation_id: vecs[j] for j, i in enumerate(rows)}
+            centroids = member_centroids(h, by_conversation)
+            layout = cluster_map(h, centroids, method=settings.map_projection, seed=settings.seed)
+            result.maps[name] = place_points(layout, centroids, list(by_conversation),
+                                             np.asarray(list(by_conversation.values())), settings.seed)
     with timer.stage("site", bar):
         if out is not None:
-            _write_outputs(result, out, settings, write_site=write_site, view=site_view(prep.records, result, settings))
+            _write_outputs(result, out, settings, write_site=write_site,
+                           shown=site_records(prep.records, result, settings))
     bar.close()
     result.stats.seconds = timer.seconds
     if host_webui and out is not None and write_site:
@@ -285,10 +295,10 @@ def _result(prep: Prepared, facets: Sequence[Facet], facet_values: list[Conversa
 
 
 def _write_outputs(result: ClioResult, out: Path, settings: ClioSettings, *, write_site: bool,
-                   view: SiteView) -> None:
+                   shown: SiteRecords) -> None:
     """``result.json`` and, unless ``write_site`` is False, the static site under ``out/site``."""
     atomic_write_bytes(out / "result.json", result.model_dump_json().encode())
     if write_site:
         from clio_stream.storage.published import SiteOptions
 
-        SiteOptions.from_settings(settings).write(result, out / "site", view=view)
+        SiteOptions.from_settings(settings).write(result, out / "site", shown=shown)

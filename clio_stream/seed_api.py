@@ -142,7 +142,7 @@ def convertOutputToWebpage(output: OpenClioResults, rootHtmlPath: str, targetDir
     """The seed's site writer over a ``runClio`` result: the site in ``targetDir`` (chunks of at most
     ``maxSizePerFile`` bytes), ``conversationFilter`` and ``dataToJson`` as ``site_conversation_filter`` and
     ``conversation_to_json``."""
-    from clio_stream.stages.input_records import site_view
+    from clio_stream.stages.input_records import site_records
     from clio_stream.storage.published import SiteOptions
 
     overrides: dict[str, Any] = {"html_root": rootHtmlPath, "site_chunk_bytes": maxSizePerFile,
@@ -150,5 +150,5 @@ def convertOutputToWebpage(output: OpenClioResults, rootHtmlPath: str, targetDir
     if dataToJson is not None:
         overrides["conversation_to_json"] = dataToJson
     settings = output.cfg.with_overrides(**overrides)
-    view = site_view(output.records, output.result, settings)
-    return SiteOptions.from_settings(settings).write(output.result, Path(targetDir), view=view)
+    shown = site_records(output.records, output.result, settings)
+    return SiteOptions.from_settings(settings).write(output.result, Path(targetDir), shown=shown)

@@ -13,7 +13,7 @@ become one huge file. Layout (paths relative to ``data/``)::
     conversations/<n>.json.gz         <= chunk_size conversation records, <= chunk_bytes of JSON
 
 ``chunk_bytes`` is the seed's ``htmlMaxSizePerFile``: no conversation chunk holds more JSON than that (a
-single larger conversation gets a chunk of its own). A ``SiteView`` leaves conversations off the site (the
+single larger conversation gets a chunk of its own). A ``SiteRecords`` leaves conversations off the site (the
 seed's site-only filter: they still count in every size) and replaces the messages shown for others.
 
 Privacy: hidden nodes (and anything below them) are never written, and neither
@@ -45,7 +45,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from clio_stream.privacy.visibility import FacetVisibility, result_visibility
+from clio_stream.privacy.visibility import FacetVisibility, Minimums, result_visibility
+from clio_stream.site.views_data import write_views
 from clio_stream.domain.clusters import ClioResult, ClusterNode
 from clio_stream.domain.conversation import Conversation
 
@@ -59,11 +60,30 @@ CONVERSATION_INDEX_FILE = "conversations/index.json.gz"
 LABEL_MAX_CHARS = 240
 TEMPLATE_TITLE = "{{CLIO_TITLE}}"
 TEMPLATE_CONFIG = "{{CLIO_CONFIG}}"
+TEMPLATE_VIEWS_CSS = "{{CLIO_VIEWS_CSS}}"  # static/views.css and views.js: the map, breakdowns, filters, search
+TEMPLATE_VIEWS_JS = "{{CLIO_VIEWS_JS}}"
+
+
+@dataclass(frozen=True)
+class SiteViews:
+    """What the site's views need beyond the result: the minimums, the viewers' metadata keys, the version before."""
+
+    minimums: Minimums
+    metadata_keys: tuple[str, ...] = ()
+    previous: tuple[str, ClioResult, dict[str, str]] | None = None  # (its version, its result, lineage)
+    version: str = ""
+
+    @classmethod
+    def default(cls, result: ClioResult) -> SiteViews:
+        """The minimums the result was made with (the settings' defaults when it does not say)."""
+        from clio_stream.settings import ClioSettings
+
+        return cls(Minimums.of(ClioSettings.model_construct(), result.settings))
 
 
 @dataclass
-class SiteView:
-    """What the site shows of the input: conversations left off it, and messages shown instead of the turns."""
+class SiteRecords:
+    """What the site shows of the input records: conversations left off it, and messages shown instead of turns."""
 
     hidden: set[str] = field(default_factory=set)
     messages: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -77,8 +97,9 @@ def write_site(
     html_root: str = "",
     show_conversations: bool = True,
     title: str = "clio-stream",
+    views: SiteViews | None = None,
     chunk_bytes: int = 10_000_000,
-    view: SiteView | None = None,
+    shown: SiteRecords | None = None,
 ) -> Path:
     """Write the site for ``result`` into ``out_dir`` atomically and return ``out_dir``.
 
@@ -96,8 +117,9 @@ def write_site(
     try:
         tmp.mkdir()
         builder = _SiteBuilder(result, tmp, chunk_size=chunk_size, html_root=normalize_html_root(html_root),
-                               show_conversations=show_conversations, title=title, chunk_bytes=chunk_bytes,
-                               view=view or SiteView())
+                               show_conversations=show_conversations, title=title,
+                               views=views or SiteViews.default(result), chunk_bytes=chunk_bytes,
+                               shown=shown or SiteRecords())
         builder.build()
         _swap_in(tmp, out_dir)
     except BaseException:
@@ -135,13 +157,15 @@ class _SiteBuilder:
     """Holds the state of one site build; one instance per ``write_site`` call."""
 
     def __init__(self, result: ClioResult, root: Path, *, chunk_size: int, html_root: str,
-                 show_conversations: bool, title: str, chunk_bytes: int, view: SiteView) -> None:
+                 show_conversations: bool, title: str, views: SiteViews, chunk_bytes: int,
+                 shown: SiteRecords) -> None:
         self.result = result
+        self.views = views
         self.root = root
         self.data = root / DATA_DIR
         self.chunk_size = chunk_size
         self.chunk_bytes = chunk_bytes
-        self.view = view
+        self.shown = shown
         self.html_root = html_root
         self.show_conversations = show_conversations
         self.title = title
@@ -187,6 +211,9 @@ class _SiteBuilder:
             "conversation_index": CONVERSATION_INDEX_FILE,
             "numeric_facets": numeric,
             "facets": facets_out,
+            "views": write_views(self._write_json_gz, self.result, self.visibility, minimums=self.views.minimums,
+                                 metadata_keys=self.views.metadata_keys, previous=self.views.previous,
+                                 version=self.views.version),
         }
         self._write_json_gz(MANIFEST_FILE, manifest)
         (self.data / VERSION_FILE).write_text(json.dumps(
@@ -199,7 +226,10 @@ class _SiteBuilder:
         config = {"htmlRoot": self.html_root, "title": self.title, "format": FORMAT_VERSION}
         # "<" escaped so no data can close the <script> element it sits in.
         config_json = json.dumps(config).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-        page = template.replace(TEMPLATE_TITLE, html.escape(self.title)).replace(TEMPLATE_CONFIG, config_json)
+        static = resources.files("clio_stream.site").joinpath("static")
+        page = (template.replace(TEMPLATE_TITLE, html.escape(self.title)).replace(TEMPLATE_CONFIG, config_json)
+                .replace(TEMPLATE_VIEWS_CSS, static.joinpath("views.css").read_text(encoding="utf-8"))
+                .replace(TEMPLATE_VIEWS_JS, static.joinpath("views.js").read_text(encoding="utf-8")))
         (self.root / "index.html").write_text(page, encoding="utf-8")
         self.files_written += 1
 
@@ -260,7 +290,7 @@ class _SiteBuilder:
     def _write_members(self, facet_index: int, facet: str, node: ClusterNode, ref: int,
                        entry: dict[str, Any], node_path: list[str]) -> None:
         visible = [cid for cid in dict.fromkeys(node.conversation_ids) if cid not in self.withheld_conversations]
-        members = [cid for cid in visible if cid not in self.view.hidden]
+        members = [cid for cid in visible if cid not in self.shown.hidden]
         entry["n_members"] = len(members)
         entry["withheld_members"] = node.size - len(visible)
         entry["filtered_members"] = len(visible) - len(members)  # left off by the site-only filter
@@ -282,7 +312,7 @@ class _SiteBuilder:
     # --- conversations ---
 
     def _write_conversations(self) -> int:
-        left_off = self.withheld_conversations | self.view.hidden
+        left_off = self.withheld_conversations | self.shown.hidden
         shown = [c for c in self.result.conversations if c.id not in left_off]
         shown = list({c.id: c for c in shown}.values())  # last record of a duplicated id wins
         shown.sort(key=lambda c: _utf16_key(c.id))
@@ -317,7 +347,7 @@ class _SiteBuilder:
             "clusters": self.paths.get(conversation.id, {}),
         }
         if self.show_conversations:
-            record["messages"] = self.view.messages.get(conversation.id) or [
+            record["messages"] = self.shown.messages.get(conversation.id) or [
                 {"role": m.role, "content": m.content} for m in conversation.messages]
             record["timestamp"] = conversation.timestamp
         return record

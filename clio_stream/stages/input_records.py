@@ -21,7 +21,7 @@ from clio_stream.domain.clusters import ClioResult
 from clio_stream.domain.conversation import Conversation
 from clio_stream.domain.facets import Facet, data_as_text
 from clio_stream.settings import ClioSettings, default_conversation_to_json
-from clio_stream.site.writer import SiteView
+from clio_stream.site.writer import SiteRecords
 from clio_stream.stages.prepare import DataError, LoadStats, prepare_conversations, to_conversation
 
 
@@ -70,16 +70,16 @@ def load_records(raw: list[Any], facets: Sequence[Facet], settings: ClioSettings
                   items=dict(zip(ids, items)) if generic else None)
 
 
-def site_view(records: dict[str, Any], result: ClioResult, settings: ClioSettings) -> SiteView:
+def site_records(records: dict[str, Any], result: ClioResult, settings: ClioSettings) -> SiteRecords:
     """The site-only filter and display function applied to each conversation's input record."""
-    view = SiteView()
+    shown = SiteRecords()
     keep = settings.site_conversation_filter
     show = settings.conversation_to_json
     values = {cf.conversation_id: cf for cf in result.facet_values}
     for conv in result.conversations:
         record = records.get(conv.id, conv)
         if keep is not None and not keep(record, values.get(conv.id)):
-            view.hidden.add(conv.id)
+            shown.hidden.add(conv.id)
         elif show is not default_conversation_to_json:
-            view.messages[conv.id] = list(show(record))
-    return view
+            shown.messages[conv.id] = list(show(record))
+    return shown

@@ -5,8 +5,8 @@
   field ``cluster_v<N>`` — readers filter on the version they serve — plus the latest ``cluster_id`` /
   ``cluster_version``, similarity, outlier flag, content hash);
 * conversations: one vectorless point per conversation (status ``pending`` / ``processed``, user hash,
-  timestamp, content hash, and the raw conversation with its metadata only when the store was told it may
-  keep it: what ``clio-stream backfill-facets`` reads to answer a facet added later).
+  timestamp, content hash, bounded metadata, and the raw conversation only when the store was told it may keep
+  it: what ``clio-stream backfill-facets`` reads to answer a facet added later).
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ class FacetPoint:
     similarity: float | None = None
     outlier: bool = False
     content_hash: str | None = None
+    metadata: dict[str, str] | None = None  # bounded (domain.metadata.bound_metadata); declared keys are indexed
 
     @property
     def id(self) -> str:
@@ -84,6 +85,8 @@ class FacetPoint:
             "outlier": bool(self.outlier),
             "content_hash": self.content_hash,
         }
+        if self.metadata:
+            out["metadata"] = dict(self.metadata)
         if self.cluster_id is not None and self.cluster_version is not None:
             out[label_field(self.cluster_version)] = int(self.cluster_id)
         return out
@@ -91,7 +94,7 @@ class FacetPoint:
 
 @dataclass
 class ConversationRecord:
-    """Processing status of one conversation; ``raw`` and ``metadata`` are kept only if the store allows it."""
+    """Processing status of one conversation; ``raw`` is kept only if the store allows it."""
 
     conversation_id: str
     status: ConversationStatus = "pending"
@@ -100,7 +103,6 @@ class ConversationRecord:
     content_hash: str | None = None
     raw: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
-    metadata: dict[str, Any] | None = None
 
     def payload(self, keep_raw: bool) -> dict[str, Any]:
         """The JSON payload; drops ``raw`` unless ``keep_raw``."""
@@ -115,6 +117,4 @@ class ConversationRecord:
         }
         if keep_raw and self.raw is not None:
             out["raw"] = self.raw
-            if self.metadata:
-                out["metadata"] = self.metadata
         return out

@@ -43,7 +43,7 @@ def test_backfill_answers_a_new_facet_from_stored_text(qdrant_server, vllm_engin
             records.append(ConversationRecord(
                 conversation_id=f"c{i}", status="processed", user_hash=f"user{i % 3}", timestamp=1.7e9 + i,
                 content_hash=f"h{i}", raw=[{"role": "user", "content": ask}, {"role": "assistant", "content": answer}]
-                if keep_text else None, metadata={"plan": "pro" if i % 2 else "free"} if keep_text else None))
+                if keep_text else None, extra={"metadata": {"plan": "pro" if i % 2 else "free"}}))
         store.points.mark_conversations(records)
         # What workers stored before the new facets existed: the Request facet only.
         store.points.upsert_facets([FacetPoint(conversation_id=r.conversation_id, facet="Request",

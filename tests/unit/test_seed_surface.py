@@ -13,7 +13,7 @@ import pytest
 import openclio
 from clio_stream.domain.facets import Facet
 from clio_stream.settings import ClioSettings, OpenClioConfig
-from clio_stream.site.writer import SiteView, read_gz_json, write_site
+from clio_stream.site.writer import SiteRecords, read_gz_json, write_site
 from tests.seed_readme import block_defining
 
 from .fakes import HashEmbedder, ScriptedLLM, sensible_script
@@ -204,7 +204,7 @@ def test_chunk_bytes_split_large_sites(tmp_path):
     convs = [Conversation(id=f"c{i:02d}", messages=[Message(role="user", content="x" * 500)]) for i in range(20)]
     result = ClioResult(facets=[], conversations=convs, facet_values=[], hierarchies={})
     write_site(result, tmp_path / "a", chunk_size=100, chunk_bytes=10_000_000)
-    write_site(result, tmp_path / "b", chunk_size=100, chunk_bytes=2_000, view=SiteView(hidden={"c00"}))
+    write_site(result, tmp_path / "b", chunk_size=100, chunk_bytes=2_000, shown=SiteRecords(hidden={"c00"}))
     assert len(_conversation_files(tmp_path / "a")) == 1  # the seed's 10 MB default: one chunk
     small = _conversation_files(tmp_path / "b")
     assert len(small) >= 5 and all(len(json.loads(gzip.decompress(f.read_bytes()))["conversations"]) <= 3
