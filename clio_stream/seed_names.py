@@ -53,12 +53,21 @@ SKLEARN_KMEANS_ARGS = frozenset({"n_init", "max_iter", "tol", "init", "algorithm
 FAISS_ONLY_KMEANS_ARGS = frozenset({"approximate", "M", "ef", "n_jobs", "verbose"})
 
 
-def translate(data: Mapping[str, Any], fields: Mapping[str, Any]) -> dict[str, Any]:
-    """``data`` with seed names renamed to settings names; a name given both ways is an error."""
+def translate(data: Mapping[str, Any], fields: Mapping[str, Any], *, settings_name_wins: bool = False
+              ) -> dict[str, Any]:
+    """``data`` with seed names renamed to settings names.
+
+    A setting named both ways in one call (keyword arguments) is an error; with ``settings_name_wins`` (the
+    sources merged: keywords and environment already under settings names, a seed name can only come from the
+    TOML file, the lowest source) the settings name wins.
+    """
     out: dict[str, Any] = {}
-    for key, value in data.items():
+    for key in sorted(data, key=lambda k: k not in fields):  # settings names first
+        value = data[key]
         name = SEED_ALIASES.get(key, key) if key not in fields else key
         if name in out:
+            if settings_name_wins:
+                continue
             raise TypeError(f"{key!r} and {name!r} name the same setting; give one")
         if value is None and name in NONE_MEANS_DEFAULT:
             continue

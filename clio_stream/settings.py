@@ -370,11 +370,16 @@ class ClioSettings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
         return tuple(sources)
 
+    def __init__(self, **values: Any) -> None:
+        # Seed names among the keywords become settings names before the sources merge, so a keyword beats the
+        # environment whichever way either is named.
+        super().__init__(**translate(values, type(self).model_fields))
+
     @model_validator(mode="before")
     @classmethod
     def _seed_names(cls, data: Any) -> Any:
-        """The seed's camelCase names (keywords and TOML keys) as settings names."""
-        return translate(data, cls.model_fields) if isinstance(data, dict) else data
+        """Seed camelCase names in the TOML file as settings names (a settings name from a higher source wins)."""
+        return translate(data, cls.model_fields, settings_name_wins=True) if isinstance(data, dict) else data
 
     @field_validator("html_root")
     @classmethod

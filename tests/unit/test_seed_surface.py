@@ -100,12 +100,16 @@ def test_openclio_config_fields_by_their_seed_names():
         ClioSettings().with_overrides(minTopLevelSize=3, min_top_level_size=4)
 
 
-def test_seed_names_in_toml(monkeypatch, tmp_path):
+def test_seed_names_in_toml_and_keywords_keep_the_sources_order(monkeypatch, tmp_path):
     toml = tmp_path / "c.toml"
-    toml.write_text("minTopLevelSize = 4\nhtmlMaxSizePerFile = 2048\n")
+    toml.write_text("minTopLevelSize = 4\nhtmlMaxSizePerFile = 2048\nnRenameSamples = 2\n")
     monkeypatch.setenv("CLIO_CONFIG", str(toml))
     s = ClioSettings()
     assert s.min_top_level_size == 4 and s.site_chunk_bytes == 2048
+    monkeypatch.setenv("CLIO_N_RENAME_SAMPLES", "3")
+    monkeypatch.setenv("CLIO_MIN_TOP_LEVEL_SIZE", "6")
+    s = OpenClioConfig(minTopLevelSize=7)  # keyword (seed name) > environment > TOML (seed name)
+    assert (s.min_top_level_size, s.n_rename_samples, s.site_chunk_bytes) == (7, 3, 2048)
 
 
 def test_kmeans_args_the_seed_passes_are_mapped_and_others_refused():
