@@ -49,19 +49,41 @@ def _body_schema(model: type) -> dict[str, Any]:
             responses={404: {"model": ErrorOut}}, summary="One conversation: facets, clusters, status (analyst)")
 async def get_conversation(principal: Analyst, ctx: Ctx, store: Store,
                            conversation_id: ConversationId) -> ConversationOut:
-    doc = await run_in_threadpool(store.points.get_conversation, conversation_id)
+    view = ctx.current_view_nowait() or await run_in_threadpool(ctx.current_view)
+    doc = await run_in_threadpool(_lookup, store, view, conversation_id)
     if doc is None:
         if conversation_id in ctx.pending:
             return ConversationOut(id=conversation_id, status="pending")
         raise HTTPException(404, "conversation not found")
     ctx.pending.discard(conversation_id)
-    view = ctx.current_view_nowait() or await run_in_threadpool(ctx.current_view)
     return _conversation_out(ctx, view, conversation_id, doc)
 
 
-def _leaf_of(fv: Any, point: dict[str, Any]) -> str | None:
-    """The leaf of the served version a stored point belongs to: its label under that version, not the latest
-    one (a re-clustering writes the next version's labels before the API switches to it)."""
+def _lookup(store: Any, view: VersionView | None, cid: str) -> dict[str, Any] | None:
+    """The stored conversation in one Qdrant call when its status point's copy of the facets is enough.
+
+    Enough when every labelled facet's leaf in the served version is known: from the version itself (its
+    members, in memory) or from the copied label. A point labelled only under another version (stored
+    after the version's clustering read the store, then re-labelled on the facet point) needs the facet
+    points themselves: a second call.
+    """
+    doc, copied = store.points.lookup_conversation(cid)
+    if doc is None or not copied or view is None:
+        return doc
+    for name, point in (doc.get("facets") or {}).items():
+        fv = view.facet_views.get(name)
+        if fv is not None and point.get("cluster_id") is not None and _leaf_of(fv, point, cid) is None:
+            return store.points.get_conversation(cid)
+    return doc
+
+
+def _leaf_of(fv: Any, point: dict[str, Any], cid: str) -> str | None:
+    """The leaf of the served version a stored point belongs to: a member of that version's clustering, or
+    its label under that version, not the latest one (a re-clustering writes the next version's labels
+    before the API switches to it)."""
+    member = fv.leaf_of_member.get(cid)
+    if member is not None:
+        return member
     if fv.cluster_version is None:
         return fv.leaf_for(point.get("cluster_id"), point.get("cluster_version"))
     return fv.leaf_for(label_of(point, fv.cluster_version), fv.cluster_version)
@@ -77,7 +99,7 @@ def _conversation_out(ctx: ApiContext, view: VersionView | None, cid: str, doc: 
                                   "cluster_version": point.get("cluster_version")}
         fv = view.facet_views.get(name) if view is not None else None
         if fv is not None:
-            leaf_id = _leaf_of(fv, point)
+            leaf_id = _leaf_of(fv, point, cid)
             if leaf_id is not None:
                 if fv.cluster_version is not None:
                     answer["cluster_version"] = fv.cluster_version  # the label shown is the served version's

@@ -269,8 +269,9 @@ class StatusOut(BaseModel):
     published_at: float | None = None
     cluster_versions: dict[str, int | None] = Field(default_factory=dict)
     ingest_rate_per_s: float | None = Field(None, description="Conversations/s averaged since each live worker started.")
-    consumer_lag: int | None = Field(None, description="Sum of the live workers' own lag (fetch position); "
-                                     "`waiting` is the real backlog.")
+    consumer_lag: int | None = Field(None, description="Sum of the live workers' backlogs on the partitions they own "
+                                     "(high-water mark minus committed offset); `waiting` also counts partitions "
+                                     "no live worker owns.")
     waiting: int | None = Field(None, description="Records on the conversation topic after the consumer group's "
                                 "committed offsets, all partitions (measured every few seconds; null: unknown).")
     committed: int | None = Field(None, description="Records the consumer group has committed, all partitions.")

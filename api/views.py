@@ -36,6 +36,7 @@ class FacetView(FacetVisibility):
     cluster_version: int | None = None  # the clustering version the store's labels must carry; None: current
     store_cluster: dict[str, int] = field(default_factory=dict)  # level-0 node id -> online cluster id in the store
     node_of_cluster: dict[int, str] = field(default_factory=dict)  # the inverse
+    leaf_of_member: dict[str, str] = field(default_factory=dict)  # conversation id -> its level-0 node (visible or not)
     tree_json: bytes = b""
 
     def path(self, node: ClusterNode) -> list[ClusterNode]:
@@ -122,6 +123,8 @@ def build_view(published: PublishedVersion, versions: PublishedVersions | None =
     )
     for fv in facet_views.values():
         fv.tree_json = json.dumps(_tree(view, fv), ensure_ascii=False, separators=(",", ":")).encode()
+        fv.leaf_of_member = {cid: n.id for n in fv.hierarchy.nodes.values() if n.level == 0
+                             for cid in n.conversation_ids}
     log.info("indexed version %s: %s", view.version,
              ", ".join(f"{n} {len(f.visible)}/{len(f.hierarchy.nodes)} visible" for n, f in facet_views.items()))
     return view

@@ -13,9 +13,14 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages (how busy the shared machine was)."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "load_average_at_end": load_average()}
 
 
 def report(name: str, rows: list[tuple[str, Any, str]], extra: dict[str, Any] | None = None) -> Path:

@@ -1,7 +1,9 @@
 """Online k-means throughput: ``clio_stream.online.kmeans.OnlineKMeans`` against river's KMeans.
 
-Vectors per second of ``learn_many``, ``predict_many`` and ``learn_one`` on random
-unit vectors, and of river's ``KMeans.learn_one`` on a few points (it is slow).
+Vectors per second of the worker's batched path (one matrix product assigns a whole batch, the
+mean-rule update merges the batch's per-cluster sums: ``assign_many`` + ``apply_deltas``), of
+``learn_many`` (one product per chunk, and the whole batch at once), ``predict_many`` and ``learn_one``
+on random unit vectors, and of river's ``KMeans.learn_one`` on a few points (it is slow), in one run.
 BLAS is limited to one thread by default: per-vector work gains nothing from more,
 and on a busy 2-core box more threads are several times slower.
 
@@ -45,7 +47,13 @@ def bench(k: int = 1000, dim: int = 768, n: int = 20_000, n_one: int = 2_000,
     model.learn_many(x[:512])  # warm up BLAS
     t0 = time.perf_counter()
     model.learn_many(x)
-    results[f"numpy learn_many k={k} d={dim}"] = _rate(n, time.perf_counter() - t0)
+    results[f"numpy learn_many k={k} d={dim} (chunks of {model.batch_size})"] = _rate(n, time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    model.learn_many(x, batch_size=0)
+    results[f"numpy learn_many k={k} d={dim} (whole batch, one product)"] = _rate(n, time.perf_counter() - t0)
+    for batch in (64, 1024):
+        results[f"worker path k={k} d={dim}, batches of {batch} (assign + delta merge)"] = _worker_rate(
+            model, x, batch)
     t0 = time.perf_counter()
     model.predict_many(x)
     results[f"numpy predict_many k={k} d={dim}"] = _rate(n, time.perf_counter() - t0)
@@ -62,6 +70,23 @@ def bench(k: int = 1000, dim: int = 768, n: int = 20_000, n_one: int = 2_000,
             km.learn_one(p)
         results[f"river KMeans.learn_one k={rk} d={dim}"] = _rate(len(pts), time.perf_counter() - t0)
     return results
+
+
+def _worker_rate(model: OnlineKMeans, x: np.ndarray, batch: int) -> float:
+    """What a worker does per polled batch: one product assigns it, its delta merges the per-cluster sums."""
+    from clio_stream.online.deltas import CentroidDeltas
+
+    t0 = time.perf_counter()
+    offset = 0
+    for lo in range(0, x.shape[0], batch):
+        chunk = x[lo : lo + batch]
+        got = model.assign_many(chunk)
+        offsets = np.arange(offset, offset + len(chunk), dtype=np.int64)
+        for d in CentroidDeltas.for_records(model.facet or "f", model.version, "bench", 0, offset,
+                                            offset + len(chunk) - 1, offsets, got.labels, chunk, got.outliers):
+            model.apply_deltas(d)
+        offset += len(chunk)
+    return _rate(x.shape[0], time.perf_counter() - t0)
 
 
 def blas_threads(threads: int) -> contextlib.AbstractContextManager[Any]:

@@ -858,6 +858,8 @@ def main() -> None:
     ap.add_argument("--llm-base-url", default=None, help="an OpenAI-compatible server (vLLM); else in-process engine")
     ap.add_argument("--llm-model", default="smollm2-135m-instruct")
     ap.add_argument("--embedding-model", default=None, help="default all-mpnet-base-v2 (MiniLM with --smoke)")
+    ap.add_argument("--embedding-backend", choices=("torch", "onnx-int8"), default="torch",
+                    help="the embedding back-end (settings.embedding_backend)")
     ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "clio-stream" / "quality"))
     ap.add_argument("--bootstrap-fraction", type=float, default=None)
@@ -905,17 +907,18 @@ def main() -> None:
     config.stability &= not args.no_stability
     backend = {"llm_backend": "openai", "llm_base_url": args.llm_base_url} if args.llm_base_url else {}
     naming = {} if args.naming_samples is None else {"n_name_description_samples_per_cluster": args.naming_samples}
-    settings = ClioSettings(show_progress=False, llm_model=args.llm_model, **backend, **naming)
+    settings = ClioSettings(show_progress=False, llm_model=args.llm_model, embedding_backend=args.embedding_backend,
+                            **backend, **naming)
     embedding = args.embedding_model or ("all-MiniLM-L6-v2" if args.smoke else "all-mpnet-base-v2")
     llm = make_llm(settings)
     cache_dir = Path(args.cache_dir)
     cache = FacetCache(cache_dir / f"facets-{re.sub(r'[^A-Za-z0-9.-]+', '_', llm.model_name)[-60:]}.json")
     try:
         result = run(config, llm, make_embedder(settings, embedding), settings, cache,
-                     embedding_cache=cache_dir / f"vectors-{embedding}.npz")
+                     embedding_cache=cache_dir / f"vectors-{embedding}{'' if args.embedding_backend == 'torch' else '-' + args.embedding_backend}.npz")
     finally:
         llm.close()
-    result.update(embedding_model=embedding, llm_model=llm.model_name,
+    result.update(embedding_model=embedding, embedding_backend=args.embedding_backend, llm_model=llm.model_name,
                   llm_backend=settings.llm_backend + (f" {args.llm_base_url}" if args.llm_base_url else ""),
                   targets={"nmi_ratio": NMI_RATIO_TARGET, "id_survival_5pct": ID_SURVIVAL_TARGET,
                            "unparseable": UNPARSEABLE_TARGET})

@@ -3,16 +3,18 @@
 Measured side by side in one run (ratios matter more than absolute numbers on
 a noisy machine):
 1. conversations/s through the whole worker (decode -> facets -> embed -> upsert
-   -> assign -> commit) against raw ``vllm.LLM.generate`` over the same facet
-   prompts (target ratio >= 0.9: the worker adds little beyond the LLM);
+   -> assign -> commit; ``--batch`` records per poll, ``--in-flight`` batches at once)
+   against raw ``vllm.LLM.generate`` over the same facet prompts in one call
+   (target ratio >= 0.9: the worker adds little beyond the LLM), with the share of
+   the worker's prompt tokens vLLM's prefix cache served;
 2. the non-LLM path (a replay of the LLM's recorded answers, everything else
    real) against the embedding model's own raw throughput on the same texts
    (target ratio >= 0.9);
-3. online assignment vectors/s at k=1000, d=768 (numpy, river's update rule
-   kept) against river's own KMeans;
-4. the consumer process's peak RSS (the vLLM engine runs in its own process).
+3. the consumer process's peak RSS (the vLLM engine runs in its own process).
 
-    .venv/bin/python -m benchmarks.stream --n 48
+Online assignment against river's KMeans is ``benchmarks.online_kmeans``.
+
+    .venv/bin/python -m benchmarks.stream --n 48 --batch 16 --in-flight 3
 """
 
 from __future__ import annotations
@@ -59,15 +61,17 @@ class RecordingLLM(ReplayLLM):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=48)
+    ap.add_argument("--batch", type=int, default=16, help="records per poll (max_poll_records)")
+    ap.add_argument("--in-flight", type=int, default=3, help="batches in flight (max_in_flight_batches)")
     ap.add_argument("--embedding-model", default="all-MiniLM-L6-v2")
     ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
     args = ap.parse_args()
 
-    from benchmarks.common import quiet_logs, report
+    from benchmarks.common import load_average, quiet_logs, report
+
+    load_before = load_average()
 
     quiet_logs()
-    import numpy as np
-
     from clio_stream.batch_input import load_shared_dataset
 
     from clio_stream.stages.prepare import prepare_conversations, truncate_conversation
@@ -78,8 +82,6 @@ def main() -> None:
     from clio_stream.llm import make_llm
     from clio_stream.llm.base import sampling_for
     from clio_stream.streaming.wire_format import encode_message
-    from clio_stream.online.kmeans import OnlineKMeans
-    from clio_stream.online.river_compat import to_river
     from clio_stream.llm.prompts import FACET_CONVERSATION
     from clio_stream.devstack.processes import free_port, start_broker, start_qdrant
     from clio_stream.settings import ClioSettings
@@ -97,7 +99,7 @@ def main() -> None:
     try:
         base = dict(kafka_bootstrap=f"127.0.0.1:{kport}", qdrant_url=f"http://127.0.0.1:{qport}",
                     qdrant_grpc_port=gport, embedding_model=args.embedding_model, show_progress=False,
-                    max_poll_records=args.n)
+                    max_poll_records=args.batch, max_in_flight_batches=args.in_flight)
         settings = ClioSettings(**base, topic="bench.a", consumer_group="bench-a", deltas_topic="bench.a.deltas")
         ensure_topics(KafkaConnection.from_settings(settings), {"bench.a": 1, "bench.b": 1})
         producer = make_producer(KafkaConnection.from_settings(settings))
@@ -112,23 +114,39 @@ def main() -> None:
         recorder = RecordingLLM(engine, {})
 
         def drain(worker: ConsumerWorker, n: int) -> float:
+            """Seconds the worker had batches in flight (first launch to last commit, the group join and idle
+            polls excluded: ``WorkerMetrics.busy_seconds``) to store ``n`` conversations."""
             worker.start()
-            t0 = time.perf_counter()
             done = 0
             while done < n:
                 done += worker.run_once(5000)
+            return worker.metrics.busy_seconds
+
+        # 1. the whole worker, real LLM, between two raw runs of the same prompts (the machine's load drifts;
+        # each raw run's conversations carry a salt of their own, so no run reads another's prefix cache).
+        trunc = [truncate_conversation(c, settings.max_conversation_tokens, engine.count_tokens)[0] for c in convs]
+        sampling = sampling_for(FACET_CONVERSATION, settings.llm_sampling_args)
+
+        def raw_run(salt: str) -> float:
+            salted = [c.model_copy(update={"messages": [c.messages[0].model_copy(
+                update={"content": f"[{salt}] " + c.messages[0].content})] + c.messages[1:]}) for c in trunc]
+            texts = [engine.prompt_text(p) for p in build_prompts(salted, main_facets)]
+            t0 = time.perf_counter()
+            engine.generate_raw(texts, sampling)
             return time.perf_counter() - t0
 
-        # 1. the whole worker, real LLM
+        raw_before = raw_run("raw-1")
         w1 = ConsumerWorker(settings, main_facets, llm=recorder, embedder=embedder,
                             store=QdrantStore.from_settings(settings))
+        cache_before = engine.prefix_cache_stats
         whole = drain(w1, len(convs))
+        cache_after = engine.prefix_cache_stats
         w1.close()
-        trunc = [truncate_conversation(c, settings.max_conversation_tokens, engine.count_tokens)[0] for c in convs]
+        prompt_tokens = cache_after[0] - cache_before[0]
+        cached_share = (cache_after[1] - cache_before[1]) / prompt_tokens if prompt_tokens else float("nan")
+        raw_after = raw_run("raw-2")
+        raw_llm = (raw_before + raw_after) / 2
         texts = [engine.prompt_text(p) for p in build_prompts(trunc, main_facets)]
-        t0 = time.perf_counter()
-        engine.generate_raw(texts, sampling_for(FACET_CONVERSATION, settings.llm_sampling_args))
-        raw_llm = time.perf_counter() - t0
 
         # 2. the non-LLM path: replayed answers, everything else real, fresh topic and store prefix
         s2 = settings.with_overrides(topic="bench.b", consumer_group="bench-b", deltas_topic="bench.b.deltas",
@@ -149,36 +167,21 @@ def main() -> None:
         embedder.encode(emb_texts)
         raw_embed = time.perf_counter() - t0
 
-        # 3. online assignment at k=1000, d=768
-        rng = np.random.default_rng(0)
-        cents = rng.standard_normal((1000, 768)).astype(np.float32)
-        model = OnlineKMeans(cents)
-        x = rng.standard_normal((20000, 768)).astype(np.float32)
-        t0 = time.perf_counter()
-        model.learn_many(x)
-        online = len(x) / (time.perf_counter() - t0)
-        from river import cluster
-
-        km = to_river(OnlineKMeans(cents[:50]))
-        xs = [dict(enumerate(v)) for v in x[:200, :768]]
-        t0 = time.perf_counter()
-        for v in xs:
-            km.learn_one(v)
-        river_rate = len(xs) / (time.perf_counter() - t0)
-
         rows = [
-            ("conversations", len(convs), f"x {len(main_facets)} facets"),
+            ("conversations", len(convs), f"x {len(main_facets)} facets ({len(texts)} LLM prompts)"),
+            ("records per batch / batches in flight", f"{args.batch} / {args.in_flight}", ""),
             ("worker, real LLM", len(convs) / whole, "conversations/s"),
-            ("raw vLLM generate, same prompts", len(convs) / raw_llm, "conversations/s"),
+            ("worker prompt tokens served by the prefix cache", cached_share, "share"),
+            ("raw vLLM generate, same prompts (before / after the worker)",
+             f"{len(convs) / raw_before:.3f} / {len(convs) / raw_after:.3f}", "conversations/s"),
+            ("raw vLLM generate, mean of the two", len(convs) / raw_llm, "conversations/s"),
             ("ratio worker / raw LLM", raw_llm / whole, "target >= 0.9"),
             ("worker, replayed LLM (non-LLM path)", len(convs) / non_llm, "conversations/s"),
             ("raw embedding of the same values", len(convs) / raw_embed, "conversations/s"),
             ("ratio non-LLM path / raw embedding", raw_embed / non_llm, "target >= 0.9"),
-            ("online assignment k=1000 d=768 (numpy)", online, "vectors/s"),
-            ("river KMeans.learn_one k=50 d=768", river_rate, "vectors/s"),
             ("consumer peak RSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "MiB"),
         ]
-        report("stream", rows)
+        report("stream", rows, {"load_average_before": load_before, "args": vars(args)})
         engine.close()
     finally:
         broker.stop()

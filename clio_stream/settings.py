@@ -158,6 +158,16 @@ class ClioSettings(BaseSettings):
     embedding_model: str = Field("all-mpnet-base-v2", description="Name or folder of a sentence-transformers model.")
     embedding_device: str = Field(
         "cpu", description="Device of the sentence-transformers model ('cpu', 'cuda', 'cuda:1').")
+    embedding_backend: Literal["torch", "onnx-int8"] = Field(
+        "torch", description="'torch': the sentence-transformers model as it is; 'onnx-int8': the same model "
+        "exported once to ONNX with int8 weights and run by onnxruntime (3-4x as fast on a CPU, cosine "
+        "~0.99 to torch; mean-pooling models such as the packaged ones). Vectors of the two differ slightly: "
+        "pick one per store.")
+    embedding_onnx_dir: Path | None = Field(
+        None, description="Where exported ONNX models are kept; default <cache_dir>/models/onnx.")
+    embedding_cache_size: int = Field(
+        20_000, ge=0, description="A streaming worker keeps the vectors of this many distinct texts (by hash) and "
+        "embeds a text seen before no more (~3 KB each at 768-d); 0 embeds every batch's texts afresh.")
 
     # --- living clusters (re-clustering keeps ids and names of what did not change) ---
     match_min_similarity: float = Field(0.5, ge=0, le=1, description="Old and new clusters scoring below this "
@@ -313,6 +323,9 @@ class ClioSettings(BaseSettings):
     consumer_group: str = Field("clio-consumers", description="Consumer group of the streaming workers.")
     topic_partitions: int = Field(6, ge=1, description="Partitions of the conversation and DLQ topics when created.")
     max_poll_records: int = Field(16, ge=1, description="Records per worker batch (one batched LLM call each).")
+    max_in_flight_batches: int = Field(
+        2, ge=1, description="Polled batches a worker processes at once: the next batch's prompts are in the LLM "
+        "while the previous one is embedded, written and committed (in poll order). 1: one batch at a time.")
     poll_timeout_ms: int = Field(1000, ge=1, description="How long one poll waits for records.")
     max_message_bytes: int = Field(1 << 20, ge=1024, description="Larger record values are dead-lettered undecoded.")
     worker_id: str | None = Field(None, description="Name of this worker in metrics; default host-pid.")

@@ -12,13 +12,16 @@ facet's version pointer; workers notice the flip and load the new version.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from clio_stream.online.deltas import DeltaRejected
 from clio_stream.online.kmeans import OnlineKMeans
-from consumers.deltas_io import ReceivedDelta
+from clio_stream.storage.errors import StoreError
+from consumers.deltas_io import DeltaReader, ReceivedDelta
+from consumers.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,8 @@ class SharedCentroids:
         self.facets = list(facets)
         self.dim = int(dim)
         self.models: dict[str, OnlineKMeans] = {}
+        # Batches in flight assign on their own threads while the worker's thread merges deltas: both hold this.
+        self.lock = threading.Lock()
 
     def refresh(self, store: CentroidSource) -> list[str]:
         """Load the clustering of each facet whose version pointer moved; returns the facets reloaded.
@@ -69,7 +74,8 @@ class SharedCentroids:
                           name, version, model.dim, self.dim)
                 continue
             model.facet = name
-            self.models[name] = model
+            with self.lock:
+                self.models[name] = model
             reloaded.append(name)
             log.info("facet %s: loaded clustering v%d (k=%d)", name, version, model.n_clusters)
         return reloaded
@@ -80,6 +86,10 @@ class SharedCentroids:
         A delta for a known facet with no clustering loaded yet is skipped: it
         is not hostile, and the reader replays the topic when a version loads.
         """
+        with self.lock:
+            return self._apply(received)
+
+    def _apply(self, received: Iterable[ReceivedDelta]) -> DeltaReport:
         report = DeltaReport()
         for item in received:
             reason = item.reason
@@ -102,6 +112,28 @@ class SharedCentroids:
                 rec = item.record
                 log.warning("rejecting centroid delta %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, reason)
                 report.rejected.append(ReceivedDelta(rec, d, reason))
+        return report
+
+    def sync(self, store: CentroidSource, deltas: DeltaReader, metrics: WorkerMetrics, *,
+             strict: bool = False, check_versions: bool = True) -> DeltaReport:
+        """Load moved version pointers (when ``check_versions``), then apply every delta read since the last
+        call (counted in ``metrics``).
+
+        A store failure only delays the version check (unless ``strict``: a starting worker must load them).
+        """
+        try:
+            if check_versions and self.refresh(store):
+                deltas.rewind()  # deltas of the new version may predate our noticing it
+                metrics.set_clusters(self.outlier_rates(), self.versions())
+        except StoreError as exc:
+            if strict:
+                raise
+            log.debug("centroid version check skipped: %s", exc)
+        report = self.apply(deltas.drain())
+        if report.applied:
+            metrics.add(deltas_applied=report.applied)
+        if report.rejected:
+            metrics.add(deltas_rejected=len(report.rejected))
         return report
 
     def versions(self) -> dict[str, int]:

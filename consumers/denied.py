@@ -12,10 +12,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import logging
+
 from clio_stream.privacy.denylist import DenyList
 from clio_stream.privacy.users import user_key_of
 from consumers.decoding import DecodedBatch
+from consumers.metrics import WorkerMetrics
 from consumers.processing import BatchOutcome
+
+log = logging.getLogger(__name__)
 
 
 def drop_denied_conversations(decoded: DecodedBatch, denylist: DenyList) -> tuple[DecodedBatch, int]:
@@ -33,3 +38,27 @@ def drop_denied_writes(outcome: BatchOutcome, denylist: DenyList) -> tuple[Batch
     if dropped == 0 and len(points) == len(outcome.facet_points) and len(dead) == len(outcome.dead_lettered):
         return outcome, 0
     return replace(outcome, conversations=convs, facet_points=points, dead_lettered=dead), dropped
+
+
+class DenyFilter:
+    """Both drops for one worker, counted in its ``denied_dropped``."""
+
+    def __init__(self, denylist: DenyList, metrics: WorkerMetrics) -> None:
+        self.denylist, self.metrics = denylist, metrics
+
+    def conversations(self, decoded: DecodedBatch) -> DecodedBatch:
+        """Deleted users' conversations out before anything is written or asked."""
+        kept, dropped = drop_denied_conversations(decoded, self.denylist)
+        self._count(dropped)
+        return kept
+
+    def writes(self, outcome: BatchOutcome) -> BatchOutcome:
+        """Deleted users' points out right before the upsert; their offsets are still committed."""
+        kept, dropped = drop_denied_writes(outcome, self.denylist)
+        self._count(dropped)
+        return kept
+
+    def _count(self, dropped: int) -> None:
+        if dropped:
+            self.metrics.add(denied_dropped=dropped)
+            log.info("dropped %d conversation(s) of deleted users; their offsets are committed", dropped)

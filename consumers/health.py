@@ -6,9 +6,15 @@ answers into its ``health`` state and metrics.
 
 from __future__ import annotations
 
+import logging
 import random
+import threading
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+from consumers.metrics import WorkerMetrics
+
+log = logging.getLogger(__name__)
 
 
 def backoff_delay(failures: int, initial_s: float, max_s: float, jitter: float = 0.1) -> float:
@@ -45,3 +51,53 @@ class BrokerWatch:
     def reset(self) -> None:
         """Records arrived: the broker is there."""
         self.lost_at = None
+
+
+class WorkerHealth:
+    """A worker's ``health`` (starting, ok, degraded, stopped) and its reason, kept in its metrics too; the
+    count of consecutive failures and the back-off after each."""
+
+    def __init__(self, metrics: WorkerMetrics, *, backoff_initial_s: float, backoff_max_s: float,
+                 broker_unreachable_s: float) -> None:
+        self.metrics = metrics
+        self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
+        self.broker = BrokerWatch(broker_unreachable_s)
+        self.state = "starting"
+        self.reason: str | None = None
+        self.failures = 0
+
+    def set(self, state: str, reason: str | None = None) -> None:
+        self.state, self.reason = state, reason
+        self.metrics.set_health(state, reason)
+
+    def fail(self, reason: str, stop: threading.Event, *, back_off: bool = True) -> None:
+        """Report degraded and wait before the retry (interrupted by ``stop``)."""
+        self.failures += 1
+        self.metrics.add(failed_batches=1)
+        self.set("degraded", reason[:300])
+        delay = backoff_delay(self.failures, self.backoff_initial_s, self.backoff_max_s)
+        log.warning("worker degraded (%s); retrying in %.1f s", reason[:300], delay if back_off else 0.0)
+        if back_off:
+            stop.wait(delay)
+
+    def recovered(self) -> None:
+        if self.failures:
+            log.info("worker recovered after %d failed attempts", self.failures)
+        self.failures = 0
+        if self.state != "ok":
+            self.set("ok")
+
+    def watch_broker(self, consumer: Any, now: float) -> None:
+        """After an empty poll: show a lost group coordinator as ``degraded`` (kafka-python reconnects by itself)."""
+        try:
+            lost = bool(consumer._coordinator.coordinator_unknown())
+        except Exception:  # noqa: BLE001 - a private API of kafka-python: never let it break the loop
+            return
+        lost_since = self.broker.lost_at
+        change = self.broker.observe(lost, now)
+        if change == "back" and self.state == "degraded":
+            log.info("broker reachable again")
+            self.set("ok")
+        elif change == "unreachable" and self.state == "ok":
+            log.warning("no Kafka group coordinator for %.0f s: broker unreachable", now - (lost_since or now))
+            self.set("degraded", "Kafka broker unreachable")

@@ -7,15 +7,19 @@ JSON-safe dict for logs, tests and Prometheus.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 
+from kafka import TopicPartition
 from pydantic import Field, PrivateAttr
 
-from clio_stream.storage.documents import WorkerMetricsDoc
+from clio_stream.storage.documents import WORKER_METRICS, WorkerMetricsDoc
 from consumers.processing import BatchOutcome
+
+log = logging.getLogger(__name__)
 
 
 class WorkerMetrics(WorkerMetricsDoc):
@@ -27,8 +31,10 @@ class WorkerMetrics(WorkerMetricsDoc):
     def __init__(self, worker_id: str, **counts: Any) -> None:
         super().__init__(worker_id=worker_id, **counts)
 
-    def record_batch(self, outcome: BatchOutcome, records: int, seconds: float) -> None:
-        """Add one committed batch (``seconds``: poll-to-commit wall time)."""
+    def record_batch(self, outcome: BatchOutcome, records: int, seconds: float,
+                     busy_seconds: float | None = None) -> None:
+        """Add one committed batch (``seconds``: poll-to-commit wall time; ``busy_seconds``: of that, the time no
+        earlier batch's commit already counted, so batches in flight together count their overlap once)."""
         with self._lock:
             self.batches += 1
             self.processed += outcome.processed
@@ -40,8 +46,12 @@ class WorkerMetrics(WorkerMetricsDoc):
             self.llm_calls += outcome.llm_calls
             self.llm_prompts += outcome.llm_prompts
             self.unparseable += outcome.unparseable
+            for facet, n in outcome.assigned.items():
+                self.assigned[facet] = self.assigned.get(facet, 0) + n
+            for facet, n in outcome.outliers.items():
+                self.outliers[facet] = self.outliers.get(facet, 0) + n
             self.deltas_published += len(outcome.deltas)
-            self.busy_seconds += seconds
+            self.busy_seconds += seconds if busy_seconds is None else busy_seconds
             self.llm_seconds += outcome.llm_seconds
             self.embed_seconds += outcome.embed_seconds
             self.last_batch_seconds = seconds
@@ -73,9 +83,12 @@ class WorkerMetrics(WorkerMetricsDoc):
             for name, v in seconds.items():
                 setattr(self, name, getattr(self, name) + float(v))
 
-    def set_lag(self, lag: int | None) -> None:
+    def set_lag(self, lags: Mapping[TopicPartition, int | None]) -> None:
+        """Each owned partition's backlog (committed offset to high-water mark); the total where all are known."""
         with self._lock:
-            self.consumer_lag = lag
+            self.partition_lag = {f"{tp.topic}/{tp.partition}": n for tp, n in lags.items() if n is not None}
+            self.consumer_lag = sum(self.partition_lag.values()) if lags and len(self.partition_lag) == len(lags) \
+                else None
 
     def document(self) -> WorkerMetricsDoc:
         """A copy of every counter, with derived rates, as the worker's state document."""
@@ -88,3 +101,21 @@ class WorkerMetrics(WorkerMetricsDoc):
     def snapshot(self) -> dict[str, Any]:
         """``document()`` as a JSON-safe dict."""
         return self.document().model_dump(mode="json")
+
+
+class MetricsWriter:
+    """Stores a worker's metrics as its state document (the API and the scheduler read it), at most every
+    ``interval_s`` unless forced; skipped while Qdrant is down (metrics are best effort)."""
+
+    def __init__(self, metrics: WorkerMetrics, interval_s: float) -> None:
+        self.metrics, self.interval_s = metrics, interval_s
+        self._written_at = float("-inf")
+
+    def maybe_write(self, states: Any, *, force: bool = False) -> None:
+        if not force and time.monotonic() - self._written_at < self.interval_s:
+            return
+        self._written_at = time.monotonic()
+        try:
+            states.write(WORKER_METRICS.of(self.metrics.worker_id), self.metrics.document())
+        except Exception as exc:  # noqa: BLE001 - metrics are best effort
+            log.debug("writing worker metrics failed: %s", exc)

@@ -23,6 +23,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -36,9 +37,10 @@ from clio_stream.llm.base import AskStats, LLMBackend, Prompt, PromptsRejected
 from clio_stream.online.assignment import Assignment
 from clio_stream.online.deltas import CentroidDeltas
 from clio_stream.online.kmeans import OnlineKMeans
+from clio_stream.ops.faults import reach
 from clio_stream.privacy.users import user_key_of
 from clio_stream.settings import ClioSettings
-from clio_stream.storage.records import ConversationRecord, ConversationStatus, FacetPoint
+from clio_stream.storage.records import FACETS_COPY, ConversationRecord, ConversationStatus, FacetPoint
 from clio_stream.domain.conversation import FacetValue
 from clio_stream.domain.metadata import bound_metadata
 from consumers.decoding import DeadLetter, DecodedBatch, DecodedConversation, RecordLike, decode_records, offset_ranges
@@ -61,7 +63,7 @@ class RecordRejected(RuntimeError):
 class StoreReader(Protocol):
     """The one store call the core makes (``QdrantStore.points`` fits)."""
 
-    def find_by_content_hash(self, content_hash: str) -> dict[str, dict[str, Any]] | None: ...
+    def find_by_content_hashes(self, content_hashes: Sequence[str]) -> dict[str, dict[str, dict[str, Any]]]: ...
 
 
 @dataclass
@@ -217,11 +219,12 @@ def facet_values(
     by_hash: dict[str, dict[str, FacetValue]] = {}
     to_ask: list[DecodedConversation] = []
     asked: set[str] = set()
+    stored = store.find_by_content_hashes([i.content_hash for i in items]) if settings.dedup and items else {}
     for item in items:
         h = item.content_hash
         if h in by_hash or h in asked:
             continue
-        reuse = _reusable(store.find_by_content_hash(h), facets) if settings.dedup else None
+        reuse = _reusable(stored.get(h), facets) if settings.dedup else None
         if reuse is not None:
             by_hash[h] = reuse
         else:
@@ -234,6 +237,7 @@ def facet_values(
         results = extract_facets(
             truncated, facets, llm, sampling=settings.llm_sampling_args, retries=settings.llm_max_retries,
             seed=settings.seed, batch_size=max(settings.llm_batch_size, len(to_ask) * len(facets)), stats=stats,
+            prefix_group=settings.facet_prefix_group,
             settings=settings,
         )
         for item, cf in zip(to_ask, results):
@@ -295,12 +299,14 @@ def process_batch(
     models: Mapping[str, OnlineKMeans],
     settings: ClioSettings,
     decoded: DecodedBatch | None = None,
+    models_lock: AbstractContextManager[Any] | None = None,
 ) -> BatchOutcome:
     """Turn polled records into facet points, status records, dead letters and centroid deltas.
 
     ``models`` maps a hierarchy facet's name to its current online k-means; a
     facet without one (no clustering published yet) is stored unassigned
-    (``cluster_id`` None). ``decoded`` may pass the result of ``decode_records``
+    (``cluster_id`` None); ``models_lock`` is held while they are read (another
+    thread merges deltas into them). ``decoded`` may pass the result of ``decode_records``
     when the caller already decoded the batch (to mark it pending).
     """
     t0 = time.perf_counter()
@@ -312,6 +318,7 @@ def process_batch(
     stats = AskStats()
     values, reused = facet_values(items, facets, counting, store, settings, stats)
     t_llm = time.perf_counter() - t0
+    reach("consume.embed")
 
     tree = [f for f in facets if f.has_hierarchy]
     value_of = {(row, f.name): values[item.content_hash].get(f.name) for row, item in enumerate(items) for f in facets}
@@ -328,25 +335,26 @@ def process_batch(
     deltas: list[CentroidDeltas] = []
     assigned: dict[str, int] = {}
     outliers: dict[str, int] = {}
-    for f in tree:
-        model = models.get(f.name)
-        if model is None:
-            continue
-        if model.dim != dim:
-            log.warning("facet %s: clustering v%d is %d-d but the embedder makes %d-d vectors; storing unassigned",
-                        f.name, model.version, model.dim, dim)
-            continue
-        rows = [r for r in range(len(items)) if (fv := value_of[(r, f.name)]) is not None and fv.value]
-        if not rows:
-            continue
-        mat = np.stack([text_vectors[embedding_text(f, value_of[(r, f.name)].value)] for r in rows])  # type: ignore
-        found, facet_deltas = assign_facet(f, rows, mat, item_records, model, ranges)
-        for row, a in found.items():
-            assignments[(row, f.name)] = a
-        versions[f.name] = model.version
-        deltas.extend(facet_deltas)
-        assigned[f.name] = len(found)
-        outliers[f.name] = sum(1 for a in found.values() if a.is_outlier)
+    with models_lock or nullcontext():
+        for f in tree:
+            model = models.get(f.name)
+            if model is None:
+                continue
+            if model.dim != dim:
+                log.warning("facet %s: clustering v%d is %d-d but the embedder makes %d-d vectors; storing "
+                            "unassigned", f.name, model.version, model.dim, dim)
+                continue
+            rows = [r for r in range(len(items)) if (fv := value_of[(r, f.name)]) is not None and fv.value]
+            if not rows:
+                continue
+            mat = np.stack([text_vectors[embedding_text(f, value_of[(r, f.name)].value)] for r in rows])  # type: ignore
+            found, facet_deltas = assign_facet(f, rows, mat, item_records, model, ranges)
+            for row, a in found.items():
+                assignments[(row, f.name)] = a
+            versions[f.name] = model.version
+            deltas.extend(facet_deltas)
+            assigned[f.name] = len(found)
+            outliers[f.name] = sum(1 for a in found.values() if a.is_outlier)
 
     zero = np.zeros(dim, dtype=np.float32)  # "not embedded": facets without a hierarchy, missing values
     points: list[FacetPoint] = []
@@ -354,6 +362,7 @@ def process_batch(
     for row, item in enumerate(items):
         record = conversation_record(item, settings, "processed")
         conversations.append(record)
+        first = len(points)
         for f in facets:
             fv = value_of[(row, f.name)] or FacetValue(facet=f.name, value=None)
             vec = text_vectors.get(embedding_text(f, fv.value)) if (f.has_hierarchy and fv.value) else None
@@ -373,6 +382,7 @@ def process_batch(
                 content_hash=item.content_hash,
                 metadata=record.extra.get("metadata"),
             ))
+        record.extra[FACETS_COPY] = {p.facet: p.summary() for p in points[first:]}
     outcome = BatchOutcome(
         facet_points=points,
         conversations=conversations,

@@ -29,6 +29,8 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "batches": ("batches_total", "Batches committed."),
     "failed_batches": ("batches_failed_total", "Batch attempts that failed and were retried (a dependency down)."),
     "commit_failures": ("commit_failures_total", "Offset commits refused (a rebalance took the partitions)."),
+    "abandoned_batches": ("batches_abandoned_total", "Batches in flight given up uncommitted (after a failure "
+                          "before them, a refused commit, a rebalance or a stop) and polled again."),
     "denied_dropped": ("records_denied_total", "Records of deleted users dropped before writing."),
     "llm_calls": ("llm_calls_total", "Batched LLM generate calls."),
     "llm_prompts": ("llm_prompts_total", "Prompts sent to the LLM."),
@@ -63,11 +65,24 @@ class WorkerCollector(Collector):
         for code, n in sorted(snap["dead_lettered_by_code"].items()):
             by_code.add_metric([*worker, code], float(n))
         yield by_code
-        lag = GaugeMetricFamily(PREFIX + "lag_records", "Records not yet consumed on this worker's partitions.",
-                                labels=["worker"])
+        lag = GaugeMetricFamily(PREFIX + "lag_records", "Records waiting on this worker's partitions: high-water "
+                                "mark minus the group's committed offset.", labels=["worker"])
         if snap["consumer_lag"] is not None:
             lag.add_metric(worker, float(snap["consumer_lag"]))
         yield lag
+        by_partition = GaugeMetricFamily(PREFIX + "partition_lag_records", "Records waiting per owned partition "
+                                         "(high-water mark minus committed offset).",
+                                         labels=["worker", "topic", "partition"])
+        for key, n in sorted(snap["partition_lag"].items()):
+            topic, _, partition = key.rpartition("/")
+            by_partition.add_metric([*worker, topic, partition], float(n))
+        yield by_partition
+        for field_name, name, doc in (("assigned", "assignments", "Facet vectors assigned to a cluster online."),
+                                      ("outliers", "outliers", "Of those assignments, the outliers.")):
+            family = CounterMetricFamily(PREFIX + name, doc, labels=["worker", "facet"])
+            for facet, n in sorted(snap[field_name].items()):
+                family.add_metric([*worker, facet], float(n))
+            yield family
         health = GaugeMetricFamily(PREFIX + "health", "1 for the worker's current health state.",
                                    labels=["worker", "state"])
         for state in HEALTH_STATES:

@@ -1,7 +1,10 @@
 """Any OpenAI-compatible chat endpoint, e.g. ``vllm serve`` on a GPU box.
 
-Requests go out concurrently (up to ``max_concurrency`` in flight) so the
-server's continuous batching sees a full queue. The assistant prefill is sent
+Requests go out concurrently so the server's continuous batching sees a full
+queue: one event loop on a thread of its own, one client (its connections kept
+open between calls) and one limit of ``max_concurrency`` requests in flight,
+shared by every caller, so a worker with several batches in flight keeps the
+server's batch filled without exceeding the limit. The assistant prefill is sent
 as a final assistant message with vLLM's ``continue_final_message`` extension;
 servers that echo the prefill back have it stripped. ``tokenizer_args`` reach the
 server's chat template as ``chat_template_kwargs`` (Qwen3's ``enable_thinking``).
@@ -81,6 +84,10 @@ class OpenAICompatible:
         self.tokenizer_args = dict(tokenizer_args or {})
         self._tokenizer = None
         self._tokenize_supported = True
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_lock = threading.Lock()
+        self._client: Any = None
+        self._sem: asyncio.Semaphore | None = None
         path = tokenizer_path or model
         if Path(path).is_dir():
             from transformers import AutoTokenizer
@@ -166,32 +173,45 @@ class OpenAICompatible:
             text = text[len(prefill) :]
         return text
 
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        """The back-end's event loop, started on first use on a daemon thread (with its client and limit)."""
+        with self._loop_lock:
+            if self._loop is None:
+                from openai import AsyncOpenAI
+
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="openai-client", daemon=True).start()
+
+                async def setup() -> None:
+                    self._client = AsyncOpenAI(base_url=self.base_url, api_key=self.api_key,
+                                               timeout=self.timeout_s, max_retries=self.max_retries)
+                    self._sem = asyncio.Semaphore(self.max_concurrency)
+
+                asyncio.run_coroutine_threadsafe(setup(), loop).result()
+                self._loop = loop
+            return self._loop
+
     async def _all(self, prompts: Sequence[Prompt], args: dict[str, Any], seed: int | None,
                    desc: str | None = None) -> list[str | None]:
-        from openai import AsyncOpenAI
+        client, sem = self._client, self._sem
+        assert client is not None and sem is not None
+        # One seed per request so repeated samples of one prompt can differ.
+        jobs = [
+            self._one(client, sem, p, args if seed is None or not self.send_seed else {**args, "seed": seed + i})
+            for i, p in enumerate(prompts)
+        ]
+        progress = PromptProgress(len(prompts), desc, bar=self.show_progress)
 
-        client = AsyncOpenAI(
-            base_url=self.base_url, api_key=self.api_key, timeout=self.timeout_s, max_retries=self.max_retries
-        )
-        sem = asyncio.Semaphore(self.max_concurrency)
+        async def counted(job: Any) -> Any:
+            try:
+                return await job
+            finally:
+                progress.one_done()
+
         try:
-            # One seed per request so repeated samples of one prompt can differ.
-            jobs = [
-                self._one(client, sem, p, args if seed is None or not self.send_seed else {**args, "seed": seed + i})
-                for i, p in enumerate(prompts)
-            ]
-            progress = PromptProgress(len(prompts), desc, bar=self.show_progress)
-
-            async def counted(job: Any) -> Any:
-                try:
-                    return await job
-                finally:
-                    progress.one_done()
-
             answers = list(await asyncio.gather(*(counted(j) for j in jobs)))
-            progress.close()
         finally:
-            await client.close()
+            progress.close()
         plain = [None if a is _FAILED or isinstance(a, _Rejected) else a for a in answers]
         failed = sum(1 for a in answers if a is _FAILED)
         if failed:  # the back-end is at fault: the whole call is retried, rejections are found again then
@@ -205,27 +225,10 @@ class OpenAICompatible:
         self, prompts: Sequence[Prompt], sampling: Mapping[str, Any], *, seed: int | None = None, desc: str | None = None
     ) -> list[str | None]:
         """Answers in prompt order; ``RequestsFailed`` if any request failed, else ``PromptsRejected`` if any was refused."""
-        args = dict(sampling)
-        coro_factory = lambda: self._all(prompts, args, seed, desc)  # noqa: E731
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(coro_factory())
-        # Called from inside an event loop (e.g. a web handler): run on a private thread.
-        box: list[Any] = []
-
-        def run() -> None:
-            try:
-                box.append(asyncio.run(coro_factory()))
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-                box.append(exc)
-
-        thread = threading.Thread(target=run)
-        thread.start()
-        thread.join()
-        if isinstance(box[0], BaseException):
-            raise box[0]
-        return box[0]
+        if not prompts:
+            return []
+        loop = self._running_loop()
+        return asyncio.run_coroutine_threadsafe(self._all(prompts, dict(sampling), seed, desc), loop).result()
 
     def health(self) -> bool:
         """True when the server answers its model list."""
@@ -238,4 +241,19 @@ class OpenAICompatible:
             return False
 
     def close(self) -> None:
-        return None
+        """Close the client and stop the loop thread (calls still waiting fail)."""
+        with self._loop_lock:
+            loop, self._loop = self._loop, None
+        if loop is None:
+            return
+        client = self._client
+
+        async def shutdown() -> None:
+            if client is not None:
+                await client.close()
+
+        try:
+            asyncio.run_coroutine_threadsafe(shutdown(), loop).result(10)
+        except Exception:  # noqa: BLE001 - closing is best effort
+            log.debug("closing the OpenAI client failed", exc_info=True)
+        loop.call_soon_threadsafe(loop.stop)

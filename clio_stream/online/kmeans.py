@@ -29,9 +29,9 @@ from clio_stream.online.arrays import decode_array, encode_array
 from clio_stream.online.assignment import (
     BatchAssignment,
     Metric,
+    Scorer,
     VectorLike,
     as_unit_rows,
-    nearest_centroids,
 )
 from clio_stream.online.deltas import AppliedRecords, CentroidDeltas
 from clio_stream.online.outliers import (
@@ -99,6 +99,7 @@ class OnlineKMeans:
         if c.ndim != 2 or c.shape[0] < 1 or c.shape[1] < 1:
             raise ValueError(f"centroids must be a non-empty k x d matrix, got shape {c.shape}")
         self._c = c
+        self._scorer: Scorer | None = None  # the centroids prepared for scoring; None after they move
         k = c.shape[0]
         self._counts = np.zeros(k, np.int64) if counts is None else np.array(counts, dtype=np.int64).reshape(k)
         self.rule: Rule = rule
@@ -184,23 +185,25 @@ class OnlineKMeans:
         """Assign ``x`` and move its centroid (river's signature: returns nothing)."""
         self.learn_many(x)
 
-    def learn_many(self, x: VectorLike) -> np.ndarray:
-        """Assign and learn a batch, ``batch_size`` rows at a time; returns the labels.
+    def learn_many(self, x: VectorLike, batch_size: int | None = None) -> np.ndarray:
+        """Assign and learn a batch, ``batch_size`` rows at a time (default the model's; 0: all at once); returns the labels.
 
         Within a chunk every row is assigned against the centroids as they were
-        at the start of the chunk; the centroid moves are then exactly those of
+        at the start of the chunk (one matrix product); the centroid moves are then exactly those of
         feeding the chunk's rows one by one in order with those assignments.
         """
         mat = as_unit_rows(x, self.dim)
+        step = self.batch_size if batch_size is None else (int(batch_size) or max(1, mat.shape[0]))
         labels = np.empty(mat.shape[0], np.int64)
         sims = np.empty(mat.shape[0], np.float32)
-        for start in range(0, mat.shape[0], self.batch_size):
-            chunk = mat[start : start + self.batch_size]
+        for start in range(0, mat.shape[0], step):
+            chunk = mat[start : start + step]
             labels[start : start + len(chunk)], sims[start : start + len(chunk)] = self._nearest(chunk)
             if self.rule == "mean":
                 mean_step(self._c, self._counts, labels[start : start + len(chunk)], chunk)
             else:
                 halflife_step(self._c, self._counts, labels[start : start + len(chunk)], chunk, self.halflife)
+            self._scorer = None
         outliers = self._observe(sims)
         self.learned += mat.shape[0]
         self.learned_outliers += int(np.count_nonzero(outliers))
@@ -215,7 +218,10 @@ class OnlineKMeans:
         return BatchAssignment(labels, sims, self._observe(sims))
 
     def _nearest(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return nearest_centroids(x, self._c, self.metric)
+        scorer = self._scorer
+        if scorer is None:
+            scorer = self._scorer = Scorer.of(self._c, self.metric)
+        return scorer.nearest(x)
 
     def _observe(self, sims: np.ndarray) -> np.ndarray:
         """Outlier flags of ``sims``, pushed into the running window."""
@@ -246,6 +252,7 @@ class OnlineKMeans:
         if n == 0:
             return 0
         merge_means(self._c, self._counts, *group_sums(deltas.clusters[fresh], deltas.vectors[fresh]))
+        self._scorer = None
         self.learned += n
         self.learned_outliers += int(np.count_nonzero(deltas.outliers[fresh]))
         self.updates += 1

@@ -64,6 +64,7 @@ class WorkerMetricsDoc(StateDocument):
     batches: int = 0
     failed_batches: int = 0
     commit_failures: int = 0
+    abandoned_batches: int = 0
     denied_dropped: int = 0
     deltas_published: int = 0
     deltas_applied: int = 0
@@ -78,7 +79,10 @@ class WorkerMetricsDoc(StateDocument):
     outlier_rate: dict[str, float] = Field(default_factory=dict)  # per facet, recent
     cluster_versions: dict[str, int] = Field(default_factory=dict)
     drift: dict[str, dict[str, Any]] = Field(default_factory=dict)  # clio_stream.online.drift.DriftMonitor.snapshot()
-    consumer_lag: int | None = None
+    consumer_lag: int | None = None  # records between the group's committed offsets and the high-water marks
+    partition_lag: dict[str, int] = Field(default_factory=dict)  # "topic/partition" -> that partition's share
+    assigned: dict[str, int] = Field(default_factory=dict)  # per facet: vectors assigned online since start
+    outliers: dict[str, int] = Field(default_factory=dict)  # per facet: of those, outliers
     health: str = "starting"
     health_reason: str | None = None
     started_at: float | None = None

@@ -12,7 +12,13 @@ from qdrant_client import models
 from clio_stream.storage.labels import label_filter
 from clio_stream.storage.errors import CollectionMissing
 from clio_stream.storage.qdrant import QdrantConnection, eq, is_empty, match_filter
-from clio_stream.storage.records import ConversationRecord, FacetPoint, conversation_point_id, label_field
+from clio_stream.storage.records import (
+    FACETS_COPY,
+    ConversationRecord,
+    FacetPoint,
+    conversation_point_id,
+    label_field,
+)
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +132,25 @@ class Points:
             self.conn.client.upsert(self.conn.conversations, points=points, wait=wait)
         return len(points)
 
+    def lookup_conversation(self, conversation_id: str) -> tuple[dict[str, Any] | None, bool]:
+        """(the doc of ``get_conversation``, whether its ``facets`` are the status point's copy).
+
+        One retrieve when the conversation is processed and its status point carries ``FACETS_COPY``;
+        otherwise (pending, or written before the copy existed) the facet points are read as well.
+        """
+        with self.conn.guard("retrieve conversation"):
+            found = self.conn.client.retrieve(self.conn.conversations, [conversation_point_id(conversation_id)],
+                                              with_payload=True)
+        payload = dict(found[0].payload or {}) if found else None
+        if payload is not None and payload.get("status") == "processed" and isinstance(payload.get(FACETS_COPY), dict):
+            return payload, True
+        facets = self._facets_of(conversation_id)
+        if payload is None and not facets:
+            return None, False
+        doc = payload if payload is not None else {"conversation_id": conversation_id, "status": None}
+        doc["facets"] = facets
+        return doc, False
+
     def get_conversation(self, conversation_id: str) -> dict[str, Any] | None:
         """Status payload plus ``facets`` ({facet: payload with id}); None if nothing is stored."""
         with self.conn.guard("retrieve conversation"):
@@ -164,18 +189,29 @@ class Points:
         (a redelivered batch marks its conversations ``pending`` again before processing). The
         conversation with the most stored facets wins; None when no point has this content hash.
         """
-        with self.conn.guard("scroll content hash"):
-            records, _ = self.conn.client.scroll(self.conn.facets,
-                                                 scroll_filter=match_filter(content_hash=content_hash),
-                                                 limit=64, with_payload=True, with_vectors=False)
-        by_conversation: dict[str, dict[str, dict[str, Any]]] = {}
-        for r in records:
-            payload = r.payload or {}
-            values = by_conversation.setdefault(str(payload.get("conversation_id")), {})
-            values[str(payload.get("facet"))] = {"value": payload.get("value"), "numeric": payload.get("numeric")}
-        if not by_conversation:
-            return None
-        return max(by_conversation.values(), key=len)
+        return self.find_by_content_hashes([content_hash]).get(content_hash)
+
+    def find_by_content_hashes(self, content_hashes: Sequence[str]) -> dict[str, dict[str, dict[str, Any]]]:
+        """``find_by_content_hash`` for many hashes in one scroll (a batch's lookups in one round trip):
+        content hash -> stored values, for the hashes that have any."""
+        wanted = sorted(set(content_hashes))
+        if not wanted:
+            return {}
+        flt = models.Filter(must=[models.FieldCondition(key="content_hash", match=models.MatchAny(any=wanted))])
+        by_hash: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
+        offset: Any = None
+        while True:
+            with self.conn.guard("scroll content hashes"):
+                records, offset = self.conn.client.scroll(self.conn.facets, scroll_filter=flt, limit=512,
+                                                          offset=offset, with_payload=True, with_vectors=False)
+            for r in records:
+                payload = r.payload or {}
+                conversations = by_hash.setdefault(str(payload.get("content_hash")), {})
+                values = conversations.setdefault(str(payload.get("conversation_id")), {})
+                values[str(payload.get("facet"))] = {"value": payload.get("value"), "numeric": payload.get("numeric")}
+            if offset is None:
+                break
+        return {h: max(conversations.values(), key=len) for h, conversations in by_hash.items()}
 
     def scroll_conversations(self, batch: int = 256, *, status: str | None = "processed"
                              ) -> Iterator[list[dict[str, Any]]]:

@@ -182,6 +182,11 @@ def rewrite_result_folder(folder: Path, edit: Callable[[ClioResult], bool], sett
     return True
 
 
+# Readers stat the pointer at most this often: a request path touches no file, and another process's publish
+# is seen within this many seconds (this process's own publishes and scrubs at once).
+POINTER_CHECK_S = 0.5
+
+
 class PublishedVersions:
     """The versions published in one folder: write, point, load (cached), list, prune, scrub."""
 
@@ -193,6 +198,7 @@ class PublishedVersions:
         self._pointer = str(self.root / POINTER_FILE)
         self._lock = threading.Lock()
         self._current: tuple[FileStamp, PublishedVersion] | None = None  # (pointer stamp, loaded version)
+        self._checked_at = float("-inf")  # when the pointer was last stat-ed (monotonic)
 
     @classmethod
     def at(cls, publish_dir: str | Path) -> PublishedVersions:
@@ -305,6 +311,7 @@ class PublishedVersions:
             tmp.unlink(missing_ok=True)
             raise
         _fsync_dir(self.root)
+        self._checked_at = float("-inf")  # this process sees its own publish at once
 
     def read_pointer(self) -> str | None:
         """The current version string, or None before the first publish (or if the pointer is unreadable)."""
@@ -363,13 +370,28 @@ class PublishedVersions:
 
     # --- loading ---
 
+    def _fresh_hit(self) -> PublishedVersion | None:
+        """The cached version while the pointer was checked less than ``POINTER_CHECK_S`` ago (no file access)."""
+        hit = self._current
+        if hit is not None and time.monotonic() - self._checked_at < POINTER_CHECK_S:
+            return hit[1]
+        return None
+
+    def _pointer_stamp(self) -> FileStamp | None:
+        self._checked_at = time.monotonic()
+        return _stamp(Path(self._pointer))
+
     def load_current(self) -> PublishedVersion | None:
         """The current version, loaded once per version: re-read only when the pointer or its result changes.
 
-        Checking costs one ``stat`` of the pointer (``os.replace`` gives it a new inode), so callers may
-        call this on every request.
+        Checking costs one ``stat`` of the pointer (``os.replace`` gives it a new inode), at most once per
+        ``POINTER_CHECK_S`` (this process's own publishes and scrubs are seen at once), so callers may call
+        this on every request.
         """
-        stamp = _stamp(Path(self._pointer))
+        fresh = self._fresh_hit()
+        if fresh is not None:
+            return fresh
+        stamp = self._pointer_stamp()
         if stamp is None:
             return None
         hit = self._current
@@ -395,13 +417,20 @@ class PublishedVersions:
     def current_if_loaded(self) -> PublishedVersion | None:
         """The cached current version if the pointer has not changed since it was loaded, else None.
 
-        Only a ``stat``: lets async callers skip a thread hop on the hot path and call ``load_current``
-        (which may read files) off the event loop otherwise.
+        At most a ``stat`` (none within ``POINTER_CHECK_S`` of the last): lets async callers skip a thread hop
+        on the hot path and call ``load_current`` (which may read files) off the event loop otherwise.
         """
+        fresh = self._fresh_hit()
+        if fresh is not None:
+            return fresh
         hit = self._current
         if hit is None:
             return None
-        return hit[1] if hit[0] == _stamp(Path(self._pointer)) else None
+        stamp = _stamp(Path(self._pointer))
+        if hit[0] != stamp:
+            return None  # moved: the check stays due, so ``load_current`` reads the new version
+        self._checked_at = time.monotonic()
+        return hit[1]
 
     def load(self, version: str) -> PublishedVersion | None:
         """A specific published version (uncached), or None if it is not there."""
@@ -456,3 +485,4 @@ class PublishedVersions:
         """Forget the cached current version: the next ``load_current`` reads the files again."""
         with self._lock:
             self._current = None
+            self._checked_at = float("-inf")

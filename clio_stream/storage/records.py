@@ -91,6 +91,21 @@ class FacetPoint:
             out[label_field(self.cluster_version)] = int(self.cluster_id)
         return out
 
+    def summary(self) -> dict[str, Any]:
+        """What a conversation's status point copies of this point (``FACETS_COPY``): value, numeric, label."""
+        full = self.payload()
+        keep = ("facet", "value", "numeric", "cluster_id", "cluster_version", "similarity", "outlier")
+        out = {"id": self.id, **{k: full[k] for k in keep}}
+        if self.cluster_id is not None and self.cluster_version is not None:
+            out[label_field(self.cluster_version)] = int(self.cluster_id)
+        return out
+
+
+# Payload field of a processed conversation's status point: {facet: FacetPoint.summary()}, written with the
+# status, so one retrieve answers a conversation lookup (the labels of later clustering versions are on the
+# facet points only: a reader that needs one of those reads the facet points).
+FACETS_COPY = "facets"
+
 
 @dataclass
 class ConversationRecord:

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgpack
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import TopicAlreadyExistsError
@@ -81,9 +81,10 @@ def make_consumer(
     topics: Iterable[str] | None = None,
     *,
     max_poll_records: int = 500,
+    listener: ConsumerRebalanceListener | None = None,
     **overrides: Any,
 ) -> KafkaConsumer:
-    """A group consumer tuned for fast joins and manual commits.
+    """A group consumer tuned for fast joins and manual commits (``listener`` hears of rebalances).
 
     ``topics`` may be empty to ``assign()`` partitions manually later.
     ``max_poll_interval_ms`` stays generous (30 min) because a batch may wait on
@@ -105,7 +106,7 @@ def make_consumer(
     consumer = KafkaConsumer(**config)
     topics = list(topics or [])
     if topics:
-        consumer.subscribe(topics)
+        consumer.subscribe(topics, listener=listener)
     return consumer
 
 
@@ -184,6 +185,27 @@ def partition_lags(consumer: KafkaConsumer) -> dict[TopicPartition, int | None]:
             continue
         pos = consumer.position(tp)
         lags[tp] = max(0, hw - pos) if pos is not None else None
+    return lags
+
+
+def committed_lags(consumer: KafkaConsumer, committed: dict[TopicPartition, int | None]
+                   ) -> dict[TopicPartition, int | None]:
+    """Per assigned partition: high-water mark minus the group's committed offset: the real backlog.
+
+    Unlike ``partition_lags`` this counts records fetched but not yet stored as waiting, which they are.
+    ``committed`` is the caller's cache of committed offsets (kept current after its own commits); a partition
+    missing from it is asked of the group coordinator once (None: nothing committed yet, lag unknown).
+    """
+    owned = consumer.assignment()
+    for tp in list(committed):
+        if tp not in owned:
+            del committed[tp]  # revoked: another member owns its lag now
+    lags: dict[TopicPartition, int | None] = {}
+    for tp in owned:
+        if tp not in committed:
+            committed[tp] = consumer.committed(tp)
+        hw, done = consumer.highwater(tp), committed[tp]
+        lags[tp] = None if hw is None or done is None else max(0, hw - done)
     return lags
 
 

@@ -38,7 +38,7 @@ from clio_stream.storage.documents import (
     SchedulerState,
     WorkerMetricsDoc,
 )
-from clio_stream.storage.records import ConversationRecord, FacetPoint
+from clio_stream.storage.records import FACETS_COPY, ConversationRecord, FacetPoint
 from clio_stream.storage.store import QdrantStore
 from clio_stream.domain.clusters import ClioResult, StoreLink
 from tests.fixtures_site import (
@@ -584,11 +584,39 @@ def test_status_degrades_to_nulls_when_the_store_is_down(env: Env) -> None:
     dead.close()
 
 
+def test_a_status_point_with_its_facet_copy_is_answered_in_one_call_as_from_the_facet_points(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker writes each processed conversation's status with a copy of its facet values: the lookup then
+    reads that one point, and the answer (clusters and paths from the served version, withholding) is the
+    same as from the facet points themselves."""
+    members = [cid for n in env.result.hierarchies[REQUEST].nodes.values() if n.level == 0
+               for cid in n.conversation_ids if cid not in env.hidden_members]
+    ids = [members[0], LIVE_HIDDEN, env.hidden_members[0]]  # a member, assigned online, withheld
+    before = {cid: env.client.get(f"/v1/conversations/{cid}", headers=_auth("analyst")).json() for cid in ids}
+    for cid in ids:
+        doc = env.store.points.get_conversation(cid)
+        assert doc is not None
+        copy = {name: {k: v for k, v in point.items() if k not in ("conversation_id", "user_hash", "timestamp",
+                                                                     "content_hash")}
+                for name, point in doc["facets"].items()}
+        env.store.points.mark_conversations([ConversationRecord(
+            conversation_id=cid, status="processed", user_hash=doc.get("user_hash"), timestamp=doc.get("timestamp"),
+            raw=doc.get("raw"), extra={FACETS_COPY: copy})])
+
+    def no_second_call(cid: str) -> None:
+        raise AssertionError("the facet points were read although the status point's copy answers")
+
+    monkeypatch.setattr(env.store.points, "_facets_of", no_second_call)  # the second call: the facet points
+    for cid in ids:
+        after = env.client.get(f"/v1/conversations/{cid}", headers=_auth("analyst"))
+        assert after.status_code == 200 and after.json() == before[cid], cid
+
+
 def test_unexpected_errors_are_bare_500s_with_a_request_id(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(_: str) -> None:
         raise RuntimeError("secret internals /etc/passwd")
 
-    monkeypatch.setattr(env.store.points, "get_conversation", boom)
+    monkeypatch.setattr(env.store.points, "lookup_conversation", boom)
     r = env.client.get("/v1/conversations/conv-0001", headers={**_auth("analyst"), "X-Request-ID": "req-123"})
     assert r.status_code == 500
     assert r.json() == {"detail": "internal server error", "request_id": "req-123"}

@@ -33,6 +33,7 @@ from consumers.deltas_io import receive
 from consumers.worker import ConsumerWorker
 from tests.streaming_helpers import (
     FACETS,
+    check_stored_once,
     banking,
     committed,
     facet_payloads,
@@ -156,4 +157,45 @@ def test_a_redelivery_over_a_longer_range_after_a_failed_commit_counts_each_reco
         a.close()
         if b is not None:
             b.close()
+        store.close()
+
+
+class SlowFailingOnce(ScriptedLLM):
+    """A scripted LLM that takes a moment per call (so batches overlap) and fails the first call that asks
+    about a conversation containing ``needle``, as an LLM outage would."""
+
+    def __init__(self, needle: str) -> None:
+        super().__init__(sensible_script)
+        self.needle, self.failed = needle, False
+
+    def generate(self, prompts: Any, sampling: Any, *, seed: int | None = None, desc: str | None = None) -> Any:
+        import time
+
+        time.sleep(0.3)
+        if not self.failed and any(self.needle in str(p.values.get("conversation", "")) for p in prompts):
+            self.failed = True
+            raise ConnectionError("injected: the LLM server went away")
+        return super().generate(prompts, sampling, seed=seed, desc=desc)
+
+
+def test_a_batch_failing_with_later_batches_in_flight_is_redone_with_them_and_nothing_is_lost(settings) -> None:
+    """Batch 2 of 4 fails in the LLM while batch 3 is already in flight: batch 3 is given up uncommitted, the
+    worker seeks back to batch 2's first offset, and every conversation ends up stored once and committed."""
+    s = settings.with_overrides(max_in_flight_batches=3)
+    convs = banking(16, 40, "flight")
+    needle = convs[5]["conversation"][0]["content"]  # in the second batch of four
+    store = reader_store(s)
+    worker = ConsumerWorker(s.with_overrides(worker_id="flight"), facets=FACETS, llm=SlowFailingOnce(needle),
+                            embedder=HashEmbedder())
+    try:
+        send_conversations(s.kafka_bootstrap, s.topic, convs)
+        run_until(worker, len(convs))
+        wait_for(lambda: committed(s.kafka_bootstrap, s.consumer_group, s.topic) == len(convs), 30, "the commits")
+        snap = worker.metrics_snapshot()
+        assert snap["failed_batches"] == 1 and snap["abandoned_batches"] >= 1, snap
+        check_stored_once(store, convs)
+        offsets = source_offsets(store, [c["id"] for c in convs])
+        assert sorted(offsets.values()) == list(range(len(convs)))
+    finally:
+        worker.close()
         store.close()

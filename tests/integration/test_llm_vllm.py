@@ -74,3 +74,27 @@ def test_ask_retries_unparseable(vllm_engine):
 
     out = ask(vllm_engine, prompts, never, {"max_tokens": 5}, retries=2, seed=0)
     assert out == [None] and len(seen) == 3
+
+
+def test_prefix_caching_is_on_and_a_facets_instructions_are_read_from_the_cache(vllm_engine):
+    """Prefix caching is on, on the CPU too: the second conversation's prompt for a facet reads the facet's
+    instructions and worked examples (everything before the conversation) from the cache."""
+    import dataclasses
+    import uuid
+
+    from clio_stream.stages.extract import facet_prompt
+    from clio_stream.stages.prepare import render_conversation
+
+    tag = uuid.uuid4().hex  # in the question: nothing before this test can have cached this prefix
+    facet = dataclasses.replace(REQUEST, question=f"{REQUEST.question} ({tag})")
+    first, second = (facet_prompt(facet, render_conversation(conv(f"c{i}", f"question number {i}")))
+                     for i in range(2))
+    text = vllm_engine.prompt_text(first)
+    shared = vllm_engine.count_tokens(text[: text.index("question number 0")])
+    vllm_engine.generate([first], {"max_tokens": 2})
+    before = vllm_engine.prefix_cache_stats
+    vllm_engine.generate([second], {"max_tokens": 2})
+    tokens, cached = (a - b for a, b in zip(vllm_engine.prefix_cache_stats, before))
+    block = int(vllm_engine._llm.llm_engine.vllm_config.cache_config.block_size)  # the cache's unit (128 on CPU)
+    assert shared >= block and tokens > shared
+    assert cached >= block and cached >= shared - block, (cached, shared, block)  # all but the last partial block

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
+from kafka.structs import OffsetAndMetadata
 
 from clio_stream.streaming.kafka_io import (
+    committed_lags,
     DLQ_FIELDS,
     DeadLetterWriter,
     consumer_lag,
@@ -410,3 +412,29 @@ def test_qdrant_process_is_ready(qdrant_server) -> None:
     if qdrant_server.process is not None:
         assert qdrant_server.process.alive
         assert qdrant_server.process.ready_after_s is not None
+
+
+def test_committed_lag_counts_fetched_records_until_they_are_committed(kafka_broker, unique_name) -> None:
+    """The backlog a worker reports is high-water minus the group's committed offset, fetched records included."""
+    topic = unique_name("clag")
+    ensure_topics(kafka_broker.bootstrap, {topic: 1})
+    produce(kafka_broker.bootstrap, topic, range(30))
+    group = unique_name("grp")
+    consumer = make_consumer(kafka_broker.bootstrap, group, [topic], max_poll_records=10)
+    tp = TopicPartition(topic, 0)
+    committed: dict[TopicPartition, int | None] = {}
+    try:
+        got: list = []
+        deadline = time.monotonic() + JOIN_TIMEOUT_S
+        while len(got) < 10 and time.monotonic() < deadline:
+            got += [r for rs in consumer.poll(timeout_ms=500).values() for r in rs]
+        assert len(got) >= 10
+        assert committed_lags(consumer, committed) == {tp: None}  # nothing committed by this group yet
+        committed.clear()
+        consumer.commit({tp: OffsetAndMetadata(5, "", -1)})  # stored up to offset 4 only
+        assert committed_lags(consumer, committed) == {tp: 25}  # asked of the coordinator once
+        assert partition_lags(consumer)[tp] == 30 - len(got)  # the fetch position already passed them
+        committed[tp] = len(got)  # the worker's own commit, kept in its cache
+        assert committed_lags(consumer, committed) == {tp: 30 - len(got)}
+    finally:
+        consumer.close(autocommit=False)

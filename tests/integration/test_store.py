@@ -145,6 +145,10 @@ def test_find_by_content_hash_reads_the_stored_values(store: QdrantStore) -> Non
     # A redelivered batch marks the conversation pending again before processing: its answers still count.
     store.points.mark_conversations([ConversationRecord("done", "pending", user_hash="u1", content_hash="H1")])
     assert store.points.find_by_content_hash("H1") == want
+    # A batch's lookups in one call: only the hashes with stored answers come back.
+    store.points.upsert_facets([point("other", "request", value="pay rent", content_hash="H3")])
+    assert store.points.find_by_content_hashes(["H1", "H2", "H3", "nope"]) == {
+        "H1": want, "H3": {"request": {"value": "pay rent", "numeric": None}}}
 
 
 def test_conversation_status_and_raw_policy(store: QdrantStore) -> None:

@@ -45,7 +45,7 @@ from clio_stream.privacy.scrub import UserMatch, scrub_result
 from clio_stream.domain.facets import main_facets
 from clio_stream.pipeline import run_clio
 from clio_stream.privacy.users import keyed_user_hash
-from clio_stream.storage.published import PublishedVersions
+from clio_stream.storage.published import POINTER_CHECK_S, PublishedVersions
 from clio_stream.living.service import ReclusterService
 from clio_stream.living.scheduler import Triggers
 from clio_stream.devstack.processes import ManagedProcess, free_port, http_probe
@@ -252,7 +252,9 @@ def test_delete_user_leaves_no_trace(world: World, tmp_path: Path,
              **{f"batch/{k}": v for k, v in _texts_under(world.batch_dir).items()}}
     leaks += [f"{t} in {where}" for where, text in files.items() for t in traces if t in text]
     assert not (world.batch_dir / "checkpoints").exists()
-    # The API (which had the old version in memory) answers from the scrubbed version.
+    # The API (which had the old version in memory) answers from the scrubbed version: readers look at the
+    # publish pointer at most every POINTER_CHECK_S (no file access per request), so within that.
+    time.sleep(POINTER_CHECK_S + 0.1)
     for cid in world.doomed_ids:
         assert _api_get(world, f"/v1/conversations/{cid}").status_code == 404
     leaf = _api_get(world, f"/v1/facets/{REQUEST}/clusters/{DOOMED_LEAF}").json()
@@ -369,7 +371,9 @@ def test_api_deletion_with_a_read_only_publish_dir(world: World, tmp_path: Path,
             seconds = time.monotonic() - t0
             done = http.get(f"/v1/deletions/{request['request_id']}").json()
             assert sorted(done["versions_scrubbed"]) == ["v1", "v2"] and done["done_at"] is not None
-            # The API process, which loaded v2 before the deletion, now answers from the scrubbed version.
+            # The API process, which loaded v2 before the deletion, now answers from the scrubbed version (it looks
+            # at the publish pointer at most every POINTER_CHECK_S).
+            time.sleep(POINTER_CHECK_S + 0.1)
             assert http.get(f"/v1/conversations/{world.doomed_ids[0]}").status_code == 404
             crawled = [http.get(p).text for p in (f"/v1/facets/{REQUEST}/tree",
                                                   f"/v1/facets/{REQUEST}/clusters/{DOOMED_LEAF}/conversations?limit=50",

@@ -24,6 +24,7 @@ from kafka.errors import CommitFailedError
 
 from clio_stream.streaming.kafka_io import ensure_topics
 from clio_stream.llm import make_llm
+from clio_stream.settings import ClioSettings
 from clio_stream.online.kmeans import OnlineKMeans
 from consumers.bootstrap import bootstrap_clustering
 from consumers.centroids import SharedCentroids
@@ -71,6 +72,43 @@ def _fail_one_commit(worker: ConsumerWorker, then: Callable[[], None]) -> list[i
     return refused
 
 
+class Group:
+    """Workers of one consumer group, each on a thread of its own, sharing one embedder."""
+
+    def __init__(self, s: ClioSettings, embedder: Any) -> None:
+        self.s, self.embedder = s, embedder
+        self.workers: dict[str, ConsumerWorker] = {}
+        self.threads: dict[str, tuple[threading.Thread, threading.Event]] = {}
+
+    def start(self, name: str) -> ConsumerWorker:
+        w = ConsumerWorker(self.s.with_overrides(worker_id=name), facets=FACETS, llm=make_llm(self.s),
+                           embedder=self.embedder)
+        self.workers[name] = w
+        self.threads[name] = start_thread(w)
+        return w
+
+    def stop(self, name: str) -> None:
+        stop_thread(*self.threads.pop(name))
+
+    def close(self) -> None:
+        for name in list(self.threads):
+            self.stop(name)
+        for w in self.workers.values():
+            w.close()
+
+
+def seed_clustering(group: Group, store: Any, seed: list[dict[str, Any]]) -> tuple[ConsumerWorker, OnlineKMeans]:
+    """Worker A stores ``seed``, a first clustering is made of it, and A loads it: every later batch ships deltas."""
+    s = group.s
+    a = group.start("worker-a")
+    send_conversations(s.kafka_bootstrap, s.topic, seed)
+    wait_for(lambda: committed(s.kafka_bootstrap, s.consumer_group, s.topic) == len(seed), 300, "the seed")
+    assert bootstrap_clustering(store, FACETS, s) == 1
+    bootstrap = OnlineKMeans.from_state(store.versions.get_centroids("Request", 1))  # type: ignore[arg-type]
+    wait_for(lambda: "Request" in a.centroids.models, 60, "worker-a to load the clustering")  # type: ignore[union-attr]
+    return a, bootstrap
+
+
 def test_rebalances_during_a_clustered_stream_apply_each_delta_once(
     kafka_broker: Any, qdrant_server: Any, vllm_server: Any, minilm: Any,  # noqa: F811
     unique_name: Callable[[str], str], long_run: bool, reliability_report: Callable[..., None],
@@ -84,26 +122,12 @@ def test_rebalances_during_a_clustered_stream_apply_each_delta_once(
     seed, stream = convs[:12], convs[12:]
     embedder = LockedEmbedder(minilm)
     store = reader_store(s)
-    workers: dict[str, ConsumerWorker] = {}
-    threads: dict[str, tuple[threading.Thread, threading.Event]] = {}
-
-    def start(name: str) -> ConsumerWorker:
-        w = ConsumerWorker(s.with_overrides(worker_id=name), facets=FACETS, llm=make_llm(s), embedder=embedder)
-        workers[name] = w
-        threads[name] = start_thread(w)
-        return w
-
-    def stored() -> int:
-        return sum(w.metrics.processed for w in workers.values())
+    group = Group(s, embedder)
+    workers, threads, start = group.workers, group.threads, group.start
 
     t0 = time.monotonic()
     try:
-        a = start("worker-a")
-        send_conversations(s.kafka_bootstrap, s.topic, seed)
-        wait_for(lambda: committed(s.kafka_bootstrap, s.consumer_group, s.topic) == len(seed), 300, "the seed")
-        assert bootstrap_clustering(store, FACETS, s) == 1
-        bootstrap = OnlineKMeans.from_state(store.versions.get_centroids("Request", 1))  # type: ignore[arg-type]
-        wait_for(lambda: "Request" in a.centroids.models, 60, "worker-a to load the clustering")  # type: ignore[union-attr]
+        a, bootstrap = seed_clustering(group, store, seed)
 
         waves = [stream[i::3] for i in range(3)]
         refused = _fail_one_commit(a, then=threads["worker-a"][1].set)
@@ -162,8 +186,63 @@ def test_rebalances_during_a_clustered_stream_apply_each_delta_once(
         for name, m in models.items():
             np.testing.assert_allclose(m.centroids, models["replay"].centroids, atol=1e-6, err_msg=name)
     finally:
-        for name in list(threads):
-            stop_thread(*threads.pop(name))
-        for w in workers.values():
-            w.close()
+        group.close()
+        store.close()
+
+
+def test_a_rebalance_with_batches_in_flight_loses_and_duplicates_nothing(
+    kafka_broker: Any, qdrant_server: Any, vllm_server: Any, minilm: Any,  # noqa: F811
+    unique_name: Callable[[str], str], reliability_report: Callable[..., None],
+) -> None:
+    """Worker A has several batches in flight (the LLM is still answering them) when B joins the group.
+
+    A's rebalance listener writes and commits the batches already done and gives up the rest uncommitted;
+    whoever owns their partitions next polls them again from the committed offsets. Every conversation must
+    end up stored once, every offset committed, and each stored value counted once by a replica that replays
+    the deltas topic from scratch (a batch written twice ships its deltas twice).
+    """
+    s = streaming_settings(kafka_broker, qdrant_server.url, qdrant_server.grpc_port, unique_name,
+                           topic_partitions=2, max_poll_records=3, max_in_flight_batches=3, llm_backend="openai",
+                           llm_base_url=vllm_server.base_url, n_base_clusters=lambda n: 4)
+    ensure_topics(s.kafka_bootstrap, {s.topic: 2, s.dlq_topic: 2, s.deltas_topic: 1})
+    convs = pooled_conversations(36, 36, unique_name("fl"))  # all texts distinct: every batch asks the LLM
+    seed, stream = convs[:12], convs[12:]
+    stream_ids = {c["id"] for c in stream}
+    group, store, t0 = Group(s, LockedEmbedder(minilm)), reader_store(s), time.monotonic()
+    try:
+        a, bootstrap = seed_clustering(group, store, seed)
+
+        send_conversations(s.kafka_bootstrap, s.topic, stream)
+        wait_for(lambda: len(a._in_flight) >= 2, 120, "worker-a to have two batches in flight", every=0.05)
+        in_flight_at_join = len(a._in_flight)
+        group.start("worker-b")  # joins: the group rebalances while A's batches are in flight
+        wait_for(lambda: committed(s.kafka_bootstrap, s.consumer_group, s.topic) == len(convs), 600,
+                 "every conversation committed")
+        seconds = time.monotonic() - t0
+        n_deltas_topic = len(read_topic(s.kafka_bootstrap, s.deltas_topic, 10_000, timeout=5))
+        for name in list(group.threads):
+            group.stop(name)
+
+        check_stored_once(store, convs)
+        valued = [cid for cid, p in facet_payloads(store, "Request").items() if p.get("value") and cid in stream_ids]
+        replica = SharedCentroids(["Request"], group.embedder.dim)
+        assert replica.refresh(store.versions) == ["Request"]
+        received = [receive(r) for r in read_topic(s.kafka_bootstrap, s.deltas_topic, n_deltas_topic, timeout=10)]
+        report = replica.apply(received)
+        added = int(replica.models["Request"].counts.sum() - bootstrap.counts.sum())
+        snaps = {name: w.metrics_snapshot() for name, w in group.workers.items()}
+        figures = dict(conversations=len(convs), stream=len(stream), in_flight_at_join=in_flight_at_join,
+                       batches_abandoned={n: v["abandoned_batches"] for n, v in snaps.items()},
+                       conversations_stored_more_than_once=sum(v["processed"] for v in snaps.values()) - len(convs),
+                       delta_messages=n_deltas_topic, deltas_rejected=len(report.rejected),
+                       values_stored=len(valued), records_added_by_replayed_deltas=added,
+                       **point_tally(store, convs), seconds=round(seconds, 1))
+        reliability_report(**figures)
+        log.info("rebalance with batches in flight: %s", figures)
+
+        assert snaps["worker-a"]["abandoned_batches"] >= 1, "no batch was in flight at the rebalance: nothing tested"
+        assert report.rejected == []
+        assert added == len(valued), f"each stored value must count once: +{len(valued)} expected, +{added} applied"
+    finally:
+        group.close()
         store.close()

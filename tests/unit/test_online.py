@@ -401,7 +401,10 @@ def test_bench_smoke() -> None:
     pytest.importorskip("river")
     out = bench(k=8, dim=16, n=300, n_one=20, river_ks=(4,), river_points={4: 3})
     assert set(out) == {
-        "numpy learn_many k=8 d=16",
+        "numpy learn_many k=8 d=16 (chunks of 256)",
+        "numpy learn_many k=8 d=16 (whole batch, one product)",
+        "worker path k=8 d=16, batches of 64 (assign + delta merge)",
+        "worker path k=8 d=16, batches of 1024 (assign + delta merge)",
         "numpy predict_many k=8 d=16",
         "numpy learn_one k=8 d=16",
         "river KMeans.learn_one k=4 d=16",

@@ -18,7 +18,7 @@ from consumers.bootstrap import bootstrap_clustering
 from consumers.centroids import SharedCentroids
 from consumers.decoding import Record, decode_records, offset_ranges
 from consumers.deltas_io import ReceivedDelta, encode_deltas, receive
-from consumers.processing import BatchOutcome, LLMUnavailable, process_batch
+from consumers.processing import BatchOutcome, LLMUnavailable, pending_records, process_batch
 from consumers.producing import record_to_message
 from consumers.health import backoff_delay
 from tests.unit.fakes import HashEmbedder, ScriptedLLM, sensible_script
@@ -274,3 +274,41 @@ def test_file_records_become_contract_messages() -> None:
 def test_backoff_grows_and_is_capped() -> None:
     delays = [backoff_delay(n, 0.5, 15.0, jitter=0.0) for n in range(1, 9)]
     assert delays[:4] == [0.5, 1.0, 2.0, 4.0] and delays[-1] == 15.0
+
+
+class CallCounter:
+    """Counts the Qdrant client calls made through it (retrieve, scroll)."""
+
+    def __init__(self, store: QdrantStore) -> None:
+        self.calls: list[str] = []
+        client = store.points.conn.client
+        for name in ("retrieve", "scroll"):
+            real = getattr(client, name)
+
+            def counted(*a: object, _real=real, _name=name, **k: object) -> object:
+                self.calls.append(_name)
+                return _real(*a, **k)
+
+            setattr(client, name, counted)
+
+
+def test_a_processed_conversation_is_looked_up_in_one_call_with_the_same_facets(llm, store, settings) -> None:
+    recs = records([encode_message(conv_msg("c1", "How do I reset my card PIN?")),
+                    encode_message(conv_msg("c2", "Why was my transfer declined?"))])
+    outcome = run(recs, llm, store, settings)
+    write(outcome, store)
+    exact = store.points.get_conversation("c1")
+    counter = CallCounter(store)
+    doc, copied = store.points.lookup_conversation("c1")
+    assert copied and counter.calls == ["retrieve"]
+    assert doc is not None and doc["status"] == "processed"
+    for facet in ("Request", "Concerning"):
+        want = {k: exact["facets"][facet][k] for k in ("id", "value", "numeric", "cluster_id", "cluster_version")}
+        assert {k: doc["facets"][facet][k] for k in want} == want
+
+    # Marked pending again (a redelivery): the copy is gone with the old payload, the facet points are read.
+    store.points.mark_conversations(pending_records(decode_records(recs[1:]), settings))
+    counter.calls.clear()
+    doc2, copied2 = store.points.lookup_conversation("c2")
+    assert not copied2 and counter.calls == ["retrieve", "scroll"]
+    assert doc2 is not None and doc2["status"] == "pending" and doc2["facets"]["Request"]["value"]

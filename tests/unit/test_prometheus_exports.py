@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import httpx
+from kafka import TopicPartition
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -25,12 +26,15 @@ def _values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def _outcome() -> BatchOutcome:
     rec = Record("t", 0, 5, b"k", b"v")
     return BatchOutcome([], [], [DeadLetter(rec, "bad", "not_msgpack"), DeadLetter(rec, "bad", "not_msgpack")], [],
-                        {("t", 0): (0, 5)}, llm_calls=1, llm_prompts=8, llm_seconds=1.5, embed_seconds=0.25)
+                        {("t", 0): (0, 5)}, llm_calls=1, llm_prompts=8, llm_seconds=1.5, embed_seconds=0.25,
+                        assigned={"Request": 4}, outliers={"Request": 1})
 
 
 def test_a_worker_scrape_reports_its_counters_and_health() -> None:
     metrics = WorkerMetrics("w1")
     metrics.record_batch(_outcome(), records=6, seconds=2.0)
+    metrics.record_batch(_outcome(), records=6, seconds=2.0)
+    metrics.set_lag({TopicPartition("conv", 0): 7, TopicPartition("conv", 1): 0})
     metrics.set_health("degraded", "Qdrant down")
     metrics.set_clusters({"Request": 0.25}, {"Request": 3})
     server = MetricsServer(worker_registry(metrics), lambda: worker_health(metrics, loop_alive=True)).start()
@@ -41,10 +45,14 @@ def test_a_worker_scrape_reports_its_counters_and_health() -> None:
     finally:
         server.stop()
     w = ("worker", "w1")
-    assert got[("clio_consumer_records_dead_lettered_total", (w,))] == 2
-    assert got[("clio_consumer_records_dead_lettered_by_reason_total", (("code", "not_msgpack"), w))] == 2
-    assert got[("clio_consumer_llm_prompts_total", (w,))] == 8
-    assert got[("clio_consumer_llm_seconds_total", (w,))] == 1.5
+    assert got[("clio_consumer_records_dead_lettered_total", (w,))] == 4
+    assert got[("clio_consumer_records_dead_lettered_by_reason_total", (("code", "not_msgpack"), w))] == 4
+    assert got[("clio_consumer_lag_records", (w,))] == 7
+    assert got[("clio_consumer_partition_lag_records", (("partition", "0"), ("topic", "conv"), w))] == 7
+    assert got[("clio_consumer_assignments_total", (("facet", "Request"), w))] == 8
+    assert got[("clio_consumer_outliers_total", (("facet", "Request"), w))] == 2
+    assert got[("clio_consumer_llm_prompts_total", (w,))] == 16
+    assert got[("clio_consumer_llm_seconds_total", (w,))] == 3.0
     assert got[("clio_consumer_health", (("state", "degraded"), w))] == 1
     assert got[("clio_consumer_cluster_version", (("facet", "Request"), w))] == 3
     assert {f"clio_consumer_{name}" for name, _ in COUNTERS.values()} <= {name for name, _ in got}
@@ -109,7 +117,7 @@ def test_the_grafana_dashboard_only_uses_metrics_that_exist() -> None:
     metrics.record_batch(_outcome(), records=6, seconds=1.0)  # a dead letter, so its by-reason sample exists
     metrics.set_clusters({"Request": 0.1}, {"Request": 1})
     metrics.set_drift({"Request": {"detections": 1}})
-    metrics.set_lag(0)
+    metrics.set_lag({TopicPartition("t", 0): 0})
     exported = set()
     texts = [generate_latest(worker_registry(metrics)).decode(), ApiMetrics().render().decode()]
     sched = ReclusterScheduler(lambda: None, lambda r: None, Triggers())  # type: ignore[arg-type, return-value]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+
+import pytest
 
 from api.deps import VersionMemo
 from clio_stream.domain.clusters import ClioResult, ClusterNode, FacetHierarchy, RunStats, StoreLink
@@ -78,3 +81,27 @@ def test_scrub_rewrites_and_the_cache_and_memo_follow(tmp_path: Path) -> None:
     assert versions.scrub(lambda r: False, settings) == [] and versions.load_current() is second
     versions.invalidate()
     assert versions.current_if_loaded() is None and versions.load_current().identity == second.identity
+
+
+def test_another_process_publish_is_seen_within_the_pointer_check_interval_without_a_stat_per_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clio_stream.storage import published as published_module
+
+    settings = ClioSettings(publish_dir=tmp_path / "pub", show_conversations=True)
+    writer, reader = PublishedVersions(tmp_path / "pub"), PublishedVersions(tmp_path / "pub")  # two processes
+    writer.publish(_result(), "v1", settings=settings)
+    first = reader.load_current()
+    assert first is not None and first.version == "v1"
+    stats: list[str] = []
+    real_stamp = published_module._stamp
+    monkeypatch.setattr(published_module, "_stamp", lambda p: stats.append(str(p)) or real_stamp(p))
+    for _ in range(100):
+        assert reader.current_if_loaded() is first and reader.load_current() is first
+    assert stats == []  # within the interval: no file access at all
+    writer.publish(_result(), "v2", settings=settings)
+    assert reader.current_if_loaded() is first  # not yet looked at
+    time.sleep(published_module.POINTER_CHECK_S + 0.05)
+    assert reader.current_if_loaded() is None  # the pointer moved: the caller loads the new version
+    second = reader.load_current()
+    assert second is not None and second.version == "v2"
+    assert reader.current_if_loaded() is second
