@@ -5,17 +5,21 @@ The batch entry point is ``run_clio``; ``clio-stream --help`` lists the command 
 
 from clio_stream.domain.facets import Facet, generic_summary_facets, genericSummaryFacets, main_facets, mainFacets
 from clio_stream.settings import ClioSettings, OpenClioConfig
-from clio_stream.llm.templating import cached_replacements, doCachedReplacements
+from clio_stream.llm.templating import cached_replacements, chat_prompt, doCachedReplacements
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
     # Heavy imports (torch, sklearn) only when the pipeline is actually used.
-    if name in {"run_clio", "runClio"}:
-        from clio_stream import pipeline
+    if name == "run_clio":
+        from clio_stream.pipeline import run_clio
 
-        return getattr(pipeline, name)
+        return run_clio
+    if name in {"runClio", "OpenClioResults", "convertOutputToWebpage"}:
+        from clio_stream import seed_api
+
+        return getattr(seed_api, name)
     if name in {"get_example_data", "getExampleData"}:
         from clio_stream import batch_input
 
@@ -27,7 +31,10 @@ __all__ = [
     "ClioSettings",
     "Facet",
     "OpenClioConfig",
+    "OpenClioResults",
     "cached_replacements",
+    "chat_prompt",
+    "convertOutputToWebpage",
     "doCachedReplacements",
     "genericSummaryFacets",
     "generic_summary_facets",

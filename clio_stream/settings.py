@@ -4,7 +4,8 @@ Values come from (highest priority first): keyword arguments, environment
 variables ``CLIO_*`` (nested with ``__``), a TOML file (``CLIO_CONFIG`` or
 ``./clio-stream.toml``), then the defaults below. Every knob of the seed's
 ``OpenClioConfig`` is here under a snake_case name with the seed's meaning;
-``SEED_ALIASES`` maps the seed's camelCase names for callers porting code.
+the seed's camelCase names (``clio_stream.seed_names``) are accepted as keyword
+arguments, attributes and TOML keys, for callers porting code.
 
 Callables (dedup key, conversation getter, cluster-count functions, filters)
 may be given as Python objects or, in env/TOML, as ``"package.module.function"``
@@ -17,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, Field, ImportString, SecretStr, field_validator
+from pydantic import BaseModel, Field, ImportString, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -26,45 +27,19 @@ from pydantic_settings import (
 )
 
 from clio_stream.domain.alerts import AlertRule
+from clio_stream.domain.facet_specs import FacetSpec
 from clio_stream.domain.metadata import MetadataKey
 from clio_stream.secret_settings import DEFAULT_USER_ID_HASH_KEY, SECRET_SETTINGS
-
-
-def default_n_base_clusters(n: int) -> int:
-    """The seed's rule: about ten conversations per base cluster."""
-    return max(1, n // 10)
-
-
-def default_n_neighbourhoods(n: int) -> int:
-    """Clio's appendix: neighbourhoods of about 40 clusters each."""
-    return max(1, n // 40)
-
-
-def default_names_per_neighbourhood(n: int) -> int:
-    """Propose about half as many parents as there are children."""
-    return max(1, n // 2)
-
-
-def default_dedup_key(conversation: Any) -> str:
-    """Two conversations are duplicates when their turns are identical."""
-    from clio_stream.stages.prepare import conversation_content_key
-
-    return conversation_content_key(conversation)
-
-
-def default_conversation_getter(record: Any) -> Any:
-    """Records are conversations already; override to unwrap your own records."""
-    return record
-
-
-def default_conversation_filter(conversation: Any) -> bool:
-    """Keep every conversation."""
-    return True
-
-
-def default_conversation_to_json(conversation: Any) -> Any:
-    """How a conversation is written to the site when raw conversations are shown."""
-    return [m.model_dump() if hasattr(m, "model_dump") else m for m in conversation.messages]
+from clio_stream.seed_names import SEED_ALIASES, kmeans_args, translate
+from clio_stream.settings_defaults import (
+    default_conversation_filter,
+    default_conversation_getter,
+    default_conversation_to_json,
+    default_dedup_key,
+    default_n_base_clusters,
+    default_names_per_neighbourhood,
+    default_n_neighbourhoods,
+)
 
 
 def toml_path() -> Path | None:
@@ -102,7 +77,8 @@ class ClioSettings(BaseSettings):
     conversation_filter: ImportString[Callable[[Any], bool]] = Field(
         default_conversation_filter, description="Keep a conversation only when this returns True (an analysis filter).")
     conversation_to_json: ImportString[Callable[[Any], Any]] = Field(
-        default_conversation_to_json, description="How a conversation is written to the site when raw conversations are shown.")
+        default_conversation_to_json, description="How an input record is shown on the site when raw conversations "
+        "are: given the record, a list of {role, content} turns (default: the conversation's own turns).")
     max_conversation_tokens: int = Field(
         1500, ge=64, description="Longer conversations are cut at a turn boundary before prompting."
     )
@@ -111,7 +87,10 @@ class ClioSettings(BaseSettings):
         description="Conversations per facet wave: their first facet is asked first, the others then reuse the "
         "cached conversation prefix. 0 sends all prompts at once.",
     )
-    tokenizer_args: dict[str, Any] = Field(default_factory=dict, description="Extra kwargs for apply_chat_template.")
+    tokenizer_args: dict[str, Any] = Field(
+        default_factory=lambda: {"enable_thinking": False},
+        description="Extra arguments of the chat template (apply_chat_template in-process, chat_template_kwargs on a "
+        "server). The seed's default turns Qwen3's thinking off; templates that do not use a name ignore it.")
 
     # --- base clusters (seed: nBaseClustersFunc, maxPointsToSample*, nNameDescriptionSamplesPerCluster) ---
     n_base_clusters: ImportString[Callable[[int], int]] = Field(
@@ -128,7 +107,8 @@ class ClioSettings(BaseSettings):
         "otherwise the cluster's most typical value names it.",
     )
     kmeans_args: dict[str, Any] = Field(default_factory=lambda: {"n_init": 3, "max_iter": 300},
-        description="Extra arguments for scikit-learn's KMeans (base clusters and neighbourhoods).")
+        description="Extra arguments for scikit-learn's KMeans (base clusters and neighbourhoods); the seed's "
+        "FAISS-only ones (approximate, M, ef, n_jobs, verbose) are ignored, others refused.")
 
     # --- hierarchy (seed: minTopLevelSize, nAverageClustersPerNeighborhood, nSamplesOutsideNeighborhood, ...) ---
     min_top_level_size: int = Field(5, ge=1,
@@ -243,6 +223,13 @@ class ClioSettings(BaseSettings):
                                           "it was made, so a batch written on a deny-list loaded before it is swept "
                                           "too; keep it above deletion_denylist_refresh_s plus a batch's write time.")
 
+    # --- facets (the main facets, and the operator's own: clio_stream.domain.facet_specs) ---
+    custom_facets: list[FacetSpec] = Field(
+        default_factory=list, description="Your own facets as data ([[custom_facets]] in TOML: name, question, "
+        "prefill, summary_criteria, numeric, source), used by every command like the main facets.")
+    facets: list[str] | None = Field(
+        None, description="The facets in use, by name, from the main and custom facets (default: all of them).")
+
     # --- views: metadata, map, alerts (clio_stream.views) ---
     metadata_keys: list[MetadataKey] = Field(
         default_factory=list, description="Declared metadata keys, e.g. [{\"name\": \"product\", \"role\": \"viewer\"}]: "
@@ -269,7 +256,12 @@ class ClioSettings(BaseSettings):
     alert_timeout_s: float = Field(5.0, gt=0, description="Timeout of one webhook call.")
 
     # --- site ---
-    site_chunk_size: int = Field(100, ge=1, description="Conversations per data chunk file (seed: htmlMaxSizePerFile).")
+    site_chunk_size: int = Field(100, ge=1, description="At most this many conversations per data chunk file.")
+    site_chunk_bytes: int = Field(
+        10_000_000, ge=1024, description="At most this many bytes of JSON per data chunk file (before compression).")
+    site_conversation_filter: ImportString[Callable[[Any, Any], bool]] | None = Field(
+        None, description="Show a conversation on the site only when this returns True, given its input record and "
+        "its facet values; analysis and counts are unchanged (a site-only filter).")
     html_root: str = Field("", description="URL path the site is served under (the seed's htmlRoot), e.g. '/clio'.")
     web_host: str = Field("127.0.0.1", description="Interface the API and site servers listen on.")
     web_port: int = Field(8421, description="Port of the API and site servers.")
@@ -277,7 +269,10 @@ class ClioSettings(BaseSettings):
     # --- runtime ---
     cache_dir: Path = Field(default_factory=lambda: Path(os.environ.get("CLIO_CACHE_DIR", "~/.cache/clio-stream")).expanduser(),
         description="Where packaged models, example data, binaries and run logs live (CLIO_CACHE_DIR).")
-    show_progress: bool = Field(True, description="Show progress bars for long stages.")
+    show_progress: bool = Field(True, description="Show progress bars for long stages (and, in runClio, the "
+                                "stage log on the console).")
+    example_conversations: int = Field(
+        300, ge=1, description="How many packaged example conversations get_example_data() returns when not told.")
 
     # --- api ---
     # The HTTP API and dashboard (api/). Keys: "role:KEY" pairs, comma-separated; roles viewer < analyst < admin.
@@ -388,10 +383,42 @@ class ClioSettings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
         return tuple(sources)
 
+    def __init__(self, **values: Any) -> None:
+        # Seed names among the keywords become settings names before the sources merge, so a keyword beats the
+        # environment whichever way either is named.
+        super().__init__(**translate(values, type(self).model_fields))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seed_names(cls, data: Any) -> Any:
+        """Seed camelCase names in the TOML file as settings names (a settings name from a higher source wins)."""
+        return translate(data, cls.model_fields, settings_name_wins=True) if isinstance(data, dict) else data
+
     @field_validator("html_root")
     @classmethod
     def _strip_root(cls, v: str) -> str:
         return v.rstrip("/")
+
+    @field_validator("kmeans_args")
+    @classmethod
+    def _sklearn_kmeans(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return kmeans_args(v)
+
+    @model_validator(mode="after")
+    def _facet_names(self) -> "ClioSettings":
+        names = [f.name for f in self.custom_facets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"custom_facets: names must be unique, got {names}")
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        alias = SEED_ALIASES.get(name)
+        if alias is not None and alias != name:
+            return getattr(self, alias)
+        return super().__getattr__(name)  # type: ignore[misc]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(SEED_ALIASES.get(name, name) if name not in type(self).model_fields else name, value)
 
     def with_overrides(self, **overrides: Any) -> "ClioSettings":
         """A validated copy with ``overrides`` applied on top (seed camelCase names accepted).
@@ -401,7 +428,7 @@ class ClioSettings(BaseSettings):
         """
         if not overrides:
             return self
-        translated = {SEED_ALIASES.get(k, k): v for k, v in overrides.items()}
+        translated = translate(overrides, type(self).model_fields)
         unknown = sorted(k for k in translated if k not in type(self).model_fields)
         if unknown:
             raise TypeError(f"unknown setting(s): {', '.join(unknown)}")
@@ -453,39 +480,11 @@ class ClioSettings(BaseSettings):
 
 
 def _plain(value: Any) -> Any:
-    """Typed list items (declared metadata keys, alert rules) as plain JSON-safe dicts."""
+    """Typed list items (custom facets, declared metadata keys, alert rules) as plain JSON-safe dicts."""
     if isinstance(value, list):
         return [v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in value]
     return value
 
-
-SEED_ALIASES: dict[str, str] = {
-    "llmBatchSize": "llm_batch_size",
-    "embedBatchSize": "embed_batch_size",
-    "dedupData": "dedup",
-    "dedupKeyFunc": "dedup_key",
-    "getConversationFunc": "conversation_getter",
-    "conversationFilter": "conversation_filter",
-    "conversationToJsonFunc": "conversation_to_json",
-    "maxConversationTokens": "max_conversation_tokens",
-    "tokenizerArgs": "tokenizer_args",
-    "nBaseClustersFunc": "n_base_clusters",
-    "maxPointsToSampleInsideCluster": "max_points_to_sample_inside_cluster",
-    "maxPointsToSampleOutsideCluster": "max_points_to_sample_outside_cluster",
-    "nNameDescriptionSamplesPerCluster": "n_name_description_samples_per_cluster",
-    "kmeansArgs": "kmeans_args",
-    "minTopLevelSize": "min_top_level_size",
-    "nAverageClustersPerNeighborhood": "n_neighbourhoods",
-    "nSamplesOutsideNeighborhood": "n_samples_outside_neighbourhood",
-    "nDesiredHigherLevelNamesPerClusterFunc": "n_names_per_neighbourhood",
-    "nCategorizeSamples": "n_categorize_samples",
-    "maxChildrenForRenaming": "max_children_for_renaming",
-    "nRenameSamples": "n_rename_samples",
-    "llmExtraInferenceArgs": "llm_sampling_args",
-    "htmlMaxSizePerFile": "site_chunk_size",
-    "htmlRoot": "html_root",
-    "webPort": "web_port",
-}
 
 # The seed's config class name, for code that constructs it directly.
 OpenClioConfig = ClioSettings

@@ -124,6 +124,11 @@ class _CountingLLM:
             raise LLMUnavailable(f"LLM answered none of {len(prompts)} prompts")
         return out
 
+    @property
+    def tokenizer(self) -> Any:
+        """The back-end's chat tokenizer, for facets with their own prompt function (None when it has none)."""
+        return getattr(self.inner, "tokenizer", None)
+
     def count_tokens(self, text: str) -> int:
         try:
             return self.inner.count_tokens(text)
@@ -233,6 +238,7 @@ def facet_values(
             truncated, facets, llm, sampling=settings.llm_sampling_args, retries=settings.llm_max_retries,
             seed=settings.seed, batch_size=max(settings.llm_batch_size, len(to_ask) * len(facets)), stats=stats,
             prefix_group=settings.facet_prefix_group,
+            settings=settings,
         )
         for item, cf in zip(to_ask, results):
             by_hash[item.content_hash] = cf.values

@@ -39,7 +39,8 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from clio_stream.privacy.denylist import DenyList
-from clio_stream.domain.facets import Facet, main_facets
+from clio_stream.domain.facet_specs import configured_facets
+from clio_stream.domain.facets import Facet
 from clio_stream.embedding import CachedEmbedder, EmbeddingBackend
 from clio_stream.llm.base import LLMBackend
 from clio_stream.online.drift import DriftMonitor
@@ -88,14 +89,15 @@ class ConsumerWorker:
     def __init__(
         self,
         settings: ClioSettings | None = None,
-        facets: Sequence[Facet] = main_facets,
+        facets: Sequence[Facet] | None = None,
         llm: LLMBackend | None = None,
         embedder: EmbeddingBackend | None = None,
         store: QdrantStore | None = None,
     ) -> None:
-        """LLM, embedder and store default to ones built from ``settings`` (and closed by ``close``)."""
+        """Facets default to the settings' (main and custom); LLM, embedder and store to ones built from
+        ``settings`` (and closed by ``close``)."""
         self.settings = settings or ClioSettings()
-        self.facets = list(facets)
+        self.facets = list(facets) if facets is not None else configured_facets(self.settings)
         if len({f.name for f in self.facets}) != len(self.facets):
             raise ValueError("facet names must be unique")
         self.worker_id = self.settings.worker_id or _default_worker_id()

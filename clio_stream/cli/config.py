@@ -55,8 +55,8 @@ def _show(value: Any) -> str:
         return f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', repr(value))}"
     if hasattr(value, "get_secret_value"):
         return "****"
-    if isinstance(value, (dict, list, tuple)):
-        return json.dumps(value, default=str)
+    if isinstance(value, (dict, list, tuple)):  # typed items (custom facets, alert rules) as their JSON
+        return json.dumps(value, default=lambda v: v.model_dump(mode="json") if hasattr(v, "model_dump") else str(v))
     if isinstance(value, Path):
         return str(value)
     return repr(value) if isinstance(value, str) else str(value)

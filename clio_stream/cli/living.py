@@ -1,4 +1,4 @@
-"""Re-clustering commands: one run (``recluster``, a CronJob's) or the scheduler loop in the foreground."""
+"""Re-clustering commands: one run (``recluster``, a CronJob's), the scheduler loop, and the back-fill of new facets."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def _recluster_once(args: argparse.Namespace, settings: ClioSettings) -> tuple[R
     from clio_stream.living.scheduler import due
     from clio_stream.living.service import ReclusterService
 
-    with ReclusterService(settings, facets=facets_from_names(args.facets)) as service:
+    with ReclusterService(settings, facets=facets_from_names(settings, args.facets)) as service:
         service.process_deletions()
         reason = "manual"
         if args.if_due:
@@ -81,7 +81,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     from clio_stream.living.service import ReclusterService
 
     settings = recluster_settings(args)
-    with ReclusterService(settings, facets=facets_from_names(args.facets)) as service:
+    with ReclusterService(settings, facets=facets_from_names(settings, args.facets)) as service:
         triggers = triggers_from_args(args)
         sched = service.scheduler(triggers, poll_s=args.poll)
         stop_on_signals(sched.stop, "stopping after the run in hand")
@@ -97,6 +97,30 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
             if server is not None:
                 server.stop()
     return 0
+
+
+def cmd_backfill_facets(args: argparse.Namespace) -> int:
+    """Answer the configured facets for stored conversations that lack them (a facet added later); see
+    ``clio_stream.living.backfill``. Exit 1 when some conversations cannot be back-filled (no stored text)."""
+    import sys
+
+    from clio_stream.embedding import make_embedder
+    from clio_stream.living.backfill import backfill_facets
+    from clio_stream.llm import make_llm
+    from clio_stream.storage.store import QdrantStore
+
+    settings = recluster_settings(args)
+    facets = facets_from_names(settings, args.facets)
+    llm = make_llm(settings)
+    try:
+        with QdrantStore.from_settings(settings) as store:
+            report = backfill_facets(store, facets, llm, make_embedder(settings), settings, page=args.page,
+                                     dry_run=args.dry_run, request_recluster=not args.no_recluster)
+    finally:
+        llm.close()
+    for line in report.lines() + (["re-clustering requested"] if report.requested_recluster else []):
+        sys.stdout.write(line + "\n")
+    return 1 if any(report.no_text.values()) else 0
 
 
 def _add_trigger_args(sp: argparse.ArgumentParser) -> None:
@@ -118,6 +142,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_stream_args(sp)
     add_model_args(sp)
     sp.set_defaults(func=cmd_recluster)
+
+    sp = sub.add_parser("backfill-facets",
+                        help="answer the configured facets for stored conversations that lack them (a facet added "
+                             "to a running deployment); needs the stored raw text")
+    add_facets_arg(sp)
+    sp.add_argument("--dry-run", action="store_true", help="count what would be back-filled, write nothing")
+    sp.add_argument("--no-recluster", action="store_true", help="do not ask for a re-clustering afterwards")
+    sp.add_argument("--page", type=int, default=64, help="stored conversations read (and asked) per step")
+    add_stream_args(sp)
+    add_model_args(sp)
+    sp.set_defaults(func=cmd_backfill_facets)
 
     sp = sub.add_parser("scheduler", help="run the re-clustering scheduler in the foreground (until SIGTERM)")
     sp.add_argument("--poll", type=float, default=5.0, help="seconds between trigger checks")

@@ -41,7 +41,8 @@ def add_stream_args(sp: argparse.ArgumentParser) -> None:
 
 
 def add_facets_arg(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--facets", help="comma-separated subset of the main facets (default: all)")
+    sp.add_argument("--facets", help="comma-separated facet names, main or custom (default: the settings' "
+                                     "facets, else all main and custom facets)")
 
 
 def _given(args: argparse.Namespace, flags: Sequence[tuple[str, str]]) -> dict[str, object]:
@@ -84,15 +85,8 @@ def records_from_args(args: argparse.Namespace) -> list[Any]:
     return records[: args.limit] if args.limit else records
 
 
-def facets_from_names(names: str | None) -> list[Facet]:
-    """The main facets, or the comma-separated subset named on the command line."""
-    from clio_stream.domain.facets import main_facets
+def facets_from_names(settings: ClioSettings, names: str | None) -> list[Facet]:
+    """The facets named on the command line (main or custom), else the settings' (``configured_facets``)."""
+    from clio_stream.domain.facet_specs import configured_facets
 
-    if not names:
-        return list(main_facets)
-    by_name = {f.name.lower(): f for f in main_facets}
-    wanted = [n.strip().lower() for n in names.split(",") if n.strip()]
-    unknown = [n for n in wanted if n not in by_name]
-    if unknown:
-        raise ValueError(f"unknown facet(s) {unknown}: choose from {[f.name for f in main_facets]}")
-    return [by_name[n] for n in wanted]
+    return configured_facets(settings, names or None)

@@ -7,7 +7,13 @@ import logging
 import os
 from pathlib import Path
 
-from clio_stream.cli.options import add_model_args, records_from_args, settings_from_args
+from clio_stream.cli.options import (
+    add_facets_arg,
+    add_model_args,
+    facets_from_names,
+    records_from_args,
+    settings_from_args,
+)
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +30,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     records = records_from_args(args)
-    result = run_clio(data=records, output_dir=args.out, settings=settings)
+    result = run_clio(facets_from_names(settings, args.facets), data=records, output_dir=args.out, settings=settings)
     site = Path(args.out) / "site"
     log.info("wrote %s (%d conversations); serve it with: clio-stream serve %s", site, len(result.conversations), site)
     return 0
@@ -51,7 +57,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     data = get_example_data(args.n)
     log.info("running Clio over %d example conversations (ShareGPT) into %s", len(data), args.out)
-    run_clio(data=data, output_dir=args.out, settings=settings)
+    run_clio(facets_from_names(settings, args.facets), data=data, output_dir=args.out, settings=settings)
     if args.no_serve:
         return 0
     from clio_stream.site.server import serve_site
@@ -74,6 +80,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("file")
     sp.add_argument("--out", required=True, help="output folder (checkpoints, result.json, site/)")
     sp.add_argument("--limit", type=int, default=0, help="only the first N records")
+    add_facets_arg(sp)
     add_model_args(sp)
     sp.set_defaults(func=cmd_batch)
 
@@ -90,5 +97,6 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--out", default="out/demo")
     sp.add_argument("--no-serve", action="store_true")
     _add_site_address_args(sp)
+    add_facets_arg(sp)
     add_model_args(sp)
     sp.set_defaults(func=cmd_demo)

@@ -36,7 +36,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
     settings = service_settings(args)
     stop = threading.Event()
     stop_on_signals(stop.set, "finishing the batch in hand, then leaving the group")
-    worker = ConsumerWorker(settings, facets=facets_from_names(args.facets))
+    worker = ConsumerWorker(settings, facets=facets_from_names(settings, args.facets))
     from consumers.prometheus import serve_worker_metrics
 
     server = serve_worker_metrics(settings, worker) if settings.metrics_port is not None else None
@@ -74,7 +74,7 @@ def cmd_bootstrap_clusters(args: argparse.Namespace) -> int:
 
     settings = service_settings(args)
     with QdrantStore.from_settings(settings) as store:
-        version = bootstrap_clustering(store, facets_from_names(args.facets), settings)
+        version = bootstrap_clustering(store, facets_from_names(settings, args.facets), settings)
     log.info("published clustering version %d", version)
     return 0
 

@@ -47,3 +47,8 @@ class ConversationFacets(BaseModel):
 
     conversation_id: str
     values: dict[str, FacetValue]
+
+    @property
+    def facetValues(self) -> list[FacetValue]:  # noqa: N802 - the seed's name (its ConversationFacetData)
+        """The values in facet order, as the seed listed them (a seed site filter reads them so)."""
+        return list(self.values.values())

@@ -5,27 +5,44 @@ values only. A numeric facet's answers are parsed to integers in its range and
 summarised per cluster of the other facets (e.g. mean "Concerning" score).
 A facet with ``compute`` is answered by that function, not the LLM (the paper's
 computed facets); it is stored, filtered and shown like any other.
+
+Two ways to ask about data that is not a conversation: ``data_to_text`` shows the
+item to the model inside clio-stream's own facet prompt (with its privacy rules),
+and ``get_facet_prompt`` is the seed's whole-prompt builder,
+``(tokenizer, facet, data, cfg, tokenizerArgs=...) -> str``, whose text goes to the
+model as it is. The constructor takes the seed's keywords (``summaryCriteria``,
+``getFacetPrompt``) as well as the snake_case ones.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 from clio_stream.stages.language import conversation_language
 
-# A custom prompt builder: given the facet and one data item, return the text the
-# model should read (used instead of rendering a conversation). Generic,
-# non-conversation facets use this.
-FacetPromptFn = Callable[["Facet", Any], str]
+# The seed's whole-prompt builder: called as ``fn(tokenizer, facet, data, cfg, tokenizerArgs=...)``; returns the
+# finished prompt text (chat template applied, assistant prefill included) that the LLM continues.
+FacetPromptFn = Callable[..., str]
+# How one non-conversation item reads inside clio-stream's own facet prompt.
+DataToTextFn = Callable[[Any], str]
 # A computed facet: the value for one conversation (``types.Conversation``), None when there is none.
 FacetComputeFn = Callable[[Any], Optional[str]]
 
+_UNSET: Any = object()
 
-@dataclass(frozen=True)
+
+def _describe(fn: Any) -> str | None:
+    """A function as a checkpoint key and in ``result.json``: its label or qualified name."""
+    if fn is None:
+        return None
+    return getattr(fn, "label", None) or getattr(fn, "__qualname__", None) or type(fn).__name__
+
+
+@dataclass(frozen=True, init=False)
 class Facet:
     name: str
-    question: str
+    question: str = ""
     prefill: str = ""
     summary_criteria: Optional[str] = None
     numeric: Optional[Tuple[int, int]] = None
@@ -35,29 +52,53 @@ class Facet:
     examples: Tuple[Tuple[str, str], ...] = ()
     max_tokens: int = 32  # the answer's length cap: a few words, not a paragraph of filler
     compute: Optional[FacetComputeFn] = None
+    data_to_text: Optional[DataToTextFn] = None
 
-    def __post_init__(self) -> None:
-        if not self.name.strip():
+    def __init__(self, name: str, question: str = "", prefill: str = "", summary_criteria: Optional[str] = _UNSET,
+                 numeric: Optional[Sequence[int]] = None, get_facet_prompt: Optional[FacetPromptFn] = _UNSET,
+                 examples: Sequence[Sequence[str]] = (), max_tokens: int = 32,
+                 compute: Optional[FacetComputeFn] = None, data_to_text: Optional[DataToTextFn] = None, *,
+                 summaryCriteria: Optional[str] = _UNSET,  # noqa: N803 - the seed's keyword
+                 getFacetPrompt: Optional[FacetPromptFn] = _UNSET) -> None:  # noqa: N803
+        criteria = _one_of("summary_criteria", summary_criteria, "summaryCriteria", summaryCriteria)
+        prompt_fn = _one_of("get_facet_prompt", get_facet_prompt, "getFacetPrompt", getFacetPrompt)
+        values = {"name": name, "question": question, "prefill": prefill, "summary_criteria": criteria,
+                  "numeric": None if numeric is None else tuple(numeric), "get_facet_prompt": prompt_fn,
+                  "examples": tuple(tuple(e) for e in examples), "max_tokens": max_tokens, "compute": compute,
+                  "data_to_text": data_to_text}
+        for key, value in values.items():
+            object.__setattr__(self, key, value)
+        self._check()
+
+    def _check(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
             raise ValueError("a facet needs a name")
         if self.numeric is not None:
-            lo, hi = self.numeric
+            lo, hi = self.numeric if len(self.numeric) == 2 else (None, None)
             if not (isinstance(lo, int) and isinstance(hi, int) and lo < hi):
                 raise ValueError(f"facet {self.name!r}: numeric must be (min, max) integers with min < max")
             if self.summary_criteria is not None:
                 raise ValueError(f"facet {self.name!r}: a numeric facet cannot also have summary criteria")
+        if self.compute is None and self.get_facet_prompt is None and not self.question.strip():
+            raise ValueError(f"facet {self.name!r} needs a question (or a prompt function, or a computed source)")
+        if self.max_tokens < 1:
+            raise ValueError(f"facet {self.name!r}: max_tokens must be at least 1")
 
     @property
     def has_hierarchy(self) -> bool:
         return self.summary_criteria is not None
 
+    @property
+    def reads_data(self) -> bool:
+        """Whether the LLM reads the raw data item (not a rendered conversation) for this facet."""
+        return self.get_facet_prompt is not None or self.data_to_text is not None
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["get_facet_prompt"] = None if self.get_facet_prompt is None else getattr(
-            self.get_facet_prompt, "__qualname__", "custom"
-        )
+        for key in ("get_facet_prompt", "compute", "data_to_text"):
+            d[key] = _describe(getattr(self, key))
         d["numeric"] = list(self.numeric) if self.numeric else None
         d["examples"] = [list(e) for e in self.examples]
-        d["compute"] = None if self.compute is None else getattr(self.compute, "__qualname__", "custom")
         return d
 
     # seed-compatible attribute names
@@ -68,6 +109,14 @@ class Facet:
     @property
     def getFacetPrompt(self) -> Optional[FacetPromptFn]:  # noqa: N802
         return self.get_facet_prompt
+
+
+def _one_of(name: str, value: Any, seed_name: str, seed_value: Any) -> Any:
+    """The value given under either name (None when neither); both at once is an error."""
+    if value is not _UNSET and seed_value is not _UNSET:
+        raise TypeError(f"give {name} or {seed_name}, not both")
+    chosen = value if value is not _UNSET else seed_value
+    return None if chosen is _UNSET else chosen
 
 
 # The questions keep the seed's meaning (they follow the Clio paper's appendix), shortened for a
@@ -140,8 +189,8 @@ CONCERNING = Facet(
 main_facets: list[Facet] = [REQUEST, LANGUAGE, TASK, CONCERNING]
 
 
-def _render_generic(facet: Facet, item: Any) -> str:
-    """Generic data is shown to the model as plain text."""
+def data_as_text(item: Any) -> str:
+    """Generic data as the model reads it: a string as it is, anything else (a dict, a record) as ``str``."""
     return item if isinstance(item, str) else str(item)
 
 
@@ -154,7 +203,7 @@ generic_summary_facets: list[Facet] = [
             "The cluster name should be a short noun phrase naming the shared subject of the texts, "
             "for example 'Complaints about delayed card deliveries'."
         ),
-        get_facet_prompt=_render_generic,
+        data_to_text=data_as_text,
     ),
 ]
 

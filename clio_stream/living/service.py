@@ -56,11 +56,12 @@ class ReclusterService:
     def __init__(self, settings: ClioSettings, *, facets: Sequence[Any] | None = None,
                  store: QdrantStore | None = None, llm: Any = None, embedder: Any = None,
                  publish_dir: Path | None = None) -> None:
+        from clio_stream.domain.facet_specs import configured_facets
         from clio_stream.domain.facets import main_facets
         from clio_stream.storage.published import PublishedVersions
 
         self.settings = settings
-        self.facets = list(facets) if facets else list(main_facets)
+        self.facets = list(facets) if facets else configured_facets(settings)
         tree = [f for f in self.facets if f.has_hierarchy]
         # The trigger counts points of the first facet with a hierarchy (every one of them is written per
         # conversation, so any of them measures new data).

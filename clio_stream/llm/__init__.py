@@ -47,6 +47,7 @@ def make_llm(settings: ClioSettings) -> LLMBackend:
             timeout_s=settings.llm_request_timeout_s,
             send_seed=settings.llm_send_seed,
             show_progress=settings.show_progress,
+            tokenizer_args=settings.tokenizer_args,
         )
     raise ValueError(f"unknown llm_backend {settings.llm_backend!r}: use 'vllm' or 'openai'")
 

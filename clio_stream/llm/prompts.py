@@ -21,6 +21,7 @@ class PromptTemplate:
     prefill: str = ""
     stop: tuple[str, ...] = field(default_factory=tuple)
     max_tokens: int | None = None  # overrides the sampling default when set
+    raw: bool = False  # ``user`` is a finished prompt (chat template already applied): sent as it is
 
 
 PRIVACY_RULES = (
@@ -67,6 +68,10 @@ FACET_TEXT = PromptTemplate(
 )
 
 NUMERIC_SUFFIX = "\n\nReply with the number only."
+
+# A facet's own whole prompt (the seed's getFacetPrompt): already chat-templated, continued as it is. Its answer
+# ends at the first closing tag, whatever the tag (the seed's summary prompt prefills "<summary>").
+FACET_OWN_PROMPT = PromptTemplate(name="facet_own_prompt", user="{{text}}", stop=("</",), raw=True)
 
 _GROUP_MATERIAL = (
     "The statements below describe conversations with an AI assistant. They were grouped together because "

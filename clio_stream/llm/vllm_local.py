@@ -107,8 +107,15 @@ class VLLMLocal:
         self._attach()
         return self
 
+    @property
+    def tokenizer(self) -> Any:
+        """The engine's tokenizer, for facets whose own prompt function applies the chat template itself."""
+        return self._tokenizer
+
     def render(self, template: PromptTemplate) -> str:
-        """The template through the model's chat template, placeholders intact (cached)."""
+        """The template through the model's chat template, placeholders intact (cached); a raw one as it is."""
+        if template.raw:
+            return template.user
         rendered = self._rendered.get(template)
         if rendered is not None:
             return rendered

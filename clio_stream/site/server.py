@@ -12,11 +12,12 @@ from __future__ import annotations
 import functools
 import logging
 import socket
+import sys
 import threading
 import urllib.parse
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from clio_stream.site.writer import normalize_html_root
 
@@ -97,10 +98,19 @@ def _make_server(directory: Path, host: str, port: int, html_root: str) -> tuple
     return server, url
 
 
-def serve_site(directory: Path, host: str = "127.0.0.1", port: int = 8421, html_root: str = "") -> None:
-    """Serve the site until interrupted (blocking)."""
+def announce_link(url: str) -> None:
+    """The site's link on the terminal, as the seed's web UI prints it (a user's output, not a log line)."""
+    sys.stdout.write(f"Serving at {url}  (Ctrl-C stops the server)\n")
+    sys.stdout.flush()
+
+
+def serve_site(directory: Path, host: str = "127.0.0.1", port: int = 8421, html_root: str = "",
+               announce: Callable[[str], None] | None = None) -> None:
+    """Serve the site until interrupted (blocking); ``announce`` gets the link once the port is bound."""
     server, url = _make_server(directory, host, port, html_root)
     log.info("serving %s at %s", directory, url)
+    if announce is not None:
+        announce(url)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -10,7 +10,11 @@ become one huge file. Layout (paths relative to ``data/``)::
     f<i>/children/<ref>.json.gz       the visible children of one node (+ other_count)
     f<i>/members/<ref>-<page>.json.gz one page (<= chunk_size) of a leaf's conversations
     conversations/index.json.gz       [{file, first, last, count}] sorted id ranges
-    conversations/<n>.json.gz         <= chunk_size conversation records
+    conversations/<n>.json.gz         <= chunk_size conversation records, <= chunk_bytes of JSON
+
+``chunk_bytes`` is the seed's ``htmlMaxSizePerFile``: no conversation chunk holds more JSON than that (a
+single larger conversation gets a chunk of its own). A ``SiteRecords`` leaves conversations off the site (the
+seed's site-only filter: they still count in every size) and replaces the messages shown for others.
 
 Privacy: hidden nodes (and anything below them) are never written, and neither
 is any conversation that sits in a hidden node of any facet, so a withheld
@@ -35,7 +39,7 @@ import shutil
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -77,6 +81,14 @@ class SiteViews:
         return cls(Minimums.of(ClioSettings.model_construct(), result.settings))
 
 
+@dataclass
+class SiteRecords:
+    """What the site shows of the input records: conversations left off it, and messages shown instead of turns."""
+
+    hidden: set[str] = field(default_factory=set)
+    messages: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
 def write_site(
     result: ClioResult,
     out_dir: Path,
@@ -86,6 +98,8 @@ def write_site(
     show_conversations: bool = True,
     title: str = "clio-stream",
     views: SiteViews | None = None,
+    chunk_bytes: int = 10_000_000,
+    shown: SiteRecords | None = None,
 ) -> Path:
     """Write the site for ``result`` into ``out_dir`` atomically and return ``out_dir``.
 
@@ -104,7 +118,8 @@ def write_site(
         tmp.mkdir()
         builder = _SiteBuilder(result, tmp, chunk_size=chunk_size, html_root=normalize_html_root(html_root),
                                show_conversations=show_conversations, title=title,
-                               views=views or SiteViews.default(result))
+                               views=views or SiteViews.default(result), chunk_bytes=chunk_bytes,
+                               shown=shown or SiteRecords())
         builder.build()
         _swap_in(tmp, out_dir)
     except BaseException:
@@ -124,6 +139,10 @@ def normalize_html_root(html_root: str) -> str:
     return root
 
 
+def _json(payload: Any) -> str:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+
+
 def read_gz_json(path: Path) -> Any:
     """Read one data chunk (handy for tests, the API and debugging)."""
     return json.loads(gzip.decompress(Path(path).read_bytes()).decode("utf-8"))
@@ -138,12 +157,15 @@ class _SiteBuilder:
     """Holds the state of one site build; one instance per ``write_site`` call."""
 
     def __init__(self, result: ClioResult, root: Path, *, chunk_size: int, html_root: str,
-                 show_conversations: bool, title: str, views: SiteViews) -> None:
+                 show_conversations: bool, title: str, views: SiteViews, chunk_bytes: int,
+                 shown: SiteRecords) -> None:
         self.result = result
         self.views = views
         self.root = root
         self.data = root / DATA_DIR
         self.chunk_size = chunk_size
+        self.chunk_bytes = chunk_bytes
+        self.shown = shown
         self.html_root = html_root
         self.show_conversations = show_conversations
         self.title = title
@@ -163,7 +185,7 @@ class _SiteBuilder:
     def _write_json_gz(self, rel: str, payload: dict[str, Any]) -> None:
         path = self.data / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        body = json.dumps({"version": self.version, **payload}, ensure_ascii=False, separators=(",", ":"))
+        body = _json({"version": self.version, **payload})
         # mtime=0 keeps identical content byte-identical across builds.
         path.write_bytes(gzip.compress(body.encode("utf-8"), compresslevel=6, mtime=0))
         self.files_written += 1
@@ -267,9 +289,11 @@ class _SiteBuilder:
 
     def _write_members(self, facet_index: int, facet: str, node: ClusterNode, ref: int,
                        entry: dict[str, Any], node_path: list[str]) -> None:
-        members = [cid for cid in dict.fromkeys(node.conversation_ids) if cid not in self.withheld_conversations]
+        visible = [cid for cid in dict.fromkeys(node.conversation_ids) if cid not in self.withheld_conversations]
+        members = [cid for cid in visible if cid not in self.shown.hidden]
         entry["n_members"] = len(members)
-        entry["withheld_members"] = node.size - len(members)
+        entry["withheld_members"] = node.size - len(visible)
+        entry["filtered_members"] = len(visible) - len(members)  # left off by the site-only filter
         pages = max(1, -(-len(members) // self.chunk_size)) if members else 0
         for page in range(pages):
             rel = f"f{facet_index}/members/{ref}-{page}.json.gz"
@@ -288,16 +312,30 @@ class _SiteBuilder:
     # --- conversations ---
 
     def _write_conversations(self) -> int:
-        shown = [c for c in self.result.conversations if c.id not in self.withheld_conversations]
+        left_off = self.withheld_conversations | self.shown.hidden
+        shown = [c for c in self.result.conversations if c.id not in left_off]
         shown = list({c.id: c for c in shown}.values())  # last record of a duplicated id wins
         shown.sort(key=lambda c: _utf16_key(c.id))
         self.shown_conversations = len(shown)
-        index = []
-        for n, start in enumerate(range(0, len(shown), self.chunk_size)):
-            chunk = shown[start:start + self.chunk_size]
-            rel = f"conversations/{n:05d}.json.gz"
-            self._write_json_gz(rel, {"conversations": [self._record(c) for c in chunk]})
-            index.append({"file": rel, "first": chunk[0].id, "last": chunk[-1].id, "count": len(chunk)})
+        index: list[dict[str, Any]] = []
+        chunk: list[dict[str, Any]] = []
+        size = 0
+
+        def flush() -> None:
+            rel = f"conversations/{len(index):05d}.json.gz"
+            self._write_json_gz(rel, {"conversations": chunk})
+            index.append({"file": rel, "first": chunk[0]["id"], "last": chunk[-1]["id"], "count": len(chunk)})
+
+        for conv in shown:
+            record = self._record(conv)
+            n = len(_json(record).encode("utf-8")) + 1
+            if chunk and (len(chunk) >= self.chunk_size or size + n > self.chunk_bytes):
+                flush()
+                chunk, size = [], 0
+            chunk.append(record)
+            size += n
+        if chunk:
+            flush()
         self._write_json_gz(CONVERSATION_INDEX_FILE, {"chunks": index})
         return len(index)
 
@@ -309,7 +347,8 @@ class _SiteBuilder:
             "clusters": self.paths.get(conversation.id, {}),
         }
         if self.show_conversations:
-            record["messages"] = [{"role": m.role, "content": m.content} for m in conversation.messages]
+            record["messages"] = self.shown.messages.get(conversation.id) or [
+                {"role": m.role, "content": m.content} for m in conversation.messages]
             record["timestamp"] = conversation.timestamp
         return record
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from clio_stream.domain.facets import Facet
 from clio_stream.llm.base import AskStats, LLMBackend, Prompt, ask, sampling_for
-from clio_stream.llm.parsing import parse_facet_answer, parse_int_in_range
-from clio_stream.llm.prompts import FACET_CONVERSATION, FACET_EXAMPLE, FACET_TEXT, NUMERIC_SUFFIX
+from clio_stream.llm.parsing import parse_facet_answer, parse_int_in_range, parse_own_prompt_answer
+from clio_stream.llm.prompts import FACET_CONVERSATION, FACET_EXAMPLE, FACET_OWN_PROMPT, FACET_TEXT, NUMERIC_SUFFIX
+from clio_stream.settings import ClioSettings
 from clio_stream.stages.prepare import render_conversation
 from clio_stream.domain.conversation import Conversation, ConversationFacets, FacetValue
 
@@ -24,18 +26,52 @@ def examples_text(facet: Facet) -> str:
 
 
 def facet_prompt(facet: Facet, conversation_text: str) -> Prompt:
-    """The prompt for one facet of one conversation (or generic text)."""
-    template = FACET_TEXT if facet.get_facet_prompt is not None else FACET_CONVERSATION
+    """The prompt for one facet of one conversation (or of one data item shown as text)."""
+    template = FACET_TEXT if facet.data_to_text is not None else FACET_CONVERSATION
     question = facet.question + (NUMERIC_SUFFIX if facet.numeric else "")
-    choices = tuple(str(v) for v in range(facet.numeric[0], facet.numeric[1] + 1)) if facet.numeric else None
     return Prompt(template, {"conversation": conversation_text, "question": question, "prefill": facet.prefill,
-                             "examples": examples_text(facet)}, choices=choices, max_tokens=facet.max_tokens)
+                             "examples": examples_text(facet)}, choices=_choices(facet), max_tokens=facet.max_tokens)
+
+
+def _choices(facet: Facet) -> tuple[str, ...] | None:
+    return tuple(str(v) for v in range(facet.numeric[0], facet.numeric[1] + 1)) if facet.numeric else None
+
+
+def seed_turns(conv: Conversation) -> list[dict[str, str]]:
+    """A conversation in the seed's own format, as a seed prompt function expects it."""
+    return [{"role": m.role, "content": m.content} for m in conv.messages]
+
+
+def own_prompt(facet: Facet, data: Any, prompts_for: "PromptContext") -> Prompt:
+    """The prompt a facet's own function wrote (the seed's ``getFacetPrompt``), called as the seed calls it."""
+    assert facet.get_facet_prompt is not None
+    text = facet.get_facet_prompt(prompts_for.tokenizer, facet, data, prompts_for.settings,
+                                  tokenizerArgs=prompts_for.settings.tokenizer_args)
+    if not isinstance(text, str):
+        raise TypeError(f"facet {facet.name!r}: its prompt function returned {type(text).__name__}, not a string")
+    return Prompt(FACET_OWN_PROMPT, {"text": text}, choices=_choices(facet), max_tokens=facet.max_tokens)
+
+
+@dataclass(frozen=True)
+class PromptContext:
+    """What a facet's own prompt function is called with besides the data: the tokenizer and the settings."""
+
+    tokenizer: Any
+    settings: ClioSettings
+
+    @classmethod
+    def of(cls, llm: Any, settings: ClioSettings | None) -> "PromptContext":
+        tokenizer = getattr(llm, "tokenizer", None)  # a capability: only back-ends with a chat template have it
+        if tokenizer is None or settings is None:
+            raise TypeError("a facet with its own prompt function (get_facet_prompt) needs an LLM back-end with a "
+                            "tokenizer and the settings: pass settings= to extract_facets")
+        return cls(tokenizer, settings)
 
 
 def material_for(facet: Facet, conv: Conversation, raw: Any = None) -> str:
-    """What the model reads for this facet: the rendered conversation, or the facet's own rendering."""
-    if facet.get_facet_prompt is not None:
-        return facet.get_facet_prompt(facet, raw if raw is not None else conv)
+    """What the model reads for this facet: the rendered conversation, or the data item as the facet shows it."""
+    if facet.data_to_text is not None and raw is not None:
+        return facet.data_to_text(raw)
     return render_conversation(conv)
 
 
@@ -45,30 +81,50 @@ def asked(facets: Sequence[Facet]) -> list[Facet]:
 
 
 def build_prompts(
-    conversations: Sequence[Conversation], facets: Sequence[Facet], raw_items: Sequence[Any] | None = None
+    conversations: Sequence[Conversation], facets: Sequence[Facet], raw_items: Sequence[Any] | None = None,
+    prompts_for: PromptContext | None = None,
 ) -> list[Prompt]:
-    """Conversation-major order: a conversation's facet prompts sit next to each other; computed facets have none."""
+    """Conversation-major order: a conversation's facet prompts sit next to each other; computed facets have none.
+
+    ``raw_items`` (generic data) are the items facets that read data see; without them a facet's own prompt
+    function gets the conversation in the seed's format.
+    """
     facets = asked(facets)
     prompts: list[Prompt] = []
-    rendered_cache: dict[int, str] = {}
     for ci, conv in enumerate(conversations):
         raw = raw_items[ci] if raw_items is not None else None
+        rendered: str | None = None
         for facet in facets:
-            if facet.get_facet_prompt is None:
-                text = rendered_cache.get(ci)
-                if text is None:
-                    text = rendered_cache[ci] = render_conversation(conv)
+            if facet.get_facet_prompt is not None:
+                if prompts_for is None:
+                    raise TypeError(f"facet {facet.name!r} has its own prompt function: build_prompts needs "
+                                    "prompts_for (the tokenizer and settings it is called with)")
+                prompts.append(own_prompt(facet, raw if raw is not None else seed_turns(conv), prompts_for))
+            elif facet.data_to_text is not None and raw is not None:
+                prompts.append(facet_prompt(facet, material_for(facet, conv, raw)))
             else:
-                text = material_for(facet, conv, raw)
-            prompts.append(facet_prompt(facet, text))
+                rendered = rendered if rendered is not None else render_conversation(conv)
+                prompts.append(facet_prompt(facet, rendered))
     return prompts
 
 
 def computed_value(facet: Facet, conv: Conversation) -> FacetValue:
-    """A computed facet's value for one conversation (missing when the function finds none)."""
+    """A computed facet's value for one conversation (missing when the function finds none).
+
+    A numeric facet's value is an integer clamped into its range (a count above the range counts as its top).
+    """
     assert facet.compute is not None
     value = facet.compute(conv)
-    return FacetValue(facet=facet.name, value=value or None)
+    if value is None or value == "":
+        return FacetValue(facet=facet.name, value=None)
+    if facet.numeric is None:
+        return FacetValue(facet=facet.name, value=str(value))
+    try:
+        number = int(float(value))
+    except ValueError:
+        return FacetValue(facet=facet.name, value=None)
+    number = min(max(number, facet.numeric[0]), facet.numeric[1])
+    return FacetValue(facet=facet.name, value=str(number), numeric=number)
 
 
 def parse_facet(facet: Facet, text: str | None) -> FacetValue | None:
@@ -77,7 +133,8 @@ def parse_facet(facet: Facet, text: str | None) -> FacetValue | None:
         lo, hi = facet.numeric
         number = parse_int_in_range(text, lo, hi)
         return None if number is None else FacetValue(facet=facet.name, value=str(number), numeric=number)
-    value = parse_facet_answer(text, facet.prefill)
+    value = parse_own_prompt_answer(text) if facet.get_facet_prompt is not None else \
+        parse_facet_answer(text, facet.prefill)
     if value is None or (facet.prefill and value.strip() == facet.prefill.strip()):
         return None
     return FacetValue(facet=facet.name, value=value)
@@ -108,14 +165,17 @@ def extract_facets(
     raw_items: Sequence[Any] | None = None,
     stats: AskStats | None = None,
     prefix_group: int = 0,
+    settings: ClioSettings | None = None,
 ) -> list[ConversationFacets]:
     """Every facet of every conversation; unusable answers become explicit missing values.
 
     ``prefix_group`` > 0 sends conversations in groups of that size, each in two
-    waves (see ``waves``); 0 sends everything at once.
+    waves (see ``waves``); 0 sends everything at once. ``settings`` is what a facet's
+    own prompt function receives as its config (needed only when a facet has one).
     """
     llm_facets = asked(facets)
-    prompts = build_prompts(conversations, llm_facets, raw_items)
+    own = PromptContext.of(llm, settings) if any(f.get_facet_prompt is not None for f in llm_facets) else None
+    prompts = build_prompts(conversations, llm_facets, raw_items, own)
     nf = len(llm_facets)
     # The templates' stop strings; each prompt carries its facet's token cap (``Prompt.max_tokens``).
     args = sampling_for(FACET_TEXT, sampling_for(FACET_CONVERSATION, sampling))

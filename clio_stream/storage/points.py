@@ -213,6 +213,31 @@ class Points:
                 break
         return {h: max(conversations.values(), key=len) for h, conversations in by_hash.items()}
 
+    def scroll_conversations(self, batch: int = 256, *, status: str | None = "processed"
+                             ) -> Iterator[list[dict[str, Any]]]:
+        """Conversation status payloads (raw text and metadata where kept), a page at a time."""
+        offset: Any = None
+        while True:
+            with self.conn.guard("scroll conversations"):
+                records, offset = self.conn.client.scroll(
+                    self.conn.conversations, scroll_filter=match_filter(status=status), limit=batch, offset=offset,
+                    with_payload=True, with_vectors=False)
+            if records:
+                yield [dict(r.payload or {}) for r in records]
+            if offset is None:
+                return
+
+    def facets_present(self, conversation_ids: Sequence[str], facets: Sequence[str]) -> set[tuple[str, str]]:
+        """The (conversation, facet) pairs among these that have a stored facet point."""
+        from clio_stream.storage.records import facet_point_id
+
+        wanted = {facet_point_id(c, f): (c, f) for c in conversation_ids for f in facets}
+        if not wanted:
+            return set()
+        with self.conn.guard("retrieve facet points"):
+            found = self.conn.client.retrieve(self.conn.facets, list(wanted), with_payload=False, with_vectors=False)
+        return {wanted[str(r.id)] for r in found if str(r.id) in wanted}
+
     def delete_user(self, user_hash: str) -> dict[str, int]:
         """Delete every facet and conversation point of one user; returns how many of each went, by collection."""
         flt = match_filter(user_hash=user_hash)

@@ -42,7 +42,7 @@ from clio_stream.domain.clusters import ClioResult
 from clio_stream.settings import ClioSettings
 from clio_stream.domain.metadata import visible_keys
 from clio_stream.privacy.visibility import Minimums
-from clio_stream.site.writer import SiteViews, write_site
+from clio_stream.site.writer import SiteRecords, SiteViews, write_site
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +75,13 @@ class SiteOptions:
     show_conversations: bool
     minimums: Minimums | None = None
     metadata_keys: tuple[str, ...] = ()  # declared keys a viewer may see (breakdowns in the site)
+    chunk_bytes: int = 10_000_000  # the seed's htmlMaxSizePerFile
 
     @classmethod
     def from_settings(cls, settings: ClioSettings) -> SiteOptions:
         return cls(settings.site_chunk_size, settings.html_root, settings.show_conversations,
-                   Minimums.of(settings), tuple(visible_keys(settings.metadata_keys, "viewer")))
+                   Minimums.of(settings), tuple(visible_keys(settings.metadata_keys, "viewer")),
+                   settings.site_chunk_bytes)
 
     @classmethod
     def as_published(cls, result: ClioResult, settings: ClioSettings) -> SiteOptions:
@@ -91,15 +93,18 @@ class SiteOptions:
         return cls(chunk_size=int(recorded.get("site_chunk_size", current.chunk_size)),
                    html_root=str(recorded.get("html_root", current.html_root) or ""),
                    show_conversations=bool(recorded.get("show_conversations", current.show_conversations)),
-                   minimums=Minimums.of(settings, recorded), metadata_keys=current.metadata_keys)
+                   minimums=Minimums.of(settings, recorded), metadata_keys=current.metadata_keys,
+                   chunk_bytes=int(recorded.get("site_chunk_bytes", current.chunk_bytes)))
 
     def write(self, result: ClioResult, site_dir: Path, *, previous: PublishedVersion | None = None,
-              version: str = "") -> Path:
+              version: str = "", shown: SiteRecords | None = None) -> Path:
+        """The site of ``result``; ``shown``: the batch run's site-only filter and display of input records."""
         minimums = self.minimums or SiteViews.default(result).minimums
         before = None if previous is None else (previous.version, previous.result, previous.lineage)
         return write_site(result, site_dir, chunk_size=self.chunk_size, html_root=self.html_root,
                           show_conversations=self.show_conversations,
-                          views=SiteViews(minimums, self.metadata_keys, before, version))
+                          views=SiteViews(minimums, self.metadata_keys, before, version),
+                          chunk_bytes=self.chunk_bytes, shown=shown)
 
 
 @dataclass

@@ -5,7 +5,8 @@
   field ``cluster_v<N>`` — readers filter on the version they serve — plus the latest ``cluster_id`` /
   ``cluster_version``, similarity, outlier flag, content hash);
 * conversations: one vectorless point per conversation (status ``pending`` / ``processed``, user hash,
-  timestamp, content hash, and the raw conversation only when the store was told it may keep it).
+  timestamp, content hash, bounded metadata, and the raw conversation only when the store was told it may keep
+  it: what ``clio-stream backfill-facets`` reads to answer a facet added later).
 """
 
 from __future__ import annotations

@@ -1,11 +1,16 @@
 """README command 1's main job, end to end: `clio-stream up` streams example data into a live dashboard.
 
 Everything is real and on loopback: Tansu broker, Qdrant server, vLLM's OpenAI
-server, a consumer process, the API with the dashboard, the scheduler.
+server, a consumer process, the API with the dashboard, the scheduler. The settings
+file defines two custom facets (an LLM one with a hierarchy, a computed numeric one):
+they travel with the settings to every child and must come out of the API and the
+dashboard like the main facets.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 
 import httpx
@@ -18,9 +23,25 @@ from clio_stream.devstack.stack import Stack
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_up_streams_examples_into_a_published_dashboard(tmp_path):
+CUSTOM_FACETS_TOML = """
+[[custom_facets]]
+name = "Sentiment"
+question = "How does the user feel about the request? Answer in a few words."
+prefill = "The user feels"
+summary_criteria = "The cluster name should name the users' shared feeling."
+
+[[custom_facets]]
+name = "Turns"
+source = "turns"
+numeric = [1, 12]
+"""
+
+
+def test_up_streams_examples_into_a_published_dashboard(tmp_path, monkeypatch):
     from tests.unit.test_views_alerts import Receiver
 
+    (tmp_path / "clio-stream.toml").write_text(CUSTOM_FACETS_TOML)
+    monkeypatch.setenv("CLIO_CONFIG", str(tmp_path / "clio-stream.toml"))  # as an operator configures `up`
     receiver = Receiver()
     web = free_port()
     qport = free_port()
@@ -56,6 +77,7 @@ def test_up_streams_examples_into_a_published_dashboard(tmp_path):
         conv = httpx.get(f"{base}/v1/conversations/{first}", headers=admin, timeout=10)
         assert conv.status_code == 200 and conv.json()["status"] in ("processed", "pending"), conv.text
         check_every_part_is_scraped(stack, base, admin, status["version"])
+        check_custom_facets(base, admin, first)
         check_the_views(base, admin, receiver)
     finally:
         stack.stop()
@@ -79,6 +101,32 @@ def check_the_views(base: str, admin: dict[str, str], receiver: object) -> None:
     assert receiver.calls, "no alert reached the webhook"  # type: ignore[attr-defined]
     listed = httpx.get(f"{base}/v1/alerts", headers=admin, timeout=10).json()["alerts"]
     assert listed and all(a["delivered"] for a in listed)
+
+
+def check_custom_facets(base: str, admin: dict[str, str], conversation_id: str) -> None:
+    """The TOML's facets reached the consumer (stored values), the re-clustering (a hierarchy, numeric statistics),
+    the API and the dashboard's data."""
+    import gzip
+
+    facets = {f["name"]: f for f in httpx.get(f"{base}/v1/facets", headers=admin, timeout=10).json()["facets"]}
+    assert {"Sentiment", "Turns"} <= set(facets), sorted(facets)
+    assert facets["Sentiment"]["has_hierarchy"] and facets["Turns"]["numeric"] == [1, 12]
+    tree = httpx.get(f"{base}/v1/facets/Sentiment/tree", headers=admin, timeout=10)
+    assert tree.status_code == 200 and tree.json(), tree.text
+    conv = httpx.get(f"{base}/v1/conversations/{conversation_id}", headers=admin, timeout=10).json()
+    if conv["status"] == "processed":
+        assert 1 <= conv["facets"]["Turns"]["numeric"] <= 12 and "Sentiment" in conv["facets"], conv["facets"]
+    roots = httpx.get(f"{base}/v1/facets/Request/tree", headers=admin, timeout=10).json()["roots"]
+    assert any("Turns" in r.get("numeric", {}) for r in roots), roots  # summarised per cluster of other facets
+    manifest = httpx.get(f"{base}/data/manifest.json.gz", headers=admin, timeout=10)
+    assert manifest.status_code == 200, manifest.text
+    shown = {f["name"]: f for f in json.loads(gzip.decompress(manifest.content))["facets"]}
+    assert shown["Sentiment"]["has_hierarchy"] and shown["Sentiment"]["roots"] and shown["Turns"]["numeric"] == [1, 12]
+    logging.getLogger(__name__).info(
+        "custom facets: API %s; Sentiment roots %s; conversation %s: %s; dashboard facets %s",
+        {n: (f["has_hierarchy"], f["numeric"]) for n, f in facets.items()},
+        [r["name"] for r in tree.json()["roots"]], conversation_id,
+        {n: conv["facets"].get(n) for n in ("Sentiment", "Turns")}, list(shown))
 
 
 def _samples(text: str) -> dict[str, float]:

@@ -1,6 +1,6 @@
 import pytest
 
-from clio_stream.llm.templating import cached_replacements, doCachedReplacements, placeholders
+from clio_stream.llm.templating import cached_replacements, placeholders
 
 
 def test_replaces_all_placeholders():
@@ -18,6 +18,5 @@ def test_missing_value_is_an_error():
         cached_replacements("{{typo}}", {})
 
 
-def test_alias_and_placeholders():
-    assert doCachedReplacements is cached_replacements
+def test_placeholders():
     assert placeholders("{{a}} {{b}} {{a}}") == {"a", "b"}
