@@ -83,6 +83,22 @@ class Labels:
                                                      wait=True)
         return len(labels)
 
+    def distinct_users(self, facet: str, version: int, clusters: Sequence[int], *, most: int) -> int:
+        """Distinct user hashes among ``facet``'s points labelled under ``version`` with one of ``clusters``.
+
+        Counted by Qdrant (its facet counts over the user hash index), exactly: ``most`` must be at least
+        the number of distinct users there can be (the points' count will do). Points without a user hash
+        are not counted here.
+        """
+        if not clusters or most <= 0:
+            return 0
+        flt = models.Filter(must=[eq("facet", facet), models.FieldCondition(
+            key=label_field(version), match=models.MatchAny(any=[int(c) for c in clusters]))])
+        with self.conn.guard("count distinct users"):
+            hits = self.conn.client.facet(self.conn.facets, key="user_hash", facet_filter=flt, limit=int(most) + 1,
+                                          exact=True).hits
+        return len(hits)
+
     def index(self, version: int) -> None:
         """Index ``version``'s label field (server only), so filtering a cluster's members stays an index lookup."""
         if self.conn.embedded:
