@@ -114,7 +114,7 @@ def assign_page(store: QdrantStore, plan: AssignPlan, model: OnlineKMeans, page:
     x = page.vectors[rows] / norms[rows, None]
     labels, _ = nearest_centroids(x, model.centroids, model.metric)
     store.labels.write(plan.facet, {page.ids[i]: int(c) for i, c in zip(rows, labels)}, plan.version,
-                       ops_per_request=2000)
+                       ops_per_request=2000, latest=False)
     payloads = [page.payloads[i] for i in rows]
     numeric = numeric_values(store, plan, [str(p.get("conversation_id")) for p in payloads])
     totals.add_points(plan, labels, [p.get("timestamp") for p in payloads],

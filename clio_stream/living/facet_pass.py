@@ -103,6 +103,7 @@ def assign_window(store: QdrantStore, frame: JobFrame, plan: AssignPlan, fit: Fa
     write_plan(store, plan)
     result = run_pass(store, plan, fit.model, frame.owner, settings.recluster_lock_ttl_s, frame.lease.check,
                       on_page=on_page)
+    store.labels.index(plan.version)  # the distinct-user counts and the API filter on it
     log.info("facet %s: %d points of the window assigned in %d pages (%.1f s over %d shards)", plan.facet,
              result.points, result.pages, result.seconds, plan.shards)
     return Populations(store, plan, result.totals), result

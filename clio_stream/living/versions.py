@@ -247,11 +247,13 @@ def apply_commit(store: QdrantStore, lease: Lease, commit: Commit, publish_dir: 
 
 
 def write_centroids(store: QdrantStore, lease: Lease, facet: str, version: int, model: OnlineKMeans) -> None:
-    """Step 2 ahead of an assignment pass, which reads them: ``facet``'s centroids of ``version``, and the
-    index of the version's label field."""
+    """Step 2 ahead of an assignment pass, which reads them: ``facet``'s centroids of ``version``.
+
+    The version's label field is indexed after the pass (``Labels.index``): building an index once over
+    the written labels costs less than keeping it up to date through every page.
+    """
     step(STEP_CENTROIDS, lease)
     store.versions.put_centroids(facet, version, model.to_state())
-    store.labels.index(version)
 
 
 def catch_up(store: QdrantStore, facet: str, version: int, window_start: float | None = None) -> int:

@@ -48,6 +48,7 @@ class Labels:
         similarities: Mapping[str, float] | None = None,
         outliers: Mapping[str, bool] | None = None,
         ops_per_request: int = 500,
+        latest: bool = True,
     ) -> int:
         """Write cluster ids (and optionally similarity / outlier) of ``facet``'s points under ``version``.
 
@@ -55,7 +56,9 @@ class Labels:
         ``cluster_version`` (the latest label); other versions' fields are left alone. Points are selected by
         id *and* facet through a filter, so an id deleted in the meantime (a user's deletion) is skipped
         instead of failing the whole batch. Without per-point extras, points of one cluster share one
-        operation. Returns the number of ids given.
+        operation. ``latest=False`` writes the version's field only (the assignment pass: the latest-label
+        fields are indexed, and updating indexes costs most of a label write; they stay the online
+        assignment's). Returns the number of ids given.
         """
         ops: list[models.SetPayloadOperation] = []
         if similarities is None and outliers is None:
@@ -63,11 +66,10 @@ class Labels:
             for pid, cid in labels.items():
                 by_cluster[int(cid)].append(str(pid))
             for cid, ids in by_cluster.items():
+                payload = {label_field(version): cid, **({"cluster_id": cid, "cluster_version": int(version)}
+                                                          if latest else {})}
                 for start in range(0, len(ids), 1000):
-                    ops.append(_set_payload_op(
-                        facet, ids[start : start + 1000],
-                        {label_field(version): cid, "cluster_id": cid, "cluster_version": int(version)},
-                    ))
+                    ops.append(_set_payload_op(facet, ids[start : start + 1000], payload))
         else:
             for pid, cid in labels.items():
                 payload: dict[str, Any] = {label_field(version): int(cid), "cluster_id": int(cid),

@@ -1,0 +1,220 @@
+"""Re-clustering bounded by a sample (embedded Qdrant, scripted LLM): the window, the id-order sample, the capped k,
+the paged assignment pass (shards, resume by page) and the window's numbers on the published clusters."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+
+from clio_stream.domain.facets import main_facets
+from clio_stream.living.assign_pass import collect, run_pass, run_shard
+from clio_stream.living.facet_pass import capped_k
+from clio_stream.living.job import recluster_once
+from clio_stream.living.window import DAY_S, Window, apply_retention, clustering_window
+from clio_stream.ops.faults import InjectedFault, armed
+from clio_stream.stages.trends import window_counts, window_grid
+from clio_stream.online.kmeans import OnlineKMeans
+from clio_stream.storage.documents import AssignPlan, assign_shard_key
+from clio_stream.storage.published import PublishedVersions
+from clio_stream.storage.records import FacetPoint
+from clio_stream.storage.store import QdrantStore
+from clio_stream.storage.vector_pages import IdRange, read_page
+from tests.recluster_harness import job_settings
+from tests.unit.fakes import HashEmbedder, ScriptedLLM, sensible_script
+
+TOPICS = ["cooking", "python", "travel", "poetry", "taxes", "gardening"]
+NOW = 1_750_000_000.0
+
+
+def fill(store: QdrantStore, emb: HashEmbedder, n: int, *, start: int = 0, t0: float | None = NOW,
+         step_s: float = 60.0) -> None:
+    """``n`` conversations over TOPICS, one minute apart ending at ``t0`` (None: untimed), users u0..u14."""
+    out = []
+    for i in range(start, start + n):
+        topic = TOPICS[i % len(TOPICS)]
+        ts = None if t0 is None else t0 - (start + n - 1 - i) * step_s
+        for f in main_facets:
+            value = {"Request": f"The user's overall request for the assistant is to {topic} help {i % 3}",
+                     "Task": f"The task is to {topic} task", "Language": "English", "Concerning": "1"}[f.name]
+            vec = emb.encode([value])[0] if f.has_hierarchy else np.zeros(emb.dim, dtype=np.float32)
+            out.append(FacetPoint(conversation_id=f"c{i}", facet=f.name, vector=vec, value=value, timestamp=ts,
+                                  numeric=1 + i % 5 if f.numeric else None, user_hash=f"u{i % 15}"))
+    store.points.upsert_facets(out)
+
+
+@pytest.fixture
+def world(tmp_path):
+    emb = HashEmbedder()
+    store = QdrantStore(":memory:")
+    store.ensure_collections(emb.dim)
+    return store, emb, tmp_path / "published"
+
+
+def _published(pub):
+    return PublishedVersions.at(pub).load_current().result
+
+
+# --------------------------------------------------------------------------- ids, pages, the sample
+
+
+def test_shards_tile_the_id_space_and_pages_partition_the_points(world):
+    store, emb, _ = world
+    fill(store, emb, 90)
+    shards = [IdRange.shard(i, 4) for i in range(4)]
+    assert shards[0].start is None and shards[-1].stop is None
+    assert all(a.stop == b.start for a, b in zip(shards, shards[1:]))
+    seen: list[str] = []
+    for r in shards:
+        cursor = None
+        while True:
+            page = read_page(store, Window(None, None).facet_filter("Request"), cursor, r, 7, ("value",), emb.dim)
+            assert all(r.start is None or p >= r.start for p in page.ids) and all(r.before_stop(p) for p in page.ids)
+            seen += page.ids
+            if page.next is None:
+                break
+            cursor = page.next
+    assert len(seen) == len(set(seen)) == 90  # every point once: no gap, no overlap between shards and pages
+    assert seen == sorted(seen, key=lambda p: uuid.UUID(p).int)
+
+
+def test_the_sample_is_the_first_points_in_id_order_and_stays_put_as_the_window_grows(world, tmp_path):
+    store, emb, pub = world
+    fill(store, emb, 60)
+    settings = job_settings(recluster_sample_size=20)
+    assert recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets, settings, publish_dir=pub)
+    first = {c for n in _published(pub).hierarchies["Request"].leaves() for c in n.conversation_ids}
+    all_ids = sorted((p for p in _request_points(store)), key=lambda p: uuid.UUID(p[0]).int)
+    assert first == {cid for _, cid in all_ids[:20]}  # the id-order prefix, not a random draw
+    fill(store, emb, 6, start=60, t0=NOW + 3600)
+    assert recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets, settings, publish_dir=pub)
+    second = {c for n in _published(pub).hierarchies["Request"].leaves() for c in n.conversation_ids}
+    assert len(second) == 20 and len(first & second) >= 14  # the same sample, but for new points hashing low
+
+
+def _request_points(store: QdrantStore) -> list[tuple[str, str]]:
+    out = []
+    for ids, _, payloads in store.points.scroll_vectors("Request"):
+        out += [(pid, p["conversation_id"]) for pid, p in zip(ids, payloads)]
+    return out
+
+
+# --------------------------------------------------------------------------- k and the window's numbers
+
+
+def test_k_follows_the_rule_over_the_window_and_stops_at_the_cap():
+    settings = job_settings(recluster_max_base_clusters=40)
+    assert capped_k(settings, 200, 200) == 20  # the seed's n // 10 below the cap
+    assert capped_k(settings, 2_000_000, 50_000) == capped_k(settings, 100_000, 50_000) == 40
+
+
+def test_sizes_users_numeric_stats_and_trends_count_the_whole_window_not_the_sample(world):
+    store, emb, pub = world
+    fill(store, emb, 120)
+    settings = job_settings(recluster_sample_size=30, trend_window_s=1800.0, trend_windows=4)
+    report = recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets, settings, publish_dir=pub)
+    assert report.points == {"Request": 120, "Task": 120} and report.facets["Request"]["sample"] == 30
+    h = _published(pub).hierarchies["Request"]
+    leaves = h.leaves()
+    assert sum(len(n.conversation_ids) for n in leaves) == 30  # named from the sample...
+    assert sum(n.size for n in leaves) == 120  # ...counted over the window
+    assert sum(n.numeric["Concerning"].count for n in leaves) == 120
+    assert sum(sum(n.numeric["Concerning"].histogram) for n in leaves) == 120
+    roots = [h.nodes[r] for r in h.root_ids]
+    assert sum(r.size for r in roots) == 120
+    times = [NOW - i * 60.0 for i in range(120)]
+    start = window_grid(times, 1800.0, 4)
+    assert [sum(n.trend.counts[i] for n in leaves) for i in range(4)] == window_counts(times, start, 1800.0, 4)
+    # distinct users are counted over every point of a leaf (exactly), not over its sampled members
+    for leaf in leaves:
+        page, _ = store.points.cluster_members("Request", _published(pub).store_links["Request"].clusters[leaf.id],
+                                               limit=1000, version=report.version)
+        assert leaf.size == len(page) and leaf.distinct_users == len({p["user_hash"] for p in page})
+    assert store.points.count(facet="Request", version=report.version) == 120
+
+
+def test_growth_counts_conversations_newer_than_the_previous_version(world):
+    store, emb, pub = world
+    fill(store, emb, 60)
+    settings = job_settings(recluster_sample_size=30)
+    recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets, settings, publish_dir=pub)
+    assert all(n.trend.growth is None for n in _published(pub).hierarchies["Request"].nodes.values())
+    fill(store, emb, 12, start=60, t0=NOW + 3600)
+    recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets, settings, publish_dir=pub)
+    leaves = _published(pub).hierarchies["Request"].leaves()
+    assert sum(n.trend.new_members for n in leaves) == 12
+
+
+def test_the_window_excludes_old_conversations_but_keeps_untimed_ones(world):
+    store, emb, pub = world
+    fill(store, emb, 30, t0=NOW - 40 * DAY_S)  # too old for a 30-day window
+    fill(store, emb, 30, start=30, t0=NOW)
+    fill(store, emb, 6, start=60, t0=None)
+    settings = job_settings(cluster_window_days=30.0)
+    window = clustering_window(store, settings)
+    assert window.newest == NOW and window.start == NOW - 30 * DAY_S
+    report = recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets, settings, publish_dir=pub)
+    assert report.points["Request"] == 36
+    members = {c for n in _published(pub).hierarchies["Request"].leaves() for c in n.conversation_ids}
+    assert members == {f"c{i}" for i in range(30, 66)}
+    assert store.points.count(facet="Request", version=report.version) == 36  # nothing older got a label
+
+
+def test_retention_deletes_old_conversations_before_the_sample(world):
+    store, emb, pub = world
+    fill(store, emb, 30, t0=NOW - 100 * DAY_S)
+    fill(store, emb, 30, start=30, t0=NOW)
+    settings = job_settings(retention_days=60.0)
+    assert apply_retention(store, settings, now=NOW) == 30 * len(main_facets)
+    assert store.points.count(facet="Request") == 30 and store.points.count(facet="Task") == 30
+    with pytest.raises(ValueError, match="shorter than cluster_window_days"):
+        job_settings(retention_days=7.0, cluster_window_days=30.0)
+
+
+# --------------------------------------------------------------------------- the pass: shards and resume
+
+
+def _plan(store, emb, k: int, shards: int, page: int) -> tuple[AssignPlan, OnlineKMeans]:
+    rng = np.random.default_rng(0)
+    model = OnlineKMeans(rng.standard_normal((k, emb.dim)).astype(np.float32), version=7, facet="Request")
+    store.versions.put_centroids("Request", 7, model.to_state())
+    plan = AssignPlan(version=7, facet="Request", k=k, shards=shards, page_size=page, trend_window_s=3600.0,
+                      trend_windows=4, trend_start=NOW - 3 * 3600.0, numeric={"Concerning": [1, 5]})
+    return plan, model
+
+
+def test_a_pass_split_in_shards_labels_every_point_once_and_adds_up(world):
+    store, emb, _ = world
+    fill(store, emb, 100)
+    plan, model = _plan(store, emb, 5, shards=3, page=16)
+    result = run_pass(store, plan, model, "me", 30.0, check=lambda: None)
+    assert result.points == 100 and int(result.totals.counts.sum()) == 100
+    assert store.points.count(facet="Request", version=7) == 100
+    assert int(result.totals.numeric["Concerning"].sum()) == 100 and result.pages >= 100 // 16
+    one = run_pass(store, plan.model_copy(update={"version": 8, "shards": 1}), model, "me", 30.0, lambda: None)
+    assert np.array_equal(one.totals.counts, result.totals.counts)  # shards change nothing but who does the work
+
+
+def test_a_shard_that_dies_mid_pass_is_resumed_after_its_last_page(world):
+    store, emb, _ = world
+    fill(store, emb, 100)
+    plan, model = _plan(store, emb, 5, shards=1, page=16)
+    reached = []
+
+    def die_at_third_page(step: str) -> None:
+        if step == "assign_page":
+            reached.append(step)
+            if len(reached) == 3:
+                raise InjectedFault("killed at page 3")
+
+    with armed(die_at_third_page), pytest.raises(InjectedFault):
+        run_shard(store, plan, model, 0, "first", 30.0)
+    left = store.states.read(assign_shard_key(7, "Request", 0))
+    assert left is not None and left.pages == 2 and left.points == 32 and not left.done
+    pages_read = []
+    with armed(lambda step: pages_read.append(step) if step == "assign_page" else None):
+        done = run_shard(store, plan, model, 0, "second", 30.0)
+    assert done is not None and done.done and done.owner == "second"
+    assert len(pages_read) == 5  # 7 pages of 16: resumed at page 3, not at page 1
+    assert done.points == 100 and int(collect(store, plan).totals.counts.sum()) == 100  # nothing counted twice
