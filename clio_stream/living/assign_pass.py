@@ -117,8 +117,8 @@ def assign_page(store: QdrantStore, plan: AssignPlan, model: OnlineKMeans, page:
                        ops_per_request=2000, latest=False)
     payloads = [page.payloads[i] for i in rows]
     numeric = numeric_values(store, plan, [str(p.get("conversation_id")) for p in payloads])
-    totals.add_points(plan, labels, [p.get("timestamp") for p in payloads],
-                      np.array([not p.get("user_hash") for p in payloads], dtype=bool), numeric)
+    totals.add_points(plan, labels, [p.get("timestamp") for p in payloads], [p.get("user_hash") for p in payloads],
+                      numeric)
     return int(len(rows))
 
 

@@ -71,6 +71,13 @@ class ReclusterReport:
     id_survival: float | None = None
     lineage: int = 0
     facets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stages: dict[str, float] = field(default_factory=dict)  # wall seconds: sample, fit, assign, name, publish
+
+    def timed(self, stage: str, since: float) -> float:
+        """Add the time from ``since`` to ``stage``; returns now (perf_counter)."""
+        now = time.perf_counter()
+        self.stages[stage] = round(self.stages.get(stage, 0.0) + now - since, 3)
+        return now
 
     def add_facet(self, facet: str, points: int, run: FacetRun) -> None:
         self.points[facet] = points
@@ -145,6 +152,7 @@ def recluster_once(
     try:
         report = run_clustering_job(store, "recluster", facets, settings, build, publish_dir=publish_dir, owner=owner,
                                     sample=True, frame=frame)
+        report.timed("publish", t0 + report.seconds)  # the write: centroids, site, commit, pointers, catch-up
     except ClusteringLockBusy:
         log.info("re-clustering skipped: another clustering job holds the lock")
         return None
@@ -152,9 +160,12 @@ def recluster_once(
         log.info("re-clustering skipped: nothing stored yet")
         return None
     progress[0].stage("done")
-    log.info("re-clustered as version %d in %.1f s: %s; %d LLM prompts, %d leaves reused, %d named, id survival %s",
-             report.version, report.seconds, report.clusters, report.llm_prompts, report.leaves_reused,
-             report.leaves_renamed, "n/a" if report.id_survival is None else f"{report.id_survival:.2f}")
+    report.seconds = time.perf_counter() - t0
+    log.info("re-clustered as version %d in %.1f s (%s): %s; %d LLM prompts, %d leaves reused, %d named, "
+             "id survival %s", report.version, report.seconds,
+             ", ".join(f"{k} {v:.1f} s" for k, v in report.stages.items()), report.clusters, report.llm_prompts,
+             report.leaves_reused, report.leaves_renamed,
+             "n/a" if report.id_survival is None else f"{report.id_survival:.2f}")
     return report
 
 
@@ -183,6 +194,7 @@ def _build_version(
 
     tree = [f for f in facets if f.name in stored.clusterable()]
     report = ReclusterReport(version=version)
+    mark = report.timed("sample", t0)  # the frame's lease, retention, window, sample and reservation
     stats = AskStats()
     previous = _previous(publish_dir)
     conversations, facet_values = stored.as_conversations(facets)
@@ -198,10 +210,12 @@ def _build_version(
                                   list(old.nodes if old else []) + sorted(previous.lineage_ids))
         k = capped_k(settings, s.points, len(s.point_ids))
         fit = fit_sample(s, k, warm_start(store, f.name, s.vectors, k, settings.seed), settings, version, f.name)
+        mark = report.timed("fit", mark)
         progress.stage("assign", f.name)
         plan = plan_for(version, f.name, fit.k, stored.window, previous.newest, numeric, settings)
         populations, passed = assign_window(store, frame, plan, fit, settings,
                                             on_page=lambda doc, n=f.name: progress.page(n, doc.points, doc.pages))
+        mark = report.timed("assign", mark)
         progress.stage("cluster and name", f.name)
         run = recluster_facet(f, s, old, ids, None, llm, embedder, settings, thresholds, users_of=users_of,
                               fitted=(fit.labels, fit.centres), populations=populations)
@@ -211,6 +225,7 @@ def _build_version(
         finalise(run.hierarchy, conversations, facet_values, facets, llm, embedder, settings, stats=stats,
                  previous=old)
         populations.set_visible_users(run.hierarchy, run.store_clusters)
+        mark = report.timed("name", mark)  # matching, naming, the hierarchy, finalise, the window's numbers
         runs[f.name] = run
         models[f.name] = with_counts(fit.model, passed.totals.counts)
         report.add_facet(f.name, s.points, run)
@@ -230,6 +245,7 @@ def _build_version(
                         store_links={n: StoreLink(version=version, clusters=r.store_clusters) for n, r in runs.items()})
     remove_denied(result, store, settings)  # users deleted since the scroll (clio_stream.privacy.deletion)
     report.llm_prompts = stats.prompts
+    report.timed("name", mark)
     report.seconds = time.perf_counter() - t0
 
     progress.stage("write")

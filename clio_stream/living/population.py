@@ -3,7 +3,8 @@
 The hierarchy is built and named from a sample (``living.sample``); what it reports about each cluster comes
 from the assignment pass (``living.assign_pass``), which labelled and counted every point of the window. A
 node stands for the base clusters of the leaves under it, so its counts are sums over those clusters, and its
-distinct users are counted by Qdrant over their labels (``Labels.distinct_users``), exactly, plus one for the
+distinct users are counted by Qdrant over their labels (``Labels.distinct_users``), exactly up to
+``EXACT_USERS`` and estimated from the pass's sketches above (``living.user_sketch``), plus one for the
 anonymous user when any point has no user hash. These nodes carry ``count`` (``ClusterNode.size`` is then the
 window's number, not the sample's), and the privacy minimums, trends and visibility use it.
 """
@@ -17,6 +18,7 @@ import numpy as np
 
 from clio_stream.domain.clusters import ClusterNode, FacetHierarchy, NumericStats, Trend
 from clio_stream.living.totals import ClusterTotals
+from clio_stream.living.user_sketch import EXACT_USERS, estimate
 from clio_stream.privacy.visibility import visible_node_ids
 from clio_stream.storage.documents import AssignPlan
 from clio_stream.storage.store import QdrantStore
@@ -31,12 +33,15 @@ class Populations:
     totals: ClusterTotals
 
     def users(self, clusters: Sequence[int]) -> int:
-        """Distinct users among the points of ``clusters`` (the anonymous user counted once)."""
+        """Distinct users among the points of ``clusters`` (the anonymous user counted once): exact up to
+        ``EXACT_USERS`` (Qdrant's facet count), estimated above (``living.user_sketch``)."""
         idx = np.asarray(list(clusters), dtype=np.int64)
         if not len(idx):
             return 0
-        most = int(self.totals.counts[idx].sum())
+        most = min(EXACT_USERS, int(self.totals.counts[idx].sum()))
         named = self.store.labels.distinct_users(self.plan.facet, self.plan.version, idx.tolist(), most=most)
+        if named > EXACT_USERS:
+            named = max(EXACT_USERS + 1, round(estimate(self.totals.users[idx])))
         return named + int(self.totals.anonymous[idx].sum() > 0)
 
     def set_node(self, node: ClusterNode, clusters: Sequence[int]) -> None:

@@ -3,7 +3,8 @@
 For each base cluster of one facet: its points in the window, those without a user hash (they count as one
 anonymous user), those newer than the previous version (growth), per trend window, and per value of each
 numeric facet (joined by conversation). Distinct users do not add; they are counted by Qdrant from the labels
-(``living.population``).
+(``living.population``) and, above what Qdrant counts exactly, estimated from each cluster's HyperLogLog
+registers kept here (``living.user_sketch``), which merge by maximum instead.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from clio_stream.living.user_sketch import M, add_users, user_keys
 from clio_stream.storage.documents import AssignPlan
 
 
@@ -29,12 +31,14 @@ class ClusterTotals:
     new: np.ndarray  # (k,) points newer than the plan's ``new_after``
     trend: np.ndarray  # (k, trend_windows) points per trend window
     numeric: dict[str, np.ndarray] = field(default_factory=dict)  # facet -> (k, bins) points per value
+    users: np.ndarray = field(default_factory=lambda: np.zeros((0, M), np.uint8))  # (k, M) HyperLogLog registers
 
     @classmethod
     def zeros(cls, k: int, plan: AssignPlan) -> ClusterTotals:
         z = np.zeros(k, np.int64)
         return cls(z.copy(), z.copy(), z.copy(), np.zeros((k, plan.trend_windows), np.int64),
-                   {name: np.zeros((k, int(lo_bins[1])), np.int64) for name, lo_bins in plan.numeric.items()})
+                   {name: np.zeros((k, int(lo_bins[1])), np.int64) for name, lo_bins in plan.numeric.items()},
+                   np.zeros((k, M), np.uint8))
 
     @property
     def k(self) -> int:
@@ -48,15 +52,18 @@ class ClusterTotals:
         self.trend += other.trend
         for name, hist in other.numeric.items():
             self.numeric[name] += hist
+        np.maximum(self.users, other.users, out=self.users)
         return self
 
     def add_points(self, plan: AssignPlan, labels: np.ndarray, timestamps: Sequence[float | None],
-                   anonymous: np.ndarray, numeric: Mapping[str, Sequence[int | None]]) -> None:
+                   users: Sequence[str | None], numeric: Mapping[str, Sequence[int | None]]) -> None:
         """Count assigned points: ``labels`` (cluster per point) and, aligned with it, their conversation times,
-        whether each has no user hash, and each numeric facet's value of its conversation."""
+        user hashes (None: the anonymous user) and each numeric facet's value of their conversation."""
         k = self.k
         self.counts += np.bincount(labels, minlength=k)
+        anonymous = np.array([not u for u in users], dtype=bool)
         self.anonymous += np.bincount(labels[anonymous], minlength=k)
+        add_users(self.users, labels[~anonymous], user_keys([u for u in users if u]))
         times = np.array([np.nan if t is None else float(t) for t in timestamps], dtype=np.float64)
         timed = ~np.isnan(times)
         if plan.new_after is not None:
@@ -75,12 +82,14 @@ class ClusterTotals:
     def to_doc(self) -> dict[str, Any]:
         """JSON-safe (zlib-compressed little-endian int64), for the shard's progress document."""
         return {"counts": _pack(self.counts), "anonymous": _pack(self.anonymous), "new": _pack(self.new),
-                "trend": _pack(self.trend), "numeric": {n: _pack(h) for n, h in self.numeric.items()}}
+                "trend": _pack(self.trend), "numeric": {n: _pack(h) for n, h in self.numeric.items()},
+                "users": _pack(self.users, "u1")}
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> ClusterTotals:
         return cls(_unpack(doc["counts"]), _unpack(doc["anonymous"]), _unpack(doc["new"]), _unpack(doc["trend"]),
-                   {n: _unpack(h) for n, h in dict(doc.get("numeric") or {}).items()})
+                   {n: _unpack(h) for n, h in dict(doc.get("numeric") or {}).items()},
+                   _unpack(doc["users"], "u1").astype(np.uint8))
 
 
 def trend_start(newest: float | None, window_s: float, windows: int) -> float | None:
@@ -90,11 +99,11 @@ def trend_start(newest: float | None, window_s: float, windows: int) -> float | 
     return (math.floor(newest / window_s) - windows + 1) * window_s
 
 
-def _pack(a: np.ndarray) -> dict[str, Any]:
-    arr = np.ascontiguousarray(a, dtype="<i8")
-    return {"shape": list(arr.shape), "z64": base64.b64encode(zlib.compress(arr.tobytes(), 6)).decode("ascii")}
+def _pack(a: np.ndarray, dtype: str = "<i8") -> dict[str, Any]:
+    arr = np.ascontiguousarray(a, dtype=dtype)
+    return {"shape": list(arr.shape), "z64": base64.b64encode(zlib.compress(arr.tobytes(), 1)).decode("ascii")}
 
 
-def _unpack(doc: Mapping[str, Any]) -> np.ndarray:
+def _unpack(doc: Mapping[str, Any], dtype: str = "<i8") -> np.ndarray:
     raw = zlib.decompress(base64.b64decode(doc["z64"]))
-    return np.frombuffer(raw, dtype="<i8").reshape(doc["shape"]).astype(np.int64)
+    return np.frombuffer(raw, dtype=dtype).reshape(doc["shape"]).astype(np.int64 if dtype == "<i8" else np.uint8)

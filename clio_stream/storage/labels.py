@@ -88,8 +88,8 @@ class Labels:
     def distinct_users(self, facet: str, version: int, clusters: Sequence[int], *, most: int) -> int:
         """Distinct user hashes among ``facet``'s points labelled under ``version`` with one of ``clusters``.
 
-        Counted by Qdrant (its facet counts over the user hash index), exactly: ``most`` must be at least
-        the number of distinct users there can be (the points' count will do). Points without a user hash
+        Counted by Qdrant (its facet counts over the user hash index), exactly up to ``most``; ``most + 1``
+        means "more than ``most``" (the answer holds at most that many values). Points without a user hash
         are not counted here.
         """
         if not clusters or most <= 0:

@@ -3,6 +3,7 @@ the paged assignment pass (shards, resume by page) and the window's numbers on t
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 
 import numpy as np
@@ -218,3 +219,36 @@ def test_a_shard_that_dies_mid_pass_is_resumed_after_its_last_page(world):
     assert done is not None and done.done and done.owner == "second"
     assert len(pages_read) == 5  # 7 pages of 16: resumed at page 3, not at page 1
     assert done.points == 100 and int(collect(store, plan).totals.counts.sum()) == 100  # nothing counted twice
+
+
+def test_the_user_sketch_estimates_large_counts_and_merges_like_a_union():
+    from clio_stream.living.user_sketch import M, add_users, estimate, user_keys
+
+    hexed = [hashlib.sha256(str(i).encode()).hexdigest()[:32] for i in range(3)]  # what workers store
+    keys = user_keys([f"user-{i}" for i in range(60_000)] + hexed)
+    registers = np.zeros((3, M), np.uint8)
+    labels = np.arange(len(keys)) % 3
+    add_users(registers, labels, keys)
+    add_users(registers, labels, keys)  # the same users again (a replayed page) change nothing
+    one = np.zeros((1, M), np.uint8)
+    add_users(one, np.zeros(len(keys), np.int64), keys)
+    assert np.array_equal(registers.max(axis=0), one[0])  # merged rows are exactly the union's sketch
+    assert abs(estimate(registers[0]) / 20_001 - 1) < 0.15 and abs(estimate(registers) / 60_003 - 1) < 0.15
+    small = np.zeros((1, M), np.uint8)
+    add_users(small, np.zeros(25, np.int64), user_keys([f"u{i}" for i in range(25)]))
+    assert round(estimate(small)) == 25
+
+
+def test_above_the_exact_range_users_are_estimated_from_the_sketch(world, monkeypatch):
+    import clio_stream.living.population as population
+
+    store, emb, pub = world
+    fill(store, emb, 60)
+    monkeypatch.setattr(population, "EXACT_USERS", 3)  # every leaf has more users than Qdrant is asked for
+    asked = []
+    real = store.labels.distinct_users
+    monkeypatch.setattr(store.labels, "distinct_users", lambda *a, **kw: asked.append(kw["most"]) or real(*a, **kw))
+    recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets, job_settings(), publish_dir=pub)
+    assert asked and max(asked) == 3  # Qdrant's answers stay bounded, whatever the cluster's size
+    roots = [n for n in _published(pub).hierarchies["Request"].nodes.values() if n.parent_id is None]
+    assert sum(r.size for r in roots) == 60 and all(abs(r.distinct_users - 15) <= 2 for r in roots if r.size >= 15)
