@@ -24,6 +24,7 @@ from clio_stream.living.population import Populations
 from clio_stream.living.stored import StoredFacet
 from clio_stream.living.totals import trend_start
 from clio_stream.living.versions import STEP_ASSIGN_PLAN, step, write_centroids
+from clio_stream.living.warm_start import warm_start_centroids
 from clio_stream.living.window import Window
 from clio_stream.online.assignment import nearest_centroids
 from clio_stream.online.kmeans import OnlineKMeans
@@ -58,7 +59,15 @@ def capped_k(settings: ClioSettings, window_points: int, sample_points: int) -> 
 
 def fit_sample(s: StoredFacet, k: int, init: np.ndarray | None, settings: ClioSettings, version: int,
                facet: str) -> FacetFit:
-    """k-means on the sample (warm-started from ``init``), as the version's online model."""
+    """k-means on the sample (warm-started from ``init``), as the version's online model.
+
+    Without ``init`` (a first version), k-means++ seeds from one random sampled value with the warm start's
+    greedy picks (``living.warm_start``): the same spread as scikit-learn's seeding, several times faster at
+    a thousand clusters.
+    """
+    if init is None and k < len(s.vectors):
+        first = s.vectors[[int(np.random.default_rng(settings.seed).integers(len(s.vectors)))]]
+        init = warm_start_centroids(s.vectors, first, None, k, settings.seed)
     labels, centres = kmeans(s.vectors, k, seed=settings.seed, args=settings.kmeans_args, init=init)
     model = OnlineKMeans.from_batch(s.vectors, labels, centroids=centres, version=version, facet=facet)
     for _ in range(MAX_REFITS):

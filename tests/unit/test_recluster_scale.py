@@ -252,3 +252,27 @@ def test_above_the_exact_range_users_are_estimated_from_the_sketch(world, monkey
     assert asked and max(asked) == 3  # Qdrant's answers stay bounded, whatever the cluster's size
     roots = [n for n in _published(pub).hierarchies["Request"].nodes.values() if n.parent_id is None]
     assert sum(r.size for r in roots) == 60 and all(abs(r.distinct_users - 15) <= 2 for r in roots if r.size >= 15)
+
+
+def test_a_deleted_users_sampled_conversations_come_off_the_window_counts(world):
+    from clio_stream.privacy.scrub import UserMatch, scrub_result
+
+    store, emb, pub = world
+    fill(store, emb, 120)
+    settings = job_settings(recluster_sample_size=30)
+    recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets, settings, publish_dir=pub)
+    result = _published(pub)
+    h = result.hierarchies["Request"]
+    victim = max(h.leaves(), key=lambda n: len(n.conversation_ids)).conversation_ids[0]
+    owner = next(c.user_id for c in result.conversations if c.id == victim)
+    mine = {c.id for c in result.conversations if c.user_id == owner}
+    before = {n.id: (n.size, n.distinct_users, len(mine & set(n.conversation_ids))) for n in h.nodes.values()}
+    removed, _ = scrub_result(result, UserMatch(settings.user_id_hash_key, frozenset(), frozenset(), frozenset(mine)),
+                              min_conversations=1, min_users=1)
+    assert removed == len(mine)
+    for node in h.nodes.values():
+        size, users, sampled = before[node.id]
+        assert node.size == size - sampled and node.numeric["Concerning"].count == node.size
+        assert node.distinct_users == users - 1  # the user may be anywhere in the window: one less everywhere
+        assert not mine & set(node.conversation_ids)
+    assert sum(n.size for n in h.leaves()) == 120 - sum(before[n.id][2] for n in h.leaves()) < 120
