@@ -98,9 +98,19 @@ def load(store: Any, mix: Mixture, start: int, stop: int, users: int) -> float:
     return (stop - start) / (time.perf_counter() - t0)
 
 
-def wait_green(store: Any) -> None:
-    while str(store.facet_collection_info().status).lower().split(".")[-1] != "green":
+def wait_green(store: Any, timeout_s: float = 3600.0) -> None:
+    """Until the collection's optimisations are done (a "grey" collection is nudged to start them)."""
+    from qdrant_client import models
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        status = str(store.facet_collection_info().status).lower().split(".")[-1]
+        if status == "green":
+            return
+        if status == "grey":
+            store.client.update_collection(store.facets, optimizers_config=models.OptimizersConfigDiff())
         time.sleep(2)
+    log.warning("collection not green after %.0f s; measuring anyway", timeout_s)
 
 
 # --------------------------------------------------------------------------- the job, in a process of its own

@@ -215,7 +215,7 @@ class ClioSettings(BaseSettings):
                                        "(a uniform sample that stays stable between runs).")
     recluster_max_base_clusters: int = Field(1000, ge=1, description="Cap on a re-clustering's base clusters per "
                                              "facet, whatever n_base_clusters says: it bounds the naming prompts.")
-    recluster_page_size: int = Field(4096, ge=16, description="Points per page of the assignment pass (its "
+    recluster_page_size: int = Field(16_384, ge=16, description="Points per page of the assignment pass (its "
                                      "memory is bounded by this; progress is stored after every page).")
     recluster_assign_shards: int = Field(1, ge=1, description="Point-id ranges the assignment pass is split into; "
                                          "`clio-stream assign-shard` processes run the ones the job does not.")

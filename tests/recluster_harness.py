@@ -31,11 +31,15 @@ ANALYST_KEY = "analyst-key-for-fault-tests"
 REPO = Path(__file__).resolve().parents[1]
 
 
+PAGE_SIZE = 16  # pages of the assignment pass: a facet of this corpus takes several
+
+
 def job_settings(**overrides: Any) -> ClioSettings:
-    """Settings of the job under test: the fast, fake-LLM ones the unit tests use."""
-    return ClioSettings(show_progress=False, n_name_description_samples_per_cluster=1, n_rename_samples=1,
-                        n_categorize_samples=1, llm_max_retries=0, min_top_level_size=2, min_cluster_users=1,
-                        min_cluster_conversations=1, api_keys=f"analyst:{ANALYST_KEY}", **overrides)
+    """Settings of the job under test: the fast, fake-LLM ones the unit tests use, with small pages."""
+    return ClioSettings(**{"show_progress": False, "n_name_description_samples_per_cluster": 1,
+                           "n_rename_samples": 1, "n_categorize_samples": 1, "llm_max_retries": 0,
+                           "min_top_level_size": 2, "min_cluster_users": 1, "min_cluster_conversations": 1,
+                           "api_keys": f"analyst:{ANALYST_KEY}", "recluster_page_size": PAGE_SIZE, **overrides})
 
 
 def points(emb: HashEmbedder, start: int, n: int, models: dict[str, OnlineKMeans] | None = None) -> list[FacetPoint]:

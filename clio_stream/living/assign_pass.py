@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 
 PAGE_FIELDS = ("value", "conversation_id", "user_hash", "timestamp")
+BARRIER_PAGES = 4  # label writes run ahead of Qdrant applying them by at most this many pages
 
 Check = Callable[[], None]  # raises (LockLost) when the caller must stop writing
 
@@ -90,7 +91,9 @@ def run_shard(store: QdrantStore, plan: AssignPlan, model: OnlineKMeans, shard: 
                              PAGE_FIELDS, model.dim)
             reach(STEP_ASSIGN_PAGE)
             lease.check()
-            assigned = assign_page(store, plan, model, page, totals)
+            assigned = assign_page(store, plan, model, page, totals, wait=(doc.pages + 1) % BARRIER_PAGES == 0)
+            if page.next is None:
+                store.labels.barrier()  # every label of the shard applied before it is marked done
             doc = doc.model_copy(update={
                 "cursor": page.next, "pages": doc.pages + 1, "points": doc.points + assigned,
                 "done": page.next is None, "owner": owner, "totals": totals.to_doc(),
@@ -103,8 +106,12 @@ def run_shard(store: QdrantStore, plan: AssignPlan, model: OnlineKMeans, shard: 
 
 
 def assign_page(store: QdrantStore, plan: AssignPlan, model: OnlineKMeans, page: Page,
-                totals: ClusterTotals) -> int:
-    """Label the page's embedded values under ``plan.version`` and count them; returns how many."""
+                totals: ClusterTotals, *, wait: bool = True) -> int:
+    """Label the page's embedded values under ``plan.version`` and count them; returns how many.
+
+    ``wait=False``: the labels are in Qdrant's write-ahead log when this returns, applied meanwhile, so
+    the next page is read while Qdrant writes this one's (``BARRIER_PAGES`` bounds how far it runs ahead).
+    """
     if not len(page):
         return 0
     norms = np.linalg.norm(page.vectors, axis=1)
@@ -114,7 +121,7 @@ def assign_page(store: QdrantStore, plan: AssignPlan, model: OnlineKMeans, page:
     x = page.vectors[rows] / norms[rows, None]
     labels, _ = nearest_centroids(x, model.centroids, model.metric)
     store.labels.write(plan.facet, {page.ids[i]: int(c) for i, c in zip(rows, labels)}, plan.version,
-                       ops_per_request=2000, latest=False)
+                       ops_per_request=2000, latest=False, wait=wait)
     payloads = [page.payloads[i] for i in rows]
     numeric = numeric_values(store, plan, [str(p.get("conversation_id")) for p in payloads])
     totals.add_points(plan, labels, [p.get("timestamp") for p in payloads], [p.get("user_hash") for p in payloads],

@@ -49,6 +49,7 @@ class Labels:
         outliers: Mapping[str, bool] | None = None,
         ops_per_request: int = 500,
         latest: bool = True,
+        wait: bool = True,
     ) -> int:
         """Write cluster ids (and optionally similarity / outlier) of ``facet``'s points under ``version``.
 
@@ -58,7 +59,8 @@ class Labels:
         instead of failing the whole batch. Without per-point extras, points of one cluster share one
         operation. ``latest=False`` writes the version's field only (the assignment pass: the latest-label
         fields are indexed, and updating indexes costs most of a label write; they stay the online
-        assignment's). Returns the number of ids given.
+        assignment's). ``wait=False`` returns once Qdrant has the operations in its write-ahead log (applied
+        in order: a later write with ``wait=True`` returns after all of them). Returns the number of ids given.
         """
         ops: list[models.SetPayloadOperation] = []
         if similarities is None and outliers is None:
@@ -82,8 +84,14 @@ class Labels:
         for start in range(0, len(ops), ops_per_request):
             with self.conn.guard("set labels"):
                 self.conn.client.batch_update_points(self.conn.facets, ops[start : start + ops_per_request],
-                                                     wait=True)
+                                                     wait=wait)
         return len(labels)
+
+    def barrier(self) -> None:
+        """Return once every label write sent before has been applied (writes are applied in order)."""
+        nothing = models.Filter(must=[eq("facet", "\x00none")])
+        with self.conn.guard("label barrier"):
+            self.conn.client.set_payload(self.conn.facets, payload={"barrier": True}, points=nothing, wait=True)
 
     def distinct_users(self, facet: str, version: int, clusters: Sequence[int], *, most: int) -> int:
         """Distinct user hashes among ``facet``'s points labelled under ``version`` with one of ``clusters``.

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from qdrant_client import models
+from qdrant_client import grpc, models
+from qdrant_client.conversions.conversion import RestToGrpc, value_to_json
 
 from clio_stream.storage.qdrant import QdrantConnection
 
@@ -66,7 +67,13 @@ class Page:
 
 def read_page(conn: QdrantConnection, flt: models.Filter | None, cursor: str | None, ids: IdRange, size: int,
               fields: Sequence[str], dim: int) -> Page:
-    """Up to ``size`` points matching ``flt`` from ``cursor`` (else the range's start), within ``ids``."""
+    """Up to ``size`` points matching ``flt`` from ``cursor`` (else the range's start), within ``ids``.
+
+    Against a server over gRPC the answer is read straight from the protobuf messages into one matrix
+    (``_grpc_page``): the client's own conversion makes a Python float of every coordinate first.
+    """
+    if not conn.embedded and conn.prefer_grpc:
+        return _grpc_page(conn, flt, cursor, ids, size, fields, dim)
     got_ids: list[str] = []
     vectors: list[Any] = []
     payloads: list[dict[str, Any]] = []
@@ -90,6 +97,50 @@ def read_page(conn: QdrantConnection, flt: models.Filter | None, cursor: str | N
     matrix = np.asarray(vectors, dtype=np.float32).reshape(len(got_ids), dim) if got_ids else np.zeros((0, dim),
                                                                                                     np.float32)
     return Page(got_ids, matrix, payloads, None if offset is None else str(offset))
+
+
+def _grpc_page(conn: QdrantConnection, flt: models.Filter | None, cursor: str | None, ids: IdRange, size: int,
+               fields: Sequence[str], dim: int) -> Page:
+    got_ids: list[str] = []
+    matrix = np.empty((size, dim), np.float32)
+    payloads: list[dict[str, Any]] = []
+    offset = cursor if cursor is not None else ids.start
+    grpc_filter = RestToGrpc.convert_filter(flt) if flt is not None else None
+    first = True
+    while len(got_ids) < size and (first or offset is not None):
+        first = False
+        request = grpc.ScrollPoints(
+            collection_name=conn.facets, filter=grpc_filter, limit=min(SCROLL_LIMIT, size - len(got_ids)),
+            offset=grpc.PointId(uuid=offset) if offset is not None else None,
+            with_vectors=grpc.WithVectorsSelector(enable=True),
+            with_payload=grpc.WithPayloadSelector(include=grpc.PayloadIncludeSelector(fields=list(fields))))
+        with conn.guard("scroll page"):
+            answer = conn.client.grpc_points.Scroll(request, timeout=conn.timeout_s)
+        offset = None
+        for point in answer.result:
+            pid = point.id.uuid or str(point.id.num)
+            if not ids.before_stop(pid):
+                break
+            vector = point.vectors.vector
+            matrix[len(got_ids)] = vector.dense.data if vector.HasField("dense") else vector.data
+            got_ids.append(pid)
+            payloads.append({k: _scalar(v) for k, v in point.payload.items()})
+        else:
+            if answer.HasField("next_page_offset"):
+                nxt = answer.next_page_offset.uuid or str(answer.next_page_offset.num)
+                offset = nxt if ids.before_stop(nxt) else None
+    return Page(got_ids, matrix[: len(got_ids)].copy(), payloads, offset)
+
+
+_SCALARS = ("string_value", "double_value", "integer_value", "bool_value")
+
+
+def _scalar(value: Any) -> Any:
+    """A payload value of a protobuf answer as Python (scalars directly; lists and maps the client's way)."""
+    kind = value.WhichOneof("kind")
+    if kind in _SCALARS:
+        return getattr(value, kind)
+    return None if kind == "null_value" or kind is None else value_to_json(value)
 
 
 def pages(conn: QdrantConnection, flt: models.Filter | None, ids: IdRange, size: int, fields: Sequence[str],
