@@ -23,6 +23,7 @@ from clio_stream.living.clustering_job import JobFrame
 from clio_stream.living.population import Populations
 from clio_stream.living.stored import StoredFacet
 from clio_stream.living.totals import trend_start
+from clio_stream.living.user_sketch import EXACT_USERS
 from clio_stream.living.versions import STEP_ASSIGN_PLAN, step, write_centroids
 from clio_stream.living.warm_start import warm_start_centroids
 from clio_stream.living.window import Window
@@ -115,4 +116,4 @@ def assign_window(store: QdrantStore, frame: JobFrame, plan: AssignPlan, fit: Fa
     store.labels.index(plan.version)  # the distinct-user counts and the API filter on it
     log.info("facet %s: %d points of the window assigned in %d pages (%.1f s over %d shards)", plan.facet,
              result.points, result.pages, result.seconds, plan.shards)
-    return Populations(store, plan, result.totals), result
+    return Populations(store, plan, result.totals, max(EXACT_USERS, 4 * settings.min_cluster_users)), result

@@ -3,9 +3,9 @@
 The hierarchy is built and named from a sample (``living.sample``); what it reports about each cluster comes
 from the assignment pass (``living.assign_pass``), which labelled and counted every point of the window. A
 node stands for the base clusters of the leaves under it, so its counts are sums over those clusters, and its
-distinct users are counted by Qdrant over their labels (``Labels.distinct_users``), exactly up to
-``EXACT_USERS`` and estimated from the pass's sketches above (``living.user_sketch``), plus one for the
-anonymous user when any point has no user hash. These nodes carry ``count`` (``ClusterNode.size`` is then the
+distinct users are estimated from the pass's sketches (``living.user_sketch``) and, where that estimate is
+small enough for a privacy minimum to matter, counted exactly by Qdrant over their labels
+(``Labels.distinct_users``), plus one for the anonymous user when any point has no user hash. These nodes carry ``count`` (``ClusterNode.size`` is then the
 window's number, not the sample's), and the privacy minimums, trends and visibility use it.
 """
 
@@ -31,18 +31,25 @@ class Populations:
     store: QdrantStore
     plan: AssignPlan
     totals: ClusterTotals
+    exact_below: int = EXACT_USERS  # clusters estimated at no more users than this are counted exactly
 
     def users(self, clusters: Sequence[int]) -> int:
-        """Distinct users among the points of ``clusters`` (the anonymous user counted once): exact up to
-        ``EXACT_USERS`` (Qdrant's facet count), estimated above (``living.user_sketch``)."""
+        """Distinct users among the points of ``clusters`` (the anonymous user counted once).
+
+        The pass's sketch estimates them (``living.user_sketch``, 3 %); where the estimate is at most
+        ``exact_below`` (far above any privacy minimum) Qdrant counts them exactly, so every minimum is
+        checked against an exact number, while large clusters cost no query that grows with the store.
+        """
         idx = np.asarray(list(clusters), dtype=np.int64)
         if not len(idx):
             return 0
-        most = min(EXACT_USERS, int(self.totals.counts[idx].sum()))
+        anonymous = int(self.totals.anonymous[idx].sum() > 0)
+        guess = round(estimate(self.totals.users[idx])) if int(self.totals.counts[idx].sum()) else 0
+        if guess > self.exact_below:
+            return guess + anonymous
+        most = 2 * self.exact_below
         named = self.store.labels.distinct_users(self.plan.facet, self.plan.version, idx.tolist(), most=most)
-        if named > EXACT_USERS:
-            named = max(EXACT_USERS + 1, round(estimate(self.totals.users[idx])))
-        return named + int(self.totals.anonymous[idx].sum() > 0)
+        return (named if named <= most else max(guess, most + 1)) + anonymous
 
     def set_node(self, node: ClusterNode, clusters: Sequence[int]) -> None:
         """Put the window's numbers of ``clusters`` on ``node``."""

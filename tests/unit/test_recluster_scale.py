@@ -239,19 +239,26 @@ def test_the_user_sketch_estimates_large_counts_and_merges_like_a_union():
     assert round(estimate(small)) == 25
 
 
-def test_above_the_exact_range_users_are_estimated_from_the_sketch(world, monkeypatch):
-    import clio_stream.living.population as population
+def test_small_clusters_count_users_exactly_and_large_ones_by_the_sketch(world, monkeypatch):
+    import clio_stream.living.facet_pass as facet_pass
 
     store, emb, pub = world
     fill(store, emb, 60)
-    monkeypatch.setattr(population, "EXACT_USERS", 3)  # every leaf has more users than Qdrant is asked for
     asked = []
     real = store.labels.distinct_users
     monkeypatch.setattr(store.labels, "distinct_users", lambda *a, **kw: asked.append(kw["most"]) or real(*a, **kw))
     recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets, job_settings(), publish_dir=pub)
-    assert asked and max(asked) == 3  # Qdrant's answers stay bounded, whatever the cluster's size
-    roots = [n for n in _published(pub).hierarchies["Request"].nodes.values() if n.parent_id is None]
-    assert sum(r.size for r in roots) == 60 and all(abs(r.distinct_users - 15) <= 2 for r in roots if r.size >= 15)
+    assert asked  # every node here has few users: Qdrant counts them exactly
+    exact = {n.id: n.distinct_users for n in _published(pub).hierarchies["Request"].nodes.values()}
+    asked.clear()
+    monkeypatch.setattr(facet_pass, "EXACT_USERS", 3)  # now every node with more than 4 users is "large"
+    recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets, job_settings(), publish_dir=pub)
+    assert not asked  # no query grows with the store
+    nodes = _published(pub).hierarchies["Request"].nodes.values()
+    roots = [n for n in nodes if n.parent_id is None]
+    assert sum(r.size for r in roots) == 60
+    large = [n for n in nodes if n.id in exact and exact[n.id] > 4]
+    assert large and all(abs(n.distinct_users - exact[n.id]) <= 2 for n in large)
 
 
 def test_a_deleted_users_sampled_conversations_come_off_the_window_counts(world):
