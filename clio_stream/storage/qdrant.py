@@ -133,7 +133,7 @@ class QdrantConnection:
                 timeout=int(timeout_s),
                 api_key=api_key,
                 check_compatibility=False,
-                grpc_options=GRPC_OPTIONS,
+                grpc_options=dict(GRPC_OPTIONS),  # a copy: the client adds its own keys to it
                 **kwargs,
             )
 
