@@ -19,38 +19,20 @@ from clio_stream.stages.trends import window_counts, window_grid
 from clio_stream.online.kmeans import OnlineKMeans
 from clio_stream.storage.documents import AssignPlan, assign_shard_key
 from clio_stream.storage.published import PublishedVersions
-from clio_stream.storage.records import FacetPoint
 from clio_stream.storage.store import QdrantStore
 from clio_stream.storage.vector_pages import IdRange, read_page
-from tests.recluster_harness import job_settings
+from tests.recluster_harness import job_settings, points
+from tests.unit.test_clustering_job import world  # noqa: F401 - the same embedded store, emb, publish dir
 from tests.unit.fakes import HashEmbedder, ScriptedLLM, sensible_script
 
-TOPICS = ["cooking", "python", "travel", "poetry", "taxes", "gardening"]
 NOW = 1_750_000_000.0
 
 
 def fill(store: QdrantStore, emb: HashEmbedder, n: int, *, start: int = 0, t0: float | None = NOW,
          step_s: float = 60.0) -> None:
-    """``n`` conversations over TOPICS, one minute apart ending at ``t0`` (None: untimed), users u0..u14."""
-    out = []
-    for i in range(start, start + n):
-        topic = TOPICS[i % len(TOPICS)]
-        ts = None if t0 is None else t0 - (start + n - 1 - i) * step_s
-        for f in main_facets:
-            value = {"Request": f"The user's overall request for the assistant is to {topic} help {i % 3}",
-                     "Task": f"The task is to {topic} task", "Language": "English", "Concerning": "1"}[f.name]
-            vec = emb.encode([value])[0] if f.has_hierarchy else np.zeros(emb.dim, dtype=np.float32)
-            out.append(FacetPoint(conversation_id=f"c{i}", facet=f.name, vector=vec, value=value, timestamp=ts,
-                                  numeric=1 + i % 5 if f.numeric else None, user_hash=f"u{i % 15}"))
-    store.points.upsert_facets(out)
-
-
-@pytest.fixture
-def world(tmp_path):
-    emb = HashEmbedder()
-    store = QdrantStore(":memory:")
-    store.ensure_collections(emb.dim)
-    return store, emb, tmp_path / "published"
+    """``n`` conversations over the harness's topics, one minute apart ending at ``t0`` (None: untimed)."""
+    store.points.upsert_facets(points(emb, start, n, time_of=None if t0 is None else
+                                      lambda i: t0 - (start + n - 1 - i) * step_s))
 
 
 def _published(pub):
