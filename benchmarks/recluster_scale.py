@@ -142,7 +142,7 @@ def job_main(args: argparse.Namespace) -> None:
                                 owner="benchmark")
     assert report is not None, "the job did not run"
     info = report.facets[FACET]
-    print(json.dumps({"version": report.version, "points": report.points[FACET], "stages": report.stages,
+    print(json.dumps({"version": report.version, "points": report.points[FACET], "stages": report.walls,
                       "seconds": report.seconds, "llm_prompts": report.llm_prompts, "llm_calls": len(llm.calls),
                       "k": info["k"], "sample": info["sample"], "leaves": report.clusters[FACET],
                       "assign_points": info["assign_points"], "assign_pages": info["assign_pages"],

@@ -97,6 +97,7 @@ class QdrantConnection:
         timeout_s: float = 30.0,
         api_key: str | None = None,
         keep_raw: bool = False,
+        metadata_index: tuple[str, ...] = (),
         client: QdrantClient | None = None,
         layout: CollectionLayout | None = None,
     ) -> None:
@@ -110,6 +111,7 @@ class QdrantConnection:
         self.timeout_s = timeout_s
         self.keep_raw = keep_raw
         self.layout = layout or CollectionLayout()
+        self.metadata_index = tuple(metadata_index)  # declared metadata keys to index (``metadata.<key>``)
         self.embedded = not location.startswith(("http://", "https://"))
         self.facets = f"{prefix}_facets"
         self.conversations = f"{prefix}_conversations"
@@ -150,6 +152,7 @@ class QdrantConnection:
             "keep_raw": settings.store_raw_conversations,
             "layout": CollectionLayout(settings.qdrant_quantization, settings.qdrant_vectors_on_disk,
                                        settings.qdrant_payload_on_disk, settings.qdrant_hnsw_m),
+            "metadata_index": tuple(k.name for k in settings.metadata_keys if k.indexed),
         }
 
     def close(self) -> None:
@@ -188,8 +191,9 @@ class QdrantConnection:
         self.dim = int(dim)
         if self.embedded:
             return  # the embedded engine ignores payload indexes (and warns about each)
-        for name, schema in ((self.facets, _FACET_INDEXES), (self.conversations, _CONVERSATION_INDEXES),
-                             (self.state, _STATE_INDEXES)):
+        metadata = {f"metadata.{k}": models.PayloadSchemaType.KEYWORD for k in self.metadata_index}
+        for name, schema in ((self.facets, {**_FACET_INDEXES, **metadata}),
+                             (self.conversations, {**_CONVERSATION_INDEXES, **metadata}), (self.state, _STATE_INDEXES)):
             for key, kind in schema.items():
                 with self.guard("create_payload_index"):
                     self.client.create_payload_index(name, key, field_schema=kind, wait=True)
