@@ -204,42 +204,43 @@ LAYOUTS = {
 
 
 def memory_main(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Resident memory of a Qdrant server per stored point, per collection layout: the growth from half of
-    ``--memory-points`` to all of them (fixed costs cancel out), each measured on a freshly restarted server
-    before any vector is read back."""
+    """Resident memory of a Qdrant server per stored point, per collection layout: a server holding
+    ``--memory-points`` (optimised into one segment) against one holding the empty collections, each measured
+    freshly restarted, after the queries the job and the API make and before any vector is read back."""
     from clio_stream.devstack.processes import free_port, start_qdrant
     from clio_stream.storage.qdrant import CollectionLayout
     from clio_stream.storage.store import QdrantStore
 
     mix = Mixture(args.components, args.spread, args.seed)
-    half, full = args.memory_points // 2 // CHUNK * CHUNK, args.memory_points // CHUNK * CHUNK
+    n = args.memory_points // CHUNK * CHUNK
     out = []
     for name, layout in LAYOUTS.items():
         root = Path(args.workdir) / f"memory-{layout[0]}-{layout[1]}-{layout[3]}"
         shutil.rmtree(root, ignore_errors=True)
         hp, gp = free_port(), free_port()
-        sizes: dict[int, dict[str, int]] = {}
         store = QdrantStore(f"http://127.0.0.1:{hp}", grpc_port=gp, prefix="mem", layout=CollectionLayout(*layout),
                             timeout_s=600)
-        for upto in (half, full):
+        measured: dict[str, dict[str, int]] = {}
+        for stage in ("empty", "full"):
             proc = start_qdrant(http_port=hp, grpc_port=gp, storage_dir=root, log_dir=root, die_with_parent=True)
-            if upto == half:
+            if stage == "empty":
                 store.ensure_collections(DIM)
-            load(store, mix, 0 if upto == half else half, upto, max(1, upto // 5))
+            else:
+                load(store, mix, 0, n, max(1, n // 5))
             proc.stop()
             proc = start_qdrant(http_port=hp, grpc_port=gp, storage_dir=root, log_dir=root, die_with_parent=True)
             wait_green(store)
             store.points.count(facet=FACET)  # the payload indexes in use, as the API and the job use them
-            sizes[upto] = _rss(proc.pid)
+            store.points.cluster_members(FACET, 0, limit=100)
+            time.sleep(5)
+            measured[stage] = _rss(proc.pid)
             proc.stop()
         store.close()
         disk = sum(f.stat().st_size for f in (root / "storage").rglob("*") if f.is_file())
-        grown = full - half
-        row = {"layout": name, "points": full,
-               "ram_bytes_per_point": (sizes[full]["VmRSS"] - sizes[half]["VmRSS"]) / grown,
-               "anon_bytes_per_point": (sizes[full]["RssAnon"] - sizes[half]["RssAnon"]) / grown,
-               "file_bytes_per_point": (sizes[full]["RssFile"] - sizes[half]["RssFile"]) / grown,
-               "disk_bytes_per_point": disk / full}
+        row = {"layout": name, "points": n,
+               **{f"{kind}_bytes_per_point": (measured["full"][key] - measured["empty"][key]) / n
+                  for kind, key in (("ram", "VmRSS"), ("anon", "RssAnon"), ("file", "RssFile"))},
+               "disk_bytes_per_point": disk / n}
         log.warning("memory: %s", row)
         out.append(row)
         shutil.rmtree(root, ignore_errors=True)
@@ -279,7 +280,8 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=50_000, help="the job's sample (recluster_sample_size)")
     ap.add_argument("--page-size", type=int, default=16_384, help="points per page of the assignment pass")
     ap.add_argument("--max-iter", type=int, default=50, help="Lloyd iterations of the NMI fits")
-    ap.add_argument("--memory-points", type=int, default=100_000, help="points per layout (0: skip)")
+    ap.add_argument("--memory-points", type=int, default=200_000, help="points per layout (0: skip)")
+    ap.add_argument("--memory-only", action="store_true", help="measure Qdrant's memory per point only")
     ap.add_argument("--no-nmi", action="store_true", help="skip the NMI fits")
     ap.add_argument("--workdir", default="/tmp/clio-recluster-scale", help="Qdrant storage and logs (reused)")
     ap.add_argument("--url"), ap.add_argument("--grpc-port", type=int), ap.add_argument("--prefix")
@@ -304,6 +306,10 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
     memory = memory_main(args) if args.memory_points else []
+    if args.memory_only:
+        report("recluster_scale_memory", _rows([], memory), {"memory": memory, "load_before": load_before,
+                                                             "load_after": os.getloadavg(), "args": vars(args)})
+        return
     hp, gp = free_port(), free_port()
     qdrant = start_qdrant(http_port=hp, grpc_port=gp, storage_dir=work / "qdrant", log_dir=work, die_with_parent=True)
     url, prefix = f"http://127.0.0.1:{hp}", "scale"

@@ -37,8 +37,8 @@ class Populations:
         """Distinct users among the points of ``clusters`` (the anonymous user counted once).
 
         The pass's sketch estimates them (``living.user_sketch``, 3 %); where the estimate is at most
-        ``exact_below`` (far above any privacy minimum) Qdrant counts them exactly, so every minimum is
-        checked against an exact number, while large clusters cost no query that grows with the store.
+        ``exact_below`` (at least four times the privacy minimum) Qdrant counts them exactly, so every minimum
+        is checked against an exact number, while large clusters cost no query that grows with the store.
         """
         idx = np.asarray(list(clusters), dtype=np.int64)
         if not len(idx):

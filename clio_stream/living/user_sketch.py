@@ -3,8 +3,8 @@
 Distinct users do not add up over pages, shards or children the way counts do, and an exact set per cluster
 grows with the store. The registers merge by maximum instead, so a parent's sketch is its leaves' and a resumed
 shard's is its pages'; the estimate's relative error is about 1.04 / sqrt(2**P), 3 %. Clusters it puts at no
-more than ``EXACT_USERS`` users are counted exactly by Qdrant (``living.population``), so a privacy minimum,
-far below that, is always checked against an exact number.
+more than ``EXACT_USERS`` users (or four times the privacy minimum, if more) are counted exactly by Qdrant
+(``living.population``), so a privacy minimum is always checked against an exact number.
 
 Written here rather than taken from a sketch library because the pass updates whole pages at once:
 one vectorised ``np.maximum.at`` per page instead of a call per point and a serialised sketch per cluster.
@@ -19,7 +19,7 @@ import numpy as np
 
 P = 10  # register index bits: 1024 registers (1 KiB) per cluster
 M = 1 << P
-EXACT_USERS = 1000  # clusters estimated at no more users are counted exactly by Qdrant
+EXACT_USERS = 100  # clusters estimated at no more users (nor 4x the minimum) are counted exactly by Qdrant
 
 
 def user_keys(users: Sequence[str]) -> np.ndarray:
