@@ -78,6 +78,15 @@ class Points:
                                               with_vectors=False)
         return {str(r.id): (r.payload or {}).get("numeric") for r in found}
 
+    def payloads_of(self, point_ids: Sequence[str], fields: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The ``fields`` of the facet points with these ids that exist, by id."""
+        if not point_ids:
+            return {}
+        with self.conn.guard("retrieve payloads"):
+            found = self.conn.client.retrieve(self.conn.facets, list(point_ids), with_payload=list(fields),
+                                              with_vectors=False)
+        return {str(r.id): dict(r.payload or {}) for r in found}
+
     def cluster_members(
         self,
         facet: str,

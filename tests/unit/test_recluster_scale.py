@@ -265,3 +265,51 @@ def test_a_deleted_users_sampled_conversations_come_off_the_window_counts(world)
         assert node.distinct_users == users - 1  # the user may be anywhere in the window: one less everywhere
         assert not mine & set(node.conversation_ids)
     assert sum(n.size for n in h.leaves()) == 120 - sum(before[n.id][2] for n in h.leaves()) < 120
+
+
+def test_members_withheld_through_another_facet_stay_hidden_beyond_the_sample(world):
+    """A conversation in a withheld cluster of one facet is withheld as a whole: the API's member pages of the
+    other facets skip it even when it is not in the version's sample (the published lists know only that)."""
+    import json
+    import os
+
+    store, emb, pub = world
+    fill(store, emb, 120)
+    settings = job_settings(recluster_sample_size=30)
+    report = recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets, settings, publish_dir=pub)
+    versions = PublishedVersions.at(pub)
+    current = versions.load_current()
+    path = versions.folder(current.version) / "result.json"
+    doc = json.loads(path.read_text())
+    victim = next(nid for nid, n in doc["hierarchies"]["Task"]["nodes"].items() if n["level"] == 0)
+    doc["hierarchies"]["Task"]["nodes"][victim].update(hidden=True, hidden_reason="privacy audit score 1")
+    path.write_text(json.dumps(doc))  # as if the auditor had withheld it
+    pointer = versions.root / "current"
+    (versions.root / "current.tmp").write_text(pointer.read_text())
+    os.replace(versions.root / "current.tmp", pointer)  # readers reload a version when its pointer is rewritten
+    assert versions.load_current().result.hierarchies["Task"].nodes[victim].hidden
+    cluster = current.result.store_links["Task"].clusters[victim]
+    withheld = {p["conversation_id"] for p in
+                store.points.cluster_members("Task", cluster, limit=1000, version=report.version)[0]}
+    sampled = {c for n in current.result.hierarchies["Task"].leaves() for c in n.conversation_ids}
+    assert withheld - sampled  # members outside the sample, or this proves nothing
+    seen = _api_members(store, pub, settings, "Request")
+    assert seen and not seen & withheld and seen | withheld == {f"c{i}" for i in range(120)}
+
+
+def _api_members(store: QdrantStore, pub, settings, facet: str) -> set[str]:
+    """Every conversation the API's member pages list under the facet's leaves (as an analyst)."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from tests.recluster_harness import ANALYST_KEY
+
+    seen: set[str] = set()
+    app = create_app(settings.with_overrides(publish_dir=pub, api_max_page_size=1000), store=store)
+    with TestClient(app) as client:
+        for leaf in _published(pub).hierarchies[facet].leaves():
+            r = client.get(f"/v1/facets/{facet}/clusters/{leaf.id}/conversations", params={"limit": 1000},
+                           headers={"Authorization": f"Bearer {ANALYST_KEY}"})
+            assert r.status_code == 200 and r.json()["next_cursor"] is None, r.text
+            seen |= {item["conversation_id"] for item in r.json()["items"]}
+    return seen
