@@ -30,6 +30,7 @@ from api.slicing import request_filter
 from api.schemas import ClusterOut, ErrorOut, FacetOut, FacetsOut, MemberOut, MembersOut, TreeOut, TrendsOut
 from api.views import FacetView, VersionView, summary
 from clio_stream.domain.clusters import ClusterNode
+from clio_stream.storage.records import facet_point_id, label_field, label_of
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +253,32 @@ def _check_offset(offset: Any, store: bool) -> None:
     raise HTTPException(400, "invalid cursor")
 
 
+def _withheld_elsewhere(ctx: Any, view: VersionView, facet: str, conversation_ids: list[str]) -> set[str]:
+    """Conversations of a store page that another facet's label puts in a withheld cluster of the served version.
+
+    ``view.withheld`` knows the members the version lists; a version clustered from a sample of a larger window
+    (``living.population``) lists only the sample, so the other members are checked by their labels here.
+    """
+    others = [other for name, other in view.facet_views.items()
+              if name != facet and other.cluster_version is not None and _sampled(other)]
+    if not others or not conversation_ids:
+        return set()
+    wanted = {facet_point_id(cid, other.name): (cid, other) for cid in conversation_ids for other in others}
+    fields = sorted({label_field(other.cluster_version) for other in others if other.cluster_version is not None})
+    out = set()
+    for pid, payload in ctx.store.points.payloads_of(list(wanted), fields).items():
+        cid, other = wanted[pid]
+        leaf = other.leaf_for(label_of(payload, other.cluster_version), other.cluster_version)
+        if leaf is not None and other.node(leaf) is None:
+            out.add(cid)
+    return out
+
+
+def _sampled(fv: FacetView) -> bool:
+    """Whether the version lists only a sample of the facet's members (its nodes are counted over a window)."""
+    return any(fv.hierarchy.nodes[r].count is not None for r in fv.hierarchy.root_ids if r in fv.hierarchy.nodes)
+
+
 def _members_page(ctx: Any, view: VersionView, fv: FacetView, node: ClusterNode, limit: int,
                   leaf_index: int, offset: Any) -> MembersOut:
     """Fill one page from the visible leaves under ``node``: live store points, or the snapshot's ids.
@@ -274,9 +301,10 @@ def _members_page(ctx: Any, view: VersionView, fv: FacetView, node: ClusterNode,
                 version_of_facet = fv.cluster_version if fv.cluster_version is not None else ctx.store_version(fv.name)
             page, nxt = ctx.store.points.cluster_members(fv.name, mapped, limit=limit - len(items),
                                                   offset_cursor=offset, version=version_of_facet)
+            elsewhere = _withheld_elsewhere(ctx, view, fv.name, [str(p.get("conversation_id")) for p in page])
             for p in page:
                 cid = str(p.get("conversation_id"))
-                if cid in view.withheld:
+                if cid in view.withheld or cid in elsewhere:
                     continue
                 items.append(MemberOut(conversation_id=cid, value=p.get("value"), timestamp=p.get("timestamp"),
                                        similarity=p.get("similarity"), outlier=p.get("outlier")))

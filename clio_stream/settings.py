@@ -195,6 +195,23 @@ class ClioSettings(BaseSettings):
     drift_min_increase: float = Field(0.02, ge=0, description="A detected change counts as drift only when the "
                                       "mean assignment distance rose by at least this much.")
 
+    # Re-clustering at scale (docs/scaling.md, section 6): a window, a bounded sample, a capped k, a paged pass.
+    cluster_window_days: float | None = Field(30.0, gt=0, description="A re-clustering covers the conversations "
+                                              "of this many days back from the newest stored conversation time "
+                                              "(points without a time always count); None: every stored point.")
+    retention_days: float | None = Field(None, gt=0, description="The re-clustering job deletes stored points "
+                                         "whose conversation time is older than this many days before now; "
+                                         "None keeps everything. At least cluster_window_days.")
+    recluster_sample_size: int = Field(50_000, ge=10, description="Points per facet k-means is fitted on and "
+                                       "names are drawn from: the window's first this many in point-id order "
+                                       "(a uniform sample that stays stable between runs).")
+    recluster_max_base_clusters: int = Field(1000, ge=1, description="Cap on a re-clustering's base clusters per "
+                                             "facet, whatever n_base_clusters says: it bounds the naming prompts.")
+    recluster_page_size: int = Field(16_384, ge=16, description="Points per page of the assignment pass (its "
+                                     "memory is bounded by this; progress is stored after every page).")
+    recluster_assign_shards: int = Field(1, ge=1, description="Point-id ranges the assignment pass is split into; "
+                                         "`clio-stream assign-shard` processes run the ones the job does not.")
+
     # Trends: per-cluster counts per time window, and clusters flagged as emerging.
     trend_window_s: float = Field(3600.0, gt=0, description="Width of one trend window (by conversation time).")
     trend_windows: int = Field(24, ge=1, le=1000, description="Number of most recent windows kept per cluster.")
@@ -362,6 +379,14 @@ class ClioSettings(BaseSettings):
         True, description="Talk to the Qdrant server over gRPC (faster for bulk writes) rather than HTTP.")
     qdrant_timeout_s: float = Field(30.0, gt=0, description="Timeout of one Qdrant request.")
     qdrant_api_key: str | None = Field(None, description="API key of the Qdrant server, if it requires one.")
+    qdrant_quantization: Literal["none", "int8"] = Field("none", description="New facet collections keep an "
+                                                          "int8 scalar-quantised copy of the vectors in RAM.")
+    qdrant_vectors_on_disk: bool = Field(False, description="New facet collections keep the original vectors "
+                                         "on disk (memory-mapped) instead of in RAM.")
+    qdrant_payload_on_disk: bool = Field(False, description="New collections keep payloads on disk (indexed "
+                                         "fields stay in RAM).")
+    qdrant_hnsw_m: int = Field(16, ge=0, description="HNSW graph degree of new facet collections; 0 builds no "
+                               "graph (clio-stream never searches the facet vectors, it scrolls them).")
     store_raw_conversations: bool = Field(
         True,
         description="Keep raw conversation text in Qdrant (handy for the demo). Turn OFF in production: "
@@ -393,6 +418,14 @@ class ClioSettings(BaseSettings):
     def _seed_names(cls, data: Any) -> Any:
         """Seed camelCase names in the TOML file as settings names (a settings name from a higher source wins)."""
         return translate(data, cls.model_fields, settings_name_wins=True) if isinstance(data, dict) else data
+
+    @model_validator(mode="after")
+    def _retention_covers_window(self) -> "ClioSettings":
+        if self.retention_days is not None and self.cluster_window_days is not None \
+                and self.retention_days < self.cluster_window_days:
+            raise ValueError(f"retention_days ({self.retention_days}) is shorter than cluster_window_days "
+                             f"({self.cluster_window_days}): the window would cover deleted points")
+        return self
 
     @field_validator("html_root")
     @classmethod

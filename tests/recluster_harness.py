@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,15 +32,21 @@ ANALYST_KEY = "analyst-key-for-fault-tests"
 REPO = Path(__file__).resolve().parents[1]
 
 
+PAGE_SIZE = 16  # pages of the assignment pass: a facet of this corpus takes several
+
+
 def job_settings(**overrides: Any) -> ClioSettings:
-    """Settings of the job under test: the fast, fake-LLM ones the unit tests use."""
-    return ClioSettings(show_progress=False, n_name_description_samples_per_cluster=1, n_rename_samples=1,
-                        n_categorize_samples=1, llm_max_retries=0, min_top_level_size=2, min_cluster_users=1,
-                        min_cluster_conversations=1, api_keys=f"analyst:{ANALYST_KEY}", **overrides)
+    """Settings of the job under test: the fast, fake-LLM ones the unit tests use, with small pages."""
+    return ClioSettings(**{"show_progress": False, "n_name_description_samples_per_cluster": 1,
+                           "n_rename_samples": 1, "n_categorize_samples": 1, "llm_max_retries": 0,
+                           "min_top_level_size": 2, "min_cluster_users": 1, "min_cluster_conversations": 1,
+                           "api_keys": f"analyst:{ANALYST_KEY}", "recluster_page_size": PAGE_SIZE, **overrides})
 
 
-def points(emb: HashEmbedder, start: int, n: int, models: dict[str, OnlineKMeans] | None = None) -> list[FacetPoint]:
-    """Conversations ``start..start+n`` over TOPICS; with ``models``, labelled as a worker on them would label."""
+def points(emb: HashEmbedder, start: int, n: int, models: dict[str, OnlineKMeans] | None = None,
+           time_of: Callable[[int], float | None] | None = None) -> list[FacetPoint]:
+    """Conversations ``start..start+n`` over TOPICS; with ``models``, labelled as a worker on them would label;
+    ``time_of``: conversation ``i``'s time (default: none)."""
     out = []
     for i in range(start, start + n):
         topic = TOPICS[i % len(TOPICS)]
@@ -48,7 +55,8 @@ def points(emb: HashEmbedder, start: int, n: int, models: dict[str, OnlineKMeans
                      "Task": f"The task is to {topic} task", "Language": "English", "Concerning": "1"}[f.name]
             vec = emb.encode([value])[0] if f.has_hierarchy else np.zeros(emb.dim, dtype=np.float32)
             p = FacetPoint(conversation_id=f"c{i}", facet=f.name, vector=vec, value=value,
-                           numeric=1 + i % 5 if f.numeric else None, user_hash=f"u{i % 15}")
+                           numeric=1 + i % 5 if f.numeric else None, user_hash=f"u{i % 15}",
+                           timestamp=time_of(i) if time_of is not None else None)
             model = (models or {}).get(f.name)
             if model is not None:
                 a = model.assign_many(vec)[0]

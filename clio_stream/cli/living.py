@@ -1,4 +1,6 @@
-"""Re-clustering commands: one run (``recluster``, a CronJob's), the scheduler loop, and the back-fill of new facets."""
+"""Re-clustering commands: one run (``recluster``, a CronJob's), the scheduler loop in the foreground, the
+back-fill of new facets, and a helper that runs shards of a run's assignment pass (``assign-shard``, the other
+pods of an indexed Job)."""
 
 from __future__ import annotations
 
@@ -123,6 +125,23 @@ def cmd_backfill_facets(args: argparse.Namespace) -> int:
     return 1 if any(report.no_text.values()) else 0
 
 
+def cmd_assign_shard(args: argparse.Namespace) -> int:
+    """Run shards of the assignment pass of the re-clustering in progress (``living.assign_pass``), then exit."""
+    import os
+
+    from clio_stream.living.assign_pass import help_with_plans
+    from clio_stream.living.versions import job_owner
+    from clio_stream.storage.store import QdrantStore
+
+    settings = service_settings(args)
+    index = args.index if args.index is not None else int(os.environ.get("JOB_COMPLETION_INDEX", "0"))
+    with QdrantStore.from_settings(settings) as store:
+        ran = help_with_plans(store, index, job_owner(f"assign-{index}"), settings.recluster_lock_ttl_s,
+                              wait_s=args.wait)
+    log.info("assign-shard %d: ran %d shard(s)", index, ran)
+    return 0
+
+
 def _add_trigger_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--interval", type=float, default=None,
                     help="seconds between scheduled runs (default: settings recluster_interval_s, 900)")
@@ -153,6 +172,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_stream_args(sp)
     add_model_args(sp)
     sp.set_defaults(func=cmd_backfill_facets)
+    sp = sub.add_parser("assign-shard", help="run shards of the assignment pass of the re-clustering in progress "
+                                             "(the other pods of an indexed Job), then exit")
+    sp.add_argument("--index", type=int, default=None,
+                    help="the shard to take first (default: $JOB_COMPLETION_INDEX, else 0); free ones follow")
+    sp.add_argument("--wait", type=float, default=300.0,
+                    help="exit after this many seconds without a new plan to work on (default 300)")
+    add_stream_args(sp)
+    sp.set_defaults(func=cmd_assign_shard)
 
     sp = sub.add_parser("scheduler", help="run the re-clustering scheduler in the foreground (until SIGTERM)")
     sp.add_argument("--poll", type=float, default=5.0, help="seconds between trigger checks")

@@ -42,7 +42,10 @@ class ClusterNode(BaseModel):
     """One node of a facet's hierarchy. Leaves are the base k-means clusters.
 
     ``conversation_ids`` lists every conversation under the node (leaves and
-    parents alike), so sizes and statistics are always consistent with members.
+    parents alike), so sizes and statistics are always consistent with members;
+    except when the re-clustering job ran on a sample of a larger window
+    (``living.population``): then they list the sampled members, and ``count``,
+    ``distinct_users``, ``numeric`` and ``trend`` are over the whole window.
     """
 
     id: str
@@ -53,7 +56,9 @@ class ClusterNode(BaseModel):
     parent_id: str | None = None
     children: list[str] = Field(default_factory=list)
     conversation_ids: list[str] = Field(default_factory=list)
+    count: int | None = None  # members in the clustering window (None: ``conversation_ids`` are all of them)
     distinct_users: int = 0
+    visible_users: int | None = None  # distinct users under visible children only (counted over the window)
     numeric: dict[str, NumericStats] = Field(default_factory=dict)
     hidden: bool = False  # below privacy minimums or withheld by the auditor
     hidden_reason: str | None = None
@@ -69,7 +74,7 @@ class ClusterNode(BaseModel):
 
     @property
     def size(self) -> int:
-        return len(self.conversation_ids)
+        return len(self.conversation_ids) if self.count is None else self.count
 
     def public_fields(self) -> dict:
         """What may be shown about a visible node anywhere (site, API): no member ids, no hidden flags."""
@@ -131,6 +136,7 @@ class RunStats(BaseModel):
     audit: dict[str, dict[str, int | None]] = Field(default_factory=dict)  # facet -> node id -> audit score (batch)
     points: dict[str, int] = Field(default_factory=dict)  # facet -> points clustered (re-clustering)
     living: dict[str, dict[str, Any]] = Field(default_factory=dict)  # facet -> re-clustering report
+    newest: float | None = None  # newest conversation time of the window (re-clustering): newer ones are new next
 
 
 _LEGACY_LEAF_ID = re.compile(r"-l0-(\d+)$")

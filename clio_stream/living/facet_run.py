@@ -31,6 +31,7 @@ from clio_stream.living.lineage import (
     place_leaves,
 )
 from clio_stream.living.matching import MatchThresholds, Matching, changed, match_clusters, member_centroids
+from clio_stream.living.population import Populations
 from clio_stream.living.stored import StoredFacet
 from clio_stream.llm.base import AskStats, LLMBackend
 from clio_stream.privacy.visibility import describable
@@ -86,15 +87,19 @@ def recluster_facet(
     settings: ClioSettings,
     thresholds: MatchThresholds,
     users_of: Mapping[str, str] | None = None,
+    fitted: tuple[np.ndarray, np.ndarray] | None = None,
+    populations: Populations | None = None,
 ) -> FacetRun:
     """Cluster, match to ``old``, name what is new or changed, and build or patch the hierarchy (no writes).
 
     ``users_of`` (conversation id -> keyed user hash): leaves under the privacy minimums are withheld before
     the upper levels are named, so their names never reach a parent's (``stages.hierarchy.private_leaves``).
+    ``fitted``: (labels, unit centres) of a fit already made (``living.facet_pass``), instead of fitting here;
+    ``populations``: the window's numbers of each cluster, which the minimums then count (``living.population``).
     """
     naming_stats, tree_stats = AskStats(), AskStats()
     t0 = time.perf_counter()
-    labels, centres = base_clusters(s.vectors, settings, init=init)
+    labels, centres = fitted if fitted is not None else base_clusters(s.vectors, settings, init=init)
     row_of = {cid: i for i, cid in enumerate(s.conversation_ids)}
 
     def centroid_of(members: Iterable[str]) -> np.ndarray:
@@ -104,6 +109,8 @@ def recluster_facet(
     known: set[str] = set().union(*(set(n.conversation_ids) for n in old_leaves.values())) if old_leaves else set()
     living = _living_leaves(facet, s, labels, centres, old_leaves, known, ids, llm, embedder, settings, thresholds,
                             naming_stats)
+    if populations is not None:
+        populations.set_leaves(living.leaves, {lid: c for c, lid in living.leaf_id.items()})
     leaves = living.leaves if users_of is None else private_leaves(living.leaves, users_of, settings)
     t_leaves = time.perf_counter() - t0
     upper = _upper_levels(facet, leaves, living, old, old_leaves, ids, centroid_of, known, centres, llm, embedder,

@@ -1,12 +1,16 @@
 """The re-clustering job: the batch Clio stages over what the streaming workers stored, keeping clusters *living*.
 
 One run, in the clustering job frame it shares with ``bootstrap-clusters`` (``living.clustering_job``: the
-renewed lease, recovery, one scroll, the version number reserved under the lock): per hierarchy facet, k-means
-warm-started from the current centroids (``living.warm_start``), matched to the previous published version so
-ids, names and upper levels survive (``living.facet_run``), then the batch run's finalise stage (privacy
-minimums, audit, trends: ``stages.finalise``). The version is written through
-``living.versions.write_version``: centroids and version-scoped labels, the site folder, a fenced commit, then
-the pointers (see that module for the order and why a kill at any step leaves the last good version served).
+renewed lease, recovery, retention, the version number reserved under the lock). Its cost is bounded by a
+sample, not by the store: per hierarchy facet, k-means with a capped k on a bounded sample of the clustering
+window (``living.window``, ``living.sample``), warm-started from the current centroids (``living.warm_start``);
+then every point of the window assigned to the new centroids page by page, its label written under the new
+version and counted (``living.assign_pass``, split across processes by id range when asked); then the sampled
+clusters matched to the previous published version so ids, names and upper levels survive
+(``living.facet_run``), named and finalised (privacy minimums, audit, trends: ``stages.finalise``) with the
+window's sizes, users, numeric statistics and trends (``living.population``). The version is written through
+``living.versions.write_version``: centroids, the site folder, a fenced commit, then the pointers (see that
+module for the order and why a kill at any step leaves the last good version served).
 """
 
 from __future__ import annotations
@@ -18,20 +22,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from clio_stream.domain.clusters import ClioResult, ClusterMap, FacetHierarchy, RunStats, StoreLink
 from clio_stream.domain.facets import Facet
 from clio_stream.embedding import EmbeddingBackend
-from clio_stream.living.clustering_job import ClusteringLockBusy, NothingToCluster, fitted_labels, run_clustering_job
+from clio_stream.living.clustering_job import ClusteringLockBusy, JobFrame, NothingToCluster, run_clustering_job
+from clio_stream.living.facet_pass import assign_window, capped_k, fit_sample, plan_for, with_counts
 from clio_stream.living.facet_run import FacetRun, recluster_facet
 from clio_stream.living.ids import IdAllocator
 from clio_stream.living.matching import MatchThresholds
 from clio_stream.living.progress import JobProgress, StageTime, store_writer
 from clio_stream.living.stored import Stored
-from clio_stream.living.versions import VersionWrite
+from clio_stream.living.versions import FacetLabels, VersionWrite
 from clio_stream.living.warm_start import warm_start
 from clio_stream.llm.base import AskStats, LLMBackend
+from clio_stream.online.kmeans import OnlineKMeans
 from clio_stream.settings import ClioSettings
-from clio_stream.stages.base_clusters import base_cluster_count
 from clio_stream.stages.finalise import finalise
 from clio_stream.stages.hierarchy import slug, user_keys
 from clio_stream.storage.documents import IdCounters, LastRun, id_counter_key
@@ -54,7 +61,8 @@ class ReclusterReport:
     """
 
     version: int
-    points: dict[str, int] = field(default_factory=dict)
+    points: dict[str, int] = field(default_factory=dict)  # per facet: points of the clustering window
+    stored: dict[str, int] = field(default_factory=dict)  # per facet: points stored at the run (the trigger's base)
     clusters: dict[str, int] = field(default_factory=dict)
     llm_prompts: int = 0
     seconds: float = 0.0
@@ -69,6 +77,13 @@ class ReclusterReport:
     stages: list[StageTime] = field(default_factory=list)
     result: ClioResult | None = None  # what was published (alerts are evaluated on it)
     lineage_map: dict[str, str] = field(default_factory=dict)
+    walls: dict[str, float] = field(default_factory=dict)  # wall seconds over all facets: sample, fit, assign, ...
+
+    def timed(self, wall: str, since: float) -> float:
+        """Add the time from ``since`` to ``walls[wall]`` (sample, fit, assign, name, publish); returns now."""
+        now = time.perf_counter()
+        self.walls[wall] = round(self.walls.get(wall, 0.0) + now - since, 3)
+        return now
 
     def add_facet(self, facet: str, points: int, run: FacetRun) -> None:
         self.points[facet] = points
@@ -83,7 +98,8 @@ class ReclusterReport:
 
     def last_run(self) -> LastRun:
         """The record the scheduler's triggers and ``GET /v1/status`` read."""
-        return LastRun(version=self.version, finished_at=time.time(), seconds=self.seconds, points=self.points,
+        return LastRun(version=self.version, finished_at=time.time(), seconds=self.seconds,
+                       points=self.stored or self.points,
                        clusters=self.clusters, llm_prompts=self.llm_prompts, leaves_reused=self.leaves_reused,
                        leaves_renamed=self.leaves_renamed, id_survival=self.id_survival, lineage=self.lineage)
 
@@ -94,6 +110,7 @@ class Previous:
 
     hierarchies: dict[str, FacetHierarchy] = field(default_factory=dict)
     lineage_ids: set[str] = field(default_factory=set)  # every id its lineage mentions (never reused)
+    newest: float | None = None  # the newest conversation time it covered: newer ones are new members now
 
 
 def _previous(publish_dir: Path) -> Previous:
@@ -107,7 +124,8 @@ def _previous(publish_dir: Path) -> Previous:
         return Previous()
     if prev is None:
         return Previous()
-    return Previous(dict(prev.result.hierarchies), set(prev.lineage) | set(prev.lineage.values()))
+    return Previous(dict(prev.result.hierarchies), set(prev.lineage) | set(prev.lineage.values()),
+                    prev.result.stats.newest)
 
 
 def recluster_once(
@@ -129,15 +147,18 @@ def recluster_once(
     thresholds = thresholds or MatchThresholds.from_settings(settings)
 
     progress: list[JobProgress] = []
+    frame = JobFrame()
 
     def build(stored: Stored, version: int) -> tuple[VersionWrite, ReclusterReport]:
-        points = {f.name: len(stored.facets[f.name].point_ids) for f in facets if f.name in stored.clusterable()}
-        progress.append(JobProgress(version, points, store_writer(store.states), owner=owner))
+        points = {f.name: stored.facets[f.name].points for f in facets if f.name in stored.clusterable()}
+        progress.append(JobProgress(version, points, store_writer(store.states), owner=frame.owner))
         return _build_version(store, stored, version, llm, embedder, facets, settings, thresholds, publish_dir, t0,
-                              progress[0])
+                              progress[0], frame)
 
     try:
-        report = run_clustering_job(store, "recluster", facets, settings, build, publish_dir=publish_dir, owner=owner)
+        report = run_clustering_job(store, "recluster", facets, settings, build, publish_dir=publish_dir, owner=owner,
+                                    sample=True, frame=frame)
+        report.timed("publish", t0 + report.seconds)  # the write: centroids, site, commit, pointers, catch-up
     except ClusteringLockBusy:
         log.info("re-clustering skipped: another clustering job holds the lock")
         return None
@@ -151,9 +172,12 @@ def recluster_once(
             publish_alerts(store, settings, report.result, str(report.version), report.lineage_map, report.version)
         except Exception:  # noqa: BLE001 - alerts must never undo a publish; the next publish evaluates again
             log.exception("evaluating or delivering the alerts of version %d failed", report.version)
-    log.info("re-clustered as version %d in %.1f s: %s; %d LLM prompts, %d leaves reused, %d named, id survival %s",
-             report.version, report.seconds, report.clusters, report.llm_prompts, report.leaves_reused,
-             report.leaves_renamed, "n/a" if report.id_survival is None else f"{report.id_survival:.2f}")
+    report.seconds = time.perf_counter() - t0
+    log.info("re-clustered as version %d in %.1f s (%s): %s; %d LLM prompts, %d leaves reused, %d named, "
+             "id survival %s", report.version, report.seconds,
+             ", ".join(f"{k} {v:.1f} s" for k, v in report.walls.items()), report.clusters, report.llm_prompts,
+             report.leaves_reused, report.leaves_renamed,
+             "n/a" if report.id_survival is None else f"{report.id_survival:.2f}")
     return report
 
 
@@ -176,47 +200,73 @@ def _build_version(
     publish_dir: Path,
     t0: float,
     progress: JobProgress,
+    frame: JobFrame,
 ) -> tuple[VersionWrite, ReclusterReport]:
-    """Re-cluster, name and finalise every clusterable facet as version ``version``; what to write, and the report."""
+    """Fit, assign, name and finalise every clusterable facet as version ``version``; what to write, and the report.
+
+    Per facet: k-means on the sample (``living.facet_pass``), the window assigned and counted page by page
+    (labels of ``version`` written as it goes), then naming, the hierarchy and the privacy minimums over the
+    sampled clusters with the window's numbers (``living.population``).
+    """
     from clio_stream.privacy.deletion import remove_denied
     from clio_stream.storage.published import PublishedVersions
 
     tree = [f for f in facets if f.name in stored.clusterable()]
     report = ReclusterReport(version=version)
+    mark = report.timed("sample", t0)  # the frame's lease, retention, window, sample and reservation
     stats = AskStats()
     previous = _previous(publish_dir)
     conversations, facet_values = stored.as_conversations(facets)
     users_of = user_keys(conversations, settings)
+    numeric = [f for f in facets if f.numeric is not None]
     runs: dict[str, FacetRun] = {}
+    models: dict[str, OnlineKMeans] = {}
     for f in tree:
         s = stored.facets[f.name]
         progress.stage("warm start", f.name)
         old = previous.hierarchies.get(f.name)
         ids = IdAllocator.restore(slug(f.name), store.states.read_json(id_counter_key(f.name)),
                                   list(old.nodes if old else []) + sorted(previous.lineage_ids))
-        init = warm_start(store, f.name, s.vectors, base_cluster_count(settings, len(s.point_ids)), settings.seed)
+        k = capped_k(settings, s.points, len(s.point_ids))
+        fit = fit_sample(s, k, warm_start(store, f.name, s.vectors, k, settings.seed), settings, version, f.name)
+        mark = report.timed("fit", mark)
+        progress.stage("assign", f.name)
+        plan = plan_for(version, f.name, fit.k, stored.window, previous.newest, numeric, settings)
+        populations, passed = assign_window(store, frame, plan, fit, settings,
+                                            on_page=lambda doc, n=f.name: progress.page(n, doc.points, doc.pages))
+        mark = report.timed("assign", mark)
         progress.stage("cluster and name", f.name)
-        run = recluster_facet(f, s, old, ids, init, llm, embedder, settings, thresholds, users_of=users_of)
+        run = recluster_facet(f, s, old, ids, None, llm, embedder, settings, thresholds, users_of=users_of,
+                              fitted=(fit.labels, fit.centres), populations=populations)
+        populations.set_hierarchy(run.hierarchy, run.store_clusters)
         stats.add(run.llm)
         progress.stage("finalise", f.name)
         finalise(run.hierarchy, conversations, facet_values, facets, llm, embedder, settings, stats=stats,
                  previous=old)
+        populations.set_visible_users(run.hierarchy, run.store_clusters)
+        mark = report.timed("name", mark)  # matching, naming, the hierarchy, finalise, the window's numbers
         runs[f.name] = run
-        report.add_facet(f.name, len(s.point_ids), run)
+        models[f.name] = with_counts(fit.model, passed.totals.counts)
+        report.add_facet(f.name, s.points, run)
+        report.stored[f.name] = store.points.count(facet=f.name)
+        report.facets[f.name].update(sample=len(s.point_ids), k=fit.k, assign_points=passed.points,
+                                     assign_pages=passed.pages, assign_seconds=round(passed.seconds, 3))
         progress.facet_done(f.name)
     lineage = {k: v for run in runs.values() for k, v in run.lineage.items()}
     report.lineage = len(lineage)
 
     # Leaf ids are stable, not k-means indices, so the leaf -> online cluster mapping is explicit.
+    newest = stored.window.newest if stored.window is not None else None
     result = ClioResult(facets=[f.to_dict() for f in facets], conversations=conversations,
                         facet_values=facet_values, hierarchies={n: r.hierarchy for n, r in runs.items()},
                         settings=settings.public_dict(),
-                        stats=RunStats(llm=stats, points=report.points, living=report.facets),
+                        stats=RunStats(llm=stats, points=report.points, living=report.facets, newest=newest),
                         store_links={n: StoreLink(version=version, clusters=r.store_clusters) for n, r in runs.items()},
                         maps={n: _map(r, stored.facets[n], settings) for n, r in runs.items()})
     remove_denied(result, store, settings)  # users deleted since the scroll (clio_stream.privacy.deletion)
     report.result, report.lineage_map = result, lineage
     report.llm_prompts = stats.prompts
+    report.timed("name", mark)
     report.seconds = time.perf_counter() - t0
 
     progress.stage("write")
@@ -226,11 +276,13 @@ def _build_version(
                                                                           settings=settings)
         return report.published
 
+    dim = store.vector_size()
     return VersionWrite(
         version=version,
-        facets=[fitted_labels(f.name, stored.facets[f.name], runs[f.name].labels, runs[f.name].centres, version)
-                for f in tree],
+        facets=[FacetLabels(f.name, models[f.name], [], np.zeros((0, dim), np.float32), np.zeros(0, np.int64))
+                for f in tree],  # the assignment pass wrote every label
         states={id_counter_key(f.name).key: IdCounters.model_validate(runs[f.name].ids.state()) for f in tree},
         site=site,
         last_run=report.last_run().model_dump(mode="json"),
+        window_start=stored.window.start if stored.window is not None else None,
     ), report

@@ -1,7 +1,8 @@
 """Progress of a re-clustering job, per facet and stage, with an ETA: in the log and in ``GET /v1/status``.
 
-A re-clustering of a large store takes minutes to hours, most of it in LLM naming. The job reports each stage
-(warm start, cluster and name, finalise; then the write) of each facet; the fraction done weighs every facet by its stored
+A re-clustering of a large store takes minutes to hours, in LLM naming and in the assignment pass over the
+window. The job reports each stage (warm start, assign, cluster and name, finalise; then the write) of each
+facet, and each page of the pass; the fraction done weighs every facet by its stored
 points and each stage by a typical share of a facet's time, and the ETA extrapolates the elapsed time. The same
 ``ReclusterProgress`` document goes to the store so the API's status can show it; a failure to write it is
 logged and never fails the job.
@@ -20,7 +21,8 @@ from clio_stream.storage.state import StateDocuments
 log = logging.getLogger(__name__)
 
 #: Typical share of one facet's time per stage (measured shape: naming dominates with an LLM on a CPU).
-STAGE_WEIGHTS: dict[str, float] = {"warm start": 0.05, "cluster and name": 0.8, "finalise": 0.15}
+STAGE_WEIGHTS: dict[str, float] = {"warm start": 0.05, "assign": 0.2, "cluster and name": 0.6, "finalise": 0.15}
+PAGE_LOG_SHARE = 0.1  # the assignment pass logs each tenth of a facet's window
 WRITE_SHARE = 0.05  # of the whole job: labels, centroids, the published folder
 
 
@@ -61,6 +63,7 @@ class JobProgress:
         self.version, self.points, self._write, self.owner, self._clock = version, dict(points), write, owner, clock
         self.started_at = clock()
         self.done: list[str] = []
+        self._logged_share = 0.0
         self._open: tuple[str, str, float] | None = None  # (facet, stage, started) of the stage under way
         self.stage_times: list[StageTime] = []
 
@@ -90,8 +93,27 @@ class JobProgress:
         self._store(doc)
         return doc
 
+    def page(self, facet: str, points: int, pages: int) -> None:
+        """One more page of ``facet``'s assignment pass (``points`` assigned so far): stored, logged by the tenth."""
+        total = max(1, self.points.get(facet, 0))
+        share = min(1.0, points / total)
+        now = self._clock()
+        frac = fraction_done(self.points, self.done, facet, "assign") + \
+            (1.0 - WRITE_SHARE) * total / (sum(self.points.values()) or 1) * STAGE_WEIGHTS["assign"] * share
+        doc = ReclusterProgress(
+            version=self.version, owner=self.owner, stage="assign", facet=facet, facet_index=len(self.done) + 1,
+            facets=len(self.points), points_done=sum(self.points[f] for f in self.done), points=sum(self.points.values()),
+            fraction=frac, started_at=self.started_at, updated_at=now, eta_s=eta(now - self.started_at, frac))
+        if int(share / PAGE_LOG_SHARE) > int(self._logged_share / PAGE_LOG_SHARE):
+            left = "" if doc.eta_s is None else f", about {_duration(doc.eta_s)} left"
+            log.info("re-clustering v%d: facet %s: assigned %d of %d points (%d pages)%s", self.version, facet,
+                     points, total, pages, left)
+        self._logged_share = share
+        self._store(doc)
+
     def facet_done(self, facet: str) -> None:
         self.done.append(facet)
+        self._logged_share = 0.0
 
     def _store(self, doc: ReclusterProgress) -> None:
         if self._write is None:

@@ -1,4 +1,5 @@
-"""What the streaming workers stored, read back for a clustering job: one scroll of every facet's points.
+"""What the streaming workers stored, read back for a clustering job: one scroll of every facet's points,
+or (re-clustering) a bounded sample of each facet's window (``living.sample``).
 
 The bootstrap and the re-clustering job cluster the same thing (each hierarchy facet's embedded values, as unit
 vectors); the re-clustering job also needs every conversation's facet values, user and time to name, annotate
@@ -15,6 +16,7 @@ import numpy as np
 from clio_stream.domain.conversation import Conversation, ConversationFacets, FacetValue, Message
 from clio_stream.domain.facets import Facet
 from clio_stream.domain.vectors import normalise_rows
+from clio_stream.living.window import Window
 from clio_stream.storage.store import QdrantStore
 
 
@@ -26,6 +28,12 @@ class StoredFacet:
     vectors: np.ndarray
     conversation_ids: list[str]
     values: list[str]
+    window_points: int | None = None  # when a sample: the facet's points in the window (else all are here)
+
+    @property
+    def points(self) -> int:
+        """The facet's points the clustering covers: the window's, or all of them read here."""
+        return len(self.point_ids) if self.window_points is None else self.window_points
 
 
 @dataclass
@@ -44,6 +52,7 @@ class Stored:
 
     facets: dict[str, StoredFacet]
     conversations: dict[str, StoredConversation]
+    window: Window | None = None  # set when the facets are samples of a clustering window
 
     def clusterable(self) -> list[str]:
         """Hierarchy facets with at least one embedded value, in scroll order."""
@@ -65,9 +74,24 @@ class Stored:
         return conversations, values
 
 
-def load_stored(store: QdrantStore, facets: Sequence[Facet]) -> Stored:
+@dataclass(frozen=True)
+class Sampling:
+    """Read a bounded sample of each hierarchy facet's window (``living.sample``) instead of everything."""
+
+    window: Window
+    size: int
+
+
+def load_stored(store: QdrantStore, facets: Sequence[Facet], sampling: Sampling | None = None) -> Stored:
     """Scroll every facet of ``facets``: vectors of the hierarchy facets' embedded values, and per conversation
-    its facet payloads (zero vectors mean "not embedded"; points without a conversation id are skipped)."""
+    its facet payloads (zero vectors mean "not embedded"; points without a conversation id are skipped).
+
+    With ``sampling``: each hierarchy facet's sample of the window and the conversations in the samples.
+    """
+    if sampling is not None:
+        from clio_stream.living.sample import sample_store
+
+        return sample_store(store, facets, sampling.window, sampling.size)
     stored: dict[str, StoredFacet] = {}
     conversations: dict[str, StoredConversation] = {}
     for f in facets:

@@ -63,6 +63,8 @@ PUBLISH_KEEP = 5  # site versions kept in the publish folder (the current one al
 
 STEP_RESERVE = "reserve"
 STEP_CENTROIDS = "centroids"
+STEP_ASSIGN_PLAN = "assign_plan"
+STEP_ASSIGN_PAGE = "assign_page"  # reached before every page of the assignment pass (living.assign_pass)
 STEP_LABELS = "labels"
 STEP_STATES = "states"
 STEP_SITE = "site"
@@ -72,7 +74,8 @@ STEP_PUBLISH_POINTER = "publish_pointer"
 STEP_CATCH_UP = "catch_up"
 STEP_LAST_RUN = "last_run"
 STEP_CLEANUP = "cleanup"
-WRITE_STEPS = (STEP_RESERVE, STEP_CENTROIDS, STEP_LABELS, STEP_STATES, STEP_SITE, STEP_COMMIT,
+WRITE_STEPS = (STEP_RESERVE, STEP_CENTROIDS, STEP_ASSIGN_PLAN, STEP_ASSIGN_PAGE, STEP_LABELS, STEP_STATES,
+               STEP_SITE, STEP_COMMIT,
                STEP_STORE_POINTERS, STEP_CATCH_UP, STEP_PUBLISH_POINTER, STEP_LAST_RUN, STEP_CLEANUP)
 COMMITTED_STEPS = WRITE_STEPS[WRITE_STEPS.index(STEP_COMMIT) + 1:]  # a fault from here on leaves N committed
 
@@ -99,10 +102,11 @@ class VersionWrite:
     """Everything a job writes for version ``version``."""
 
     version: int
-    facets: list[FacetLabels]
+    facets: list[FacetLabels]  # labels written by an assignment pass already: none here
     states: dict[str, StateDocument] = field(default_factory=dict)  # fenced documents, by key
     site: SiteWriter | None = None  # None: no site (bootstrap)
     last_run: dict[str, Any] | None = None
+    window_start: float | None = None  # the clustering window: the catch-up labels nothing older
 
 
 @dataclass
@@ -115,6 +119,7 @@ class Commit:
     site: bool
     last_run: dict[str, Any] | None = None
     labels_floor: int = 1  # label fields of versions below this are gone
+    window_start: float | None = None  # the version's clustering window (catch-up stays inside it)
     applied: bool = False
 
     @classmethod
@@ -143,7 +148,7 @@ def committed(store: QdrantStore) -> Commit | None:
 
 def reserve_version(store: QdrantStore, lease: Lease, facets: Sequence[str], publish_dir: Path | None) -> int:
     """Version N for this job: above every number reserved, committed, pointed at or published before."""
-    _step(STEP_RESERVE, lease)
+    step(STEP_RESERVE, lease)
     last = committed(store)
     floor = max([v for v in (store.versions.current_version(f) for f in facets) if v is not None]
                 + ([last.version] if last else [])
@@ -161,24 +166,24 @@ def write_version(store: QdrantStore, lease: Lease, w: VersionWrite, publish_dir
     previous = last.version if last else max(
         [v for v in (store.versions.current_version(f.facet) for f in w.facets) if v is not None], default=None)
     for part in w.facets:
-        _step(STEP_CENTROIDS, lease)
+        step(STEP_CENTROIDS, lease)
         store.versions.put_centroids(part.facet, n, part.model.to_state())
     for part in w.facets:
-        _step(STEP_LABELS, lease)
+        step(STEP_LABELS, lease)
         store.labels.index(n)  # idempotent: one index of the field for every facet's points
         sims = np.einsum("ij,ij->i", part.vectors, part.model.unit_centroids[part.labels])
         _write_labels(store, part.facet, n, part.model, part.point_ids, part.labels, sims)
     for key, doc in w.states.items():
-        _step(STEP_STATES, lease)
+        step(STEP_STATES, lease)
         _fenced(store, key, doc, n)
     if w.site is not None:
-        _step(STEP_SITE, lease)
+        step(STEP_SITE, lease)
         if publish_dir is None:
             raise ValueError("a site needs a publish folder")
         w.site(n)
     commit = Commit(version=n, previous=previous, facets=[p.facet for p in w.facets], site=w.site is not None,
-                    last_run=w.last_run, labels_floor=last.labels_floor if last else 1)
-    _step(STEP_COMMIT, lease)
+                    last_run=w.last_run, labels_floor=last.labels_floor if last else 1, window_start=w.window_start)
+    step(STEP_COMMIT, lease)
     _fenced(store, COMMIT_KEY, asdict(commit), n)
     log.info("committed clustering version %d (%s)", n, ", ".join(commit.facets))
     apply_commit(store, lease, commit, publish_dir)
@@ -215,25 +220,25 @@ def apply_commit(store: QdrantStore, lease: Lease, commit: Commit, publish_dir: 
     """
     n = commit.version
     for facet in commit.facets:
-        _step(STEP_STORE_POINTERS, lease)
+        step(STEP_STORE_POINTERS, lease)
         if not store.versions.set_current_version(facet, n):
             raise Superseded(f"facet {facet}: a newer version than {n} is current")
     for facet in commit.facets:
-        _step(STEP_CATCH_UP, lease)
-        caught = catch_up(store, facet, n)
+        step(STEP_CATCH_UP, lease)
+        caught = catch_up(store, facet, n, commit.window_start)
         if caught:
             log.info("facet %s: %d points stored since the scroll labelled under version %d", facet, caught, n)
     published = commit.site and publish_dir is not None
     if published:
-        _step(STEP_PUBLISH_POINTER, lease)
+        step(STEP_PUBLISH_POINTER, lease)
         if PublishedVersions.at(publish_dir).is_complete(str(n)):  # type: ignore[arg-type]
             PublishedVersions.at(publish_dir).advance_pointer(n)  # type: ignore[arg-type]
         else:
             log.error("version %d is committed but its site folder is gone; the site stays where it is", n)
     if commit.last_run is not None:
-        _step(STEP_LAST_RUN, lease)
+        step(STEP_LAST_RUN, lease)
         _fenced(store, LAST_RUN.key, LastRun.model_validate(commit.last_run), n)
-    _step(STEP_CLEANUP, lease)
+    step(STEP_CLEANUP, lease)
     commit.labels_floor = _drop_old_labels(store, commit, publish_dir)
     if publish_dir is not None:
         PublishedVersions.at(publish_dir).prune(keep=PUBLISH_KEEP)
@@ -241,18 +246,30 @@ def apply_commit(store: QdrantStore, lease: Lease, commit: Commit, publish_dir: 
     _fenced(store, COMMIT_KEY, asdict(commit), n)
 
 
-def catch_up(store: QdrantStore, facet: str, version: int) -> int:
+def write_centroids(store: QdrantStore, lease: Lease, facet: str, version: int, model: OnlineKMeans) -> None:
+    """Step 2 ahead of an assignment pass, which reads them: ``facet``'s centroids of ``version``.
+
+    The version's label field is indexed after the pass (``Labels.index``): building an index once over
+    the written labels costs less than keeping it up to date through every page.
+    """
+    step(STEP_CENTROIDS, lease)
+    store.versions.put_centroids(facet, version, model.to_state())
+
+
+def catch_up(store: QdrantStore, facet: str, version: int, window_start: float | None = None) -> int:
     """Label under ``version`` the embedded points of ``facet`` that have no label of it; returns how many.
 
     These are points a worker stored between the job's scroll and the pointer switch (labelled with the
     previous version, or not at all): without this they would be missing from ``version`` until the next run.
+    ``window_start``: points of older conversations are outside the version's window and stay unlabelled.
     """
     doc = store.versions.get_centroids(facet, version)
     if doc is None:
         return 0
     model = OnlineKMeans.from_state(doc)
     total = 0
-    for ids, vectors, payloads in store.points.scroll_vectors(facet, without_label=version):
+    for ids, vectors, payloads in store.points.scroll_vectors(facet, without_label=version,
+                                                              since=window_start):
         norms = np.linalg.norm(vectors, axis=1) if len(vectors) else np.zeros(0)
         rows = [i for i, (p, norm) in enumerate(zip(payloads, norms)) if p.get("value") and norm > 0]
         if not rows:
@@ -288,7 +305,7 @@ def _fenced(store: QdrantStore, key: str, doc: Mapping[str, Any] | StateDocument
         raise Superseded(f"{key}: a job with a version above {version} wrote it first")
 
 
-def _step(step: str, lease: Lease) -> None:
-    """Before each write: the fault point of ``step`` (tests), then the lease, asked of the store."""
-    reach(step)
+def step(name: str, lease: Lease) -> None:
+    """Before each write: the fault point of step ``name`` (tests), then the lease, asked of the store."""
+    reach(name)
     lease.check()

@@ -65,14 +65,18 @@ def annotate(
     min_users: int,
     user_hash_key: str,
 ) -> None:
-    """Fill distinct users and numeric stats of every node; hide nodes below the minimums."""
+    """Fill distinct users and numeric stats of every node; hide nodes below the minimums.
+
+    A node counted over a sampled window (``count`` set) keeps its numbers; the minimums apply to them.
+    """
     users = {c.id: user_key_of(c, user_hash_key) for c in conversations}
     values = {fv.conversation_id: fv.values for fv in facet_values}
     numeric = [f for f in facets if f.numeric is not None]
     for node in hierarchy.nodes.values():
-        node.distinct_users = len({users[cid] for cid in node.conversation_ids if cid in users})
-        node.numeric = {f.name: numeric_stats(f, [numeric_value(values, cid, f.name) for cid in node.conversation_ids])
-                        for f in numeric}
+        if node.count is None:  # else counted over the window already (living.population)
+            node.distinct_users = len({users[cid] for cid in node.conversation_ids if cid in users})
+            node.numeric = {f.name: numeric_stats(f, [numeric_value(values, cid, f.name)
+                                                      for cid in node.conversation_ids]) for f in numeric}
         withhold_below_minimums(node, node.distinct_users, min_conversations=min_conversations, min_users=min_users)
     hide_subtrees(hierarchy)
 
@@ -93,8 +97,9 @@ def mark_below_minimums(
     """
     withheld = 0
     for leaf in leaves:
-        users = {users_of[c] for c in leaf.conversation_ids if c in users_of}
-        withhold_below_minimums(leaf, len(users), min_conversations=min_conversations, min_users=min_users)
+        users = leaf.distinct_users if leaf.count is not None else \
+            len({users_of[c] for c in leaf.conversation_ids if c in users_of})
+        withhold_below_minimums(leaf, users, min_conversations=min_conversations, min_users=min_users)
         withheld += int(leaf.hidden)
     return withheld
 

@@ -98,13 +98,41 @@ def _uncount_trend(node: ClusterNode, gone: Iterable[str], times: Mapping[str, f
             trend.counts[i] -= 1
 
 
+def _uncount_window(node: ClusterNode, gone: set[str], gone_values: Mapping[str, Mapping[str, FacetValue]]) -> None:
+    """A node counted over a sampled window (``living.population``): only the user's sampled conversations are
+    known here, so those come off the counts, and one user comes off every such node (the user may have
+    conversations in any of them); the next re-clustering, which a deletion requests, counts afresh."""
+    node.count = max(0, (node.count or 0) - len(gone))
+    node.distinct_users = max(0, node.distinct_users - 1)
+    if node.visible_users is not None:
+        node.visible_users = max(0, node.visible_users - 1)
+    for name, old in list(node.numeric.items()):
+        hist = list(old.histogram)
+        for cid in gone:
+            v = numeric_value(gone_values, cid, name)
+            if v is not None and 0 <= v - old.min_value < len(hist) and hist[v - old.min_value] > 0:
+                hist[v - old.min_value] -= 1
+        total = sum(hist)
+        mean = sum((old.min_value + i) * c for i, c in enumerate(hist)) / total if total else None
+        node.numeric[name] = old.model_copy(update={"histogram": hist, "count": total, "mean": mean})
+
+
 def _rescrub_hierarchy(h: FacetHierarchy, removed: set[str], users: Mapping[str, str],
                        values: Mapping[str, Mapping[str, FacetValue]], times: Mapping[str, float | None],
-                       min_conversations: int, min_users: int) -> int:
+                       min_conversations: int, min_users: int,
+                       gone_values: Mapping[str, Mapping[str, FacetValue]] | None = None) -> int:
     """Drop ``removed`` members from every node, recount, withhold what fell under the minimums."""
     newly_hidden = 0
     for node in h.nodes.values():
         gone = removed.intersection(node.conversation_ids)
+        if node.count is not None:
+            _uncount_trend(node, gone, times)
+            _uncount_window(node, gone, gone_values or {})
+            node.conversation_ids = [c for c in node.conversation_ids if c not in removed]
+            if not node.hidden:
+                newly_hidden += withhold_below_minimums(node, node.distinct_users,
+                                                        min_conversations=min_conversations, min_users=min_users)
+            continue
         if not gone:
             continue
         _uncount_trend(node, gone, times)
@@ -129,13 +157,14 @@ def scrub_result(result: ClioResult, match: UserMatch, *, min_conversations: int
     if not present:
         return 0, 0
     times = {c.id: c.timestamp for c in result.conversations if c.id in removed}
+    gone_values = {fv.conversation_id: fv.values for fv in result.facet_values if fv.conversation_id in removed}
     result.conversations = [c for c in result.conversations if c.id not in removed]
     result.facet_values = [fv for fv in result.facet_values if fv.conversation_id not in removed]
     for layout in result.maps.values():  # the map's sample of conversations
         layout.points = [p for p in layout.points if p[0] not in removed]
     users = {c.id: user_key_of(c, match.hash_key) for c in result.conversations}
     values = {fv.conversation_id: fv.values for fv in result.facet_values}
-    withheld = sum(_rescrub_hierarchy(h, removed, users, values, times, min_conversations, min_users)
+    withheld = sum(_rescrub_hierarchy(h, removed, users, values, times, min_conversations, min_users, gone_values)
                    for h in result.hierarchies.values())
     return len(present), withheld
 

@@ -62,6 +62,9 @@ def withheld_nodes(hierarchy: FacetHierarchy, visible: set[str] | None = None) -
 
 
 def _members(nodes: Sequence[ClusterNode]) -> int:
+    """Conversations under disjoint ``nodes``: counted over the window when they carry a count."""
+    if any(n.count is not None for n in nodes):
+        return sum(n.size for n in nodes)
     return len({cid for n in nodes for cid in n.conversation_ids})
 
 
@@ -170,7 +173,8 @@ def public_nodes(hierarchy: FacetHierarchy, user_of: Mapping[str, str],
         members = [cid for c in shown for cid in counted[c]]
         counted[nid] = members
         out[nid] = node.model_copy(update={
-            "distinct_users": len({user_of[c] for c in members if c in user_of}),
+            "distinct_users": node.visible_users if node.visible_users is not None
+            else len({user_of[c] for c in members if c in user_of}),
             "numeric": {name: _sum_numeric(name, [out[c].numeric[name] for c in shown if name in out[c].numeric],
                                            stats.min_value, len(stats.histogram))
                         for name, stats in node.numeric.items()},

@@ -289,11 +289,13 @@ class _SiteBuilder:
 
     def _write_members(self, facet_index: int, facet: str, node: ClusterNode, ref: int,
                        entry: dict[str, Any], node_path: list[str]) -> None:
-        visible = [cid for cid in dict.fromkeys(node.conversation_ids) if cid not in self.withheld_conversations]
+        listed = list(dict.fromkeys(node.conversation_ids))
+        visible = [cid for cid in listed if cid not in self.withheld_conversations]
         members = [cid for cid in visible if cid not in self.shown.hidden]
         entry["n_members"] = len(members)
-        entry["withheld_members"] = node.size - len(visible)
+        entry["withheld_members"] = len(listed) - len(visible)
         entry["filtered_members"] = len(visible) - len(members)  # left off by the site-only filter
+        entry["unlisted_members"] = max(0, node.size - len(listed))  # counted over a window, not in its sample
         pages = max(1, -(-len(members) // self.chunk_size)) if members else 0
         for page in range(pages):
             rel = f"f{facet_index}/members/{ref}-{page}.json.gz"

@@ -54,13 +54,16 @@ def annotate_trends(
     min_growth: float,
     top: int,
 ) -> list[str]:
-    """Set every node's ``trend``; returns the ids flagged emerging, fastest first.
+    """Set every node's ``trend`` (a node counted over a sampled window keeps its own); returns the ids
+    flagged emerging, fastest first.
 
     ``previous_members``: every conversation of the previous version (None for a first version: no growth).
     """
     times = {cid: float(t) for cid, t in timestamps.items() if isinstance(t, (int, float))}
     start = window_grid(times.values(), window_s, windows)
     for node in hierarchy.nodes.values():
+        if node.count is not None and node.trend is not None:
+            continue  # counted over the whole window by the re-clustering job (living.population)
         member_times = [times[c] for c in node.conversation_ids if c in times]
         counts = window_counts(member_times, start, window_s, windows) if start is not None else []
         new = growth = None

@@ -192,6 +192,41 @@ class ReclusterProgress(StateDocument):
     finished_at: float | None = None
 
 
+class AssignPlan(StateDocument):
+    """One facet's assignment pass of clustering version ``version`` (``living.assign_pass``): what every
+    process that runs a shard of it needs. Written fenced by the version before the first page."""
+
+    version: int
+    facet: str
+    k: int  # clusters of the facet under the version (its centroids are stored before the plan)
+    shards: int
+    page_size: int
+    window_start: float | None = None  # points with an older conversation time are outside the window
+    new_after: float | None = None  # points newer than this are new since the previous version
+    trend_start: float | None = None
+    trend_window_s: float
+    trend_windows: int
+    numeric: dict[str, list[int]] = Field(default_factory=dict)  # numeric facet -> [lowest value, bins]
+    created_at: float = Field(default_factory=time.time)
+
+
+class AssignShard(StateDocument):
+    """Progress of one shard of one facet's assignment pass, rewritten (fenced) after every page: a process
+    that takes the shard over resumes after the last page recorded here, with the totals so far."""
+
+    version: int
+    facet: str
+    shard: int
+    cursor: str | None = None  # the point id the next page starts at
+    pages: int = 0
+    points: int = 0
+    done: bool = False
+    owner: str | None = None
+    totals: dict[str, Any] = Field(default_factory=dict)  # living.assign_pass.ClusterTotals.to_doc()
+    seconds: float = 0.0
+    updated_at: float = Field(default_factory=time.time)
+
+
 class ChildStatus(StateDocument):
     """One process ``clio-stream up`` supervises (``devstack.supervisor``)."""
 
@@ -229,6 +264,7 @@ RECLUSTER_PROGRESS = DocKey("recluster:progress", ReclusterProgress)
 UP_CHILDREN = DocKey("up:children", UpChildren)
 ALERT_LOG = DocKey("alerts:log", AlertLog)
 VERSION_COUNTER = DocKey("clustering:last_reserved", VersionCounter)
+ASSIGN_PLAN = DocKey("assign:plan", AssignPlan)  # the pass of the version being built (shard processes read it)
 COMMIT_KEY = "clustering:committed"  # the clustering write path's commit record (clio_stream.living.versions.Commit)
 CLUSTERING_LOCK = "clustering"  # one clustering job at a time: re-clustering, bootstrap, deletion's rewrites
 
@@ -246,3 +282,13 @@ def current_version_key(facet: str) -> DocKey[CurrentVersion]:
 def centroid_state_key(facet: str, version: int) -> DocKey[CentroidStateHeader]:
     """The online k-means state of ``facet`` at clustering ``version``."""
     return DocKey(f"centroids/{facet}/v{int(version)}", CentroidStateHeader)
+
+
+def assign_shard_key(version: int, facet: str, shard: int) -> DocKey[AssignShard]:
+    """Progress of shard ``shard`` of ``facet``'s assignment pass for ``version``."""
+    return DocKey(f"assign:v{int(version)}:{facet}:{int(shard)}", AssignShard)
+
+
+def assign_shard_lock(version: int, facet: str, shard: int) -> str:
+    """The lease a process holds while it runs that shard (one process per shard at a time)."""
+    return f"assign-v{int(version)}-{facet}-{int(shard)}"

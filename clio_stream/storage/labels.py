@@ -48,6 +48,8 @@ class Labels:
         similarities: Mapping[str, float] | None = None,
         outliers: Mapping[str, bool] | None = None,
         ops_per_request: int = 500,
+        latest: bool = True,
+        wait: bool = True,
     ) -> int:
         """Write cluster ids (and optionally similarity / outlier) of ``facet``'s points under ``version``.
 
@@ -55,7 +57,10 @@ class Labels:
         ``cluster_version`` (the latest label); other versions' fields are left alone. Points are selected by
         id *and* facet through a filter, so an id deleted in the meantime (a user's deletion) is skipped
         instead of failing the whole batch. Without per-point extras, points of one cluster share one
-        operation. Returns the number of ids given.
+        operation. ``latest=False`` writes the version's field only (the assignment pass: the latest-label
+        fields are indexed, and updating indexes costs most of a label write; they stay the online
+        assignment's). ``wait=False`` returns once Qdrant has the operations in its write-ahead log (applied
+        in order: a later write with ``wait=True`` returns after all of them). Returns the number of ids given.
         """
         ops: list[models.SetPayloadOperation] = []
         if similarities is None and outliers is None:
@@ -63,11 +68,10 @@ class Labels:
             for pid, cid in labels.items():
                 by_cluster[int(cid)].append(str(pid))
             for cid, ids in by_cluster.items():
+                payload = {label_field(version): cid, **({"cluster_id": cid, "cluster_version": int(version)}
+                                                          if latest else {})}
                 for start in range(0, len(ids), 1000):
-                    ops.append(_set_payload_op(
-                        facet, ids[start : start + 1000],
-                        {label_field(version): cid, "cluster_id": cid, "cluster_version": int(version)},
-                    ))
+                    ops.append(_set_payload_op(facet, ids[start : start + 1000], payload))
         else:
             for pid, cid in labels.items():
                 payload: dict[str, Any] = {label_field(version): int(cid), "cluster_id": int(cid),
@@ -80,8 +84,30 @@ class Labels:
         for start in range(0, len(ops), ops_per_request):
             with self.conn.guard("set labels"):
                 self.conn.client.batch_update_points(self.conn.facets, ops[start : start + ops_per_request],
-                                                     wait=True)
+                                                     wait=wait)
         return len(labels)
+
+    def barrier(self) -> None:
+        """Return once every label write sent before has been applied (writes are applied in order)."""
+        nothing = models.Filter(must=[eq("facet", "\x00none")])
+        with self.conn.guard("label barrier"):
+            self.conn.client.set_payload(self.conn.facets, payload={"barrier": True}, points=nothing, wait=True)
+
+    def distinct_users(self, facet: str, version: int, clusters: Sequence[int], *, most: int) -> int:
+        """Distinct user hashes among ``facet``'s points labelled under ``version`` with one of ``clusters``.
+
+        Counted by Qdrant (its facet counts over the user hash index), exactly up to ``most``; ``most + 1``
+        means "more than ``most``" (the answer holds at most that many values). Points without a user hash
+        are not counted here.
+        """
+        if not clusters or most <= 0:
+            return 0
+        flt = models.Filter(must=[eq("facet", facet), models.FieldCondition(
+            key=label_field(version), match=models.MatchAny(any=[int(c) for c in clusters]))])
+        with self.conn.guard("count distinct users"):
+            hits = self.conn.client.facet(self.conn.facets, key="user_hash", facet_filter=flt, limit=int(most) + 1,
+                                          exact=True).hits
+        return len(hits)
 
     def index(self, version: int) -> None:
         """Index ``version``'s label field (server only), so filtering a cluster's members stays an index lookup."""

@@ -11,7 +11,7 @@ from qdrant_client import models
 
 from clio_stream.storage.labels import label_filter
 from clio_stream.storage.errors import CollectionMissing
-from clio_stream.storage.qdrant import QdrantConnection, eq, is_empty, match_filter
+from clio_stream.storage.qdrant import QdrantConnection, eq, from_time, is_empty, match_filter
 from clio_stream.storage.records import (
     FACETS_COPY,
     ConversationRecord,
@@ -49,15 +49,18 @@ class Points:
         return len(points)
 
     def scroll_vectors(
-        self, facet: str, batch: int = 1000, *, without_label: int | None = None
+        self, facet: str, batch: int = 1000, *, without_label: int | None = None, since: float | None = None
     ) -> Iterator[tuple[list[str], np.ndarray, list[dict[str, Any]]]]:
         """Points of ``facet`` in batches of (ids, float32 vectors, payloads), for re-clustering.
 
-        ``without_label``: only points with no label of that version (the catch-up after a version switch).
+        ``without_label``: only points with no label of that version (the catch-up after a version switch);
+        ``since``: only points of conversations from then on, or without a time (a clustering window).
         """
         flt = match_filter(facet=facet)
         if without_label is not None:
             flt = models.Filter(must=[eq("facet", facet), is_empty(label_field(without_label))])
+        if since is not None:
+            flt = models.Filter(must=[flt, from_time(since)])
         offset: Any = None
         while True:
             with self.conn.guard("scroll vectors"):
@@ -71,6 +74,24 @@ class Points:
                 yield ids, vectors, [dict(r.payload or {}) for r in records]
             if offset is None:
                 return
+
+    def numeric_of(self, point_ids: Sequence[str]) -> dict[str, int | None]:
+        """The ``numeric`` payload of the facet points with these ids that exist, by id."""
+        if not point_ids:
+            return {}
+        with self.conn.guard("retrieve numeric"):
+            found = self.conn.client.retrieve(self.conn.facets, list(point_ids), with_payload=["numeric"],
+                                              with_vectors=False)
+        return {str(r.id): (r.payload or {}).get("numeric") for r in found}
+
+    def payloads_of(self, point_ids: Sequence[str], fields: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The ``fields`` of the facet points with these ids that exist, by id."""
+        if not point_ids:
+            return {}
+        with self.conn.guard("retrieve payloads"):
+            found = self.conn.client.retrieve(self.conn.facets, list(point_ids), with_payload=list(fields),
+                                              with_vectors=False)
+        return {str(r.id): dict(r.payload or {}) for r in found}
 
     def cluster_members(
         self,
@@ -118,6 +139,11 @@ class Points:
                 return int(self.conn.client.count(self.conn.facets, count_filter=flt, exact=True).count)
         except CollectionMissing:
             return 0
+
+    def count_window(self, flt: models.Filter) -> int:
+        """Exact number of facet points matching ``flt`` (a clustering window, ``living.window``)."""
+        with self.conn.guard("count window"):
+            return int(self.conn.client.count(self.conn.facets, count_filter=flt, exact=True).count)
 
     def mark_conversations(self, records: Sequence[ConversationRecord], *, wait: bool = True) -> int:
         """Write conversation status points (whole payload; raw text only if ``keep_raw``)."""

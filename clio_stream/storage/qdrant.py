@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from qdrant_client import QdrantClient, models
@@ -49,9 +50,38 @@ _STATE_INDEXES: dict[str, models.PayloadSchemaType] = {
 }
 
 
+# Accept uncompressed gRPC answers only: by default the client offers gzip and the server then compresses every
+# answer, which made reading vectors back 10-30x slower than the transfer itself (float32 barely compresses).
+GRPC_OPTIONS: dict[str, Any] = {"grpc.compression_enabled_algorithms_bitset": 1}
+
+
 def point_id(*parts: str) -> str:
     """Deterministic point id of a natural key (its parts joined by a separator no key contains)."""
     return str(uuid.uuid5(NAMESPACE, _SEP.join(parts)))
+
+
+@dataclass(frozen=True)
+class CollectionLayout:
+    """How new collections keep their data (``qdrant_*`` settings; an existing collection keeps its own).
+
+    clio-stream scrolls facet vectors and never searches them, so the HNSW graph (``hnsw_m``) is optional;
+    ``int8`` keeps a quantised copy in RAM (a quarter of the float32 size) and, with ``vectors_on_disk``, the
+    originals memory-mapped; ``payload_on_disk`` keeps payloads on disk (the indexed fields stay in RAM).
+    """
+
+    quantization: str = "none"  # "none" or "int8"
+    vectors_on_disk: bool = False
+    payload_on_disk: bool = False
+    hnsw_m: int = 16
+
+    def vectors(self, dim: int) -> models.VectorParams:
+        return models.VectorParams(size=int(dim), distance=models.Distance.COSINE, on_disk=self.vectors_on_disk)
+
+    def quantization_config(self) -> models.ScalarQuantization | None:
+        if self.quantization != "int8":
+            return None
+        return models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
+            type=models.ScalarType.INT8, quantile=0.99, always_ram=True))
 
 
 class QdrantConnection:
@@ -69,6 +99,7 @@ class QdrantConnection:
         keep_raw: bool = False,
         metadata_index: tuple[str, ...] = (),
         client: QdrantClient | None = None,
+        layout: CollectionLayout | None = None,
     ) -> None:
         """``location``: a server URL (``http://host:6333``), ``":memory:"`` or a folder (embedded).
 
@@ -76,7 +107,10 @@ class QdrantConnection:
         """
         self.location = location
         self.prefix = prefix
+        self.prefer_grpc = prefer_grpc
+        self.timeout_s = timeout_s
         self.keep_raw = keep_raw
+        self.layout = layout or CollectionLayout()
         self.metadata_index = tuple(metadata_index)  # declared metadata keys to index (``metadata.<key>``)
         self.embedded = not location.startswith(("http://", "https://"))
         self.facets = f"{prefix}_facets"
@@ -101,6 +135,7 @@ class QdrantConnection:
                 timeout=int(timeout_s),
                 api_key=api_key,
                 check_compatibility=False,
+                grpc_options=dict(GRPC_OPTIONS),  # a copy: the client adds its own keys to it
                 **kwargs,
             )
 
@@ -115,6 +150,8 @@ class QdrantConnection:
             "timeout_s": settings.qdrant_timeout_s,
             "api_key": settings.qdrant_api_key,
             "keep_raw": settings.store_raw_conversations,
+            "layout": CollectionLayout(settings.qdrant_quantization, settings.qdrant_vectors_on_disk,
+                                       settings.qdrant_payload_on_disk, settings.qdrant_hnsw_m),
             "metadata_index": tuple(k.name for k in settings.metadata_keys if k.indexed),
         }
 
@@ -144,8 +181,8 @@ class QdrantConnection:
 
     def ensure_collections(self, dim: int) -> None:
         """Create the three collections and their payload indexes if missing (idempotent, race-safe)."""
-        self.create(self.facets, models.VectorParams(size=int(dim), distance=models.Distance.COSINE))
-        self.create(self.conversations, {})
+        self.create(self.facets, self.layout.vectors(dim), layout=self.layout)
+        self.create(self.conversations, {}, layout=self.layout)
         self.create(self.state, {})
         vectors = self.facet_collection_info().config.params.vectors
         size = getattr(vectors, "size", None)
@@ -161,14 +198,24 @@ class QdrantConnection:
                 with self.guard("create_payload_index"):
                     self.client.create_payload_index(name, key, field_schema=kind, wait=True)
 
-    def create(self, name: str, vectors: models.VectorParams | dict[str, Any]) -> None:
-        """Create collection ``name`` unless it exists (another replica may create it at the same time)."""
+    def create(self, name: str, vectors: models.VectorParams | dict[str, Any], *,
+               layout: CollectionLayout | None = None) -> None:
+        """Create collection ``name`` unless it exists (another replica may create it at the same time).
+
+        ``layout``: quantisation, on-disk vectors and payload, HNSW degree (None: Qdrant's defaults).
+        """
         with self.guard("collection_exists"):
             if self.client.collection_exists(name):
                 return
+        extra: dict[str, Any] = {}
+        if layout is not None and not self.embedded:  # the embedded engine has none of these
+            extra = {"on_disk_payload": layout.payload_on_disk}
+            if isinstance(vectors, models.VectorParams):
+                extra.update(hnsw_config=models.HnswConfigDiff(m=layout.hnsw_m),
+                             quantization_config=layout.quantization_config())
         try:
             with self.guard("create_collection"):
-                self.client.create_collection(name, vectors_config=vectors)
+                self.client.create_collection(name, vectors_config=vectors, **extra)
             log.info("created Qdrant collection %s", name)
         except StoreUnavailable:
             raise
@@ -177,6 +224,12 @@ class QdrantConnection:
             with self.guard("collection_exists"):
                 if not self.client.collection_exists(name):
                     raise
+
+    def vector_size(self) -> int:
+        """Dimension of the facet collection's vectors (as created)."""
+        if self.dim is None:
+            self.dim = int(self.facet_collection_info().config.params.vectors.size)
+        return self.dim
 
     def facet_collection_info(self) -> Any:
         with self.guard("get_collection"):
@@ -238,3 +291,12 @@ def match_filter(**fields: Any) -> models.Filter | None:
     """AND of equality conditions for the fields that are not None."""
     must = [eq(k, v) for k, v in fields.items() if v is not None]
     return models.Filter(must=must) if must else None
+
+
+def from_time(start: float) -> models.Filter:
+    """Points of conversations from ``start`` on, or without a conversation time (a clustering window)."""
+    return models.Filter(should=[
+        models.FieldCondition(key="timestamp", range=models.Range(gte=float(start))),
+        models.IsNullCondition(is_null=models.PayloadField(key="timestamp")),
+        is_empty("timestamp"),
+    ])

@@ -956,3 +956,16 @@ def test_recluster_service_before_any_worker_started(tmp_path: Path) -> None:
     assert service.run("manual") is None
     store.ensure_collections(HashEmbedder.dim)
     assert service.collections_exist() and service.snapshot().points_now == 0
+
+
+def test_the_assignment_pass_is_split_across_an_indexed_job() -> None:
+    """The re-clustering's pass runs in CLIO_RECLUSTER_ASSIGN_SHARDS id ranges: the job's own and one per pod of an
+    Indexed Job on the same schedule, whose pods restart in place (and resume their shard) when they fail."""
+    cj = one("CronJob", "clio-assign-shards")
+    job = cj["spec"]["jobTemplate"]["spec"]
+    shards = int(configmap_data()["CLIO_RECLUSTER_ASSIGN_SHARDS"])
+    assert job["completionMode"] == "Indexed" and job["parallelism"] == job["completions"] == shards - 1
+    assert cj["spec"]["schedule"] == one("CronJob", "clio-recluster")["spec"]["schedule"]
+    (c,) = containers(cj)
+    assert c["command"][:2] == ["clio-stream", "assign-shard"] and pod_spec(cj)["restartPolicy"] == "OnFailure"
+    assert ClioSettings(recluster_assign_shards=shards).recluster_assign_shards == shards
