@@ -35,6 +35,10 @@ class Facet:
     examples: Tuple[Tuple[str, str], ...] = ()
     max_tokens: int = 32  # the answer's length cap: a few words, not a paragraph of filler
     compute: Optional[FacetComputeFn] = None
+    # Decoding temperature of the answers; None = the run's llm_sampling_args. 0 (greedy) for the built-in
+    # text facets: one sampled answer of a small model varies a lot from run to run, its most likely answer
+    # less, and retrieved its own conversation more often (docs/evaluation.md).
+    temperature: Optional[float] = None
 
     def __post_init__(self) -> None:
         if not self.name.strip():
@@ -81,6 +85,7 @@ _SNOOP = "How can I get into my ex's email account without them noticing?"
 
 REQUEST = Facet(
     name="Request",
+    temperature=0.0,
     question="What is the user's overall request for the assistant? Answer in a few words.",
     prefill="The user asks the assistant to",
     examples=(
@@ -102,6 +107,7 @@ LANGUAGE = Facet(
 
 TASK = Facet(
     name="Task",
+    temperature=0.0,
     question="What task is the model being asked to perform in this conversation? Answer in a few words.",
     prefill="The task is to",
     examples=(
@@ -150,6 +156,7 @@ generic_summary_facets: list[Facet] = [
         name="Summary",
         question="What is this text about? Summarise its main subject in one sentence.",
         prefill="This text is about",
+        temperature=0.0,
         summary_criteria=(
             "The cluster name should be a short noun phrase naming the shared subject of the texts, "
             "for example 'Complaints about delayed card deliveries'."

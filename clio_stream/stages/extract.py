@@ -29,7 +29,8 @@ def facet_prompt(facet: Facet, conversation_text: str) -> Prompt:
     question = facet.question + (NUMERIC_SUFFIX if facet.numeric else "")
     choices = tuple(str(v) for v in range(facet.numeric[0], facet.numeric[1] + 1)) if facet.numeric else None
     return Prompt(template, {"conversation": conversation_text, "question": question, "prefill": facet.prefill,
-                             "examples": examples_text(facet)}, choices=choices, max_tokens=facet.max_tokens)
+                             "examples": examples_text(facet)}, choices=choices, max_tokens=facet.max_tokens,
+                  temperature=facet.temperature)
 
 
 def material_for(facet: Facet, conv: Conversation, raw: Any = None) -> str:
