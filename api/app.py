@@ -23,7 +23,8 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic.json_schema import models_json_schema
 
-from api import routes_admin, routes_clusters, routes_conversations, routes_dashboard, routes_status
+from api import (routes_admin, routes_clusters, routes_conversations, routes_dashboard, routes_explore,
+                 routes_reports, routes_status)
 from api.auth import FailedAuthLimiter, KeyRing, Role
 from api.deps import ApiContext, require
 from api.metrics import ApiMetrics
@@ -42,8 +43,8 @@ API_VERSION = "1.0.0"
 
 
 def create_app(settings: ClioSettings | None = None, *, store: QdrantStore | None = None,
-               producer: Any = None) -> FastAPI:
-    """Build the app. ``store``/``producer`` default to ones made from ``settings`` (the producer lazily).
+               producer: Any = None, embedder: Any = None) -> FastAPI:
+    """Build the app. ``store``/``producer``/``embedder`` default to ones made from ``settings`` (lazily but the store).
 
     Raises ValueError when no API key is configured and anonymous access is not allowed.
     """
@@ -61,6 +62,7 @@ def create_app(settings: ClioSettings | None = None, *, store: QdrantStore | Non
         metrics=metrics,
         versions=PublishedVersions.from_settings(settings),
         producer=producer,
+        embedder=embedder,
     )
 
     @asynccontextmanager
@@ -81,7 +83,8 @@ def create_app(settings: ClioSettings | None = None, *, store: QdrantStore | Non
         lifespan=lifespan,
     )
     app.state.ctx = ctx
-    for router in (routes_status.router, routes_clusters.router, routes_conversations.router, routes_admin.router):
+    for router in (routes_status.router, routes_clusters.router, routes_conversations.router, routes_admin.router,
+                   routes_explore.router, routes_reports.router):
         app.include_router(router)
     app.include_router(routes_dashboard.router)
     root = normalize_html_root(settings.html_root)

@@ -16,7 +16,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.auth import SESSION_COOKIE, FailedAuthLimiter, KeyRing, Principal, Role
 from api.metrics import ApiMetrics
+from api.slicing import FilteredTrees, build_slices
 from api.views import VersionView, build_view, dashboard_page
+from clio_stream.streaming.backlog import BacklogProbe
+from clio_stream.views.slices import SliceIndex
 from clio_stream.settings import ClioSettings
 from clio_stream.storage.published import PublishedVersion, PublishedVersions
 from clio_stream.storage.store import QdrantStore
@@ -122,12 +125,34 @@ class ApiContext:
     status_cache: TimedValue = field(default_factory=TimedValue)
     _store_versions: dict[str, tuple[float, int | None]] = field(default_factory=dict)
     _last_version: str | None = None
+    embedder: Any = None  # for search; made from the settings on first use when not given
     views: VersionMemo[VersionView] = field(init=False)  # the indexed view the routes read
     pages: VersionMemo[tuple[str, str]] = field(init=False)  # the dashboard's index.html and its CSP
+    slices: VersionMemo[SliceIndex] = field(init=False)  # filters and breakdowns (api.slicing)
+    filtered: FilteredTrees = field(default_factory=FilteredTrees)
+    embedder_lock: threading.Lock = field(default_factory=threading.Lock)
+    backlog: BacklogProbe | None = None  # the conversation topic's real backlog (started by the status route)
 
     def __post_init__(self) -> None:
         self.views = VersionMemo(lambda published: build_view(published, self.versions))
         self.pages = VersionMemo(lambda published: dashboard_page(published, self.settings.api_dashboard_poll_s))
+        self.slices = VersionMemo(lambda published: build_slices(self.views.get(published), published.result.settings,
+                                                                 self.settings, published.result))
+
+    def current_slices(self) -> SliceIndex | None:
+        """The slice index of the current version (built on first use), or None before the first publish."""
+        published = self.versions.load_current()
+        return None if published is None else self.slices.get(published)
+
+    def get_embedder(self) -> Any:
+        """The embedder search uses, loaded on first use (a few seconds and a few hundred MB)."""
+        if self.embedder is None:
+            with self.embedder_lock:
+                if self.embedder is None:
+                    from clio_stream.embedding import make_embedder
+
+                    self.embedder = make_embedder(self.settings.model_copy(update={"show_progress": False}))
+        return self.embedder
 
     @property
     def publish_dir(self) -> Path:
@@ -172,6 +197,8 @@ class ApiContext:
         return self.producer
 
     def close(self) -> None:
+        if self.backlog is not None:
+            self.backlog.stop()
         if self.owns_producer and self.producer is not None:
             try:
                 self.producer.close(timeout=5)

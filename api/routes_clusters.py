@@ -21,10 +21,12 @@ import uuid
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse
 from fastapi.concurrency import run_in_threadpool
 
 from api.deps import Analyst, Ctx, View, Viewer
+from api.slicing import request_filter
 from api.schemas import ClusterOut, ErrorOut, FacetOut, FacetsOut, MemberOut, MembersOut, TreeOut, TrendsOut
 from api.views import FacetView, VersionView, summary
 from clio_stream.domain.clusters import ClusterNode
@@ -75,10 +77,37 @@ def _cluster(view: VersionView, facet: str, cluster_id: str) -> tuple[FacetView,
     return fv, found[0], found[1]
 
 
+FILTERS_DOC = ("Filters (query parameters, ANDed): `metadata.<key>=v` (declared keys your role may see), `<facet>=v`, "
+               "`<hierarchy facet>=<cluster id>`, `<numeric facet>>=n` (also >, <=, <, =), `from`/`to` (epoch or ISO, "
+               "whole trend windows). Under a filter counts are over the slice; a cluster whose slice, or whose "
+               "remainder against any looser filter, is under the privacy minimums is withheld.")
+
+
+def filtered(request: Request, ctx: Any, view: VersionView, fv: FacetView, principal: Any) -> tuple[Any, Any] | None:
+    """(node id -> rows shown, tree answer) under the request's filter, or None when it asks for none."""
+    flt = request_filter(request, view, ctx.settings, principal)
+    if not flt:
+        return None
+    index = ctx.current_slices()
+    if index is None:
+        raise HTTPException(404, "no clustering version has been published yet")
+    return ctx.filtered.get(index, view, fv, flt)
+
+
+def _node_summary(ctx: Any, fv: FacetView, node: ClusterNode, rows: Any, shown: dict[str, Any] | None) -> dict[str, Any]:
+    if shown is None:
+        return summary(fv, node)
+    kids = [c for c in fv.visible_children(node) if c.id in shown]
+    return ctx.current_slices().summary(fv, node, rows, len(kids))
+
+
 @router.get("/{facet}/tree", response_model=TreeOut, responses=_NOT_FOUND,
-            summary="The whole visible tree of a facet")
-async def tree(principal: Viewer, view: View, facet: str) -> Response:
+            summary="The whole visible tree of a facet (optionally filtered)", description=FILTERS_DOC)
+async def tree(principal: Viewer, view: View, ctx: Ctx, request: Request, facet: str) -> Response:
     fv = _facet(view, facet)
+    found = await run_in_threadpool(filtered, request, ctx, view, fv, principal)
+    if found is not None:
+        return JSONResponse(found[1])
     return Response(content=fv.tree_json, media_type="application/json")
 
 
@@ -102,17 +131,24 @@ def trends(principal: Viewer, view: View, facet: str,
 
 
 @router.get("/{facet}/clusters/{cluster_id}", response_model=ClusterOut, responses=_NOT_FOUND,
-            summary="One cluster: details, ancestors and visible children")
-async def cluster(principal: Viewer, view: View, facet: str, cluster_id: str, response: Response) -> dict[str, Any]:
+            summary="One cluster: details, ancestors and visible children (optionally filtered)",
+            description=FILTERS_DOC)
+async def cluster(principal: Viewer, view: View, ctx: Ctx, request: Request, facet: str, cluster_id: str,
+                  response: Response) -> dict[str, Any]:
     fv, node, successor_of = _cluster(view, facet, cluster_id)
+    found = await run_in_threadpool(filtered, request, ctx, view, fv, principal)
+    shown = None if found is None else found[0]
+    if shown is not None and node.id not in shown:
+        raise HTTPException(404, "cluster not found")  # withheld under this filter: as unknown
     if successor_of is not None:
         response.headers["Content-Location"] = f"/v1/facets/{quote(facet, safe='')}/clusters/{quote(node.id, safe='')}"
+    children = [c for c in fv.visible_children(node) if shown is None or c.id in shown]
     return {
-        **summary(fv, node),
+        **_node_summary(ctx, fv, node, None if shown is None else shown[node.id], shown),
         "facet": facet,
         "version": view.version,
         "parent_path": [{"id": p.id, "name": p.name} for p in fv.path(node)],
-        "children": [summary(fv, c) for c in fv.visible_children(node)],
+        "children": [_node_summary(ctx, fv, c, None if shown is None else shown[c.id], shown) for c in children],
         "successor_of": successor_of,
     }
 
@@ -144,6 +180,7 @@ async def members(
     principal: Analyst,
     view: View,
     ctx: Ctx,
+    request: Request,
     facet: str,
     cluster_id: str,
     limit: Annotated[int, Query(ge=1, description="Page size; clamped to the server's maximum.")] = 100,
@@ -155,9 +192,13 @@ async def members(
     so a page may be shorter than ``limit``; stop when ``next_cursor`` is null.
     Conversations assigned online since the version was published are listed
     by this facet's value only, never with another facet's (possibly withheld) cluster.
+    Under a filter (see the tree), the members are those of the version's slice.
     """
     fv, node, _ = _cluster(view, facet, cluster_id)
     limit = min(limit, ctx.settings.api_max_page_size)
+    found = await run_in_threadpool(filtered, request, ctx, view, fv, principal)
+    if found is not None:
+        return _slice_page(ctx, view, fv, node, found[0], limit, cursor)
     leaf_index, offset = 0, None
     if cursor:
         version, cursor_node, leaf_index, offset = decode_cursor(cursor)
@@ -166,6 +207,32 @@ async def members(
         if version != view.version:
             raise HTTPException(410, "cursor expired: a new clustering version was published; start again")
     return await run_in_threadpool(_members_page, ctx, view, fv, node, limit, leaf_index, offset)
+
+
+def _slice_page(ctx: Any, view: VersionView, fv: FacetView, node: ClusterNode, shown: dict[str, Any], limit: int,
+                cursor: str | None) -> MembersOut:
+    """One page of a cluster's members under a filter: the version's slice, in row order."""
+    if node.id not in shown:
+        raise HTTPException(404, "cluster not found")
+    start = 0
+    if cursor:
+        version, cursor_node, _, offset = decode_cursor(cursor)
+        if cursor_node != node.id or not isinstance(offset, int) or offset < 0:
+            raise HTTPException(400, "invalid cursor")
+        if version != view.version:
+            raise HTTPException(410, "cursor expired: a new clustering version was published; start again")
+        start = offset
+    table = ctx.current_slices().table
+    rows = sorted(int(r) for r in shown[node.id])
+    items = []
+    for r in rows[start:start + limit]:
+        cid = table.ids[r]
+        value = view.values.get(cid, {}).get(fv.name)
+        items.append(MemberOut(conversation_id=cid, value=value.value if value is not None else None,
+                               timestamp=None if table.times[r] != table.times[r] else float(table.times[r])))
+    end = start + len(items)
+    nxt = encode_cursor(view.version, node.id, 0, end) if end < len(rows) else None
+    return MembersOut(facet=fv.name, cluster_id=node.id, version=view.version, items=items, next_cursor=nxt)
 
 
 def _check_offset(offset: Any, store: bool) -> None:

@@ -31,6 +31,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 
 from api.auth import SESSION_COOKIE, Principal, Role
 from api.deps import ApiContext, Ctx, authenticate, bearer_scheme, check_key
+from api.views import live_page
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,9 @@ def dashboard(
         return _notice("Key required", "Open this page once as /?key=YOUR_KEY (a viewer key or better).", 401)
     published = ctx.versions.load_current()
     if published is None:
-        return _notice("Nothing published yet", "No clustering version has been published; try again later.", 503)
-    page, csp = ctx.pages.get(published)
+        page, csp = live_page(ctx.settings.api_dashboard_poll_s)  # ingest progress until the first version
+    else:
+        page, csp = ctx.pages.get(published)
     return HTMLResponse(page, headers={"Cache-Control": "no-cache", "Content-Security-Policy": csp,
                                        "X-Frame-Options": "DENY"})
 

@@ -84,8 +84,23 @@ def status(principal: Viewer, ctx: Ctx) -> StatusOut:
         return value
 
 
+def _backlog(ctx: ApiContext, out: StatusOut) -> None:
+    """The real backlog from the group's committed offsets (``streaming.backlog``), measured in the background."""
+    if ctx.backlog is None:
+        from clio_stream.streaming.backlog import BacklogProbe
+        from clio_stream.streaming.connection import KafkaConnection
+
+        ctx.backlog = BacklogProbe(KafkaConnection.from_settings(ctx.settings), ctx.settings.topic,
+                                   ctx.settings.consumer_group, interval_s=max(1.0, ctx.settings.api_dashboard_poll_s))
+    found = ctx.backlog.latest()
+    if found is not None:
+        out.waiting, out.committed = found.waiting, found.committed
+
+
 def build_status(ctx: ApiContext) -> StatusOut:
-    out = StatusOut(api_accepted=ctx.metrics.accepted_total)
+    out = StatusOut(api_accepted=ctx.metrics.accepted_total,
+                    first_clustering_points=ctx.settings.recluster_min_points)
+    _backlog(ctx, out)
     view = None
     try:
         view = ctx.current_view()
@@ -132,7 +147,7 @@ def _quiet(fn: Any) -> Any:
 def _add_workers(ctx: ApiContext, out: StatusOut) -> None:
     docs = _quiet(lambda: ctx.store.states.read_all(WORKER_METRICS)) or {}
     now = time.time()
-    rate = lag = dlq = None
+    rate = lag = dlq = processed = None
     health: list[str] = []
     for doc in (docs[name] for name in sorted(docs)):
         if now - doc.updated_at > ctx.settings.api_worker_stale_s:
@@ -142,11 +157,12 @@ def _add_workers(ctx: ApiContext, out: StatusOut) -> None:
         if doc.consumer_lag is not None:
             lag = (lag or 0) + doc.consumer_lag
         dlq = (dlq or 0) + doc.dead_lettered
+        processed = (processed or 0) + doc.processed
         state = doc.health.lower()
         if state and state not in _NEUTRAL:
             health.append(state)
         out.workers.append(WorkerOut(id=doc.worker_id, health=doc.health, health_reason=doc.health_reason,
                                      processed=doc.processed, consumer_lag=doc.consumer_lag, updated_at=doc.updated_at))
-    out.ingest_rate_per_s, out.consumer_lag, out.dlq_count = rate, lag, dlq
+    out.ingest_rate_per_s, out.consumer_lag, out.dlq_count, out.processed = rate, lag, dlq, processed
     if health:
         out.llm_health = "ok" if all(h in _HEALTHY for h in health) else "degraded"

@@ -269,7 +269,13 @@ class StatusOut(BaseModel):
     published_at: float | None = None
     cluster_versions: dict[str, int | None] = Field(default_factory=dict)
     ingest_rate_per_s: float | None = Field(None, description="Conversations/s averaged since each live worker started.")
-    consumer_lag: int | None = None
+    consumer_lag: int | None = Field(None, description="Sum of the live workers' own lag (fetch position); "
+                                     "`waiting` is the real backlog.")
+    waiting: int | None = Field(None, description="Records on the conversation topic after the consumer group's "
+                                "committed offsets, all partitions (measured every few seconds; null: unknown).")
+    committed: int | None = Field(None, description="Records the consumer group has committed, all partitions.")
+    processed: int | None = Field(None, description="Conversations the live workers processed since they started.")
+    first_clustering_points: int = Field(0, description="Stored facet values needed before anything is clustered.")
     dlq_count: int | None = None
     workers: list[WorkerOut] = Field(default_factory=list)
     last_recluster_at: float | None = None

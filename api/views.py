@@ -178,7 +178,19 @@ def _tree(view: VersionView, fv: FacetView) -> dict[str, Any]:
 
 def dashboard_page(published: PublishedVersion, poll_s: float) -> tuple[str, str]:
     """The served index.html (with the API meta tag) and its CSP (``ApiContext.pages`` keeps it per version)."""
-    page = (published.site_dir / "index.html").read_text(encoding="utf-8")
+    return served_page((published.site_dir / "index.html").read_text(encoding="utf-8"), poll_s)
+
+
+def live_page(poll_s: float) -> tuple[str, str]:
+    """The page served before the first version: ingest progress from ``/v1/status`` (``site/static/live.html``)."""
+    from importlib import resources
+
+    return served_page(resources.files("clio_stream.site").joinpath("static/live.html").read_text(encoding="utf-8"),
+                       poll_s)
+
+
+def served_page(page: str, poll_s: float) -> tuple[str, str]:
+    """``page`` with the API meta tag, and the CSP that allows exactly its inline scripts (by hash)."""
     poll_ms = int(poll_s * 1000)
     meta = f'<meta name="clio-api" content="/v1" data-poll-ms="{poll_ms}">'
     page = page.replace("<head>", "<head>\n" + meta, 1)

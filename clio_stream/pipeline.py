@@ -24,6 +24,7 @@ from clio_stream.domain.clusters import ClioResult, ClusterNode, FacetHierarchy,
 from clio_stream.domain.conversation import Conversation, ConversationFacets
 from clio_stream.domain.facets import Facet, main_facets
 from clio_stream.embedding import EmbeddingBackend, embedding_text, make_embedder
+from clio_stream.views.layout import cluster_map, member_centroids, place_points
 from clio_stream.llm import as_llm
 from clio_stream.llm.base import AskStats, LLMBackend
 from clio_stream.settings import ClioSettings
@@ -179,6 +180,14 @@ def run_clio(
                                      for f in facets},
         "audit": audit_scores,
     }, {name: StoreLink(clusters=_leaf_clusters(leaves_of[name])) for name in hierarchies})
+    with timer.stage("map", bar):
+        for name, h in hierarchies.items():
+            rows, vecs = embedded[name]
+            by_conversation = {facet_values[i].conversation_id: vecs[j] for j, i in enumerate(rows)}
+            centroids = member_centroids(h, by_conversation)
+            layout = cluster_map(h, centroids, method=settings.map_projection, seed=settings.seed)
+            result.maps[name] = place_points(layout, centroids, list(by_conversation),
+                                             np.asarray(list(by_conversation.values())), settings.seed)
     with timer.stage("site", bar):
         if out is not None:
             _write_outputs(result, out, settings, write_site=write_site)

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 # Settings whose values are never published, printed or logged.
 SECRET_SETTINGS = frozenset({"user_id_hash_key", "llm_api_key", "qdrant_api_key", "api_keys", "kafka_sasl_password",
-                             "metrics_token"})
+                             "metrics_token", "alert_webhook_secret"})
 
 DEFAULT_USER_ID_HASH_KEY = "change-me"
 PLACEHOLDER_MARK = "change-me"  # the default above and every CHANGE-ME-... value of deploy/*.example

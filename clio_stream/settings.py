@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from pydantic import Field, ImportString, SecretStr, field_validator
+from pydantic import BaseModel, Field, ImportString, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -25,6 +25,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from clio_stream.domain.alerts import AlertRule
+from clio_stream.domain.metadata import MetadataKey
 from clio_stream.secret_settings import DEFAULT_USER_ID_HASH_KEY, SECRET_SETTINGS
 
 
@@ -231,6 +233,31 @@ class ClioSettings(BaseSettings):
                                           "it was made, so a batch written on a deny-list loaded before it is swept "
                                           "too; keep it above deletion_denylist_refresh_s plus a batch's write time.")
 
+    # --- views: metadata, map, alerts (clio_stream.views) ---
+    metadata_keys: list[MetadataKey] = Field(
+        default_factory=list, description="Declared metadata keys, e.g. [{\"name\": \"product\", \"role\": \"viewer\"}]: "
+        "shown in breakdowns and filters to that role and above, indexed in Qdrant; other keys are stored, never shown.")
+    metadata_max_keys: int = Field(32, ge=0, description="Metadata keys kept per conversation; the rest are dropped "
+                                   "(noted on the conversation's record).")
+    metadata_max_key_chars: int = Field(64, ge=1, description="Longer metadata keys are dropped.")
+    metadata_max_value_chars: int = Field(200, ge=1, description="Metadata values (scalars, kept as strings) are "
+                                          "cut to this length; nested values are dropped.")
+    filter_time_cell_s: float = Field(86400.0, gt=0, description="Time filters (from/to) are widened to whole "
+                                      "periods of this length, and a cluster is shown under one only when each "
+                                      "period in it holds no conversation or meets the privacy minimums.")
+    map_projection: Literal["tsne", "pca"] = Field(
+        "tsne", description="How the dashboard's cluster map is laid out at publish time: t-SNE of the base "
+        "clusters' centroids (PCA when there are too few of them), or PCA alone.")
+    alert_rules: list[AlertRule] = Field(
+        default_factory=list, description="Alert rules evaluated at each publish, e.g. [{\"name\": \"new\", "
+        "\"kind\": \"new_cluster\"}] (kinds: new_cluster, emerging, growth, mean_above, members_in_window).")
+    alert_webhooks: list[str] = Field(default_factory=list, description="URLs every alert is POSTed to (JSON).")
+    alert_webhook_secret: SecretStr | None = Field(
+        None, description="Key of the HMAC-SHA256 signature header (X-Clio-Signature) of every webhook call.")
+    alert_retries: int = Field(3, ge=0, description="Retries of a failed webhook call (doubling back-off); an "
+                               "alert still undelivered is tried again at the next publish.")
+    alert_timeout_s: float = Field(5.0, gt=0, description="Timeout of one webhook call.")
+
     # --- site ---
     site_chunk_size: int = Field(100, ge=1, description="Conversations per data chunk file (seed: htmlMaxSizePerFile).")
     html_root: str = Field("", description="URL path the site is served under (the seed's htmlRoot), e.g. '/clio'.")
@@ -306,6 +333,9 @@ class ClioSettings(BaseSettings):
     metrics_token: SecretStr | None = Field(
         None, description="Bearer token that may read /metrics of every process (the API's too) without an API "
         "key; unset: consumers and the scheduler serve /metrics openly on metrics_host, the API asks a viewer key.")
+    metrics_pushgateway_url: str | None = Field(
+        None, description="Prometheus Pushgateway that a one-shot `clio-stream recluster` (the Kubernetes CronJob) "
+        "pushes its run's metrics to when it ends, e.g. http://pushgateway:9091; None: not pushed.")
     broker_unreachable_s: float = Field(10.0, gt=0, description="A worker reports degraded health after this "
                                         "long without a reachable Kafka group coordinator.")
     backoff_initial_s: float = Field(0.5, gt=0, description="First wait after a failed batch (Qdrant or LLM down).")
@@ -375,7 +405,7 @@ class ClioSettings(BaseSettings):
                 value = f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', repr(value))}"
             elif isinstance(value, Path):
                 value = str(value)
-            out[name] = value
+            out[name] = _plain(value)
         return out
 
     def to_env(self, *, exclude: set[str] = frozenset({"api_keys"})) -> dict[str, str]:
@@ -398,7 +428,7 @@ class ClioSettings(BaseSettings):
             if isinstance(value, bool):
                 text = "true" if value else "false"
             elif isinstance(value, (dict, list)):
-                text = json.dumps(value)
+                text = json.dumps(_plain(value))
             else:
                 text = str(value)
             out[f"CLIO_{name.upper()}"] = text
@@ -407,6 +437,13 @@ class ClioSettings(BaseSettings):
     def public_dict(self) -> dict[str, Any]:
         """Settings safe to publish with results (no secrets, callables by name)."""
         return self.fingerprint(*(n for n in type(self).model_fields if n not in SECRET_SETTINGS))
+
+
+def _plain(value: Any) -> Any:
+    """Typed list items (declared metadata keys, alert rules) as plain JSON-safe dicts."""
+    if isinstance(value, list):
+        return [v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in value]
+    return value
 
 
 SEED_ALIASES: dict[str, str] = {

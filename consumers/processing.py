@@ -40,6 +40,7 @@ from clio_stream.privacy.users import user_key_of
 from clio_stream.settings import ClioSettings
 from clio_stream.storage.records import ConversationRecord, ConversationStatus, FacetPoint
 from clio_stream.domain.conversation import FacetValue
+from clio_stream.domain.metadata import bound_metadata
 from consumers.decoding import DeadLetter, DecodedBatch, DecodedConversation, RecordLike, decode_records, offset_ranges
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,14 @@ def conversation_record(item: DecodedConversation, settings: ClioSettings,
     if settings.store_raw_conversations:
         raw = [{"role": m.role, "content": m.content} for m in conv.messages]
     rec = item.record
+    metadata, notes = bound_metadata(conv.metadata, max_keys=settings.metadata_max_keys,
+                                     max_key_chars=settings.metadata_max_key_chars,
+                                     max_value_chars=settings.metadata_max_value_chars)
+    extra: dict[str, Any] = {"source": {"topic": rec.topic, "partition": int(rec.partition), "offset": int(rec.offset)}}
+    if metadata:
+        extra["metadata"] = metadata
+    if notes:
+        extra["metadata_notes"] = notes
     return ConversationRecord(
         conversation_id=conv.id,
         status=status,
@@ -149,7 +158,7 @@ def conversation_record(item: DecodedConversation, settings: ClioSettings,
         timestamp=conv.timestamp,
         content_hash=item.content_hash,
         raw=raw,
-        extra={"source": {"topic": rec.topic, "partition": int(rec.partition), "offset": int(rec.offset)}},
+        extra=extra,
     )
 
 
@@ -356,6 +365,7 @@ def process_batch(
                 similarity=None if a is None else a.similarity,
                 outlier=False if a is None else a.is_outlier,
                 content_hash=item.content_hash,
+                metadata=record.extra.get("metadata"),
             ))
     outcome = BatchOutcome(
         facet_points=points,

@@ -11,6 +11,8 @@ from clio_stream.cli.signals import stop_on_signals
 from clio_stream.settings import ClioSettings
 
 if TYPE_CHECKING:
+    from clio_stream.living.job import ReclusterReport
+    from clio_stream.living.run_metrics import RunOutcome
     from clio_stream.living.scheduler import Triggers
 
 log = logging.getLogger(__name__)
@@ -33,29 +35,45 @@ def cmd_recluster(args: argparse.Namespace) -> int:
     """One re-clustering run: 0 when published or skipped (another run holds the lock, nothing to do), 1 on error.
 
     Pending user deletions are carried out first, due or not: this job owns the publish directory (k8s CronJob).
+    With ``metrics_pushgateway_url`` the run's metrics are pushed when it ends, whatever the outcome.
     """
-    from clio_stream.living.service import ReclusterService
-    from clio_stream.living.scheduler import due
+    import time
+
+    from clio_stream.living.run_metrics import RunOutcome, push_run_metrics
 
     settings = recluster_settings(args)
+    t0 = time.monotonic()
+    outcome, report = RunOutcome.FAILED, None
     try:
-        with ReclusterService(settings, facets=facets_from_names(args.facets)) as service:
-            service.process_deletions()
-            reason = "manual"
-            if args.if_due:
-                reason = due(service.snapshot(), triggers_from_args(args))
-                if reason is None:
-                    log.info("re-clustering not due (no trigger fired); nothing to do")
-                    return 0
-            report = service.run(reason)
+        outcome, report = _recluster_once(args, settings)
     except ValueError:
         raise  # configuration errors: exit status 2 from main()
     except Exception:  # noqa: BLE001 - a job's failure is its exit status
         log.exception("re-clustering failed")
-        return 1
+    finally:
+        if settings.metrics_pushgateway_url:
+            push_run_metrics(settings.metrics_pushgateway_url, outcome, time.monotonic() - t0, report)
+    return 1 if outcome is RunOutcome.FAILED else 0
+
+
+def _recluster_once(args: argparse.Namespace, settings: ClioSettings) -> tuple[RunOutcome, ReclusterReport | None]:
+    from clio_stream.living.run_metrics import RunOutcome
+    from clio_stream.living.scheduler import due
+    from clio_stream.living.service import ReclusterService
+
+    with ReclusterService(settings, facets=facets_from_names(args.facets)) as service:
+        service.process_deletions()
+        reason = "manual"
+        if args.if_due:
+            reason = due(service.snapshot(), triggers_from_args(args))
+            if reason is None:
+                log.info("re-clustering not due (no trigger fired); nothing to do")
+                return RunOutcome.NOT_DUE, None
+        report = service.run(reason)
     if report is None:
         log.info("re-clustering skipped (another run holds the lock, or nothing is stored yet)")
-    return 0
+        return RunOutcome.SKIPPED, None
+    return RunOutcome.PUBLISHED, report
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:

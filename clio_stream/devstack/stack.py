@@ -28,6 +28,8 @@ from clio_stream.settings import ClioSettings
 
 log = logging.getLogger(__name__)
 
+EXAMPLE_METADATA_KEY = "length"  # "short" (one exchange) or "long": put on the example conversations, declared
+
 API_KEYS_FILE = "api-keys"
 USER_HASH_KEY_FILE = "user-id-hash-key"
 
@@ -81,6 +83,8 @@ class Stack:
         from clio_stream.streaming.kafka_io import ensure_topics
         from clio_stream.devstack.processes import port_in_use, start_broker, start_qdrant
 
+        if self.example_data and not self.settings.metadata_keys:  # the example data's one metadata key (below)
+            self.settings = self.settings.with_overrides(metadata_keys=[{"name": EXAMPLE_METADATA_KEY}])
         s = self.settings
         self.run_dir = self.run_dir or Path(s.cache_dir) / "run"
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -232,7 +236,9 @@ class Stack:
         from consumers.producing import produce, to_messages
 
         s = self.settings
-        records = get_example_data(self.n_examples)
+        # One metadata key, so the demo's filters and breakdowns have something to slice by: short or long chats.
+        records = [{**r, "metadata": {EXAMPLE_METADATA_KEY: "short" if len(r["conversation"]) <= 2 else "long"}}
+                   for r in get_example_data(self.n_examples)]
 
         def send() -> None:
             producer = make_producer(KafkaConnection.from_settings(s))

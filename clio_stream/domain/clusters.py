@@ -109,6 +109,15 @@ class StoreLink(BaseModel):
     clusters: dict[str, int] = Field(default_factory=dict)  # level-0 node id -> online cluster id
 
 
+class ClusterMap(BaseModel):
+    """A 2-D layout of one facet's clusters, made at publish time (``views.layout``): node id -> (x, y) in [0, 1]."""
+
+    method: str  # "tsne" or "pca"
+    positions: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    # A sample of conversations placed among their clusters (conversation id, x, y): conversation-level, for analysts.
+    points: list[tuple[str, float, float]] = Field(default_factory=list)
+
+
 class RunStats(BaseModel):
     """Counts and timings of the run that produced a result (batch or re-clustering); shown, never joined on."""
 
@@ -165,6 +174,7 @@ class ClioResult(BaseModel):
     settings: dict = Field(default_factory=dict)  # the settings that produced it (JSON-safe subset)
     stats: RunStats = Field(default_factory=RunStats)
     store_links: dict[str, StoreLink] = Field(default_factory=dict)  # facet -> how its leaves join the store
+    maps: dict[str, ClusterMap] = Field(default_factory=dict)  # facet -> 2-D layout of its clusters
 
     @model_validator(mode="before")
     @classmethod

@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clio_stream.domain.clusters import ClioResult, FacetHierarchy, RunStats, StoreLink
+from clio_stream.domain.clusters import ClioResult, ClusterMap, FacetHierarchy, RunStats, StoreLink
 from clio_stream.domain.facets import Facet
 from clio_stream.embedding import EmbeddingBackend
 from clio_stream.living.clustering_job import ClusteringLockBusy, NothingToCluster, fitted_labels, run_clustering_job
 from clio_stream.living.facet_run import FacetRun, recluster_facet
 from clio_stream.living.ids import IdAllocator
 from clio_stream.living.matching import MatchThresholds
-from clio_stream.living.progress import JobProgress, store_writer
+from clio_stream.living.progress import JobProgress, StageTime, store_writer
 from clio_stream.living.stored import Stored
 from clio_stream.living.versions import VersionWrite
 from clio_stream.living.warm_start import warm_start
@@ -36,6 +36,8 @@ from clio_stream.stages.finalise import finalise
 from clio_stream.stages.hierarchy import slug, user_keys
 from clio_stream.storage.documents import IdCounters, LastRun, id_counter_key
 from clio_stream.storage.store import QdrantStore
+from clio_stream.views.alerts import publish_alerts
+from clio_stream.views.layout import cluster_map, place_points
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,8 @@ class ReclusterReport:
     ``leaves_reused``: matched leaves that kept their name without an LLM call;
     ``leaves_renamed``: leaves named by the LLM (new or changed);
     ``id_survival``: share of the previous version's leaf ids still present (None without one);
-    ``facets``: per facet details (hierarchy mode, matching events, prompts by stage).
+    ``facets``: per facet details (hierarchy mode, matching events, prompts by stage);
+    ``stages``: wall time of each stage of each facet (the write: facet ``*``), known once the run is done.
     """
 
     version: int
@@ -63,6 +66,9 @@ class ReclusterReport:
     id_survival: float | None = None
     lineage: int = 0
     facets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stages: list[StageTime] = field(default_factory=list)
+    result: ClioResult | None = None  # what was published (alerts are evaluated on it)
+    lineage_map: dict[str, str] = field(default_factory=dict)
 
     def add_facet(self, facet: str, points: int, run: FacetRun) -> None:
         self.points[facet] = points
@@ -139,10 +145,23 @@ def recluster_once(
         log.info("re-clustering skipped: nothing stored yet")
         return None
     progress[0].stage("done")
+    report.stages = list(progress[0].stage_times)
+    if report.result is not None and report.published is not None:
+        try:
+            publish_alerts(store, settings, report.result, str(report.version), report.lineage_map, report.version)
+        except Exception:  # noqa: BLE001 - alerts must never undo a publish; the next publish evaluates again
+            log.exception("evaluating or delivering the alerts of version %d failed", report.version)
     log.info("re-clustered as version %d in %.1f s: %s; %d LLM prompts, %d leaves reused, %d named, id survival %s",
              report.version, report.seconds, report.clusters, report.llm_prompts, report.leaves_reused,
              report.leaves_renamed, "n/a" if report.id_survival is None else f"{report.id_survival:.2f}")
     return report
+
+
+def _map(run: FacetRun, s: Any, settings: ClioSettings) -> ClusterMap:
+    """The facet's cluster map from its centroids, with a sample of its stored points placed on it."""
+    centres = {nid: run.centres[c] for nid, c in run.store_clusters.items()}
+    layout = cluster_map(run.hierarchy, centres, method=settings.map_projection, seed=settings.seed)
+    return place_points(layout, centres, s.conversation_ids, s.vectors, settings.seed)
 
 
 def _build_version(
@@ -193,8 +212,10 @@ def _build_version(
                         facet_values=facet_values, hierarchies={n: r.hierarchy for n, r in runs.items()},
                         settings=settings.public_dict(),
                         stats=RunStats(llm=stats, points=report.points, living=report.facets),
-                        store_links={n: StoreLink(version=version, clusters=r.store_clusters) for n, r in runs.items()})
+                        store_links={n: StoreLink(version=version, clusters=r.store_clusters) for n, r in runs.items()},
+                        maps={n: _map(r, stored.facets[n], settings) for n, r in runs.items()})
     remove_denied(result, store, settings)  # users deleted since the scroll (clio_stream.privacy.deletion)
+    report.result, report.lineage_map = result, lineage
     report.llm_prompts = stats.prompts
     report.seconds = time.perf_counter() - t0
 

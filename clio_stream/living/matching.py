@@ -28,6 +28,7 @@ from typing import Collection, Hashable, Iterable, Literal, Mapping, Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from clio_stream.domain.vectors import normalise_rows
 from clio_stream.settings import ClioSettings
 
 log = logging.getLogger(__name__)
@@ -120,15 +121,6 @@ def jaccard(a: Collection[Hashable], b: Collection[Hashable]) -> float:
     return len(a & b) / union if union else 1.0
 
 
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length; all-zero rows stay zero (no centroid: similar to nothing)."""
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim == 1:
-        x = x.reshape(1, -1)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
-
-
 def _rows(centroids: np.ndarray | Mapping[Hashable, np.ndarray], keys: Sequence[Hashable], dim: int | None) -> np.ndarray:
     """Centroid rows in ``keys`` order.
 
@@ -151,7 +143,7 @@ def cosine_matrix(old: np.ndarray, new: np.ndarray) -> np.ndarray:
     """Cosine of every old centroid with every new one, negatives clipped to 0 (unrelated, not "opposite")."""
     if old.size == 0 or new.size == 0:
         return np.zeros((len(old), len(new)))
-    return np.clip(unit_rows(old) @ unit_rows(new).T, 0.0, 1.0)
+    return np.clip(normalise_rows(np.atleast_2d(old)) @ normalise_rows(np.atleast_2d(new)).T, 0.0, 1.0)
 
 
 def overlap_matrix(old_members: Sequence[Collection[Hashable]], new_members: Sequence[Collection[Hashable]]) -> np.ndarray:
@@ -298,5 +290,5 @@ def member_centroids(
     for key, ms in members.items():
         rows = [row_of[m] for m in ms if m in row_of]
         mean = x[rows].mean(axis=0) if rows else np.zeros(dim)
-        out[key] = unit_rows(mean)[0] if dim else mean
+        out[key] = normalise_rows(mean) if dim else mean
     return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from clio_stream.storage.documents import RECLUSTER_PROGRESS, ReclusterProgress
 from clio_stream.storage.state import StateDocuments
@@ -21,6 +22,19 @@ log = logging.getLogger(__name__)
 #: Typical share of one facet's time per stage (measured shape: naming dominates with an LLM on a CPU).
 STAGE_WEIGHTS: dict[str, float] = {"warm start": 0.05, "cluster and name": 0.8, "finalise": 0.15}
 WRITE_SHARE = 0.05  # of the whole job: labels, centroids, the published folder
+
+
+#: The facet label of stages that span every facet (the write at the end).
+ALL_FACETS = "*"
+
+
+@dataclass(frozen=True)
+class StageTime:
+    """How long one stage of one facet took in a finished run (``clio_recluster_stage_seconds``)."""
+
+    facet: str
+    stage: str
+    seconds: float
 
 
 def fraction_done(points: Mapping[str, int], done: list[str], facet: str | None, stage: str) -> float:
@@ -47,11 +61,22 @@ class JobProgress:
         self.version, self.points, self._write, self.owner, self._clock = version, dict(points), write, owner, clock
         self.started_at = clock()
         self.done: list[str] = []
+        self._open: tuple[str, str, float] | None = None  # (facet, stage, started) of the stage under way
+        self.stage_times: list[StageTime] = []
+
+    def _close_open_stage(self, now: float) -> None:
+        if self._open is not None:
+            facet, stage, since = self._open
+            self.stage_times.append(StageTime(facet, stage, max(0.0, now - since)))
+            self._open = None
 
     def stage(self, stage: str, facet: str | None = None) -> ReclusterProgress:
         if facet is not None and self.done and self.done[-1] == facet:
             raise ValueError(f"facet {facet} already finished")
         now = self._clock()
+        self._close_open_stage(now)
+        if stage != "done":
+            self._open = (facet if facet is not None else ALL_FACETS, stage, now)
         frac = fraction_done(self.points, self.done, facet, stage)
         doc = ReclusterProgress(
             version=self.version, owner=self.owner, stage=stage, facet=facet,

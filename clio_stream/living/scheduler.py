@@ -12,10 +12,13 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from clio_stream.settings import ClioSettings
 from clio_stream.storage.documents import SchedulerState
+
+if TYPE_CHECKING:  # pragma: no cover
+    from clio_stream.living.job import ReclusterReport
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +78,8 @@ class ReclusterScheduler(threading.Thread):
     ``recover()``, if given, runs first on every poll (``ReclusterService.recover``).
     """
 
-    def __init__(self, snapshot: Callable[[], Snapshot], run: Callable[[str], Any], triggers: Triggers,
+    def __init__(self, snapshot: Callable[[], Snapshot], run: Callable[[str], ReclusterReport | None],
+                 triggers: Triggers,
                  *, poll_s: float = 5.0, on_state: Callable[[SchedulerState], None] | None = None,
                  chores: Sequence[Callable[[], Any]] = (), recover: Callable[[], Any] | None = None) -> None:
         super().__init__(name="recluster-scheduler", daemon=True)
@@ -92,7 +96,7 @@ class ReclusterScheduler(threading.Thread):
         self.runs = 0
         self.failures = 0
         self.last_run_seconds: float | None = None
-        self.last_version: int | None = None  # the version the last run published (its report's ``version``)
+        self.last_report: ReclusterReport | None = None  # the last run that published (stages, prompts, points)
         self.last_poll_at: float | None = None  # monotonic; liveness of this loop
 
     def run(self) -> None:  # noqa: D102 - threading.Thread API
@@ -112,9 +116,8 @@ class ReclusterScheduler(threading.Thread):
                     self.last_run_seconds = time.monotonic() - t0
                     self.runs += 1
                     self.last_error = None
-                    version = getattr(report, "version", None)  # run_fn may return None (skipped) or a report
-                    if isinstance(version, int):
-                        self.last_version = version
+                    if report is not None:  # None: skipped (the lock is held elsewhere, nothing stored)
+                        self.last_report = report
                 if self.on_state:
                     snap = self.snapshot_fn() if reason else snap
                     last = snap.last_run_at

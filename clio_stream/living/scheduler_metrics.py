@@ -9,15 +9,14 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from clio_stream.ops.metrics_server import Health, MetricsServer, start_metrics_server
+from clio_stream.living.run_metrics import PREFIX, report_families
 from clio_stream.living.scheduler import ReclusterScheduler
+from clio_stream.ops.metrics_server import Health, MetricsServer, start_metrics_server
 from clio_stream.settings import ClioSettings
-
-PREFIX = "clio_recluster_"
 
 
 class SchedulerCollector(Collector):
-    """Runs, failures, the last run's duration and the published version, read from the scheduler at scrape."""
+    """Runs, failures, the last run's duration, and the last published run's figures, read at scrape."""
 
     def __init__(self, scheduler: ReclusterScheduler) -> None:
         self.scheduler = scheduler
@@ -31,10 +30,7 @@ class SchedulerCollector(Collector):
         if s.last_run_seconds is not None:
             last.add_metric([], s.last_run_seconds)
         yield last
-        version = GaugeMetricFamily(PREFIX + "published_version", "Clustering version the last run published.")
-        if s.last_version is not None:
-            version.add_metric([], float(s.last_version))
-        yield version
+        yield from report_families(s.last_report)
 
 
 def scheduler_registry(scheduler: ReclusterScheduler) -> CollectorRegistry:

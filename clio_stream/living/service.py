@@ -22,12 +22,15 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from clio_stream.online.drift import drift_since
 from clio_stream.settings import ClioSettings
 from clio_stream.storage.documents import LAST_RUN, RECLUSTER_REQUEST, SCHEDULER_STATE, WORKER_METRICS, SchedulerState
 from clio_stream.storage.store import QdrantStore
+
+if TYPE_CHECKING:  # pragma: no cover
+    from clio_stream.living.job import ReclusterReport
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,11 @@ def effective_settings(settings: ClioSettings) -> ClioSettings:
 
 
 class ReclusterService:
-    """Store, LLM and (lazily) embedder for re-clustering, with the scheduler's snapshot."""
+    """Store, and lazily the LLM and embedder, for re-clustering, with the scheduler's snapshot.
+
+    The models are built on the first run, not at construction: a CronJob tick that finds nothing due, or a
+    store that cannot be reached, must not first start an LLM engine (a minute and gigabytes in-process).
+    """
 
     def __init__(self, settings: ClioSettings, *, facets: Sequence[Any] | None = None,
                  store: QdrantStore | None = None, llm: Any = None, embedder: Any = None,
@@ -63,14 +70,19 @@ class ReclusterService:
             store = QdrantStore.from_settings(settings)
         self.store = store
         self._owns_llm = llm is None
-        if llm is None:
-            from clio_stream.llm import make_llm
-
-            llm = make_llm(settings)
-        self.llm = llm
+        self._llm = llm
         self._embedder = embedder
         self.publish_dir = Path(publish_dir) if publish_dir is not None else PublishedVersions.from_settings(settings).root
         self._collections_seen = False
+
+    @property
+    def llm(self) -> Any:
+        """Built on first use (see the class docstring)."""
+        if self._llm is None:
+            from clio_stream.llm import make_llm
+
+            self._llm = make_llm(self.settings)
+        return self._llm
 
     @property
     def embedder(self) -> Any:
@@ -109,7 +121,7 @@ class ReclusterService:
                         drift_detected=drift_since([w.model_dump() for w in workers], facet, last_at),
                         requested_at=None if request is None else request.requested_at)
 
-    def run(self, reason: str = "manual") -> Any:
+    def run(self, reason: str = "manual") -> ReclusterReport | None:
         """One ``recluster_once``; its report, or None when skipped (lock held elsewhere, nothing stored)."""
         from clio_stream.living.job import recluster_once
 
@@ -151,7 +163,7 @@ class ReclusterService:
 
     def close(self) -> None:
         """Close what this service built itself."""
-        for owned, thing in ((self._owns_llm, self.llm), (self._owns_store, self.store)):
+        for owned, thing in ((self._owns_llm, self._llm), (self._owns_store, self.store)):
             if owned and thing is not None and hasattr(thing, "close"):
                 try:
                     thing.close()

@@ -35,6 +35,7 @@ class StoredConversation:
     user_hash: str | None
     timestamp: float | None
     values: dict[str, tuple[str | None, float | None]] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)  # bounded at ingest (domain.metadata)
 
 
 @dataclass
@@ -53,7 +54,8 @@ class Stored:
         ids = sorted(self.conversations)
         conversations = [Conversation(id=cid, messages=[Message(role="user", content="")],
                                       user_id=self.conversations[cid].user_hash,
-                                      timestamp=self.conversations[cid].timestamp) for cid in ids]
+                                      timestamp=self.conversations[cid].timestamp,
+                                      metadata=self.conversations[cid].metadata) for cid in ids]
         values = []
         for cid in ids:
             stored = self.conversations[cid].values
@@ -81,6 +83,8 @@ def load_stored(store: QdrantStore, facets: Sequence[Facet]) -> Stored:
                     continue
                 entry = conversations.setdefault(cid, StoredConversation(payload.get("user_hash"),
                                                                          payload.get("timestamp")))
+                if payload.get("metadata") and not entry.metadata:
+                    entry.metadata = {str(k): str(v) for k, v in dict(payload["metadata"]).items()}
                 entry.values[f.name] = (payload.get("value"), payload.get("numeric"))
                 if f.has_hierarchy and payload.get("value") and norm > 0:
                     ids.append(pid)

@@ -131,6 +131,8 @@ def scrub_result(result: ClioResult, match: UserMatch, *, min_conversations: int
     times = {c.id: c.timestamp for c in result.conversations if c.id in removed}
     result.conversations = [c for c in result.conversations if c.id not in removed]
     result.facet_values = [fv for fv in result.facet_values if fv.conversation_id not in removed]
+    for layout in result.maps.values():  # the map's sample of conversations
+        layout.points = [p for p in layout.points if p[0] not in removed]
     users = {c.id: user_key_of(c, match.hash_key) for c in result.conversations}
     values = {fv.conversation_id: fv.values for fv in result.facet_values}
     withheld = sum(_rescrub_hierarchy(h, removed, users, values, times, min_conversations, min_users)

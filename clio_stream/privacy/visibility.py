@@ -196,3 +196,109 @@ def _sum_trend(own: Trend, parts: Sequence[Trend | None], members: int) -> Trend
     new = sum(p.new_members for p in parts if p is not None)
     growth = None if own.growth is None else new / max(1, members - new)
     return Trend(window_s=own.window_s, start=own.start, counts=counts, new_members=new, growth=growth)
+
+
+# --------------------------------------------------------------------------- slices (filters, breakdowns)
+
+
+@dataclass(frozen=True)
+class Minimums:
+    """The privacy minimums every shown group of conversations must meet: distinct users and conversations."""
+
+    conversations: int
+    users: int
+
+    @classmethod
+    def of(cls, settings: Any, published: Mapping[str, Any] | None = None) -> Minimums:
+        """The stricter of the settings' minimums and those a result was published with."""
+        published = published or {}
+        return cls(max(int(settings.min_cluster_conversations), int(published.get("min_cluster_conversations") or 1)),
+                   max(int(settings.min_cluster_users), int(published.get("min_cluster_users") or 1)))
+
+    def met_by(self, users: Any) -> bool:
+        """Whether a group whose members' user codes are ``users`` (one per conversation) may be shown."""
+        import numpy as np
+
+        return len(users) >= self.conversations and np.unique(users).size >= self.users
+
+
+def shown_slice(members: Any, match: Any, subfilters: Sequence[Any], users: Any, minimums: Minimums,
+                cells: Sequence[Any] = ()) -> Any | None:
+    """The rows of a visible leaf shown under a filter, or None when the leaf must be withheld under it.
+
+    ``members``: row numbers of the leaf's conversations (those withheld in any facet already left out);
+    ``match``: a boolean per row, the filter; ``subfilters``: the same for every filter made by dropping some of
+    its conditions (the empty filter, all True, included); ``users``: a user code per row.
+
+    A slice is shown when it meets the minimums *and* so does what each sub-filter shows beyond it: else the
+    difference of two answers (unfiltered minus filtered, or one condition more) would isolate fewer users than
+    the minimums allow (complementary suppression, as statistical agencies publish tables). ``cells``: masks of
+    the cells of the filter's ordered conditions (one value, one time period, under its other conditions); each
+    must be empty or meet the minimums in the leaf, since two range answers differ by a union of cells.
+    """
+    inside = match[members]
+    rows = members[inside]
+    if not minimums.met_by(users[rows]):
+        return None
+    for sub in subfilters:
+        rest = members[sub[members] & ~inside]
+        if len(rest) and not minimums.met_by(users[rest]):
+            return None
+    for cell in cells:
+        group = members[cell[members]]
+        if len(group) and not minimums.met_by(users[group]):
+            return None
+    return rows
+
+
+def filtered_rows(fv: FacetVisibility, leaf_rows: Mapping[str, Any], match: Any, subfilters: Sequence[Any],
+                  users: Any, minimums: Minimums, cells: Sequence[Any] = ()) -> dict[str, Any]:
+    """Visible node id -> rows it shows under a filter; nodes not in the answer are withheld under it.
+
+    Leaves follow ``shown_slice``; a parent is the union of its shown children, so under a filter nothing is
+    ever counted that no shown leaf holds (a parent reports no withheld remainder, which a filter could cut
+    down to one user).
+    """
+    import numpy as np
+
+    out: dict[str, Any] = {}
+
+    def visit(nid: str) -> Any | None:
+        node = fv.hierarchy.nodes[nid]
+        kids = fv.visible_children(node)
+        if not node.children:
+            rows = shown_slice(leaf_rows.get(nid, np.zeros(0, dtype=np.int64)), match, subfilters, users, minimums,
+                               cells)
+        else:
+            parts = [r for r in (visit(c.id) for c in kids) if r is not None]
+            rows = np.concatenate(parts) if parts else None
+        if rows is not None:
+            out[nid] = rows
+        return rows
+
+    for root in fv.visible_roots:
+        visit(root)
+    return out
+
+
+def shown_buckets(labels: Any, users: Any, minimums: Minimums) -> tuple[dict[str, int], int]:
+    """A distribution safe to show: bucket label -> conversations, and one aggregate "other" count.
+
+    Buckets under the minimums go to "other"; when "other" is then itself non-empty and under the minimums,
+    the smallest shown buckets join it until it meets them (else it could be differenced out of the total).
+    ``labels``: one bucket label per conversation (None: no value), ``users``: one user code per conversation.
+    """
+    import numpy as np
+
+    groups: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        groups.setdefault("" if label is None else str(label), []).append(i)
+    shown = {k: v for k, v in groups.items() if k and minimums.met_by(users[v])}
+    other = [i for k, v in groups.items() if k not in shown for i in v]
+    while other and not minimums.met_by(users[other]) and shown:
+        smallest = min(shown, key=lambda k: (len(shown[k]), k))
+        other += shown.pop(smallest)
+    if other and not minimums.met_by(users[other]) and not shown:
+        return {}, 0  # nothing can be shown of this distribution
+    order = sorted(shown, key=lambda k: (-len(shown[k]), k))
+    return {k: len(shown[k]) for k in order}, len(other) if np.size(other) else 0

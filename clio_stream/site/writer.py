@@ -35,12 +35,14 @@ import shutil
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from clio_stream.privacy.visibility import FacetVisibility, result_visibility
+from clio_stream.privacy.visibility import FacetVisibility, Minimums, result_visibility
+from clio_stream.site.views_data import write_views
 from clio_stream.domain.clusters import ClioResult, ClusterNode
 from clio_stream.domain.conversation import Conversation
 
@@ -54,6 +56,25 @@ CONVERSATION_INDEX_FILE = "conversations/index.json.gz"
 LABEL_MAX_CHARS = 240
 TEMPLATE_TITLE = "{{CLIO_TITLE}}"
 TEMPLATE_CONFIG = "{{CLIO_CONFIG}}"
+TEMPLATE_VIEWS_CSS = "{{CLIO_VIEWS_CSS}}"  # static/views.css and views.js: the map, breakdowns, filters, search
+TEMPLATE_VIEWS_JS = "{{CLIO_VIEWS_JS}}"
+
+
+@dataclass(frozen=True)
+class SiteViews:
+    """What the site's views need beyond the result: the minimums, the viewers' metadata keys, the version before."""
+
+    minimums: Minimums
+    metadata_keys: tuple[str, ...] = ()
+    previous: tuple[str, ClioResult, dict[str, str]] | None = None  # (its version, its result, lineage)
+    version: str = ""
+
+    @classmethod
+    def default(cls, result: ClioResult) -> SiteViews:
+        """The minimums the result was made with (the settings' defaults when it does not say)."""
+        from clio_stream.settings import ClioSettings
+
+        return cls(Minimums.of(ClioSettings.model_construct(), result.settings))
 
 
 def write_site(
@@ -64,6 +85,7 @@ def write_site(
     html_root: str = "",
     show_conversations: bool = True,
     title: str = "clio-stream",
+    views: SiteViews | None = None,
 ) -> Path:
     """Write the site for ``result`` into ``out_dir`` atomically and return ``out_dir``.
 
@@ -81,7 +103,8 @@ def write_site(
     try:
         tmp.mkdir()
         builder = _SiteBuilder(result, tmp, chunk_size=chunk_size, html_root=normalize_html_root(html_root),
-                               show_conversations=show_conversations, title=title)
+                               show_conversations=show_conversations, title=title,
+                               views=views or SiteViews.default(result))
         builder.build()
         _swap_in(tmp, out_dir)
     except BaseException:
@@ -115,8 +138,9 @@ class _SiteBuilder:
     """Holds the state of one site build; one instance per ``write_site`` call."""
 
     def __init__(self, result: ClioResult, root: Path, *, chunk_size: int, html_root: str,
-                 show_conversations: bool, title: str) -> None:
+                 show_conversations: bool, title: str, views: SiteViews) -> None:
         self.result = result
+        self.views = views
         self.root = root
         self.data = root / DATA_DIR
         self.chunk_size = chunk_size
@@ -165,6 +189,9 @@ class _SiteBuilder:
             "conversation_index": CONVERSATION_INDEX_FILE,
             "numeric_facets": numeric,
             "facets": facets_out,
+            "views": write_views(self._write_json_gz, self.result, self.visibility, minimums=self.views.minimums,
+                                 metadata_keys=self.views.metadata_keys, previous=self.views.previous,
+                                 version=self.views.version),
         }
         self._write_json_gz(MANIFEST_FILE, manifest)
         (self.data / VERSION_FILE).write_text(json.dumps(
@@ -177,7 +204,10 @@ class _SiteBuilder:
         config = {"htmlRoot": self.html_root, "title": self.title, "format": FORMAT_VERSION}
         # "<" escaped so no data can close the <script> element it sits in.
         config_json = json.dumps(config).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-        page = template.replace(TEMPLATE_TITLE, html.escape(self.title)).replace(TEMPLATE_CONFIG, config_json)
+        static = resources.files("clio_stream.site").joinpath("static")
+        page = (template.replace(TEMPLATE_TITLE, html.escape(self.title)).replace(TEMPLATE_CONFIG, config_json)
+                .replace(TEMPLATE_VIEWS_CSS, static.joinpath("views.css").read_text(encoding="utf-8"))
+                .replace(TEMPLATE_VIEWS_JS, static.joinpath("views.js").read_text(encoding="utf-8")))
         (self.root / "index.html").write_text(page, encoding="utf-8")
         self.files_written += 1
 

@@ -16,6 +16,8 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from clio_stream.domain.alerts import Alert
+
 Doc = TypeVar("Doc", bound=BaseModel)
 
 
@@ -204,12 +206,24 @@ class UpChildren(StateDocument):
     updated_at: float
 
 
+class AlertLog(StateDocument):
+    """Alerts fired so far (``views.alerts``), rewritten at each publish under that version's fence: the ids that
+    never fire again, the clusters ever published (what "new" is measured against), the recent alerts."""
+
+    fired: list[str] = Field(default_factory=list)  # alert ids (rule, facet, cluster), every one ever fired
+    known: dict[str, list[str]] = Field(default_factory=dict)  # facet -> cluster ids published before
+    alerts: list[Alert] = Field(default_factory=list)  # the most recent, oldest first
+    version: str | None = None  # the last published version evaluated
+    updated_at: float = Field(default_factory=time.time)
+
+
 WORKER_METRICS = DocPrefix("worker:", WorkerMetricsDoc)
 LAST_RUN = DocKey("recluster:last", LastRun)
 RECLUSTER_REQUEST = DocKey("recluster_request", ReclusterRequest)
 SCHEDULER_STATE = DocKey("scheduler", SchedulerState)
 RECLUSTER_PROGRESS = DocKey("recluster:progress", ReclusterProgress)
 UP_CHILDREN = DocKey("up:children", UpChildren)
+ALERT_LOG = DocKey("alerts:log", AlertLog)
 VERSION_COUNTER = DocKey("clustering:last_reserved", VersionCounter)
 COMMIT_KEY = "clustering:committed"  # the clustering write path's commit record (clio_stream.living.versions.Commit)
 CLUSTERING_LOCK = "clustering"  # one clustering job at a time: re-clustering, bootstrap, deletion's rewrites

@@ -40,7 +40,9 @@ from typing import Any, ClassVar
 from clio_stream.storage.checkpoint import atomic_write_bytes
 from clio_stream.domain.clusters import ClioResult
 from clio_stream.settings import ClioSettings
-from clio_stream.site.writer import write_site
+from clio_stream.domain.metadata import visible_keys
+from clio_stream.privacy.visibility import Minimums
+from clio_stream.site.writer import SiteViews, write_site
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +73,13 @@ class SiteOptions:
     chunk_size: int
     html_root: str
     show_conversations: bool
+    minimums: Minimums | None = None
+    metadata_keys: tuple[str, ...] = ()  # declared keys a viewer may see (breakdowns in the site)
 
     @classmethod
     def from_settings(cls, settings: ClioSettings) -> SiteOptions:
-        return cls(settings.site_chunk_size, settings.html_root, settings.show_conversations)
+        return cls(settings.site_chunk_size, settings.html_root, settings.show_conversations,
+                   Minimums.of(settings), tuple(visible_keys(settings.metadata_keys, "viewer")))
 
     @classmethod
     def as_published(cls, result: ClioResult, settings: ClioSettings) -> SiteOptions:
@@ -85,11 +90,16 @@ class SiteOptions:
         recorded, current = result.settings or {}, cls.from_settings(settings)
         return cls(chunk_size=int(recorded.get("site_chunk_size", current.chunk_size)),
                    html_root=str(recorded.get("html_root", current.html_root) or ""),
-                   show_conversations=bool(recorded.get("show_conversations", current.show_conversations)))
+                   show_conversations=bool(recorded.get("show_conversations", current.show_conversations)),
+                   minimums=Minimums.of(settings, recorded), metadata_keys=current.metadata_keys)
 
-    def write(self, result: ClioResult, site_dir: Path) -> Path:
+    def write(self, result: ClioResult, site_dir: Path, *, previous: PublishedVersion | None = None,
+              version: str = "") -> Path:
+        minimums = self.minimums or SiteViews.default(result).minimums
+        before = None if previous is None else (previous.version, previous.result, previous.lineage)
         return write_site(result, site_dir, chunk_size=self.chunk_size, html_root=self.html_root,
-                          show_conversations=self.show_conversations)
+                          show_conversations=self.show_conversations,
+                          views=SiteViews(minimums, self.metadata_keys, before, version))
 
 
 @dataclass
@@ -229,7 +239,8 @@ class PublishedVersions:
         try:
             tmp.mkdir()
             _write_json(tmp / RESULT_FILE, result.model_dump(mode="json"))
-            site = SiteOptions.from_settings(settings).write(result, tmp / SITE_DIR)
+            site = SiteOptions.from_settings(settings).write(result, tmp / SITE_DIR, previous=self._previous(version),
+                                                             version=version)
             if lineage is not None:
                 _write_json(tmp / LINEAGE_FILE, {str(k): str(v) for k, v in lineage.items()})
             site_version = json.loads((site / "data" / "version.json").read_text())["version"]
@@ -243,6 +254,15 @@ class PublishedVersions:
         _fsync_dir(versions)
         log.info("wrote version folder %s in %.2fs", version, time.monotonic() - started)
         return final
+
+    def _previous(self, version: str) -> PublishedVersion | None:
+        """The version the site's "what changed" compares with: the current one, if any (never ``version``)."""
+        try:
+            current = self.load_current()
+        except (OSError, ValueError):  # an unreadable previous version only loses the comparison
+            log.warning("could not load the current version to compare with", exc_info=True)
+            return None
+        return current if current is not None and current.version != version else None
 
     def is_complete(self, version: str) -> bool:
         """Whether ``versions/<version>`` is in place (folders appear only complete, by rename)."""

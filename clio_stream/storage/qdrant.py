@@ -67,6 +67,7 @@ class QdrantConnection:
         timeout_s: float = 30.0,
         api_key: str | None = None,
         keep_raw: bool = False,
+        metadata_index: tuple[str, ...] = (),
         client: QdrantClient | None = None,
     ) -> None:
         """``location``: a server URL (``http://host:6333``), ``":memory:"`` or a folder (embedded).
@@ -76,6 +77,7 @@ class QdrantConnection:
         self.location = location
         self.prefix = prefix
         self.keep_raw = keep_raw
+        self.metadata_index = tuple(metadata_index)  # declared metadata keys to index (``metadata.<key>``)
         self.embedded = not location.startswith(("http://", "https://"))
         self.facets = f"{prefix}_facets"
         self.conversations = f"{prefix}_conversations"
@@ -113,6 +115,7 @@ class QdrantConnection:
             "timeout_s": settings.qdrant_timeout_s,
             "api_key": settings.qdrant_api_key,
             "keep_raw": settings.store_raw_conversations,
+            "metadata_index": tuple(k.name for k in settings.metadata_keys if k.indexed),
         }
 
     def close(self) -> None:
@@ -151,8 +154,9 @@ class QdrantConnection:
         self.dim = int(dim)
         if self.embedded:
             return  # the embedded engine ignores payload indexes (and warns about each)
-        for name, schema in ((self.facets, _FACET_INDEXES), (self.conversations, _CONVERSATION_INDEXES),
-                             (self.state, _STATE_INDEXES)):
+        metadata = {f"metadata.{k}": models.PayloadSchemaType.KEYWORD for k in self.metadata_index}
+        for name, schema in ((self.facets, {**_FACET_INDEXES, **metadata}),
+                             (self.conversations, {**_CONVERSATION_INDEXES, **metadata}), (self.state, _STATE_INDEXES)):
             for key, kind in schema.items():
                 with self.guard("create_payload_index"):
                     self.client.create_payload_index(name, key, field_schema=kind, wait=True)

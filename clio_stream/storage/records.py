@@ -63,6 +63,7 @@ class FacetPoint:
     similarity: float | None = None
     outlier: bool = False
     content_hash: str | None = None
+    metadata: dict[str, str] | None = None  # bounded (domain.metadata.bound_metadata); declared keys are indexed
 
     @property
     def id(self) -> str:
@@ -83,6 +84,8 @@ class FacetPoint:
             "outlier": bool(self.outlier),
             "content_hash": self.content_hash,
         }
+        if self.metadata:
+            out["metadata"] = dict(self.metadata)
         if self.cluster_id is not None and self.cluster_version is not None:
             out[label_field(self.cluster_version)] = int(self.cluster_id)
         return out

@@ -40,6 +40,7 @@ expect = sync_api.expect
 class Served:
     url: str
     settings: ClioSettings
+    store: QdrantStore
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.05)
     try:
-        yield Served(url=f"http://127.0.0.1:{port}", settings=settings)
+        yield Served(url=f"http://127.0.0.1:{port}", settings=settings, store=store)
     finally:
         server.should_exit = True
         thread.join(timeout=10)
@@ -168,3 +169,28 @@ def test_a_viewer_sees_why_member_lists_are_not_shown(served: Served, page: Any)
     expect(page.locator(".member")).to_have_count(0)
     page.evaluate("location.hash = location.hash + '&c=conv-0001'")
     expect(page.locator(_tid("conversation-forbidden"))).to_contain_text("analyst key")
+
+
+def test_the_live_line_shows_a_running_reclustering_and_restarted_parts(served: Served, page: Any) -> None:
+    """What ``GET /v1/status`` knows of a running job and of ``up``'s supervised parts reaches the page."""
+    from clio_stream.storage.documents import (CLUSTERING_LOCK, RECLUSTER_PROGRESS, UP_CHILDREN, ChildStatus,
+                                               ReclusterProgress, UpChildren)
+
+    now = time.time()
+    states = served.store.states
+    token = served.store.locks.acquire(CLUSTERING_LOCK, "test-job", 60)
+    assert token is not None
+    try:
+        states.write(RECLUSTER_PROGRESS, ReclusterProgress(version=3, stage="cluster and name", facet="Request",
+                                                           facet_index=1, facets=2, points=100, fraction=0.4,
+                                                           started_at=now - 60, updated_at=now, eta_s=150))
+        states.write(UP_CHILDREN, UpChildren(updated_at=now, children=[
+            ChildStatus(name="api", alive=True), ChildStatus(name="consumer-1", alive=False, restarts=2,
+                                                             last_exit_code=137, last_exit_at=now)]))
+        _login(page, served)
+        expect(page.locator(_tid("live-recluster"))).to_have_text("re-clustering v3 40 %, about 2 min left")
+        expect(page.locator(_tid("live-parts"))).to_have_text("consumer-1 down (2 restarts, last exit 137)")
+        expect(page.locator(_tid("live-status"))).to_have_attribute("data-state", "degraded")
+    finally:
+        served.store.locks.release(CLUSTERING_LOCK, token)
+        states.write(UP_CHILDREN, UpChildren(updated_at=0.0, children=[]))  # stale: no `up` any more

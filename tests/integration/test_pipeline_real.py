@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,9 @@ def test_real_site_in_chromium(real_run):
         with sync_api.sync_playwright() as pw:
             browser = launch(pw)
             page = browser.new_page(viewport={"width": 1400, "height": 900})
+            # Every data file arrives late, as on a loaded machine or a slow link: the walk below must wait for
+            # what each click loads (CI once failed when a render came after the walk had looked).
+            page.route("**/data/**", lambda route: (time.sleep(0.5), route.continue_()))
             page.goto(url)
             page.wait_for_selector("body[data-state=ready]")
             roots = page.locator("#tree > li.node[data-node-id]")
@@ -96,16 +100,20 @@ def test_real_site_in_chromium(real_run):
             root_id = roots.first.get_attribute("data-node-id")
             page.click(f'[data-testid="node-toggle-{root_id}"]')
             page.wait_for_selector(f'[data-testid="node-{root_id}"][aria-expanded="true"]')
-            # Walk down to the first leaf and open its first conversation.
+            # Walk down to a leaf and open its first conversation. Each step waits for the opened node's
+            # children or members to render: the click only starts an asynchronous load and re-render.
             node_id = root_id
-            for _ in range(6):
-                child = page.locator(f'[data-testid="node-{node_id}"] li.node[data-node-id]').first
-                if child.count() == 0:
+            for _ in range(8):
+                page.wait_for_selector(f'[data-testid="children-{node_id}"], [data-testid="members-{node_id}"]',
+                                       timeout=90_000)  # a loaded 2-core machine can take longer than 30 s
+                if page.locator(f'[data-testid="members-{node_id}"]').count():
                     break
+                child = page.locator(f'[data-testid="children-{node_id}"] > li.node[data-node-id]'
+                                     f':has(> .row > button.toggle:not([disabled]))').first
                 node_id = child.get_attribute("data-node-id")
                 page.click(f'[data-testid="node-toggle-{node_id}"]')
-            conv = page.locator("[data-conversation-id]").first
-            conv.wait_for(timeout=90_000)  # a loaded 2-core machine can take longer than the default 30 s
+            conv = page.locator(f'[data-testid="members-{node_id}"] [data-conversation-id]').first
+            conv.wait_for()
             conv.click()
             view = page.locator('[data-testid="conversation-view"]')
             view.wait_for()

@@ -19,13 +19,18 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_up_streams_examples_into_a_published_dashboard(tmp_path):
+    from tests.unit.test_views_alerts import Receiver
+
+    receiver = Receiver()
     web = free_port()
     qport = free_port()
     settings = ClioSettings(
         cache_dir=tmp_path, kafka_bootstrap=f"127.0.0.1:{free_port()}", qdrant_url=f"http://127.0.0.1:{qport}",
         qdrant_grpc_port=free_port(), web_port=web, embedding_model="all-MiniLM-L6-v2", show_progress=False,
         n_name_description_samples_per_cluster=1, n_rename_samples=1, n_categorize_samples=1,
-        min_cluster_users=2, min_cluster_conversations=3, max_conversation_tokens=400, max_poll_records=16)
+        min_cluster_users=2, min_cluster_conversations=3, max_conversation_tokens=400, max_poll_records=16,
+        alert_rules=[{"name": "any-concern", "kind": "mean_above", "numeric_facet": "Concerning", "threshold": 1}],
+        alert_webhooks=[receiver.url], alert_webhook_secret="stack-test-secret")
     stack = Stack(settings, consumers=1, n_examples=16, first_cluster_at=12, recluster_interval_s=3600)
     try:
         stack.start()
@@ -51,8 +56,29 @@ def test_up_streams_examples_into_a_published_dashboard(tmp_path):
         conv = httpx.get(f"{base}/v1/conversations/{first}", headers=admin, timeout=10)
         assert conv.status_code == 200 and conv.json()["status"] in ("processed", "pending"), conv.text
         check_every_part_is_scraped(stack, base, admin, status["version"])
+        check_the_views(base, admin, receiver)
     finally:
         stack.stop()
+        receiver.close()
+
+
+def check_the_views(base: str, admin: dict[str, str], receiver: object) -> None:
+    """The issue's "done when" on the embedded stack: map, breakdown, a metadata filter, search, an alert."""
+    root = httpx.get(f"{base}/v1/facets/Request/tree", headers=admin, timeout=10).json()["roots"][0]["id"]
+    nodes = httpx.get(f"{base}/v1/facets/Request/map", headers=admin, timeout=10).json()["nodes"]
+    assert nodes and {"x", "y", "path"} <= set(nodes[0])
+    dims = httpx.get(f"{base}/v1/facets/Request/clusters/{root}/breakdown", headers=admin, timeout=10).json()
+    assert "metadata.length" in {d["dimension"] for d in dims["dimensions"]}  # the example data's key
+    sliced = httpx.get(f"{base}/v1/facets/Request/tree", params={"metadata.length": "long"}, headers=admin, timeout=10)
+    assert sliced.status_code == 200 and sliced.json()["filter"] == "metadata.length=long"
+    found = httpx.get(f"{base}/v1/search", params={"q": "help me write a python script"}, headers=admin, timeout=120)
+    assert found.status_code == 200 and found.json()["facets"]["Request"], found.text
+    deadline = time.time() + 60
+    while not receiver.calls and time.time() < deadline:  # type: ignore[attr-defined]
+        time.sleep(1)
+    assert receiver.calls, "no alert reached the webhook"  # type: ignore[attr-defined]
+    listed = httpx.get(f"{base}/v1/alerts", headers=admin, timeout=10).json()["alerts"]
+    assert listed and all(a["delivered"] for a in listed)
 
 
 def _samples(text: str) -> dict[str, float]:

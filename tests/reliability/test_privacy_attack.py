@@ -59,6 +59,7 @@ ATTACK_TEXT = (f"Draft a tenancy reference for my neighbour {PERSON} (marisol.qv
 TOPICS = ["cooking", "python", "travel", "poetry", "taxes", "gardening", "chess", "fitness"]
 ROLE_KEYS = {"viewer": "viewer-" + "v" * 24, "analyst": "analyst-" + "a" * 24, "admin": "admin-" + "d" * 24}
 T0 = 1.75e9  # conversation times an hour apart, so every cluster has a trend to difference
+VIEW_FILTERS = [{"Concerning": "1"}, {"Concerning>": "2"}, {"Language": "English"}, {"from": str(T0), "to": str(T0 + 12 * 3600)}]
 
 
 def _normal(n: int) -> list[dict[str, Any]]:
@@ -168,14 +169,27 @@ def _crawl_api(publish_dir: Path, result: Any, settings: ClioSettings, dim: int)
 
     with TestClient(app, raise_server_exceptions=False) as c:
         for role in ROLE_KEYS:
-            paths = ["/v1/facets", "/v1/status", "/metrics", "/openapi.json", "/"]
+            paths = ["/v1/facets", "/v1/status", "/metrics", "/openapi.json", "/", "/v1/alerts", "/v1/versions"]
             for f in get(c, role, "/v1/facets").json()["facets"]:
                 if not f["has_hierarchy"]:
                     continue
                 tree = get(c, role, f"/v1/facets/{f['name']}/tree").json()
                 get(c, role, f"/v1/facets/{f['name']}/trends", limit=100)
+                # The views: map, export, and every filtered tree, whose parents must add up like the tree's.
+                get(c, role, f"/v1/facets/{f['name']}/map")
+                get(c, role, f"/v1/facets/{f['name']}/export")
+                get(c, role, f"/v1/facets/{f['name']}/export", members="true", format="csv")
+                for flt in VIEW_FILTERS:
+                    sliced = get(c, role, f"/v1/facets/{f['name']}/tree", **flt).json()
+                    for node in (n for r in sliced.get("roots", []) for n in _walk(r)):
+                        differences += _differences(node, node["children"], f"{role} {flt} tree {node['id']}")
+                        if node["size"] < settings.min_cluster_conversations or \
+                                node["distinct_users"] < settings.min_cluster_users:
+                            differences.append(f"{role} {flt}: {node['id']} shows a slice under the minimums")
+                        get(c, role, f"/v1/facets/{f['name']}/clusters/{node['id']}/breakdown", **flt)
                 for node in (n for r in tree["roots"] for n in _walk(r)):
                     differences += _differences(node, node["children"], f"{role} tree {node['id']}")
+                    get(c, role, f"/v1/facets/{f['name']}/clusters/{node['id']}/breakdown")
                     detail = get(c, role, f"/v1/facets/{f['name']}/clusters/{node['id']}").json()
                     differences += _differences(detail, detail["children"], f"{role} cluster {node['id']}")
                     cursor = None

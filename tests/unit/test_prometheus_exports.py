@@ -63,12 +63,14 @@ def test_the_scrape_token_guards_metrics_but_not_the_probes() -> None:
 
 
 def test_the_scheduler_reports_runs_failures_and_the_published_version() -> None:
-    class Report:
-        version = 7
+    from clio_stream.living.job import ReclusterReport
+    from clio_stream.living.progress import StageTime
 
-    calls = iter([Report(), RuntimeError("boom")])
+    report = ReclusterReport(version=7, points={"Request": 120}, clusters={"Request": 12}, llm_prompts=40,
+                             stages=[StageTime("Request", "cluster and name", 3.5), StageTime("*", "write", 0.25)])
+    calls = iter([report, RuntimeError("boom")])
 
-    def run(reason: str) -> Report:
+    def run(reason: str) -> ReclusterReport:
         item = next(calls)
         if isinstance(item, Exception):
             raise item
@@ -87,6 +89,9 @@ def test_the_scheduler_reports_runs_failures_and_the_published_version() -> None
     got = _values(generate_latest(scheduler_registry(sched)).decode())
     assert got[("clio_recluster_runs_total", ())] == 1 and got[("clio_recluster_failures_total", ())] >= 1
     assert got[("clio_recluster_published_version", ())] == 7
+    assert got[("clio_recluster_stage_seconds", (("facet", "Request"), ("stage", "cluster and name")))] == 3.5
+    assert got[("clio_recluster_stage_seconds", (("facet", "*"), ("stage", "write")))] == 0.25
+    assert got[("clio_recluster_llm_prompts", ())] == 40 and got[("clio_recluster_points", (("facet", "Request"),))] == 120
     assert not scheduler_health(sched, stale_after_s=60).live  # stopped
 
 
@@ -108,8 +113,15 @@ def test_the_grafana_dashboard_only_uses_metrics_that_exist() -> None:
     exported = set()
     texts = [generate_latest(worker_registry(metrics)).decode(), ApiMetrics().render().decode()]
     sched = ReclusterScheduler(lambda: None, lambda r: None, Triggers())  # type: ignore[arg-type, return-value]
-    sched.last_run_seconds, sched.last_version = 1.0, 1
+    sched.last_run_seconds = 1.0
     texts.append(generate_latest(scheduler_registry(sched)).decode())
+    from prometheus_client import CollectorRegistry
+
+    from clio_stream.living.run_metrics import OneRunCollector, RunOutcome
+
+    pushed = CollectorRegistry(auto_describe=False)  # what a one-shot run (the CronJob) pushes
+    pushed.register(OneRunCollector(RunOutcome.PUBLISHED, 1.0, None, finished_at=0.0))
+    texts.append(generate_latest(pushed).decode())
     for text in texts:
         for family in text_string_to_metric_families(text):
             exported.add(family.name)

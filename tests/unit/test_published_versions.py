@@ -9,6 +9,7 @@ from api.deps import VersionMemo
 from clio_stream.domain.clusters import ClioResult, ClusterNode, FacetHierarchy, RunStats, StoreLink
 from clio_stream.domain.conversation import Conversation, Message
 from clio_stream.settings import ClioSettings
+from clio_stream.privacy.visibility import Minimums
 from clio_stream.storage.published import PublishedVersions, SiteOptions
 
 F = "Request"
@@ -48,7 +49,7 @@ def test_a_new_result_keeps_exactly_the_links_it_was_given() -> None:
 def test_site_options_of_a_published_result_are_its_recorded_ones() -> None:
     current = ClioSettings(show_conversations=True, site_chunk_size=50, html_root="/now")
     recorded = _result(settings={"show_conversations": False, "site_chunk_size": 7})
-    assert SiteOptions.as_published(recorded, current) == SiteOptions(7, "/now", False)
+    assert SiteOptions.as_published(recorded, current) == SiteOptions(7, "/now", False, Minimums.of(current))
     assert SiteOptions.as_published(_result(), current) == SiteOptions.from_settings(current)
 
 

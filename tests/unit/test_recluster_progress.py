@@ -37,3 +37,17 @@ def test_job_reports_every_stage_and_survives_a_failing_store() -> None:
         raise RuntimeError("qdrant down")
 
     JobProgress(4, {"Request": 1}, broken, clock=lambda: 0.0).stage("warm start", "Request")  # logged, not raised
+
+
+def test_each_stage_is_timed_until_the_next_one_starts() -> None:
+    clock = iter([0.0, 1.0, 4.0, 4.5, 6.0, 6.25])
+    job = JobProgress(5, {"Request": 10}, None, clock=lambda: next(clock))
+    job.stage("warm start", "Request")
+    job.stage("cluster and name", "Request")
+    job.stage("finalise", "Request")
+    job.facet_done("Request")
+    job.stage("write")
+    job.stage("done")
+    assert [(t.facet, t.stage, t.seconds) for t in job.stage_times] == [
+        ("Request", "warm start", 3.0), ("Request", "cluster and name", 0.5), ("Request", "finalise", 1.5),
+        ("*", "write", 0.25)]
