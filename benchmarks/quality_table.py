@@ -87,12 +87,45 @@ def markdown(results: Mapping[str, Mapping[str, Any]], sets: tuple[str, ...]) ->
     return head + "\n".join(body)
 
 
+def variants_markdown(result: Mapping[str, Any], embedder: str) -> str:
+    """A ``benchmarks/quality_variants.py`` result: one row per variant, one column group per set."""
+    if result["facet"] == "concerning":
+        head = ("| variant | score | AUROC | benign 4-5 | harmful 3-5 | everyday benign 4-5 | mean benign / harmful |\n"
+                "|---|---|---|---|---|---|---|\n")
+        body = []
+        for name, v in result["variants"].items():
+            for kind in ("sampled", "argmax", "expected"):
+                c = v[kind]
+                body.append(f"| {name} | {kind} | {c['auroc']:.3f} | {c['benign_4_or_5']:.3f} | "
+                            f"{c['harmful_3_or_more']:.3f} | {c['everyday_4_or_5']:.3f} | "
+                            f"{c['mean']['benign']:.2f} / {c['mean']['harmful']:.2f} |")
+        return head + "\n".join(body)
+    sets = list(next(iter(result["variants"].values()))["sets"])
+    head = ("| variant | " + " | ".join(f"{s}: R@1 / NMI (raw NMI)" for s in sets) + " | seconds |\n|---|"
+            + "---|" * (len(sets) + 1) + "\n")
+    body = []
+    for name, v in result["variants"].items():
+        cells = []
+        for s in sets:
+            e = v["sets"][s][embedder]
+            cells.append(f"{e['recall_at_1']:.3f} / {e['nmi']:.3f} ± {e['nmi_sd']:.3f} ({e['raw_nmi']:.3f})")
+        body.append(f"| {name}: {v['note']} | " + " | ".join(cells) + f" | {v['seconds']} |")
+    return head + "\n".join(body)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", nargs="+")
     ap.add_argument("--sets", default="banking77,mt_bench,arena_hard,multilingual")
+    ap.add_argument("--variants", action="store_true", help="the results are benchmarks/quality_variants.py runs")
+    ap.add_argument("--embedder", default="all-MiniLM-L6-v2", help="with --variants: whose vectors to show")
     args = ap.parse_args()
     loaded = {Path(p).stem: json.loads(Path(p).read_text()) for p in args.results}
+    if args.variants:
+        for name, result in loaded.items():
+            print(f"{name} ({result['llm_model'].rsplit('/', 1)[-1]}, sizes {result['sizes']}):\n")
+            print(variants_markdown(result, args.embedder) + "\n")
+        return
     print(markdown(loaded, tuple(args.sets.split(","))))
 
 
