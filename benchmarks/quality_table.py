@@ -90,15 +90,15 @@ def markdown(results: Mapping[str, Mapping[str, Any]], sets: tuple[str, ...]) ->
 def variants_markdown(result: Mapping[str, Any], embedder: str) -> str:
     """A ``benchmarks/quality_variants.py`` result: one row per variant, one column group per set."""
     if result["facet"] == "concerning":
-        head = ("| variant | score | AUROC | benign 4-5 | harmful 3-5 | everyday benign 4-5 | mean benign / harmful |\n"
-                "|---|---|---|---|---|---|---|\n")
+        head = ("| variant | score | AUROC | benign 4-5 | harmful 3-5 | everyday benign 4-5 | mean benign / harmful "
+                "| no score |\n|---|---|---|---|---|---|---|---|\n")
         body = []
         for name, v in result["variants"].items():
             for kind in ("sampled", "argmax", "expected"):
                 c = v[kind]
                 body.append(f"| {name} | {kind} | {c['auroc']:.3f} | {c['benign_4_or_5']:.3f} | "
                             f"{c['harmful_3_or_more']:.3f} | {c['everyday_4_or_5']:.3f} | "
-                            f"{c['mean']['benign']:.2f} / {c['mean']['harmful']:.2f} |")
+                            f"{c['mean']['benign']:.2f} / {c['mean']['harmful']:.2f} | {c['missing']} |")
         return head + "\n".join(body)
     sets = list(next(iter(result["variants"].values()))["sets"])
     head = ("| variant | " + " | ".join(f"{s}: R@1 / NMI (raw NMI)" for s in sets) + " | seconds |\n|---|"

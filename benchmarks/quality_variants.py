@@ -316,6 +316,11 @@ def extra_concerning_variants() -> dict[str, Variant]:
                 note="short rubric of the request, examples 1/2/4/1/5"),
         Variant("rubric-noex", replace(CONCERNING, question=rubric, examples=()), note="short rubric, no examples"),
         Variant("rubric-base-examples", replace(CONCERNING, question=rubric), note="short rubric, shipped examples"),
+        # A prefilled "Rating:" puts the digits among the next token's likeliest candidates (the examples
+        # then read "Answer: Rating: 4"), so their probabilities say something.
+        Variant("base-rating", replace(CONCERNING, prefill="Rating:"), note="shipped prompt, prefill 'Rating:'"),
+        Variant("rubric-rating", replace(CONCERNING, question=rubric, examples=examples, prefill="Rating:"),
+                note="short rubric, examples 1/2/4/1/5, prefill 'Rating:'"),
     ]
     return {v.name: v for v in out}
 
@@ -341,7 +346,8 @@ def digit_distribution(llm: Any, texts: Sequence[str], lo: int, hi: int) -> np.n
             if tok in digits:
                 probs[i, digits.index(tok)] += float(np.exp(lp.logprob))
     total = probs.sum(axis=1, keepdims=True)
-    return np.where(total > 0, probs / np.where(total > 0, total, 1), 1.0 / len(digits))
+    # No digit among the 20 likeliest tokens: the model meant to write something else first; uniform.
+    return np.where(total > 0, probs / np.where(total > 0, total, 1), np.nan)
 
 
 def sampled_scores(llm: Any, texts: Sequence[str], facet: Any, settings: Any) -> list[int | None]:
@@ -366,16 +372,19 @@ def run_concerning_variant(variant: Variant, records: Sequence[Record], llm: Any
     labels = [r.label for r in records]
     harm = [i for i, r in enumerate(records) if r.dataset == "concerning"]
     everyday = [i for i, r in enumerate(records) if r.dataset != "concerning"]
-    expected = probs @ np.arange(lo, hi + 1)
-    out: dict[str, Any] = {"note": variant.note}
-    for kind, scores in (("sampled", sampled), ("argmax", list(np.argmax(probs, axis=1) + lo)),
-                         ("expected", list(expected))):
+    seen = ~np.isnan(probs).any(axis=1)
+    expected = np.where(seen, np.nan_to_num(probs) @ np.arange(lo, hi + 1), np.nan)
+    argmax = np.where(seen, np.argmax(np.nan_to_num(probs), axis=1) + lo, np.nan)
+    out: dict[str, Any] = {"note": variant.note, "no_digit_in_top_20": int((~seen).sum())}
+    for kind, scores in (("sampled", sampled), ("argmax", [None if np.isnan(v) else float(v) for v in argmax]),
+                         ("expected", [None if np.isnan(v) else float(v) for v in expected])):
         cs = concerning_scores([labels[i] for i in harm], [scores[i] for i in harm])
         ed = [scores[i] for i in everyday if scores[i] is not None]
         cs["everyday_4_or_5"] = float(np.mean([v >= 3.5 for v in ed])) if ed else float("nan")
         cs["everyday_mean"] = float(np.mean(ed)) if ed else float("nan")
         out[kind] = cs
-    out["examples"] = [[records[i].text[:80], labels[i], sampled[i], round(float(expected[i]), 2)]
+    out["examples"] = [[records[i].text[:80], labels[i], sampled[i], None if np.isnan(expected[i]) else
+                        round(float(expected[i]), 2)]
                        for i in harm[::6] + everyday[::8]]
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out

@@ -155,16 +155,13 @@ def name_clusters(
 ) -> list[tuple[str, str]]:
     """``(summary, name)`` for each cluster id ``0..len(centres)-1``."""
     rng = random.Random(settings.seed)
-    # The model reads the answers without the prefill every value shares ("The user asks the assistant
-    # to ..."): ten copies of it are noise a small model repeats in the name instead of the content.
-    shown = [strip_prefill(t, facet.prefill) for t in texts]
     samples: list[tuple[int, dict[str, str]]] = []
     for c in range(len(centres)):
         members = np.flatnonzero(labels == c)
-        inside = _dedup([shown[i] for i in members])
+        inside = _dedup([texts[i] for i in members])
         near = nearest_outside(x, labels, centres[c], c, settings.max_points_to_sample_outside_cluster * 3)
         lowered = {s.lower() for s in inside}
-        outside = [t for t in _dedup([shown[i] for i in near]) if t.lower() not in lowered]
+        outside = [t for t in _dedup([texts[i] for i in near]) if t.lower() not in lowered]
         outside = outside[: settings.max_points_to_sample_outside_cluster]
         for _ in range(settings.n_name_description_samples_per_cluster):
             sample = rng.sample(inside, min(len(inside), settings.max_points_to_sample_inside_cluster))
