@@ -573,14 +573,19 @@ def name_fidelity_of_base_clusters(values: Sequence[str], users: Sequence[str], 
     keywords = keyword_labels(values, labels, users, k, drop=REQUEST.prefill)
     kw = embedder.encode([w or name for w, (_, name) in zip(keywords, named)])
     published = np.where((hits == 1)[:, None], described, kw)
+    name_hits_alone = name_hits(names_only, x, labels)
+    published_by_name = np.where((name_hits_alone == 1)[:, None], names_only, kw)
     return {"k": int(k), "n": len(values), "name_and_summary": name_fidelity(described, x, labels).as_dict(),
             "name_only": name_fidelity(names_only, x, labels).as_dict(),
             "keywords": name_fidelity(kw, x, labels).as_dict(),
             "published": name_fidelity(published, x, labels).as_dict(),
-            "keyword_fallbacks": int(np.sum(hits != 1)), "llm_prompts": stats.prompts,
+            "published_name_check": name_fidelity(published_by_name, x, labels).as_dict(),
+            "keyword_fallbacks": int(np.sum(hits != 1)),
+            "keyword_fallbacks_name_check": int(np.sum(name_hits_alone != 1)), "llm_prompts": stats.prompts,
             "unparseable": stats.unparseable, "seconds": round(time.perf_counter() - t0, 1),
             "clusters": [{"name": name, "summary": summary, "keywords": keywords[c], "size": int(sizes[c]),
-                          "rank": int(hits[c])} for c, (summary, name) in enumerate(named)]}
+                          "rank": int(hits[c]), "name_rank": int(name_hits_alone[c])}
+                         for c, (summary, name) in enumerate(named)]}
 
 
 # --------------------------------------------------------------------------- top level

@@ -53,7 +53,8 @@ def rows(sets: tuple[str, ...]) -> list[tuple[str, Getter]]:
         out += [(f"{s}: name fidelity R@1 / MRR, {label}", lambda r, s=s, key=key: _pair(r["name_fidelity"][s][key])
                  if s in r.get("name_fidelity", {}) and key in r["name_fidelity"][s] else "–")
                 for key, label in (("name_and_summary", "LLM name + summary"), ("name_only", "LLM name alone"),
-                                   ("keywords", "keyword label"), ("published", "LLM name, keywords where it fails"))]
+                                   ("keywords", "keyword label"), ("published", "LLM name, keywords where it fails"),
+                                   ("published_name_check", "LLM name, keywords where the name alone fails"))]
     out += [
         ("multilingual: Language = identifier", lambda r: f"{r['sanity']['multilingual']['language']['agreement']:.3f}"),
         ("banking77: Language = identifier", lambda r: f"{r['sanity']['banking77']['language']['agreement']:.3f}"),
