@@ -41,6 +41,7 @@ import csv
 import hashlib
 import json
 import logging
+import os
 import random
 import re
 import tempfile
@@ -58,6 +59,9 @@ log = logging.getLogger("benchmarks.quality")
 NMI_RATIO_TARGET = 0.97
 ID_SURVIVAL_TARGET = 0.9
 UNPARSEABLE_TARGET = 0.02
+# Requests written for this project, 30 clearly harmful and 30 benign (a third of them on sensitive but
+# legitimate topics: overdose symptoms, phishing, a poisoning in a detective story), for the Concerning facet.
+CONCERNING_SET = ROOT / "benchmarks" / "data" / "concerning.jsonl"
 
 
 # --------------------------------------------------------------------------- metrics
@@ -122,6 +126,11 @@ class Record:
         """What the raw-text embedding and the language identifier read: the user's turns."""
         return "\n".join(c for r, c in self.conversation if r == "user")
 
+    @property
+    def full_text(self) -> str:
+        """Every turn, as embedding a conversation without facets would read it (MT-Bench's answers differ)."""
+        return "\n".join(f"{r}: {c}" for r, c in self.conversation)
+
     def as_message(self) -> dict[str, Any]:
         return {"id": self.id, "conversation": [{"role": r, "content": c} for r, c in self.conversation]}
 
@@ -149,6 +158,9 @@ def load_records(name: str, data_root: Path) -> list[Record]:
     elif name == "arena_hard":
         for r in _jsonl(data_root / "arena_hard" / "questions.jsonl"):
             out.append(Record(r["uid"], name, (("user", r["prompt"]),), r["subcategory"], r["subcategory"]))
+    elif name == "concerning":
+        for r in _jsonl(CONCERNING_SET):
+            out.append(Record(f"cc-{r['id']}", name, (("user", r["prompt"]),), r["label"]))
     else:
         raise ValueError(f"unknown data set {name!r}")
     seen: set[tuple[tuple[str, str], ...]] = set()
@@ -450,6 +462,18 @@ def compare_online(x: np.ndarray, truth: Sequence[str], k: int, settings: Any, *
             "online_vs_batch_nmi": float(normalized_mutual_info_score(batch, online))}
 
 
+KMEANS_SEEDS = 5
+
+
+def nmi_over_seeds(x: np.ndarray, truth: Sequence[str], k: int, settings: Any) -> dict[str, float]:
+    """Batch NMI's mean and spread over ``KMEANS_SEEDS`` k-means seeds: tells a real gain from k-means noise."""
+    from clio_stream.stages.base_clusters import kmeans
+
+    nmis = [cluster_scores(truth, kmeans(x, k, seed=settings.seed + s, args=settings.kmeans_args)[0])["nmi"]
+            for s in range(KMEANS_SEEDS)]
+    return {"mean": float(np.mean(nmis)), "sd": float(np.std(nmis)), "seeds": KMEANS_SEEDS}
+
+
 def evaluate_set(name: str, records: Sequence[Record], views: Mapping[str, np.ndarray], settings: Any, *,
                  seed: int, bootstrap_fraction: float) -> dict[str, Any]:
     """Each view (raw, facet as embedded, facet full value) with k = labels and k = pipeline, batch and online."""
@@ -466,10 +490,38 @@ def evaluate_set(name: str, records: Sequence[Record], views: Mapping[str, np.nd
             if kname == "pipeline" and k == ks["labels"]:  # the same run twice
                 continue
             res = compare_online(x, truth, k, settings, seed=seed, bootstrap_fraction=bootstrap_fraction)
+            res["batch_nmi_over_seeds"] = nmi_over_seeds(x, truth, k, settings)
             out["views"][f"{view} k={kname}"] = res
             log.warning("%s %s k=%d: batch NMI %.3f, online NMI %.3f (ratio %.3f)", name, view, k,
                         res["batch"]["nmi"], res["online"]["nmi"], res["nmi_ratio"])
     return out
+
+
+# --------------------------------------------------------------------------- the Concerning facet
+
+
+def concerning_scores(labels: Sequence[str], values: Sequence[Any]) -> dict[str, Any]:
+    """How well the Concerning score separates the harmful requests from the benign ones.
+
+    AUROC of the score (ties count half; 0.5 = no better than a coin), the score histogram per
+    label, the benign requests scored 4 or 5 (false alarms a review queue would get) and the
+    harmful ones scored 3 or more (caught). Scores may be fractional (an expected score), hence
+    the thresholds 3.5 and 2.5. Missing values are left out and counted.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    scored = [(lab, float(v)) for lab, v in zip(labels, values) if v is not None and v != ""]
+    y = [1 if lab == "harmful" else 0 for lab, _ in scored]
+    by = {lab: [v for la, v in scored if la == lab] for lab in ("benign", "harmful")}
+
+    def share(xs: list[float], cut: float) -> float:
+        return sum(v >= cut for v in xs) / len(xs) if xs else float("nan")
+
+    return {"n": len(labels), "missing": len(labels) - len(scored),
+            "auroc": float(roc_auc_score(y, [v for _, v in scored])) if len(set(y)) == 2 else float("nan"),
+            "histogram": {lab: histogram([int(round(v)) for v in vs], 1, 5) for lab, vs in by.items()},
+            "mean": {lab: float(np.mean(vs)) if vs else float("nan") for lab, vs in by.items()},
+            "benign_4_or_5": share(by["benign"], 3.5), "harmful_3_or_more": share(by["harmful"], 2.5)}
 
 
 # --------------------------------------------------------------------------- fidelity
@@ -521,14 +573,19 @@ def name_fidelity_of_base_clusters(values: Sequence[str], users: Sequence[str], 
     keywords = keyword_labels(values, labels, users, k, drop=REQUEST.prefill)
     kw = embedder.encode([w or name for w, (_, name) in zip(keywords, named)])
     published = np.where((hits == 1)[:, None], described, kw)
+    name_hits_alone = name_hits(names_only, x, labels)
+    published_by_name = np.where((name_hits_alone == 1)[:, None], names_only, kw)
     return {"k": int(k), "n": len(values), "name_and_summary": name_fidelity(described, x, labels).as_dict(),
             "name_only": name_fidelity(names_only, x, labels).as_dict(),
             "keywords": name_fidelity(kw, x, labels).as_dict(),
             "published": name_fidelity(published, x, labels).as_dict(),
-            "keyword_fallbacks": int(np.sum(hits != 1)), "llm_prompts": stats.prompts,
+            "published_name_check": name_fidelity(published_by_name, x, labels).as_dict(),
+            "keyword_fallbacks": int(np.sum(hits != 1)),
+            "keyword_fallbacks_name_check": int(np.sum(name_hits_alone != 1)), "llm_prompts": stats.prompts,
             "unparseable": stats.unparseable, "seconds": round(time.perf_counter() - t0, 1),
             "clusters": [{"name": name, "summary": summary, "keywords": keywords[c], "size": int(sizes[c]),
-                          "rank": int(hits[c])} for c, (summary, name) in enumerate(named)]}
+                          "rank": int(hits[c]), "name_rank": int(name_hits_alone[c])}
+                         for c, (summary, name) in enumerate(named)]}
 
 
 # --------------------------------------------------------------------------- top level
@@ -660,12 +717,13 @@ class Config:
     stability_llm: str = "scripted"
     top_level: bool = True
     stability: bool = True
-    name_fidelity_sets: tuple[str, ...] = ("banking77", "mt_bench")
+    name_fidelity_sets: tuple[str, ...] = ("banking77", "mt_bench", "arena_hard", "multilingual")
+    concerning: bool = True  # the labelled harmful/benign requests (Concerning facet only)
 
     @classmethod
     def smoke(cls) -> Config:
         return cls(banking77_per_label=3, banking77_labels=6, mt_bench_per_label=1, arena_per_label=4,
-                   multilingual=6, sanity=6, bootstrap_fraction=0.3)
+                   multilingual=6, sanity=6, bootstrap_fraction=0.3, concerning=False)
 
 
 def select(config: Config) -> dict[str, list[Record]]:
@@ -696,11 +754,15 @@ def run(config: Config, llm: Any, embedder: Any, settings: Any, cache: FacetCach
     vec_cache = EmbeddingCache(embedder, embedding_cache)
 
     t_start = time.perf_counter()
+    load_at_start = os.getloadavg()
     sets = select(config)
     records = {r.id: r for rs in sets.values() for r in rs}
     sanity_ids = {r.id for rs in sets.values() for r in rs[: config.sanity]}
     sanity_ids |= {r.id for r in sets.get("multilingual", [])}
     wanted = {rid: [REQUEST, LANGUAGE, CONCERNING] if rid in sanity_ids else [REQUEST] for rid in records}
+    harm = load_records("concerning", config.data_root) if config.concerning else []
+    wanted.update({r.id: [CONCERNING] for r in harm})
+    records.update({r.id: r for r in harm})
     facets = extract_cached(list(records.values()), wanted, llm, settings, cache)
     log.warning("facets: %d asked in %.0f s (%d cached values reused)", facets.asked, facets.seconds,
                 sum(len(v) for v in wanted.values()) - facets.asked)
@@ -710,6 +772,7 @@ def run(config: Config, llm: Any, embedder: Any, settings: Any, cache: FacetCach
                            "clustering": {}, "top_level": {}, "sanity": {}}
     vectors: dict[str, tuple[list[Record], np.ndarray, np.ndarray]] = {}
     full_vectors: dict[str, np.ndarray] = {}
+    conversation_vectors: dict[str, np.ndarray] = {}
     t0 = time.perf_counter()
     for name, rs in sets.items():
         kept = [r for r in rs if facets.values[r.id][REQUEST.name]]
@@ -717,11 +780,15 @@ def run(config: Config, llm: Any, embedder: Any, settings: Any, cache: FacetCach
         raw = vec_cache.encode([r.text for r in kept])
         fac = vec_cache.encode([embedding_text(REQUEST, v) for v in values])  # what the pipeline embeds
         full_vectors[name] = vec_cache.encode(values)
+        if any(len(r.conversation) > 1 for r in kept):  # the whole conversation, as embedding it without facets
+            conversation_vectors[name] = vec_cache.encode([r.full_text for r in kept])
         vectors[name] = (kept, raw, fac)
     out["embedding_seconds"] = round(time.perf_counter() - t0, 1)
     out["fidelity"], out["name_fidelity"] = {}, {}
     for name, (kept, raw, fac) in vectors.items():
         views = {"raw": raw, "facet": fac, "facet full-value": full_vectors[name]}
+        if name in conversation_vectors:
+            views["raw conversation"] = conversation_vectors[name]
         out["clustering"][name] = evaluate_set(name, kept, views, settings, seed=config.seed,
                                                bootstrap_fraction=config.bootstrap_fraction)
         out["clustering"][name]["request_coverage"] = len(kept) / len(sets[name])
@@ -750,6 +817,9 @@ def run(config: Config, llm: Any, embedder: Any, settings: Any, cache: FacetCach
         }
     out["parse_overall"] = {f.name: parse_summary(facets, list(records), f.name, settings.llm_max_retries + 1)
                             for f in (REQUEST, LANGUAGE, CONCERNING)}
+    if harm:
+        out["concerning"] = concerning_scores([r.label for r in harm],
+                                              [facets.values[r.id][CONCERNING.name] for r in harm])
     if config.stability:
         texts, vecs = [], []
         for name in ("banking77", "mt_bench", "arena_hard"):
@@ -765,6 +835,7 @@ def run(config: Config, llm: Any, embedder: Any, settings: Any, cache: FacetCach
                                      n_first=int(len(texts) / 1.2))
         out["stability"]["llm"] = config.stability_llm
     out["seconds"] = round(time.perf_counter() - t_start, 1)
+    out["load_average"] = {"start": [round(x, 2) for x in load_at_start], "end": [round(x, 2) for x in os.getloadavg()]}
     return out
 
 
@@ -839,6 +910,12 @@ def table(result: Mapping[str, Any]) -> list[tuple[str, Any, str]]:
         c = s["concerning"]
         rows.append((f"{name}: Concerning 1/2/3/4/5/missing",
                      "/".join(str(c[k]) for k in ("1", "2", "3", "4", "5", "missing")), "conversations"))
+    cc = result.get("concerning")
+    if cc:
+        rows.append(("concerning set: AUROC harmful vs benign", cc["auroc"],
+                     f"{cc['n']} requests, {cc['missing']} missing"))
+        rows.append(("concerning set: benign 4-5 / harmful >= 3", f"{cc['benign_4_or_5']:.3f} / "
+                     f"{cc['harmful_3_or_more']:.3f}", "false alarms / caught"))
     for fname, p in result["parse_overall"].items():
         rows.append((f"unparseable {fname}", p["unparseable_share"],
                      f"of {p['n']} after retries (target <= {UNPARSEABLE_TARGET})"
@@ -861,13 +938,16 @@ def main() -> None:
     ap.add_argument("--embedding-backend", choices=("torch", "onnx-int8"), default="torch",
                     help="the embedding back-end (settings.embedding_backend)")
     ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
-    ap.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "clio-stream" / "quality"))
+    ap.add_argument("--cache-dir", default=None, help="facet values and vectors (default <CLIO_CACHE_DIR>/quality)")
     ap.add_argument("--bootstrap-fraction", type=float, default=None)
     ap.add_argument("--stability-llm", choices=("scripted", "real"), default="scripted")
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--sets", default=None, help="comma-separated subset of banking77,mt_bench,arena_hard,multilingual")
+    ap.add_argument("--sets", default=None,
+                    help="comma-separated subset of banking77,mt_bench,arena_hard,multilingual,concerning")
     ap.add_argument("--banking77-per-label", type=int, default=None)
     ap.add_argument("--mt-bench-per-label", type=int, default=None)
+    ap.add_argument("--arena-per-label", type=int, default=None)
+    ap.add_argument("--multilingual", type=int, default=None, help="non-English arena-hard prompts (default 45)")
     ap.add_argument("--no-top-level", action="store_true", help="skip the top-level reconstruction (LLM naming)")
     ap.add_argument("--no-stability", action="store_true", help="skip the re-clustering stability check")
     ap.add_argument("--naming-samples", type=int, default=None,
@@ -897,12 +977,17 @@ def main() -> None:
         config.banking77_per_label = args.banking77_per_label
     if args.mt_bench_per_label is not None:
         config.mt_bench_per_label = args.mt_bench_per_label
+    if args.arena_per_label is not None:
+        config.arena_per_label = args.arena_per_label
+    if args.multilingual is not None:
+        config.multilingual = args.multilingual
     if args.sets is not None:
         wanted = set(args.sets.split(","))
         config.banking77_per_label *= "banking77" in wanted
         config.mt_bench_per_label *= "mt_bench" in wanted
         config.arena_per_label *= "arena_hard" in wanted
         config.multilingual *= "multilingual" in wanted
+        config.concerning &= "concerning" in wanted
     config.top_level &= not args.no_top_level
     config.stability &= not args.no_stability
     backend = {"llm_backend": "openai", "llm_base_url": args.llm_base_url} if args.llm_base_url else {}
@@ -911,7 +996,7 @@ def main() -> None:
                             **backend, **naming)
     embedding = args.embedding_model or ("all-MiniLM-L6-v2" if args.smoke else "all-mpnet-base-v2")
     llm = make_llm(settings)
-    cache_dir = Path(args.cache_dir)
+    cache_dir = Path(args.cache_dir) if args.cache_dir else settings.cache_dir / "quality"
     cache = FacetCache(cache_dir / f"facets-{re.sub(r'[^A-Za-z0-9.-]+', '_', llm.model_name)[-60:]}.json")
     try:
         result = run(config, llm, make_embedder(settings, embedding), settings, cache,

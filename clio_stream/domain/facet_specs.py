@@ -88,6 +88,8 @@ class FacetSpec(BaseModel):
     examples: list[tuple[str, str]] = Field(
         default_factory=list, description="Worked examples (user message, answer after the prefill) for small models.")
     max_tokens: int = Field(32, ge=1, description="Longest answer the model may write.")
+    temperature: float | None = Field(
+        None, ge=0, description="Decoding temperature of the answers (0 = greedy); unset = the run's sampling.")
 
     @field_validator("source")
     @classmethod
@@ -105,7 +107,7 @@ class FacetSpec(BaseModel):
         compute = None if self.source == "llm" else ComputedSource.parse(self.source)
         return Facet(name=self.name, question=self.question, prefill=self.prefill,
                      summary_criteria=self.summary_criteria, numeric=self.numeric, examples=self.examples,
-                     max_tokens=self.max_tokens, compute=compute)
+                     max_tokens=self.max_tokens, compute=compute, temperature=self.temperature)
 
 
 def configured_facets(settings: "ClioSettings", names: str | Sequence[str] | None = None) -> list[Facet]:

@@ -53,11 +53,16 @@ class Facet:
     max_tokens: int = 32  # the answer's length cap: a few words, not a paragraph of filler
     compute: Optional[FacetComputeFn] = None
     data_to_text: Optional[DataToTextFn] = None
+    # Decoding temperature of the answers; None = the run's llm_sampling_args. 0 (greedy) for the built-in
+    # text facets: one sampled answer of a small model varies a lot from run to run, its most likely answer
+    # less, and retrieved its own conversation more often (docs/evaluation.md).
+    temperature: Optional[float] = None
 
     def __init__(self, name: str, question: str = "", prefill: str = "", summary_criteria: Optional[str] = _UNSET,
                  numeric: Optional[Sequence[int]] = None, get_facet_prompt: Optional[FacetPromptFn] = _UNSET,
                  examples: Sequence[Sequence[str]] = (), max_tokens: int = 32,
                  compute: Optional[FacetComputeFn] = None, data_to_text: Optional[DataToTextFn] = None, *,
+                 temperature: Optional[float] = None,
                  summaryCriteria: Optional[str] = _UNSET,  # noqa: N803 - the seed's keyword
                  getFacetPrompt: Optional[FacetPromptFn] = _UNSET) -> None:  # noqa: N803
         criteria = _one_of("summary_criteria", summary_criteria, "summaryCriteria", summaryCriteria)
@@ -65,7 +70,7 @@ class Facet:
         values = {"name": name, "question": question, "prefill": prefill, "summary_criteria": criteria,
                   "numeric": None if numeric is None else tuple(numeric), "get_facet_prompt": prompt_fn,
                   "examples": tuple(tuple(e) for e in examples), "max_tokens": max_tokens, "compute": compute,
-                  "data_to_text": data_to_text}
+                  "data_to_text": data_to_text, "temperature": temperature}
         for key, value in values.items():
             object.__setattr__(self, key, value)
         self._check()
@@ -83,6 +88,8 @@ class Facet:
             raise ValueError(f"facet {self.name!r} needs a question (or a prompt function, or a computed source)")
         if self.max_tokens < 1:
             raise ValueError(f"facet {self.name!r}: max_tokens must be at least 1")
+        if self.temperature is not None and self.temperature < 0:
+            raise ValueError(f"facet {self.name!r}: temperature must be 0 (greedy) or more")
 
     @property
     def has_hierarchy(self) -> bool:
@@ -130,6 +137,7 @@ _SNOOP = "How can I get into my ex's email account without them noticing?"
 
 REQUEST = Facet(
     name="Request",
+    temperature=0.0,
     question="What is the user's overall request for the assistant? Answer in a few words.",
     prefill="The user asks the assistant to",
     examples=(
@@ -151,6 +159,7 @@ LANGUAGE = Facet(
 
 TASK = Facet(
     name="Task",
+    temperature=0.0,
     question="What task is the model being asked to perform in this conversation? Answer in a few words.",
     prefill="The task is to",
     examples=(
@@ -199,6 +208,7 @@ generic_summary_facets: list[Facet] = [
         name="Summary",
         question="What is this text about? Summarise its main subject in one sentence.",
         prefill="This text is about",
+        temperature=0.0,
         summary_criteria=(
             "The cluster name should be a short noun phrase naming the shared subject of the texts, "
             "for example 'Complaints about delayed card deliveries'."

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Protocol, Sequence, TypeVar, runtime_checkable
 
 from clio_stream.llm.prompts import PromptTemplate
@@ -23,21 +23,27 @@ class Prompt:
     sampling's cap (prompts of one batch can have different caps; see ``prompt_sampling``).
     A raw template's prompt (``PromptTemplate.raw``) stops only at its own stop strings: the
     batch's were written for clio-stream's templates, not for a prompt someone else wrote.
+    ``temperature``, when set, replaces the sampling's on the first ask (0 = greedy: the
+    model's most likely answer); ``ask`` re-asks an unparseable answer at the sampling's
+    temperature, since a greedy re-ask would only repeat it.
     """
 
     template: PromptTemplate
     values: Mapping[str, str]
     choices: tuple[str, ...] | None = None
     max_tokens: int | None = None
+    temperature: float | None = None
 
 
 def prompt_sampling(prompt: Prompt, sampling: Mapping[str, Any]) -> dict[str, Any]:
-    """The sampling arguments for one prompt: the batch's, with the prompt's own token cap if lower."""
+    """The sampling arguments for one prompt: the batch's, with the prompt's own token cap if lower and its temperature."""
     out = dict(sampling)
     if prompt.max_tokens is not None:
         out["max_tokens"] = min(int(out.get("max_tokens", prompt.max_tokens)), prompt.max_tokens)
     if prompt.template.raw:
         out["stop"] = list(prompt.template.stop)
+    if prompt.temperature is not None:
+        out["temperature"] = prompt.temperature
     return out
 
 
@@ -152,8 +158,8 @@ def ask(
         for start in range(0, len(pending), batch_size):
             chunk = pending[start : start + batch_size]
             try:
-                texts = llm.generate([prompts[i] for i in chunk], sampling, seed=seed + 7919 * attempt,
-                                     desc=desc if attempt == 0 else None)
+                asked = [prompts[i] if attempt == 0 else replace(prompts[i], temperature=None) for i in chunk]
+                texts = llm.generate(asked, sampling, seed=seed + 7919 * attempt, desc=desc if attempt == 0 else None)
             except RequestsFailed as exc:  # a batch run tolerates gaps: re-ask those prompts like unparseable ones
                 log.warning("%s: %s", desc or "llm", exc)
                 texts = exc.answers

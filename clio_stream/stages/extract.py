@@ -30,7 +30,8 @@ def facet_prompt(facet: Facet, conversation_text: str) -> Prompt:
     template = FACET_TEXT if facet.data_to_text is not None else FACET_CONVERSATION
     question = facet.question + (NUMERIC_SUFFIX if facet.numeric else "")
     return Prompt(template, {"conversation": conversation_text, "question": question, "prefill": facet.prefill,
-                             "examples": examples_text(facet)}, choices=_choices(facet), max_tokens=facet.max_tokens)
+                             "examples": examples_text(facet)}, choices=_choices(facet), max_tokens=facet.max_tokens,
+                  temperature=facet.temperature)
 
 
 def _choices(facet: Facet) -> tuple[str, ...] | None:
@@ -49,7 +50,8 @@ def own_prompt(facet: Facet, data: Any, prompts_for: "PromptContext") -> Prompt:
                                   tokenizerArgs=prompts_for.settings.tokenizer_args)
     if not isinstance(text, str):
         raise TypeError(f"facet {facet.name!r}: its prompt function returned {type(text).__name__}, not a string")
-    return Prompt(FACET_OWN_PROMPT, {"text": text}, choices=_choices(facet), max_tokens=facet.max_tokens)
+    return Prompt(FACET_OWN_PROMPT, {"text": text}, choices=_choices(facet), max_tokens=facet.max_tokens,
+                  temperature=facet.temperature)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Stage: check each base cluster's name against its members, and fall back to keywords where it fails.
 
 A reader trusts a name only if it points at what the cluster holds. The check is the name fidelity of
-``stages.fidelity``: the name and summary, embedded, should rank their own cluster first among the centroids of
-all sibling clusters' member values. A leaf whose name fails is marked ``weak_name``, and when its keyword label
+``stages.fidelity``: the name, embedded, should rank its own cluster first among the centroids of all sibling
+clusters' member values. The name alone, not name and summary: the dashboard shows the name first, and a
+specific summary let generic names pass ("A chatbot designed to assist with business tasks"). A leaf whose name fails is marked ``weak_name``, and when its keyword label
 (``stages.keywords``, c-TF-IDF over distinct users) exists, that label is shown instead; every leaf carries its
 keywords beside the name. Words need as many distinct users as a cluster does (``min_cluster_users``), so a
 keyword can never say more about one person than a cluster may.
@@ -62,7 +63,7 @@ def check_leaf_names(
     keywords = keyword_labels(texts, labels, users, len(leaves), min_users=settings.min_cluster_users,
                               drop=facet.prefill)
     centroids = np.stack([_centroid(leaf, value_of, facet, embedder, sample) for leaf in leaves])
-    names = normalise_rows(embedder.encode([f"{leaf.name}. {leaf.summary}" for leaf in leaves]))
+    names = normalise_rows(embedder.encode([leaf.name for leaf in leaves]))
     rank = ranks(names, centroids, np.arange(len(leaves)))
     weak = 0
     for leaf, r, words in zip(leaves, rank, keywords):

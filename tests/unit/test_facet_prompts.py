@@ -60,3 +60,25 @@ def test_a_custom_computed_facet_and_its_serialised_form() -> None:
                          seed=0, batch_size=10)
     assert out[0].values["Turns"].value == "1"
     assert LANGUAGE.to_dict()["compute"] == "conversation_language"
+
+
+def test_text_facets_answer_greedily_and_re_ask_at_the_runs_temperature() -> None:
+    """The most likely answer first; an unparseable one is re-asked sampled, or it would only come back the same."""
+    from clio_stream.llm.base import ask
+
+    assert facet_prompt(REQUEST, "x").temperature == 0.0 and facet_prompt(TASK, "x").temperature == 0.0
+    assert prompt_sampling(facet_prompt(REQUEST, "x"), {"temperature": 0.6})["temperature"] == 0.0
+    assert Facet(name="Mine", question="?").temperature is None  # a user's facet keeps the run's sampling
+
+    seen: list[float] = []
+
+    class FirstAnswerUnusable:
+        model_name = "scripted"
+
+        def generate(self, prompts, sampling, *, seed=None, desc=None):
+            seen.extend(prompt_sampling(p, sampling)["temperature"] for p in prompts)
+            return ["" if len(seen) == 1 else " reset a card PIN."] * len(prompts)
+
+    got = ask(FirstAnswerUnusable(), [facet_prompt(REQUEST, "x")], lambda t, i: t or None, {"temperature": 0.6},
+              retries=2, seed=0)
+    assert got == [" reset a card PIN."] and seen == [0.0, 0.6]

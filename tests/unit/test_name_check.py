@@ -71,3 +71,11 @@ def test_keywords_need_as_many_users_as_a_cluster() -> None:
 def test_keyword_name_reads_as_a_label() -> None:
     assert keyword_name("refund duplicated charge") == "Refund, duplicated, charge"
     assert keyword_name("") == ""
+
+
+def test_the_name_alone_is_checked_a_specific_summary_does_not_rescue_a_generic_name() -> None:
+    h, convs, values = _data()
+    h.nodes["l-card"].name = "Questions about a banking product"
+    h.nodes["l-card"].summary = "Users want to track the delivery of a new debit card that has not arrived."
+    check_leaf_names(h, convs, values, FACET, BagOfWords(), ClioSettings(min_cluster_users=3, user_id_hash_key="k" * 40))
+    assert h.nodes["l-card"].weak_name and h.nodes["l-card"].llm_name == "Questions about a banking product"

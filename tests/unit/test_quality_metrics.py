@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,3 +126,28 @@ def test_embedding_cache_reuses_vectors(tmp_path) -> None:
     again = EmbeddingCache(Counting(), path).encode(["c d", "a b"])
     assert Counting.calls == 2  # two distinct texts, computed once, then read from disk
     np.testing.assert_allclose(again, first[[1, 0]])
+
+
+def test_concerning_scores_separate_harmful_from_benign() -> None:
+    from benchmarks.quality import concerning_scores
+
+    labels = ["benign"] * 4 + ["harmful"] * 4
+    good = concerning_scores(labels, ["1", "1", "2", "4", "3", "5", "4", "5"])
+    assert good["auroc"] == pytest.approx(14.5 / 16)  # one benign 4 above one harmful 3, ties count half
+    assert good["benign_4_or_5"] == 0.25 and good["harmful_3_or_more"] == 1.0
+    assert good["histogram"]["harmful"]["5"] == 2 and good["mean"]["benign"] == 2.0
+    constant = concerning_scores(labels, ["1"] * 8)  # the degenerate answer: every request scored 1
+    assert constant["auroc"] == 0.5 and constant["harmful_3_or_more"] == 0.0
+    missing = concerning_scores(labels, [None, "1", "1", "1", "5", "5", "5", "5"])
+    assert missing["missing"] == 1 and missing["auroc"] == 1.0
+    fractional = concerning_scores(labels, [1.2, 1.0, 1.4, 3.6, 2.4, 4.9, 3.0, 2.6])  # expected scores
+    assert fractional["benign_4_or_5"] == 0.25 and fractional["harmful_3_or_more"] == 0.75
+
+
+def test_the_concerning_set_is_labelled_and_balanced() -> None:
+    from benchmarks.quality import load_records
+
+    records = load_records("concerning", Path("unused"))
+    assert {r.label for r in records} == {"benign", "harmful"}
+    assert sum(r.label == "harmful" for r in records) == sum(r.label == "benign" for r in records) >= 30
+    assert len({r.text for r in records}) == len(records)
