@@ -252,10 +252,30 @@ class ConsumerWorker:
             elif not waiting:
                 self._health.watch_broker(self._consumer, time.monotonic())
                 self._maybe_write_metrics()
+        elif not self._stop.is_set():
+            self._poll_without_fetching()
         if len(self._in_flight) and not stored:
             self._in_flight.wait(IN_FLIGHT_WAIT_S)
             stored += self._commit_finished()
         return stored
+
+    def _poll_without_fetching(self) -> None:
+        """No room for another batch: poll with every partition paused, so the worker keeps its part in the group.
+
+        A rebalance completes only inside ``poll``; without this, a worker whose batches in flight all wait for a
+        slow LLM would hold up the whole group until they finish. Partitions assigned during this very poll are
+        not paused: anything it returns for them is sought back to, to be polled again when there is room.
+        """
+        consumer = self._consumer
+        assert consumer is not None
+        consumer.pause(*consumer.assignment())
+        try:
+            polled = consumer.poll(timeout_ms=0, max_records=self.settings.max_poll_records)
+        finally:
+            consumer.resume(*consumer.paused())
+        for tp, records in polled.items():
+            if records:
+                consumer.seek(tp, min(r.offset for r in records))
 
     def _launch(self, records: Sequence[RecordLike]) -> None:
         """Mark the batch pending (here, in poll order), then process it on its own thread."""
