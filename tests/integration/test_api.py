@@ -708,7 +708,8 @@ def test_status_shows_a_running_reclustering_and_hides_a_finished_or_dead_one(en
     try:
         shown = status()["recluster_progress"]
         assert shown["version"] == 7 and shown["stage"] == "cluster and name" and shown["facet"] == "Request"
-        assert (shown["facet_index"], shown["facets"]) == (1, 2) and 0 < shown["fraction"] < 0.1
+        # Request holds 3/4 of the points: a stage inside it is past the start and short of its share.
+        assert (shown["facet_index"], shown["facets"]) == (1, 2) and 0.05 < shown["fraction"] < 0.75
         assert shown["eta_s"] is not None and shown["eta_s"] > 0
     finally:
         env.store.locks.release(CLUSTERING_LOCK, token)
