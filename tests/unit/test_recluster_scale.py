@@ -4,6 +4,7 @@ the paged assignment pass (shards, resume by page) and the window's numbers on t
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 
 import numpy as np
@@ -18,7 +19,7 @@ from clio_stream.ops.faults import InjectedFault, armed
 from clio_stream.stages.trends import window_counts, window_grid
 from clio_stream.online.kmeans import OnlineKMeans
 from clio_stream.storage.documents import AssignPlan, assign_shard_key
-from clio_stream.storage.published import PublishedVersions
+from clio_stream.storage.published import POINTER_CHECK_S, PublishedVersions
 from clio_stream.storage.store import QdrantStore
 from clio_stream.storage.vector_pages import IdRange, read_page
 from tests.recluster_harness import job_settings, points
@@ -287,6 +288,7 @@ def test_members_withheld_through_another_facet_stay_hidden_beyond_the_sample(wo
     pointer = versions.root / "current"
     (versions.root / "current.tmp").write_text(pointer.read_text())
     os.replace(versions.root / "current.tmp", pointer)  # readers reload a version when its pointer is rewritten
+    time.sleep(POINTER_CHECK_S)  # ... which another process's readers notice within this long
     assert versions.load_current().result.hierarchies["Task"].nodes[victim].hidden
     cluster = current.result.store_links["Task"].clusters[victim]
     withheld = {p["conversation_id"] for p in
