@@ -299,6 +299,6 @@ def _write_outputs(result: ClioResult, out: Path, settings: ClioSettings, *, wri
     """``result.json`` and, unless ``write_site`` is False, the static site under ``out/site``."""
     atomic_write_bytes(out / "result.json", result.model_dump_json().encode())
     if write_site:
-        from clio_stream.storage.published import SiteOptions
+        from clio_stream.storage.result_folder import SiteOptions
 
         SiteOptions.from_settings(settings).write(result, out / "site", shown=shown)

@@ -143,7 +143,7 @@ def convertOutputToWebpage(output: OpenClioResults, rootHtmlPath: str, targetDir
     ``maxSizePerFile`` bytes), ``conversationFilter`` and ``dataToJson`` as ``site_conversation_filter`` and
     ``conversation_to_json``."""
     from clio_stream.stages.input_records import site_records
-    from clio_stream.storage.published import SiteOptions
+    from clio_stream.storage.result_folder import SiteOptions
 
     overrides: dict[str, Any] = {"html_root": rootHtmlPath, "site_chunk_bytes": maxSizePerFile,
                                  "show_progress": verbose, "site_conversation_filter": conversationFilter}

@@ -22,7 +22,8 @@ from clio_stream.privacy.denylist import deletion_token
 from clio_stream.privacy.users import keyed_user_hash, user_key_of
 from clio_stream.privacy.visibility import hide_subtrees
 from clio_stream.settings import ClioSettings
-from clio_stream.storage.published import PublishedVersions, rewrite_result_folder
+from clio_stream.storage.published import PublishedVersions
+from clio_stream.storage.result_folder import rewrite_result_folder
 
 log = logging.getLogger(__name__)
 

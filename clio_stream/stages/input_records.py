@@ -20,7 +20,8 @@ from typing import Any, Sequence
 from clio_stream.domain.clusters import ClioResult
 from clio_stream.domain.conversation import Conversation
 from clio_stream.domain.facets import Facet, data_as_text
-from clio_stream.settings import ClioSettings, default_conversation_to_json
+from clio_stream.settings import ClioSettings
+from clio_stream.settings_defaults import default_conversation_to_json
 from clio_stream.site.writer import SiteRecords
 from clio_stream.stages.prepare import DataError, LoadStats, prepare_conversations, to_conversation
 

@@ -8,6 +8,7 @@ Layout of ``publish_dir``::
     versions/<version>/lineage.json old cluster id -> successor id (optional)
     versions/<version>/meta.json    {version, published_at, site_version[, redacted_at]}
 
+``result.json`` and ``site/`` make a version folder a result folder (clio_stream.storage.result_folder).
 A version folder is built under a temporary name and renamed into place only when complete
 (``write_folder``), and ``current`` is flipped only after that, so a reader that follows the pointer
 never sees a half-written version. Versions are immutable: publishing an existing version string is an
@@ -40,19 +41,15 @@ from typing import Any, ClassVar
 from clio_stream.storage.checkpoint import atomic_write_bytes
 from clio_stream.domain.clusters import ClioResult
 from clio_stream.settings import ClioSettings
-from clio_stream.domain.metadata import visible_keys
-from clio_stream.privacy.visibility import Minimums
-from clio_stream.site.writer import SiteRecords, SiteViews, write_site
+from clio_stream.storage.result_folder import RESULT_FILE, SITE_DIR, SiteOptions, rewrite_result_folder
 
 log = logging.getLogger(__name__)
 
 POINTER_FILE = "current"
 POINTER_LOCK_FILE = ".current.lock"
 VERSIONS_DIR = "versions"
-RESULT_FILE = "result.json"
 LINEAGE_FILE = "lineage.json"
 META_FILE = "meta.json"
-SITE_DIR = "site"
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _STALE_TMP_S = 3600.0
 
@@ -64,47 +61,6 @@ def check_version(version: str) -> str:
     if not isinstance(version, str) or not _VERSION_RE.match(version):
         raise ValueError(f"invalid version {version!r}: use 1-128 of [A-Za-z0-9._-], not starting with . - _")
     return version
-
-
-@dataclass(frozen=True)
-class SiteOptions:
-    """How a result's static site is written."""
-
-    chunk_size: int
-    html_root: str
-    show_conversations: bool
-    minimums: Minimums | None = None
-    metadata_keys: tuple[str, ...] = ()  # declared keys a viewer may see (breakdowns in the site)
-    chunk_bytes: int = 10_000_000  # the seed's htmlMaxSizePerFile
-
-    @classmethod
-    def from_settings(cls, settings: ClioSettings) -> SiteOptions:
-        return cls(settings.site_chunk_size, settings.html_root, settings.show_conversations,
-                   Minimums.of(settings), tuple(visible_keys(settings.metadata_keys, "viewer")),
-                   settings.site_chunk_bytes)
-
-    @classmethod
-    def as_published(cls, result: ClioResult, settings: ClioSettings) -> SiteOptions:
-        """The options ``result`` was published with (its recorded settings), else ``settings``'.
-
-        A rewrite (deletion) must not change what a version shows, e.g. start showing raw messages.
-        """
-        recorded, current = result.settings or {}, cls.from_settings(settings)
-        return cls(chunk_size=int(recorded.get("site_chunk_size", current.chunk_size)),
-                   html_root=str(recorded.get("html_root", current.html_root) or ""),
-                   show_conversations=bool(recorded.get("show_conversations", current.show_conversations)),
-                   minimums=Minimums.of(settings, recorded), metadata_keys=current.metadata_keys,
-                   chunk_bytes=int(recorded.get("site_chunk_bytes", current.chunk_bytes)))
-
-    def write(self, result: ClioResult, site_dir: Path, *, previous: PublishedVersion | None = None,
-              version: str = "", shown: SiteRecords | None = None) -> Path:
-        """The site of ``result``; ``shown``: the batch run's site-only filter and display of input records."""
-        minimums = self.minimums or SiteViews.default(result).minimums
-        before = None if previous is None else (previous.version, previous.result, previous.lineage)
-        return write_site(result, site_dir, chunk_size=self.chunk_size, html_root=self.html_root,
-                          show_conversations=self.show_conversations,
-                          views=SiteViews(minimums, self.metadata_keys, before, version),
-                          chunk_bytes=self.chunk_bytes, shown=shown)
 
 
 @dataclass
@@ -162,24 +118,6 @@ def _stamp(path: Path) -> FileStamp | None:
     except FileNotFoundError:
         return None
     return st.st_ino, st.st_mtime_ns
-
-
-def rewrite_result_folder(folder: Path, edit: Callable[[ClioResult], bool], settings: ClioSettings) -> bool:
-    """Apply ``edit`` to ``folder/result.json``; if it changed something, write it and rebuild ``site/`` next to it.
-
-    For published versions and ``run_clio`` output folders alike; each file goes in by atomic rename.
-    """
-    try:
-        raw = (folder / RESULT_FILE).read_bytes()
-    except FileNotFoundError:
-        return False
-    result = ClioResult.model_validate_json(raw)
-    if not edit(result):
-        return False
-    atomic_write_bytes(folder / RESULT_FILE, result.model_dump_json().encode())
-    if (folder / SITE_DIR).exists():
-        SiteOptions.as_published(result, settings).write(result, folder / SITE_DIR)
-    return True
 
 
 # Readers stat the pointer at most this often: a request path touches no file, and another process's publish

@@ -13,7 +13,8 @@ from clio_stream.domain.clusters import ClioResult, ClusterNode, FacetHierarchy,
 from clio_stream.domain.conversation import Conversation, Message
 from clio_stream.settings import ClioSettings
 from clio_stream.privacy.visibility import Minimums
-from clio_stream.storage.published import PublishedVersions, SiteOptions
+from clio_stream.storage.published import PublishedVersions
+from clio_stream.storage.result_folder import SiteOptions
 
 F = "Request"
 

@@ -1,6 +1,7 @@
 import pytest
 
-from clio_stream.settings import ClioSettings, OpenClioConfig, default_n_base_clusters
+from clio_stream.settings import ClioSettings, OpenClioConfig
+from clio_stream.settings_defaults import default_n_base_clusters
 
 
 def test_defaults_follow_the_seed():
