@@ -20,7 +20,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from clio_stream.domain.clusters import ClioResult, ClusterNode, FacetHierarchy, StoreLink
+from clio_stream.domain.clusters import ClioResult, ClusterNode, FacetHierarchy, RunStats, StoreLink
 from clio_stream.domain.conversation import Conversation, ConversationFacets
 from clio_stream.domain.facet_specs import configured_facets
 from clio_stream.domain.facets import Facet
@@ -83,9 +83,12 @@ class ClioRun:
     records: dict[str, Any]
 
 
-def _leaf_clusters(leaves: Sequence[ClusterNode]) -> dict[str, int]:
-    """Leaf id -> the k-means cluster it is (``_base_leaves`` names cluster ``c`` ``{slug}-l0-{c}``)."""
-    return {leaf.id: int(leaf.id.rsplit("-l0-", 1)[1]) for leaf in leaves}
+@dataclass(frozen=True)
+class BaseLeaves:
+    """One facet's base clusters as leaves, and the k-means cluster each leaf is (its label in the store)."""
+
+    leaves: list[ClusterNode]
+    clusters: dict[str, int]  # leaf id -> k-means cluster index
 
 
 def run_clio(
@@ -166,14 +169,14 @@ def clio_run(
         embedded = ckpt.cached("embeddings", embed_key, lambda: _embed(tree_facets, facet_values, embedder))
 
     base_keys: dict[str, dict] = {}
-    leaves_of: dict[str, list[ClusterNode]] = {}
+    leaves_of: dict[str, BaseLeaves] = {}
     with timer.stage("base clusters", bar):
         for f in tree_facets:
             rows, vecs = embedded[f.name]
             if not rows:
                 log.warning("facet %s: no usable values; no clusters", f.name)
                 continue
-            base_keys[f.name] = {"embed": embed_key, "facet": f.name, "criteria": f.summary_criteria,
+            base_keys[f.name] = {"embed": embed_key, "facet": f.name, "criteria": f.summary_criteria, "form": "BaseLeaves",
                                  "embedder": embedder.model_name, **settings.fingerprint(
                 "n_base_clusters", "kmeans_args", "seed", "max_points_to_sample_inside_cluster",
                 "max_points_to_sample_outside_cluster", "n_name_description_samples_per_cluster",
@@ -195,8 +198,8 @@ def clio_run(
                 "min_cluster_users", "user_id_hash_key")}
             hierarchies[f.name] = ckpt.cached(
                 f"hierarchy-{slug(f.name)}", key,
-                lambda f=f: build_hierarchy(f, private_leaves(leaves_of[f.name], users_of, settings), llm_backend,
-                                            embedder, settings=settings, stats=ask_stats))
+                lambda f=f: build_hierarchy(f, private_leaves(leaves_of[f.name].leaves, users_of, settings),
+                                            llm_backend, embedder, settings=settings, stats=ask_stats))
 
     with timer.stage("privacy", bar):
         audit_scores: dict[str, dict[str, int | None]] = {}
@@ -205,15 +208,16 @@ def clio_run(
             if scores is not None:
                 audit_scores[name] = scores
 
-    result = _result(prep, facets, facet_values, hierarchies, settings, {
-        "load": {k: v for k, v in vars(prep.load_stats).items() if k != "duplicate_of"},
-        "llm": vars(ask_stats),
-        "seconds": timer.seconds,
-        "checkpoint_hits": ckpt.hits,
-        "unparseable_facet_values": {f.name: sum(1 for fv in facet_values if fv.values[f.name].value is None)
-                                     for f in facets},
-        "audit": audit_scores,
-    }, {name: StoreLink(clusters=_leaf_clusters(leaves_of[name])) for name in hierarchies})
+    stats = RunStats(
+        load={k: v for k, v in vars(prep.load_stats).items() if k != "duplicate_of"},
+        llm=AskStats(**vars(ask_stats)),
+        seconds=timer.seconds,
+        checkpoint_hits=ckpt.hits,
+        unparseable_facet_values={f.name: sum(1 for fv in facet_values if fv.values[f.name].value is None)
+                                  for f in facets},
+        audit=audit_scores)
+    result = _result(prep, facets, facet_values, hierarchies, settings, stats,
+                     {name: StoreLink(clusters=leaves_of[name].clusters) for name in hierarchies})
     with timer.stage("map", bar):
         for name, h in hierarchies.items():
             rows, vecs = embedded[name]
@@ -270,23 +274,25 @@ def _base_leaves(
     embedder: EmbeddingBackend,
     settings: ClioSettings,
     stats: AskStats,
-) -> list[ClusterNode]:
+) -> BaseLeaves:
     """Base clusters of one facet's value embeddings as leaves ``<facet>-l0-<k-means index>``, named by the LLM."""
     texts = [facet_values[r].values[facet.name].value or "" for r in rows]
     labels, centres = base_clusters(vectors, settings)
     names = name_clusters(facet, texts, vectors, labels, centres, llm, embedder, settings=settings, stats=stats)
-    leaves = []
+    leaves, clusters = [], {}
     fslug = slug(facet.name)
     for c, (summary, name) in enumerate(names):
         members = [conversations[rows[i]].id for i in np.flatnonzero(labels == c)]
         if members:
-            leaves.append(ClusterNode(id=f"{fslug}-l0-{c}", facet=facet.name, name=name, summary=summary, level=0,
-                                      conversation_ids=members))
-    return leaves
+            leaf = ClusterNode(id=f"{fslug}-l0-{c}", facet=facet.name, name=name, summary=summary, level=0,
+                               conversation_ids=members)
+            leaves.append(leaf)
+            clusters[leaf.id] = c
+    return BaseLeaves(leaves, clusters)
 
 
 def _result(prep: Prepared, facets: Sequence[Facet], facet_values: list[ConversationFacets],
-            hierarchies: dict[str, FacetHierarchy], settings: ClioSettings, stats: dict[str, Any],
+            hierarchies: dict[str, FacetHierarchy], settings: ClioSettings, stats: RunStats,
             store_links: dict[str, StoreLink]) -> ClioResult:
     originals = {c.id: c for c in prep.conversations}
     return ClioResult(facets=[f.to_dict() for f in facets], conversations=[originals[c.id] for c in prep.truncated],
