@@ -13,14 +13,14 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from clio_stream.domain.clusters import ClioResult, ClusterNode, FacetHierarchy, RunStats, StoreLink
+from clio_stream.domain.clusters import ClioResult, ClusterMap, ClusterNode, FacetHierarchy, RunStats, StoreLink
 from clio_stream.domain.conversation import Conversation, ConversationFacets
 from clio_stream.domain.facet_specs import configured_facets
 from clio_stream.domain.facets import Facet
@@ -91,6 +91,24 @@ class BaseLeaves:
     clusters: dict[str, int]  # leaf id -> k-means cluster index
 
 
+@dataclass
+class BaseStage:
+    """Each clustered facet's base leaves and the checkpoint key they were made under (the hierarchy's extends it)."""
+
+    keys: dict[str, dict[str, Any]] = field(default_factory=dict)
+    leaves: dict[str, BaseLeaves] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunTools:
+    """What every stage of one run shares: its settings, the two back-ends and the tally of LLM calls."""
+
+    settings: ClioSettings
+    llm: LLMBackend
+    embedder: EmbeddingBackend
+    ask_stats: AskStats
+
+
 def run_clio(
     facets: Sequence[Facet] | None = None,
     llm: Any = None,
@@ -132,100 +150,35 @@ def clio_run(
     """``run_clio``, returning the embeddings too (the seed's result carries them)."""
     if data is None:
         raise ValueError("run_clio needs data: a list of conversations (see clio_stream.get_example_data)")
-    settings = (settings or ClioSettings()).with_overrides(**overrides)
-    if html_root is not None:
-        settings = settings.with_overrides(html_root=html_root)
-    facets = list(facets) if facets else configured_facets(settings)
-    if len({f.name for f in facets}) != len(facets):
-        raise ValueError("facet names must be unique")
+    settings, facets = _configure(facets, html_root, settings, overrides)
     out = Path(output_dir) if output_dir is not None else None
     ckpt = Checkpoints(out / "checkpoints" if out is not None else None)
     timer = _Timer()
-    ask_stats = AskStats()
     bar = tqdm(total=6, disable=not settings.show_progress, desc="clio", unit="stage")
 
     with timer.stage("prepare", bar):
         loaded = load_records(list(data), facets, settings)
-        llm_backend = as_llm(llm, settings)
-        embedder = make_embedder(settings, embedding_model)
-        prep = _for_llm(loaded, llm_backend, settings)
-    truncated = prep.truncated
-
-    facet_key = {
-        "conversations": stable_hash([(c.id, conversation_content_key(c)) for c in truncated]),
-        "facets": [f.to_dict() for f in facets],
-        "llm": getattr(llm_backend, "model_name", "?"),
-        **settings.fingerprint("llm_sampling_args", "llm_max_retries", "seed", "max_conversation_tokens"),
-    }
+        tools = RunTools(settings, as_llm(llm, settings), make_embedder(settings, embedding_model), AskStats())
+        prep = _for_llm(loaded, tools.llm, settings)
+    facet_key = _facet_key(prep.truncated, facets, tools)
     with timer.stage("facets", bar):
-        facet_values: list[ConversationFacets] = ckpt.cached("facets", facet_key, lambda: extract_facets(
-            truncated, facets, llm_backend, sampling=settings.llm_sampling_args, retries=settings.llm_max_retries,
-            seed=settings.seed, batch_size=settings.llm_batch_size, raw_items=prep.raw_items, stats=ask_stats,
-            prefix_group=settings.facet_prefix_group, settings=settings))
-
+        facet_values: list[ConversationFacets] = ckpt.cached("facets", facet_key, lambda: _extract(prep, facets, tools))
     tree_facets = [f for f in facets if f.has_hierarchy]
-    embed_key = {"facets": facet_key, "model": embedder.model_name, "text": "answer after prefill"}
+    embed_key = {"facets": facet_key, "model": tools.embedder.model_name, "text": "answer after prefill"}
     with timer.stage("embeddings", bar):
-        embedded = ckpt.cached("embeddings", embed_key, lambda: _embed(tree_facets, facet_values, embedder))
-
-    base_keys: dict[str, dict] = {}
-    leaves_of: dict[str, BaseLeaves] = {}
+        embedded = ckpt.cached("embeddings", embed_key, lambda: _embed(tree_facets, facet_values, tools.embedder))
     with timer.stage("base clusters", bar):
-        for f in tree_facets:
-            rows, vecs = embedded[f.name]
-            if not rows:
-                log.warning("facet %s: no usable values; no clusters", f.name)
-                continue
-            base_keys[f.name] = {"embed": embed_key, "facet": f.name, "criteria": f.summary_criteria, "form": "BaseLeaves",
-                                 "embedder": embedder.model_name, **settings.fingerprint(
-                "n_base_clusters", "kmeans_args", "seed", "max_points_to_sample_inside_cluster",
-                "max_points_to_sample_outside_cluster", "n_name_description_samples_per_cluster",
-                "llm_sampling_args", "llm_max_retries")}
-            leaves_of[f.name] = ckpt.cached(f"base-{slug(f.name)}", base_keys[f.name], lambda f=f, rows=rows, vecs=vecs:
-                                            _base_leaves(f, truncated, facet_values, vecs, rows, llm_backend, embedder,
-                                                         settings, ask_stats))
-
-    hierarchies: dict[str, FacetHierarchy] = {}
+        base = _base_stage(tree_facets, embedded, embed_key, prep.truncated, facet_values, tools, ckpt)
     with timer.stage("hierarchy", bar):
-        users_of = user_keys(truncated, settings)
-        for f in tree_facets:
-            if f.name not in leaves_of:
-                continue
-            key = {"base": base_keys[f.name], **settings.fingerprint(
-                "min_top_level_size", "n_neighbourhoods", "n_samples_outside_neighbourhood",
-                "n_names_per_neighbourhood", "n_categorize_samples", "max_categorize_candidates",
-                "max_children_for_renaming", "n_rename_samples", "max_hierarchy_levels", "min_cluster_conversations",
-                "min_cluster_users", "user_id_hash_key")}
-            hierarchies[f.name] = ckpt.cached(
-                f"hierarchy-{slug(f.name)}", key,
-                lambda f=f: build_hierarchy(f, private_leaves(leaves_of[f.name].leaves, users_of, settings),
-                                            llm_backend, embedder, settings=settings, stats=ask_stats))
-
+        hierarchies = _hierarchy_stage(tree_facets, base, prep.truncated, tools, ckpt)
     with timer.stage("privacy", bar):
-        audit_scores: dict[str, dict[str, int | None]] = {}
-        for name, h in hierarchies.items():
-            scores = finalise(h, truncated, facet_values, facets, llm_backend, embedder, settings, stats=ask_stats)
-            if scores is not None:
-                audit_scores[name] = scores
+        audit_scores = _finalise_stage(hierarchies, prep.truncated, facet_values, facets, tools)
 
-    stats = RunStats(
-        load={k: v for k, v in vars(prep.load_stats).items() if k != "duplicate_of"},
-        llm=AskStats(**vars(ask_stats)),
-        seconds=timer.seconds,
-        checkpoint_hits=ckpt.hits,
-        unparseable_facet_values={f.name: sum(1 for fv in facet_values if fv.values[f.name].value is None)
-                                  for f in facets},
-        audit=audit_scores)
+    stats = _run_stats(prep, facets, facet_values, tools.ask_stats, timer, ckpt, audit_scores)
     result = _result(prep, facets, facet_values, hierarchies, settings, stats,
-                     {name: StoreLink(clusters=leaves_of[name].clusters) for name in hierarchies})
+                     {name: StoreLink(clusters=base.leaves[name].clusters) for name in hierarchies})
     with timer.stage("map", bar):
-        for name, h in hierarchies.items():
-            rows, vecs = embedded[name]
-            by_conversation = {facet_values[i].conversation_id: vecs[j] for j, i in enumerate(rows)}
-            centroids = member_centroids(h, by_conversation)
-            layout = cluster_map(h, centroids, method=settings.map_projection, seed=settings.seed)
-            result.maps[name] = place_points(layout, centroids, list(by_conversation),
-                                             np.asarray(list(by_conversation.values())), settings.seed)
+        result.maps.update(_maps(hierarchies, embedded, facet_values, settings))
     with timer.stage("site", bar):
         if out is not None:
             _write_outputs(result, out, settings, write_site=write_site,
@@ -233,11 +186,20 @@ def clio_run(
     bar.close()
     result.stats.seconds = timer.seconds
     if host_webui and out is not None and write_site:
-        from clio_stream.site.server import announce_link, serve_site
-
-        serve_site(out / "site", host=settings.web_host, port=settings.web_port, html_root=settings.html_root,
-                   announce=announce_link)
+        _serve(out, settings)
     return ClioRun(result, facets, embedded, prep.records)
+
+
+def _configure(facets: Sequence[Facet] | None, html_root: str | None, settings: ClioSettings | None,
+               overrides: dict[str, Any]) -> tuple[ClioSettings, list[Facet]]:
+    """The run's settings (overrides and ``html_root`` winning) and its facets, whose names must be unique."""
+    settings = (settings or ClioSettings()).with_overrides(**overrides)
+    if html_root is not None:
+        settings = settings.with_overrides(html_root=html_root)
+    facets = list(facets) if facets else configured_facets(settings)
+    if len({f.name for f in facets}) != len(facets):
+        raise ValueError("facet names must be unique")
+    return settings, facets
 
 
 def _for_llm(loaded: Loaded, llm: LLMBackend, settings: ClioSettings) -> Prepared:
@@ -252,6 +214,24 @@ def _for_llm(loaded: Loaded, llm: LLMBackend, settings: ClioSettings) -> Prepare
                     load_stats=loaded.stats, records=loaded.records)
 
 
+def _facet_key(truncated: Sequence[Conversation], facets: Sequence[Facet], tools: RunTools) -> dict[str, Any]:
+    """What the facet values depend on: the text the LLM reads, the questions, the model and its sampling."""
+    return {
+        "conversations": stable_hash([(c.id, conversation_content_key(c)) for c in truncated]),
+        "facets": [f.to_dict() for f in facets],
+        "llm": getattr(tools.llm, "model_name", "?"),
+        **tools.settings.fingerprint("llm_sampling_args", "llm_max_retries", "seed", "max_conversation_tokens"),
+    }
+
+
+def _extract(prep: Prepared, facets: Sequence[Facet], tools: RunTools) -> list[ConversationFacets]:
+    """Every facet of every truncated conversation, asked of the LLM in batches of ``llm_batch_size``."""
+    s = tools.settings
+    return extract_facets(prep.truncated, facets, tools.llm, sampling=s.llm_sampling_args, retries=s.llm_max_retries,
+                          seed=s.seed, batch_size=s.llm_batch_size, raw_items=prep.raw_items, stats=tools.ask_stats,
+                          prefix_group=s.facet_prefix_group, settings=s)
+
+
 def _embed(facets: Sequence[Facet], facet_values: Sequence[ConversationFacets],
            embedder: EmbeddingBackend) -> FacetEmbeddings:
     """Each facet's rows with a value and the embeddings of those values (the text the workers embed too)."""
@@ -264,21 +244,38 @@ def _embed(facets: Sequence[Facet], facet_values: Sequence[ConversationFacets],
     return result
 
 
-def _base_leaves(
-    facet: Facet,
-    conversations: Sequence[Conversation],
-    facet_values: Sequence[ConversationFacets],
-    vectors: np.ndarray,
-    rows: list[int],
-    llm: LLMBackend,
-    embedder: EmbeddingBackend,
-    settings: ClioSettings,
-    stats: AskStats,
-) -> BaseLeaves:
+def _base_key(facet: Facet, embed_key: dict[str, Any], tools: RunTools) -> dict[str, Any]:
+    """What one facet's base clusters depend on: its embeddings, k-means and the naming prompts' settings."""
+    return {"embed": embed_key, "facet": facet.name, "criteria": facet.summary_criteria, "form": "BaseLeaves",
+            "embedder": tools.embedder.model_name, **tools.settings.fingerprint(
+                "n_base_clusters", "kmeans_args", "seed", "max_points_to_sample_inside_cluster",
+                "max_points_to_sample_outside_cluster", "n_name_description_samples_per_cluster",
+                "llm_sampling_args", "llm_max_retries")}
+
+
+def _base_stage(tree_facets: Sequence[Facet], embedded: FacetEmbeddings, embed_key: dict[str, Any],
+                conversations: Sequence[Conversation], facet_values: Sequence[ConversationFacets], tools: RunTools,
+                ckpt: Checkpoints) -> BaseStage:
+    """Named base clusters of each hierarchy facet with values, each checkpointed on its own."""
+    base = BaseStage()
+    for f in tree_facets:
+        rows, vecs = embedded[f.name]
+        if not rows:
+            log.warning("facet %s: no usable values; no clusters", f.name)
+            continue
+        base.keys[f.name] = _base_key(f, embed_key, tools)
+        base.leaves[f.name] = ckpt.cached(f"base-{slug(f.name)}", base.keys[f.name], lambda f=f, rows=rows, vecs=vecs:
+                                          _base_leaves(f, conversations, facet_values, vecs, rows, tools))
+    return base
+
+
+def _base_leaves(facet: Facet, conversations: Sequence[Conversation], facet_values: Sequence[ConversationFacets],
+                 vectors: np.ndarray, rows: list[int], tools: RunTools) -> BaseLeaves:
     """Base clusters of one facet's value embeddings as leaves ``<facet>-l0-<k-means index>``, named by the LLM."""
     texts = [facet_values[r].values[facet.name].value or "" for r in rows]
-    labels, centres = base_clusters(vectors, settings)
-    names = name_clusters(facet, texts, vectors, labels, centres, llm, embedder, settings=settings, stats=stats)
+    labels, centres = base_clusters(vectors, tools.settings)
+    names = name_clusters(facet, texts, vectors, labels, centres, tools.llm, tools.embedder, settings=tools.settings,
+                          stats=tools.ask_stats)
     leaves, clusters = [], {}
     fslug = slug(facet.name)
     for c, (summary, name) in enumerate(names):
@@ -291,6 +288,54 @@ def _base_leaves(
     return BaseLeaves(leaves, clusters)
 
 
+def _hierarchy_stage(tree_facets: Sequence[Facet], base: BaseStage, conversations: Sequence[Conversation],
+                     tools: RunTools, ckpt: Checkpoints) -> dict[str, FacetHierarchy]:
+    """Each clustered facet's hierarchy, built over only the leaves that meet the privacy minimums."""
+    settings = tools.settings
+    users_of = user_keys(conversations, settings)
+    hierarchies: dict[str, FacetHierarchy] = {}
+    for f in tree_facets:
+        if f.name not in base.leaves:
+            continue
+        key = {"base": base.keys[f.name], **settings.fingerprint(
+            "min_top_level_size", "n_neighbourhoods", "n_samples_outside_neighbourhood",
+            "n_names_per_neighbourhood", "n_categorize_samples", "max_categorize_candidates",
+            "max_children_for_renaming", "n_rename_samples", "max_hierarchy_levels", "min_cluster_conversations",
+            "min_cluster_users", "user_id_hash_key")}
+        hierarchies[f.name] = ckpt.cached(
+            f"hierarchy-{slug(f.name)}", key,
+            lambda f=f: build_hierarchy(f, private_leaves(base.leaves[f.name].leaves, users_of, settings),
+                                        tools.llm, tools.embedder, settings=settings, stats=tools.ask_stats))
+    return hierarchies
+
+
+def _finalise_stage(hierarchies: dict[str, FacetHierarchy], conversations: Sequence[Conversation],
+                    facet_values: Sequence[ConversationFacets], facets: Sequence[Facet],
+                    tools: RunTools) -> dict[str, dict[str, int | None]]:
+    """Finalise every hierarchy in place (privacy, audit, trends); the audit's scores of the facets it rated."""
+    audit_scores: dict[str, dict[str, int | None]] = {}
+    for name, h in hierarchies.items():
+        scores = finalise(h, conversations, facet_values, facets, tools.llm, tools.embedder, tools.settings,
+                          stats=tools.ask_stats)
+        if scores is not None:
+            audit_scores[name] = scores
+    return audit_scores
+
+
+def _run_stats(prep: Prepared, facets: Sequence[Facet], facet_values: Sequence[ConversationFacets],
+               ask_stats: AskStats, timer: _Timer, ckpt: Checkpoints,
+               audit_scores: dict[str, dict[str, int | None]]) -> RunStats:
+    """The run's figures: input counts, LLM calls, stage times, checkpoint hits, unparseable values, audit."""
+    return RunStats(
+        load={k: v for k, v in vars(prep.load_stats).items() if k != "duplicate_of"},
+        llm=AskStats(**vars(ask_stats)),
+        seconds=timer.seconds,
+        checkpoint_hits=ckpt.hits,
+        unparseable_facet_values={f.name: sum(1 for fv in facet_values if fv.values[f.name].value is None)
+                                  for f in facets},
+        audit=audit_scores)
+
+
 def _result(prep: Prepared, facets: Sequence[Facet], facet_values: list[ConversationFacets],
             hierarchies: dict[str, FacetHierarchy], settings: ClioSettings, stats: RunStats,
             store_links: dict[str, StoreLink]) -> ClioResult:
@@ -298,6 +343,20 @@ def _result(prep: Prepared, facets: Sequence[Facet], facet_values: list[Conversa
     return ClioResult(facets=[f.to_dict() for f in facets], conversations=[originals[c.id] for c in prep.truncated],
                       facet_values=facet_values, hierarchies=hierarchies, settings=settings.public_dict(), stats=stats,
                       store_links=store_links)
+
+
+def _maps(hierarchies: dict[str, FacetHierarchy], embedded: FacetEmbeddings,
+          facet_values: Sequence[ConversationFacets], settings: ClioSettings) -> dict[str, ClusterMap]:
+    """Each hierarchy's 2-D map: its clusters laid out by their members' centroids, a sample of points among them."""
+    maps: dict[str, ClusterMap] = {}
+    for name, h in hierarchies.items():
+        rows, vecs = embedded[name]
+        by_conversation = {facet_values[i].conversation_id: vecs[j] for j, i in enumerate(rows)}
+        centroids = member_centroids(h, by_conversation)
+        layout = cluster_map(h, centroids, method=settings.map_projection, seed=settings.seed)
+        maps[name] = place_points(layout, centroids, list(by_conversation),
+                                  np.asarray(list(by_conversation.values())), settings.seed)
+    return maps
 
 
 def _write_outputs(result: ClioResult, out: Path, settings: ClioSettings, *, write_site: bool,
@@ -308,3 +367,11 @@ def _write_outputs(result: ClioResult, out: Path, settings: ClioSettings, *, wri
         from clio_stream.storage.result_folder import SiteOptions
 
         SiteOptions.from_settings(settings).write(result, out / "site", shown=shown)
+
+
+def _serve(out: Path, settings: ClioSettings) -> None:
+    """Serve the written site until interrupted (the seed's ``hostWebui``)."""
+    from clio_stream.site.server import announce_link, serve_site
+
+    serve_site(out / "site", host=settings.web_host, port=settings.web_port, html_root=settings.html_root,
+               announce=announce_link)
