@@ -288,6 +288,106 @@ def assign_facet(
 
 # --------------------------------------------------------------------------- the batch
 
+RowValues = dict[tuple[int, str], FacetValue | None]  # (row of the decoded batch, facet) -> its value, if any
+
+
+def values_by_row(items: Sequence[DecodedConversation], facets: Sequence[Facet],
+                  by_hash: Mapping[str, Mapping[str, FacetValue]]) -> RowValues:
+    """Each row's value of each facet: rows with the same content share one answer."""
+    return {(row, f.name): by_hash[item.content_hash].get(f.name) for row, item in enumerate(items) for f in facets}
+
+
+def rows_with_value(facet: Facet, n_rows: int, value_of: RowValues) -> list[int]:
+    """The rows that gave ``facet`` a (non-empty) value: the only ones embedded and assigned."""
+    return [r for r in range(n_rows) if (fv := value_of[(r, facet.name)]) is not None and fv.value]
+
+
+def embed_tree_values(tree: Sequence[Facet], n_rows: int, value_of: RowValues,
+                      embedder: EmbeddingBackend) -> dict[str, np.ndarray]:
+    """The vectors of the hierarchy facets' values, in one embedder call: embedding text -> vector."""
+    return embed_values([embedding_text(f, value_of[(r, f.name)].value)  # type: ignore[union-attr]
+                         for f in tree for r in rows_with_value(f, n_rows, value_of)], embedder)
+
+
+@dataclass
+class BatchAssignments:
+    """Where the batch's values went in the online clusters, and the centroid deltas that follow."""
+
+    assignments: dict[tuple[int, str], Assignment] = field(default_factory=dict)  # (row, facet) -> its cluster
+    versions: dict[str, int] = field(default_factory=dict)  # facet -> the clustering version assigned to
+    deltas: list[CentroidDeltas] = field(default_factory=list)
+    assigned: dict[str, int] = field(default_factory=dict)  # facet -> vectors assigned to a cluster
+    outliers: dict[str, int] = field(default_factory=dict)  # facet -> of those, outliers
+
+
+def assign_batch(tree: Sequence[Facet], records: Sequence[RecordLike], value_of: RowValues,
+                 text_vectors: Mapping[str, np.ndarray], models: Mapping[str, OnlineKMeans],
+                 ranges: Mapping[tuple[str, int], tuple[int, int]], dim: int) -> BatchAssignments:
+    """Assign each hierarchy facet's values with its model; a facet without a usable model stays unassigned."""
+    out = BatchAssignments()
+    for f in tree:
+        model = models.get(f.name)
+        if model is None:
+            continue
+        if model.dim != dim:
+            log.warning("facet %s: clustering v%d is %d-d but the embedder makes %d-d vectors; storing "
+                        "unassigned", f.name, model.version, model.dim, dim)
+            continue
+        rows = rows_with_value(f, len(records), value_of)
+        if not rows:
+            continue
+        mat = np.stack([text_vectors[embedding_text(f, value_of[(r, f.name)].value)] for r in rows])  # type: ignore
+        found, facet_deltas = assign_facet(f, rows, mat, records, model, ranges)
+        for row, a in found.items():
+            out.assignments[(row, f.name)] = a
+        out.versions[f.name] = model.version
+        out.deltas.extend(facet_deltas)
+        out.assigned[f.name] = len(found)
+        out.outliers[f.name] = sum(1 for a in found.values() if a.is_outlier)
+    return out
+
+
+@dataclass
+class BatchPoints:
+    """What the batch stores: one point per conversation and facet, and each conversation's status record."""
+
+    facet_points: list[FacetPoint]
+    conversations: list[ConversationRecord]
+
+
+def batch_points(items: Sequence[DecodedConversation], facets: Sequence[Facet], value_of: RowValues,
+                 text_vectors: Mapping[str, np.ndarray], clusters: BatchAssignments, settings: ClioSettings,
+                 dim: int) -> BatchPoints:
+    """Every facet point (a zero vector where nothing was embedded) and ``processed`` record, with its facets copy."""
+    zero = np.zeros(dim, dtype=np.float32)  # "not embedded": facets without a hierarchy, missing values
+    points: list[FacetPoint] = []
+    conversations: list[ConversationRecord] = []
+    for row, item in enumerate(items):
+        record = conversation_record(item, settings, "processed")
+        conversations.append(record)
+        first = len(points)
+        for f in facets:
+            fv = value_of[(row, f.name)] or FacetValue(facet=f.name, value=None)
+            vec = text_vectors.get(embedding_text(f, fv.value)) if (f.has_hierarchy and fv.value) else None
+            a = clusters.assignments.get((row, f.name))
+            points.append(FacetPoint(
+                conversation_id=item.conversation.id,
+                facet=f.name,
+                vector=zero if vec is None else vec,
+                value=fv.value,
+                numeric=fv.numeric,
+                user_hash=record.user_hash,
+                timestamp=item.conversation.timestamp,
+                cluster_id=None if a is None else a.cluster,
+                cluster_version=None if a is None else clusters.versions[f.name],
+                similarity=None if a is None else a.similarity,
+                outlier=False if a is None else a.is_outlier,
+                content_hash=item.content_hash,
+                metadata=record.extra.get("metadata"),
+            ))
+        record.extra[FACETS_COPY] = {p.facet: p.summary() for p in points[first:]}
+    return BatchPoints(points, conversations)
+
 
 def process_batch(
     records: Sequence[RecordLike],
@@ -321,85 +421,20 @@ def process_batch(
     reach("consume.embed")
 
     tree = [f for f in facets if f.has_hierarchy]
-    value_of = {(row, f.name): values[item.content_hash].get(f.name) for row, item in enumerate(items) for f in facets}
+    value_of = values_by_row(items, facets, values)
     t1 = time.perf_counter()
-    text_vectors = embed_values(
-        [embedding_text(f, fv.value) for f in tree for r in range(len(items)) if (fv := value_of[(r, f.name)])
-         and fv.value], embedder)
+    text_vectors = embed_tree_values(tree, len(items), value_of, embedder)
     t_embed = time.perf_counter() - t1
     dim = int(embedder.dim)
-
-    item_records = [item.record for item in items]
-    assignments: dict[tuple[int, str], Assignment] = {}
-    versions: dict[str, int] = {}
-    deltas: list[CentroidDeltas] = []
-    assigned: dict[str, int] = {}
-    outliers: dict[str, int] = {}
     with models_lock or nullcontext():
-        for f in tree:
-            model = models.get(f.name)
-            if model is None:
-                continue
-            if model.dim != dim:
-                log.warning("facet %s: clustering v%d is %d-d but the embedder makes %d-d vectors; storing "
-                            "unassigned", f.name, model.version, model.dim, dim)
-                continue
-            rows = [r for r in range(len(items)) if (fv := value_of[(r, f.name)]) is not None and fv.value]
-            if not rows:
-                continue
-            mat = np.stack([text_vectors[embedding_text(f, value_of[(r, f.name)].value)] for r in rows])  # type: ignore
-            found, facet_deltas = assign_facet(f, rows, mat, item_records, model, ranges)
-            for row, a in found.items():
-                assignments[(row, f.name)] = a
-            versions[f.name] = model.version
-            deltas.extend(facet_deltas)
-            assigned[f.name] = len(found)
-            outliers[f.name] = sum(1 for a in found.values() if a.is_outlier)
-
-    zero = np.zeros(dim, dtype=np.float32)  # "not embedded": facets without a hierarchy, missing values
-    points: list[FacetPoint] = []
-    conversations: list[ConversationRecord] = []
-    for row, item in enumerate(items):
-        record = conversation_record(item, settings, "processed")
-        conversations.append(record)
-        first = len(points)
-        for f in facets:
-            fv = value_of[(row, f.name)] or FacetValue(facet=f.name, value=None)
-            vec = text_vectors.get(embedding_text(f, fv.value)) if (f.has_hierarchy and fv.value) else None
-            a = assignments.get((row, f.name))
-            points.append(FacetPoint(
-                conversation_id=item.conversation.id,
-                facet=f.name,
-                vector=zero if vec is None else vec,
-                value=fv.value,
-                numeric=fv.numeric,
-                user_hash=record.user_hash,
-                timestamp=item.conversation.timestamp,
-                cluster_id=None if a is None else a.cluster,
-                cluster_version=None if a is None else versions[f.name],
-                similarity=None if a is None else a.similarity,
-                outlier=False if a is None else a.is_outlier,
-                content_hash=item.content_hash,
-                metadata=record.extra.get("metadata"),
-            ))
-        record.extra[FACETS_COPY] = {p.facet: p.summary() for p in points[first:]}
+        clusters = assign_batch(tree, [item.record for item in items], value_of, text_vectors, models, ranges, dim)
+    stored = batch_points(items, facets, value_of, text_vectors, clusters, settings, dim)
     outcome = BatchOutcome(
-        facet_points=points,
-        conversations=conversations,
-        dead_letters=list(decoded.dead_letters),
-        deltas=deltas,
-        offsets=ranges,
-        duplicates=decoded.duplicates,
-        reused_by_hash=reused,
-        llm_calls=counting.calls,
-        llm_prompts=counting.prompts,
-        unparseable=stats.unparseable,
-        assigned=assigned,
-        outliers=outliers,
-        seconds=time.perf_counter() - t0,
-        llm_seconds=t_llm,
-        embed_seconds=t_embed,
-    )
+        facet_points=stored.facet_points, conversations=stored.conversations,
+        dead_letters=list(decoded.dead_letters), deltas=clusters.deltas, offsets=ranges,
+        duplicates=decoded.duplicates, reused_by_hash=reused, llm_calls=counting.calls, llm_prompts=counting.prompts,
+        unparseable=stats.unparseable, assigned=clusters.assigned, outliers=clusters.outliers,
+        seconds=time.perf_counter() - t0, llm_seconds=t_llm, embed_seconds=t_embed)
     log.info("batch: %d records -> %d conversations (%d reused by hash, %d duplicates), %d dead letters, "
              "%d LLM calls, %.2f s", len(records), outcome.processed, reused, decoded.duplicates,
              len(outcome.dead_letters), counting.calls, outcome.seconds)
