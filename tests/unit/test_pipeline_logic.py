@@ -120,3 +120,22 @@ def test_facet_waves_cover_every_prompt_once():
         assert f"help with {TOPICS[i % len(TOPICS)]} things" in o.values["Request"].value, (i, o.values["Request"])
     assert out[0].values["Request"].value.startswith(REQUEST.prefill)
     assert all(o.values["Language"].value == "English" for o in out)
+
+
+def test_a_withheld_cluster_never_feeds_the_hierarchy_prompts():
+    """run_clio builds the hierarchy over privacy-checked leaves: one user's cluster is named, never passed up."""
+    asked = []
+
+    def script(name, values, rng):
+        asked.append((name, "\n".join(map(str, values.values()))))
+        return sensible_script(name, values, rng)
+
+    rows = data(48) + [{"id": f"r{i}", "user_id": "loner", "conversation": [
+        {"role": "user", "content": f"zebra question {i}"}, {"role": "assistant", "content": "ok"}]} for i in range(4)]
+    res = run_clio([REQUEST], ScriptedLLM(script), HashEmbedder(), rows, output_dir=None,
+                   settings=settings(min_top_level_size=2, min_cluster_users=2, min_cluster_conversations=2,
+                                     n_base_clusters=lambda n: 9))
+    zebra = [leaf for leaf in res.hierarchies["Request"].leaves() if "r0" in leaf.conversation_ids]
+    assert len(zebra) == 1 and zebra[0].hidden and sorted(zebra[0].conversation_ids) == ["r0", "r1", "r2", "r3"]
+    above = [text for name, text in asked if name in ("propose_parents", "parent_name", "parent_summary")]
+    assert above and not any("zebra" in text for text in above)
