@@ -12,6 +12,7 @@ is dead-lettered too: a record that makes the server fail cannot block for good.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 from kafka.errors import KafkaError
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 
 # Failures of a dependency: the batch is retried later, never dead-lettered.
 RETRYABLE = (StoreError, LLMUnavailable, KafkaError)
+# Tries of one isolated record, each failing while the LLM answers its health check, before it is dead-lettered.
+ALONE_ATTEMPTS = 3
+ALONE_PAUSE_S = 2.0  # times the attempt number, between tries
 
 ProcessFn = Callable[[Sequence[RecordLike], DecodedBatch | None], BatchOutcome]
 
@@ -55,13 +59,13 @@ def process_isolating_poison(records: Sequence[RecordLike], decoded: DecodedBatc
     dead: list[DeadLetter] = []
     for rec in records:
         try:
-            parts.append(process([rec], None))
-        except LLMUnavailable as exc:
-            if not (isolate and llm_healthy()):
-                raise
-            dead.append(DeadLetter(rec, f"the LLM failed on this record alone after {failures} tries of "
-                                        f"its batch, while answering its health check: {exc}"[:500],
-                                   "llm_failed_repeatedly"))
+            done = _alone(rec, process, isolate=isolate, llm_healthy=llm_healthy)
+            if isinstance(done, BatchOutcome):
+                parts.append(done)
+            else:
+                dead.append(DeadLetter(rec, f"the LLM failed on this record alone {ALONE_ATTEMPTS} times after "
+                                            f"{failures} tries of its batch, answering its health check each "
+                                            f"time: {done}"[:500], "llm_failed_repeatedly"))
         except RETRYABLE:
             raise
         except RecordRejected as exc:
@@ -70,6 +74,28 @@ def process_isolating_poison(records: Sequence[RecordLike], decoded: DecodedBatc
             dead.append(DeadLetter(rec, f"processing failed: {type(exc).__name__}: {exc}"[:500],
                                    "processing_failed"))
     return merge_outcomes(parts, records, dead, dead_lettered=dead_lettered_records(decoded, dead, settings))
+
+
+def _alone(rec: RecordLike, process: ProcessFn, *, isolate: bool,
+           llm_healthy: Callable[[], bool]) -> BatchOutcome | LLMUnavailable:
+    """``rec`` processed on its own, or its last LLM failure when the LLM answered its health check after each of
+    ``ALONE_ATTEMPTS`` failed tries of this record alone (it is poison). Any other LLM failure propagates as an
+    outage: the batch is retried later.
+
+    One failure while the LLM looks healthy is not evidence enough: a server that has just come back answers its
+    health check before every request succeeds (stale connections, a warming engine), and one record of the
+    batch retried at that moment must not be dead-lettered for the outage.
+    """
+    for attempt in range(1, ALONE_ATTEMPTS + 1):
+        try:
+            return process([rec], None)
+        except LLMUnavailable as exc:
+            if not (isolate and llm_healthy()):
+                raise
+            if attempt == ALONE_ATTEMPTS:
+                return exc
+            time.sleep(ALONE_PAUSE_S * attempt)
+    raise AssertionError("unreachable: the loop returns or raises")
 
 
 def llm_answers_health_check(llm: LLMBackend) -> bool:

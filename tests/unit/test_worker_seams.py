@@ -12,6 +12,7 @@ from clio_stream.settings import ClioSettings
 from clio_stream.storage.errors import StoreError
 from consumers.decoding import DecodedBatch, Record, RecordLike, decode_records
 from consumers.health import BrokerWatch
+from consumers import poison
 from consumers.poison import process_isolating_poison
 from consumers.processing import BatchOutcome, LLMUnavailable, RecordRejected
 
@@ -64,14 +65,32 @@ def test_an_outage_is_never_dead_lettered(outage: Exception) -> None:
         run(Core(ValueError("bug"), {0: outage}))
 
 
-def test_isolation_dead_letters_a_record_the_llm_fails_on_while_healthy() -> None:
+def test_isolation_dead_letters_a_record_the_llm_fails_on_while_healthy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(poison, "ALONE_PAUSE_S", 0.0)
     core = Core(None, {2: LLMUnavailable("500")})
     out = run(core, isolate=True)
-    assert core.calls == [[0], [1], [2], [3]]  # no whole-batch attempt
+    assert core.calls == [[0], [1], [2], [2], [2], [3]]  # no whole-batch attempt; the failing record tried 3 times
     assert [(d.record.offset, d.code) for d in out.dead_letters] == [(2, "llm_failed_repeatedly")]
-    assert "after 3 tries" in out.dead_letters[0].reason
+    assert "alone 3 times after 3 tries" in out.dead_letters[0].reason
     with pytest.raises(LLMUnavailable):  # the LLM itself is down: an outage, retried later
         run(Core(None, {2: LLMUnavailable("500")}), isolate=True, healthy=False)
+
+
+def test_one_failure_of_a_record_alone_as_the_llm_comes_back_is_not_poison(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server just restarted answers its health check before every request succeeds: the record's first try
+    alone fails, the next succeeds, and nothing may be dead-lettered for the outage (seen in test_outages)."""
+    monkeypatch.setattr(poison, "ALONE_PAUSE_S", 0.0)
+
+    class FailsOnce(Core):
+        def __call__(self, records: Sequence[RecordLike], decoded: DecodedBatch | None) -> BatchOutcome:
+            if len(records) == 1 and self.errors.get(records[0].offset) is not None:
+                self.calls.append([records[0].offset])
+                raise self.errors.pop(records[0].offset)
+            return super().__call__(records, decoded)
+
+    core = FailsOnce(None, {1: LLMUnavailable("connection reset")})
+    out = run(core, isolate=True)
+    assert out.dead_letters == [] and core.calls == [[0], [1], [1], [2], [3]]
 
 
 def test_broker_watch_reports_unreachable_after_the_grace_and_back_once() -> None:
