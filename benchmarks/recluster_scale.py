@@ -102,9 +102,15 @@ def wait_green(store: Any, timeout_s: float = 3600.0) -> None:
     """Until the collection's optimisations are done (a "grey" collection is nudged to start them)."""
     from qdrant_client import models
 
+    from clio_stream.storage.errors import StoreUnavailable
+
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:
-        status = str(store.facet_collection_info().status).lower().split(".")[-1]
+        try:
+            status = str(store.facet_collection_info().status).lower().split(".")[-1]
+        except StoreUnavailable:  # a server just restarted answers HTTP before its gRPC port
+            time.sleep(1)
+            continue
         if status == "green":
             return
         if status == "grey":
