@@ -48,7 +48,14 @@ from clio_stream.ops.faults import reach
 from clio_stream.settings import ClioSettings
 from clio_stream.storage.store import QdrantStore
 from clio_stream.streaming.connection import KafkaConnection
-from clio_stream.streaming.kafka_io import DeadLetterWriter, committed_lags, ensure_topics, make_consumer, make_producer
+from clio_stream.streaming.kafka_io import (
+    DeadLetterWriter,
+    committed_lags,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+    poll_without_fetching,
+)
 from consumers.batch_writes import write_batch
 from consumers.centroids import SharedCentroids
 from consumers.decoding import DecodedBatch, RecordLike, decode_records
@@ -253,29 +260,13 @@ class ConsumerWorker:
                 self._health.watch_broker(self._consumer, time.monotonic())
                 self._maybe_write_metrics()
         elif not self._stop.is_set():
-            self._poll_without_fetching()
+            # A rebalance completes only inside poll: keep taking part without fetching, so a worker whose
+            # batches all wait for a slow LLM does not hold up the whole group until they finish.
+            poll_without_fetching(self._consumer, self.settings.max_poll_records)
         if len(self._in_flight) and not stored:
             self._in_flight.wait(IN_FLIGHT_WAIT_S)
             stored += self._commit_finished()
         return stored
-
-    def _poll_without_fetching(self) -> None:
-        """No room for another batch: poll with every partition paused, so the worker keeps its part in the group.
-
-        A rebalance completes only inside ``poll``; without this, a worker whose batches in flight all wait for a
-        slow LLM would hold up the whole group until they finish. Partitions assigned during this very poll are
-        not paused: anything it returns for them is sought back to, to be polled again when there is room.
-        """
-        consumer = self._consumer
-        assert consumer is not None
-        consumer.pause(*consumer.assignment())
-        try:
-            polled = consumer.poll(timeout_ms=0, max_records=self.settings.max_poll_records)
-        finally:
-            consumer.resume(*consumer.paused())
-        for tp, records in polled.items():
-            if records:
-                consumer.seek(tp, min(r.offset for r in records))
 
     def _launch(self, records: Sequence[RecordLike]) -> None:
         """Mark the batch pending (here, in poll order), then process it on its own thread."""

@@ -345,3 +345,19 @@ class DeadLetterWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def poll_without_fetching(consumer: KafkaConsumer, max_records: int) -> None:
+    """One ``poll`` with every assigned partition paused: heartbeats and rebalances proceed, no record is taken.
+
+    Partitions assigned during this very poll are not paused; anything it returns for them is sought back to,
+    so it is polled again later and nothing is skipped.
+    """
+    consumer.pause(*consumer.assignment())
+    try:
+        polled = consumer.poll(timeout_ms=0, max_records=max_records)
+    finally:
+        consumer.resume(*consumer.paused())
+    for tp, records in polled.items():
+        if records:
+            consumer.seek(tp, min(r.offset for r in records))
