@@ -11,6 +11,7 @@ from clio_stream.llm.base import AskStats, LLMBackend, Prompt, ask, sampling_for
 from clio_stream.llm.parsing import parse_facet_answer, parse_int_in_range, parse_own_prompt_answer
 from clio_stream.llm.prompts import FACET_CONVERSATION, FACET_EXAMPLE, FACET_OWN_PROMPT, FACET_TEXT, NUMERIC_SUFFIX
 from clio_stream.settings import ClioSettings
+from clio_stream.stages.echo import echoes_example
 from clio_stream.stages.prepare import render_conversation
 from clio_stream.domain.conversation import Conversation, ConversationFacets, FacetValue
 
@@ -142,6 +143,11 @@ def parse_facet(facet: Facet, text: str | None) -> FacetValue | None:
     return FacetValue(facet=facet.name, value=value)
 
 
+def source_text(conv: Conversation) -> str:
+    """What an answer about ``conv`` may draw its words from: every turn (the user's and the assistant's)."""
+    return "\n".join(m.content for m in conv.messages)
+
+
 def waves(n_conversations: int, n_facets: int, group: int) -> list[tuple[int, int]]:
     """Conversation ranges ``[lo, hi)`` to send together.
 
@@ -182,8 +188,15 @@ def extract_facets(
     # The templates' stop strings; each prompt carries its facet's token cap (``Prompt.max_tokens``).
     args = sampling_for(FACET_TEXT, sampling_for(FACET_CONVERSATION, sampling))
 
+    sources = [source_text(conv) for conv in conversations]
+
     def parse(text: str | None, i: int) -> FacetValue | None:
-        return parse_facet(llm_facets[i % nf], text)
+        facet = llm_facets[i % nf]
+        value = parse_facet(facet, text)
+        checked = value is not None and value.numeric is None and facet.examples and not facet.reads_data
+        if checked and echoes_example(value.value or "", (a for _, a in facet.examples), sources[i // nf]):
+            return None  # a worked example copied, not this conversation described: ask again
+        return value
 
     answers: list[FacetValue | None] = [None] * len(prompts)
     for lo, hi in waves(len(conversations), nf, prefix_group) if nf else []:
