@@ -308,6 +308,8 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     if any(s % CHUNK for s in sizes) or sizes != sorted(sizes):
         raise SystemExit(f"--sizes must ascend in multiples of {CHUNK}")
+    if args.memory_points and args.memory_points < CHUNK:
+        raise SystemExit(f"--memory-points must be 0 (skip) or at least {CHUNK}")
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
