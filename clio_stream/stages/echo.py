@@ -30,12 +30,14 @@ def content_words(text: str) -> set[str]:
     return {w for w in _WORD.findall(text.lower()) if len(w) >= 4 and w not in _COMMON}
 
 
-def echoes_example(answer: str, example_answers: Iterable[str], source_text: str) -> bool:
-    """Whether ``answer`` copies one of ``example_answers`` rather than describing ``source_text``."""
+def echoes_example(answer: str, example_answers: Iterable[str], source: str | set[str]) -> bool:
+    """Whether ``answer`` copies one of ``example_answers`` rather than describing ``source`` (its text, or its
+    ``content_words`` when the caller checks several answers against one conversation)."""
     said = content_words(answer)
     if not said:
         return False
-    source = content_words(source_text)
+    if isinstance(source, str):
+        source = content_words(source)
     for example in example_answers:
         wanted = content_words(example)
         if len(wanted) < 2:

@@ -11,7 +11,7 @@ from clio_stream.llm.base import AskStats, LLMBackend, Prompt, ask, sampling_for
 from clio_stream.llm.parsing import parse_facet_answer, parse_int_in_range, parse_own_prompt_answer
 from clio_stream.llm.prompts import FACET_CONVERSATION, FACET_EXAMPLE, FACET_OWN_PROMPT, FACET_TEXT, NUMERIC_SUFFIX
 from clio_stream.settings import ClioSettings
-from clio_stream.stages.echo import echoes_example
+from clio_stream.stages.echo import content_words, echoes_example
 from clio_stream.stages.prepare import render_conversation
 from clio_stream.domain.conversation import Conversation, ConversationFacets, FacetValue
 
@@ -188,13 +188,17 @@ def extract_facets(
     # The templates' stop strings; each prompt carries its facet's token cap (``Prompt.max_tokens``).
     args = sampling_for(FACET_TEXT, sampling_for(FACET_CONVERSATION, sampling))
 
-    sources = [source_text(conv) for conv in conversations]
+    source_words: dict[int, set[str]] = {}  # per conversation, computed once for all its facets and re-asks
 
     def parse(text: str | None, i: int) -> FacetValue | None:
         facet = llm_facets[i % nf]
         value = parse_facet(facet, text)
-        checked = value is not None and value.numeric is None and facet.examples and not facet.reads_data
-        if checked and echoes_example(value.value or "", (a for _, a in facet.examples), sources[i // nf]):
+        if value is None or value.numeric is not None or not facet.examples or facet.reads_data:
+            return value
+        ci = i // nf
+        if ci not in source_words:
+            source_words[ci] = content_words(source_text(conversations[ci]))
+        if echoes_example(value.value or "", (a for _, a in facet.examples), source_words[ci]):
             return None  # a worked example copied, not this conversation described: ask again
         return value
 
