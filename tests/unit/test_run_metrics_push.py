@@ -7,9 +7,7 @@ The receiver is a real HTTP server on loopback speaking the Pushgateway's push p
 from __future__ import annotations
 
 import argparse
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -17,27 +15,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from clio_stream.living.job import ReclusterReport
 from clio_stream.living.progress import StageTime
 from clio_stream.living.run_metrics import PUSH_JOB, RunOutcome, push_run_metrics
+from tests.loopback_http import Recorder
 
 
-class Pushgateway:
+class Pushgateway(Recorder):
     """Records every push it receives: (method, path, body)."""
 
-    def __init__(self) -> None:
-        pushes = self.pushes = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_PUT(self) -> None:  # noqa: N802 - http.server API
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                pushes.append(("PUT", self.path, body.decode()))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+    @property
+    def pushes(self) -> list[tuple[str, str, str]]:
+        return [(r.method, r.path, r.body.decode()) for r in self.requests]
 
     def samples(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         (_, _, body), = self.pushes
@@ -49,8 +35,7 @@ class Pushgateway:
 def gateway() -> Iterator[Pushgateway]:
     gw = Pushgateway()
     yield gw
-    gw.httpd.shutdown()
-    gw.httpd.server_close()
+    gw.close()
 
 
 def test_a_published_run_pushes_its_outcome_stages_and_version(gateway: Pushgateway) -> None:

@@ -9,9 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import threading
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -24,41 +22,26 @@ from clio_stream.storage.documents import ALERT_LOG
 from clio_stream.storage.published import PublishedVersions
 from clio_stream.storage.store import QdrantStore
 from clio_stream.views.webhooks import signature
+from tests.loopback_http import Recorder
 from tests.unit.fakes import HashEmbedder, ScriptedLLM, sensible_script
 from tests.unit.test_recluster import fill
 
 SECRET = "webhook-secret-for-tests"
 
 
-class Receiver:
+class Receiver(Recorder):
     """A webhook on loopback: records every POST (answering 500 to the first ``fail_first`` ones)."""
 
     def __init__(self, fail_first: int = 0) -> None:
-        self.calls: list[dict[str, Any]] = []
-        self.fail_first = fail_first
-        outer = self
+        super().__init__("/hook", fail_first=fail_first, status=204)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.calls.append({"headers": dict(self.headers), "body": body})
-                failing = len(outer.calls) <= outer.fail_first
-                self.send_response(500 if failing else 204)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    @property
+    def calls(self) -> list[dict[str, Any]]:
+        return [{"headers": r.headers, "body": r.body} for r in self.requests]
 
     def delivered(self) -> list[dict[str, Any]]:
         """Alerts answered 2xx."""
         return [json.loads(c["body"])["alert"] for i, c in enumerate(self.calls) if i >= self.fail_first]
-
-    def close(self) -> None:
-        self.server.shutdown()
 
 
 @pytest.fixture
