@@ -64,13 +64,19 @@ class ClusterNode(BaseModel):
     hidden_reason: str | None = None
     trend: Trend | None = None
     audit_score: int | None = None  # the privacy auditor's 1-5 rating of this name and summary (not public)
-    # Name check of base clusters (stages.name_check): keywords shown beside the name, the rank at which the name
+    # Name check (stages.name_check): keywords shown beside the name, the rank at which the name
     # retrieves its own cluster among its siblings (1 = first), and whether it failed; a failed LLM name is
     # replaced by the keywords when there are any and kept in ``llm_name`` (not public: it was not audited).
     keywords: str | None = None
     name_rank: int | None = None
     weak_name: bool = False
     llm_name: str | None = None
+
+    @property
+    def given_name(self) -> str:
+        """The name the LLM gave this node, before a failed name check showed its keywords instead: what a next
+        version that keeps the node carries over, to be checked again against the members it has then."""
+        return self.llm_name or self.name
 
     @property
     def size(self) -> int:

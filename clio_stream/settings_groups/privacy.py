@@ -19,8 +19,8 @@ class PrivacyFields(BaseModel):
         "to start with this placeholder; `clio-stream up` generates one for its demo.")
     audit_cluster_names: bool = Field(False, description="Ask the LLM to rate each cluster's privacy (1-5).")
     check_cluster_names: bool = Field(
-        True, description="Check each base cluster's name against its members (name fidelity); show keyword labels "
-        "beside names and instead of names that fail.")
+        True, description="Check each cluster's name, at every level, against its members (name fidelity); show "
+        "keyword labels beside names and instead of names that fail.")
     audit_min_score: int = Field(3, ge=1, le=5, description="Clusters rated below this are withheld.")
     show_conversations: bool = Field(True, description="Write raw conversations into the site / API answers.")
     # User deletion (clio_stream.privacy.deletion): the API records a request, the process owning publish_dir carries it out.

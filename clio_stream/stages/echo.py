@@ -6,7 +6,8 @@ never mention a watch, and they formed a cluster of their own named after the ex
 example when it carries most of that example answer's content words and those shared words do not occur in the
 conversation itself; an answer about a conversation that really is about pairing a watch uses the
 conversation's words and passes. Echoes are treated as unparseable, so the LLM is asked again (at the run's
-sampling temperature) and, failing that, the value is missing rather than wrong.
+sampling temperature) and, failing that, once more without the examples (``stages.extract.extract_facets``):
+a plain answer about the conversation rather than a copied one.
 """
 
 from __future__ import annotations

@@ -26,13 +26,17 @@ def examples_text(facet: Facet) -> str:
     return "".join(FACET_EXAMPLE.format(message=m, answer=full(a)) for m, a in facet.examples)
 
 
-def facet_prompt(facet: Facet, conversation_text: str) -> Prompt:
-    """The prompt for one facet of one conversation (or of one data item shown as text)."""
+def facet_prompt(facet: Facet, conversation_text: str, *, with_examples: bool = True) -> Prompt:
+    """The prompt for one facet of one conversation (or of one data item shown as text).
+
+    ``with_examples=False`` leaves the worked examples out: the last resort for a conversation whose answers
+    kept copying one of them (see ``extract_facets``).
+    """
     template = FACET_TEXT if facet.data_to_text is not None else FACET_CONVERSATION
     question = facet.question + (NUMERIC_SUFFIX if facet.numeric else "")
     return Prompt(template, {"conversation": conversation_text, "question": question, "prefill": facet.prefill,
-                             "examples": examples_text(facet)}, choices=_choices(facet), max_tokens=facet.max_tokens,
-                  temperature=facet.temperature)
+                             "examples": examples_text(facet) if with_examples else ""}, choices=_choices(facet),
+                  max_tokens=facet.max_tokens, temperature=facet.temperature)
 
 
 def _choices(facet: Facet) -> tuple[str, ...] | None:
@@ -189,6 +193,7 @@ def extract_facets(
     args = sampling_for(FACET_TEXT, sampling_for(FACET_CONVERSATION, sampling))
 
     source_words: dict[int, set[str]] = {}  # per conversation, computed once for all its facets and re-asks
+    echoed: set[int] = set()  # prompts whose last answer copied a worked example
 
     def parse(text: str | None, i: int) -> FacetValue | None:
         facet = llm_facets[i % nf]
@@ -199,7 +204,9 @@ def extract_facets(
         if ci not in source_words:
             source_words[ci] = content_words(source_text(conversations[ci]))
         if echoes_example(value.value or "", (a for _, a in facet.examples), source_words[ci]):
+            echoed.add(i)
             return None  # a worked example copied, not this conversation described: ask again
+        echoed.discard(i)
         return value
 
     answers: list[FacetValue | None] = [None] * len(prompts)
@@ -217,6 +224,19 @@ def extract_facets(
                       desc="facets" if lo == 0 and idx[0] % nf == 0 else None, stats=stats)
             for i, v in zip(idx, got):
                 answers[i] = v
+    copying = sorted(i for i in echoed if answers[i] is None)
+    if copying:
+        # The examples pulled the model away from this conversation every time: ask once more without them.
+        # A plain answer about the conversation beats a missing value (the conversation would drop out of
+        # the facet) and a copied one (a cluster named after the example).
+        log.info("facets: %d answers kept copying a worked example; asking those without the examples",
+                 len(copying))
+        bare = [facet_prompt(llm_facets[i % nf], render_conversation(conversations[i // nf]), with_examples=False)
+                for i in copying]
+        got = ask(llm, bare, lambda t, j: parse_facet(llm_facets[copying[j] % nf], t), args, retries=retries,
+                  seed=seed, batch_size=batch_size, stats=stats)
+        for i, v in zip(copying, got):
+            answers[i] = v
     out: list[ConversationFacets] = []
     for ci, conv in enumerate(conversations):
         values = {}

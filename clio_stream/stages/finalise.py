@@ -1,6 +1,6 @@
 """Stage: finalise a named hierarchy before it is published, the same way for the batch run and re-clustering.
 
-The base clusters' names are checked against their members first (``stages.name_check``: keywords beside every
+Every cluster's name is checked against its members first (``stages.name_check``: keywords beside every
 name, keywords instead of a name that does not retrieve its own cluster), so the audit rates what is shown.
 Privacy minimums and per-node statistics (``privacy.annotate``), the optional LLM privacy audit
 (``privacy.audit``; ratings of a previous version's unchanged names are reused), then trends
@@ -18,7 +18,7 @@ from clio_stream.embedding import EmbeddingBackend
 from clio_stream.llm.base import AskStats, LLMBackend
 from clio_stream.privacy.audit import annotate, audit, known_audits
 from clio_stream.settings import ClioSettings
-from clio_stream.stages.name_check import check_leaf_names
+from clio_stream.stages.name_check import check_names
 from clio_stream.stages.trends import annotate_trends
 
 
@@ -40,7 +40,7 @@ def finalise(
     """
     facet = next(f for f in facets if f.name == hierarchy.facet)
     if settings.check_cluster_names:
-        check_leaf_names(hierarchy, conversations, facet_values, facet, embedder, settings)
+        check_names(hierarchy, conversations, facet_values, facet, embedder, settings)
     annotate(hierarchy, conversations, facet_values, facets, min_conversations=settings.min_cluster_conversations,
              min_users=settings.min_cluster_users, user_hash_key=settings.user_id_hash_key)
     scores = None

@@ -1,15 +1,17 @@
-"""Stage: check each base cluster's name against its members, and fall back to keywords where it fails.
+"""Stage: check each cluster's name against its members, and fall back to keywords where it fails.
 
 A reader trusts a name only if it points at what the cluster holds. The check is the name fidelity of
-``stages.fidelity``: the name, embedded, should rank its own cluster first among the centroids of all sibling
-clusters' member values. The name alone, not name and summary: the dashboard shows the name first, and a
-specific summary let generic names pass ("A chatbot designed to assist with business tasks"). A leaf whose name fails is marked ``weak_name``, and when its keyword label
-(``stages.keywords``, c-TF-IDF over distinct users) exists, that label is shown instead; every leaf carries its
-keywords beside the name. Words need as many distinct users as a cluster does (``min_cluster_users``), so a
-keyword can never say more about one person than a cluster may.
+``stages.fidelity``: the name, embedded, should rank its own cluster first among the centroids of the member
+values of every cluster of its level (leaves among leaves, parents among the parents of their level). The name
+alone, not name and summary: the dashboard shows the name first, and a specific summary let generic names pass
+("A chatbot designed to assist with business tasks"). A node whose name fails is marked ``weak_name``, and when
+its keyword label (``stages.keywords``, c-TF-IDF over distinct users) exists, that label is shown instead; every
+node carries its keywords beside the name. Words need as many distinct users as a cluster does
+(``min_cluster_users``), so a keyword can never say more about one person than a cluster may.
 
-Member vectors are a bounded sample per leaf (``sample`` values nearest the start of the member list, which is
-deterministic), so the check costs at most ``k * (sample + 1)`` embeddings whatever the store holds.
+Member vectors are a bounded, deterministic sample per node (``sample`` values spread evenly over its sorted
+member ids), each embedded once for all levels, so the check costs at most ``nodes * (sample + 1)`` embeddings
+whatever the store holds.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from clio_stream.settings import ClioSettings
 from clio_stream.stages.fidelity import ranks
 from clio_stream.stages.keywords import keyword_labels
 
-SAMPLE_PER_LEAF = 32
+SAMPLE_PER_NODE = 32
 
 
 def keyword_name(keywords: str) -> str:
@@ -37,7 +39,7 @@ def keyword_name(keywords: str) -> str:
     return ", ".join(words)[:1].upper() + ", ".join(words)[1:] if words else ""
 
 
-def check_leaf_names(
+def check_names(
     hierarchy: FacetHierarchy,
     conversations: Sequence[Conversation],
     facet_values: Sequence[ConversationFacets],
@@ -45,40 +47,66 @@ def check_leaf_names(
     embedder: EmbeddingBackend,
     settings: ClioSettings,
     *,
-    sample: int = SAMPLE_PER_LEAF,
+    sample: int = SAMPLE_PER_NODE,
 ) -> int:
-    """Set ``keywords``, ``name_rank`` and ``weak_name`` on every leaf of ``hierarchy`` in place; returns the weak count."""
-    leaves = [n for n in hierarchy.nodes.values() if n.level == 0 and n.conversation_ids]
-    if len(leaves) < 2:
-        return 0  # one cluster retrieves itself whatever its name says
+    """Set ``keywords``, ``name_rank`` and ``weak_name`` on every node of ``hierarchy`` in place; returns the weak
+    count. Each level is checked on its own: a leaf among the leaves, a parent among the parents of its level
+    (a top-level name must say what sets its part of the data apart from the other top-level parts)."""
     value_of = {fv.conversation_id: fv.values[facet.name].value for fv in facet_values if facet.name in fv.values}
     user_of = {c.id: user_key_of(c, settings.user_id_hash_key) for c in conversations}
+    vectors = _MemberVectors(value_of, facet, embedder)
+    weak = 0
+    for level in sorted({n.level for n in hierarchy.nodes.values()}):
+        nodes = [n for n in hierarchy.nodes.values() if n.level == level and n.conversation_ids]
+        weak += _check_level(nodes, value_of, user_of, vectors, facet, embedder, settings, sample)
+    return weak
+
+
+def _check_level(nodes: list[ClusterNode], value_of: dict[str, str | None], user_of: dict[str, str],
+                 vectors: "_MemberVectors", facet: Facet, embedder: EmbeddingBackend, settings: ClioSettings,
+                 sample: int) -> int:
+    if len(nodes) < 2:
+        return 0  # one cluster retrieves itself whatever its name says
     texts, labels, users = [], [], []
-    for i, leaf in enumerate(leaves):
-        for cid in leaf.conversation_ids:
+    for i, node in enumerate(nodes):
+        for cid in node.conversation_ids:
             if value_of.get(cid):
                 texts.append(value_of[cid])
                 labels.append(i)
                 users.append(user_of.get(cid, cid))
-    keywords = keyword_labels(texts, labels, users, len(leaves), min_users=settings.min_cluster_users,
+    keywords = keyword_labels(texts, labels, users, len(nodes), min_users=settings.min_cluster_users,
                               drop=facet.prefill)
-    centroids = np.stack([_centroid(leaf, value_of, facet, embedder, sample) for leaf in leaves])
-    names = normalise_rows(embedder.encode([leaf.name for leaf in leaves]))
-    rank = ranks(names, centroids, np.arange(len(leaves)))
-    weak = 0
-    for leaf, r, words in zip(leaves, rank, keywords):
-        _mark(leaf, int(r), words)
-        weak += leaf.weak_name
-    return weak
+    centroids = np.stack([vectors.centroid(_spread_sample(n.conversation_ids, value_of, sample)) for n in nodes])
+    names = normalise_rows(embedder.encode([n.name for n in nodes]))
+    rank = ranks(names, centroids, np.arange(len(nodes)))
+    for node, r, words in zip(nodes, rank, keywords):
+        _mark(node, int(r), words)
+    return sum(n.weak_name for n in nodes)
 
 
-def _centroid(leaf: ClusterNode, value_of: dict[str, str | None], facet: Facet, embedder: EmbeddingBackend,
-              sample: int) -> np.ndarray:
-    values = [value_of[c] for c in leaf.conversation_ids if value_of.get(c)][:sample]
-    if not values:
-        return np.zeros(embedder.dim, dtype=np.float32)
-    vecs = normalise_rows(embedder.encode([embedding_text(facet, v) for v in values]))
-    return normalise_rows(vecs.mean(axis=0))
+def _spread_sample(ids: Sequence[str], value_of: dict[str, str | None], sample: int) -> list[str]:
+    """Up to ``sample`` members with a value, evenly spread over their ids in sorted order: the same members
+    whatever order a version lists them in (a kept cluster is checked as it was), and not only the first child's
+    (a parent lists its children's members one child after another)."""
+    valued = sorted(c for c in ids if value_of.get(c))
+    return valued[:: max(1, len(valued) // sample)][:sample]
+
+
+class _MemberVectors:
+    """Unit embeddings of member values, each computed once for all levels."""
+
+    def __init__(self, value_of: dict[str, str | None], facet: Facet, embedder: EmbeddingBackend) -> None:
+        self.value_of, self.facet, self.embedder = value_of, facet, embedder
+        self.known: dict[str, np.ndarray] = {}
+
+    def centroid(self, ids: Sequence[str]) -> np.ndarray:
+        if not ids:
+            return np.zeros(self.embedder.dim, dtype=np.float32)
+        new = [c for c in dict.fromkeys(ids) if c not in self.known]
+        if new:
+            texts = [embedding_text(self.facet, self.value_of[c] or "") for c in new]
+            self.known.update(zip(new, normalise_rows(self.embedder.encode(texts))))
+        return normalise_rows(np.mean([self.known[c] for c in ids], axis=0))
 
 
 def _mark(leaf: ClusterNode, rank: int, words: str) -> None:

@@ -39,7 +39,7 @@ from clio_stream.storage.documents import LAST_RUN, WORKER_METRICS
 from clio_stream.storage.records import conversation_point_id, facet_point_id
 from clio_stream.storage.store import QdrantStore
 from consumers.producing import produce, to_messages
-from tests.streaming_helpers import committed, processed_count, reader_store, valued, wait_for
+from tests.streaming_helpers import committed, facet_payloads, processed_count, reader_store, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 log = logging.getLogger(__name__)
@@ -222,9 +222,9 @@ def api_view(base: str, sample: list[str]) -> dict[str, Any]:
 def wait_for_final_version(store: QdrantStore, base: str, since: float, timeout: float) -> str:
     """Wait for a run that finished after ``since`` with every point stored, and for ``base`` to serve it.
 
-    A run clusters the Request points that have a value; one the model left unparseable has none.
+    A run records every stored Request point (the scheduler's new-data base), with or without a usable value.
     """
-    points = len(valued(store, "Request"))
+    points = len(facet_payloads(store, "Request"))
 
     def done() -> bool:
         last = store.states.read(LAST_RUN)

@@ -50,8 +50,22 @@ def test_extraction_asks_again_after_an_echo_and_keeps_what_describes_the_conver
     assert out[0].values["Request"].value == f"{REQUEST.prefill} list famous tax loopholes."
 
 
-def test_an_echo_that_persists_leaves_the_value_missing_rather_than_wrong() -> None:
-    llm = ScriptedLLM(lambda name, values, rng: f" {WATCH}</answer>")
+def test_an_echo_that_persists_is_asked_once_more_without_the_examples() -> None:
+    def copier(name: str, values: Mapping[str, str], rng: random.Random) -> str | None:
+        # Shown the examples, the model copies one; shown none, it describes the conversation.
+        return f" {WATCH}</answer>" if values["examples"] else " explain the MIS structure.</answer>"
+
+    llm = ScriptedLLM(copier)
+    out = extract_facets(_conversations(["present the MIS structure in semiconductors",
+                                         "My new phone won't pair with my fitness watch, how do I connect it?"]),
+                         [REQUEST], llm, sampling={}, retries=1, seed=0, batch_size=10)
+    assert out[0].values["Request"].value == f"{REQUEST.prefill} explain the MIS structure."
+    assert out[1].values["Request"].value == f"{REQUEST.prefill} {WATCH}"  # about a watch: not an echo
+    assert len(llm.calls) == 2 + 1 + 1  # both asked, the copy asked again, then once without the examples
+
+
+def test_a_bare_answer_that_does_not_parse_leaves_the_value_missing_rather_than_wrong() -> None:
+    llm = ScriptedLLM(lambda name, values, rng: f" {WATCH}</answer>" if values["examples"] else "")
     out = extract_facets(_conversations(["present the MIS structure in semiconductors"]), [REQUEST], llm,
                          sampling={}, retries=1, seed=0, batch_size=10)
-    assert out[0].values["Request"].value is None and len(llm.calls) == 2
+    assert out[0].values["Request"].value is None and len(llm.calls) == 2 + 2

@@ -9,7 +9,7 @@ from clio_stream.domain.clusters import ClusterNode, FacetHierarchy
 from clio_stream.domain.conversation import Conversation, ConversationFacets, FacetValue, Message
 from clio_stream.domain.facets import Facet
 from clio_stream.settings import ClioSettings
-from clio_stream.stages.name_check import check_leaf_names, keyword_name
+from clio_stream.stages.name_check import check_names, keyword_name
 from tests.unit.test_quality_fidelity import bag_of_words
 
 FACET = Facet(name="Request", question="What does the user want?", prefill="The user asks the assistant to",
@@ -49,7 +49,7 @@ def _data(per_topic: int = 6):
 def test_a_generic_name_is_weak_and_shown_as_keywords_specific_names_stay() -> None:
     h, convs, values = _data()
     settings = ClioSettings(min_cluster_users=3, user_id_hash_key="k" * 40)
-    assert check_leaf_names(h, convs, values, FACET, BagOfWords(), settings) == 1
+    assert check_names(h, convs, values, FACET, BagOfWords(), settings) == 1
     card, password, refund = h.nodes["l-card"], h.nodes["l-password"], h.nodes["l-refund"]
     assert (card.name_rank, card.weak_name, card.name) == (1, False, "Track a new debit card delivery")
     assert password.name_rank == 1 and not password.weak_name
@@ -64,7 +64,7 @@ def test_a_generic_name_is_weak_and_shown_as_keywords_specific_names_stay() -> N
 
 def test_keywords_need_as_many_users_as_a_cluster() -> None:
     h, convs, values = _data(per_topic=4)
-    check_leaf_names(h, convs, values, FACET, BagOfWords(), ClioSettings(min_cluster_users=5, user_id_hash_key="k" * 40))
+    check_names(h, convs, values, FACET, BagOfWords(), ClioSettings(min_cluster_users=5, user_id_hash_key="k" * 40))
     assert all(n.keywords is None for n in h.nodes.values())  # 4 users per cluster: no word qualifies
 
 
@@ -77,5 +77,51 @@ def test_the_name_alone_is_checked_a_specific_summary_does_not_rescue_a_generic_
     h, convs, values = _data()
     h.nodes["l-card"].name = "Questions about a banking product"
     h.nodes["l-card"].summary = "Users want to track the delivery of a new debit card that has not arrived."
-    check_leaf_names(h, convs, values, FACET, BagOfWords(), ClioSettings(min_cluster_users=3, user_id_hash_key="k" * 40))
+    check_names(h, convs, values, FACET, BagOfWords(), ClioSettings(min_cluster_users=3, user_id_hash_key="k" * 40))
     assert h.nodes["l-card"].weak_name and h.nodes["l-card"].llm_name == "Questions about a banking product"
+
+
+def _with_parents(h: FacetHierarchy, names: dict[str, tuple[str, list[str]]]) -> FacetHierarchy:
+    for pid, (name, children) in names.items():
+        members = [c for leaf in children for c in h.nodes[leaf].conversation_ids]
+        h.nodes[pid] = ClusterNode(id=pid, facet="Request", name=name, summary="", level=1, children=children,
+                                   conversation_ids=members)
+        for leaf in children:
+            h.nodes[leaf].parent_id = pid
+    h.root_ids = list(names)
+    return h
+
+
+def test_parent_names_are_checked_among_the_parents_of_their_level() -> None:
+    h, convs, values = _data()
+    h = _with_parents(h, {"p-cards": ("Categorized responses", ["l-card", "l-refund"]),
+                          "p-access": ("Reset an online banking password", ["l-password"])})
+    weak = check_names(h, convs, values, FACET, BagOfWords(), ClioSettings(min_cluster_users=3,
+                                                                           user_id_hash_key="k" * 40))
+    cards, access = h.nodes["p-cards"], h.nodes["p-access"]
+    assert weak == 2  # the refund leaf and the generic parent
+    assert cards.weak_name and cards.llm_name == "Categorized responses" and cards.name == keyword_name(cards.keywords)
+    assert {"card"} & set(cards.keywords.split())  # its words come from both of its children's members
+    assert access.name_rank == 1 and not access.weak_name and access.name == "Reset an online banking password"
+
+
+def test_a_parents_centroid_samples_every_child_not_the_first_one() -> None:
+    from clio_stream.stages.name_check import _spread_sample
+
+    ids = [f"a{i}" for i in range(40)] + [f"b{i}" for i in range(40)]
+    picked = _spread_sample(ids, dict.fromkeys(ids, "v"), 8)
+    assert len(picked) == 8 and {p[0] for p in picked} == {"a", "b"}
+
+
+def test_a_kept_node_carries_the_llms_name_over_to_be_checked_again_not_its_keywords() -> None:
+    from clio_stream.living.lineage import patch_structure
+
+    h, convs, values = _data()
+    old = _with_parents(h, {"p-cards": ("Categorized responses", ["l-card", "l-refund"]),
+                            "p-access": ("Reset an online banking password", ["l-password"])})
+    check_names(old, convs, values, FACET, BagOfWords(), ClioSettings(min_cluster_users=3, user_id_hash_key="k" * 40))
+    assert old.nodes["p-cards"].name != "Categorized responses"  # shown as its keywords in this version
+    leaves = [n.model_copy(update={"name": n.given_name, "llm_name": None}) for n in old.leaves()]
+    new = patch_structure(leaves, {n.id: n.parent_id for n in old.leaves()}, old)
+    assert new.nodes["p-cards"].name == "Categorized responses" and new.nodes["p-cards"].llm_name is None
+    assert new.nodes["l-refund"].name == "Help the user with their request"
