@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kafka import ConsumerRebalanceListener
+from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 
 from clio_stream.ops.faults import reach
 from consumers.decoding import RecordLike, offset_ranges
@@ -64,6 +64,15 @@ def rewind_targets(batches: Iterable[InFlightBatch]) -> dict[tuple[str, int], in
         for tp, (first, _) in b.ranges.items():
             out[tp] = min(first, out.get(tp, first))
     return out
+
+
+def seek_back(consumer: KafkaConsumer, batches: Sequence[InFlightBatch]) -> None:
+    """Seek back to the batches' first offsets on the partitions still ``consumer``'s, so they are polled again."""
+    owned = consumer.assignment()
+    for (topic, partition), first in rewind_targets(batches).items():
+        tp = TopicPartition(topic, partition)
+        if tp in owned:
+            consumer.seek(tp, first)
 
 
 class InFlight:

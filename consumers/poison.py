@@ -23,7 +23,9 @@ from clio_stream.settings import ClioSettings
 from clio_stream.storage.errors import StoreError
 from clio_stream.storage.records import ConversationRecord
 from consumers.decoding import DeadLetter, DecodedBatch, RecordLike, offset_ranges
-from consumers.processing import BatchOutcome, LLMUnavailable, RecordRejected, dead_lettered_records
+from consumers.llm_guard import LLMUnavailable, RecordRejected
+from consumers.processing import BatchOutcome
+from consumers.status_records import dead_lettered_records
 
 log = logging.getLogger(__name__)
 

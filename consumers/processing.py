@@ -10,9 +10,9 @@ never touches Kafka, so it runs in unit tests with fakes and an in-memory store.
 
 The only I/O it does is reading: the store's content-hash lookup and the LLM
 and embedder calls. Failures say whose fault they are: a failing LLM raises
-:class:`LLMUnavailable` and a failing store :class:`clio_stream.storage.qdrant.StoreError`
+:class:`consumers.llm_guard.LLMUnavailable` and a failing store :class:`clio_stream.storage.qdrant.StoreError`
 (the caller backs off and retries the batch, never dead-letters it); an LLM that
-refuses a prompt for good raises :class:`RecordRejected` (the caller isolates the
+refuses a prompt for good raises :class:`~consumers.llm_guard.RecordRejected` (the caller isolates the
 record and dead-letters it). Records that do not decode never raise: they come
 back as dead letters.
 """
@@ -33,31 +33,19 @@ from clio_stream.stages.prepare import truncate_conversation
 from clio_stream.embedding import EmbeddingBackend, embedding_text
 from clio_stream.stages.extract import extract_facets
 from clio_stream.domain.facets import Facet
-from clio_stream.llm.base import AskStats, LLMBackend, Prompt, PromptsRejected
+from clio_stream.llm.base import AskStats, LLMBackend
 from clio_stream.online.assignment import Assignment
 from clio_stream.online.deltas import CentroidDeltas
 from clio_stream.online.kmeans import OnlineKMeans
 from clio_stream.ops.faults import reach
-from clio_stream.privacy.users import user_key_of
 from clio_stream.settings import ClioSettings
-from clio_stream.storage.records import FACETS_COPY, ConversationRecord, ConversationStatus, FacetPoint
+from clio_stream.storage.records import FACETS_COPY, ConversationRecord, FacetPoint
 from clio_stream.domain.conversation import FacetValue
-from clio_stream.domain.metadata import bound_metadata
 from consumers.decoding import DeadLetter, DecodedBatch, DecodedConversation, RecordLike, decode_records, offset_ranges
+from consumers.llm_guard import GuardedLLM
+from consumers.status_records import conversation_record
 
 log = logging.getLogger(__name__)
-
-
-class LLMUnavailable(RuntimeError):
-    """The LLM back-end failed or answered nothing at all: retry the batch later, do not commit."""
-
-
-class RecordRejected(RuntimeError):
-    """The LLM refused a prompt of this batch for good (e.g. too long for the model): asking again cannot help.
-
-    Not retryable: the worker processes the batch record by record and dead-letters the record whose
-    prompt is refused, so one record never blocks its partition.
-    """
 
 
 class StoreReader(Protocol):
@@ -93,98 +81,6 @@ class BatchOutcome:
         return len(self.conversations)
 
 
-class _CountingLLM:
-    """Counts generate calls, and sorts the back-end's failures into outage and rejection.
-
-    ``PromptsRejected`` (a prompt refused for good) becomes :class:`RecordRejected`.
-    Any other failure (``RequestsFailed`` from a server back-end, a tokenizer
-    server that cannot be reached, any other exception) and a call whose every
-    answer is None mean the back-end is down or failing: storing those missing
-    values would lose the conversations, so they become :class:`LLMUnavailable`
-    and the batch is retried.
-    """
-
-    def __init__(self, inner: LLMBackend) -> None:
-        self.inner = inner
-        self.model_name = getattr(inner, "model_name", "llm")
-        self.calls = 0
-        self.prompts = 0
-
-    def generate(self, prompts: Sequence[Prompt], sampling: Mapping[str, Any], *, seed: int | None = None,
-                 desc: str | None = None) -> list[str | None]:
-        self.calls += 1
-        self.prompts += len(prompts)
-        try:
-            out = self.inner.generate(prompts, sampling, seed=seed, desc=desc)
-        except PromptsRejected as exc:
-            raise RecordRejected(str(exc)) from exc
-        except Exception as exc:  # noqa: BLE001 - any other back-end failure means: retry later
-            raise LLMUnavailable(f"LLM generate failed: {type(exc).__name__}: {exc}"[:300]) from exc
-        if prompts and all(text is None for text in out):
-            raise LLMUnavailable(f"LLM answered none of {len(prompts)} prompts")
-        return out
-
-    @property
-    def tokenizer(self) -> Any:
-        """The back-end's chat tokenizer, for facets with their own prompt function (None when it has none)."""
-        return getattr(self.inner, "tokenizer", None)
-
-    def count_tokens(self, text: str) -> int:
-        try:
-            return self.inner.count_tokens(text)
-        except Exception as exc:  # noqa: BLE001 - e.g. the server's /tokenize is down: an outage, not bad data
-            raise LLMUnavailable(f"LLM tokenizer failed: {type(exc).__name__}: {exc}"[:300]) from exc
-
-    def close(self) -> None:  # the caller owns the back-end
-        return None
-
-
-# --------------------------------------------------------------------------- records
-
-
-def conversation_record(item: DecodedConversation, settings: ClioSettings,
-                        status: ConversationStatus) -> ConversationRecord:
-    """The status point of one conversation; raw text only when the settings allow it."""
-    conv = item.conversation
-    raw = None
-    if settings.store_raw_conversations:
-        raw = [{"role": m.role, "content": m.content} for m in conv.messages]
-    rec = item.record
-    metadata, notes = bound_metadata(conv.metadata, max_keys=settings.metadata_max_keys,
-                                     max_key_chars=settings.metadata_max_key_chars,
-                                     max_value_chars=settings.metadata_max_value_chars)
-    extra: dict[str, Any] = {"source": {"topic": rec.topic, "partition": int(rec.partition), "offset": int(rec.offset)}}
-    if metadata:
-        extra["metadata"] = metadata
-    if notes:
-        extra["metadata_notes"] = notes
-    return ConversationRecord(
-        conversation_id=conv.id,
-        status=status,
-        user_hash=user_key_of(conv, settings.user_id_hash_key),
-        timestamp=conv.timestamp,
-        content_hash=item.content_hash,
-        raw=raw,
-        extra=extra,
-    )
-
-
-def pending_records(decoded: DecodedBatch, settings: ClioSettings) -> list[ConversationRecord]:
-    """Status ``pending`` for every valid conversation of a polled batch (written before processing)."""
-    return [conversation_record(item, settings, "pending") for item in decoded.conversations]
-
-
-def dead_lettered_records(decoded: DecodedBatch, dead: Sequence[DeadLetter],
-                          settings: ClioSettings) -> list[ConversationRecord]:
-    """Status ``dead_lettered`` for the decoded conversations whose records went to the DLQ after all.
-
-    They were marked ``pending`` with the batch; without this they would stay pending for good.
-    """
-    gone = {(d.record.topic, d.record.partition, d.record.offset) for d in dead}
-    return [conversation_record(item, settings, "dead_lettered") for item in decoded.conversations
-            if (item.record.topic, item.record.partition, item.record.offset) in gone]
-
-
 # --------------------------------------------------------------------------- facet values
 
 
@@ -206,7 +102,7 @@ def _reusable(found: Mapping[str, Mapping[str, Any]] | None, facets: Sequence[Fa
 def facet_values(
     items: Sequence[DecodedConversation],
     facets: Sequence[Facet],
-    llm: _CountingLLM,
+    llm: GuardedLLM,
     store: StoreReader,
     settings: ClioSettings,
     stats: AskStats,
@@ -414,7 +310,7 @@ def process_batch(
     decoded = decoded if decoded is not None else decode_records(records, max_bytes=settings.max_message_bytes)
     items = decoded.conversations
     ranges = offset_ranges(records)
-    counting = _CountingLLM(llm)
+    counting = GuardedLLM(llm)
     stats = AskStats()
     values, reused = facet_values(items, facets, counting, store, settings, stats)
     t_llm = time.perf_counter() - t0

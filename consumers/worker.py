@@ -63,10 +63,11 @@ from consumers.delta_dead_letters import DeltaDeadLetters
 from consumers.deltas_io import DeltaReader
 from consumers.denied import DenyFilter
 from consumers.health import WorkerHealth
-from consumers.in_flight import InFlight, InFlightBatch, RevokeListener, rewind_targets, start_offsets
+from consumers.in_flight import InFlight, InFlightBatch, RevokeListener, seek_back, start_offsets
 from consumers.metrics import MetricsWriter, WorkerMetrics
 from consumers.poison import RETRYABLE, llm_answers_health_check, process_isolating_poison
-from consumers.processing import BatchOutcome, pending_records, process_batch
+from consumers.processing import BatchOutcome, process_batch
+from consumers.status_records import pending_records
 
 log = logging.getLogger(__name__)
 
@@ -403,13 +404,8 @@ class ConsumerWorker:
 
     def _rewind(self, batches: Sequence[InFlightBatch]) -> None:
         """Seek back to the batches' first offsets on the partitions still ours, so they are polled again."""
-        if self._consumer is None or not batches:
-            return
-        owned = self._consumer.assignment()
-        for (topic, partition), first in rewind_targets(batches).items():
-            tp = TopicPartition(topic, partition)
-            if tp in owned:
-                self._consumer.seek(tp, first)
+        if self._consumer is not None and batches:
+            seek_back(self._consumer, batches)
 
     # ------------------------------------------------------------------ shared state
 

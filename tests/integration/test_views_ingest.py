@@ -25,7 +25,7 @@ from clio_stream.streaming.connection import KafkaConnection
 from clio_stream.streaming.kafka_io import consumer_lag, ensure_topics, make_consumer
 from clio_stream.streaming.wire_format import encode_message
 from consumers.decoding import decode_records
-from consumers.processing import conversation_record
+from consumers.status_records import conversation_record
 from tests.streaming_helpers import send
 
 pytestmark = pytest.mark.integration

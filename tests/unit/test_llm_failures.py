@@ -11,7 +11,7 @@ import pytest
 from clio_stream.llm.base import AskStats, Prompt, PromptsRejected, RequestsFailed, ask
 from clio_stream.llm.openai_api import rejection_reason
 from clio_stream.llm.prompts import AUDIT_CLUSTER
-from consumers.processing import LLMUnavailable, RecordRejected, _CountingLLM
+from consumers.llm_guard import GuardedLLM, LLMUnavailable, RecordRejected
 
 
 class FlakyServer:
@@ -49,7 +49,7 @@ def test_a_batch_run_re_asks_only_the_failed_requests() -> None:
 
 def test_a_failed_request_fails_the_streaming_batch_instead_of_storing_a_gap() -> None:
     with pytest.raises(LLMUnavailable, match="1 of 3 LLM requests failed"):
-        _CountingLLM(FlakyServer()).generate(_prompts(3), {})
+        GuardedLLM(FlakyServer()).generate(_prompts(3), {})
 
 
 # --------------------------------------------------------------------------- outage or bad record
@@ -65,7 +65,7 @@ class RefusingServer(FlakyServer):
 
 def test_a_refused_prompt_is_a_bad_record_not_an_outage() -> None:
     with pytest.raises(RecordRejected, match="prompt too long"):
-        _CountingLLM(RefusingServer()).generate(_prompts(3), {})
+        GuardedLLM(RefusingServer()).generate(_prompts(3), {})
 
 
 def test_a_batch_run_does_not_re_ask_a_refused_prompt() -> None:
@@ -80,7 +80,7 @@ def test_a_tokenizer_that_cannot_be_reached_is_an_outage() -> None:
             raise httpx.ConnectError("connection refused")
 
     with pytest.raises(LLMUnavailable, match="tokenizer"):
-        _CountingLLM(NoTokenizer()).count_tokens("hello")
+        GuardedLLM(NoTokenizer()).count_tokens("hello")
 
 
 def _status_error(status: int, message: str) -> openai.APIStatusError:

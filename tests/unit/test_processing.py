@@ -18,7 +18,9 @@ from consumers.bootstrap import bootstrap_clustering
 from consumers.centroids import SharedCentroids
 from consumers.decoding import Record, decode_records, offset_ranges
 from consumers.deltas_io import ReceivedDelta, encode_deltas, receive
-from consumers.processing import BatchOutcome, LLMUnavailable, pending_records, process_batch
+from consumers.llm_guard import LLMUnavailable
+from consumers.processing import BatchOutcome, process_batch
+from consumers.status_records import pending_records
 from consumers.producing import record_to_message
 from consumers.health import backoff_delay
 from tests.unit.fakes import HashEmbedder, ScriptedLLM, sensible_script

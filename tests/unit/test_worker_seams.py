@@ -14,7 +14,8 @@ from consumers.decoding import DecodedBatch, Record, RecordLike, decode_records
 from consumers.health import BrokerWatch
 from consumers import poison
 from consumers.poison import process_isolating_poison
-from consumers.processing import BatchOutcome, LLMUnavailable, RecordRejected
+from consumers.llm_guard import LLMUnavailable, RecordRejected
+from consumers.processing import BatchOutcome
 
 
 def batch(n: int) -> list[Record]:
