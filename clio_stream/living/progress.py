@@ -94,8 +94,12 @@ class JobProgress:
         return doc
 
     def page(self, facet: str, points: int, pages: int) -> None:
-        """One more page of ``facet``'s assignment pass (``points`` assigned so far): stored, logged by the tenth."""
-        total = max(1, self.points.get(facet, 0))
+        """One more page of ``facet``'s assignment pass (``points`` assigned so far): stored, logged by the tenth.
+
+        Workers keep storing while the pass runs, so it may assign more than the facet held when the job started:
+        the total grows with it rather than reading "96 of 32"."""
+        self.points[facet] = max(self.points.get(facet, 0), points)
+        total = max(1, self.points[facet])
         share = min(1.0, points / total)
         now = self._clock()
         frac = fraction_done(self.points, self.done, facet, "assign") + \

@@ -51,3 +51,12 @@ def test_each_stage_is_timed_until_the_next_one_starts() -> None:
     assert [(t.facet, t.stage, t.seconds) for t in job.stage_times] == [
         ("Request", "warm start", 3.0), ("Request", "cluster and name", 0.5), ("Request", "finalise", 1.5),
         ("*", "write", 0.25)]
+
+
+def test_a_pass_that_finds_more_points_than_the_job_started_with_raises_the_total(caplog) -> None:
+    written = []
+    job = JobProgress(6, {"Request": 32}, written.append, clock=lambda: 1.0)
+    with caplog.at_level("INFO", logger="clio_stream.living.progress"):
+        job.page("Request", 96, 1)  # workers stored 64 more while the pass ran
+    assert "assigned 96 of 96 points" in caplog.text
+    assert written[-1].points == 96 and written[-1].fraction <= 1.0
