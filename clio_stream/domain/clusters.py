@@ -67,16 +67,23 @@ class ClusterNode(BaseModel):
     # Name check (stages.name_check): keywords shown beside the name, the rank at which the name
     # retrieves its own cluster among its siblings (1 = first), and whether it failed; a failed LLM name is
     # replaced by the keywords when there are any and kept in ``llm_name`` (not public: it was not audited).
+    # A summary that fails the same check on its own is not shown; the LLM's is kept in ``llm_summary``.
     keywords: str | None = None
     name_rank: int | None = None
     weak_name: bool = False
     llm_name: str | None = None
+    llm_summary: str | None = None
 
     @property
     def given_name(self) -> str:
         """The name the LLM gave this node, before a failed name check showed its keywords instead: what a next
         version that keeps the node carries over, to be checked again against the members it has then."""
         return self.llm_name or self.name
+
+    @property
+    def given_summary(self) -> str:
+        """The LLM's summary of this node, shown or not (see ``given_name``)."""
+        return self.llm_summary if self.llm_summary is not None else self.summary
 
     @property
     def size(self) -> int:

@@ -190,7 +190,7 @@ def _living_leaves(
                                                  settings=settings, stats=stats)))
     leaves = []
     for c in sorted(members):
-        summary, name = (reused[c].summary, reused[c].given_name) if c in reused else names[c]
+        summary, name = (reused[c].given_summary, reused[c].given_name) if c in reused else names[c]
         leaves.append(ClusterNode(id=leaf_id[c], facet=facet.name, name=name, summary=summary, level=0,
                                   conversation_ids=members[c]))
     return LivingLeaves(leaves=leaves, leaf_id=leaf_id, matching=matching, reused=len(reused), named=len(to_name))

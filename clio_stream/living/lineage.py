@@ -67,7 +67,7 @@ def patch_structure(leaves: Sequence[ClusterNode], placement: Mapping[str, str],
         for pid in [p for p in old.nodes if p in children]:  # the old order: deterministic
             prev = old.nodes[pid]
             kids = sorted(children[pid], key=lambda c: -nodes[c].size)
-            nodes[pid] = ClusterNode(id=pid, facet=prev.facet, name=prev.given_name, summary=prev.summary, level=prev.level,
+            nodes[pid] = ClusterNode(id=pid, facet=prev.facet, name=prev.given_name, summary=prev.given_summary, level=prev.level,
                                      children=kids, conversation_ids=[c for k in kids for c in nodes[k].conversation_ids])
             for k in kids:
                 nodes[k].parent_id = pid
@@ -123,7 +123,7 @@ def adopt_parent_ids(
     for nid, n in h.nodes.items():
         update: dict[str, Any] = {"id": rid(nid), "parent_id": rid(n.parent_id), "children": [rid(c) for c in n.children]}
         if nid in restored:
-            update.update(name=restored[nid].given_name, summary=restored[nid].summary)
+            update.update(name=restored[nid].given_name, summary=restored[nid].given_summary)
         nodes[rid(nid)] = n.model_copy(update=update)  # type: ignore[index]
     return FacetHierarchy(facet=h.facet, nodes=nodes, root_ids=[rid(r) for r in h.root_ids]), len(restored)  # type: ignore[misc]
 

@@ -14,12 +14,14 @@ from collections import Counter, defaultdict
 from typing import Sequence
 
 _WORD = re.compile(r"[a-z][a-z0-9'+#-]*[a-z0-9+#]|[a-z]")
-# Scaffolding every value shares, and English function words: they describe no cluster.
+# Scaffolding every value shares, English function words, and the filler verbs a small model adds to any request
+# ("provide ... using ...", seen as the demo's top-level keywords "Create, provide, using"): they describe no cluster.
 STOPWORDS = frozenset("""
 a an and are as asks assistant at be by can do does for from get has have help how i in into is it its
 me my of on or own some that the their them they this to user users wants want was what when which who
 why will with without would you your about after also any been but could know like more most much
 need needs not now other out over should so such than then there these those through up very way
+using based provide given various specific
 """.split())
 
 

@@ -4,7 +4,8 @@ A reader trusts a name only if it points at what the cluster holds. The check is
 ``stages.fidelity``: the name, embedded, should rank its own cluster first among the centroids of the member
 values of every cluster of its level (leaves among leaves, parents among the parents of their level). The name
 alone, not name and summary: the dashboard shows the name first, and a specific summary let generic names pass
-("A chatbot designed to assist with business tasks"). A node whose name fails is marked ``weak_name``, and when
+("A chatbot designed to assist with business tasks"). The summary is checked the same way on its own, and one
+that fails is not shown (a 135M model's summaries can be unrelated text: "ChatBot Class: 1984 | <class ...>"). A node whose name fails is marked ``weak_name``, and when
 its keyword label (``stages.keywords``, c-TF-IDF over distinct users) exists, that label is shown instead; every
 node carries its keywords beside the name. Words need as many distinct users as a cluster does
 (``min_cluster_users``), so a keyword can never say more about one person than a cluster may.
@@ -79,8 +80,12 @@ def _check_level(nodes: list[ClusterNode], value_of: dict[str, str | None], user
     centroids = np.stack([vectors.centroid(_spread_sample(n.conversation_ids, value_of, sample)) for n in nodes])
     names = normalise_rows(embedder.encode([n.name for n in nodes]))
     rank = ranks(names, centroids, np.arange(len(nodes)))
-    for node, r, words in zip(nodes, rank, keywords):
+    summaries = normalise_rows(embedder.encode([n.summary or n.name for n in nodes]))
+    summary_rank = ranks(summaries, centroids, np.arange(len(nodes)))
+    for node, r, sr, words in zip(nodes, rank, summary_rank, keywords):
         _mark(node, int(r), words)
+        if sr > 1 and node.summary:
+            node.llm_summary, node.summary = node.summary, ""  # it describes another cluster as well as this one
     return sum(n.weak_name for n in nodes)
 
 

@@ -125,3 +125,14 @@ def test_a_kept_node_carries_the_llms_name_over_to_be_checked_again_not_its_keyw
     new = patch_structure(leaves, {n.id: n.parent_id for n in old.leaves()}, old)
     assert new.nodes["p-cards"].name == "Categorized responses" and new.nodes["p-cards"].llm_name is None
     assert new.nodes["l-refund"].name == "Help the user with their request"
+
+
+def test_a_summary_that_fails_the_check_on_its_own_is_not_shown_and_kept_for_the_next_version() -> None:
+    h, convs, values = _data()
+    h.nodes["l-card"].summary = "ChatBot Class: 1984 | <class name='ShoppingList'>"  # unrelated text, as seen
+    check_names(h, convs, values, FACET, BagOfWords(), ClioSettings(min_cluster_users=3, user_id_hash_key="k" * 40))
+    card, password = h.nodes["l-card"], h.nodes["l-password"]
+    assert card.summary == "" and card.llm_summary.startswith("ChatBot Class")
+    assert card.given_summary == card.llm_summary and "llm_summary" not in card.public_fields()
+    assert password.summary == "Users forgot their online banking password." and password.llm_summary is None
+    assert not card.weak_name  # the name is judged on its own
