@@ -119,14 +119,16 @@ class ClusterSummary(BaseModel):
 
     id: str
     name: str
-    summary: str
+    summary: str = Field(description="The LLM's description; empty when it did not point at this cluster's "
+                         "members (the name check).")
     level: int
     size: int
     distinct_users: int
     numeric: dict[str, NumericOut] = Field(default_factory=dict)
     trend: TrendOut | None = None
-    keywords: str | None = Field(None, description="Words frequent among this base cluster's members and rare in "
-                                 "its siblings, each written by at least the minimum of distinct users.")
+    keywords: str | None = Field(None, description="Words frequent among this cluster's members and rare in "
+                                 "the other clusters of its level, each written by at least the minimum of "
+                                 "distinct users.")
     weak_name: bool = Field(False, description="The LLM's name did not point at this cluster's members (name "
                             "fidelity); the name shown is then the keywords.")
     n_children: int = 0
