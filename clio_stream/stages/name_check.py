@@ -5,10 +5,11 @@ A reader trusts a name only if it points at what the cluster holds. The check is
 values of every cluster of its level (leaves among leaves, parents among the parents of their level). The name
 alone, not name and summary: the dashboard shows the name first, and a specific summary let generic names pass
 ("A chatbot designed to assist with business tasks"). The summary is checked the same way on its own, and one
-that fails is not shown (a 135M model's summaries can be unrelated text: "ChatBot Class: 1984 | <class ...>"). A node whose name fails is marked ``weak_name``, and when
-its keyword label (``stages.keywords``, c-TF-IDF over distinct users) exists, that label is shown instead; every
-node carries its keywords beside the name. Words need as many distinct users as a cluster does
-(``min_cluster_users``), so a keyword can never say more about one person than a cluster may.
+that fails is not shown (a 135M model's summaries can be unrelated text: "ChatBot Class: 1984 | <class ...>").
+A node whose name fails is marked ``weak_name``, and when its keyword label (``stages.keywords``, c-TF-IDF over
+distinct users) exists, that label is shown instead; every node carries its keywords beside the name. Words
+need as many distinct users as a cluster does (``min_cluster_users``), so a keyword can never say more about
+one person than a cluster may.
 
 Member vectors are a bounded, deterministic sample per node (``sample`` values spread evenly over its sorted
 member ids), each embedded once for all levels, so the check costs at most ``nodes * (sample + 1)`` embeddings
