@@ -79,15 +79,22 @@ def _check_level(nodes: list[ClusterNode], value_of: dict[str, str | None], user
     keywords = keyword_labels(texts, labels, users, len(nodes), min_users=settings.min_cluster_users,
                               drop=facet.prefill)
     centroids = np.stack([vectors.centroid(_spread_sample(n.conversation_ids, value_of, sample)) for n in nodes])
-    names = normalise_rows(embedder.encode([n.name for n in nodes]))
+    names = normalise_rows(embedder.encode([_without_prefill(n.name, facet) for n in nodes]))
     rank = ranks(names, centroids, np.arange(len(nodes)))
-    summaries = normalise_rows(embedder.encode([n.summary or n.name for n in nodes]))
+    summaries = normalise_rows(embedder.encode([_without_prefill(n.summary or n.name, facet) for n in nodes]))
     summary_rank = ranks(summaries, centroids, np.arange(len(nodes)))
     for node, r, sr, words in zip(nodes, rank, summary_rank, keywords):
         _mark(node, int(r), words)
         if sr > 1 and node.summary:
             node.llm_summary, node.summary = node.summary, ""  # it describes another cluster as well as this one
     return sum(n.weak_name for n in nodes)
+
+
+def _without_prefill(text: str, facet: Facet) -> str:
+    """``text`` without the facet's prefill wherever it occurs, as the members' values are embedded: a summary
+    that quotes members ("Conversations such as: The user asks the assistant to ...; The user asks ...") would
+    otherwise be judged on the words every value shares."""
+    return text.replace(facet.prefill, " ").strip() if facet.prefill else text
 
 
 def _spread_sample(ids: Sequence[str], value_of: dict[str, str | None], sample: int) -> list[str]:

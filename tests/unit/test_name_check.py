@@ -136,3 +136,15 @@ def test_a_summary_that_fails_the_check_on_its_own_is_not_shown_and_kept_for_the
     assert card.given_summary == card.llm_summary and "llm_summary" not in card.public_fields()
     assert password.summary == "Users forgot their online banking password." and password.llm_summary is None
     assert not card.weak_name  # the name is judged on its own
+
+
+def test_names_and_summaries_are_judged_without_the_prefill_every_value_shares() -> None:
+    """A summary quoting members ("Conversations such as: The user asks the assistant to ...; ...") is embedded
+    without the prefill, as the members are; with MiniLM on the demo's clusters, judging it with the prefill in
+    hid 7 of 10 such summaries that quote their own members (docs/evaluation.md)."""
+    from clio_stream.stages.name_check import _without_prefill
+
+    quoted = f"Conversations such as: {FACET.prefill} track a card; {FACET.prefill} find a card"
+    stripped = _without_prefill(quoted, FACET)
+    assert FACET.prefill not in stripped and "track a card" in stripped and "find a card" in stripped
+    assert _without_prefill(quoted, Facet(name="Free", question="q?")) == quoted  # no prefill: unchanged
