@@ -233,10 +233,13 @@ def extract_facets(
                  len(copying))
         bare = [facet_prompt(llm_facets[i % nf], render_conversation(conversations[i // nf]), with_examples=False)
                 for i in copying]
+        asked_again = AskStats()
         got = ask(llm, bare, lambda t, j: parse_facet(llm_facets[copying[j] % nf], t), args, retries=retries,
-                  seed=seed, batch_size=batch_size, stats=stats)
+                  seed=seed, batch_size=batch_size, stats=asked_again)
         for i, v in zip(copying, got):
             answers[i] = v
+        if stats is not None:
+            _count_as_retries(stats, asked_again, [prompts[i] for i, v in zip(copying, got) if v is not None])
     out: list[ConversationFacets] = []
     for ci, conv in enumerate(conversations):
         values = {}
@@ -249,3 +252,14 @@ def extract_facets(
         values = {f.name: values[f.name] for f in facets}  # in the facets' order
         out.append(ConversationFacets(conversation_id=conv.id, values=values))
     return out
+
+
+def _count_as_retries(stats: AskStats, asked_again: AskStats, rescued: Sequence[Prompt]) -> None:
+    """Fold the examples-free asks into ``stats`` as retries of the prompts they stand for (not new prompts), and
+    take the answers they rescued off the unparseable counts."""
+    stats.generations += asked_again.generations
+    stats.retried += asked_again.prompts + asked_again.retried
+    stats.rejected += asked_again.rejected
+    stats.unparseable -= len(rescued)
+    for prompt in rescued:
+        stats.by_template[prompt.template.name]["unparseable"] -= 1

@@ -6,6 +6,7 @@ import random
 from collections.abc import Mapping
 
 from clio_stream.domain.facets import REQUEST, TASK
+from clio_stream.llm.base import AskStats
 from clio_stream.stages.echo import echoes_example
 from clio_stream.stages.extract import extract_facets
 from clio_stream.stages.prepare import prepare_conversations
@@ -56,12 +57,16 @@ def test_an_echo_that_persists_is_asked_once_more_without_the_examples() -> None
         return f" {WATCH}</answer>" if values["examples"] else " explain the MIS structure.</answer>"
 
     llm = ScriptedLLM(copier)
+    stats = AskStats()
     out = extract_facets(_conversations(["present the MIS structure in semiconductors",
                                          "My new phone won't pair with my fitness watch, how do I connect it?"]),
-                         [REQUEST], llm, sampling={}, retries=1, seed=0, batch_size=10)
+                         [REQUEST], llm, sampling={}, retries=1, seed=0, batch_size=10, stats=stats)
     assert out[0].values["Request"].value == f"{REQUEST.prefill} explain the MIS structure."
     assert out[1].values["Request"].value == f"{REQUEST.prefill} {WATCH}"  # about a watch: not an echo
     assert len(llm.calls) == 2 + 1 + 1  # both asked, the copy asked again, then once without the examples
+    # Two prompts, asked again twice (once with, once without the examples), nothing left unparseable.
+    assert (stats.prompts, stats.retried, stats.generations, stats.unparseable) == (2, 2, 4, 0)
+    assert stats.by_template["facet"]["unparseable"] == 0
 
 
 def test_a_bare_answer_that_does_not_parse_leaves_the_value_missing_rather_than_wrong() -> None:
