@@ -236,14 +236,18 @@ def _check_published(result: Any, out: Path, settings: ClioSettings, dim: int) -
              and not json.loads(b).get("withheld") and json.loads(b).get("facets")]
     hidden = [n for h in result.hierarchies.values() for n in h.nodes.values()
               if n.hidden and any(c.startswith("atk") for c in n.conversation_ids)]
-    named = [n for h in result.hierarchies.values() for n in h.nodes.values() if any(d in n.name + n.summary for d in DETAILS)]
+    # Internally: what the LLM wrote (a name or summary failing the name check is kept, not shown); shown: what a
+    # reader could see of a node that is not withheld.
+    named = [n for h in result.hierarchies.values() for n in h.nodes.values()
+             if any(d in n.given_name + n.given_summary for d in DETAILS)]
+    visibly_named = [n for n in named if not n.hidden and any(d in n.name + n.summary for d in DETAILS)]
     return {"site_problems": site, "api_leaks": api, "withheld_attack_clusters": len(hidden),
             "differencing_leaks": differences, "attack_conversations_listed": sorted(listed & attack_ids),
             "attack_conversations_answered": shown, "api_answers_crawled": len(answers),
             "parents_with_withheld_children": sum(1 for h in result.hierarchies.values() for n in h.nodes.values()
                                                   if not n.hidden and any(h.nodes[c].hidden for c in n.children)),
             "nodes_naming_the_person_internally": len(named),
-            "visible_nodes_naming_the_person": sum(not n.hidden for n in named)}
+            "visible_nodes_naming_the_person": len(visibly_named)}
 
 
 @pytest.mark.parametrize("attackers, min_users", [(1, 2), (2, 3)], ids=["one-attacker", "two-colluding"])
