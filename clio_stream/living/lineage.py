@@ -67,8 +67,9 @@ def patch_structure(leaves: Sequence[ClusterNode], placement: Mapping[str, str],
         for pid in [p for p in old.nodes if p in children]:  # the old order: deterministic
             prev = old.nodes[pid]
             kids = sorted(children[pid], key=lambda c: -nodes[c].size)
-            nodes[pid] = ClusterNode(id=pid, facet=prev.facet, name=prev.given_name, summary=prev.given_summary, level=prev.level,
-                                     children=kids, conversation_ids=[c for k in kids for c in nodes[k].conversation_ids])
+            nodes[pid] = ClusterNode(id=pid, facet=prev.facet, name=prev.given_name, summary=prev.given_summary,
+                                     level=prev.level, children=kids,
+                                     conversation_ids=[c for k in kids for c in nodes[k].conversation_ids])
             for k in kids:
                 nodes[k].parent_id = pid
             if prev.parent_id is not None and prev.parent_id in old.nodes:

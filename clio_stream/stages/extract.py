@@ -231,8 +231,8 @@ def extract_facets(
         # the facet) and a copied one (a cluster named after the example).
         log.info("facets: %d answers kept copying a worked example; asking those without the examples",
                  len(copying))
-        bare = [facet_prompt(llm_facets[i % nf], render_conversation(conversations[i // nf]), with_examples=False)
-                for i in copying]
+        bare = [facet_prompt(llm_facets[i % nf], prompts[i].values["conversation"], with_examples=False)
+                for i in copying]  # the text already rendered for the first ask
         asked_again = AskStats()
         got = ask(llm, bare, lambda t, j: parse_facet(llm_facets[copying[j] % nf], t), args, retries=retries,
                   seed=seed, batch_size=batch_size, stats=asked_again)

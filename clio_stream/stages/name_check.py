@@ -79,10 +79,11 @@ def _check_level(nodes: list[ClusterNode], value_of: dict[str, str | None], user
     keywords = keyword_labels(texts, labels, users, len(nodes), min_users=settings.min_cluster_users,
                               drop=facet.prefill)
     centroids = np.stack([vectors.centroid(_spread_sample(n.conversation_ids, value_of, sample)) for n in nodes])
-    names = normalise_rows(embedder.encode([_without_prefill(n.name, facet) for n in nodes]))
-    rank = ranks(names, centroids, np.arange(len(nodes)))
-    summaries = normalise_rows(embedder.encode([_without_prefill(n.summary or n.name, facet) for n in nodes]))
-    summary_rank = ranks(summaries, centroids, np.arange(len(nodes)))
+    k = len(nodes)
+    shown = normalise_rows(embedder.encode([_without_prefill(text, facet) for text in
+                                            [n.name for n in nodes] + [n.summary or n.name for n in nodes]]))
+    rank = ranks(shown[:k], centroids, np.arange(k))  # the names, then the summaries: one embedding call
+    summary_rank = ranks(shown[k:], centroids, np.arange(k))
     for node, r, sr, words in zip(nodes, rank, summary_rank, keywords):
         _mark(node, int(r), words)
         if sr > 1 and node.summary:
