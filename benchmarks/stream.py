@@ -8,8 +8,10 @@ a noisy machine):
    (target ratio >= 0.9: the worker adds little beyond the LLM), with the share of
    the worker's prompt tokens vLLM's prefix cache served;
 2. the non-LLM path (a replay of the LLM's recorded answers, everything else
-   real) against the embedding model's own raw throughput on the same texts
-   (target ratio >= 0.9);
+   real) against the embedding model's own raw throughput on the same texts in
+   the worker's own calls (the ``embedding_text`` of each stored hierarchy value,
+   the distinct ones of each polled batch, one call per batch; median of three
+   passes) (target ratio >= 0.9);
 3. the consumer process's peak RSS (the vLLM engine runs in its own process).
 
 Online assignment against river's KMeans is ``benchmarks.online_kmeans``.
@@ -20,6 +22,7 @@ Online assignment against river's KMeans is ``benchmarks.online_kmeans``.
 from __future__ import annotations
 
 import argparse
+import statistics
 
 from clio_stream.streaming.connection import KafkaConnection
 import resource
@@ -75,7 +78,7 @@ def main() -> None:
     from clio_stream.batch_input import load_shared_dataset
 
     from clio_stream.stages.prepare import prepare_conversations, truncate_conversation
-    from clio_stream.embedding import make_embedder
+    from clio_stream.embedding import embedding_text, make_embedder
     from clio_stream.stages.extract import build_prompts
     from clio_stream.domain.facets import main_facets
     from clio_stream.streaming.kafka_io import ensure_topics, make_producer
@@ -155,17 +158,34 @@ def main() -> None:
                             store=QdrantStore.from_settings(s2))
         non_llm = drain(w2, len(convs))
         store2 = QdrantStore.from_settings(s2)
-        emb_texts = []
-        for c in convs:
-            got = store2.points.get_conversation(c.id) or {}
-            for f in ("Request", "Task"):
-                v = ((got.get("facets") or {}).get(f) or {}).get("value")
-                if v:
-                    emb_texts.append(v)
+        # The texts the worker embedded: each hierarchy facet's value as ``embedding_text`` makes it (the prefill
+        # the stored sentence starts with stripped), the distinct ones of each polled batch, one encode call per
+        # batch: the worker's own calls, so the ratio measures what is not embedding.
+        per_batch: list[list[str]] = []
+        stored_values: list[str] = []
+        for lo in range(0, len(convs), args.batch):
+            texts_b: list[str] = []
+            for c in convs[lo: lo + args.batch]:
+                got = store2.points.get_conversation(c.id) or {}
+                for f in main_facets:
+                    if not f.has_hierarchy:
+                        continue
+                    v = ((got.get("facets") or {}).get(f.name) or {}).get("value")
+                    if v:
+                        texts_b.append(embedding_text(f, v))
+                        stored_values.append(v)
+            per_batch.append(list(dict.fromkeys(texts_b)))
         w2.close()
-        t0 = time.perf_counter()
-        embedder.encode(emb_texts)
-        raw_embed = time.perf_counter() - t0
+
+        def timed(fn: Any) -> float:
+            t0 = time.perf_counter()
+            fn()
+            return time.perf_counter() - t0
+
+        # Median of three: one pass is well under a second, short enough for a neighbour's burst to decide it.
+        raw_embed = statistics.median(timed(lambda: [embedder.encode(t) for t in per_batch]) for _ in range(3))
+        # What this row measured before (the stored sentences, prefill included, all in one call), for reference.
+        raw_embed_old = statistics.median(timed(lambda: embedder.encode(stored_values)) for _ in range(3))
 
         rows = [
             ("conversations", len(convs), f"x {len(main_facets)} facets ({len(texts)} LLM prompts)"),
@@ -177,7 +197,10 @@ def main() -> None:
             ("raw vLLM generate, mean of the two", len(convs) / raw_llm, "conversations/s"),
             ("ratio worker / raw LLM", raw_llm / whole, "target >= 0.9"),
             ("worker, replayed LLM (non-LLM path)", len(convs) / non_llm, "conversations/s"),
-            ("raw embedding of the same values", len(convs) / raw_embed, "conversations/s"),
+            ("raw embedding of the same texts, the worker's calls (distinct texts per polled batch)",
+             len(convs) / raw_embed, "conversations/s"),
+            ("raw embedding of the stored sentences (prefill included) in one call, before 2026-12-05",
+             len(convs) / raw_embed_old, "conversations/s"),
             ("ratio non-LLM path / raw embedding", raw_embed / non_llm, "target >= 0.9"),
             ("consumer peak RSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "MiB"),
         ]
