@@ -61,6 +61,24 @@ class RecordingLLM(ReplayLLM):
         return out
 
 
+def worker_embedding_calls(batches: Sequence[Sequence[Mapping[str, str | None]]], facets: Sequence[Any]
+                           ) -> list[list[str]]:
+    """The texts the worker's embedder is given for each polled batch (its facet values, facet name -> value,
+    per conversation): the hierarchy facets' values as ``embedding_text`` makes them (the prefill the stored
+    sentence starts with stripped), each distinct text once: once per batch (``consumers.processing.embed_values``)
+    and once at all (the worker's ``CachedEmbedder`` remembers the texts of earlier batches)."""
+    from clio_stream.embedding import embedding_text
+
+    seen: set[str] = set()
+    calls: list[list[str]] = []
+    for batch in batches:
+        texts = [t for t in dict.fromkeys(embedding_text(f, v[f.name]) for f in facets if f.has_hierarchy
+                                          for v in batch if v.get(f.name)) if t not in seen]
+        seen.update(texts)
+        calls.append(texts)
+    return calls
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=48)
@@ -78,7 +96,7 @@ def main() -> None:
     from clio_stream.batch_input import load_shared_dataset
 
     from clio_stream.stages.prepare import prepare_conversations, truncate_conversation
-    from clio_stream.embedding import embedding_text, make_embedder
+    from clio_stream.embedding import make_embedder
     from clio_stream.stages.extract import build_prompts
     from clio_stream.domain.facets import main_facets
     from clio_stream.streaming.kafka_io import ensure_topics, make_producer
@@ -161,20 +179,11 @@ def main() -> None:
         # The texts the worker embedded: each hierarchy facet's value as ``embedding_text`` makes it (the prefill
         # the stored sentence starts with stripped), the distinct ones of each polled batch, one encode call per
         # batch: the worker's own calls, so the ratio measures what is not embedding.
-        per_batch: list[list[str]] = []
-        stored_values: list[str] = []
-        for lo in range(0, len(convs), args.batch):
-            texts_b: list[str] = []
-            for c in convs[lo: lo + args.batch]:
-                got = store2.points.get_conversation(c.id) or {}
-                for f in main_facets:
-                    if not f.has_hierarchy:
-                        continue
-                    v = ((got.get("facets") or {}).get(f.name) or {}).get("value")
-                    if v:
-                        texts_b.append(embedding_text(f, v))
-                        stored_values.append(v)
-            per_batch.append(list(dict.fromkeys(texts_b)))
+        stored = [{f.name: ((got.get("facets") or {}).get(f.name) or {}).get("value") for f in main_facets}
+                  for got in (store2.points.get_conversation(c.id) or {} for c in convs)]
+        per_batch = worker_embedding_calls([stored[lo: lo + args.batch] for lo in range(0, len(stored), args.batch)],
+                                           main_facets)
+        stored_values = [v[f.name] for v in stored for f in main_facets if f.has_hierarchy and v[f.name]]
         w2.close()
 
         def timed(fn: Any) -> float:
@@ -183,7 +192,7 @@ def main() -> None:
             return time.perf_counter() - t0
 
         # Median of three: one pass is well under a second, short enough for a neighbour's burst to decide it.
-        raw_embed = statistics.median(timed(lambda: [embedder.encode(t) for t in per_batch]) for _ in range(3))
+        raw_embed = statistics.median(timed(lambda: [embedder.encode(t) for t in per_batch if t]) for _ in range(3))
         # What this row measured before (the stored sentences, prefill included, all in one call), for reference.
         raw_embed_old = statistics.median(timed(lambda: embedder.encode(stored_values)) for _ in range(3))
 
