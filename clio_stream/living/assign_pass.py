@@ -1,8 +1,11 @@
 """The assignment pass: every point of a facet's window labelled with the new centroids, page by page.
 
 The job fits k-means on a sample (``living.sample``); this pass labels everything else. It reads the window in
-pages of point-id order (``storage.vector_pages``), assigns a page with one matrix product, writes its labels
-into the version's own field (``storage.labels``: invisible to readers until the version's pointers move),
+pages of point-id order (``storage.vector_pages``; the next page is read by a thread while this one is
+assigned, and only the payload fields the totals need, with empty values filtered out by Qdrant), assigns a
+page with one matrix product, writes its labels into the version's own field (``storage.labels``, selected
+by point id: invisible to readers until the version's pointers move; the field is indexed once after every
+facet's pass),
 adds it to the clusters' totals (``living.totals``) and records the cursor and the totals, fenced by the
 version, before the next page. So memory is bounded by the page, and sizes, trends and numeric statistics
 are over every point of the window, not the sample.
