@@ -58,8 +58,8 @@ class Labels:
         id through a filter (a has-id condition), so an id deleted in the meantime (a user's deletion) is
         skipped instead of failing the whole batch (Qdrant refuses a batch naming a missing point id). Facet
         point ids are unique per (conversation, facet) (``records.facet_point_id``), so the ids alone select
-        ``facet``'s points: no second condition for Qdrant to check on every point. Without per-point extras, points of one cluster share one
-        operation. ``latest=False`` writes the version's field only (the assignment pass: the latest-label
+        ``facet``'s points: no second condition for Qdrant to check on every point. Without per-point extras,
+        points of one cluster share one operation (sent as gRPC messages built directly against a server). ``latest=False`` writes the version's field only (the assignment pass: the latest-label
         fields are indexed, and updating indexes costs most of a label write; they stay the online
         assignment's). ``wait=False`` returns once Qdrant has the operations in its write-ahead log (applied
         in order: a later write with ``wait=True`` returns after all of them). Returns the number of ids given.

@@ -342,8 +342,8 @@ def test_the_label_field_is_indexed_once_after_every_facets_pass_and_before_user
     monkeypatch.setattr(facet_pass, "run_pass", spy_pass)
     monkeypatch.setattr(store.labels, "index", spy_index)
     monkeypatch.setattr(store.labels, "distinct_users", spy_users)
-    report = recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets, job_settings(recluster_sample_size=40),
-                            publish_dir=pub)
+    report = recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets,
+                            job_settings(recluster_sample_size=40), publish_dir=pub)
     assert report is not None
     kinds = [kind for kind, _ in events]
     passes = [facet for kind, facet in events if kind == "pass"]
