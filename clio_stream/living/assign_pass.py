@@ -96,17 +96,17 @@ def run_shard(store: QdrantStore, plan: AssignPlan, model: OnlineKMeans, shard: 
         # The next page is read by a thread while this one is assigned and written: the scroll waits on
         # Qdrant and the matrix product releases the GIL, so the two overlap. At most one page is read ahead
         # (memory: two pages); reading writes nothing, and every write of a page still comes after the
-        # checks for that page, in page order.
-        reader = ThreadPoolExecutor(1, thread_name_prefix=f"assign-read-{shard}")
+        # checks for that page, in page order. The embedded engine is not shared across threads: read inline.
+        reader = None if store.embedded else ThreadPoolExecutor(1, thread_name_prefix=f"assign-read-{shard}")
         try:
-            ahead: Future[Page] | None = reader.submit(read, doc.cursor)
+            ahead: Future[Page] | None = reader.submit(read, doc.cursor) if reader is not None else None
             while not doc.done:
                 t0 = time.perf_counter()
                 if check is not None:
                     check()
                 lease.check()
                 page = ahead.result() if ahead is not None else read(doc.cursor)
-                ahead = reader.submit(read, page.next) if page.next is not None else None
+                ahead = reader.submit(read, page.next) if reader is not None and page.next is not None else None
                 reach(STEP_ASSIGN_PAGE)
                 lease.check()
                 assigned = assign_page(store, plan, model, page, totals,
@@ -122,7 +122,8 @@ def run_shard(store: QdrantStore, plan: AssignPlan, model: OnlineKMeans, shard: 
                 if on_page is not None:
                     on_page(doc)
         finally:
-            reader.shutdown(wait=True, cancel_futures=True)
+            if reader is not None:
+                reader.shutdown(wait=True, cancel_futures=True)
         return doc
 
 
