@@ -129,8 +129,9 @@ class ClusterSummary(BaseModel):
     keywords: str | None = Field(None, description="Words frequent among this cluster's members and rare in "
                                  "the other clusters of its level, each written by at least the minimum of "
                                  "distinct users.")
-    weak_name: bool = Field(False, description="The LLM's name did not point at this cluster's members (name "
-                            "fidelity); the name shown is then the keywords.")
+    weak_name: bool = Field(False, description="The LLM's name did not point at this cluster's members (it "
+                            "did not rank this cluster first among its level's, or sat far from the members' "
+                            "centre); the name shown is then the keywords.")
     n_children: int = 0
     other_count: int = Field(0, description="Conversations in withheld children, as one aggregate.")
 

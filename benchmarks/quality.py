@@ -575,17 +575,36 @@ def name_fidelity_of_base_clusters(values: Sequence[str], users: Sequence[str], 
     published = np.where((hits == 1)[:, None], described, kw)
     name_hits_alone = name_hits(names_only, x, labels)
     published_by_name = np.where((name_hits_alone == 1)[:, None], names_only, kw)
+    closeness = name_closeness(names_only, x, labels, k)
+    kept = (name_hits_alone == 1) & (closeness >= settings.name_min_closeness)  # what stages.name_check shows
+    published_floor = np.where(kept[:, None], names_only, kw)
     return {"k": int(k), "n": len(values), "name_and_summary": name_fidelity(described, x, labels).as_dict(),
             "name_only": name_fidelity(names_only, x, labels).as_dict(),
             "keywords": name_fidelity(kw, x, labels).as_dict(),
             "published": name_fidelity(published, x, labels).as_dict(),
             "published_name_check": name_fidelity(published_by_name, x, labels).as_dict(),
             "keyword_fallbacks": int(np.sum(hits != 1)),
-            "keyword_fallbacks_name_check": int(np.sum(name_hits_alone != 1)), "llm_prompts": stats.prompts,
+            "published_closeness_floor": name_fidelity(published_floor, x, labels).as_dict(),
+            "keyword_fallbacks_name_check": int(np.sum(name_hits_alone != 1)),
+            "keyword_fallbacks_closeness_floor": int(np.sum(~kept)), "llm_prompts": stats.prompts,
             "unparseable": stats.unparseable, "seconds": round(time.perf_counter() - t0, 1),
             "clusters": [{"name": name, "summary": summary, "keywords": keywords[c], "size": int(sizes[c]),
-                          "rank": int(hits[c]), "name_rank": int(name_hits_alone[c])}
+                          "rank": int(hits[c]), "name_rank": int(name_hits_alone[c]),
+                          "name_closeness": round(float(closeness[c]), 3)}
                          for c, (summary, name) in enumerate(named)]}
+
+
+def name_closeness(names: np.ndarray, x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Each name's cosine to its cluster's centre over its members' mean cosine to it (all members here; the
+    pipeline's check samples 32), as ``stages.name_check`` floors it."""
+    from clio_stream.domain.vectors import normalise_rows
+    from clio_stream.stages.fidelity import centroids, relative_closeness
+
+    x = normalise_rows(np.asarray(x, dtype=np.float64))
+    centres = centroids(x, labels, k)
+    own = np.einsum("ij,ij->i", x, centres[labels])
+    member = np.bincount(labels, weights=own, minlength=k) / np.maximum(np.bincount(labels, minlength=k), 1)
+    return relative_closeness(normalise_rows(np.asarray(names, dtype=np.float64)), centres, member)
 
 
 # --------------------------------------------------------------------------- top level

@@ -54,7 +54,9 @@ def rows(sets: tuple[str, ...]) -> list[tuple[str, Getter]]:
                  if s in r.get("name_fidelity", {}) and key in r["name_fidelity"][s] else "–")
                 for key, label in (("name_and_summary", "LLM name + summary"), ("name_only", "LLM name alone"),
                                    ("keywords", "keyword label"), ("published", "LLM name, keywords where it fails"),
-                                   ("published_name_check", "LLM name, keywords where the name alone fails"))]
+                                   ("published_name_check", "LLM name, keywords where the name alone fails"),
+                                   ("published_closeness_floor", "as published: keywords where the name alone "
+                                    "fails the rank or the closeness floor"))]
     out += [
         ("multilingual: Language = identifier", lambda r: f"{r['sanity']['multilingual']['language']['agreement']:.3f}"),
         ("banking77: Language = identifier", lambda r: f"{r['sanity']['banking77']['language']['agreement']:.3f}"),

@@ -65,11 +65,13 @@ class ClusterNode(BaseModel):
     trend: Trend | None = None
     audit_score: int | None = None  # the privacy auditor's 1-5 rating of this name and summary (not public)
     # Name check (stages.name_check): keywords shown beside the name, the rank at which the name
-    # retrieves its own cluster among its siblings (1 = first), and whether it failed; a failed LLM name is
+    # retrieves its own cluster among its siblings (1 = first), how close the name is to the members' centre
+    # as a fraction of how close the members are to it, and whether it failed; a failed LLM name is
     # replaced by the keywords when there are any and kept in ``llm_name`` (not public: it was not audited).
     # A summary that fails the same check on its own is not shown; the LLM's is kept in ``llm_summary``.
     keywords: str | None = None
     name_rank: int | None = None
+    name_closeness: float | None = None
     weak_name: bool = False
     llm_name: str | None = None
     llm_summary: str | None = None

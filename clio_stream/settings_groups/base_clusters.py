@@ -28,6 +28,12 @@ class BaseClusterFields(BaseModel):
         description="A sampled cluster name must be at least this similar (cosine) to the cluster's centre; "
         "otherwise the cluster's most typical value names it.",
     )
+    name_min_closeness: float = Field(
+        0.6, ge=0, le=1,
+        description="A cluster name is shown only if it is at least this fraction as close (cosine) to its "
+        "members' centre as the members are on average, and retrieves its own cluster among its level's; "
+        "otherwise its keyword label is shown and the name is marked weak. 0 turns the closeness floor off.",
+    )
     kmeans_args: dict[str, Any] = Field(default_factory=lambda: {"n_init": 3, "max_iter": 300},
         description="Extra arguments for scikit-learn's KMeans (base clusters and neighbourhoods); the seed's "
         "FAISS-only ones (approximate, M, ef, n_jobs, verbose) are ignored, others refused.")

@@ -41,6 +41,16 @@ def ranks(queries: np.ndarray, targets: np.ndarray, own: np.ndarray) -> np.ndarr
     return (sims >= own_sim[:, None]).sum(axis=1)  # counts itself, and every tie ahead of it
 
 
+def relative_closeness(names: np.ndarray, centres: np.ndarray, member_closeness: np.ndarray) -> np.ndarray:
+    """Cosine of name ``i`` to centre ``i``, as a fraction of how close cluster ``i``'s members are to it on
+    average (``member_closeness[i]``): 1 = as close as a typical member. Ranking first among siblings says a name
+    is closer to its cluster than to the others; this says how close, which a generic name fails where the
+    siblings are few and unrelated."""
+    own = np.einsum("ij,ij->i", np.asarray(names, dtype=np.float64), np.asarray(centres, dtype=np.float64))
+    spread = np.asarray(member_closeness, dtype=np.float64)
+    return own / np.where(spread > 0, spread, 1.0)
+
+
 def retrieval(queries: np.ndarray, targets: np.ndarray, own: np.ndarray) -> Retrieval:
     """Scores of ``ranks``; chance is the expectation of a uniformly random ranking."""
     m = int(len(targets))

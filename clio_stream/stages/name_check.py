@@ -6,7 +6,11 @@ values of every cluster of its level (leaves among leaves, parents among the par
 alone, not name and summary: the dashboard shows the name first, and a specific summary let generic names pass
 ("A chatbot designed to assist with business tasks"). The summary is checked the same way on its own, and one
 that fails is not shown (a 135M model's summaries can be unrelated text: "ChatBot Class: 1984 | <class ...>").
-A node whose name fails is marked ``weak_name``, and when its keyword label (``stages.keywords``, c-TF-IDF over
+A name must also be close to what it names, not merely closer than its siblings' names: among four
+unrelated top-level parts a name like "Chat History" can rank its own part first at cosine 0.25 from its
+members' centre while the members sit at 0.46 from it. So the name's cosine to the centre, divided by the
+members' mean cosine to it (their own closeness: loose clusters get looser names), must reach
+``name_min_closeness``. A node whose name fails either test is marked ``weak_name``, and when its keyword label (``stages.keywords``, c-TF-IDF over
 distinct users) exists, that label is shown instead; every node carries its keywords beside the name. Words
 need as many distinct users as a cluster does (``min_cluster_users``), so a keyword can never say more about
 one person than a cluster may.
@@ -19,6 +23,7 @@ whatever the store holds.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,7 +34,7 @@ from clio_stream.domain.vectors import normalise_rows
 from clio_stream.embedding import EmbeddingBackend, embedding_text
 from clio_stream.privacy.users import user_key_of
 from clio_stream.settings import ClioSettings
-from clio_stream.stages.fidelity import ranks
+from clio_stream.stages.fidelity import ranks, relative_closeness
 from clio_stream.stages.keywords import keyword_labels
 
 SAMPLE_PER_NODE = 32
@@ -78,14 +83,16 @@ def _check_level(nodes: list[ClusterNode], value_of: dict[str, str | None], user
                 users.append(user_of.get(cid, cid))
     keywords = keyword_labels(texts, labels, users, len(nodes), min_users=settings.min_cluster_users,
                               drop=facet.prefill)
-    centroids = np.stack([vectors.centroid(_spread_sample(n.conversation_ids, value_of, sample)) for n in nodes])
+    centres = [vectors.centre(_spread_sample(n.conversation_ids, value_of, sample)) for n in nodes]
+    centroids = np.stack([c.vector for c in centres])
     k = len(nodes)
     shown = normalise_rows(embedder.encode([_without_prefill(text, facet) for text in
                                             [n.name for n in nodes] + [n.summary or n.name for n in nodes]]))
     rank = ranks(shown[:k], centroids, np.arange(k))  # the names, then the summaries: one embedding call
     summary_rank = ranks(shown[k:], centroids, np.arange(k))
-    for node, r, sr, words in zip(nodes, rank, summary_rank, keywords):
-        _mark(node, int(r), words)
+    closeness = relative_closeness(shown[:k], centroids, np.array([c.member_closeness for c in centres]))
+    for node, r, near, sr, words in zip(nodes, rank, closeness, summary_rank, keywords):
+        _mark(node, int(r), float(near), words, settings.name_min_closeness)
         if sr > 1 and node.summary:
             node.llm_summary, node.summary = node.summary, ""  # it describes another cluster as well as this one
     return sum(n.weak_name for n in nodes)
@@ -106,6 +113,12 @@ def _spread_sample(ids: Sequence[str], value_of: dict[str, str | None], sample: 
     return valued[:: max(1, len(valued) // sample)][:sample]
 
 
+@dataclass(frozen=True)
+class _Centre:
+    vector: np.ndarray  # unit mean of the sampled members' unit vectors
+    member_closeness: float  # their mean cosine to it
+
+
 class _MemberVectors:
     """Unit embeddings of member values, each computed once for all levels."""
 
@@ -113,20 +126,23 @@ class _MemberVectors:
         self.value_of, self.facet, self.embedder = value_of, facet, embedder
         self.known: dict[str, np.ndarray] = {}
 
-    def centroid(self, ids: Sequence[str]) -> np.ndarray:
+    def centre(self, ids: Sequence[str]) -> _Centre:
         if not ids:
-            return np.zeros(self.embedder.dim, dtype=np.float32)
+            return _Centre(np.zeros(self.embedder.dim, dtype=np.float32), 0.0)
         new = [c for c in dict.fromkeys(ids) if c not in self.known]
         if new:
             texts = [embedding_text(self.facet, self.value_of[c] or "") for c in new]
             self.known.update(zip(new, normalise_rows(self.embedder.encode(texts))))
-        return normalise_rows(np.mean([self.known[c] for c in ids], axis=0))
+        members = np.stack([self.known[c] for c in ids])
+        vector = normalise_rows(members.mean(axis=0))
+        return _Centre(vector, float(np.mean(members @ vector)))
 
 
-def _mark(leaf: ClusterNode, rank: int, words: str) -> None:
+def _mark(leaf: ClusterNode, rank: int, closeness: float, words: str, min_closeness: float) -> None:
     leaf.keywords = words or None
     leaf.name_rank = rank
-    leaf.weak_name = rank > 1
+    leaf.name_closeness = round(closeness, 3)
+    leaf.weak_name = rank > 1 or closeness < min_closeness
     if leaf.weak_name and words:
         leaf.llm_name = leaf.llm_name or leaf.name
         leaf.name = keyword_name(words)

@@ -148,3 +148,22 @@ def test_names_and_summaries_are_judged_without_the_prefill_every_value_shares()
     stripped = _without_prefill(quoted, FACET)
     assert FACET.prefill not in stripped and "track a card" in stripped and "find a card" in stripped
     assert _without_prefill(quoted, Facet(name="Free", question="q?")) == quoted  # no prefill: unchanged
+
+
+def test_a_name_that_ranks_first_but_sits_far_from_its_members_is_weak() -> None:
+    """Among few unrelated siblings a vague name can still rank its own cluster first ("Chat History" among four
+    top-level parts of the demo, cosine 0.25 to the centre where the members sit at 0.46): the closeness floor
+    catches it, and 0 turns the floor off."""
+    h, convs, values = _data()
+    h.nodes["l-card"].name = "Delivery history"  # one word of the members', none of the siblings'
+    settings = ClioSettings(min_cluster_users=3, user_id_hash_key="k" * 40)
+    check_names(h, convs, values, FACET, BagOfWords(), settings)
+    card, password = h.nodes["l-card"], h.nodes["l-password"]
+    assert card.name_rank == 1 and card.name_closeness < settings.name_min_closeness
+    assert card.weak_name and card.llm_name == "Delivery history" and card.name == keyword_name(card.keywords)
+    assert not password.weak_name and password.name_closeness >= settings.name_min_closeness
+
+    h, convs, values = _data()
+    h.nodes["l-card"].name = "Delivery history"
+    check_names(h, convs, values, FACET, BagOfWords(), settings.model_copy(update={"name_min_closeness": 0.0}))
+    assert not h.nodes["l-card"].weak_name and h.nodes["l-card"].name == "Delivery history"
