@@ -292,6 +292,7 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/clio-recluster-scale", help="Qdrant storage and logs (reused)")
     ap.add_argument("--url"), ap.add_argument("--grpc-port", type=int), ap.add_argument("--prefix")
     ap.add_argument("--publish"), ap.add_argument("--n", type=int)
+    ap.add_argument("--result", default="recluster_scale", help="results file: benchmarks/results/RESULT.json")
     args = ap.parse_args()
     if args.mode == "job":
         return job_main(args)
@@ -345,7 +346,7 @@ def main() -> None:
         store.close()
     finally:
         qdrant.stop()
-    report("recluster_scale", _rows(runs, memory), {"runs": runs, "memory": memory, "load_before": load_before,
+    report(args.result, _rows(runs, memory), {"runs": runs, "memory": memory, "load_before": load_before,
                                                     "load_after": os.getloadavg(), "args": vars(args)})
 
 

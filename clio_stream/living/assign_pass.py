@@ -1,8 +1,11 @@
 """The assignment pass: every point of a facet's window labelled with the new centroids, page by page.
 
 The job fits k-means on a sample (``living.sample``); this pass labels everything else. It reads the window in
-pages of point-id order (``storage.vector_pages``), assigns a page with one matrix product, writes its labels
-into the version's own field (``storage.labels``: invisible to readers until the version's pointers move),
+pages of point-id order (``storage.vector_pages``; the next page is read by a thread while this one is
+assigned, and only the payload fields the totals need, with empty values filtered out by Qdrant), assigns a
+page with one matrix product, writes its labels into the version's own field (``storage.labels``, selected
+by point id: invisible to readers until the version's pointers move; the field is indexed once after every
+facet's pass),
 adds it to the clusters' totals (``living.totals``) and records the cursor and the totals, fenced by the
 version, before the next page. So memory is bounded by the page, and sizes, trends and numeric statistics
 are over every point of the window, not the sample.
@@ -19,9 +22,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+from qdrant_client import models
 
 from clio_stream.living.totals import ClusterTotals
 from clio_stream.living.window import Window
@@ -38,13 +43,14 @@ from clio_stream.storage.documents import (
 )
 from clio_stream.storage.locks import LockLost
 from clio_stream.storage.records import facet_point_id
+from clio_stream.storage.qdrant import eq, is_empty
 from clio_stream.storage.store import QdrantStore
 from clio_stream.storage.vector_pages import IdRange, Page, read_page
 
 log = logging.getLogger(__name__)
 
 
-PAGE_FIELDS = ("value", "conversation_id", "user_hash", "timestamp")
+PAGE_FIELDS = ("user_hash", "timestamp")  # what the totals need; ``conversation_id`` too with numeric facets
 BARRIER_PAGES = 4  # label writes run ahead of Qdrant applying them by at most this many pages
 
 Check = Callable[[], None]  # raises (LockLost) when the caller must stop writing
@@ -80,29 +86,60 @@ def run_shard(store: QdrantStore, plan: AssignPlan, model: OnlineKMeans, shard: 
         if doc.pages:
             log.info("facet %s shard %d of v%d: resuming after page %d (%d points)", plan.facet, shard,
                      plan.version, doc.pages, doc.points)
-        window = Window(plan.window_start, None)
+        flt = pass_filter(plan)
+        fields = page_fields(plan)
         ids = IdRange.shard(shard, plan.shards)
-        while not doc.done:
-            t0 = time.perf_counter()
-            if check is not None:
-                check()
-            lease.check()
-            page = read_page(store, window.facet_filter(plan.facet), doc.cursor, ids, plan.page_size,
-                             PAGE_FIELDS, model.dim)
-            reach(STEP_ASSIGN_PAGE)
-            lease.check()
-            assigned = assign_page(store, plan, model, page, totals, wait=(doc.pages + 1) % BARRIER_PAGES == 0)
-            if page.next is None:
-                store.labels.barrier()  # every label of the shard applied before it is marked done
-            doc = doc.model_copy(update={
-                "cursor": page.next, "pages": doc.pages + 1, "points": doc.points + assigned,
-                "done": page.next is None, "owner": owner, "totals": totals.to_doc(),
-                "seconds": doc.seconds + time.perf_counter() - t0, "updated_at": time.time()})
-            if not store.states.put_fenced(key.key, doc, fence=plan.version):
-                raise PlanGone(f"{key}: a newer version wrote it")
-            if on_page is not None:
-                on_page(doc)
+
+        def read(cursor: str | None) -> Page:
+            return read_page(store, flt, cursor, ids, plan.page_size, fields, model.dim)
+
+        # The next page is read by a thread while this one is assigned and written: the scroll waits on
+        # Qdrant and the matrix product releases the GIL, so the two overlap. At most one page is read ahead
+        # (memory: two pages); reading writes nothing, and every write of a page still comes after the
+        # checks for that page, in page order. The embedded engine is not shared across threads: read inline.
+        reader = None if store.embedded else ThreadPoolExecutor(1, thread_name_prefix=f"assign-read-{shard}")
+        try:
+            ahead: Future[Page] | None = reader.submit(read, doc.cursor) if reader is not None else None
+            while not doc.done:
+                t0 = time.perf_counter()
+                if check is not None:
+                    check()
+                lease.check()
+                page = ahead.result() if ahead is not None else read(doc.cursor)
+                ahead = reader.submit(read, page.next) if reader is not None and page.next is not None else None
+                reach(STEP_ASSIGN_PAGE)
+                lease.check()
+                assigned = assign_page(store, plan, model, page, totals,
+                                       wait=(doc.pages + 1) % BARRIER_PAGES == 0)
+                if page.next is None:
+                    store.labels.barrier()  # every label of the shard applied before it is marked done
+                doc = doc.model_copy(update={
+                    "cursor": page.next, "pages": doc.pages + 1, "points": doc.points + assigned,
+                    "done": page.next is None, "owner": owner, "totals": totals.to_doc(),
+                    "seconds": doc.seconds + time.perf_counter() - t0, "updated_at": time.time()})
+                if not store.states.put_fenced(key.key, doc, fence=plan.version):
+                    raise PlanGone(f"{key}: a newer version wrote it")
+                if on_page is not None:
+                    on_page(doc)
+        finally:
+            if reader is not None:
+                reader.shutdown(wait=True, cancel_futures=True)
         return doc
+
+
+def pass_filter(plan: AssignPlan) -> models.Filter:
+    """The points a pass assigns: ``plan.facet``'s inside the window, with a non-empty value.
+
+    The value is tested by Qdrant, so the pass never reads the strings back (an empty value has a zero
+    vector too when a worker stored it; the pass also skips zero vectors, as the sample does).
+    """
+    flt = Window(plan.window_start, None).facet_filter(plan.facet)
+    return models.Filter(must=flt.must, must_not=[is_empty("value"), eq("value", "")])
+
+
+def page_fields(plan: AssignPlan) -> tuple[str, ...]:
+    """The payload fields a page needs: the totals' user and time, the conversation for numeric facets."""
+    return PAGE_FIELDS + (("conversation_id",) if plan.numeric else ())
 
 
 def assign_page(store: QdrantStore, plan: AssignPlan, model: OnlineKMeans, page: Page,
@@ -115,7 +152,7 @@ def assign_page(store: QdrantStore, plan: AssignPlan, model: OnlineKMeans, page:
     if not len(page):
         return 0
     norms = np.linalg.norm(page.vectors, axis=1)
-    rows = np.flatnonzero((norms > 0) & np.array([bool(p.get("value")) for p in page.payloads], dtype=bool))
+    rows = np.flatnonzero(norms > 0)  # empty values are filtered out by the scroll (``pass_filter``)
     if not len(rows):
         return 0
     x = page.vectors[rows] / norms[rows, None]
@@ -123,7 +160,7 @@ def assign_page(store: QdrantStore, plan: AssignPlan, model: OnlineKMeans, page:
     store.labels.write(plan.facet, {page.ids[i]: int(c) for i, c in zip(rows, labels)}, plan.version,
                        ops_per_request=2000, latest=False, wait=wait)
     payloads = [page.payloads[i] for i in rows]
-    numeric = numeric_values(store, plan, [str(p.get("conversation_id")) for p in payloads])
+    numeric = numeric_values(store, plan, [str(p.get("conversation_id")) for p in payloads]) if plan.numeric else {}
     totals.add_points(plan, labels, [p.get("timestamp") for p in payloads], [p.get("user_hash") for p in payloads],
                       numeric)
     return int(len(rows))

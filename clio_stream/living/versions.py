@@ -249,8 +249,8 @@ def apply_commit(store: QdrantStore, lease: Lease, commit: Commit, publish_dir: 
 def write_centroids(store: QdrantStore, lease: Lease, facet: str, version: int, model: OnlineKMeans) -> None:
     """Step 2 ahead of an assignment pass, which reads them: ``facet``'s centroids of ``version``.
 
-    The version's label field is indexed after the pass (``Labels.index``): building an index once over
-    the written labels costs less than keeping it up to date through every page.
+    The version's label field is indexed once after every facet's pass (``Labels.index``, from the job):
+    building an index once over the written labels costs less than keeping it up to date through every page.
     """
     step(STEP_CENTROIDS, lease)
     store.versions.put_centroids(facet, version, model.to_state())

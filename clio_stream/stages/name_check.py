@@ -1,19 +1,22 @@
 """Stage: check each cluster's name against its members, and fall back to keywords where it fails.
 
-A reader trusts a name only if it points at what the cluster holds. The check is the name fidelity of
-``stages.fidelity``: the name, embedded, should rank its own cluster first among the centroids of the member
-values of every cluster of its level (leaves among leaves, parents among the parents of their level). The name
-alone, not name and summary: the dashboard shows the name first, and a specific summary let generic names pass
-("A chatbot designed to assist with business tasks"). The summary is checked the same way on its own, and one
-that fails is not shown (a 135M model's summaries can be unrelated text: "ChatBot Class: 1984 | <class ...>").
-A name must also be close to what it names, not merely closer than its siblings' names: among four
-unrelated top-level parts a name like "Chat History" can rank its own part first at cosine 0.25 from its
-members' centre while the members sit at 0.46 from it. So the name's cosine to the centre, divided by the
-members' mean cosine to it (their own closeness: loose clusters get looser names), must reach
-``name_min_closeness``. A node whose name fails either test is marked ``weak_name``, and when its keyword label (``stages.keywords``, c-TF-IDF over
-distinct users) exists, that label is shown instead; every node carries its keywords beside the name. Words
-need as many distinct users as a cluster does (``min_cluster_users``), so a keyword can never say more about
-one person than a cluster may.
+A reader trusts a name only if it points at what the cluster holds. Two tests, on the name alone (the
+dashboard shows the name first, and a specific summary let generic names pass: "A chatbot designed to assist
+with business tasks"):
+
+- *rank* (the name fidelity of ``stages.fidelity``): the name, embedded, ranks its own cluster first among the
+  centroids of the member values of every cluster of its level (leaves among leaves, parents among the parents
+  of their level);
+- *closeness*: its cosine to its members' centre, divided by the members' own mean cosine to it (loose clusters
+  get looser names), reaches ``name_min_closeness``. Ranking first is not enough where the siblings are few and
+  unrelated: among four top-level parts of the demo "Chat History" ranked first at cosine 0.25 to its centre,
+  where its members sat at 0.46.
+
+A node whose name fails either is marked ``weak_name``, and when its keyword label (``stages.keywords``,
+c-TF-IDF over distinct users) exists, that label is shown instead; every node carries its keywords beside the
+name. Words need as many distinct users as a cluster does (``min_cluster_users``), so a keyword can never say
+more about one person than a cluster may. The summary passes the same two tests on its own, and one that fails
+is not shown (a 135M model's summaries can be unrelated text: "ChatBot Class: 1984 | <class ...>").
 
 Member vectors are a bounded, deterministic sample per node (``sample`` values spread evenly over its sorted
 member ids), each embedded once for all levels, so the check costs at most ``nodes * (sample + 1)`` embeddings
@@ -90,10 +93,13 @@ def _check_level(nodes: list[ClusterNode], value_of: dict[str, str | None], user
                                             [n.name for n in nodes] + [n.summary or n.name for n in nodes]]))
     rank = ranks(shown[:k], centroids, np.arange(k))  # the names, then the summaries: one embedding call
     summary_rank = ranks(shown[k:], centroids, np.arange(k))
-    closeness = relative_closeness(shown[:k], centroids, np.array([c.member_closeness for c in centres]))
-    for node, r, near, sr, words in zip(nodes, rank, closeness, summary_rank, keywords):
-        _mark(node, int(r), float(near), words, settings.name_min_closeness)
-        if sr > 1 and node.summary:
+    member_closeness = np.array([c.member_closeness for c in centres])
+    closeness = relative_closeness(shown[:k], centroids, member_closeness)
+    summary_closeness = relative_closeness(shown[k:], centroids, member_closeness)
+    floor = settings.name_min_closeness
+    for node, r, near, sr, s_near, words in zip(nodes, rank, closeness, summary_rank, summary_closeness, keywords):
+        _mark(node, int(r), float(near), words, floor)
+        if (sr > 1 or s_near < floor) and node.summary:
             node.llm_summary, node.summary = node.summary, ""  # it describes another cluster as well as this one
     return sum(n.weak_name for n in nodes)
 

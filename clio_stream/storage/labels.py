@@ -10,7 +10,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from qdrant_client import models
+from qdrant_client import grpc, models
 
 from clio_stream.storage.qdrant import QdrantConnection, eq, is_empty
 from clio_stream.storage.records import label_field
@@ -55,13 +55,18 @@ class Labels:
 
         The label goes into the version's own field (``label_field``) and into ``cluster_id`` /
         ``cluster_version`` (the latest label); other versions' fields are left alone. Points are selected by
-        id *and* facet through a filter, so an id deleted in the meantime (a user's deletion) is skipped
-        instead of failing the whole batch. Without per-point extras, points of one cluster share one
-        operation. ``latest=False`` writes the version's field only (the assignment pass: the latest-label
+        id through a filter (a has-id condition), so an id deleted in the meantime (a user's deletion) is
+        skipped instead of failing the whole batch (Qdrant refuses a batch naming a missing point id). Facet
+        point ids are unique per (conversation, facet) (``records.facet_point_id``), so the ids alone select
+        ``facet``'s points: no second condition for Qdrant to check on every point. Without per-point extras,
+        points of one cluster share one operation (sent as gRPC messages built directly against a server). ``latest=False`` writes the version's field only (the assignment pass: the latest-label
         fields are indexed, and updating indexes costs most of a label write; they stay the online
         assignment's). ``wait=False`` returns once Qdrant has the operations in its write-ahead log (applied
         in order: a later write with ``wait=True`` returns after all of them). Returns the number of ids given.
         """
+        if similarities is None and outliers is None and not self.conn.embedded and self.conn.prefer_grpc:
+            return self._write_grouped_grpc(labels, version, ops_per_request=ops_per_request, latest=latest,
+                                            wait=wait)
         ops: list[models.SetPayloadOperation] = []
         if similarities is None and outliers is None:
             by_cluster: dict[int, list[str]] = defaultdict(list)
@@ -71,7 +76,7 @@ class Labels:
                 payload = {label_field(version): cid, **({"cluster_id": cid, "cluster_version": int(version)}
                                                           if latest else {})}
                 for start in range(0, len(ids), 1000):
-                    ops.append(_set_payload_op(facet, ids[start : start + 1000], payload))
+                    ops.append(_set_payload_op(ids[start : start + 1000], payload))
         else:
             for pid, cid in labels.items():
                 payload: dict[str, Any] = {label_field(version): int(cid), "cluster_id": int(cid),
@@ -80,11 +85,37 @@ class Labels:
                     payload["similarity"] = float(similarities[pid])
                 if outliers is not None and pid in outliers:
                     payload["outlier"] = bool(outliers[pid])
-                ops.append(_set_payload_op(facet, [str(pid)], payload))
+                ops.append(_set_payload_op([str(pid)], payload))
         for start in range(0, len(ops), ops_per_request):
             with self.conn.guard("set labels"):
                 self.conn.client.batch_update_points(self.conn.facets, ops[start : start + ops_per_request],
                                                      wait=wait)
+        return len(labels)
+
+    def _write_grouped_grpc(self, labels: Mapping[str, int], version: int, *, ops_per_request: int, latest: bool,
+                            wait: bool) -> int:
+        """``write`` without per-point extras, as the client's own gRPC messages: one operation per cluster
+        (1,000 ids at most), built directly instead of as REST models converted one by one (which cost the
+        assignment pass about a tenth of its time). Same selection (a has-id filter) and order."""
+        by_cluster: dict[int, list[str]] = defaultdict(list)
+        for pid, cid in labels.items():
+            by_cluster[int(cid)].append(str(pid))
+        ops: list[grpc.PointsUpdateOperation] = []
+        for cid, ids in by_cluster.items():
+            payload = {label_field(version): grpc.Value(integer_value=cid)}
+            if latest:
+                payload.update(cluster_id=grpc.Value(integer_value=cid),
+                               cluster_version=grpc.Value(integer_value=int(version)))
+            for start in range(0, len(ids), 1000):
+                has_id = grpc.HasIdCondition(has_id=[_grpc_id(p) for p in ids[start : start + 1000]])
+                selector = grpc.PointsSelector(filter=grpc.Filter(must=[grpc.Condition(has_id=has_id)]))
+                ops.append(grpc.PointsUpdateOperation(set_payload=grpc.PointsUpdateOperation.SetPayload(
+                    payload=payload, points_selector=selector)))
+        for start in range(0, len(ops), ops_per_request):
+            request = grpc.UpdateBatchPoints(collection_name=self.conn.facets, wait=wait,
+                                             operations=ops[start : start + ops_per_request])
+            with self.conn.guard("set labels"):
+                self.conn.client.grpc_points.UpdateBatch(request, timeout=self.conn.timeout_s)
         return len(labels)
 
     def barrier(self) -> None:
@@ -134,6 +165,10 @@ class Labels:
                     self.conn.client.delete_payload_index(self.conn.facets, key, wait=True)
 
 
-def _set_payload_op(facet: str, ids: list[str], payload: dict[str, Any]) -> models.SetPayloadOperation:
-    flt = models.Filter(must=[models.HasIdCondition(has_id=ids), eq("facet", facet)])
+def _set_payload_op(ids: list[str], payload: dict[str, Any]) -> models.SetPayloadOperation:
+    flt = models.Filter(must=[models.HasIdCondition(has_id=ids)])
     return models.SetPayloadOperation(set_payload=models.SetPayload(payload=payload, filter=flt))
+
+
+def _grpc_id(pid: str) -> grpc.PointId:
+    return grpc.PointId(num=int(pid)) if pid.isdigit() else grpc.PointId(uuid=pid)

@@ -305,6 +305,46 @@ def test_labels_are_version_scoped(store: QdrantStore) -> None:
     assert store.points.count(facet="request", cluster_id=3, version=1) == 1
 
 
+def test_pass_label_writes_select_by_id_and_skip_deleted_points(store: QdrantStore) -> None:
+    """The assignment pass's write (no per-point extras, the version's field only, not waited for): ids alone
+    select the points (one facet's), an id deleted meanwhile is skipped, the latest-label fields are left alone."""
+    pts = [point(f"c{i}", "request", seed=i, cluster=9) for i in range(5)]
+    other = point("c0", "language", seed=99)  # the same conversation's other facet
+    store.points.upsert_facets([*pts, other])
+    gone = facet_point_id("deleted", "request")
+    store.labels.write("request", {p.id: i % 2 for i, p in enumerate(pts[:3])}, version=4, latest=False,
+                       wait=False)
+    store.labels.barrier()
+    store.labels.write("request", {gone: 1, pts[3].id: 1, pts[4].id: 1}, version=4, latest=False)  # no error
+    assert [store.points.count(facet="request", cluster_id=c, version=4) for c in (0, 1)] == [2, 3]
+    assert store.points.count(facet="language", version=4) == 0
+    assert store.points.count(facet="request", cluster_id=9) == 5  # cluster_id / cluster_version untouched
+
+
+def test_the_assignment_pass_skips_empty_values_and_labels_the_rest(store: QdrantStore) -> None:
+    """Values are tested by Qdrant's filter (the pass reads no value strings): "" and None are not assigned."""
+    from clio_stream.living.assign_pass import run_shard
+    from clio_stream.living.totals import ClusterTotals
+    from clio_stream.storage.documents import AssignPlan
+
+    pts = [point(f"c{i}", "request", seed=i) for i in range(40)]
+    for p in pts[:3]:
+        p.value = ""
+    for p in pts[3:5]:
+        p.value = None
+    store.points.upsert_facets(pts)
+    model = OnlineKMeans(np.stack([vec(1000 + c) for c in range(3)]).astype(np.float32), version=6, facet="request")
+    store.versions.put_centroids("request", 6, model.to_state())
+    plan = AssignPlan(version=6, facet="request", k=3, shards=1, page_size=16, trend_window_s=3600.0,
+                      trend_windows=2)
+    done = run_shard(store, plan, model, 0, "me", 30.0)
+    assert done is not None and done.done and done.points == 35 and done.pages == 3
+    assert store.points.count(facet="request", version=6) == 35
+    unlabelled = {pid for ids, _, _ in store.points.scroll_vectors("request", without_label=6) for pid in ids}
+    assert unlabelled == {p.id for p in pts[:5]}  # the five empty values, and only they, stay unlabelled
+    assert int(ClusterTotals.from_doc(done.totals).counts.sum()) == 35
+
+
 def test_delete_user_removes_exactly_that_user(store: QdrantStore) -> None:
     store.points.upsert_facets([point(f"x{i}", f, user="victim", seed=i * 3 + j)
                          for i in range(4) for j, f in enumerate(["request", "task"])]

@@ -39,7 +39,7 @@ def _data(per_topic: int = 6):
             values.append(ConversationFacets(conversation_id=cid, values={"Request": FacetValue(facet="Request", value=value)}))
             leaves.setdefault(topic, []).append(cid)
     names = {"card": ("Track a new debit card delivery", "Users want to know when their new debit card arrives."),
-             "password": ("Reset an online banking password", "Users forgot their online banking password."),
+             "password": ("Reset an online banking password", "Users want to reset a forgotten online banking password."),
              "refund": ("Help the user with their request", "The assistant provides helpful support.")}
     nodes = {f"l-{t}": ClusterNode(id=f"l-{t}", facet="Request", name=names[t][0], summary=names[t][1], level=0,
                                    conversation_ids=leaves[t]) for t in TOPICS}
@@ -134,7 +134,7 @@ def test_a_summary_that_fails_the_check_on_its_own_is_not_shown_and_kept_for_the
     card, password = h.nodes["l-card"], h.nodes["l-password"]
     assert card.summary == "" and card.llm_summary.startswith("ChatBot Class")
     assert card.given_summary == card.llm_summary and "llm_summary" not in card.public_fields()
-    assert password.summary == "Users forgot their online banking password." and password.llm_summary is None
+    assert password.summary == "Users want to reset a forgotten online banking password." and password.llm_summary is None
     assert not card.weak_name  # the name is judged on its own
 
 
@@ -167,3 +167,13 @@ def test_a_name_that_ranks_first_but_sits_far_from_its_members_is_weak() -> None
     h.nodes["l-card"].name = "Delivery history"
     check_names(h, convs, values, FACET, BagOfWords(), settings.model_copy(update={"name_min_closeness": 0.0}))
     assert not h.nodes["l-card"].weak_name and h.nodes["l-card"].name == "Delivery history"
+
+
+def test_a_summary_that_ranks_first_but_sits_far_from_its_members_is_not_shown() -> None:
+    h, convs, values = _data()
+    h.nodes["l-card"].summary = "Their delivery history"  # one word of the members', none of the siblings'
+    settings = ClioSettings(min_cluster_users=3, user_id_hash_key="k" * 40)
+    check_names(h, convs, values, FACET, BagOfWords(), settings)
+    card = h.nodes["l-card"]
+    assert card.summary == "" and card.llm_summary == "Their delivery history" and not card.weak_name
+    assert h.nodes["l-password"].summary == "Users want to reset a forgotten online banking password."

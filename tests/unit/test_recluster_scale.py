@@ -315,3 +315,39 @@ def _api_members(store: QdrantStore, pub, settings, facet: str) -> set[str]:
             assert r.status_code == 200 and r.json()["next_cursor"] is None, r.text
             seen |= {item["conversation_id"] for item in r.json()["items"]}
     return seen
+
+
+def test_the_label_field_is_indexed_once_after_every_facets_pass_and_before_users_are_counted(world, monkeypatch):
+    """Indexed after each facet's pass, the next facet's pass would write into an indexed field (~10x slower);
+    the exact distinct-user counts filter on the field, so they come after the index."""
+    import clio_stream.living.facet_pass as facet_pass
+
+    store, emb, pub = world
+    fill(store, emb, 80)
+    events: list[tuple[str, object]] = []
+    run_pass_, index_, users_ = facet_pass.run_pass, store.labels.index, store.labels.distinct_users
+
+    def spy_pass(st, plan, *args, **kwargs):
+        events.append(("pass", plan.facet))
+        return run_pass_(st, plan, *args, **kwargs)
+
+    def spy_index(version):
+        events.append(("index", version))
+        return index_(version)
+
+    def spy_users(*args, **kwargs):
+        events.append(("users", None))
+        return users_(*args, **kwargs)
+
+    monkeypatch.setattr(facet_pass, "run_pass", spy_pass)
+    monkeypatch.setattr(store.labels, "index", spy_index)
+    monkeypatch.setattr(store.labels, "distinct_users", spy_users)
+    report = recluster_once(store, ScriptedLLM(sensible_script), emb, main_facets,
+                            job_settings(recluster_sample_size=40), publish_dir=pub)
+    assert report is not None
+    kinds = [kind for kind, _ in events]
+    passes = [facet for kind, facet in events if kind == "pass"]
+    assert len(passes) >= 2 and len(set(passes)) == len(passes)  # more than one hierarchy facet, one pass each
+    first_index = kinds.index("index")
+    assert kinds[:first_index] == ["pass"] * len(passes)  # every pass before the (first) index
+    assert "users" in kinds and kinds.index("users") > first_index
