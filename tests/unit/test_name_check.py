@@ -3,7 +3,6 @@ its keyword label; specific names stay, every leaf carries its keywords, and rar
 
 from __future__ import annotations
 
-
 from clio_stream.domain.clusters import ClusterNode, FacetHierarchy
 from clio_stream.domain.conversation import Conversation, ConversationFacets, FacetValue, Message
 from clio_stream.domain.facets import Facet
