@@ -55,3 +55,18 @@ def test_the_raw_embedding_texts_are_the_worker_s_embed_calls() -> None:
     assert all(v["Request"].startswith(REQUEST.prefill.strip()) for b in stored for v in b)  # stored whole
     assert worker_embedding_calls(stored, facets) == inner.calls
     store.close()
+
+
+def test_scripted_answers_differ_per_conversation_and_constrained_prompts_get_a_choice() -> None:
+    """The non-LLM leg's conversations the LLM never saw get answers of their own words: two conversations must
+    not share one answer (the worker would embed it once and the leg would measure the cache)."""
+    from benchmarks.stream import scripted_answer
+    from clio_stream.domain.conversation import Conversation, Message
+    from clio_stream.stages.extract import build_prompts
+
+    convs = [Conversation(id=str(i), messages=[Message(role="user", content=text)])
+             for i, text in enumerate(["My card has not arrived yet", "How do I reset my banking password?"])]
+    prompts = build_prompts(convs, [REQUEST, CONCERNING])
+    answers = [scripted_answer(p) for p in prompts]
+    assert answers[0] != answers[2] and "card" in answers[0] and "password" in answers[2]
+    assert answers[1] in prompts[1].choices and answers[3] in prompts[3].choices
