@@ -573,10 +573,9 @@ def name_fidelity_of_base_clusters(values: Sequence[str], users: Sequence[str], 
     keywords = keyword_labels(values, labels, users, k, drop=REQUEST.prefill)
     kw = embedder.encode([w or name for w, (_, name) in zip(keywords, named)])
     published = np.where((hits == 1)[:, None], described, kw)
-    name_hits_alone = name_hits(names_only, x, labels)
+    check = name_check(names_only, x, labels, k, settings.name_min_closeness)  # what stages.name_check shows
+    name_hits_alone, closeness, kept = check.rank, check.closeness, check.passed
     published_by_name = np.where((name_hits_alone == 1)[:, None], names_only, kw)
-    closeness = name_closeness(names_only, x, labels, k)
-    kept = (name_hits_alone == 1) & (closeness >= settings.name_min_closeness)  # what stages.name_check shows
     published_floor = np.where(kept[:, None], names_only, kw)
     return {"k": int(k), "n": len(values), "name_and_summary": name_fidelity(described, x, labels).as_dict(),
             "name_only": name_fidelity(names_only, x, labels).as_dict(),
@@ -594,17 +593,17 @@ def name_fidelity_of_base_clusters(values: Sequence[str], users: Sequence[str], 
                          for c, (summary, name) in enumerate(named)]}
 
 
-def name_closeness(names: np.ndarray, x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    """Each name's cosine to its cluster's centre over its members' mean cosine to it (all members here; the
-    pipeline's check samples 32), as ``stages.name_check`` floors it."""
+def name_check(names: np.ndarray, x: np.ndarray, labels: np.ndarray, k: int, min_closeness: float) -> Any:
+    """The pipeline's name check (``fidelity.check_labels``) of each cluster's name against the centres of all
+    members (the pipeline samples 32 per cluster) and their mean cosine to their centre."""
     from clio_stream.domain.vectors import normalise_rows
-    from clio_stream.stages.fidelity import centroids, relative_closeness
+    from clio_stream.stages.fidelity import centroids, check_labels
 
-    x = normalise_rows(np.asarray(x, dtype=np.float64))
+    x = normalise_rows(x)
     centres = centroids(x, labels, k)
     own = np.einsum("ij,ij->i", x, centres[labels])
     member = np.bincount(labels, weights=own, minlength=k) / np.maximum(np.bincount(labels, minlength=k), 1)
-    return relative_closeness(normalise_rows(np.asarray(names, dtype=np.float64)), centres, member)
+    return check_labels(normalise_rows(names), centres, member, min_closeness)
 
 
 # --------------------------------------------------------------------------- top level

@@ -51,6 +51,24 @@ def relative_closeness(names: np.ndarray, centres: np.ndarray, member_closeness:
     return own / np.where(spread > 0, spread, 1.0)
 
 
+@dataclass(frozen=True)
+class LabelCheck:
+    """What the name check decides for each label (a name or a summary) of one level's clusters."""
+
+    rank: np.ndarray  # 1-based rank of its own cluster among the level's centres
+    closeness: np.ndarray  # ``relative_closeness`` to its own centre
+    passed: np.ndarray  # ranked first and at least ``min_closeness``
+
+
+def check_labels(labels: np.ndarray, centres: np.ndarray, member_closeness: np.ndarray,
+                 min_closeness: float) -> LabelCheck:
+    """Label ``i`` (unit rows) against cluster ``i``'s centre: the rule ``stages.name_check`` shows a name or a
+    summary by, defined once for the pipeline and the quality benchmark."""
+    rank = ranks(labels, centres, np.arange(len(labels)))
+    closeness = relative_closeness(labels, centres, member_closeness)
+    return LabelCheck(rank, closeness, (rank == 1) & (closeness >= min_closeness))
+
+
 def retrieval(queries: np.ndarray, targets: np.ndarray, own: np.ndarray) -> Retrieval:
     """Scores of ``ranks``; chance is the expectation of a uniformly random ranking."""
     m = int(len(targets))

@@ -37,7 +37,7 @@ from clio_stream.domain.vectors import normalise_rows
 from clio_stream.embedding import EmbeddingBackend, embedding_text
 from clio_stream.privacy.users import user_key_of
 from clio_stream.settings import ClioSettings
-from clio_stream.stages.fidelity import ranks, relative_closeness
+from clio_stream.stages.fidelity import check_labels
 from clio_stream.stages.keywords import keyword_labels
 
 SAMPLE_PER_NODE = 32
@@ -91,16 +91,14 @@ def _check_level(nodes: list[ClusterNode], value_of: dict[str, str | None], user
     k = len(nodes)
     shown = normalise_rows(embedder.encode([_without_prefill(text, facet) for text in
                                             [n.name for n in nodes] + [n.summary or n.name for n in nodes]]))
-    rank = ranks(shown[:k], centroids, np.arange(k))  # the names, then the summaries: one embedding call
-    summary_rank = ranks(shown[k:], centroids, np.arange(k))
     member_closeness = np.array([c.member_closeness for c in centres])
-    closeness = relative_closeness(shown[:k], centroids, member_closeness)
-    summary_closeness = relative_closeness(shown[k:], centroids, member_closeness)
-    floor = settings.name_min_closeness
-    for node, r, near, sr, s_near, words in zip(nodes, rank, closeness, summary_rank, summary_closeness, keywords):
-        _mark(node, int(r), float(near), words, floor)
-        if (sr > 1 or s_near < floor) and node.summary:
-            node.llm_summary, node.summary = node.summary, ""  # it describes another cluster as well as this one
+    # the names, then the summaries: one embedding call, one rule
+    names = check_labels(shown[:k], centroids, member_closeness, settings.name_min_closeness)
+    summaries = check_labels(shown[k:], centroids, member_closeness, settings.name_min_closeness)
+    for i, (node, words) in enumerate(zip(nodes, keywords)):
+        _mark(node, int(names.rank[i]), float(names.closeness[i]), bool(names.passed[i]), words)
+        if not summaries.passed[i] and node.summary:
+            node.llm_summary, node.summary = node.summary, ""  # it does not point at this cluster's members
     return sum(n.weak_name for n in nodes)
 
 
@@ -144,11 +142,11 @@ class _MemberVectors:
         return _Centre(vector, float(np.mean(members @ vector)))
 
 
-def _mark(leaf: ClusterNode, rank: int, closeness: float, words: str, min_closeness: float) -> None:
+def _mark(leaf: ClusterNode, rank: int, closeness: float, passed: bool, words: str) -> None:
     leaf.keywords = words or None
     leaf.name_rank = rank
     leaf.name_closeness = round(closeness, 3)
-    leaf.weak_name = rank > 1 or closeness < min_closeness
+    leaf.weak_name = not passed
     if leaf.weak_name and words:
         leaf.llm_name = leaf.llm_name or leaf.name
         leaf.name = keyword_name(words)

@@ -7,7 +7,7 @@ they serve never see a half-relabelled cluster (see :func:`clio_stream.storage.r
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from qdrant_client import grpc, models
@@ -59,24 +59,18 @@ class Labels:
         skipped instead of failing the whole batch (Qdrant refuses a batch naming a missing point id). Facet
         point ids are unique per (conversation, facet) (``records.facet_point_id``), so the ids alone select
         ``facet``'s points: no second condition for Qdrant to check on every point. Without per-point extras,
-        points of one cluster share one operation (sent as gRPC messages built directly against a server). ``latest=False`` writes the version's field only (the assignment pass: the latest-label
-        fields are indexed, and updating indexes costs most of a label write; they stay the online
-        assignment's). ``wait=False`` returns once Qdrant has the operations in its write-ahead log (applied
-        in order: a later write with ``wait=True`` returns after all of them). Returns the number of ids given.
+        points of one cluster share one operation (sent as gRPC messages built directly against a server).
+        ``latest=False`` writes the version's field only (the assignment pass: the latest-label fields are
+        indexed, and updating indexes costs most of a label write; they stay the online assignment's).
+        ``wait=False`` returns once Qdrant has the operations in its write-ahead log (applied in order: a later
+        write with ``wait=True`` returns after all of them). Returns the number of ids given.
         """
         if similarities is None and outliers is None and not self.conn.embedded and self.conn.prefer_grpc:
             return self._write_grouped_grpc(labels, version, ops_per_request=ops_per_request, latest=latest,
                                             wait=wait)
         ops: list[models.SetPayloadOperation] = []
         if similarities is None and outliers is None:
-            by_cluster: dict[int, list[str]] = defaultdict(list)
-            for pid, cid in labels.items():
-                by_cluster[int(cid)].append(str(pid))
-            for cid, ids in by_cluster.items():
-                payload = {label_field(version): cid, **({"cluster_id": cid, "cluster_version": int(version)}
-                                                          if latest else {})}
-                for start in range(0, len(ids), 1000):
-                    ops.append(_set_payload_op(ids[start : start + 1000], payload))
+            ops = [_set_payload_op(ids, payload) for payload, ids in _cluster_groups(labels, version, latest)]
         else:
             for pid, cid in labels.items():
                 payload: dict[str, Any] = {label_field(version): int(cid), "cluster_id": int(cid),
@@ -97,20 +91,13 @@ class Labels:
         """``write`` without per-point extras, as the client's own gRPC messages: one operation per cluster
         (1,000 ids at most), built directly instead of as REST models converted one by one (which cost the
         assignment pass about a tenth of its time). Same selection (a has-id filter) and order."""
-        by_cluster: dict[int, list[str]] = defaultdict(list)
-        for pid, cid in labels.items():
-            by_cluster[int(cid)].append(str(pid))
         ops: list[grpc.PointsUpdateOperation] = []
-        for cid, ids in by_cluster.items():
-            payload = {label_field(version): grpc.Value(integer_value=cid)}
-            if latest:
-                payload.update(cluster_id=grpc.Value(integer_value=cid),
-                               cluster_version=grpc.Value(integer_value=int(version)))
-            for start in range(0, len(ids), 1000):
-                has_id = grpc.HasIdCondition(has_id=[_grpc_id(p) for p in ids[start : start + 1000]])
-                selector = grpc.PointsSelector(filter=grpc.Filter(must=[grpc.Condition(has_id=has_id)]))
-                ops.append(grpc.PointsUpdateOperation(set_payload=grpc.PointsUpdateOperation.SetPayload(
-                    payload=payload, points_selector=selector)))
+        for payload, ids in _cluster_groups(labels, version, latest):
+            has_id = grpc.HasIdCondition(has_id=[_grpc_id(p) for p in ids])
+            selector = grpc.PointsSelector(filter=grpc.Filter(must=[grpc.Condition(has_id=has_id)]))
+            values = {key: grpc.Value(integer_value=v) for key, v in payload.items()}
+            ops.append(grpc.PointsUpdateOperation(set_payload=grpc.PointsUpdateOperation.SetPayload(
+                payload=values, points_selector=selector)))
         for start in range(0, len(ops), ops_per_request):
             request = grpc.UpdateBatchPoints(collection_name=self.conn.facets, wait=wait,
                                              operations=ops[start : start + ops_per_request])
@@ -163,6 +150,22 @@ class Labels:
             if key in existing:
                 with self.conn.guard("drop label index"):
                     self.conn.client.delete_payload_index(self.conn.facets, key, wait=True)
+
+
+GROUP_IDS = 1000  # ids in one grouped operation
+
+
+def _cluster_groups(labels: Mapping[str, int], version: int,
+                    latest: bool) -> Iterator[tuple[dict[str, int], list[str]]]:
+    """The grouped write's operations: the points of one cluster share one payload, ``GROUP_IDS`` ids at most."""
+    by_cluster: dict[int, list[str]] = defaultdict(list)
+    for pid, cid in labels.items():
+        by_cluster[int(cid)].append(str(pid))
+    for cid, ids in by_cluster.items():
+        latest_fields = {"cluster_id": cid, "cluster_version": int(version)} if latest else {}
+        payload = {label_field(version): cid, **latest_fields}
+        for start in range(0, len(ids), GROUP_IDS):
+            yield payload, ids[start : start + GROUP_IDS]
 
 
 def _set_payload_op(ids: list[str], payload: dict[str, Any]) -> models.SetPayloadOperation:
