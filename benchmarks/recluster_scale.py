@@ -122,12 +122,16 @@ def wait_green(store: Any, timeout_s: float = 3600.0) -> None:
 # --------------------------------------------------------------------------- the job, in a process of its own
 
 
-def job_settings(url: str, grpc_port: int, prefix: str, publish: Path, page_size: int) -> Any:
+def job_settings(url: str, grpc_port: int, prefix: str, publish: Path, page_size: int, shard_number: int = 1) -> Any:
+    """The job's settings; the store's layout (int8 in RAM, originals and payload on disk, no HNSW graph,
+    ``shard_number`` shards) comes from them too, so the benchmark's collection is the one settings make."""
     from clio_stream.settings import ClioSettings
 
     return ClioSettings(qdrant_url=url, qdrant_grpc_port=grpc_port, qdrant_prefix=prefix, publish_dir=publish,
                         show_progress=False, user_id_hash_key="benchmark-key-not-a-secret",
-                        recluster_page_size=page_size, recluster_lock_ttl_s=600)
+                        recluster_page_size=page_size, recluster_lock_ttl_s=600,
+                        qdrant_quantization="int8", qdrant_vectors_on_disk=True, qdrant_payload_on_disk=True,
+                        qdrant_hnsw_m=0, qdrant_shard_number=shard_number)
 
 
 def job_main(args: argparse.Namespace) -> None:
@@ -138,7 +142,8 @@ def job_main(args: argparse.Namespace) -> None:
     from tests.unit.fakes import HashEmbedder, ScriptedLLM, sensible_script
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    settings = job_settings(args.url, args.grpc_port, args.prefix, Path(args.publish), args.page_size)
+    settings = job_settings(args.url, args.grpc_port, args.prefix, Path(args.publish), args.page_size,
+                            args.shard_number)
     rss_start = _peak_rss_mb()
     embedder = HashEmbedder()
     embedder.dim = DIM
@@ -292,6 +297,8 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/clio-recluster-scale", help="Qdrant storage and logs (reused)")
     ap.add_argument("--url"), ap.add_argument("--grpc-port", type=int), ap.add_argument("--prefix")
     ap.add_argument("--publish"), ap.add_argument("--n", type=int)
+    ap.add_argument("--shard-number", type=int, default=1,
+                    help="shards of the facet collection (qdrant_shard_number); a reused --workdir must match")
     ap.add_argument("--result", default="recluster_scale", help="results file: benchmarks/results/RESULT.json")
     args = ap.parse_args()
     if args.mode == "job":
@@ -301,9 +308,10 @@ def main() -> None:
 
     from benchmarks.common import quiet_logs, report
     from clio_stream.devstack.processes import free_port, start_qdrant
-    from clio_stream.storage.qdrant import CollectionLayout
     from clio_stream.storage.store import QdrantStore
 
+    if args.shard_number < 1:
+        raise SystemExit("--shard-number must be at least 1")
     quiet_logs()
     logging.getLogger("benchmarks.recluster_scale").setLevel(logging.WARNING)
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -325,9 +333,13 @@ def main() -> None:
     mix = Mixture(args.components, args.spread, args.seed)
     runs: list[dict[str, Any]] = []
     try:
-        store = QdrantStore(url, grpc_port=gp, prefix=prefix, timeout_s=600,
-                            layout=CollectionLayout("int8", True, True, 0))
+        settings = job_settings(url, gp, prefix, work, args.page_size, args.shard_number)
+        store = QdrantStore.from_settings(settings.with_overrides(qdrant_timeout_s=600))
         store.ensure_collections(DIM)
+        shards = int(store.facet_collection_info().config.params.shard_number or 1)
+        if shards != args.shard_number:
+            raise SystemExit(f"{work / 'qdrant'} holds a facet collection of {shards} shard(s), not "
+                             f"--shard-number {args.shard_number}: use another --workdir")
         have = store.points.count(facet=FACET)
         for n in sizes:
             rate = load(store, mix, have, n, users=n // 5) if n > have else None
@@ -335,8 +347,9 @@ def main() -> None:
             shutil.rmtree(work / f"published-{n}", ignore_errors=True)
             load_at = os.getloadavg()
             job = _child("job", "--url", url, "--grpc-port", str(gp), "--prefix", prefix, "--publish",
-                         str(work / f"published-{n}"), "--page-size", str(args.page_size), "--workdir", str(work))
-            job.update(n=n, load_rate=rate, load_average=load_at)
+                         str(work / f"published-{n}"), "--page-size", str(args.page_size), "--workdir", str(work),
+                         "--shard-number", str(args.shard_number))
+            job.update(n=n, load_rate=rate, load_average=load_at, shard_number=shards)
             if not args.no_nmi:
                 job["nmi"] = _child("nmi", "--n", str(n), "--components", str(args.components), "--spread",
                                     str(args.spread), "--seed", str(args.seed), "--sample", str(args.sample),
@@ -364,6 +377,7 @@ def _rows(runs: list[dict[str, Any]], memory: list[dict[str, Any]]) -> list[tupl
                  (f"{n}: assign pass rate", r["assign_points"] / max(st.get("assign", 0.0), 1e-9),
                   "points/s (target >= 50k)"),
                  (f"{n}: base clusters (k)", r["k"], "clusters"),
+                 (f"{n}: facet collection shards", r.get("shard_number", 1), "shards"),
                  (f"{n}: LLM prompts", r["llm_prompts"], "prompts"),
                  (f"{n}: load average (1, 5, 15 min)", " ".join(f"{v:.1f}" for v in r["load_average"]), "")]
         if "nmi" in r:

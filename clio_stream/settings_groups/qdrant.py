@@ -27,6 +27,11 @@ class QdrantFields(BaseModel):
                                          "fields stay in RAM).")
     qdrant_hnsw_m: int = Field(16, ge=0, description="HNSW graph degree of new facet collections; 0 builds no "
                                "graph (clio-stream never searches the facet vectors, it scrolls them).")
+    qdrant_shard_number: int = Field(1, ge=1, description="Shards of new facet and conversation collections "
+                                     "(the ones that grow with the store; the state collection keeps one). "
+                                     "At least the number of nodes in a Qdrant cluster; a server applies "
+                                     "each shard's writes in order, so more shards apply them in parallel. "
+                                     "Ignored by the embedded engine.")
     store_raw_conversations: bool = Field(
         True,
         description="Keep raw conversation text in Qdrant (handy for the demo). Turn OFF in production: "

@@ -67,12 +67,19 @@ class CollectionLayout:
     clio-stream scrolls facet vectors and never searches them, so the HNSW graph (``hnsw_m``) is optional;
     ``int8`` keeps a quantised copy in RAM (a quarter of the float32 size) and, with ``vectors_on_disk``, the
     originals memory-mapped; ``payload_on_disk`` keeps payloads on disk (the indexed fields stay in RAM).
+
+    ``shard_number`` applies to the facet and conversation collections, the two that grow with the store:
+    they are what a Qdrant cluster must spread over its nodes, and the facet collection takes the assignment
+    pass's label writes, which a server applies in order within a shard. The state collection (leases,
+    versions, small documents) stays at one shard: it is small and gains nothing from being split. The
+    embedded engine has no shards; it ignores this (like the rest of the layout).
     """
 
     quantization: str = "none"  # "none" or "int8"
     vectors_on_disk: bool = False
     payload_on_disk: bool = False
     hnsw_m: int = 16
+    shard_number: int = 1
 
     def vectors(self, dim: int) -> models.VectorParams:
         return models.VectorParams(size=int(dim), distance=models.Distance.COSINE, on_disk=self.vectors_on_disk)
@@ -151,7 +158,8 @@ class QdrantConnection:
             "api_key": settings.qdrant_api_key,
             "keep_raw": settings.store_raw_conversations,
             "layout": CollectionLayout(settings.qdrant_quantization, settings.qdrant_vectors_on_disk,
-                                       settings.qdrant_payload_on_disk, settings.qdrant_hnsw_m),
+                                       settings.qdrant_payload_on_disk, settings.qdrant_hnsw_m,
+                                       settings.qdrant_shard_number),
             "metadata_index": tuple(k.name for k in settings.metadata_keys if k.indexed),
         }
 
@@ -202,14 +210,15 @@ class QdrantConnection:
                layout: CollectionLayout | None = None) -> None:
         """Create collection ``name`` unless it exists (another replica may create it at the same time).
 
-        ``layout``: quantisation, on-disk vectors and payload, HNSW degree (None: Qdrant's defaults).
+        ``layout``: quantisation, on-disk vectors and payload, HNSW degree, shards (None: Qdrant's defaults).
+        An existing collection keeps its own (Qdrant cannot re-shard one in place).
         """
         with self.guard("collection_exists"):
             if self.client.collection_exists(name):
                 return
         extra: dict[str, Any] = {}
         if layout is not None and not self.embedded:  # the embedded engine has none of these
-            extra = {"on_disk_payload": layout.payload_on_disk}
+            extra = {"on_disk_payload": layout.payload_on_disk, "shard_number": int(layout.shard_number)}
             if isinstance(vectors, models.VectorParams):
                 extra.update(hnsw_config=models.HnswConfigDiff(m=layout.hnsw_m),
                              quantization_config=layout.quantization_config())

@@ -396,3 +396,37 @@ def test_state_can_be_written_before_the_other_collections(qdrant_server, unique
                         prefix=unique_name("early").replace("-", "_"))
     store.states.write(SCHEDULER_STATE, SchedulerState(runs=0, updated_at=1.0))
     assert store.states.read(SCHEDULER_STATE) == SchedulerState(runs=0, updated_at=1.0)
+
+
+@pytest.mark.parametrize("variant", ["server", "embedded"])
+def test_qdrant_shard_number_shards_the_growing_collections(request: pytest.FixtureRequest, tmp_path: Path,
+                                                            variant: str) -> None:
+    """``qdrant_shard_number`` reaches Qdrant: the facet and conversation collections are created with that many
+    shards, the state collection with one; the embedded engine (no shards) still works with the setting on."""
+    from clio_stream.settings import ClioSettings
+    from clio_stream.storage.qdrant import QdrantConnection
+
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    if variant == "server":
+        server = _server_store(request, prefix)  # skips when there is no Qdrant binary
+        server.close()
+        handle = request.getfixturevalue("qdrant_server")
+        url, grpc_port = handle.url, handle.grpc_port
+    else:
+        url, grpc_port = str(tmp_path / "qdrant"), None
+    settings = ClioSettings(qdrant_url=url, qdrant_grpc_port=grpc_port, qdrant_prefix=prefix, qdrant_shard_number=3)
+    assert QdrantConnection.options(settings)["layout"].shard_number == 3
+    st = QdrantStore.from_settings(settings)
+    try:
+        st.ensure_collections(DIM)
+        shards = {name: st.client.get_collection(name).config.params.shard_number
+                  for name in (st.facets, st.conversations, st.state)}
+        if variant == "server":
+            assert shards == {st.facets: 3, st.conversations: 3, st.state: 1}
+        pts = [point(f"c{i}", "request", seed=i) for i in range(40)]
+        st.points.upsert_facets(pts)
+        assert st.points.count(facet="request") == 40
+        ids = [i for b in st.points.scroll_vectors("request", batch=7) for i in b[0]]
+        assert ids == sorted(p.id for p in pts)  # id order across shards, which the sample and the pass rely on
+    finally:
+        st.close()

@@ -59,3 +59,13 @@ def test_to_env_round_trips_plain_settings(monkeypatch):
     back = ClioSettings()
     assert back.qdrant_grpc_port == 7001 and back.llm_sampling_args == {"temperature": 0.1}
     assert back.dedup is False and back.user_id_hash_key == "k"
+
+
+def test_qdrant_shard_number_from_env_reaches_the_collection_layout(monkeypatch):
+    from clio_stream.storage.qdrant import QdrantConnection
+
+    assert QdrantConnection.options(ClioSettings())["layout"].shard_number == 1
+    monkeypatch.setenv("CLIO_QDRANT_SHARD_NUMBER", "4")
+    assert QdrantConnection.options(ClioSettings())["layout"].shard_number == 4
+    with pytest.raises(ValueError):
+        ClioSettings(qdrant_shard_number=0)
