@@ -14,7 +14,9 @@ a noisy machine):
    the worker's own calls (the ``embedding_text`` of each stored hierarchy value,
    the distinct ones of each polled batch, one call per batch; median of three
    passes) (target ratio >= 0.9);
-3. the consumer process's peak RSS (the vLLM engine runs in its own process).
+3. the same path without the computed Language facet (its language identifier replaces a prompt, so it is
+   facet work rather than decode, embed, upsert, assign, commit): the identifier's share is the difference;
+4. the consumer process's peak RSS (the vLLM engine runs in its own process).
 
 Online assignment against river's KMeans is ``benchmarks.online_kmeans``.
 
@@ -140,9 +142,9 @@ def main() -> None:
                     qdrant_grpc_port=gport, embedding_model=args.embedding_model, show_progress=False,
                     max_poll_records=args.batch, max_in_flight_batches=args.in_flight)
         settings = ClioSettings(**base, topic="bench.a", consumer_group="bench-a", deltas_topic="bench.a.deltas")
-        ensure_topics(KafkaConnection.from_settings(settings), {"bench.a": 1, "bench.b": 1})
+        ensure_topics(KafkaConnection.from_settings(settings), {"bench.a": 1, "bench.b": 1, "bench.c": 1})
         producer = make_producer(KafkaConnection.from_settings(settings))
-        for topic, sent in (("bench.a", convs), ("bench.b", replayed)):
+        for topic, sent in (("bench.a", convs), ("bench.b", replayed), ("bench.c", replayed)):
             for c in sent:
                 producer.send(topic, key=c.id.encode(), value=encode_message(
                     {"id": c.id, "user_id": "u", "conversation": [m.model_dump() for m in c.messages]}))
@@ -204,6 +206,16 @@ def main() -> None:
         stored_values = [v[f.name] for v in stored for f in main_facets if f.has_hierarchy and v[f.name]]
         w2.close()
 
+        # 3. the same without the computed facets (the Language identifier): the path as the issue lists it
+        # (decode, embed, upsert, assign, commit), so the identifier's share is the difference to leg 2.
+        s3 = settings.with_overrides(topic="bench.c", consumer_group="bench-c", deltas_topic="bench.c.deltas",
+                                     qdrant_prefix="benchc")
+        asked_facets = [f for f in main_facets if f.compute is None]
+        w3 = ConsumerWorker(s3, asked_facets, llm=ReplayLLM(engine, recorder.answers, script=True),
+                            embedder=embedder, store=QdrantStore.from_settings(s3))
+        non_llm_uncomputed = drain(w3, len(replayed))
+        w3.close()
+
         def timed(fn: Any) -> float:
             t0 = time.perf_counter()
             fn()
@@ -230,6 +242,9 @@ def main() -> None:
             ("raw embedding of the stored sentences (prefill included) in one call, before 2026-12-05",
              len(replayed) / raw_embed_old, "conversations/s"),
             ("ratio non-LLM path / raw embedding", raw_embed / non_llm, "target >= 0.9"),
+            ("worker, replayed LLM, without the computed Language facet", len(replayed) / non_llm_uncomputed,
+             "conversations/s (decode, embed, upsert, assign, commit)"),
+            ("ratio of that / raw embedding", raw_embed / non_llm_uncomputed, ""),
             ("consumer peak RSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "MiB"),
         ]
         report("stream", rows, {"load_average_before": load_before, "args": vars(args)})

@@ -40,7 +40,7 @@ from kafka.structs import OffsetAndMetadata
 
 from clio_stream.privacy.denylist import DenyList
 from clio_stream.domain.facet_specs import configured_facets
-from clio_stream.domain.facets import Facet
+from clio_stream.domain.facets import Facet, warm_computed_facets
 from clio_stream.embedding import CachedEmbedder, EmbeddingBackend
 from clio_stream.llm.base import LLMBackend
 from clio_stream.online.drift import DriftMonitor
@@ -131,6 +131,7 @@ class ConsumerWorker:
         self._versions_checked_at = float("-inf")
         self._stop = threading.Event()
         self._started = False
+        self._warmed = False
         self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -157,6 +158,13 @@ class ConsumerWorker:
         if self.denylist is None:
             self.denylist = DenyList(self._store.deletions, s.user_id_hash_key, s.deletion_denylist_refresh_s)
         self._deny = DenyFilter(self.denylist, self.metrics)
+        if not self._warmed:
+            # Before the group consumer exists: the language models' seconds of loading would otherwise land
+            # in the first batch, past the poll interval of a slow machine.
+            t0 = time.perf_counter()
+            warm_computed_facets(self.facets)
+            self._warmed = True
+            log.info("computed facets ready in %.1f s", time.perf_counter() - t0)
 
     def start(self) -> None:
         """Build what is missing, create topics and collections, load centroids, join the group.

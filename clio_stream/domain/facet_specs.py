@@ -62,6 +62,20 @@ class ComputedSource:
         value = (conversation.metadata or {}).get(self.key)
         return None if value is None or value == "" else str(value)
 
+    def many(self, conversations: Sequence[Any]) -> list[Optional[str]]:
+        """Values for a batch (``domain.facets.BatchCompute``): the language in one detector call."""
+        if self.kind == "language":
+            from clio_stream.stages.language import conversation_language
+
+            return conversation_language.many(conversations)
+        return [self(c) for c in conversations]
+
+    def warm(self) -> None:
+        if self.kind == "language":
+            from clio_stream.stages.language import conversation_language
+
+            conversation_language.warm()
+
     @classmethod
     def parse(cls, source: str) -> "ComputedSource":
         if source.startswith(METADATA_PREFIX) and len(source) > len(METADATA_PREFIX):

@@ -17,7 +17,7 @@ model as it is. The constructor takes the seed's keywords (``summaryCriteria``,
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 from clio_stream.stages.language import conversation_language
 
@@ -28,6 +28,25 @@ FacetPromptFn = Callable[..., str]
 DataToTextFn = Callable[[Any], str]
 # A computed facet: the value for one conversation (``types.Conversation``), None when there is none.
 FacetComputeFn = Callable[[Any], Optional[str]]
+
+
+@runtime_checkable
+class BatchCompute(Protocol):
+    """A compute function that is cheaper over a whole batch, and has a cost to pay once before the first one
+    (the language identifier: one parallel call per batch, models loaded at start)."""
+
+    def __call__(self, conversation: Any) -> Optional[str]: ...
+
+    def many(self, conversations: Sequence[Any]) -> list[Optional[str]]: ...
+
+    def warm(self) -> None: ...
+
+
+def warm_computed_facets(facets: Sequence["Facet"]) -> None:
+    """Pay the computed facets' one-time costs now (a worker before it takes partitions), not in a batch."""
+    for facet in facets:
+        if isinstance(facet.compute, BatchCompute):
+            facet.compute.warm()
 
 _UNSET: Any = object()
 

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from clio_stream.domain.facets import Facet
+from clio_stream.domain.facets import BatchCompute, Facet
 from clio_stream.llm.base import AskStats, LLMBackend, Prompt, ask, sampling_for
 from clio_stream.llm.parsing import parse_facet_answer, parse_int_in_range, parse_own_prompt_answer
 from clio_stream.llm.prompts import FACET_CONVERSATION, FACET_EXAMPLE, FACET_OWN_PROMPT, FACET_TEXT, NUMERIC_SUFFIX
@@ -115,13 +115,19 @@ def build_prompts(
     return prompts
 
 
-def computed_value(facet: Facet, conv: Conversation) -> FacetValue:
-    """A computed facet's value for one conversation (missing when the function finds none).
+def computed_values(facet: Facet, convs: Sequence[Conversation]) -> list[FacetValue]:
+    """A computed facet's values for a batch of conversations (missing where the function finds none); one
+    call for the batch when the function has a batch form (``BatchCompute``).
 
     A numeric facet's value is an integer clamped into its range (a count above the range counts as its top).
     """
-    assert facet.compute is not None
-    value = facet.compute(conv)
+    compute = facet.compute
+    assert compute is not None
+    raw = compute.many(convs) if isinstance(compute, BatchCompute) else [compute(c) for c in convs]
+    return [_computed_value(facet, value) for value in raw]
+
+
+def _computed_value(facet: Facet, value: str | None) -> FacetValue:
     if value is None or value == "":
         return FacetValue(facet=facet.name, value=None)
     if facet.numeric is None:
@@ -240,15 +246,13 @@ def extract_facets(
             answers[i] = v
         if stats is not None:
             _count_as_retries(stats, asked_again, [prompts[i] for i, v in zip(copying, got) if v is not None])
+    computed = {f.name: computed_values(f, conversations) for f in facets if f.compute is not None}
     out: list[ConversationFacets] = []
     for ci, conv in enumerate(conversations):
-        values = {}
+        values = {name: column[ci] for name, column in computed.items()}
         for fi, facet in enumerate(llm_facets):
             v = answers[ci * nf + fi]
             values[facet.name] = v if v is not None else FacetValue(facet=facet.name, value=None)
-        for facet in facets:
-            if facet.compute is not None:
-                values[facet.name] = computed_value(facet, conv)
         values = {f.name: values[f.name] for f in facets}  # in the facets' order
         out.append(ConversationFacets(conversation_id=conv.id, values=values))
     return out

@@ -62,6 +62,76 @@ def test_a_custom_computed_facet_and_its_serialised_form() -> None:
     assert LANGUAGE.to_dict()["compute"] == "conversation_language"
 
 
+class _CountingBatchCompute:
+    """A computed facet with a batch form: how often each form is called, and whether it was warmed."""
+
+    label = "counting"
+
+    def __init__(self) -> None:
+        self.single = self.batches = self.warmed = 0
+
+    def __call__(self, conv) -> str:
+        self.single += 1
+        return conv.messages[0].content.upper()
+
+    def many(self, convs) -> list[str | None]:
+        self.batches += 1
+        return [c.messages[0].content.upper() if c.messages[0].content != "none" else None for c in convs]
+
+    def warm(self) -> None:
+        self.warmed += 1
+
+
+def test_a_computed_facet_with_a_batch_form_is_called_once_per_batch() -> None:
+    compute = _CountingBatchCompute()
+    loud = Facet(name="Loud", question="?", compute=compute)
+    out = extract_facets(_conversations(["a", "none", "c"]), [REQUEST, loud], ScriptedLLM(sensible_script),
+                         sampling={}, retries=0, seed=0, batch_size=10)
+    assert [o.values["Loud"].value for o in out] == ["A", None, "C"]
+    assert (compute.batches, compute.single) == (1, 0)
+
+
+def test_a_worker_warms_its_computed_facets_before_it_joins_the_group() -> None:
+    """The language models load in seconds: at build, not inside the first batch's poll interval."""
+    from clio_stream.settings import ClioSettings
+    from clio_stream.storage.store import QdrantStore
+    from consumers.worker import ConsumerWorker
+    from tests.unit.fakes import HashEmbedder
+
+    compute = _CountingBatchCompute()
+    store = QdrantStore(":memory:", keep_raw=True)
+    worker = ConsumerWorker(ClioSettings(show_progress=False), [REQUEST, Facet(name="Loud", question="?", compute=compute)],
+                            llm=ScriptedLLM(sensible_script), embedder=HashEmbedder(), store=store)
+    try:
+        worker.build()
+        worker.build()  # a start retried after an outage builds again
+        assert compute.warmed == 1
+    finally:
+        store.close()
+
+
+def test_the_language_of_a_batch_is_each_conversations_own() -> None:
+    from clio_stream.stages.language import conversation_language
+
+    texts = ["Where is my card? It has not arrived yet.", "¿Dónde está mi tarjeta? Todavía no ha llegado.",
+             "Wo ist meine Karte? Sie ist noch nicht angekommen.", "Où est ma carte ? Elle n'est pas encore arrivée.",
+             "12345 67890", "Dov'è la mia carta? Non è ancora arrivata."]
+    convs = _conversations(texts)
+    assert conversation_language.many(convs) == [conversation_language(c) for c in convs] == \
+        ["English", "Spanish", "German", "French", None, "Italian"]
+
+
+def test_the_language_is_read_from_the_start_of_a_long_conversation() -> None:
+    """A pasted log must not cost as much as a batch: the identifier reads the first ``DETECTION_CHARS``."""
+    from clio_stream.stages.language import DETECTION_CHARS, conversation_language, user_text
+
+    spanish = "¿Dónde está mi tarjeta? Todavía no ha llegado y la necesito para el viaje de la semana que viene. "
+    log_lines = "ERROR connection refused while reading the configuration file from the server. " * 200
+    (conv,) = _conversations([spanish * 10 + log_lines])
+    assert len(user_text(conv)) == DETECTION_CHARS
+    assert conversation_language(conv) == "Spanish"
+
+
 def test_text_facets_answer_greedily_and_re_ask_at_the_runs_temperature() -> None:
     """The most likely answer first; an unparseable one is re-asked sampled, or it would only come back the same."""
     from clio_stream.llm.base import ask

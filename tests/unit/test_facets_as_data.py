@@ -11,6 +11,7 @@ import pytest
 from clio_stream.cli.main import build_parser
 from clio_stream.cli.options import facets_from_names
 from clio_stream.domain.facet_specs import ComputedSource, FacetSpec, configured_facets
+from clio_stream.domain.facets import BatchCompute
 from clio_stream.llm.base import Prompt
 from clio_stream.llm.openai_api import OpenAICompatible
 from clio_stream.llm.prompts import FACET_CONVERSATION, FACET_OWN_PROMPT
@@ -102,6 +103,12 @@ def test_computed_sources_answer_without_the_llm(toml_settings):
     assert out[1].values["Turns"].numeric == 1 and out[0].values["Plan"].value == "pro"
     assert out[1].values["Plan"].value is None  # no such metadata: missing, not made up
     assert ComputedSource.parse("words")(convs[0]) == "6" and ComputedSource.parse("characters")(convs[1]) == "11"
+    # the batch form gives what one-by-one gives, for every source (the language in one detector call)
+    for source in ("turns", "words", "characters", "language", "metadata.plan"):
+        computed = ComputedSource.parse(source)
+        assert isinstance(computed, BatchCompute)
+        assert computed.many(convs) == [computed(c) for c in convs], source
+    assert ComputedSource.parse("language").many(convs) == ["English", "English"]
 
 
 def _client(chat: list[dict], completions: list[dict]) -> SimpleNamespace:
