@@ -4,6 +4,7 @@ Vectors per second of the worker's batched path (one matrix product assigns a wh
 mean-rule update merges the batch's per-cluster sums: ``assign_many`` + ``apply_deltas``), of
 ``learn_many`` (one product per chunk, and the whole batch at once), ``predict_many`` and ``learn_one``
 on random unit vectors, and of river's ``KMeans.learn_one`` on a few points (it is slow), in one run.
+The numpy rows are steady-state rates: one untimed pass, then the median of three timed ones.
 BLAS is limited to one thread by default: per-vector work gains nothing from more,
 and on a busy 2-core box more threads are several times slower.
 
@@ -15,8 +16,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import statistics
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -45,18 +47,14 @@ def bench(k: int = 1000, dim: int = 768, n: int = 20_000, n_one: int = 2_000,
     results: dict[str, float] = {}
     model = OnlineKMeans(_random_unit(rng, k, dim), counts=np.full(k, 10))
     model.learn_many(x[:512])  # warm up BLAS
-    t0 = time.perf_counter()
-    model.learn_many(x)
-    results[f"numpy learn_many k={k} d={dim} (chunks of {model.batch_size})"] = _rate(n, time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    model.learn_many(x, batch_size=0)
-    results[f"numpy learn_many k={k} d={dim} (whole batch, one product)"] = _rate(n, time.perf_counter() - t0)
+    results[f"numpy learn_many k={k} d={dim} (chunks of {model.batch_size})"] = _steady(
+        n, lambda: model.learn_many(x))
+    results[f"numpy learn_many k={k} d={dim} (whole batch, one product)"] = _steady(
+        n, lambda: model.learn_many(x, batch_size=0))
     for batch in (64, 1024):
-        results[f"worker path k={k} d={dim}, batches of {batch} (assign + delta merge)"] = _worker_rate(
-            model, x, batch)
-    t0 = time.perf_counter()
-    model.predict_many(x)
-    results[f"numpy predict_many k={k} d={dim}"] = _rate(n, time.perf_counter() - t0)
+        results[f"worker path k={k} d={dim}, batches of {batch} (assign + delta merge)"] = _steady(
+            n, _worker_passes(model, x, batch))
+    results[f"numpy predict_many k={k} d={dim}"] = _steady(n, lambda: model.predict_many(x))
     t0 = time.perf_counter()
     for row in x[:n_one]:
         model.learn_one(row)
@@ -72,21 +70,41 @@ def bench(k: int = 1000, dim: int = 768, n: int = 20_000, n_one: int = 2_000,
     return results
 
 
-def _worker_rate(model: OnlineKMeans, x: np.ndarray, batch: int) -> float:
-    """What a worker does per polled batch: one product assigns it, its delta merges the per-cluster sums."""
+def _steady(n: int, run: Callable[[], Any], repeats: int = 3) -> float:
+    """Vectors per second of a worker that has been running: one untimed pass first (page faults of the
+    score matrices, BLAS threads starting: a first pass measured 5-10 x slower here), then the median of
+    ``repeats`` timed passes."""
+    run()
+    seconds = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        seconds.append(time.perf_counter() - t0)
+    return _rate(n, statistics.median(seconds))
+
+
+def _worker_passes(model: OnlineKMeans, x: np.ndarray, batch: int) -> Callable[[], None]:
+    """A pass over ``x`` per call, as a worker does per polled batch: one product assigns it, its delta merges
+    the per-cluster sums. Each pass continues the last one's offsets, so every delta is new to the model's
+    exactly-once bookkeeping (a repeated offset would time the skip)."""
     from clio_stream.online.deltas import CentroidDeltas
 
-    t0 = time.perf_counter()
-    offset = 0
-    for lo in range(0, x.shape[0], batch):
-        chunk = x[lo : lo + batch]
-        got = model.assign_many(chunk)
-        offsets = np.arange(offset, offset + len(chunk), dtype=np.int64)
-        for d in CentroidDeltas.for_records(model.facet or "f", model.version, "bench", 0, offset,
-                                            offset + len(chunk) - 1, offsets, got.labels, chunk, got.outliers):
-            model.apply_deltas(d)
-        offset += len(chunk)
-    return _rate(x.shape[0], time.perf_counter() - t0)
+    next_offset = 0
+
+    def run() -> None:
+        nonlocal next_offset
+        offset = next_offset
+        for lo in range(0, x.shape[0], batch):
+            chunk = x[lo : lo + batch]
+            got = model.assign_many(chunk)
+            offsets = np.arange(offset, offset + len(chunk), dtype=np.int64)
+            for d in CentroidDeltas.for_records(model.facet or "f", model.version, "bench", 0, offset,
+                                                offset + len(chunk) - 1, offsets, got.labels, chunk, got.outliers):
+                model.apply_deltas(d)
+            offset += len(chunk)
+        next_offset = offset
+
+    return run
 
 
 def blas_threads(threads: int) -> contextlib.AbstractContextManager[Any]:
