@@ -122,13 +122,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dim", type=int, default=768)
     ap.add_argument("--n", type=int, default=20_000)
     ap.add_argument("--threads", type=int, default=1, help="BLAS threads; 0 = library default")
+    ap.add_argument("--out", default="online_kmeans", help="results/NAME.json")
     args = ap.parse_args(argv)
     from benchmarks.common import quiet_logs, report
 
     quiet_logs()
     with blas_threads(args.threads):
         results = bench(k=args.k, dim=args.dim, n=args.n)
-    report("online_kmeans", [(name, rate, "vectors/s") for name, rate in results.items()],
+    report(args.out, [(name, rate, "vectors/s") for name, rate in results.items()],
            {"k": args.k, "dim": args.dim, "n": args.n, "blas_threads": args.threads})
 
 
