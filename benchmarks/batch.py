@@ -52,9 +52,9 @@ def main() -> None:
     from clio_stream.settings import ClioSettings
 
     records = load_shared_dataset("mt_bench", args.data_root) + load_shared_dataset("arena_hard", args.data_root)
-    if len(records) < args.n:  # 1,000 needs more than MT-Bench + arena-hard hold: banking77 requests fill up
-        records += load_shared_dataset("banking77", args.data_root)
     convs, _ = prepare_conversations(records)
+    if len(convs) < args.n:  # MT-Bench + arena-hard hold 825 distinct conversations: banking77 requests fill up
+        convs, _ = prepare_conversations(records + load_shared_dataset("banking77", args.data_root))
     convs = convs[: args.n]
     data = [{"id": c.id, "conversation": [m.model_dump() for m in c.messages]} for c in convs]
     settings = ClioSettings(show_progress=False)
