@@ -29,9 +29,9 @@ class QdrantFields(BaseModel):
                                "graph (clio-stream never searches the facet vectors, it scrolls them).")
     qdrant_shard_number: int = Field(1, ge=1, description="Shards of new facet and conversation collections "
                                      "(the ones that grow with the store; the state collection keeps one). "
-                                     "At least the number of nodes in a Qdrant cluster; a server applies "
-                                     "each shard's writes in order, so more shards apply them in parallel. "
-                                     "Ignored by the embedded engine.")
+                                     "At least the number of nodes in a Qdrant cluster, to spread them over "
+                                     "the nodes; on one node a second shard did not speed up the re-clustering "
+                                     "pass (docs/scaling.md section 6). Ignored by the embedded engine.")
     store_raw_conversations: bool = Field(
         True,
         description="Keep raw conversation text in Qdrant (handy for the demo). Turn OFF in production: "
