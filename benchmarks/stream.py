@@ -189,11 +189,16 @@ def main() -> None:
         raw_llm = (raw_before + raw_after) / 2
         texts = [engine.prompt_text(p) for p in build_prompts(trunc, main_facets)]
 
+        def replay_worker(leg: str, facets: Sequence[Any]) -> tuple[Any, ConsumerWorker]:
+            """A worker on leg ``leg``'s own topic, group and store prefix, answering with the replayed LLM."""
+            leg_settings = settings.with_overrides(topic=f"bench.{leg}", consumer_group=f"bench-{leg}",
+                                                   deltas_topic=f"bench.{leg}.deltas", qdrant_prefix=f"bench{leg}")
+            replay = ReplayLLM(engine, recorder.answers, script=True)
+            return leg_settings, ConsumerWorker(leg_settings, facets, llm=replay, embedder=embedder,
+                                                store=QdrantStore.from_settings(leg_settings))
+
         # 2. the non-LLM path: replayed answers, everything else real, fresh topic and store prefix
-        s2 = settings.with_overrides(topic="bench.b", consumer_group="bench-b", deltas_topic="bench.b.deltas",
-                                     qdrant_prefix="benchb")
-        w2 = ConsumerWorker(s2, main_facets, llm=ReplayLLM(engine, recorder.answers, script=True),
-                            embedder=embedder, store=QdrantStore.from_settings(s2))
+        s2, w2 = replay_worker("b", main_facets)
         non_llm = drain(w2, len(replayed))
         store2 = QdrantStore.from_settings(s2)
         # The texts the worker embedded: each hierarchy facet's value as ``embedding_text`` makes it (the prefill
@@ -208,11 +213,7 @@ def main() -> None:
 
         # 3. the same without the computed facets (the Language identifier): the path as the issue lists it
         # (decode, embed, upsert, assign, commit), so the identifier's share is the difference to leg 2.
-        s3 = settings.with_overrides(topic="bench.c", consumer_group="bench-c", deltas_topic="bench.c.deltas",
-                                     qdrant_prefix="benchc")
-        asked_facets = [f for f in main_facets if f.compute is None]
-        w3 = ConsumerWorker(s3, asked_facets, llm=ReplayLLM(engine, recorder.answers, script=True),
-                            embedder=embedder, store=QdrantStore.from_settings(s3))
+        _, w3 = replay_worker("c", [f for f in main_facets if f.compute is None])
         non_llm_uncomputed = drain(w3, len(replayed))
         w3.close()
 

@@ -32,6 +32,13 @@ SOURCES = ("llm", "turns", "characters", "words", "language")
 METADATA_PREFIX = "metadata."
 
 
+def _language_identifier() -> Any:
+    """The Language facet's identifier, imported on first use (lingua is heavy; most sources never need it)."""
+    from clio_stream.stages.language import conversation_language
+
+    return conversation_language
+
+
 @dataclass(frozen=True)
 class ComputedSource:
     """A facet value computed from the conversation itself (no LLM call): a count, the language, a metadata field.
@@ -48,6 +55,20 @@ class ComputedSource:
         return f"{METADATA_PREFIX}{self.key}" if self.kind == "metadata" else self.kind
 
     def __call__(self, conversation: Any) -> Optional[str]:
+        (value,) = self.many([conversation])
+        return value
+
+    def many(self, conversations: Sequence[Any]) -> list[Optional[str]]:
+        """Values for a batch (``domain.facets.BatchCompute``): the language in one detector call."""
+        if self.kind == "language":
+            return _language_identifier().many(conversations)
+        return [self._counted_or_metadata(c) for c in conversations]
+
+    def warm(self) -> None:
+        if self.kind == "language":
+            _language_identifier().warm()
+
+    def _counted_or_metadata(self, conversation: Any) -> Optional[str]:
         messages = conversation.messages
         if self.kind == "turns":
             return str(len(messages))
@@ -55,26 +76,8 @@ class ComputedSource:
             return str(sum(len(m.content) for m in messages))
         if self.kind == "words":
             return str(sum(len(m.content.split()) for m in messages))
-        if self.kind == "language":
-            from clio_stream.stages.language import conversation_language
-
-            return conversation_language(conversation)
         value = (conversation.metadata or {}).get(self.key)
         return None if value is None or value == "" else str(value)
-
-    def many(self, conversations: Sequence[Any]) -> list[Optional[str]]:
-        """Values for a batch (``domain.facets.BatchCompute``): the language in one detector call."""
-        if self.kind == "language":
-            from clio_stream.stages.language import conversation_language
-
-            return conversation_language.many(conversations)
-        return [self(c) for c in conversations]
-
-    def warm(self) -> None:
-        if self.kind == "language":
-            from clio_stream.stages.language import conversation_language
-
-            conversation_language.warm()
 
     @classmethod
     def parse(cls, source: str) -> "ComputedSource":

@@ -69,8 +69,8 @@ class CollectionLayout:
     originals memory-mapped; ``payload_on_disk`` keeps payloads on disk (the indexed fields stay in RAM).
 
     ``shard_number`` applies to the facet and conversation collections, the two that grow with the store:
-    they are what a Qdrant cluster must spread over its nodes, and the facet collection takes the assignment
-    pass's label writes, which a server applies in order within a shard. The state collection (leases,
+    they are what a Qdrant cluster must spread over its nodes (on one node a second shard did not speed up
+    the assignment pass: docs/scaling.md section 6). The state collection (leases,
     versions, small documents) stays at one shard: it is small and gains nothing from being split. The
     embedded engine has no shards; it ignores this (like the rest of the layout).
     """
