@@ -1,7 +1,7 @@
 """Online k-means throughput: ``clio_stream.online.kmeans.OnlineKMeans`` against river's KMeans.
 
 Vectors per second of the worker's batched path (one matrix product assigns a whole batch, the
-mean-rule update merges the batch's per-cluster sums: ``assign_many`` + ``apply_deltas``), of
+mean-rule update merges the batch's per-cluster sums: ``assign_many`` + ``merge_deltas``), of
 ``learn_many`` (one product per chunk, and the whole batch at once), ``predict_many`` and ``learn_one``
 on random unit vectors, and of river's ``KMeans.learn_one`` on a few points (it is slow), in one run.
 The numpy rows are steady-state rates: one untimed pass, then the median of three timed ones.
@@ -84,9 +84,10 @@ def _steady(n: int, run: Callable[[], Any], repeats: int = 3) -> float:
 
 
 def _worker_passes(model: OnlineKMeans, x: np.ndarray, batch: int) -> Callable[[], None]:
-    """A pass over ``x`` per call, as a worker does per polled batch: one product assigns it, its delta merges
-    the per-cluster sums. Each pass continues the last one's offsets, so every delta is new to the model's
-    exactly-once bookkeeping (a repeated offset would time the skip)."""
+    """A pass over ``x`` per call, as a worker does per polled batch: one product assigns it, its deltas
+    (split to fit a Kafka message) merge as one batch of per-cluster sums. Each pass continues the last
+    one's offsets, so every delta is new to the model's exactly-once bookkeeping (a repeated offset would
+    time the skip)."""
     from clio_stream.online.deltas import CentroidDeltas
 
     next_offset = 0
@@ -98,9 +99,9 @@ def _worker_passes(model: OnlineKMeans, x: np.ndarray, batch: int) -> Callable[[
             chunk = x[lo : lo + batch]
             got = model.assign_many(chunk)
             offsets = np.arange(offset, offset + len(chunk), dtype=np.int64)
-            for d in CentroidDeltas.for_records(model.facet or "f", model.version, "bench", 0, offset,
-                                                offset + len(chunk) - 1, offsets, got.labels, chunk, got.outliers):
-                model.apply_deltas(d)
+            model.merge_deltas(CentroidDeltas.for_records(model.facet or "f", model.version, "bench", 0, offset,
+                                                          offset + len(chunk) - 1, offsets, got.labels, chunk,
+                                                          got.outliers))
             offset += len(chunk)
         next_offset = offset
 

@@ -2,9 +2,10 @@
 
 Replicas never move centroids on their own: each ships deltas of what it
 assigned (one vector per source record), and every replica applies every delta
-(its own included) with ``OnlineKMeans.apply_deltas``, which is
-order-independent and adds each source record once. A delta that is malformed
-or does not fit the model is rejected with a reason and the rest still apply. The clustering itself (centroids, version) comes from the
+(its own included) with ``OnlineKMeans.merge_deltas`` (a drained batch at
+once), which is order-independent and adds each source record once. A delta
+that is malformed or does not fit the model is rejected with a reason and the
+rest still apply. The clustering itself (centroids, version) comes from the
 store: the batch job or ``bootstrap-clusters`` writes centroids, then flips the
 facet's version pointer; workers notice the flip and load the new version.
 """
@@ -17,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from clio_stream.online.deltas import DeltaRejected
+from clio_stream.online.deltas import CentroidDeltas, DeltaRejected
 from clio_stream.online.kmeans import OnlineKMeans
 from clio_stream.storage.errors import StoreError
 from consumers.deltas_io import DeltaReader, ReceivedDelta
@@ -90,7 +91,9 @@ class SharedCentroids:
             return self._apply(received)
 
     def _apply(self, received: Iterable[ReceivedDelta]) -> DeltaReport:
+        """Check each delta on its own (a bad one gets its own reason), then merge each facet's good ones at once."""
         report = DeltaReport()
+        accepted: dict[str, list[ReceivedDelta]] = {}
         for item in received:
             reason = item.reason
             d = item.deltas
@@ -99,19 +102,26 @@ class SharedCentroids:
                     reason = f"unknown facet {d.facet!r}"
                 elif (model := self.models.get(d.facet)) is not None:
                     try:
-                        added = model.apply_deltas(d)
+                        model.check_delta(d)
                     except DeltaRejected as exc:
                         reason = str(exc)
                     except Exception as exc:  # noqa: BLE001 - one delta must never stop the others
-                        log.exception("applying centroid delta %s failed", d.name)
-                        reason = f"apply failed: {type(exc).__name__}: {exc}"[:200]
+                        reason = _failure(d, exc)
                     else:
-                        report.applied += int(added > 0)
-                        report.records += added
+                        accepted.setdefault(d.facet, []).append(item)
             if reason is not None:
-                rec = item.record
-                log.warning("rejecting centroid delta %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, reason)
-                report.rejected.append(ReceivedDelta(rec, d, reason))
+                _reject(report, item, reason)
+        for facet, items in accepted.items():
+            batch = [item.deltas for item in items if item.deltas is not None]
+            try:
+                added = self.models[facet].merge_deltas(batch)
+            except Exception as exc:  # noqa: BLE001 - checked above, so this is a bug: say so per delta
+                reason = _failure(batch[0], exc)
+                for item in items:
+                    _reject(report, item, reason)
+                continue
+            report.applied += sum(n > 0 for n in added)
+            report.records += sum(added)
         return report
 
     def sync(self, store: CentroidSource, deltas: DeltaReader, metrics: WorkerMetrics, *,
@@ -142,3 +152,14 @@ class SharedCentroids:
     def outlier_rates(self) -> dict[str, float]:
         """Outlier fraction of this worker's recent assignments, per facet."""
         return {name: m.outlier_rate for name, m in self.models.items()}
+
+
+def _failure(d: CentroidDeltas, exc: Exception) -> str:
+    log.exception("applying centroid delta %s failed", d.name)
+    return f"apply failed: {type(exc).__name__}: {exc}"[:200]
+
+
+def _reject(report: DeltaReport, item: ReceivedDelta, reason: str) -> None:
+    rec = item.record
+    log.warning("rejecting centroid delta %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, reason)
+    report.rejected.append(ReceivedDelta(rec, item.deltas, reason))

@@ -57,12 +57,14 @@ def as_unit_rows(x: VectorLike, dim: int) -> np.ndarray:
 class Scorer:
     """Centroids prepared for scoring: one matrix product per batch gives every row's best cluster.
 
-    ``matrix`` is (d, k), C-contiguous: unit centroids for cosine (so the product is the cosine and the
-    argmax needs no further pass over the (m, k) scores), raw centroids for river's Euclidean (whose
-    ``half_sq`` is subtracted in place). Built once per centroid change (``OnlineKMeans`` caches it).
+    ``matrix`` is (k, d), the centroids' own layout: unit centroids for cosine (so the product is the
+    cosine and the argmax needs no further pass over the (m, k) scores), raw centroids for river's
+    Euclidean (whose ``half_sq`` is subtracted in place). The product takes it transposed (BLAS reads
+    it as is: same scores as a (d, k) copy, and a rebuild after every delta merge skips that copy).
+    Built once per centroid change (``OnlineKMeans`` caches it).
     """
 
-    matrix: np.ndarray  # (d, k) float32
+    matrix: np.ndarray  # (k, d) float32
     inv_norm: np.ndarray  # (k,) 1 / ||c||
     half_sq: np.ndarray | None  # (k,) ||c||^2 / 2, Euclidean only
     metric: Metric
@@ -73,8 +75,8 @@ class Scorer:
         sq = np.einsum("ij,ij->i", c, c)
         inv = (1.0 / np.maximum(np.sqrt(sq), EPS)).astype(np.float32)
         if metric == "cosine":
-            return cls(np.ascontiguousarray((c * inv[:, None]).T), inv, None, metric)
-        return cls(np.ascontiguousarray(c.T), inv, (0.5 * sq).astype(np.float32), metric)
+            return cls(c * inv[:, None], inv, None, metric)
+        return cls(c.copy(), inv, (0.5 * sq).astype(np.float32), metric)
 
     def nearest(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(labels, cosine to the chosen centroid) of unit rows ``x``; one product per ``SCORE_CHUNK`` rows."""
@@ -82,7 +84,7 @@ class Scorer:
         labels = np.empty(m, np.int64)
         sims = np.empty(m, np.float32)
         for lo in range(0, m, SCORE_CHUNK):
-            g = x[lo : lo + SCORE_CHUNK] @ self.matrix  # (rows, k): cosines, or dot products
+            g = x[lo : lo + SCORE_CHUNK] @ self.matrix.T  # (rows, k): cosines, or dot products
             rows = np.arange(g.shape[0])
             if self.half_sq is None:
                 best = np.argmax(g, axis=1)

@@ -128,7 +128,8 @@ class CentroidDeltas:
         vectors = np.asarray(self.vectors, dtype=np.float32)
         if not np.all(np.isfinite(vectors)):
             raise DeltaRejected("vectors hold NaN or infinity")
-        norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
+        # float32 dot products are exact to ~1e-6 here, far inside the tolerance; an overflow gives inf (rejected).
+        norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
         if np.any(np.abs(norms - 1.0) > NORM_TOLERANCE):
             raise DeltaRejected(f"vectors are not unit length (norms {norms.min():.4g}..{norms.max():.4g})")
 
@@ -141,11 +142,14 @@ class CentroidDeltas:
         Rows are sorted by offset and normalised (as they were assigned). The
         chunks' ranges tile ``[first, last]``, so the whole polled range is marked.
         """
-        order = np.argsort(np.asarray(offsets, dtype=np.int64), kind="stable")
-        offsets = np.asarray(offsets, dtype=np.int64)[order]
-        vectors = normalise_rows(np.asarray(vectors, dtype=np.float32)[order])
-        clusters = np.asarray(clusters, dtype=np.int64)[order]
-        outliers = np.asarray(outliers, dtype=bool)[order]
+        offsets = np.array(offsets, dtype=np.int64)  # copies: a delta never shares the caller's arrays
+        clusters = np.array(clusters, dtype=np.int64)
+        outliers = np.array(outliers, dtype=bool)
+        vectors = np.asarray(vectors, dtype=np.float32)  # normalise_rows copies it
+        if np.any(offsets[1:] < offsets[:-1]):  # a worker's polled records come in order: no gather then
+            order = np.argsort(offsets, kind="stable")
+            offsets, vectors, clusters, outliers = offsets[order], vectors[order], clusters[order], outliers[order]
+        vectors = normalise_rows(vectors)
         row_bytes = vectors.shape[1] * 16 // 3 + 32  # base64 float32 row, offset, cluster, flag
         per_chunk = max(1, min(MAX_DELTA_RECORDS, (DELTA_CHUNK_BYTES - 512) // row_bytes))
         out: list[CentroidDeltas] = []

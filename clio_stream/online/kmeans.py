@@ -239,24 +239,58 @@ class OnlineKMeans:
         applied, whatever batch it travelled in. Raises :class:`DeltaRejected`
         (state untouched) when the delta does not fit this state.
         """
+        return self.merge_deltas([deltas])[0]
+
+    def check_delta(self, deltas: CentroidDeltas) -> None:
+        """Raise unless ``deltas`` may merge into this model (a stale version may: it merges nothing).
+
+        :class:`DeltaRejected` when it does not fit; ``ValueError`` under river's rule, whose updates do not commute.
+        """
+        self._check_rule()
+        deltas.check_fits(self.facet, self.dim, self.n_clusters)
+
+    def _check_rule(self) -> None:
         if self.rule != "mean":
             raise ValueError("deltas commute only under rule='mean'; river's halflife updates do not")
-        if deltas.version != self.version:
-            log.info("dropping delta %s: state is at version %d", deltas.name, self.version)
-            return 0
-        deltas.check_fits(self.facet, self.dim, self.n_clusters)
-        fresh = self._applied.take_fresh(deltas)
-        n = int(np.count_nonzero(fresh))
-        if n < deltas.n:
-            log.debug("delta %s: %d of %d records already applied", deltas.name, deltas.n - n, deltas.n)
-        if n == 0:
-            return 0
-        merge_means(self._c, self._counts, *group_sums(deltas.clusters[fresh], deltas.vectors[fresh]))
-        self._scorer = None
-        self.learned += n
-        self.learned_outliers += int(np.count_nonzero(deltas.outliers[fresh]))
-        self.updates += 1
-        return n
+
+    def merge_deltas(self, deltas: Sequence[CentroidDeltas]) -> list[int]:
+        """:meth:`apply_deltas` for many deltas at once: records merged per delta, in order.
+
+        Every delta is checked first, so one that does not fit raises with the
+        state untouched; the fresh rows of all of them then merge as one group
+        sum (what a worker does with a polled batch of deltas: a k-means over
+        ~1,000 clusters sees about one row per cluster, and per-call costs dominate).
+        """
+        self._check_rule()
+        current = [d.version == self.version for d in deltas]
+        for d, ok in zip(deltas, current, strict=True):
+            if ok:
+                self.check_delta(d)
+            else:
+                log.info("dropping delta %s: state is at version %d", d.name, self.version)
+        added: list[int] = []
+        clusters: list[np.ndarray] = []
+        vectors: list[np.ndarray] = []
+        for d, ok in zip(deltas, current, strict=True):
+            fresh = self._applied.take_fresh(d) if ok else None
+            n = 0 if fresh is None else int(np.count_nonzero(fresh))
+            added.append(n)
+            if fresh is None or n == 0:
+                continue
+            if n < d.n:
+                log.debug("delta %s: %d of %d records already applied", d.name, d.n - n, d.n)
+            whole = n == d.n
+            clusters.append(d.clusters if whole else d.clusters[fresh])
+            vectors.append(d.vectors if whole else d.vectors[fresh])
+            self.learned_outliers += int(np.count_nonzero(d.outliers if whole else d.outliers[fresh]))
+            self.learned += n
+            self.updates += 1
+        if clusters:
+            labels = clusters[0] if len(clusters) == 1 else np.concatenate(clusters)
+            rows = vectors[0] if len(vectors) == 1 else np.concatenate(vectors)
+            merge_means(self._c, self._counts, *group_sums(labels, rows))
+            self._scorer = None
+        return added
 
     def to_state(self, encoding: Literal["base64", "list"] = "base64") -> dict[str, Any]:
         """JSON-safe snapshot (centroids as base64 little-endian float32 by default)."""

@@ -118,6 +118,23 @@ def test_every_hostile_delta_is_rejected_with_its_reason_and_the_good_ones_still
     assert np.all(np.isfinite(got.similarities)) and len(set(got.labels.tolist())) > 1
 
 
+def test_a_drained_list_merges_as_its_deltas_would_one_by_one() -> None:
+    # Good deltas, a redelivery of one of them, a stale one and a bad one in one drained list: the bad one
+    # gets its own reason, the redelivery and the stale one add nothing, the rest merge once each.
+    values = [with_(good_doc(1, 0)), with_(good_doc(2, 1)), with_(good_doc(1, 0)),
+              with_(good_doc(4, 2), version=0), with_(good_doc(5, 0), clusters=[K]), with_(good_doc(6, 2))]
+    shared, reference = shared_model(), shared_model()
+    report = shared.apply([receive(r) for r in as_records(values)])
+    assert (report.applied, report.records) == (3, 3)
+    rejected = [(item.record.offset, item.reason) for item in report.rejected]
+    assert rejected == [(4, f"cluster index {K} outside [0, {K})")]
+    model = reference.models[FACET]
+    for value in values[:4] + values[5:]:
+        model.apply_deltas(CentroidDeltas.from_dict(json.loads(value)))
+    np.testing.assert_array_equal(shared.models[FACET].counts, model.counts)
+    np.testing.assert_allclose(shared.models[FACET].centroids, model.centroids, atol=1e-7)
+
+
 def test_a_stale_version_is_skipped_not_rejected() -> None:
     shared = shared_model(version=2)
     report = shared.apply([receive(r) for r in as_records([with_(good_doc(1))])])
