@@ -1,8 +1,9 @@
 """Centroid deltas: the vectors a worker assigned, keyed by source record, so every replica merges each once.
 
 Replicas never drift their own copies of the centroids: they ship what they
-assigned and any process merges it (``OnlineKMeans.apply_deltas``) in any order,
-each record exactly once however often it is redelivered. This module holds the
+assigned and any process merges it (``OnlineKMeans.apply_deltas``, or
+``merge_deltas`` for a batch) in any order, each record exactly once however
+often it is redelivered. This module holds the
 delta, its validation (a record on the deltas topic may be hostile), its wire
 dict, and the offset ranges that say which records are merged.
 """
