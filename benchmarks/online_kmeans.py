@@ -6,7 +6,8 @@ mean-rule update merges the batch's per-cluster sums: ``assign_many`` + ``merge_
 on random unit vectors, and of river's ``KMeans.learn_one`` on a few points (it is slow), in one run.
 The numpy rows are steady-state rates: one untimed pass, then the median of three timed ones.
 BLAS is limited to one thread by default: per-vector work gains nothing from more,
-and on a busy 2-core box more threads are several times slower.
+and on a busy 2-core box more threads are several times slower. glibc's malloc is tuned as a worker
+tunes it (``--malloc-defaults`` to compare).
 
     .venv/bin/python -m benchmarks.online_kmeans --k 1000 --dim 768
 """
@@ -25,6 +26,7 @@ import numpy as np
 
 from clio_stream.domain.vectors import normalise_rows
 from clio_stream.online.kmeans import OnlineKMeans
+from clio_stream.ops.allocator import keep_freed_memory
 from clio_stream.online.river_compat import to_river
 
 log = logging.getLogger("benchmarks.online_kmeans")
@@ -124,14 +126,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=20_000)
     ap.add_argument("--threads", type=int, default=1, help="BLAS threads; 0 = library default")
     ap.add_argument("--out", default="online_kmeans", help="results/NAME.json")
+    ap.add_argument("--malloc-defaults", action="store_true",
+                    help="leave glibc's malloc thresholds alone (a worker sets them: clio_stream/ops/allocator.py)")
     args = ap.parse_args(argv)
+    tuned = False if args.malloc_defaults else keep_freed_memory()
     from benchmarks.common import quiet_logs, report
 
     quiet_logs()
     with blas_threads(args.threads):
         results = bench(k=args.k, dim=args.dim, n=args.n)
     report(args.out, [(name, rate, "vectors/s") for name, rate in results.items()],
-           {"k": args.k, "dim": args.dim, "n": args.n, "blas_threads": args.threads})
+           {"k": args.k, "dim": args.dim, "n": args.n, "blas_threads": args.threads, "malloc_tuned": tuned})
 
 
 if __name__ == "__main__":

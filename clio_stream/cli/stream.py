@@ -31,8 +31,10 @@ log = logging.getLogger(__name__)
 
 def cmd_consume(args: argparse.Namespace) -> int:
     """Run one worker of the consumer group until SIGTERM / SIGINT."""
+    from clio_stream.ops.allocator import keep_freed_memory
     from consumers.worker import ConsumerWorker
 
+    keep_freed_memory()  # per-batch numpy temporaries reused, not page-faulted in again (ops/allocator.py)
     settings = service_settings(args)
     stop = threading.Event()
     stop_on_signals(stop.set, "finishing the batch in hand, then leaving the group")
