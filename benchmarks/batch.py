@@ -5,12 +5,14 @@ Reports, from one run on one engine:
 - LLM prompts per conversation (facet extraction) and per base cluster (naming, hierarchy, audit);
 - LLM prompts/s inside the facet stage against a raw ``vllm.LLM.generate`` over
   the very same prompt strings (ratio = pipeline / raw; 1.0 means no overhead);
-- the cost of all facets of a conversation against one facet (facet prompts of one
-  conversation share its prefix, so vLLM's prefix cache should make the ratio
-  well below the number of facets).
+- the cost of all facets of a conversation against one facet asked alone (in the shared
+  layout the facet prompts of one conversation share it as a prefix, so vLLM's prefix cache
+  should make the ratio well below the number of facets; per facet they share only the
+  facet's own instructions).
 
     .venv/bin/python -m benchmarks.batch --n 120
     .venv/bin/python -m benchmarks.batch --n 1000 --comparisons 120 --out batch-1000
+    .venv/bin/python -m benchmarks.batch --n 120 --facet-layout shared --out batch-shared
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ def main() -> None:
     ap.add_argument("--comparisons", type=int, default=0,
                     help="conversations the raw-generate and all-vs-one-facet comparisons use (0: all); they "
                          "measure ratios, so a 1,000-conversation run can keep them at 120 and finish in an hour")
+    ap.add_argument("--facet-layout", choices=("per_facet", "shared"), default="per_facet",
+                    help="the settings' facet_layout for the run and the comparisons")
     args = ap.parse_args()
 
     from benchmarks.common import load_average, quiet_logs, report
@@ -43,7 +47,7 @@ def main() -> None:
     from clio_stream.batch_input import load_shared_dataset
     from clio_stream.stages.prepare import prepare_conversations, render_conversation
     from clio_stream.embedding import make_embedder
-    from clio_stream.stages.extract import asked, build_prompts, facet_prompt
+    from clio_stream.stages.extract import SharedPreamble, asked, build_prompts, facet_prompt
     from clio_stream.domain.facets import main_facets
     from clio_stream.llm import make_llm
     from clio_stream.llm.base import sampling_for
@@ -57,7 +61,7 @@ def main() -> None:
         convs, _ = prepare_conversations(records + load_shared_dataset("banking77", args.data_root))
     convs = convs[: args.n]
     data = [{"id": c.id, "conversation": [m.model_dump() for m in c.messages]} for c in convs]
-    settings = ClioSettings(show_progress=False)
+    settings = ClioSettings(show_progress=False, facet_layout=args.facet_layout)
     t0 = time.perf_counter()
     llm = make_llm(settings)
     engine_start = time.perf_counter() - t0
@@ -70,7 +74,8 @@ def main() -> None:
     sec = result.stats.seconds
     llm_facets = asked(main_facets)  # Language is computed
     facet_prompts = len(convs) * len(llm_facets)
-    facet_gens = result.stats.llm.by_template.get("facet", {}).get("prompts", facet_prompts)
+    facet_gens = sum(result.stats.llm.by_template.get(t, {}).get("prompts", 0) for t in ("facet", "facet_shared")) \
+        or facet_prompts
 
     # Raw engine over the same first-attempt facet prompt strings, same sampling.
     from clio_stream.stages.prepare import truncate_conversation
@@ -81,16 +86,18 @@ def main() -> None:
     # the pipeline run left in the cache: both runs start cold.
     salted = [c.model_copy(update={"messages": [c.messages[0].model_copy(
         update={"content": "[raw] " + c.messages[0].content})] + c.messages[1:]}) for c in truncated]
-    prompts = build_prompts(salted, main_facets)
+    prompts = build_prompts(salted, main_facets, layout=settings.facet_layout)
     texts = [llm.prompt_text(p) for p in prompts]
     sampling = sampling_for(FACET_CONVERSATION, settings.llm_sampling_args)
     t0 = time.perf_counter()
     llm.generate_raw(texts, sampling)
     raw = time.perf_counter() - t0
 
-    # All facets vs one facet over fresh conversation text (defeats earlier cache hits by a salt).
+    # All facets vs one facet over fresh conversation text (defeats earlier cache hits by a salt). One facet
+    # is asked as a run with that facet alone asks it; all facets in the run's layout.
     def timed(facets, salt):
-        ps = [facet_prompt(f, f"[{salt}]\n" + render_conversation(c)) for c in truncated for f in facets]
+        shared = SharedPreamble.of(facets) if settings.facet_layout == "shared" else None
+        ps = [facet_prompt(f, f"[{salt}]\n" + render_conversation(c), shared=shared) for c in truncated for f in facets]
         t = time.perf_counter()
         llm.generate(ps, sampling)
         return time.perf_counter() - t
@@ -98,7 +105,7 @@ def main() -> None:
     one = timed(llm_facets[:1], "one")
     allf = timed(llm_facets, "all")
     by_template = result.stats.llm.by_template
-    facet_templates = {"facet", "facet_text"}
+    facet_templates = {"facet", "facet_text", "facet_shared"}
     facet_asked = sum(c.get("prompts", 0) for t, c in by_template.items() if t in facet_templates)
     other_asked = sum(c.get("prompts", 0) for t, c in by_template.items() if t not in facet_templates)
     base = sum(1 for h in result.hierarchies.values() for n in h.nodes.values() if n.level == 0)
@@ -119,7 +126,8 @@ def main() -> None:
          "" if len(compared) == len(convs) else "not the same prompts: the comparisons use fewer conversations"),
         ("one facet per conversation", one, "s"),
         (f"all {len(llm_facets)} LLM facets per conversation", allf, "s"),
-        ("cost ratio all / one", allf / one, f"target <= 1.5 (no prefix sharing would be ~{len(llm_facets)}x)"),
+        ("cost ratio all / one", allf / one, f"target <= 1.5 (no prefix sharing would be ~{len(llm_facets)}x); "
+         f"layout {settings.facet_layout}"),
         ("unparseable facet values", sum(result.stats.unparseable_facet_values.values()), f"of {facet_prompts}"),
         ("llm generations (all stages)", result.stats.llm.generations, ""),
     ]

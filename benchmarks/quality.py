@@ -285,13 +285,15 @@ class FacetCache:
         atomic_write_bytes(self.path, json.dumps(self.data, ensure_ascii=False).encode())
 
 
-def cache_key(model: str, facet: Any, conversation_text: str, settings: Any) -> str:
-    """Model, facet question, sampling and the (truncated) conversation: anything that changes the answer."""
+def cache_key(model: str, facet: Any, conversation_text: str, settings: Any, shared: Any = None) -> str:
+    """Model, facet question, sampling, the prompt's layout (with the shared preamble, which depends on the
+    facets asked together) and the (truncated) conversation: anything that changes the answer."""
     from clio_stream.stages.extract import facet_prompt
 
-    prompt = facet_prompt(facet, "")
+    prompt = facet_prompt(facet, "", shared=shared)
     parts = [model, json.dumps(facet.to_dict(), sort_keys=True, default=str), prompt.template.user,
              prompt.template.prefill, repr(prompt.template.stop), str(prompt.template.max_tokens),
+             json.dumps(prompt.values, sort_keys=True),
              json.dumps(settings.llm_sampling_args, sort_keys=True), str(settings.llm_max_retries), str(settings.seed),
              conversation_text]
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
@@ -312,7 +314,8 @@ def extract_cached(records: Sequence[Record], wanted: Mapping[str, Sequence[Any]
                    cache: FacetCache) -> FacetRun:
     """The facets ``wanted[record.id]`` of every record, from the cache or the LLM (``extract_facets``)."""
     from clio_stream.stages.prepare import render_conversation, to_conversation, truncate_conversation
-    from clio_stream.stages.extract import asked, build_prompts, extract_facets
+    from clio_stream.stages.extract import SharedPreamble, asked, build_prompts, extract_facets, \
+        shares_the_conversation
     from clio_stream.llm.base import AskStats
 
     counting = CountingLLM(llm)
@@ -326,10 +329,14 @@ def extract_cached(records: Sequence[Record], wanted: Mapping[str, Sequence[Any]
         convs[r.id] = conv
         text = render_conversation(conv)
         todo = []
+        shared = SharedPreamble.of(wanted[r.id]) if settings.facet_layout == "shared" else None
         for f in wanted[r.id]:
-            keys[(r.id, f.name)] = cache_key(model, f, text, settings)
+            keys[(r.id, f.name)] = cache_key(model, f, text, settings,
+                                             shared if shares_the_conversation(f) else None)
             if keys[(r.id, f.name)] not in cache.data:
                 todo.append(f.name)
+        if todo and shared is not None:
+            todo = [f.name for f in wanted[r.id]]  # the preamble is the whole set's: ask the set as it was keyed
         if todo:
             missing[tuple(todo)].append(r)
     out = FacetRun()
@@ -341,9 +348,9 @@ def extract_cached(records: Sequence[Record], wanted: Mapping[str, Sequence[Any]
         log.info("asking %d facets (%s) of %d conversations", len(facets), ", ".join(names), len(group))
         got = extract_facets([convs[r.id] for r in group], facets, counting, sampling=settings.llm_sampling_args,
                              retries=settings.llm_max_retries, seed=settings.seed, batch_size=settings.llm_batch_size,
-                             stats=stats, prefix_group=settings.facet_prefix_group)
+                             stats=stats, prefix_group=settings.facet_prefix_group, layout=settings.facet_layout)
         llm_facets = asked(facets)
-        prompts = build_prompts([convs[r.id] for r in group], llm_facets)
+        prompts = build_prompts([convs[r.id] for r in group], llm_facets, layout=settings.facet_layout)
         for gi, (r, cf) in enumerate(zip(group, got)):
             for f in facets:
                 if f.compute is not None:  # computed once, never re-asked

@@ -50,6 +50,16 @@ class Variant:
     note: str = ""
     post: tuple[str, ...] = ()  # "first-sentence", "strip-borrowed": applied to every answer before use
     regex: str | None = None  # structured output: the answer after the prefill must match
+    layout: str = "per_facet"  # or "shared": the preamble of the packaged facets (``stages.extract.SharedPreamble``)
+
+    def prompt(self, conversation_text: str) -> Any:
+        """The facet prompt of this variant for one rendered conversation."""
+        from clio_stream.domain.facets import main_facets
+        from clio_stream.stages.extract import SharedPreamble, facet_prompt
+
+        shared = SharedPreamble.of([self.facet if f.name == self.facet.name else f for f in main_facets]) \
+            if self.layout == "shared" else None
+        return facet_prompt(self.facet, conversation_text, shared=shared)
 
 
 def dev_sets(config: Config, *, per_label: dict[str, int], seed: int) -> dict[str, list[Record]]:
@@ -84,8 +94,8 @@ ONE_SENTENCE = r" [a-z][a-z ,'/-]{2,110}\."
 
 
 def extra_variants() -> dict[str, Variant]:
-    """Prompt-wording and post-processing variants; each says what it changes."""
-    from clio_stream.domain.facets import REQUEST
+    """Prompt-wording, post-processing and layout variants; each says what it changes."""
+    from clio_stream.domain.facets import REQUEST, TASK
 
     wants = replace(REQUEST, prefill="The user wants to", examples=(
         (m, a) for m, a in REQUEST.examples))
@@ -112,6 +122,9 @@ def extra_variants() -> dict[str, Variant]:
                 note="five samples, cut and stripped, lexical medoid"),
         Variant("n5-mean-cut-strip", REQUEST, samples=5, pick="mean", post=("first-sentence", "strip-borrowed"),
                 note="five samples, cut and stripped, mean embedding"),
+        Variant("shared", REQUEST, layout="shared", note="shipped prompt in the shared layout (facet_layout)"),
+        Variant("task", TASK, note="the Task facet, shipped prompt"),
+        Variant("task-shared", TASK, layout="shared", note="the Task facet in the shared layout"),
     ]
     return {v.name: v for v in out}
 
@@ -125,15 +138,14 @@ def postprocess(answer: str, variant: Variant, conversation: str) -> str:
     return answer
 
 
-def render_prompts(records: Sequence[Record], facet: Any, llm: Any, settings: Any) -> list[str]:
-    from clio_stream.stages.extract import facet_prompt
+def render_prompts(records: Sequence[Record], variant: Variant, llm: Any, settings: Any) -> list[str]:
     from clio_stream.stages.prepare import render_conversation, to_conversation, truncate_conversation
 
     texts = []
     for i, r in enumerate(records):
         conv, _ = truncate_conversation(to_conversation(r.as_message(), i), settings.max_conversation_tokens,
                                         llm.count_tokens)
-        texts.append(llm.prompt_text(facet_prompt(facet, render_conversation(conv))))
+        texts.append(llm.prompt_text(variant.prompt(render_conversation(conv))))
     return texts
 
 
@@ -201,7 +213,7 @@ def run_variant(variant: Variant, sets: dict[str, list[Record]], llm: Any, embed
     out: dict[str, Any] = {"note": variant.note, "sets": {}, "examples": {}}
     prompts = 0
     for name, records in sets.items():
-        answers = generate(llm, render_prompts(records, variant.facet, llm, settings), variant.facet, variant,
+        answers = generate(llm, render_prompts(records, variant, llm, settings), variant.facet, variant,
                            settings)
         answers = [[postprocess(a, variant, r.full_text) for a in group] for r, group in zip(records, answers)]
         prompts += len(records)
@@ -321,6 +333,7 @@ def extra_concerning_variants() -> dict[str, Variant]:
         Variant("base-rating", replace(CONCERNING, prefill="Rating:"), note="shipped prompt, prefill 'Rating:'"),
         Variant("rubric-rating", replace(CONCERNING, question=rubric, examples=examples, prefill="Rating:"),
                 note="short rubric, examples 1/2/4/1/5, prefill 'Rating:'"),
+        Variant("shared", CONCERNING, layout="shared", note="shipped prompt in the shared layout (facet_layout)"),
     ]
     return {v.name: v for v in out}
 
@@ -350,11 +363,12 @@ def digit_distribution(llm: Any, texts: Sequence[str], lo: int, hi: int) -> np.n
     return np.where(total > 0, probs / np.where(total > 0, total, 1), np.nan)
 
 
-def sampled_scores(llm: Any, texts: Sequence[str], facet: Any, settings: Any) -> list[int | None]:
-    """What the pipeline does: one sampled answer constrained to the digits."""
+def sampled_scores(llm: Any, texts: Sequence[str], variant: Variant, settings: Any) -> list[int | None]:
+    """What the pipeline does: one sampled answer constrained to the prompt's choices (the digits)."""
     from vllm.sampling_params import StructuredOutputsParams
 
-    choices = [str(d) for d in range(facet.numeric[0], facet.numeric[1] + 1)]
+    facet = variant.facet
+    choices = list(variant.prompt("").choices)
     params = llm._vllm.SamplingParams(**(dict(settings.llm_sampling_args) | {"max_tokens": facet.max_tokens}),
                                       structured_outputs=StructuredOutputsParams(choice=choices))
     outs = llm._llm.generate(list(texts), params, use_tqdm=False)
@@ -365,10 +379,10 @@ def run_concerning_variant(variant: Variant, records: Sequence[Record], llm: Any
     from benchmarks.quality import concerning_scores
 
     t0 = time.perf_counter()
-    texts = render_prompts(records, variant.facet, llm, settings)
+    texts = render_prompts(records, variant, llm, settings)
     lo, hi = variant.facet.numeric
     probs = digit_distribution(llm, texts, lo, hi)
-    sampled = sampled_scores(llm, texts, variant.facet, settings)
+    sampled = sampled_scores(llm, texts, variant, settings)
     labels = [r.label for r in records]
     harm = [i for i, r in enumerate(records) if r.dataset == "concerning"]
     everyday = [i for i, r in enumerate(records) if r.dataset != "concerning"]

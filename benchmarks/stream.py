@@ -105,6 +105,8 @@ def main() -> None:
     ap.add_argument("--replay-n", type=int, default=480,
                     help="conversations through the non-LLM path (the first --n with the LLM's recorded answers)")
     ap.add_argument("--embedding-model", default="all-MiniLM-L6-v2")
+    ap.add_argument("--facet-layout", choices=("per_facet", "shared"), default="per_facet",
+                    help="the workers' facet_layout (the raw runs send the same prompts)")
     ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
     args = ap.parse_args()
 
@@ -140,7 +142,8 @@ def main() -> None:
     try:
         base = dict(kafka_bootstrap=f"127.0.0.1:{kport}", qdrant_url=f"http://127.0.0.1:{qport}",
                     qdrant_grpc_port=gport, embedding_model=args.embedding_model, show_progress=False,
-                    max_poll_records=args.batch, max_in_flight_batches=args.in_flight)
+                    max_poll_records=args.batch, max_in_flight_batches=args.in_flight,
+                    facet_layout=args.facet_layout)
         settings = ClioSettings(**base, topic="bench.a", consumer_group="bench-a", deltas_topic="bench.a.deltas")
         ensure_topics(KafkaConnection.from_settings(settings), {"bench.a": 1, "bench.b": 1, "bench.c": 1})
         producer = make_producer(KafkaConnection.from_settings(settings))
@@ -171,7 +174,7 @@ def main() -> None:
         def raw_run(salt: str) -> float:
             salted = [c.model_copy(update={"messages": [c.messages[0].model_copy(
                 update={"content": f"[{salt}] " + c.messages[0].content})] + c.messages[1:]}) for c in trunc]
-            texts = [engine.prompt_text(p) for p in build_prompts(salted, main_facets)]
+            texts = [engine.prompt_text(p) for p in build_prompts(salted, main_facets, layout=settings.facet_layout)]
             t0 = time.perf_counter()
             engine.generate_raw(texts, sampling)
             return time.perf_counter() - t0
@@ -187,7 +190,7 @@ def main() -> None:
         cached_share = (cache_after[1] - cache_before[1]) / prompt_tokens if prompt_tokens else float("nan")
         raw_after = raw_run("raw-2")
         raw_llm = (raw_before + raw_after) / 2
-        texts = [engine.prompt_text(p) for p in build_prompts(trunc, main_facets)]
+        texts = [engine.prompt_text(p) for p in build_prompts(trunc, main_facets, layout=settings.facet_layout)]
 
         def replay_worker(leg: str, facets: Sequence[Any]) -> tuple[Any, ConsumerWorker]:
             """A worker on leg ``leg``'s own topic, group and store prefix, answering with the replayed LLM."""

@@ -229,7 +229,7 @@ def _extract(prep: Prepared, facets: Sequence[Facet], tools: RunTools) -> list[C
     s = tools.settings
     return extract_facets(prep.truncated, facets, tools.llm, sampling=s.llm_sampling_args, retries=s.llm_max_retries,
                           seed=s.seed, batch_size=s.llm_batch_size, raw_items=prep.raw_items, stats=tools.ask_stats,
-                          prefix_group=s.facet_prefix_group, settings=s)
+                          prefix_group=s.facet_prefix_group, settings=s, layout=s.facet_layout)
 
 
 def _embed(facets: Sequence[Facet], facet_values: Sequence[ConversationFacets],

@@ -135,6 +135,7 @@ def facet_values(
             seed=settings.seed, batch_size=max(settings.llm_batch_size, len(to_ask) * len(facets)), stats=stats,
             prefix_group=settings.facet_prefix_group,
             settings=settings,
+            layout=settings.facet_layout,
         )
         for item, cf in zip(to_ask, results):
             by_hash[item.content_hash] = cf.values

@@ -17,12 +17,16 @@ model as it is. The constructor takes the seed's keywords (``summaryCriteria``,
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Optional, Protocol, Sequence, Tuple, runtime_checkable
+from typing import Any, Callable, Literal, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 from clio_stream.stages.language import conversation_language
 
 # The seed's whole-prompt builder: called as ``fn(tokenizer, facet, data, cfg, tokenizerArgs=...)``; returns the
 # finished prompt text (chat template applied, assistant prefill included) that the LLM continues.
+# How a conversation's facet prompts are laid out (``stages.extract``): a prompt per facet, or one preamble
+# shared by all facets that read the conversation, so the prefix cache computes the conversation once.
+FacetLayout = Literal["per_facet", "shared"]
+
 FacetPromptFn = Callable[..., str]
 # How one non-conversation item reads inside clio-stream's own facet prompt.
 DataToTextFn = Callable[[Any], str]

@@ -115,7 +115,7 @@ def _points(facets: Sequence[Facet], items: Sequence[tuple[dict[str, Any], Conve
     convs = [truncate_conversation(conv, settings.max_conversation_tokens, llm.count_tokens)[0] for _, conv in items]
     answers = extract_facets(convs, facets, llm, sampling=settings.llm_sampling_args, retries=settings.llm_max_retries,
                              seed=settings.seed, batch_size=settings.llm_batch_size, stats=AskStats(),
-                             settings=settings)
+                             settings=settings, layout=settings.facet_layout)
     texts = [embedding_text(f, cf.values[f.name].value) for cf in answers for f in facets
              if f.has_hierarchy and cf.values[f.name].value]
     unique = list(dict.fromkeys(texts))

@@ -2,9 +2,12 @@
 
 Templates use ``{{name}}`` placeholders filled by ``templating.cached_replacements``.
 Each ``PromptTemplate`` has the user turn and the start of the assistant's answer
-(the prefill) that the model continues. Facet prompts put the conversation
-first and the question last, so all facets of one conversation share a long
-prefix that vLLM's prefix cache computes once.
+(the prefill) that the model continues. A facet prompt has two layouts
+(``facet_layout``): one prompt per facet (question, worked examples, then the
+conversation), or one preamble shared by every facet of a conversation (all
+questions, examples answered for all of them, then the conversation), which
+leaves only the facet's label and prefill to differ, so vLLM's prefix cache
+computes the conversation once for all its facets.
 """
 
 from __future__ import annotations
@@ -58,6 +61,25 @@ FACET_CONVERSATION = PromptTemplate(
 )
 
 FACET_EXAMPLE = "<conversation>\n<user>\n{message}\n</user>\n</conversation>\nAnswer: {answer}\n\n"
+
+# The shared layout: every conversation facet's question, then each worked example conversation with every
+# facet's answer to it on a line of its own that starts with the facet's label, then the conversation. Only
+# the assistant's prefill ("Task: The task is to") names the facet, so the user turn, conversation included,
+# is one prefix for all facets of a conversation.
+FACET_SHARED = PromptTemplate(
+    name="facet_shared",
+    user=(
+        "Answer each question about the conversation on one line that starts with the question's label.\n"
+        "Write in English. Leave out names, places, numbers and other personal details.\n\n"
+        "{{questions}}\n\n{{examples}}Now this conversation:\n<conversation>\n{{conversation}}\n</conversation>"
+    ),
+    prefill="{{label}}:{{prefill}}",  # the prefill with its leading space ("Concerning:" then a choice " 1")
+    stop=("\n",),
+)
+
+FACET_SHARED_QUESTION = "{label}: {question}\n"
+FACET_SHARED_EXAMPLE = "<conversation>\n<user>\n{message}\n</user>\n</conversation>\n{answers}\n"
+FACET_SHARED_ANSWER = "{label}: {answer}\n"
 
 FACET_TEXT = PromptTemplate(
     name="facet_text",

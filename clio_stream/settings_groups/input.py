@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, Field, ImportString
 
+from clio_stream.domain.facets import FacetLayout
 from clio_stream.settings_defaults import (
     default_conversation_filter,
     default_conversation_getter,
@@ -36,7 +37,15 @@ class InputFields(BaseModel):
     facet_prefix_group: int = Field(
         0, ge=0,
         description="Conversations per facet wave: their first facet is asked first, the others then reuse the "
-        "cached conversation prefix. 0 sends all prompts at once.",
+        "cached conversation prefix (in the shared layout; per facet, only the facet's own preamble is shared). "
+        "0 sends all prompts at once.",
+    )
+    facet_layout: FacetLayout = Field(
+        "per_facet",
+        description="How a conversation's facet prompts are laid out. per_facet: each facet's question, its worked "
+        "examples, then the conversation. shared: every facet's question, the examples answered for every facet, "
+        "then the conversation, so the facets of a conversation share it in vLLM's prefix cache and cost little "
+        "more than one (docs/evaluation.md compares the two).",
     )
     tokenizer_args: dict[str, Any] = Field(
         default_factory=lambda: {"enable_thinking": False},

@@ -6,10 +6,20 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from clio_stream.domain.facets import BatchCompute, Facet
+from clio_stream.domain.facets import BatchCompute, Facet, FacetLayout
 from clio_stream.llm.base import AskStats, LLMBackend, Prompt, ask, sampling_for
 from clio_stream.llm.parsing import parse_facet_answer, parse_int_in_range, parse_own_prompt_answer
-from clio_stream.llm.prompts import FACET_CONVERSATION, FACET_EXAMPLE, FACET_OWN_PROMPT, FACET_TEXT, NUMERIC_SUFFIX
+from clio_stream.llm.prompts import (
+    FACET_CONVERSATION,
+    FACET_EXAMPLE,
+    FACET_OWN_PROMPT,
+    FACET_SHARED,
+    FACET_SHARED_ANSWER,
+    FACET_SHARED_EXAMPLE,
+    FACET_SHARED_QUESTION,
+    FACET_TEXT,
+    NUMERIC_SUFFIX,
+)
 from clio_stream.settings import ClioSettings
 from clio_stream.stages.echo import content_words, echoes_example
 from clio_stream.stages.prepare import render_conversation
@@ -26,21 +36,76 @@ def examples_text(facet: Facet) -> str:
     return "".join(FACET_EXAMPLE.format(message=m, answer=full(a)) for m, a in facet.examples)
 
 
-def facet_prompt(facet: Facet, conversation_text: str, *, with_examples: bool = True) -> Prompt:
+def _question(facet: Facet) -> str:
+    return facet.question + (NUMERIC_SUFFIX if facet.numeric else "")
+
+
+def facet_prompt(facet: Facet, conversation_text: str, *, with_examples: bool = True,
+                 shared: SharedPreamble | None = None) -> Prompt:
     """The prompt for one facet of one conversation (or of one data item shown as text).
 
-    ``with_examples=False`` leaves the worked examples out: the last resort for a conversation whose answers
-    kept copying one of them (see ``extract_facets``).
+    With ``shared``, the prompt is the shared layout's: that preamble, the conversation, and this facet's
+    label and prefill. ``with_examples=False`` leaves the worked examples out (and so the shared preamble, whose
+    examples are its point): the last resort for a conversation whose answers kept copying one of them (see
+    ``extract_facets``).
     """
+    if shared is not None and with_examples:
+        return Prompt(FACET_SHARED, {"questions": shared.questions, "examples": shared.examples,
+                                     "conversation": conversation_text, "label": facet.name,
+                                     "prefill": f" {facet.prefill}" if facet.prefill else ""},
+                      choices=_choices(facet, lead=" "), max_tokens=facet.max_tokens, temperature=facet.temperature)
     template = FACET_TEXT if facet.data_to_text is not None else FACET_CONVERSATION
-    question = facet.question + (NUMERIC_SUFFIX if facet.numeric else "")
-    return Prompt(template, {"conversation": conversation_text, "question": question, "prefill": facet.prefill,
+    return Prompt(template, {"conversation": conversation_text, "question": _question(facet), "prefill": facet.prefill,
                              "examples": examples_text(facet) if with_examples else ""}, choices=_choices(facet),
                   max_tokens=facet.max_tokens, temperature=facet.temperature)
 
 
-def _choices(facet: Facet) -> tuple[str, ...] | None:
-    return tuple(str(v) for v in range(facet.numeric[0], facet.numeric[1] + 1)) if facet.numeric else None
+def _choices(facet: Facet, lead: str = "") -> tuple[str, ...] | None:
+    """A numeric facet's allowed answers; ``lead`` is what comes between the prefill and the number."""
+    return tuple(f"{lead}{v}" for v in range(facet.numeric[0], facet.numeric[1] + 1)) if facet.numeric else None
+
+
+@dataclass(frozen=True)
+class SharedPreamble:
+    """What every facet prompt of a conversation shares in the ``shared`` layout: all the questions, then the
+    worked example conversations, each followed by every facet's answer to it.
+
+    The facets' examples are keyed by their message, so a message that several facets use as an example is
+    shown once with all their answers (the packaged facets share theirs). The same for every conversation, so
+    the prefix cache holds it once; the conversation that follows is then shared by that conversation's facets.
+    """
+
+    questions: str
+    examples: str
+
+    @classmethod
+    def of(cls, facets: Sequence[Facet]) -> SharedPreamble | None:
+        """The preamble of the facets that read the rendered conversation; None when fewer than two do (no
+        prefix to share)."""
+        sharing = [f for f in facets if shares_the_conversation(f)]
+        if len(sharing) < 2:
+            return None
+        answers: dict[str, list[str]] = {}
+        for facet in sharing:
+            for message, answer in facet.examples:
+                full = f"{facet.prefill} {answer}".strip()
+                answers.setdefault(message, []).append(FACET_SHARED_ANSWER.format(label=facet.name, answer=full))
+        return cls(
+            questions="".join(FACET_SHARED_QUESTION.format(label=f.name, question=_one_block(f.question))
+                              for f in sharing).rstrip(),
+            examples="".join(FACET_SHARED_EXAMPLE.format(message=m, answers="".join(a)) for m, a in answers.items()),
+        )
+
+
+def _one_block(question: str) -> str:
+    """A question without blank lines, so the list of questions reads as one entry per label."""
+    return "\n".join(line for line in question.splitlines() if line.strip())
+
+
+def shares_the_conversation(facet: Facet) -> bool:
+    """Whether the facet's prompt reads the rendered conversation through our template (not its own prompt
+    function, not a data item shown as text): only those can share one preamble."""
+    return facet.compute is None and facet.get_facet_prompt is None and facet.data_to_text is None
 
 
 def seed_turns(conv: Conversation) -> list[dict[str, str]]:
@@ -89,14 +154,16 @@ def asked(facets: Sequence[Facet]) -> list[Facet]:
 
 def build_prompts(
     conversations: Sequence[Conversation], facets: Sequence[Facet], raw_items: Sequence[Any] | None = None,
-    prompts_for: PromptContext | None = None,
+    prompts_for: PromptContext | None = None, layout: FacetLayout = "per_facet",
 ) -> list[Prompt]:
     """Conversation-major order: a conversation's facet prompts sit next to each other; computed facets have none.
 
     ``raw_items`` (generic data) are the items facets that read data see; without them a facet's own prompt
-    function gets the conversation in the seed's format.
+    function gets the conversation in the seed's format. ``layout`` "shared" gives the facets that read the
+    conversation one preamble (``SharedPreamble``).
     """
     facets = asked(facets)
+    shared = SharedPreamble.of(facets) if layout == "shared" else None
     prompts: list[Prompt] = []
     for ci, conv in enumerate(conversations):
         raw = raw_items[ci] if raw_items is not None else None
@@ -111,7 +178,7 @@ def build_prompts(
                 prompts.append(facet_prompt(facet, material_for(facet, conv, raw)))
             else:
                 rendered = rendered if rendered is not None else render_conversation(conv)
-                prompts.append(facet_prompt(facet, rendered))
+                prompts.append(facet_prompt(facet, rendered, shared=shared if shares_the_conversation(facet) else None))
     return prompts
 
 
@@ -184,19 +251,22 @@ def extract_facets(
     stats: AskStats | None = None,
     prefix_group: int = 0,
     settings: ClioSettings | None = None,
+    layout: FacetLayout = "per_facet",
 ) -> list[ConversationFacets]:
     """Every facet of every conversation; unusable answers become explicit missing values.
 
     ``prefix_group`` > 0 sends conversations in groups of that size, each in two
     waves (see ``waves``); 0 sends everything at once. ``settings`` is what a facet's
     own prompt function receives as its config (needed only when a facet has one).
+    ``layout`` is the settings' ``facet_layout``.
     """
     llm_facets = asked(facets)
     own = PromptContext.of(llm, settings) if any(f.get_facet_prompt is not None for f in llm_facets) else None
-    prompts = build_prompts(conversations, llm_facets, raw_items, own)
+    prompts = build_prompts(conversations, llm_facets, raw_items, own, layout)
     nf = len(llm_facets)
-    # The templates' stop strings; each prompt carries its facet's token cap (``Prompt.max_tokens``).
-    args = sampling_for(FACET_TEXT, sampling_for(FACET_CONVERSATION, sampling))
+    # The templates' stop strings (all stop at the answer's end of line or tag); each prompt carries its
+    # facet's token cap (``Prompt.max_tokens``).
+    args = sampling_for(FACET_TEXT, sampling_for(FACET_SHARED, sampling_for(FACET_CONVERSATION, sampling)))
 
     source_words: dict[int, set[str]] = {}  # per conversation, computed once for all its facets and re-asks
     echoed: set[int] = set()  # prompts whose last answer copied a worked example

@@ -98,3 +98,24 @@ def test_prefix_caching_is_on_and_a_facets_instructions_are_read_from_the_cache(
     block = int(vllm_engine._llm.llm_engine.vllm_config.cache_config.block_size)  # the cache's unit (128 on CPU)
     assert shared >= block and tokens > shared
     assert cached >= block and cached >= shared - block, (cached, shared, block)  # all but the last partial block
+
+
+def test_in_the_shared_layout_a_conversations_next_facet_reads_the_conversation_from_the_cache(vllm_engine):
+    """The shared layout's point: after a conversation's first facet, the next one reads the whole user turn,
+    the conversation included, from the prefix cache, so it pays only for its label, prefill and answer."""
+    import uuid
+
+    from clio_stream.domain.facets import TASK
+
+    tag = uuid.uuid4().hex  # in the conversation: nothing before this test can have cached it
+    body = f"Question {tag}: " + " ".join(f"how should I plan step {i} of moving to a new flat?" for i in range(40))
+    first, second = build_prompts([conv("c-shared", body)], [REQUEST, TASK], layout="shared")
+    text = vllm_engine.prompt_text(second)
+    shared = vllm_engine.count_tokens(text[: text.index("</conversation>", text.index(tag))])
+    block = int(vllm_engine._llm.llm_engine.vllm_config.cache_config.block_size)
+    assert shared >= 3 * block  # the conversation spans several cache blocks
+    vllm_engine.generate([first], {"max_tokens": 2})
+    before = vllm_engine.prefix_cache_stats
+    vllm_engine.generate([second], {"max_tokens": 2})
+    tokens, cached = (a - b for a, b in zip(vllm_engine.prefix_cache_stats, before))
+    assert tokens > shared and cached >= shared - block, (cached, shared, block)

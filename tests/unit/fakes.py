@@ -69,6 +69,9 @@ def sensible_script(name: str, values: Mapping[str, str], rng: random.Random) ->
             return str(rng.randint(1, 5))
         topic = values["conversation"].split()[1] if len(values["conversation"].split()) > 1 else "misc"
         return f" help with {topic} things.</answer>"
+    if name == "facet_shared":  # one line after the label and prefill; a numeric facet's choices fix its digit
+        topic = values["conversation"].split()[1] if len(values["conversation"].split()) > 1 else "misc"
+        return f" help with {topic} things."
     if name in ("cluster_summary", "parent_summary", "cluster_name", "parent_name"):
         first = values.get("inside", values.get("children", "- x")).splitlines()[0].lstrip("- ").split(":")[0]
         if name.endswith("summary"):

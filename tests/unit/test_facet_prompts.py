@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from clio_stream.stages.prepare import prepare_conversations
-from clio_stream.stages.extract import build_prompts, extract_facets, facet_prompt
-from clio_stream.domain.facets import CONCERNING, LANGUAGE, REQUEST, TASK, Facet
+from clio_stream.stages.extract import SharedPreamble, build_prompts, extract_facets, facet_prompt
+from clio_stream.domain.facets import CONCERNING, LANGUAGE, REQUEST, TASK, Facet, generic_summary_facets, main_facets
 from clio_stream.llm.base import Prompt, prompt_sampling
 from clio_stream.llm.templating import cached_replacements
 from tests.unit.fakes import ScriptedLLM, sensible_script
@@ -152,3 +152,58 @@ def test_text_facets_answer_greedily_and_re_ask_at_the_runs_temperature() -> Non
     got = ask(FirstAnswerUnusable(), [facet_prompt(REQUEST, "x")], lambda t, i: t or None, {"temperature": 0.6},
               retries=2, seed=0)
     assert got == [" reset a card PIN."] and seen == [0.0, 0.6]
+
+
+# --------------------------------------------------------------------------- the shared layout
+
+
+def _prefill(p: Prompt) -> str:
+    return cached_replacements(p.template.prefill, p.values)
+
+
+def test_in_the_shared_layout_a_conversations_facet_prompts_differ_only_in_the_prefill() -> None:
+    convs = _conversations(["how do I freeze my card", "write me a haiku about rain"])
+    prompts = build_prompts(convs, main_facets, layout="shared")  # Language is computed: three prompts each
+    assert [p.template.name for p in prompts] == ["facet_shared"] * 6
+    users = [_user(p) for p in prompts]
+    assert users[0] == users[1] == users[2] and users[3] == users[4] == users[5] and users[0] != users[3]
+    assert "how do I freeze my card" in users[0] and users[0].rstrip().endswith("</conversation>")
+    # Everything before the conversation is the same for all conversations: the cache holds it once.
+    assert users[0].split("how do I freeze")[0] == users[3].split("write me a haiku")[0]
+    assert [_prefill(p) for p in prompts[:3]] == [f"Request: {REQUEST.prefill}", f"Task: {TASK.prefill}", "Concerning:"]
+    assert prompts[2].choices == (" 1", " 2", " 3", " 4", " 5")  # after "Concerning:", as the examples write it
+    assert [p.max_tokens for p in prompts[:3]] == [REQUEST.max_tokens, TASK.max_tokens, CONCERNING.max_tokens]
+    assert "personal details" in users[0]
+
+
+def test_the_shared_preamble_shows_each_example_once_with_every_facets_answer_to_it() -> None:
+    shared = SharedPreamble.of(main_facets)
+    assert shared is not None and "Language" not in shared.questions and "\n\n" not in shared.questions
+    for facet in (REQUEST, TASK, CONCERNING):
+        assert shared.questions.count(f"{facet.name}: ") >= 1
+        for message, answer in facet.examples:
+            assert shared.examples.count(message) == 1
+            after = shared.examples.split(message, 1)[1].split("<conversation>", 1)[0]
+            assert f"{facet.name}: {facet.prefill} {answer}".replace(":  ", ": ") in after.splitlines()
+
+
+def test_only_facets_that_read_the_conversation_share_a_preamble() -> None:
+    summary = generic_summary_facets[0]  # reads a data item shown as text
+    prompts = build_prompts(_conversations(["hello there"]), [REQUEST, summary, TASK], layout="shared")
+    assert [p.template.name for p in prompts] == ["facet_shared", "facet_text", "facet_shared"]
+    assert "Summary" not in prompts[0].values["questions"]
+    # One facet alone has nothing to share: its own prompt, as in the per-facet layout.
+    assert [p.template.name for p in build_prompts(_conversations(["hi"]), [REQUEST, LANGUAGE], layout="shared")] \
+        == ["facet"]
+
+
+def test_shared_layout_answers_parse_into_the_same_values_as_per_facet_ones() -> None:
+    convs = _conversations(["Where is my card? It has not arrived yet.", "Write a limerick about a cat."])
+    llm = ScriptedLLM(sensible_script)
+    out = extract_facets(convs, main_facets, llm, sampling={}, retries=0, seed=0, batch_size=10, layout="shared")
+    assert set(llm.calls) == {"facet_shared"}
+    for cf in out:
+        assert cf.values["Request"].value.startswith(f"{REQUEST.prefill} help with")
+        assert cf.values["Task"].value.startswith(f"{TASK.prefill} help with")
+        assert 1 <= cf.values["Concerning"].numeric <= 5 and cf.values["Concerning"].value.isdigit()
+        assert cf.values["Language"].value == "English"

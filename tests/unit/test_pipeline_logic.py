@@ -139,3 +139,12 @@ def test_a_withheld_cluster_never_feeds_the_hierarchy_prompts():
     assert len(zebra) == 1 and zebra[0].hidden and sorted(zebra[0].conversation_ids) == ["r0", "r1", "r2", "r3"]
     above = [text for name, text in asked if name in ("propose_parents", "parent_name", "parent_summary")]
     assert above and not any("zebra" in text for text in above)
+
+
+def test_a_batch_run_asks_in_the_layout_the_settings_name() -> None:
+    llm = ScriptedLLM(sensible_script)
+    res = run_clio(main_facets, llm, HashEmbedder(), data(20), output_dir=None,
+                   settings=settings(min_top_level_size=2, facet_layout="shared"))
+    facet_calls = [c for c in llm.calls if c.startswith("facet")]
+    assert facet_calls and set(facet_calls) == {"facet_shared"}
+    assert all(fv.values["Request"].value for fv in res.facet_values)

@@ -314,3 +314,10 @@ def test_a_processed_conversation_is_looked_up_in_one_call_with_the_same_facets(
     doc2, copied2 = store.points.lookup_conversation("c2")
     assert not copied2 and counter.calls == ["retrieve", "scroll"]
     assert doc2 is not None and doc2["status"] == "pending" and doc2["facets"]["Request"]["value"]
+
+
+def test_the_worker_asks_in_the_layout_the_settings_name(llm, store, settings) -> None:
+    values = [encode_message(conv_msg(f"c{i}", f"Question number {i} about loans")) for i in range(2)]
+    run(records(values), llm, store, settings.model_copy(update={"facet_layout": "shared"}),
+        facets=[REQUEST, TASK, CONCERNING])
+    assert llm.calls == ["facet_shared"] * 6

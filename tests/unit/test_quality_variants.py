@@ -28,3 +28,13 @@ def test_first_sentence_and_borrowed_words() -> None:
     # "Python" and "CSV" come from the worked examples, not from this conversation about a transfer.
     value = "The user asks the assistant to fix a transfer error in Python with a CSV file."
     assert strip_borrowed(value, REQUEST, "my transfer failed") == "The user asks the assistant to fix a transfer error in with a file."
+
+
+def test_a_layout_variant_asks_its_facet_in_that_layout() -> None:
+    from benchmarks.quality_variants import concerning_variants, variants
+
+    shared, base = variants()["task-shared"], variants()["task"]
+    assert shared.prompt("<user>\nhi\n</user>").template.name == "facet_shared"
+    assert base.prompt("<user>\nhi\n</user>").template.name == "facet"
+    assert "Request:" in shared.prompt("x").values["questions"]  # the preamble is the packaged facets'
+    assert concerning_variants()["shared"].prompt("x").choices == (" 1", " 2", " 3", " 4", " 5")
