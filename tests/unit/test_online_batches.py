@@ -114,3 +114,18 @@ def test_deltas_of_unsorted_records_are_sorted_and_own_their_arrays() -> None:
     o[:], c[:], flags[:] = 0, 9, True  # the caller reuses its buffers
     assert all(np.array_equal(u, v) for u, v in zip((ordered.offsets, ordered.clusters, ordered.outliers), kept,
                                                     strict=True))
+
+
+def test_every_benchmark_pass_merges_what_it_assigns_even_after_another_set_of_passes() -> None:
+    """The online benchmark times assign + merge; a pass whose records the model had already merged (two sets
+    of passes on one model once restarted at the same offsets) would time the skip instead."""
+    from benchmarks.online_kmeans import _random_unit, _worker_passes
+
+    rng = np.random.default_rng(0)
+    x = _random_unit(rng, 256, 16)
+    model = OnlineKMeans(_random_unit(rng, 8, 16), counts=np.full(8, 10))
+    first, second = _worker_passes(model, x, 64), _worker_passes(model, x, 128)
+    before = model.learned
+    for run in (first, first, second, second):
+        run()
+    assert model.learned - before == 4 * len(x)
