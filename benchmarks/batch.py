@@ -39,20 +39,21 @@ def main() -> None:
                     help="the settings' facet_layout for the run and the comparisons")
     args = ap.parse_args()
 
-    from benchmarks.common import load_average, quiet_logs, report
+    from benchmarks.common import load_average, quiet_logs, report, salted
+    from benchmarks.facet_cost import timed_pass
 
     load_before = load_average()
 
     quiet_logs()
     from clio_stream.batch_input import load_shared_dataset
-    from clio_stream.stages.prepare import prepare_conversations, render_conversation
+    from clio_stream.stages.prepare import prepare_conversations
     from clio_stream.embedding import make_embedder
-    from clio_stream.stages.extract import SharedPreamble, asked, build_prompts, facet_prompt
+    from clio_stream.stages.extract import asked, build_prompts
     from clio_stream.domain.facets import main_facets
     from clio_stream.llm import make_llm
     from clio_stream.llm.base import sampling_for
     from clio_stream.pipeline import run_clio
-    from clio_stream.llm.prompts import FACET_CONVERSATION
+    from clio_stream.llm.prompts import FACET_CONVERSATION, FACET_TEMPLATES
     from clio_stream.settings import ClioSettings
 
     records = load_shared_dataset("mt_bench", args.data_root) + load_shared_dataset("arena_hard", args.data_root)
@@ -74,38 +75,26 @@ def main() -> None:
     sec = result.stats.seconds
     llm_facets = asked(main_facets)  # Language is computed
     facet_prompts = len(convs) * len(llm_facets)
-    facet_gens = sum(result.stats.llm.by_template.get(t, {}).get("prompts", 0) for t in ("facet", "facet_shared")) \
-        or facet_prompts
 
     # Raw engine over the same first-attempt facet prompt strings, same sampling.
     from clio_stream.stages.prepare import truncate_conversation
 
     compared = convs[: args.comparisons] if args.comparisons else convs
     truncated = [truncate_conversation(c, settings.max_conversation_tokens, llm.count_tokens)[0] for c in compared]
-    # A salt at the start of each conversation keeps the raw run from hitting prefixes
-    # the pipeline run left in the cache: both runs start cold.
-    salted = [c.model_copy(update={"messages": [c.messages[0].model_copy(
-        update={"content": "[raw] " + c.messages[0].content})] + c.messages[1:]}) for c in truncated]
-    prompts = build_prompts(salted, main_facets, layout=settings.facet_layout)
+    # Salted: the raw run reads no prefix the pipeline run left in the cache; both start cold.
+    prompts = build_prompts(salted(truncated, "raw"), main_facets, layout=settings.facet_layout)
     texts = [llm.prompt_text(p) for p in prompts]
     sampling = sampling_for(FACET_CONVERSATION, settings.llm_sampling_args)
     t0 = time.perf_counter()
     llm.generate_raw(texts, sampling)
     raw = time.perf_counter() - t0
 
-    # All facets vs one facet over fresh conversation text (defeats earlier cache hits by a salt). One facet
-    # is asked as a run with that facet alone asks it; all facets in the run's layout.
-    def timed(facets, salt):
-        shared = SharedPreamble.of(facets) if settings.facet_layout == "shared" else None
-        ps = [facet_prompt(f, f"[{salt}]\n" + render_conversation(c), shared=shared) for c in truncated for f in facets]
-        t = time.perf_counter()
-        llm.generate(ps, sampling)
-        return time.perf_counter() - t
-
-    one = timed(llm_facets[:1], "one")
-    allf = timed(llm_facets, "all")
+    # All facets against one facet asked alone, in the run's layout (``benchmarks.facet_cost`` compares both
+    # layouts side by side).
+    one = timed_pass(llm, truncated, llm_facets[:1], settings.facet_layout, "one", settings.llm_sampling_args)[0]
+    allf = timed_pass(llm, truncated, llm_facets, settings.facet_layout, "all", settings.llm_sampling_args)[0]
     by_template = result.stats.llm.by_template
-    facet_templates = {"facet", "facet_text", "facet_shared"}
+    facet_templates = {t.name for t in FACET_TEMPLATES}
     facet_asked = sum(c.get("prompts", 0) for t, c in by_template.items() if t in facet_templates)
     other_asked = sum(c.get("prompts", 0) for t, c in by_template.items() if t not in facet_templates)
     base = sum(1 for h in result.hierarchies.values() for n in h.nodes.values() if n.level == 0)
@@ -131,7 +120,7 @@ def main() -> None:
         ("unparseable facet values", sum(result.stats.unparseable_facet_values.values()), f"of {facet_prompts}"),
         ("llm generations (all stages)", result.stats.llm.generations, ""),
     ]
-    report(args.out, rows, {"stats": result.stats.model_dump(), "facet_generations": facet_gens,
+    report(args.out, rows, {"stats": result.stats.model_dump(), "facet_generations": facet_asked,
                             "load_average_before": load_before, "args": vars(args)})
     llm.close()
 

@@ -13,6 +13,13 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def salted(conversations: list[Any], salt: str) -> list[Any]:
+    """The conversations with ``[salt]`` before their first turn: the same prompts, none of them in vLLM's prefix
+    cache from an earlier run (each timed run salts with its own tag, so every run starts cold)."""
+    return [c.model_copy(update={"messages": [c.messages[0].model_copy(
+        update={"content": f"[{salt}] " + c.messages[0].content})] + c.messages[1:]}) for c in conversations]
+
+
 def load_average() -> list[float]:
     """The 1, 5 and 15 minute load averages (how busy the shared machine was)."""
     return [round(x, 2) for x in os.getloadavg()]

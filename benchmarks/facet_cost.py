@@ -22,10 +22,20 @@ from typing import Any, Sequence
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def salted(convs: Sequence[Any], salt: str) -> list[Any]:
-    """The conversations with ``[salt]`` before their first turn: the same prompts, none of them cached."""
-    return [c.model_copy(update={"messages": [c.messages[0].model_copy(
-        update={"content": f"[{salt}] " + c.messages[0].content})] + c.messages[1:]}) for c in convs]
+def timed_pass(llm: Any, convs: Sequence[Any], facets: Sequence[Any], layout: str, salt: str,
+               sampling: dict[str, Any]) -> tuple[float, float]:
+    """(seconds, share of prompt tokens from the prefix cache) of asking ``facets`` of ``convs``, salted with
+    ``salt``, in ``layout``, with the run's ``sampling`` as the pipeline sends it (``facet_sampling``)."""
+    from benchmarks.common import salted
+    from clio_stream.stages.extract import build_prompts, facet_sampling
+
+    prompts = build_prompts(salted(list(convs), salt), facets, layout=layout)
+    before = llm.prefix_cache_stats
+    t0 = time.perf_counter()
+    llm.generate(prompts, facet_sampling(sampling))
+    seconds = time.perf_counter() - t0
+    tokens, hits = (a - b for a, b in zip(llm.prefix_cache_stats, before))
+    return seconds, hits / tokens if tokens else float("nan")
 
 
 def main() -> None:
@@ -43,10 +53,8 @@ def main() -> None:
     from clio_stream.batch_input import load_shared_dataset
     from clio_stream.domain.facets import main_facets
     from clio_stream.llm import make_llm
-    from clio_stream.llm.base import sampling_for
-    from clio_stream.llm.prompts import FACET_CONVERSATION, FACET_SHARED
     from clio_stream.settings import ClioSettings
-    from clio_stream.stages.extract import asked, build_prompts
+    from clio_stream.stages.extract import asked
     from clio_stream.stages.prepare import prepare_conversations, truncate_conversation
 
     records = load_shared_dataset("mt_bench", args.data_root) + load_shared_dataset("arena_hard", args.data_root)
@@ -55,7 +63,6 @@ def main() -> None:
     llm = make_llm(settings)
     convs = [truncate_conversation(c, settings.max_conversation_tokens, llm.count_tokens)[0] for c in convs]
     facets = asked(main_facets)
-    sampling = sampling_for(FACET_SHARED, sampling_for(FACET_CONVERSATION, settings.llm_sampling_args))
     passes = {"one facet": (facets[:1], "per_facet"), "all facets, per facet": (facets, "per_facet"),
               "all facets, shared": (facets, "shared")}
     seconds: dict[str, list[float]] = {name: [] for name in passes}
@@ -63,13 +70,9 @@ def main() -> None:
     try:
         for r in range(args.rounds):
             for name, (asked_facets, layout) in passes.items():
-                prompts = build_prompts(salted(convs, f"{name} {r}"), asked_facets, layout=layout)
-                before = llm.prefix_cache_stats
-                t0 = time.perf_counter()
-                llm.generate(prompts, sampling)
-                seconds[name].append(time.perf_counter() - t0)
-                tokens, hits = (a - b for a, b in zip(llm.prefix_cache_stats, before))
-                cached[name].append(hits / tokens if tokens else float("nan"))
+                took, share = timed_pass(llm, convs, asked_facets, layout, f"{name} {r}", settings.llm_sampling_args)
+                seconds[name].append(took)
+                cached[name].append(share)
     finally:
         llm.close()
     median = {name: statistics.median(v) for name, v in seconds.items()}

@@ -110,7 +110,7 @@ def main() -> None:
     ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
     args = ap.parse_args()
 
-    from benchmarks.common import load_average, quiet_logs, report
+    from benchmarks.common import load_average, quiet_logs, report, salted
 
     load_before = load_average()
 
@@ -172,9 +172,8 @@ def main() -> None:
         sampling = sampling_for(FACET_CONVERSATION, settings.llm_sampling_args)
 
         def raw_run(salt: str) -> float:
-            salted = [c.model_copy(update={"messages": [c.messages[0].model_copy(
-                update={"content": f"[{salt}] " + c.messages[0].content})] + c.messages[1:]}) for c in trunc]
-            texts = [engine.prompt_text(p) for p in build_prompts(salted, main_facets, layout=settings.facet_layout)]
+            texts = [engine.prompt_text(p) for p in build_prompts(salted(trunc, salt), main_facets,
+                                                                  layout=settings.facet_layout)]
             t0 = time.perf_counter()
             engine.generate_raw(texts, sampling)
             return time.perf_counter() - t0

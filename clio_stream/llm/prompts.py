@@ -95,6 +95,9 @@ NUMERIC_SUFFIX = "\n\nReply with the number only."
 # ends at the first closing tag, whatever the tag (the seed's summary prompt prefills "<summary>").
 FACET_OWN_PROMPT = PromptTemplate(name="facet_own_prompt", user="{{text}}", stop=("</",), raw=True)
 
+# The templates our facet questions are asked in (a facet's own prompt aside).
+FACET_TEMPLATES = (FACET_CONVERSATION, FACET_SHARED, FACET_TEXT)
+
 _GROUP_MATERIAL = (
     "The statements below describe conversations with an AI assistant. They were grouped together because "
     "they are similar:\n\n<group>\n{{inside}}\n</group>\n\n"

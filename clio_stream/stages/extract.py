@@ -17,6 +17,7 @@ from clio_stream.llm.prompts import (
     FACET_SHARED_ANSWER,
     FACET_SHARED_EXAMPLE,
     FACET_SHARED_QUESTION,
+    FACET_TEMPLATES,
     FACET_TEXT,
     NUMERIC_SUFFIX,
 )
@@ -147,6 +148,14 @@ def material_for(facet: Facet, conv: Conversation, raw: Any = None) -> str:
     return render_conversation(conv)
 
 
+def facet_sampling(sampling: dict[str, Any]) -> dict[str, Any]:
+    """The run's sampling with every facet template's stop strings (each ends an answer at its line or tag);
+    each prompt carries its facet's own token cap (``Prompt.max_tokens``)."""
+    for template in FACET_TEMPLATES:
+        sampling = sampling_for(template, sampling)
+    return sampling
+
+
 def asked(facets: Sequence[Facet]) -> list[Facet]:
     """The facets the LLM answers (the others are computed)."""
     return [f for f in facets if f.compute is None]
@@ -264,9 +273,7 @@ def extract_facets(
     own = PromptContext.of(llm, settings) if any(f.get_facet_prompt is not None for f in llm_facets) else None
     prompts = build_prompts(conversations, llm_facets, raw_items, own, layout)
     nf = len(llm_facets)
-    # The templates' stop strings (all stop at the answer's end of line or tag); each prompt carries its
-    # facet's token cap (``Prompt.max_tokens``).
-    args = sampling_for(FACET_TEXT, sampling_for(FACET_SHARED, sampling_for(FACET_CONVERSATION, sampling)))
+    args = facet_sampling(sampling)
 
     source_words: dict[int, set[str]] = {}  # per conversation, computed once for all its facets and re-asks
     echoed: set[int] = set()  # prompts whose last answer copied a worked example

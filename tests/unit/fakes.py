@@ -63,15 +63,11 @@ class HashEmbedder:
 
 def sensible_script(name: str, values: Mapping[str, str], rng: random.Random) -> str | None:
     """A well-behaved model: follows every format."""
-    if name in ("facet", "facet_text"):
-        q = values["question"]
-        if "scale of 1 to 5" in q:
+    if name in ("facet", "facet_text", "facet_shared"):
+        if "scale of 1 to 5" in values.get("question", ""):  # the shared layout's choices fix its digit instead
             return str(rng.randint(1, 5))
         topic = values["conversation"].split()[1] if len(values["conversation"].split()) > 1 else "misc"
-        return f" help with {topic} things.</answer>"
-    if name == "facet_shared":  # one line after the label and prefill; a numeric facet's choices fix its digit
-        topic = values["conversation"].split()[1] if len(values["conversation"].split()) > 1 else "misc"
-        return f" help with {topic} things."
+        return f" help with {topic} things." + ("" if name == "facet_shared" else "</answer>")
     if name in ("cluster_summary", "parent_summary", "cluster_name", "parent_name"):
         first = values.get("inside", values.get("children", "- x")).splitlines()[0].lstrip("- ").split(":")[0]
         if name.endswith("summary"):
