@@ -110,7 +110,7 @@ def _worker_passes(model: OnlineKMeans, x: np.ndarray, batch: int) -> Callable[[
             offsets = np.arange(offset, offset + len(chunk), dtype=np.int64)
             merged = model.merge_deltas(CentroidDeltas.for_records(
                 model.facet or "f", model.version, "bench", partition, offset, offset + len(chunk) - 1, offsets,
-                got.labels, chunk, got.outliers))
+                got.labels, got.rows, got.outliers))
             if sum(merged) != len(chunk):
                 raise RuntimeError(f"a pass merged {sum(merged)} of {len(chunk)} records: it would time a skip")
             offset += len(chunk)

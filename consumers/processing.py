@@ -179,7 +179,7 @@ def assign_facet(
         first, last = ranges[(topic, partition)]
         offsets = np.array([records[rows[k]].offset for k in ks], dtype=np.int64)
         deltas.extend(CentroidDeltas.for_records(facet.name, model.version, topic, partition, first, last, offsets,
-                                                 batch.labels[idx], vectors[idx], batch.outliers[idx]))
+                                                 batch.labels[idx], batch.rows[idx], batch.outliers[idx]))
     return {row: batch[k] for k, row in enumerate(rows)}, deltas
 
 

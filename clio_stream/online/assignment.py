@@ -30,6 +30,7 @@ class BatchAssignment:
     labels: np.ndarray  # int64 (m,)
     similarities: np.ndarray  # float32 (m,)
     outliers: np.ndarray  # bool (m,)
+    rows: np.ndarray  # float32 (m, d): the unit rows as assigned, what the deltas carry (normalised once)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

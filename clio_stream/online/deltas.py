@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from clio_stream.domain.vectors import normalise_rows
 from clio_stream.online.arrays import encode_array
 
 DELTA_FORMAT = "clio-centroid-deltas/2"
@@ -140,17 +139,17 @@ class CentroidDeltas:
                     outliers: np.ndarray) -> list[CentroidDeltas]:
         """Deltas of the assigned records of one polled range, split to stay under ``DELTA_CHUNK_BYTES``.
 
-        Rows are sorted by offset and normalised (as they were assigned). The
-        chunks' ranges tile ``[first, last]``, so the whole polled range is marked.
+        ``vectors`` are the unit rows as they were assigned (``BatchAssignment.rows``: normalised once, by the
+        assignment). Rows are sorted by offset. The chunks' ranges tile ``[first, last]``, so the whole polled
+        range is marked.
         """
         offsets = np.array(offsets, dtype=np.int64)  # copies: a delta never shares the caller's arrays
         clusters = np.array(clusters, dtype=np.int64)
         outliers = np.array(outliers, dtype=bool)
-        vectors = np.asarray(vectors, dtype=np.float32)  # normalise_rows copies it
+        vectors = np.array(vectors, dtype=np.float32)
         if np.any(offsets[1:] < offsets[:-1]):  # a worker's polled records come in order: no gather then
             order = np.argsort(offsets, kind="stable")
             offsets, vectors, clusters, outliers = offsets[order], vectors[order], clusters[order], outliers[order]
-        vectors = normalise_rows(vectors)
         row_bytes = vectors.shape[1] * 16 // 3 + 32  # base64 float32 row, offset, cluster, flag
         per_chunk = max(1, min(MAX_DELTA_RECORDS, (DELTA_CHUNK_BYTES - 512) // row_bytes))
         out: list[CentroidDeltas] = []

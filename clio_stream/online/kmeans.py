@@ -214,8 +214,9 @@ class OnlineKMeans:
 
         Counts towards the running outlier rate, so a worker that only assigns still reports it.
         """
-        labels, sims = self._nearest(as_unit_rows(x, self.dim))
-        return BatchAssignment(labels, sims, self._observe(sims))
+        rows = as_unit_rows(x, self.dim)
+        labels, sims = self._nearest(rows)
+        return BatchAssignment(labels, sims, self._observe(sims), rows)
 
     def _nearest(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         scorer = self._scorer

@@ -268,7 +268,7 @@ def _deltas(model: OnlineKMeans, x: np.ndarray, offsets: np.ndarray, *, partitio
     return CentroidDeltas.for_records(
         model.facet or "request", model.version, topic, partition,
         int(offsets.min()) if first is None else first, int(offsets.max()) if last is None else last,
-        offsets, got.labels if labels is None else labels, x, got.outliers)
+        offsets, got.labels if labels is None else labels, got.rows, got.outliers)
 
 
 def test_delta_merge_is_order_independent_and_idempotent() -> None:

@@ -321,3 +321,18 @@ def test_the_worker_asks_in_the_layout_the_settings_name(llm, store, settings) -
     run(records(values), llm, store, settings.model_copy(update={"facet_layout": "shared"}),
         facets=[REQUEST, TASK, CONCERNING])
     assert llm.calls == ["facet_shared"] * 6
+
+
+def test_deltas_carry_the_rows_as_assigned_even_from_an_embedder_that_does_not_normalise(llm, store,
+                                                                                          settings) -> None:
+    class Unnormalised(HashEmbedder):
+        def encode(self, texts, *, desc=None):
+            return 5.0 * super().encode(texts)
+
+    shared = clustered(llm, store, settings)
+    recs = records([encode_message(conv_msg("n1", "cards question new"))], partition=2, start=7)
+    out = process_batch(recs, facets=FACETS, llm=llm, embedder=Unnormalised(), store=store.points,
+                        models=shared.models, settings=settings)
+    (d,) = out.deltas
+    np.testing.assert_allclose(np.linalg.norm(d.vectors, axis=1), 1.0, atol=1e-5)
+    assert shared.apply(through_topic(out.deltas)).records == 1
