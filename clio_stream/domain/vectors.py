@@ -10,5 +10,5 @@ EPS = 1e-12
 def normalise_rows(x: np.ndarray) -> np.ndarray:
     """Rows (or a single vector) scaled to unit length as float32; zero rows stay zero."""
     x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return (x / np.maximum(norms, EPS)).astype(np.float32, copy=False)
+    norms = np.sqrt(np.einsum("...i,...i->...", x, x))[..., None]  # no (m, d) temporary, unlike linalg.norm
+    return x / np.maximum(norms, np.float32(EPS))

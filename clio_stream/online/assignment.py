@@ -62,7 +62,7 @@ class Scorer:
     cosine and the argmax needs no further pass over the (m, k) scores), raw centroids for river's
     Euclidean (whose ``half_sq`` is subtracted in place). The product takes it transposed (BLAS reads
     it as is: same scores as a (d, k) copy, and a rebuild after every delta merge skips that copy).
-    Built once per centroid change (``OnlineKMeans`` caches it).
+    Built once (``OnlineKMeans`` caches it) and refreshed where the centroids moved.
     """
 
     matrix: np.ndarray  # (k, d) float32
@@ -78,6 +78,15 @@ class Scorer:
         if metric == "cosine":
             return cls(c * inv[:, None], inv, None, metric)
         return cls(c.copy(), inv, (0.5 * sq).astype(np.float32), metric)
+
+    def refresh(self, centroids: np.ndarray, rows: np.ndarray) -> None:
+        """Prepare ``rows`` of ``centroids`` again, in place, after only they moved (a delta merge touches some
+        clusters: rebuilding all of them cost as much as a sixth of assigning a batch of 1,024 at k=1,000)."""
+        fresh = Scorer.of(centroids[rows], self.metric)
+        self.matrix[rows] = fresh.matrix
+        self.inv_norm[rows] = fresh.inv_norm
+        if self.half_sq is not None and fresh.half_sq is not None:
+            self.half_sq[rows] = fresh.half_sq
 
     def nearest(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(labels, cosine to the chosen centroid) of unit rows ``x``; one product per ``SCORE_CHUNK`` rows."""

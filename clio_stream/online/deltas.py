@@ -126,11 +126,12 @@ class CentroidDeltas:
         if np.any(np.asarray(self.clusters) < 0):
             raise DeltaRejected("negative cluster index")
         vectors = np.asarray(self.vectors, dtype=np.float32)
-        if not np.all(np.isfinite(vectors)):
-            raise DeltaRejected("vectors hold NaN or infinity")
-        # float32 dot products are exact to ~1e-6 here, far inside the tolerance; an overflow gives inf (rejected).
+        # float32 dot products are exact to ~1e-6 here, far inside the tolerance. Every norm is finite when all
+        # values are and none overflows (squares are never negative), so only a bad delta pays a second pass.
         norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
-        if np.any(np.abs(norms - 1.0) > NORM_TOLERANCE):
+        if not np.all(np.isfinite(norms)) and not np.all(np.isfinite(vectors)):
+            raise DeltaRejected("vectors hold NaN or infinity")
+        if not np.all(np.abs(norms - 1.0) <= NORM_TOLERANCE):  # an overflowed (inf) norm fails here too
             raise DeltaRejected(f"vectors are not unit length (norms {norms.min():.4g}..{norms.max():.4g})")
 
     @classmethod

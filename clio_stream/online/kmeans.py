@@ -41,13 +41,7 @@ from clio_stream.online.outliers import (
     RateWindow,
     calibrated_threshold,
 )
-from clio_stream.online.update_rules import (
-    group_sums,
-    halflife_step,
-    mean_step,
-    member_means,
-    merge_means,
-)
+from clio_stream.online.update_rules import halflife_step, mean_step, member_means
 
 log = logging.getLogger(__name__)
 
@@ -287,10 +281,9 @@ class OnlineKMeans:
             self.learned += n
             self.updates += 1
         if clusters:
-            # Straight into the float64 the sums need: one copy (a float32 one first cost 4 x more, measured).
-            rows = np.concatenate(vectors, dtype=np.float64)
-            merge_means(self._c, self._counts, *group_sums(np.concatenate(clusters), rows))
-            self._scorer = None
+            moved = mean_step(self._c, self._counts, np.concatenate(clusters), np.concatenate(vectors))
+            if self._scorer is not None:
+                self._scorer.refresh(self._c, moved)
         return added
 
     def to_state(self, encoding: Literal["base64", "list"] = "base64") -> dict[str, Any]:

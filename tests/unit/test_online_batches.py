@@ -9,7 +9,7 @@ from clio_stream.domain.vectors import normalise_rows
 from clio_stream.online.assignment import Scorer
 from clio_stream.online.deltas import CentroidDeltas, DeltaRejected
 from clio_stream.online.kmeans import OnlineKMeans
-from clio_stream.online.update_rules import group_sums
+from clio_stream.online.update_rules import group_sums, mean_step
 from tests.unit.test_online import _deltas, applied_ranges, blobs, copy_of
 
 
@@ -129,3 +129,42 @@ def test_every_benchmark_pass_merges_what_it_assigns_even_after_another_set_of_p
     for run in (first, first, second, second):
         run()
     assert model.learned - before == 4 * len(x)
+
+
+@pytest.mark.parametrize("largest_count", [10, 10**4, 10**8])
+def test_the_float32_mean_step_is_the_float64_mean_to_within_a_float32_rounding(largest_count: int) -> None:
+    """The merge runs in float32; each centroid must still be the exact mean of its members as float32 stores it,
+    from clusters of a few members to ones far past float32's 2**24 integers."""
+    rng = np.random.default_rng(largest_count)
+    k, d, m = 50, 64, 4096
+    centroids = normalise_rows(rng.standard_normal((k, d), dtype=np.float32)) * 0.6
+    counts = rng.integers(1, largest_count, k).astype(np.int64)
+    x = normalise_rows(rng.standard_normal((m, d), dtype=np.float32))
+    labels = rng.integers(0, k - 5, m)  # the last five clusters get no rows and must not move
+    clusters, sums, added = group_sums(labels, x)
+    expected = centroids.astype(np.float64)
+    expected[clusters] = (expected[clusters] * counts[clusters, None] + sums) / (counts[clusters] + added)[:, None]
+    got, got_counts = centroids.copy(), counts.copy()
+    moved = mean_step(got, got_counts, labels, x)
+    assert got.dtype == np.float32 and np.array_equal(moved, clusters)
+    assert np.abs(got - expected).max() < 1e-7  # values are below 1, whose float32 spacing is 6e-8
+    assert np.array_equal(got[-5:], centroids[-5:])
+    assert np.array_equal(got_counts, counts + np.bincount(labels, minlength=k))
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_after_a_merge_the_model_scores_with_its_moved_centroids(metric: str) -> None:
+    """A merge refreshes the prepared scorer in place for the clusters it moved: assignments afterwards are those of
+    a scorer built afresh from the merged centroids."""
+    x, labels, _ = blobs(31, k=6, dim=16, per=50)
+    model = OnlineKMeans.from_batch(x[:60], labels[:60], metric=metric)
+    model.predict_many(x)  # the scorer is built and cached
+    for lo in range(60, len(x), 60):
+        part = x[lo : lo + 60]
+        model.merge_deltas(_deltas(model, part, np.arange(lo, lo + len(part)), partition=0))
+        fresh = Scorer.of(model.centroids, metric)
+        got = model.assign_many(x)
+        want_labels, want_sims = fresh.nearest(x)
+        assert np.array_equal(got.labels, want_labels)
+        # Same scorer arrays bit for bit; BLAS may still round a product differently for another buffer.
+        np.testing.assert_allclose(got.similarities, want_sims, rtol=0, atol=1e-6)
