@@ -251,6 +251,7 @@ def main() -> None:
             ("consumer peak RSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "MiB"),
         ]
         report("stream", rows, {"load_average_before": load_before, "args": vars(args)})
+        producer.close()  # before the broker stops, or its network thread logs connection errors
         engine.close()
     finally:
         broker.stop()
