@@ -252,9 +252,10 @@ class OnlineKMeans:
         """:meth:`apply_deltas` for many deltas at once: records merged per delta, in order.
 
         Every delta is checked first, so one that does not fit raises with the
-        state untouched; the fresh rows of all of them then merge as one group
-        sum (what a worker does with a polled batch of deltas: a k-means over
-        ~1,000 clusters sees about one row per cluster, and per-call costs dominate).
+        state untouched; the fresh rows of all of them then merge in one mean
+        step, and the scorer is refreshed for the clusters that moved (what a worker
+        does with a polled batch of deltas: a k-means over ~1,000 clusters sees
+        about one row per cluster, and per-call costs dominate).
         """
         self._check_rule()
         current = [d.version == self.version for d in deltas]

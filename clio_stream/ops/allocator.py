@@ -1,7 +1,7 @@
 """The C allocator of a long-running numeric process: keep freed memory for the next batch instead of faulting it in again.
 
 Every batch of online assignment allocates and frees the same few megabyte-sized numpy temporaries (the
-scores, the float64 sums). glibc's defaults hand such blocks back to the kernel when they are freed, so the
+scores, the merged rows). glibc's defaults hand such blocks back to the kernel when they are freed, so the
 next batch takes a page fault per 4 KiB to get them back: measured here at k=1,000, d=768, about 5,400
 faults per batch of 1,024, which cost more than the delta merge itself. A fixed mmap threshold and a
 higher trim threshold keep them in the heap (at most ``TRIM_THRESHOLD`` of freed memory per arena stays
