@@ -7,8 +7,12 @@ import numpy as np
 EPS = 1e-12
 
 
+def row_norms(x: np.ndarray) -> np.ndarray:
+    """The Euclidean norm of each row (of the last axis), without the (m, d) temporary ``linalg.norm`` makes."""
+    return np.sqrt(np.einsum("...i,...i->...", x, x))
+
+
 def normalise_rows(x: np.ndarray) -> np.ndarray:
     """Rows (or a single vector) scaled to unit length as float32; zero rows stay zero."""
     x = np.asarray(x, dtype=np.float32)
-    norms = np.sqrt(np.einsum("...i,...i->...", x, x))[..., None]  # no (m, d) temporary, unlike linalg.norm
-    return x / np.maximum(norms, np.float32(EPS))
+    return x / np.maximum(row_norms(x)[..., None], np.float32(EPS))

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from clio_stream.domain.vectors import row_norms
 from clio_stream.online.arrays import encode_array
 
 DELTA_FORMAT = "clio-centroid-deltas/2"
@@ -128,7 +129,7 @@ class CentroidDeltas:
         vectors = np.asarray(self.vectors, dtype=np.float32)
         # float32 dot products are exact to ~1e-6 here, far inside the tolerance. Every norm is finite when all
         # values are and none overflows (squares are never negative), so only a bad delta pays a second pass.
-        norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
+        norms = row_norms(vectors)
         if not np.all(np.isfinite(norms)) and not np.all(np.isfinite(vectors)):
             raise DeltaRejected("vectors hold NaN or infinity")
         if not np.all(np.abs(norms - 1.0) <= NORM_TOLERANCE):  # an overflowed (inf) norm fails here too

@@ -93,7 +93,7 @@ class OnlineKMeans:
         if c.ndim != 2 or c.shape[0] < 1 or c.shape[1] < 1:
             raise ValueError(f"centroids must be a non-empty k x d matrix, got shape {c.shape}")
         self._c = c
-        self._scorer: Scorer | None = None  # the centroids prepared for scoring; None after they move
+        self._scorer: Scorer | None = None  # the centroids prepared for scoring, built on first use
         k = c.shape[0]
         self._counts = np.zeros(k, np.int64) if counts is None else np.array(counts, dtype=np.int64).reshape(k)
         self.rule: Rule = rule
@@ -194,10 +194,10 @@ class OnlineKMeans:
             chunk = mat[start : start + step]
             labels[start : start + len(chunk)], sims[start : start + len(chunk)] = self._nearest(chunk)
             if self.rule == "mean":
-                mean_step(self._c, self._counts, labels[start : start + len(chunk)], chunk)
+                moved = mean_step(self._c, self._counts, labels[start : start + len(chunk)], chunk)
             else:
-                halflife_step(self._c, self._counts, labels[start : start + len(chunk)], chunk, self.halflife)
-            self._scorer = None
+                moved = halflife_step(self._c, self._counts, labels[start : start + len(chunk)], chunk, self.halflife)
+            self._centroids_moved(moved)
         outliers = self._observe(sims)
         self.learned += mat.shape[0]
         self.learned_outliers += int(np.count_nonzero(outliers))
@@ -282,10 +282,13 @@ class OnlineKMeans:
             self.learned += n
             self.updates += 1
         if clusters:
-            moved = mean_step(self._c, self._counts, np.concatenate(clusters), np.concatenate(vectors))
-            if self._scorer is not None:
-                self._scorer.refresh(self._c, moved)
+            self._centroids_moved(mean_step(self._c, self._counts, np.concatenate(clusters), np.concatenate(vectors)))
         return added
+
+    def _centroids_moved(self, clusters: np.ndarray) -> None:
+        """Keep the prepared scorer in step with the centroids: only the rows of ``clusters`` changed."""
+        if self._scorer is not None:
+            self._scorer.refresh(self._c, clusters)
 
     def to_state(self, encoding: Literal["base64", "list"] = "base64") -> dict[str, Any]:
         """JSON-safe snapshot (centroids as base64 little-endian float32 by default)."""

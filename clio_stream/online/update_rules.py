@@ -68,13 +68,17 @@ def mean_step(centroids: np.ndarray, counts: np.ndarray, labels: np.ndarray, x: 
 
 
 def halflife_step(centroids: np.ndarray, counts: np.ndarray, labels: np.ndarray, x: np.ndarray,
-                  halflife: float) -> None:
-    """River's ``c += halflife * (x - c)`` applied to the rows of ``x`` one by one, in order."""
+                  halflife: float) -> np.ndarray:
+    """River's ``c += halflife * (x - c)`` applied to the rows of ``x`` one by one, in order; returns the clusters
+    that moved."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.size == 0:
+        return labels
     if labels.size == 1:
         j = int(labels[0])
         counts[j] += 1
         centroids[j] += np.float32(halflife) * (x[0] - centroids[j])
-        return
+        return labels
     # Closed form of c += h (x - c) over a cluster's points in order:
     # c_m = (1-h)^m c_0 + sum_j h (1-h)^(m-j) x_j.
     h = halflife
@@ -90,6 +94,7 @@ def halflife_step(centroids: np.ndarray, counts: np.ndarray, labels: np.ndarray,
     moved = centroids[clusters].astype(np.float64) * decay[:, None] + weighted
     centroids[clusters] = moved.astype(np.float32)
     counts[clusters] += sizes
+    return clusters
 
 
 def member_means(x: np.ndarray, labels: np.ndarray, centroids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

@@ -168,3 +168,17 @@ def test_after_a_merge_the_model_scores_with_its_moved_centroids(metric: str) ->
         assert np.array_equal(got.labels, want_labels)
         # Same scorer arrays bit for bit; BLAS may still round a product differently for another buffer.
         np.testing.assert_allclose(got.similarities, want_sims, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("rule,metric", [("mean", "cosine"), ("river", "euclidean")])
+def test_after_learning_the_model_scores_with_its_moved_centroids(rule: str, metric: str) -> None:
+    """``learn_many`` moves centroids chunk by chunk and keeps the prepared scorer in step the same way a merge does."""
+    x, _, centres = blobs(32, k=6, dim=16, per=50)
+    model = OnlineKMeans(centres, rule=rule, metric=metric, halflife=0.3, batch_size=40)
+    model.predict_many(x)  # the scorer is built and cached
+    for lo in range(0, len(x), 100):
+        model.learn_many(x[lo : lo + 100])
+        got = model.assign_many(x)
+        want_labels, want_sims = Scorer.of(model.centroids, metric).nearest(x)
+        assert np.array_equal(got.labels, want_labels)
+        np.testing.assert_allclose(got.similarities, want_sims, rtol=0, atol=1e-6)
